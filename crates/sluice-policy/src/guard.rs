@@ -1,0 +1,292 @@
+//! The guard: which destination addresses are special (not globally
+//! reachable) and therefore denied in every mode unless a `cidr` allow rule
+//! lying entirely inside special space lifts it.
+//!
+//! The table is `special-addresses.tsv` (a copy of the one beside DESIGN.md),
+//! compiled in. IPv6 forms that embed IPv4 (mapped, compatible, NAT64, 6to4,
+//! Teredo) are judged by the IPv4 addresses they carry. IPv6 outside the
+//! global unicast block 2000::/3 that no row names is not allocated for
+//! global use and is treated as special too.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::LazyLock,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+const TABLE: &str = include_str!("special-addresses.tsv");
+
+/// How the table treats a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Special: denied unless lifted.
+    Deny,
+    /// Judged by the IPv4 address(es) it embeds.
+    Embedded,
+    /// Globally reachable.
+    Public,
+}
+
+/// One row of the special-address table.
+#[derive(Debug, Clone)]
+pub struct Range {
+    /// The block.
+    pub net: IpNet,
+    /// Its registry name.
+    pub name: &'static str,
+    /// How the guard treats it.
+    pub treatment: Treatment,
+}
+
+struct Table {
+    /// Rows, most specific first.
+    v4: Vec<Range>,
+    v6: Vec<Range>,
+}
+
+static RANGES: LazyLock<Table> = LazyLock::new(|| {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for line in TABLE.lines() {
+        if line.starts_with('#') || line.starts_with("prefix") || line.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&'static str> = line.split('\t').collect();
+        let (Some(prefix), Some(name), Some(treat)) = (cols.first(), cols.get(1), cols.get(3))
+        else {
+            continue;
+        };
+        let Ok(net) = prefix.parse::<IpNet>() else {
+            continue;
+        };
+        let treatment = match *treat {
+            "deny" => Treatment::Deny,
+            "embedded" => Treatment::Embedded,
+            _ => Treatment::Public,
+        };
+        let r = Range {
+            net,
+            name,
+            treatment,
+        };
+        match net {
+            IpNet::V4(_) => v4.push(r),
+            IpNet::V6(_) => v6.push(r),
+        }
+    }
+    v4.sort_by_key(|r| std::cmp::Reverse(r.net.prefix_len()));
+    v6.sort_by_key(|r| std::cmp::Reverse(r.net.prefix_len()));
+    Table { v4, v6 }
+});
+
+/// Every row of the compiled-in table, for documentation and tests.
+pub fn ranges() -> impl Iterator<Item = &'static Range> {
+    RANGES.v4.iter().chain(RANGES.v6.iter())
+}
+
+/// Why an address is special: the name of the range (for the reason text).
+/// `None` means globally reachable.
+pub fn special(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => special_v4(v4),
+        IpAddr::V6(v6) => special_v6(v6),
+    }
+}
+
+fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let r = RANGES.v4.iter().find(|r| r.net.contains(&IpAddr::V4(ip)))?;
+    (r.treatment == Treatment::Deny).then_some(r.name)
+}
+
+fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let Some(r) = RANGES.v6.iter().find(|r| r.net.contains(&IpAddr::V6(ip))) else {
+        // Outside every row: only 2000::/3 is allocated for global unicast.
+        return if ip.segments()[0] & 0xe000 == 0x2000 {
+            None
+        } else {
+            Some("Not allocated for global unicast (outside 2000::/3)")
+        };
+    };
+    match r.treatment {
+        Treatment::Deny => Some(r.name),
+        Treatment::Public => None,
+        Treatment::Embedded => embedded_v4(ip)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(special_v4)
+            .map(|_| r.name),
+    }
+}
+
+/// The IPv4 addresses an IPv6 address embeds, if it is one of the embedding
+/// forms (mapped, compatible, NAT64 well-known prefix, 6to4, Teredo server
+/// and de-obfuscated client).
+pub fn embedded_v4(ip: Ipv6Addr) -> Option<[Option<Ipv4Addr>; 2]> {
+    let o = ip.octets();
+    let s = ip.segments();
+    let low32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if s[..5] == [0, 0, 0, 0, 0] && (s[5] == 0 || s[5] == 0xffff) {
+        return Some([Some(low32), None]);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some([Some(low32), None]);
+    }
+    if s[0] == 0x2002 {
+        return Some([Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])), None]);
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        let server = Ipv4Addr::new(o[4], o[5], o[6], o[7]);
+        let client = Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]);
+        return Some([Some(server), Some(client)]);
+    }
+    None
+}
+
+/// Whether every address of `net` is special, so that an allow rule for it
+/// may lift the guard. A block that also covers public space never does.
+pub fn entirely_special(net: IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => v4_block_special(n),
+        IpNet::V6(n) => v6_block_special(n),
+    }
+}
+
+fn v4_block_special(n: Ipv4Net) -> bool {
+    let table = &RANGES.v4;
+    // Some deny row must contain the block, and no more specific public row
+    // may overlap it.
+    let Some(container) = table
+        .iter()
+        .find(|r| r.net.contains(&IpNet::V4(n)))
+        .filter(|r| r.treatment == Treatment::Deny)
+    else {
+        return false;
+    };
+    !table.iter().any(|r| {
+        r.treatment == Treatment::Public
+            && r.net.prefix_len() > container.net.prefix_len()
+            && overlaps(r.net, IpNet::V4(n))
+    })
+}
+
+fn v6_block_special(n: Ipv6Net) -> bool {
+    let table = &RANGES.v6;
+    let Some(container) = table.iter().find(|r| r.net.contains(&IpNet::V6(n))) else {
+        return n.prefix_len() >= 3 && n.network().segments()[0] & 0xe000 != 0x2000;
+    };
+    let overlapped = table.iter().any(|r| {
+        r.treatment != Treatment::Deny
+            && r.net.prefix_len() > n.prefix_len().min(container.net.prefix_len())
+            && r.net.prefix_len() > container.net.prefix_len()
+            && overlaps(r.net, IpNet::V6(n))
+    });
+    match container.treatment {
+        Treatment::Deny => !overlapped,
+        Treatment::Public => false,
+        // An embedded block lifts only when the IPv4 it carries is itself a
+        // wholly special block (mapped, compatible and NAT64 at /96 or longer).
+        Treatment::Embedded => {
+            let s = n.network().segments();
+            let mapped_like = s[..5] == [0, 0, 0, 0, 0] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            if !mapped_like || n.prefix_len() < 96 || overlapped {
+                return false;
+            }
+            let o = n.network().octets();
+            Ipv4Net::new(
+                Ipv4Addr::new(o[12], o[13], o[14], o[15]),
+                n.prefix_len() - 96,
+            )
+            .is_ok_and(v4_block_special)
+        }
+    }
+}
+
+fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b) || b.contains(&a)
+}
+
+/// The address a decision should judge: IPv4-mapped IPv6 is its IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp(s: &str) -> bool {
+        special(s.parse().unwrap()).is_some()
+    }
+
+    #[test]
+    fn table_loaded() {
+        assert!(RANGES.v4.len() > 20 && RANGES.v6.len() > 20);
+    }
+
+    #[test]
+    fn examples() {
+        for s in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.0.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "2001:db8::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001:0:a00:1::1",
+            "64:ff9b:1::1",
+            "3fff::1",
+            "100::1",
+            "4000::1",
+        ] {
+            assert!(sp(s), "{s} must be special");
+        }
+        for s in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "192.0.0.9",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2001:4860:4860::8888",
+        ] {
+            assert!(!sp(s), "{s} must be public");
+        }
+    }
+
+    #[test]
+    fn lifting_blocks() {
+        let es = |s: &str| entirely_special(s.parse().unwrap());
+        assert!(es("10.20.0.0/16"));
+        assert!(es("169.254.169.254/32"));
+        assert!(es("127.0.0.9/32"));
+        assert!(es("fd00::/8"));
+        assert!(es("::ffff:10.0.0.0/104"));
+        assert!(!es("0.0.0.0/0"));
+        assert!(!es("::/0"));
+        assert!(!es("8.8.8.0/24"));
+        assert!(!es("192.0.0.0/24"), "covers the public 192.0.0.9");
+        assert!(!es("0.0.0.0/1"));
+    }
+}

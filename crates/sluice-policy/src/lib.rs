@@ -1,0 +1,28 @@
+//! Sluice's policy: the configuration model, its validation with positioned
+//! errors, and the compiled policy that decides every outbound connection.
+//!
+//! This crate is pure: no I/O, no clock, no async runtime. Everything that
+//! decides asks it, which is what makes it fuzzable and benchmarkable alone.
+//!
+//! # Layout
+//!
+//! - `model`: the configuration types (they also generate the JSON Schema).
+//! - `load`: YAML text to model, collecting every error with its position.
+//! - `dest`: client-written destinations to normalised names and addresses.
+//! - `guard`: the special-address table and the rule that lifts it.
+//! - `matcher`: host and CIDR lookup structures.
+//! - `policy`: compilation, zone selection, `decide` and `check_addresses`.
+
+pub mod dest;
+pub mod guard;
+pub mod load;
+mod matcher;
+pub mod model;
+pub mod policy;
+
+pub use dest::{DestError, Destination};
+pub use load::{ConfigError, ConfigErrors, parse_cidr, parse_config};
+pub use model::{Config, Mode, Ports, schema};
+pub use policy::{
+    AddressCheck, Decision, LoadError, Pending, Policy, Rejected, Request, Verdict, hash_text, ids,
+};

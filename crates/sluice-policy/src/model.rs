@@ -1,0 +1,300 @@
+//! The configuration model: what `sluice.yaml` says, already typed and
+//! checked (see `load` for how it is read). These types also generate the
+//! JSON Schema printed by `sluice schema`, so the schema cannot drift from
+//! what the loader accepts.
+//!
+//! The model is plain data. It does no I/O: a `password_hash_file` is a path
+//! that the binary reads.
+
+use std::{borrow::Cow, net::SocketAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Serialize, Serializer};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where Sluice listens.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Admin listener settings.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Default mode for zones that do not set their own.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Deny a CONNECT tunnel whose TLS SNI names another host than the
+    /// CONNECT target (domain fronting). Default `true`.
+    #[serde(default = "default_true")]
+    pub tls_sni_must_match: bool,
+    /// Network segments and identities, each with its own egress policy.
+    /// The first zone in file order whose conditions hold is selected.
+    #[serde(default)]
+    pub zones: Vec<Zone>,
+    /// Users for proxy authentication.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Name resolution for dialing.
+    #[serde(default)]
+    pub dns: Dns,
+    /// Connection limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where flow records go.
+    #[serde(default)]
+    pub log: Log,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Listener addresses. A listener that is not named does not run.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// HTTP forward proxy (CONNECT and absolute-form), e.g. `127.0.0.1:3128`.
+    #[schemars(with = "Option<String>")]
+    pub http: Option<SocketAddr>,
+    /// Admin endpoints (`/healthz`, `/readyz`), e.g. `127.0.0.1:9901`.
+    #[schemars(with = "Option<String>")]
+    pub admin: Option<SocketAddr>,
+}
+
+/// Admin listener settings.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// File holding the bearer token; required when admin binds beyond loopback.
+    pub token_file: Option<PathBuf>,
+}
+
+/// How a zone's rules are applied. The guard is enforced in every mode.
+#[derive(Debug, Clone, Copy, Default, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Allowlist: deny rules, then allow rules, then default deny.
+    #[default]
+    Enforce,
+    /// Blocklist: deny rules apply, everything else is allowed.
+    Open,
+    /// Judged like `enforce`, but the zone's denials are only recorded.
+    Report,
+}
+
+impl Mode {
+    /// The lower-case name used in files and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Open => "open",
+            Mode::Report => "report",
+        }
+    }
+}
+
+/// A network segment or identity with its own egress policy.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    /// `[a-z0-9_-]{1,63}`; `guard` and `default` are reserved.
+    pub name: String,
+    /// Client CIDRs; the client address must lie in one of them.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub sources: Option<Vec<IpNet>>,
+    /// Authenticated users; the request's user must be one of them.
+    pub users: Option<Vec<String>>,
+    /// Overrides the top-level `mode`.
+    pub mode: Option<Mode>,
+    /// Allow rules (`ports` required).
+    #[serde(default)]
+    pub allow: Vec<Rule>,
+    /// Deny rules (without `ports` they cover every port).
+    #[serde(default)]
+    pub deny: Vec<Rule>,
+}
+
+/// One allow or deny rule: exactly one of `host` and `cidr`.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// `example.com` (that name only) or `*.example.com` (every name below it).
+    pub host: Option<String>,
+    /// An address block, e.g. `198.51.100.0/24`.
+    #[schemars(with = "Option<String>")]
+    pub cidr: Option<IpNet>,
+    /// Ports: a list of numbers and `"a-b"` ranges, or `any`.
+    pub ports: Option<Ports>,
+    /// Optional stable id, unique in the file; otherwise `zone/allow/N`.
+    pub id: Option<String>,
+}
+
+/// A set of destination ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ports {
+    /// Every port.
+    Any,
+    /// Inclusive ranges in the order written.
+    List(Vec<(u16, u16)>),
+}
+
+impl Ports {
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        match self {
+            Ports::Any => true,
+            Ports::List(ranges) => ranges.iter().any(|&(a, b)| a <= port && port <= b),
+        }
+    }
+}
+
+impl Serialize for Ports {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Ports::Any => s.serialize_str("any"),
+            Ports::List(ranges) => {
+                let items: Vec<serde_json::Value> = ranges
+                    .iter()
+                    .map(|&(a, b)| {
+                        if a == b {
+                            serde_json::Value::from(a)
+                        } else {
+                            serde_json::Value::from(format!("{a}-{b}"))
+                        }
+                    })
+                    .collect();
+                items.serialize(s)
+            }
+        }
+    }
+}
+
+impl JsonSchema for Ports {
+    fn schema_name() -> Cow<'static, str> {
+        "Ports".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A list of ports (1-65535) and \"a-b\" ranges, or `any`.",
+            "oneOf": [
+                { "const": "any" },
+                { "type": "array", "minItems": 1, "items": { "oneOf": [
+                    { "type": "integer", "minimum": 1, "maximum": 65535 },
+                    { "type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$" }
+                ] } }
+            ]
+        })
+    }
+}
+
+/// A user for proxy authentication.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The user name sent in `Proxy-Authorization`.
+    pub name: String,
+    /// An argon2 PHC string (`$argon2id$v=19$...`); never a clear password.
+    #[serde(serialize_with = "redact")]
+    pub password_hash: Option<String>,
+    /// A file holding the argon2 PHC string instead.
+    pub password_hash_file: Option<PathBuf>,
+}
+
+fn redact<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Name resolution settings.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Resolvers (`ip:port`); default: the system resolver.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// Connection limits and timeouts. Durations are written `500ms`, `10s`, `5m`, `1h`.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Open client connections in total.
+    pub max_connections: u32,
+    /// Open client connections from one source address.
+    pub max_connections_per_source: u32,
+    /// Time allowed to send a complete request head.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub header_timeout: Duration,
+    /// Largest request head accepted, in bytes.
+    pub max_header_bytes: u32,
+    /// A tunnel or keep-alive connection with no traffic this long is closed.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
+    /// Time allowed to connect to a destination.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// On SIGTERM, how long open tunnels may continue.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_source: 512,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let ms = d.as_millis();
+        if ms % 1000 == 0 {
+            s.serialize_str(&format!("{}s", ms / 1000))
+        } else {
+            s.serialize_str(&format!("{ms}ms"))
+        }
+    }
+}
+
+/// Where flow records go.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `stdout` or a file path; JSON lines.
+    pub flows: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            flows: "stdout".to_owned(),
+        }
+    }
+}
+
+/// The JSON Schema of the configuration file.
+pub fn schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Config);
+    serde_json::to_value(&schema).unwrap_or_default()
+}

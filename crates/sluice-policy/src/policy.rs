@@ -1,0 +1,611 @@
+//! The compiled policy and its two decision phases (DESIGN.md "Decisions"):
+//! `decide` before resolution, `check_addresses` after. Both are pure
+//! functions of the compiled policy and their arguments.
+
+use std::{fmt, net::IpAddr, sync::Arc};
+
+use hashbrown::HashSet;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    dest::Destination,
+    guard,
+    load::{ConfigErrors, parse_config},
+    matcher::{CidrTable, HostTable},
+    model::{Config, Mode, Ports, Rule},
+};
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The connection may leave.
+    Allow,
+    /// It may not (or, with `enforced: false`, would not).
+    Deny,
+}
+
+impl Verdict {
+    /// `allow` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+/// What the second phase must still establish for the addresses of a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pending {
+    /// Final: nothing depends on addresses (an enforced denial).
+    Nothing,
+    /// Addresses must pass the guard and the zone's `cidr` deny rules.
+    Guard,
+    /// Addresses must also lie inside a `cidr` allow rule.
+    CidrAllow,
+}
+
+/// Rule ids of the guard and the fallbacks.
+pub mod ids {
+    /// A special address, denied in every mode.
+    pub const GUARD_SPECIAL: &str = "guard/special-address";
+    /// One of Sluice's own listeners.
+    pub const GUARD_SELF: &str = "guard/self";
+    /// The mode's default.
+    pub const DEFAULT: &str = "default";
+    /// No zone matched the request.
+    pub const NO_ZONE: &str = "default/no-zone";
+    /// The destination could not be parsed.
+    pub const INVALID: &str = "default/invalid-destination";
+}
+
+/// One outbound request as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The client address (IPv4-mapped addresses are judged as IPv4).
+    pub src: IpAddr,
+    /// The authenticated user, if any.
+    pub user: Option<&'a str>,
+    /// The normalised destination.
+    pub dest: &'a Destination,
+    /// The destination port.
+    pub port: u16,
+}
+
+/// A decision with its explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// False for report-mode would-be denials, which let the traffic pass.
+    pub enforced: bool,
+    /// The zone that judged, if any matched.
+    pub zone: Option<Arc<str>>,
+    /// The zone's mode.
+    pub mode: Option<Mode>,
+    /// The rule that decided (`web/allow/3`, an explicit id, a guard or
+    /// fallback id).
+    pub rule: Arc<str>,
+    /// One line a person can act on.
+    pub reason: String,
+    /// The policy version that decided.
+    pub policy_hash: Arc<str>,
+    /// What the addresses still have to pass.
+    pub pending: Pending,
+    /// No zone matched, no user was given, and some zone names users: the
+    /// client should be asked to authenticate.
+    pub auth_required: bool,
+    #[serde(skip)]
+    zone_idx: Option<u32>,
+    #[serde(skip)]
+    port: u16,
+}
+
+impl Decision {
+    /// Whether traffic may pass (allowed, or a report-mode would-be denial).
+    pub fn passes(&self) -> bool {
+        self.verdict == Verdict::Allow || !self.enforced
+    }
+
+    /// Turns this decision into an enforced denial by a guard or fallback
+    /// rule decided outside the policy (e.g. `guard/self` in the dialer).
+    pub fn deny_with(&self, rule: &str, reason: impl Into<String>) -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            enforced: true,
+            rule: rule.into(),
+            reason: reason.into(),
+            pending: Pending::Nothing,
+            ..self.clone()
+        }
+    }
+}
+
+/// One address that failed the second phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    /// The address.
+    pub addr: IpAddr,
+    /// The rule that failed it.
+    pub rule: Arc<str>,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of the second phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressCheck {
+    /// The final decision.
+    pub decision: Decision,
+    /// Addresses that may be dialed, in the order given.
+    pub allowed: Vec<IpAddr>,
+    /// Addresses dropped, with the rule that failed them.
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug)]
+struct CRule {
+    id: Arc<str>,
+    ports: Ports,
+    lifts_guard: bool,
+    text: String,
+}
+
+#[derive(Debug)]
+struct CZone {
+    name: Arc<str>,
+    mode: Mode,
+    users: Option<HashSet<String>>,
+    allow: Vec<CRule>,
+    deny: Vec<CRule>,
+    allow_hosts: HostTable,
+    deny_hosts: HostTable,
+    allow_cidrs: CidrTable,
+    deny_cidrs: CidrTable,
+}
+
+/// A compiled, immutable policy. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Policy {
+    config: Config,
+    hash: Arc<str>,
+    zones: Vec<CZone>,
+    /// Zones by source block (value = zone index).
+    sources: CidrTable,
+    /// Zones that name no sources.
+    sourceless: Vec<u32>,
+    any_users: bool,
+}
+
+/// A configuration that failed to load or compile.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(#[from] pub ConfigErrors);
+
+impl Policy {
+    /// Parse, validate and compile a configuration file's text.
+    pub fn load(source: &str, file: &str) -> Result<Policy, LoadError> {
+        let config = parse_config(source, file)?;
+        Ok(Policy::compile(config, &hash_text(source.as_bytes())))
+    }
+
+    /// Compile a validated configuration model. `hash` names this version.
+    pub fn compile(config: Config, hash: &str) -> Policy {
+        let mut zones = Vec::with_capacity(config.zones.len());
+        let mut sources = CidrTable::default();
+        let mut sourceless = Vec::new();
+        for (zi, z) in config.zones.iter().enumerate() {
+            let zi = zi as u32;
+            match &z.sources {
+                Some(nets) => {
+                    for n in nets {
+                        sources.insert(*n, zi);
+                    }
+                }
+                None => sourceless.push(zi),
+            }
+            let name: Arc<str> = z.name.as_str().into();
+            let mut cz = CZone {
+                name: name.clone(),
+                mode: z.mode.unwrap_or(config.mode),
+                users: z.users.as_ref().map(|u| u.iter().cloned().collect()),
+                allow: Vec::with_capacity(z.allow.len()),
+                deny: Vec::with_capacity(z.deny.len()),
+                allow_hosts: HostTable::default(),
+                deny_hosts: HostTable::default(),
+                allow_cidrs: CidrTable::default(),
+                deny_cidrs: CidrTable::default(),
+            };
+            for (kind, rules) in [("allow", &z.allow), ("deny", &z.deny)] {
+                for (ri, r) in rules.iter().enumerate() {
+                    let idx = ri as u32;
+                    let allow = kind == "allow";
+                    let (hosts, cidrs, list) = if allow {
+                        (&mut cz.allow_hosts, &mut cz.allow_cidrs, &mut cz.allow)
+                    } else {
+                        (&mut cz.deny_hosts, &mut cz.deny_cidrs, &mut cz.deny)
+                    };
+                    if let Some(h) = &r.host {
+                        hosts.insert(h, idx);
+                    }
+                    if let Some(n) = r.cidr {
+                        cidrs.insert(n, idx);
+                    }
+                    list.push(CRule {
+                        id: match &r.id {
+                            Some(id) => id.as_str().into(),
+                            None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
+                        },
+                        ports: r.ports.clone().unwrap_or(Ports::Any),
+                        lifts_guard: allow && r.cidr.is_some_and(guard::entirely_special),
+                        text: rule_text(r),
+                    });
+                }
+            }
+            zones.push(cz);
+        }
+        let any_users = config.zones.iter().any(|z| z.users.is_some());
+        Policy {
+            config,
+            hash: hash.into(),
+            zones,
+            sources,
+            sourceless,
+            any_users,
+        }
+    }
+
+    /// The configuration this policy was compiled from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The policy hash.
+    pub fn hash(&self) -> &Arc<str> {
+        &self.hash
+    }
+
+    /// Whether any zone selects by user (so proxies should offer auth).
+    pub fn has_user_zones(&self) -> bool {
+        self.any_users
+    }
+
+    /// The first zone in file order whose conditions hold.
+    fn select_zone(&self, src: IpAddr, user: Option<&str>) -> Option<u32> {
+        let src = guard::canonical(src);
+        let user_ok = |zi: u32| match (&self.zones[zi as usize].users, user) {
+            (None, _) => true,
+            (Some(set), Some(u)) => set.contains(u),
+            (Some(_), None) => false,
+        };
+        let by_source = self.sources.first(src, user_ok);
+        let sourceless = self.sourceless.iter().copied().find(|&zi| user_ok(zi));
+        match (by_source, sourceless) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The name of the zone a source (and user) belongs to, if any.
+    pub fn zone_of(&self, src: IpAddr, user: Option<&str>) -> Option<&str> {
+        self.select_zone(src, user)
+            .map(|zi| &*self.zones[zi as usize].name)
+    }
+
+    fn base(&self, zi: Option<u32>, port: u16) -> Decision {
+        let z = zi.map(|i| &self.zones[i as usize]);
+        Decision {
+            verdict: Verdict::Deny,
+            enforced: true,
+            zone: z.map(|z| z.name.clone()),
+            mode: z.map(|z| z.mode),
+            rule: ids::DEFAULT.into(),
+            reason: String::new(),
+            policy_hash: self.hash.clone(),
+            pending: Pending::Nothing,
+            auth_required: false,
+            zone_idx: zi,
+            port,
+        }
+    }
+
+    /// A denial for a destination that could not be parsed; for records.
+    pub fn invalid_destination(&self, src: IpAddr, user: Option<&str>, reason: String) -> Decision {
+        let mut d = self.base(self.select_zone(src, user), 0);
+        d.rule = ids::INVALID.into();
+        d.reason = reason;
+        d
+    }
+
+    /// Phase one: judge a request before resolution.
+    pub fn decide(&self, req: &Request<'_>) -> Decision {
+        let Some(zi) = self.select_zone(req.src, req.user) else {
+            let mut d = self.base(None, req.port);
+            d.rule = ids::NO_ZONE.into();
+            d.auth_required = req.user.is_none() && self.any_users;
+            d.reason = match req.user {
+                Some(u) => format!("source {} with user {u} matches no zone", req.src),
+                None if d.auth_required => {
+                    format!(
+                        "source {} matches no zone without credentials; authenticate",
+                        req.src
+                    )
+                }
+                None => format!("source {} matches no zone", req.src),
+            };
+            return d;
+        };
+        let z = &self.zones[zi as usize];
+        let port = req.port;
+        let mut d = self.base(Some(zi), port);
+        let report = z.mode == Mode::Report;
+        fn port_ok(rules: &[CRule], port: u16) -> impl Fn(u32) -> bool + '_ {
+            move |i: u32| rules[i as usize].ports.contains(port)
+        }
+        match req.dest {
+            Destination::Ip(ip) => {
+                let ip = guard::canonical(*ip);
+                if let Some(range) = guard::special(ip) {
+                    if self.lifting_rule(z, ip, port).is_none() {
+                        d.rule = ids::GUARD_SPECIAL.into();
+                        d.reason = guard_reason(ip, range);
+                        return d;
+                    }
+                }
+                if let Some(i) = z.deny_cidrs.first(ip, port_ok(&z.deny, port)) {
+                    return rule_deny(d, &z.deny[i as usize], report);
+                }
+                if let Some(i) = z.allow_cidrs.first(ip, port_ok(&z.allow, port)) {
+                    return rule_allow(d, &z.allow[i as usize], Pending::Guard);
+                }
+                default(d, z, format!("{ip} port {port}"), Pending::Guard)
+            }
+            Destination::Name(name) => {
+                if name == "localhost" || name.ends_with(".localhost") {
+                    d.rule = ids::GUARD_SPECIAL.into();
+                    d.reason = format!("{name} can only mean a loopback address (RFC 6761)");
+                    return d;
+                }
+                if let Some(i) = z.deny_hosts.first(name, port_ok(&z.deny, port)) {
+                    return rule_deny(d, &z.deny[i as usize], report);
+                }
+                if let Some(i) = z.allow_hosts.first(name, port_ok(&z.allow, port)) {
+                    return rule_allow(d, &z.allow[i as usize], Pending::Guard);
+                }
+                let pending = if z.mode != Mode::Open && !z.allow_cidrs.is_empty() {
+                    Pending::CidrAllow
+                } else {
+                    Pending::Guard
+                };
+                default(d, z, format!("{name} port {port}"), pending)
+            }
+        }
+    }
+
+    fn lifting_rule(&self, z: &CZone, ip: IpAddr, port: u16) -> Option<u32> {
+        z.allow_cidrs.first(ip, |i| {
+            let r = &z.allow[i as usize];
+            r.lifts_guard && r.ports.contains(port)
+        })
+    }
+
+    /// Phase two: judge the addresses a name resolved to (or an IP literal).
+    /// Only `allowed` may be dialed; nothing is resolved again.
+    pub fn check_addresses(&self, decision: &Decision, addrs: &[IpAddr]) -> AddressCheck {
+        let mut out = AddressCheck {
+            decision: decision.clone(),
+            allowed: Vec::new(),
+            rejected: Vec::new(),
+        };
+        let zone = decision.zone_idx.map(|i| &self.zones[i as usize]);
+        let (Some(z), true) = (zone, decision.passes()) else {
+            out.rejected = addrs
+                .iter()
+                .map(|&addr| Rejected {
+                    addr,
+                    rule: decision.rule.clone(),
+                    reason: decision.reason.clone(),
+                })
+                .collect();
+            out.decision.pending = Pending::Nothing;
+            return out;
+        };
+        let port = decision.port;
+        let report = z.mode == Mode::Report;
+        // A report-mode would-be denial (from phase one or from addresses).
+        // A report-mode would-be denial found among the addresses.
+        let mut would_deny: Option<(Arc<str>, String)> = None;
+        let mut allow_rule: Option<&CRule> = None;
+        for &addr in addrs {
+            let ip = guard::canonical(addr);
+            if let Some(range) = guard::special(ip) {
+                if self.lifting_rule(z, ip, port).is_none() {
+                    out.rejected.push(Rejected {
+                        addr,
+                        rule: ids::GUARD_SPECIAL.into(),
+                        reason: guard_reason(ip, range),
+                    });
+                    continue;
+                }
+            }
+            if let Some(i) = z
+                .deny_cidrs
+                .first(ip, |i| z.deny[i as usize].ports.contains(port))
+            {
+                let r = &z.deny[i as usize];
+                let reason = format!("{ip} matches deny rule {} ({})", r.id, r.text);
+                if report {
+                    would_deny.get_or_insert((r.id.clone(), reason));
+                    out.allowed.push(addr);
+                } else {
+                    out.rejected.push(Rejected {
+                        addr,
+                        rule: r.id.clone(),
+                        reason,
+                    });
+                }
+                continue;
+            }
+            if decision.pending == Pending::CidrAllow {
+                match z
+                    .allow_cidrs
+                    .first(ip, |i| z.allow[i as usize].ports.contains(port))
+                {
+                    Some(i) => {
+                        allow_rule.get_or_insert(&z.allow[i as usize]);
+                    }
+                    // Report mode: phase one already holds the would-be denial.
+                    None if report => {}
+                    None => {
+                        out.rejected.push(Rejected {
+                            addr,
+                            rule: ids::DEFAULT.into(),
+                            reason: format!(
+                                "resolved address {ip} is not inside any cidr allow rule of zone {} for port {port}",
+                                z.name
+                            ),
+                        });
+                        continue;
+                    }
+                }
+            }
+            out.allowed.push(addr);
+        }
+        let d = &mut out.decision;
+        d.pending = Pending::Nothing;
+        if out.allowed.is_empty() {
+            d.verdict = Verdict::Deny;
+            d.enforced = true;
+            match out.rejected.first() {
+                Some(r) => {
+                    d.rule = r.rule.clone();
+                    d.reason = r.reason.clone();
+                }
+                None => {
+                    d.rule = ids::DEFAULT.into();
+                    d.reason = "no addresses to connect to".to_owned();
+                }
+            }
+        } else if let Some((rule, reason)) = would_deny {
+            d.verdict = Verdict::Deny;
+            d.enforced = false;
+            d.rule = rule;
+            d.reason = reason;
+        } else if let Some(r) = allow_rule {
+            d.verdict = Verdict::Allow;
+            d.enforced = true;
+            d.rule = r.id.clone();
+            d.reason = format!("address matches allow rule {} ({})", r.id, r.text);
+        }
+        out
+    }
+}
+
+fn guard_reason(ip: IpAddr, range: &str) -> String {
+    format!(
+        "{ip} is a special address ({range}); denied unless a cidr allow rule inside special space lifts it"
+    )
+}
+
+fn rule_deny(mut d: Decision, r: &CRule, report: bool) -> Decision {
+    d.verdict = Verdict::Deny;
+    d.enforced = !report;
+    d.rule = r.id.clone();
+    d.reason = format!("matches deny rule {} ({})", r.id, r.text);
+    d.pending = if report {
+        Pending::Guard
+    } else {
+        Pending::Nothing
+    };
+    d
+}
+
+fn rule_allow(mut d: Decision, r: &CRule, pending: Pending) -> Decision {
+    d.verdict = Verdict::Allow;
+    d.enforced = true;
+    d.rule = r.id.clone();
+    d.reason = format!("matches allow rule {} ({})", r.id, r.text);
+    d.pending = pending;
+    d
+}
+
+fn default(mut d: Decision, z: &CZone, what: String, pending: Pending) -> Decision {
+    d.rule = ids::DEFAULT.into();
+    match z.mode {
+        Mode::Open => {
+            d.verdict = Verdict::Allow;
+            d.enforced = true;
+            d.reason = format!(
+                "{what}: no deny rule of zone {} matches (open mode)",
+                z.name
+            );
+            d.pending = pending;
+        }
+        mode => {
+            d.verdict = Verdict::Deny;
+            d.enforced = mode == Mode::Enforce;
+            d.pending = if pending == Pending::CidrAllow || mode == Mode::Report {
+                pending
+            } else {
+                Pending::Nothing
+            };
+            d.reason = if pending == Pending::CidrAllow {
+                format!(
+                    "{what}: no host rule of zone {} matches; allowed only if its addresses fall in a cidr allow rule",
+                    z.name
+                )
+            } else {
+                format!(
+                    "{what}: no rule of zone {} allows it ({} mode)",
+                    z.name,
+                    mode.as_str()
+                )
+            };
+        }
+    }
+    d
+}
+
+fn rule_text(r: &Rule) -> String {
+    let target = match (&r.host, &r.cidr) {
+        (Some(h), _) => format!("host {h}"),
+        (_, Some(c)) => format!("cidr {c}"),
+        _ => String::new(),
+    };
+    match &r.ports {
+        None | Some(Ports::Any) => target,
+        Some(p) => {
+            let v = serde_json::to_value(p).unwrap_or_default();
+            format!("{target} ports {v}")
+        }
+    }
+}
+
+/// A short, stable hash of a policy's source text.
+pub fn hash_text(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{} zone={} mode={} rule={} reason=\"{}\" policy={}",
+            self.verdict.as_str(),
+            if self.enforced {
+                ""
+            } else {
+                " (not enforced: report mode)"
+            },
+            self.zone.as_deref().unwrap_or("-"),
+            self.mode.map_or("-", Mode::as_str),
+            self.rule,
+            self.reason,
+            self.policy_hash
+        )
+    }
+}
