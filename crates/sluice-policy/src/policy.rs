@@ -401,7 +401,10 @@ impl Policy {
             rejected: Vec::new(),
         };
         let zone = decision.zone_idx.map(|i| &self.zones[i as usize]);
-        let (Some(z), true) = (zone, decision.passes()) else {
+        let (Some(z), false) = (
+            zone,
+            decision.pending == Pending::Nothing && !decision.passes(),
+        ) else {
             out.rejected = addrs
                 .iter()
                 .map(|&addr| Rejected {

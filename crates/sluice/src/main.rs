@@ -1,1 +1,284 @@
-fn main() {}
+//! `sluice`: the command line. Thin glue over the library crates: parse
+//! arguments, load files, call the policy or start the gateway, map results
+//! to exit codes.
+
+use std::{
+    net::{IpAddr, ToSocketAddrs},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+use sluice_policy::{Destination, Policy, Request, Verdict};
+
+mod run;
+
+/// Sluice: an egress gateway. What is not explicitly allowed does not leave.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the gateway (the embedded default without a file).
+    Run {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration: exit 0, or print every error and exit 1.
+    Validate {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Explain the decision for one request: exit 0 allow, 1 deny, 2 error.
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Client address the request comes from.
+        #[arg(long)]
+        from: IpAddr,
+        /// Authenticated user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Resolved address of the destination (repeatable): runs phase two.
+        #[arg(long = "addr", conflicts_with = "resolve")]
+        addrs: Vec<IpAddr>,
+        /// Resolve the destination with the system resolver and run phase two.
+        #[arg(long)]
+        resolve: bool,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+        /// `host:port`, `[v6]:port`, or an `http://` / `https://` URL.
+        target: String,
+    },
+    /// Print the JSON Schema of the configuration file.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Run { config } => run::main(config),
+        Command::Validate { config } => validate(&config),
+        Command::Check {
+            config,
+            from,
+            user,
+            addrs,
+            resolve,
+            json,
+            target,
+        } => check(
+            &config,
+            from,
+            user.as_deref(),
+            addrs,
+            resolve,
+            json,
+            &target,
+        ),
+        Command::Schema => {
+            match serde_json::to_string_pretty(&sluice_policy::schema()) {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Policy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    Policy::load(&text, &path.display().to_string()).map_err(|e| e.to_string())
+}
+
+fn validate(path: &PathBuf) -> ExitCode {
+    match load(path) {
+        Ok(p) => {
+            println!(
+                "{}: ok ({} zones, {} users, policy {})",
+                path.display(),
+                p.config().zones.len(),
+                p.config().users.len(),
+                p.hash()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Splits a check target into host and port.
+fn parse_target(target: &str) -> Result<(String, u16), String> {
+    let (authority, default_port) = if let Some(rest) = target.strip_prefix("http://") {
+        (rest, Some(80))
+    } else if let Some(rest) = target.strip_prefix("https://") {
+        (rest, Some(443))
+    } else if target.contains("://") {
+        return Err(format!(
+            "unsupported URL scheme in `{target}`: expected http or https"
+        ));
+    } else {
+        (target, None)
+    };
+    let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed `[` in `{target}`"))?;
+        (format!("[{h}]"), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    let port = match (port, default_port) {
+        (Some(p), _) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0 && p.to_string().len() <= 5)
+            .ok_or_else(|| format!("invalid port `{p}` in `{target}`"))?,
+        (None, Some(d)) => d,
+        (None, None) => return Err(format!("`{target}` needs a port: host:port or a URL")),
+    };
+    Ok((host, port))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    path: &PathBuf,
+    from: IpAddr,
+    user: Option<&str>,
+    mut addrs: Vec<IpAddr>,
+    resolve: bool,
+    json: bool,
+    target: &str,
+) -> ExitCode {
+    let policy = match load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (host, port) = match parse_target(target) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dest = match Destination::parse(&host) {
+        Ok(d) => d,
+        Err(e) => {
+            let d = policy.invalid_destination(from, user, format!("invalid destination: {e}"));
+            print_decision(json, &host, port, &d, None);
+            return ExitCode::from(1);
+        }
+    };
+    let req = Request {
+        src: from,
+        user,
+        dest: &dest,
+        port,
+    };
+    let first = policy.decide(&req);
+    if resolve {
+        let lookup = match &dest {
+            Destination::Ip(ip) => Ok(vec![*ip]),
+            Destination::Name(n) => (n.as_str(), port)
+                .to_socket_addrs()
+                .map(|it| it.map(|a| a.ip()).collect()),
+        };
+        match lookup {
+            Ok(found) => addrs = found,
+            Err(e) => {
+                eprintln!("error: cannot resolve {dest}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if let Destination::Ip(ip) = dest {
+        // An IP literal is its own resolution.
+        addrs = vec![ip];
+    }
+    let (decision, check) = if addrs.is_empty() {
+        (first, None)
+    } else {
+        let c = policy.check_addresses(&first, &addrs);
+        (c.decision.clone(), Some(c))
+    };
+    print_decision(json, &dest.to_string(), port, &decision, check.as_ref());
+    if decision.verdict == Verdict::Allow {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_decision(
+    json: bool,
+    dest: &str,
+    port: u16,
+    d: &sluice_policy::Decision,
+    check: Option<&sluice_policy::AddressCheck>,
+) {
+    if json {
+        let mut v = serde_json::json!({
+            "destination": dest,
+            "port": port,
+            "verdict": d.verdict,
+            "enforced": d.enforced,
+            "zone": d.zone,
+            "mode": d.mode,
+            "rule": d.rule,
+            "reason": d.reason,
+            "policy_hash": d.policy_hash,
+            "pending": d.pending,
+            "auth_required": d.auth_required,
+        });
+        if let Some(c) = check {
+            v["allowed_addrs"] = serde_json::json!(c.allowed);
+            v["rejected_addrs"] = serde_json::json!(c.rejected);
+        }
+        println!("{v}");
+        return;
+    }
+    println!("{dest}:{port}: {d}");
+    if d.pending != sluice_policy::Pending::Nothing {
+        println!("  pending: phase two (addresses) not run; pass --addr or --resolve");
+    }
+    if let Some(c) = check {
+        for a in &c.allowed {
+            println!("  address {a}: may be dialed");
+        }
+        for r in &c.rejected {
+            println!("  address {}: rejected by {}: {}", r.addr, r.rule, r.reason);
+        }
+    }
+}
