@@ -1,1 +1,24 @@
-//! placeholder
+//! Sluice's observations: the flow record every connection, request and
+//! DNS query leaves behind, the sink that writes those records as JSON
+//! lines, and the Prometheus metrics registry.
+//!
+//! This crate watches the data path; it is not part of it. It must not
+//! touch data-path sockets, depend on `sluice-net`, or ever make the data
+//! path wait: a record that cannot be queued is dropped and counted.
+//!
+//! # Layout
+//!
+//! - `record`: [`FlowRecord`], the fields of DESIGN.md "Flow record".
+//! - `sink`: [`FlowSink`], the non-blocking handle the data path sends
+//!   records to, and [`FlowWriter`], the control handle of the one thread
+//!   that writes them (reopen for rotation, close for shutdown).
+//! - `metrics`: [`Metrics`], the `sluice_*` families and the small methods
+//!   the data path calls to update them.
+
+mod metrics;
+mod record;
+mod sink;
+
+pub use metrics::{ActiveTunnel, CONTENT_TYPE, Metrics};
+pub use record::{FlowRecord, Listener, Protocol};
+pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};

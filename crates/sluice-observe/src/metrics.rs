@@ -1,0 +1,446 @@
+//! The metrics registry: every `sluice_*` family, and the small methods the
+//! data path, the reloader and the admin server call.
+//!
+//! Labels are low-cardinality only (DESIGN.md "Names"): listener, zone,
+//! verdict, enforced, and a rule only when it has an explicit id. Never a
+//! destination or client address.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::{FlowRecord, Listener, Protocol};
+
+/// The content type of [`Metrics::encode`]'s output (OpenMetrics text,
+/// which Prometheus scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry and a handle to each family. Share it as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<FlowLabels, Counter>,
+    requests: Family<FlowLabels, Counter>,
+    bytes_out: Family<ZoneLabel, Counter>,
+    bytes_in: Family<ZoneLabel, Counter>,
+    decision_duration: Histogram,
+    connect_duration: Histogram,
+    active_tunnels: Family<ListenerLabel, Gauge>,
+    pub(crate) flow_records_dropped: Counter,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_last_reload_success: Gauge,
+    config_loaded_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+    policy_info: Family<HashLabel, Gauge>,
+    rule_hits: Family<RuleLabel, Counter>,
+}
+
+/// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
+/// dropped, however the tunnel ends.
+#[derive(Debug)]
+#[must_use = "the tunnel counts as active only while this is held"]
+pub struct ActiveTunnel {
+    gauge: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FlowLabels {
+    listener: &'static str,
+    zone: String,
+    verdict: &'static str,
+    enforced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ZoneLabel {
+    zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HashLabel {
+    hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// A registry with every family registered and nothing counted yet.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // prometheus-client appends `_total` to counters and the unit
+        // suffix given with `register_with_unit`.
+        let connections = Family::default();
+        registry.register(
+            "sluice_connections",
+            "Tunnels (CONNECT, SOCKS5, transparent) by listener, zone and verdict",
+            connections.clone(),
+        );
+        let requests = Family::default();
+        registry.register(
+            "sluice_requests",
+            "Absolute-form HTTP requests by listener, zone and verdict",
+            requests.clone(),
+        );
+        let bytes_out = Family::default();
+        registry.register(
+            "sluice_bytes_out",
+            "Bytes from clients to destinations, by zone",
+            bytes_out.clone(),
+        );
+        let bytes_in = Family::default();
+        registry.register(
+            "sluice_bytes_in",
+            "Bytes from destinations to clients, by zone",
+            bytes_in.clone(),
+        );
+        // decide() takes microseconds: 1 µs .. ~0.26 s.
+        let decision_duration = Histogram::new(exponential_buckets(1e-6, 4.0, 10));
+        registry.register_with_unit(
+            "sluice_decision_duration",
+            "Time to decide a request (both phases)",
+            Unit::Seconds,
+            decision_duration.clone(),
+        );
+        // Resolve and dial: 1 ms .. ~16 s.
+        let connect_duration = Histogram::new(exponential_buckets(1e-3, 2.0, 15));
+        registry.register_with_unit(
+            "sluice_connect_duration",
+            "Time to resolve and connect to a destination",
+            Unit::Seconds,
+            connect_duration.clone(),
+        );
+        let active_tunnels = Family::default();
+        registry.register(
+            "sluice_active_tunnels",
+            "Tunnels open now, by listener",
+            active_tunnels.clone(),
+        );
+        let flow_records_dropped = Counter::default();
+        registry.register(
+            "sluice_flow_records_dropped",
+            "Flow records dropped because the sink's queue was full or its writer failed",
+            flow_records_dropped.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "sluice_config_reloads",
+            "Configuration reloads by result (success, failure)",
+            config_reloads.clone(),
+        );
+        let config_last_reload_success = Gauge::default();
+        registry.register(
+            "sluice_config_last_reload_success",
+            "1 if the last configuration load succeeded, else 0",
+            config_last_reload_success.clone(),
+        );
+        let config_loaded_timestamp = Gauge::default();
+        registry.register_with_unit(
+            "sluice_config_loaded_timestamp",
+            "When the running policy was loaded, Unix time",
+            Unit::Seconds,
+            config_loaded_timestamp.clone(),
+        );
+        let policy_info = Family::default();
+        registry.register(
+            "sluice_policy_info",
+            "The hash of the running policy (value always 1)",
+            policy_info.clone(),
+        );
+        let rule_hits = Family::default();
+        registry.register(
+            "sluice_rule_hits",
+            "Decisions by rule, for rules with an explicit id",
+            rule_hits.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            requests,
+            bytes_out,
+            bytes_in,
+            decision_duration,
+            connect_duration,
+            active_tunnels,
+            flow_records_dropped,
+            config_reloads,
+            config_last_reload_success,
+            config_loaded_timestamp,
+            policy_info,
+            rule_hits,
+        }
+    }
+
+    /// The registry, for crates that add their own families before the
+    /// metrics are shared.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Counts a finished flow: a tunnel in `sluice_connections_total`, an
+    /// absolute-form request in `sluice_requests_total`, and its bytes by
+    /// zone. DNS queries only add their bytes; the DNS forwarder counts
+    /// queries itself.
+    pub fn record(&self, r: &FlowRecord) {
+        let zone = r.zone.clone().unwrap_or_default();
+        let labels = FlowLabels {
+            listener: r.listener.as_str(),
+            zone: zone.clone(),
+            verdict: if r.verdict == "allow" {
+                "allow"
+            } else {
+                "deny"
+            },
+            enforced: r.enforced,
+        };
+        match r.protocol {
+            Protocol::Http => self.requests.get_or_create(&labels).inc(),
+            Protocol::Dns => 0,
+            _ => self.connections.get_or_create(&labels).inc(),
+        };
+        let zone = ZoneLabel { zone };
+        if r.bytes_out > 0 {
+            self.bytes_out.get_or_create(&zone).inc_by(r.bytes_out);
+        }
+        if r.bytes_in > 0 {
+            self.bytes_in.get_or_create(&zone).inc_by(r.bytes_in);
+        }
+    }
+
+    /// Observes how long a decision took.
+    pub fn observe_decision(&self, took: Duration) {
+        self.decision_duration.observe(took.as_secs_f64());
+    }
+
+    /// Observes how long resolving and connecting took.
+    pub fn observe_connect(&self, took: Duration) {
+        self.connect_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts a tunnel as active until the returned guard is dropped.
+    pub fn active_tunnel(&self, listener: Listener) -> ActiveTunnel {
+        let gauge = self.active_tunnels.get_or_create_owned(&ListenerLabel {
+            listener: listener.as_str(),
+        });
+        gauge.inc();
+        ActiveTunnel { gauge }
+    }
+
+    /// Counts a decision by a rule with an explicit id. The caller decides
+    /// which rules qualify: generated ids (`web/allow/3`) shift with edits
+    /// and stay in the admin API.
+    pub fn rule_hit(&self, rule_id: &str) {
+        self.rule_hits
+            .get_or_create(&RuleLabel {
+                rule: rule_id.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A policy is running (at start-up or after a reload): its hash becomes
+    /// the only `sluice_policy_info`, and the load time and success are set.
+    pub fn policy_loaded(&self, hash: &str, at: SystemTime) {
+        self.policy_info.clear();
+        self.policy_info
+            .get_or_create(&HashLabel {
+                hash: hash.to_owned(),
+            })
+            .set(1);
+        let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.config_loaded_timestamp.set(secs.as_secs_f64());
+        self.config_last_reload_success.set(1);
+    }
+
+    /// A reload succeeded and the policy with `hash` now runs.
+    pub fn reload_succeeded(&self, hash: &str, at: SystemTime) {
+        self.config_reloads
+            .get_or_create(&ResultLabel { result: "success" })
+            .inc();
+        self.policy_loaded(hash, at);
+    }
+
+    /// A reload failed; the old policy keeps running.
+    pub fn reload_failed(&self) {
+        self.config_reloads
+            .get_or_create(&ResultLabel { result: "failure" })
+            .inc();
+        self.config_last_reload_success.set(0);
+    }
+
+    /// Every family in the text exposition format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; a metric that failed to encode
+        // would only leave the output short.
+        if let Err(e) = text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+// === impl ActiveTunnel ===
+
+impl Drop for ActiveTunnel {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn flow(protocol: Protocol, zone: &str, verdict: &str) -> FlowRecord {
+        let src: SocketAddr = "10.0.1.7:40000".parse().unwrap();
+        let mut r = FlowRecord::new(Listener::Http, protocol, src, SystemTime::now());
+        r.zone = Some(zone.into());
+        r.verdict = verdict.into();
+        r.bytes_out = 100;
+        r.bytes_in = 2000;
+        r
+    }
+
+    /// A minimal parse of the exposition: every sample line is
+    /// `name{labels} value` with a numeric value, and it ends with `# EOF`.
+    fn samples(text: &str) -> Vec<(String, f64)> {
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                (series.to_owned(), value.parse::<f64>().unwrap())
+            })
+            .collect()
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        samples(text)
+            .into_iter()
+            .find(|(s, _)| s == series)
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+            .1
+    }
+
+    #[test]
+    fn metrics_are_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Metrics>();
+        shared::<ActiveTunnel>();
+    }
+
+    #[test]
+    fn encodes_every_family_with_conventional_names() {
+        let m = Metrics::new();
+        m.record(&flow(Protocol::Connect, "web", "allow"));
+        m.record(&flow(Protocol::Http, "web", "deny"));
+        m.observe_decision(Duration::from_micros(3));
+        m.observe_connect(Duration::from_millis(20));
+        let _tunnel = m.active_tunnel(Listener::Socks5);
+        m.flow_records_dropped.inc();
+        m.reload_failed();
+        m.rule_hit("gh-content");
+        m.policy_loaded("abc", UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let text = m.encode();
+        let names: Vec<String> = samples(&text).into_iter().map(|(s, _)| s).collect();
+        for family in [
+            "sluice_connections_total{",
+            "sluice_requests_total{",
+            "sluice_bytes_out_total{",
+            "sluice_bytes_in_total{",
+            "sluice_decision_duration_seconds_bucket{",
+            "sluice_connect_duration_seconds_count",
+            "sluice_active_tunnels{",
+            "sluice_flow_records_dropped_total",
+            "sluice_config_reloads_total{",
+            "sluice_config_last_reload_success",
+            "sluice_config_loaded_timestamp_seconds",
+            "sluice_policy_info{",
+            "sluice_rule_hits_total{",
+        ] {
+            assert!(
+                names.iter().any(|n| n.starts_with(family)),
+                "{family} in\n{text}"
+            );
+        }
+        let conn = r#"sluice_connections_total{listener="http",zone="web",verdict="allow",enforced="true"}"#;
+        assert_eq!(value(&text, conn), 1.0);
+        let req =
+            r#"sluice_requests_total{listener="http",zone="web",verdict="deny",enforced="true"}"#;
+        assert_eq!(value(&text, req), 1.0);
+        assert_eq!(value(&text, r#"sluice_bytes_in_total{zone="web"}"#), 4000.0);
+        assert_eq!(
+            value(&text, r#"sluice_active_tunnels{listener="socks5"}"#),
+            1.0
+        );
+        assert_eq!(value(&text, "sluice_config_last_reload_success"), 1.0);
+        assert_eq!(
+            value(&text, "sluice_config_loaded_timestamp_seconds"),
+            1.7e9
+        );
+        assert!(!text.contains("10.0.1.7"), "no addresses in labels");
+    }
+
+    #[test]
+    fn tunnels_leave_the_gauge_when_dropped() {
+        let m = Metrics::new();
+        let series = r#"sluice_active_tunnels{listener="http"}"#;
+        let a = m.active_tunnel(Listener::Http);
+        let b = m.active_tunnel(Listener::Http);
+        assert_eq!(value(&m.encode(), series), 2.0);
+        drop(a);
+        drop(b);
+        assert_eq!(value(&m.encode(), series), 0.0);
+    }
+
+    #[test]
+    fn policy_info_keeps_only_the_current_hash() {
+        let m = Metrics::new();
+        m.policy_loaded("old", SystemTime::now());
+        m.reload_failed();
+        assert_eq!(value(&m.encode(), "sluice_config_last_reload_success"), 0.0);
+        m.reload_succeeded("new", SystemTime::now());
+        let text = m.encode();
+        assert_eq!(value(&text, r#"sluice_policy_info{hash="new"}"#), 1.0);
+        assert!(!text.contains(r#"hash="old""#), "{text}");
+        assert_eq!(
+            value(&text, r#"sluice_config_reloads_total{result="success"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(&text, r#"sluice_config_reloads_total{result="failure"}"#),
+            1.0
+        );
+        assert_eq!(value(&text, "sluice_config_last_reload_success"), 1.0);
+    }
+}

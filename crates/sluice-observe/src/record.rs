@@ -1,0 +1,376 @@
+//! The flow record: one per tunnel, per absolute-form HTTP request and per
+//! DNS query, with the same fields for every listener (DESIGN.md "Flow
+//! record"). It is data, not a log line: the sink serializes it as one JSON
+//! object a line, and `sluice learn` / `replay` read it back.
+
+use std::{
+    collections::hash_map::RandomState,
+    hash::{BuildHasher, Hasher},
+    net::SocketAddr,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use sluice_policy::Decision;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// The listener a flow came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listener {
+    /// The HTTP forward proxy (CONNECT and absolute-form).
+    Http,
+    /// The SOCKS5 proxy.
+    Socks5,
+    /// The transparent listener behind an nftables redirect.
+    Transparent,
+    /// The DNS forwarder.
+    Dns,
+}
+
+/// What the flow spoke, as far as Sluice could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    /// An absolute-form HTTP request through the forward proxy.
+    #[serde(rename = "http")]
+    Http,
+    /// A CONNECT tunnel.
+    #[serde(rename = "connect")]
+    Connect,
+    /// A SOCKS5 CONNECT tunnel.
+    #[serde(rename = "socks5")]
+    Socks5,
+    /// A redirected TLS connection, judged by its SNI.
+    #[serde(rename = "tls")]
+    Tls,
+    /// A redirected plain HTTP connection, judged by its `Host`.
+    #[serde(rename = "http-transparent")]
+    HttpTransparent,
+    /// A redirected connection Sluice could not classify further.
+    #[serde(rename = "tcp")]
+    Tcp,
+    /// A DNS query.
+    #[serde(rename = "dns")]
+    Dns,
+}
+
+/// One flow, as written to the flow log. Field order is the JSON order.
+///
+/// Every field is always present; those that do not apply are `null`.
+/// `bytes_out` counts client → destination, `bytes_in` destination → client.
+/// Until [`FlowRecord::apply_decision`] runs, a record says `deny` with an
+/// empty rule (a flow that failed before it could be judged, see `error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// End time, RFC 3339 (UTC, milliseconds).
+    pub ts: String,
+    /// Start time, RFC 3339 (UTC, milliseconds).
+    pub start: String,
+    /// Milliseconds from `start` to `ts`.
+    pub duration_ms: u64,
+    /// Unique within the process and short; also `Sluice-Request-Id`.
+    id: String,
+    /// The listener the flow came in on.
+    pub listener: Listener,
+    /// What it spoke.
+    pub protocol: Protocol,
+    /// The client, `ip:port`.
+    pub src: String,
+    /// The authenticated user.
+    pub user: Option<String>,
+    /// The zone that judged it.
+    pub zone: Option<String>,
+    /// The zone's mode.
+    pub mode: Option<String>,
+    /// The destination name as the client gave it (normalised).
+    pub dst_host: Option<String>,
+    /// The address Sluice dialed (or, for an IP destination, was asked for).
+    pub dst_ip: Option<String>,
+    /// The destination port.
+    pub dst_port: Option<u16>,
+    /// The TLS server name, when a ClientHello was seen.
+    pub sni: Option<String>,
+    /// The pre-redirect destination of a transparent flow, `ip:port`.
+    pub original_dst: Option<String>,
+    /// The DNS-derived grant that let it out.
+    pub grant: Option<String>,
+    /// The HTTP method.
+    pub method: Option<String>,
+    /// The HTTP status Sluice or the destination answered.
+    pub status: Option<u16>,
+    /// The DNS query type.
+    pub qtype: Option<String>,
+    /// The DNS answers passed to the client.
+    pub answers: Option<Vec<String>>,
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// False for report-mode would-be denials.
+    pub enforced: bool,
+    /// The rule that decided.
+    pub rule: String,
+    /// Why, in one line.
+    pub reason: String,
+    /// Bytes from the client to the destination.
+    pub bytes_out: u64,
+    /// Bytes from the destination to the client.
+    pub bytes_in: u64,
+    /// The route the flow left by.
+    pub route: Option<String>,
+    /// The policy version that decided.
+    pub policy_hash: String,
+    /// What went wrong, if anything did.
+    pub error: Option<String>,
+}
+
+// === impl Listener ===
+
+impl Listener {
+    /// The lower-case name used in records and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Http => "http",
+            Listener::Socks5 => "socks5",
+            Listener::Transparent => "transparent",
+            Listener::Dns => "dns",
+        }
+    }
+}
+
+// === impl FlowRecord ===
+
+impl FlowRecord {
+    /// A record for a flow that started at `start`, with a fresh id and
+    /// every optional field `null`.
+    pub fn new(listener: Listener, protocol: Protocol, src: SocketAddr, start: SystemTime) -> Self {
+        let start = rfc3339(start);
+        FlowRecord {
+            ts: start.clone(),
+            start,
+            duration_ms: 0,
+            id: next_id(),
+            listener,
+            protocol,
+            src: src.to_string(),
+            user: None,
+            zone: None,
+            mode: None,
+            dst_host: None,
+            dst_ip: None,
+            dst_port: None,
+            sni: None,
+            original_dst: None,
+            grant: None,
+            method: None,
+            status: None,
+            qtype: None,
+            answers: None,
+            verdict: "deny".to_owned(),
+            enforced: true,
+            rule: String::new(),
+            reason: String::new(),
+            bytes_out: 0,
+            bytes_in: 0,
+            route: None,
+            policy_hash: String::new(),
+            error: None,
+        }
+    }
+
+    /// The record's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Copies the decision's zone, mode, verdict, enforcement, rule, reason
+    /// and policy hash. Call it again when a later phase changes the
+    /// decision: the last one is the one that counted.
+    pub fn apply_decision(&mut self, decision: &Decision) {
+        self.zone = decision.zone.as_deref().map(str::to_owned);
+        self.mode = decision.mode.map(|m| m.as_str().to_owned());
+        self.verdict = decision.verdict.as_str().to_owned();
+        self.enforced = decision.enforced;
+        self.rule = decision.rule.to_string();
+        self.reason.clone_from(&decision.reason);
+        self.policy_hash = decision.policy_hash.to_string();
+    }
+
+    /// Sets the end time and the duration since `start`.
+    pub fn finish(&mut self, end: SystemTime) {
+        let start = OffsetDateTime::parse(&self.start, &Rfc3339).ok();
+        let duration = start
+            .map(|s| (OffsetDateTime::from(end) - s).whole_milliseconds())
+            .unwrap_or_default();
+        self.duration_ms = u64::try_from(duration).unwrap_or(0);
+        self.ts = rfc3339(end);
+    }
+}
+
+/// UTC, truncated to milliseconds: the precision of `duration_ms`.
+fn rfc3339(t: SystemTime) -> String {
+    let t = OffsetDateTime::from(t);
+    t.replace_millisecond(t.millisecond())
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        // Only years outside 0..=9999 fail to format; no clock says that.
+        .unwrap_or_default()
+}
+
+/// 16 hex digits: a process-random start plus a counter, so ids never repeat
+/// within a process and are unlikely to collide across restarts.
+fn next_id() -> String {
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let mut h = RandomState::new().build_hasher();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        AtomicU64::new(h.finish())
+    });
+    format!("{:016x}", next.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, time::Duration};
+
+    use super::*;
+
+    fn record() -> FlowRecord {
+        let src = "10.0.1.7:40000".parse().unwrap();
+        FlowRecord::new(Listener::Http, Protocol::Connect, src, UNIX_EPOCH)
+    }
+
+    #[test]
+    fn json_has_every_field_in_order_with_nulls() {
+        let json = serde_json::to_string(&record()).unwrap();
+        let keys: Vec<String> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+        // serde_json's Map is sorted without `preserve_order`: check order on the text.
+        let fields = [
+            "ts",
+            "start",
+            "duration_ms",
+            "id",
+            "listener",
+            "protocol",
+            "src",
+            "user",
+            "zone",
+            "mode",
+            "dst_host",
+            "dst_ip",
+            "dst_port",
+            "sni",
+            "original_dst",
+            "grant",
+            "method",
+            "status",
+            "qtype",
+            "answers",
+            "verdict",
+            "enforced",
+            "rule",
+            "reason",
+            "bytes_out",
+            "bytes_in",
+            "route",
+            "policy_hash",
+            "error",
+        ];
+        assert_eq!(keys.len(), fields.len());
+        let positions: Vec<usize> = fields
+            .iter()
+            .map(|f| json.find(&format!("\"{f}\":")).unwrap())
+            .collect();
+        assert!(positions.is_sorted(), "{json}");
+        assert!(json.contains(r#""user":null"#));
+        assert!(json.contains(r#""answers":null"#));
+        assert!(json.contains(r#""ts":"1970-01-01T00:00:00Z""#), "{json}");
+    }
+
+    #[test]
+    fn protocol_and_listener_spellings() {
+        let cases = [
+            (Protocol::Http, "http"),
+            (Protocol::Connect, "connect"),
+            (Protocol::Socks5, "socks5"),
+            (Protocol::Tls, "tls"),
+            (Protocol::HttpTransparent, "http-transparent"),
+            (Protocol::Tcp, "tcp"),
+            (Protocol::Dns, "dns"),
+        ];
+        for (p, s) in cases {
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{s}\""));
+        }
+        let cases = [
+            (Listener::Http, "http"),
+            (Listener::Socks5, "socks5"),
+            (Listener::Transparent, "transparent"),
+            (Listener::Dns, "dns"),
+        ];
+        for (l, s) in cases {
+            assert_eq!(serde_json::to_string(&l).unwrap(), format!("\"{s}\""));
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut r = record();
+        r.answers = Some(vec!["192.0.2.1".into()]);
+        r.dst_port = Some(443);
+        let back: FlowRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn finish_sets_end_and_duration() {
+        let mut r = record();
+        r.finish(UNIX_EPOCH + Duration::from_millis(1_234_567));
+        assert_eq!(r.duration_ms, 1_234_567);
+        assert_eq!(r.ts, "1970-01-01T00:20:34.567Z");
+        assert_eq!(r.start, "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn ids_are_short_and_unique() {
+        let ids: HashSet<String> = (0..10_000).map(|_| record().id().to_owned()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.len() == 16));
+    }
+
+    #[test]
+    fn apply_decision_copies_the_explanation() {
+        let policy = sluice_policy::Policy::load(
+            "zones:\n  - name: web\n    sources: [10.0.1.0/24]\n    mode: report\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let dest = sluice_policy::Destination::parse("example.com").unwrap();
+        let decision = policy.decide(&sluice_policy::Request {
+            src: "10.0.1.7".parse().unwrap(),
+            user: None,
+            dest: &dest,
+            port: 443,
+        });
+        let mut r = record();
+        r.apply_decision(&decision);
+        assert_eq!(r.zone.as_deref(), Some("web"));
+        assert_eq!(r.mode.as_deref(), Some("report"));
+        assert_eq!(r.verdict, decision.verdict.as_str());
+        assert_eq!(r.enforced, decision.enforced);
+        assert_eq!(r.rule, &*decision.rule);
+        assert_eq!(r.policy_hash, &*decision.policy_hash);
+        assert!(!r.reason.is_empty());
+    }
+}
