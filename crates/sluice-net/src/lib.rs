@@ -1,1 +1,177 @@
-//! placeholder
+//! Sluice's data path: listeners, the shared stages they run, and limits.
+//!
+//! Every listener parses only its protocol and maps outcomes to its
+//! protocol's answers; the stages are shared: identify (`auth`, zone from the
+//! policy) → decide (`sluice-policy`) → dial (`dial`) → relay (`relay`) →
+//! record (`Recorder`). This crate does not know where records go or what
+//! detection does with them.
+//!
+//! # Layout
+//!
+//! - `http`: the HTTP/1.1 forward proxy (CONNECT and absolute-form).
+//! - `auth`: proxy credentials against argon2 hashes, with a bounded cache.
+//! - `dial`: resolve once, check every address, happy eyeballs.
+//! - `relay`: byte-counting bidirectional copy with idle timeout.
+//! - `tls`: ClientHello SNI parsing for domain-fronting checks.
+//! - `limits`: connection caps, total and per source.
+
+pub mod auth;
+pub mod dial;
+pub mod http;
+pub mod limits;
+pub mod relay;
+pub mod tls;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use sluice_observe::{FlowRecord, Metrics};
+use sluice_policy::{Policy, model::Limits};
+use tokio::sync::watch;
+
+pub use auth::{Authenticator, Users};
+pub use dial::Dialer;
+
+/// Where finished flow records go (the binary connects this to a sink).
+pub trait Recorder: Send + Sync {
+    /// Takes one finished record. Must not block.
+    fn record(&self, r: FlowRecord);
+}
+
+/// One policy version and what was derived from the same file.
+pub struct Version {
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
+    /// Users and their argon2 hashes.
+    pub users: Arc<Users>,
+}
+
+/// Everything the listeners share.
+pub struct Ctx {
+    /// The policy in force, swapped atomically on reload.
+    pub current: ArcSwap<Version>,
+    /// The dial stage.
+    pub dialer: Dialer,
+    /// Proxy credential checks.
+    pub auth: Authenticator,
+    /// Limits read at start.
+    pub limits: Limits,
+    /// The record stage.
+    pub recorder: Arc<dyn Recorder>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    drain: Drain,
+}
+
+impl Ctx {
+    /// A context for `version` with the given stages.
+    pub fn new(
+        version: Version,
+        dialer: Dialer,
+        recorder: Arc<dyn Recorder>,
+        metrics: Arc<Metrics>,
+    ) -> Ctx {
+        let limits = version.policy.config().limits.clone();
+        Ctx {
+            current: ArcSwap::from_pointee(version),
+            dialer,
+            auth: Authenticator::new(),
+            limits,
+            recorder,
+            metrics,
+            drain: Drain::new(),
+        }
+    }
+
+    /// The drain state shared by listeners and the run loop.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+}
+
+/// Graceful drain: stop accepting, let work finish, then stop tunnels.
+pub struct Drain {
+    draining: AtomicBool,
+    active: Arc<AtomicUsize>,
+    begin: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+}
+
+/// Counts one connection or tunnel as active while held.
+pub struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drain {
+    fn new() -> Drain {
+        Drain {
+            draining: AtomicBool::new(false),
+            active: Arc::new(AtomicUsize::new(0)),
+            begin: watch::channel(false).0,
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// Whether a drain has begun (`/readyz` answers 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Begins draining: listeners stop accepting and close idle keep-alives.
+    pub fn begin(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.begin.send_replace(true);
+    }
+
+    /// Stops every tunnel still open (the drain deadline passed).
+    pub fn stop_all(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves when draining begins.
+    pub fn began(&self) -> impl Future<Output = ()> + Send + 'static {
+        wait_true(self.begin.subscribe())
+    }
+
+    /// Resolves when tunnels must stop.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        wait_true(self.stop.subscribe())
+    }
+
+    /// Marks one unit of work active until the guard drops.
+    pub fn active(&self) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.active.clone())
+    }
+
+    /// Connections and tunnels still open.
+    pub fn active_count(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Waits until nothing is active or `timeout` passes; true if idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.active_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use saphyr::{LoadableYamlNode, MarkedYaml, ScalarStyle, YamlData, YamlLoader};
 
 use crate::{
-    dest,
+    dest, guard,
     model::{Admin, Config, Dns, Limits, Listen, Log, Mode, Ports, Rule, User, Zone},
 };
 
@@ -253,8 +253,10 @@ impl Cx<'_> {
 
     fn socket(&mut self, n: &Node<'_>, what: &str) -> Option<SocketAddr> {
         let s = self.string(n, what)?;
+        // Listeners may bind port 0 (the kernel picks; Sluice prints it).
+        let port0_ok = what.starts_with("listen.");
         match s.parse::<SocketAddr>() {
-            Ok(a) if a.port() != 0 => Some(a),
+            Ok(a) if a.port() != 0 || port0_ok => Some(a),
             _ => {
                 self.err(
                     n,
@@ -630,14 +632,23 @@ impl Cx<'_> {
                 }
             }
             let _ = top_mode;
-            if let Some(earlier) = shadowed_by(&out, &zone) {
-                self.err(
+            match shadowed_by(&out, &zone).as_slice() {
+                [] => {}
+                [earlier] => self.err(
                     name_node,
                     format!(
                         "zone `{}` can never be selected: earlier zone `{earlier}` covers every source and user it names",
                         zone.name
                     ),
-                );
+                ),
+                several => self.err(
+                    name_node,
+                    format!(
+                        "zone `{}` can never be selected: earlier zones `{}` together cover every source and user it names",
+                        zone.name,
+                        several.join("`, `")
+                    ),
+                ),
             }
             out.push(zone);
         }
@@ -647,7 +658,7 @@ impl Cx<'_> {
     fn cidr(&mut self, n: &Node<'_>) -> Option<IpNet> {
         let s = self.string(n, "a CIDR")?;
         match parse_cidr(&s) {
-            Ok(net) => Some(net),
+            Ok(net) => Some(guard::canonical_net(net)),
             Err(msg) => {
                 self.err(n, msg);
                 None
@@ -897,40 +908,87 @@ fn valid_rule_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
-/// The first earlier zone that makes `z` unreachable, if any. `z` is
-/// unreachable when every (source, user) case it admits is admitted by some
-/// earlier zone, which is selected first.
-fn shadowed_by<'z>(earlier: &'z [Zone], z: &Zone) -> Option<&'z str> {
-    // Source cases: each of z's nets, or "any source".
-    let src_cases: Vec<Option<IpNet>> = match &z.sources {
-        Some(nets) if !nets.is_empty() => nets.iter().copied().map(Some).collect(),
-        Some(_) => return None,
-        None => vec![None],
+/// The earlier zones that make `z` unreachable (in file order; empty if it
+/// is reachable). `z` is unreachable when every (source, user) case it
+/// admits is admitted by earlier zones, which are selected first: by one
+/// zone, or by several whose sources together cover the case.
+fn shadowed_by<'z>(earlier: &'z [Zone], z: &Zone) -> Vec<&'z str> {
+    // Source cases: each of z's nets, or "any source" (all of v4 and v6).
+    let src_cases: Vec<IpNet> = match &z.sources {
+        Some(nets) if !nets.is_empty() => nets.clone(),
+        Some(_) => return Vec::new(),
+        None => vec![IpNet::V4(Default::default()), IpNet::V6(Default::default())],
     };
     // User cases: each of z's users, or "any user, or none".
     let user_cases: Vec<Option<&str>> = match &z.users {
         Some(u) if !u.is_empty() => u.iter().map(|s| Some(s.as_str())).collect(),
-        Some(_) => return None,
+        Some(_) => return Vec::new(),
         None => vec![None],
     };
-    let mut witness = None;
+    let mut covering: Vec<usize> = Vec::new();
     for s in &src_cases {
         for u in &user_cases {
-            let cover = earlier.iter().find(|a| {
-                let src_ok = match (&a.sources, s) {
-                    (None, _) => true,
-                    (Some(nets), Some(net)) => nets.iter().any(|n| n.contains(net)),
-                    (Some(_), None) => false,
-                };
-                let user_ok = match (&a.users, u) {
-                    (None, _) => true,
-                    (Some(list), Some(name)) => list.iter().any(|x| x == name),
-                    (Some(_), None) => false,
-                };
-                src_ok && user_ok
-            })?;
-            witness.get_or_insert(cover.name.as_str());
+            let admits_user = |a: &Zone| match (&a.users, u) {
+                (None, _) => true,
+                (Some(list), Some(name)) => list.iter().any(|x| x == name),
+                (Some(_), None) => false,
+            };
+            let candidates = || earlier.iter().enumerate().filter(|(_, a)| admits_user(a));
+            let single = candidates().find(|(_, a)| match &a.sources {
+                None => true,
+                Some(nets) => nets.iter().any(|n| n.contains(s)),
+            });
+            if let Some((i, _)) = single {
+                covering.push(i);
+                continue;
+            }
+            let mut parts = Vec::new();
+            for (i, a) in candidates() {
+                for n in a.sources.iter().flatten() {
+                    if n.contains(s) || s.contains(n) {
+                        parts.push(span(*n));
+                        covering.push(i);
+                    }
+                }
+            }
+            if !covers(parts, span(*s)) {
+                return Vec::new();
+            }
         }
     }
-    witness
+    covering.sort_unstable();
+    covering.dedup();
+    covering
+        .into_iter()
+        .map(|i| earlier[i].name.as_str())
+        .collect()
+}
+
+/// A block as an inclusive range of numbers, v4 and v6 kept apart.
+fn span(net: IpNet) -> (bool, u128, u128) {
+    match net {
+        IpNet::V4(n) => (
+            false,
+            u32::from(n.network()).into(),
+            u32::from(n.broadcast()).into(),
+        ),
+        IpNet::V6(n) => (true, n.network().into(), n.broadcast().into()),
+    }
+}
+
+/// Whether the union of `parts` covers `whole`.
+fn covers(mut parts: Vec<(bool, u128, u128)>, whole: (bool, u128, u128)) -> bool {
+    parts.retain(|p| p.0 == whole.0);
+    parts.sort_unstable();
+    let mut next = whole.1;
+    for (_, lo, hi) in parts {
+        if lo > next {
+            return false;
+        }
+        if hi >= whole.2 {
+            return true;
+        }
+        next = next.max(hi + 1);
+    }
+    false
 }

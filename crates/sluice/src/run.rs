@@ -1,8 +1,399 @@
-//! `sluice run`: the gateway. Wiring lands with the HTTP proxy.
+//! `sluice run`: load the policy, bind the listeners, wire the stages to the
+//! record sink and metrics, and handle signals — SIGHUP or a file change
+//! reloads, SIGUSR1 reopens the flow log, SIGTERM/SIGINT drain and exit.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
-pub fn main(_config: Option<PathBuf>) -> ExitCode {
-    eprintln!("error: `sluice run` is not built yet");
-    ExitCode::from(2)
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sluice_net::{Ctx, Dialer, Recorder, Users, Version};
+use sluice_observe::{FlowRecord, FlowSink, FlowTarget, Metrics};
+use sluice_policy::{Config, Policy};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+
+/// The embedded default (DESIGN.md): proxy and admin on loopback, one
+/// report-mode zone for local clients, guard on.
+pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
+
+pub fn main(config: Option<PathBuf>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads, validates and compiles a policy, and reads password hash files.
+fn load(path: Option<&Path>) -> Result<Version> {
+    let (text, name) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (DEFAULT_CONFIG.to_owned(), "<embedded default>".to_owned()),
+    };
+    let policy = Policy::load(&text, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let users = read_users(policy.config(), path)?;
+    Ok(Version {
+        policy: Arc::new(policy),
+        users: Arc::new(users),
+    })
+}
+
+fn read_users(config: &Config, path: Option<&Path>) -> Result<Users> {
+    let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+    let mut users = Users::default();
+    for u in &config.users {
+        let hash = match (&u.password_hash, &u.password_hash_file) {
+            (Some(h), _) => h.clone(),
+            (None, Some(f)) => {
+                let f = base.join(f);
+                std::fs::read_to_string(&f)
+                    .with_context(|| {
+                        format!(
+                            "user {}: cannot read password_hash_file {}",
+                            u.name,
+                            f.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+            (None, None) => bail!("user {} has no password hash", u.name),
+        };
+        if !hash.starts_with("$argon2") {
+            bail!("user {}: password hash is not an argon2 PHC string", u.name);
+        }
+        users.0.insert(u.name.clone(), hash);
+    }
+    Ok(users)
+}
+
+/// Records go to metrics and to the sink.
+struct SinkRecorder {
+    sink: FlowSink,
+    metrics: Arc<Metrics>,
+}
+
+impl Recorder for SinkRecorder {
+    fn record(&self, r: FlowRecord) {
+        self.metrics.record(&r);
+        // Per-rule metrics only for rules with an explicit id (ids never
+        // contain `/`; positional and guard ids do).
+        if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
+            self.metrics.rule_hit(&r.rule);
+        }
+        self.sink.send(r);
+    }
+}
+
+/// Admin state the probes report.
+struct Status {
+    last_reload_error: Mutex<Option<String>>,
+}
+
+async fn run(path: Option<PathBuf>) -> Result<()> {
+    let version = load(path.as_deref())?;
+    let config = version.policy.config().clone();
+    raise_nofile();
+
+    let metrics = Arc::new(Metrics::new());
+    metrics.policy_loaded(version.policy.hash(), SystemTime::now());
+    let target = match config.log.flows.as_str() {
+        "stdout" => FlowTarget::Stdout,
+        p => FlowTarget::File(PathBuf::from(p)),
+    };
+    let (sink, writer) = FlowSink::start(target, sluice_observe::DEFAULT_CAPACITY, &metrics)
+        .context("cannot open the flow log")?;
+    let dialer = Dialer::new(&config.dns.upstreams, config.limits.connect_timeout)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let Some(http_addr) = config.listen.http else {
+        bail!("no listener configured: set listen.http");
+    };
+    let http = TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP proxy on {http_addr}"))?;
+    let admin = match config.listen.admin {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind admin on {a}"))?,
+        ),
+        None => None,
+    };
+    let mut own: Vec<SocketAddr> = vec![http.local_addr()?];
+    if let Some(a) = &admin {
+        own.push(a.local_addr()?);
+    }
+    dialer.set_own_addrs(own.clone());
+
+    let recorder = Arc::new(SinkRecorder {
+        sink: sink.clone(),
+        metrics: metrics.clone(),
+    });
+    let ctx = Arc::new(Ctx::new(version, dialer, recorder, metrics.clone()));
+    let status = Arc::new(Status {
+        last_reload_error: Mutex::new(None),
+    });
+
+    eprintln!("sluice: HTTP proxy listening on {}", own[0]);
+    if let Some(a) = own.get(1) {
+        eprintln!("sluice: admin listening on http://{a}/ (/healthz /readyz /metrics)");
+    }
+    describe_modes(&ctx.current.load().policy);
+
+    let http_task = tokio::spawn(sluice_net::http::serve(http, ctx.clone()));
+    if let Some(admin) = admin {
+        tokio::spawn(serve_admin(admin, ctx.clone(), status.clone()));
+    }
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut watch = FileWatch::new(path.as_deref());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&ctx, path.as_deref(), &config, &status, "SIGHUP"),
+            _ = tick.tick() => {
+                if watch.changed() {
+                    reload(&ctx, path.as_deref(), &config, &status, "file change");
+                }
+            }
+            _ = usr1.recv() => {
+                match writer.reopen().await {
+                    Ok(()) => tracing::info!("flow log reopened"),
+                    Err(e) => tracing::error!(error = %e, "cannot reopen the flow log; still writing to the old file"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    let drain_timeout = config.limits.drain_timeout;
+    tracing::info!(
+        active = ctx.drain().active_count(),
+        timeout_s = drain_timeout.as_secs(),
+        "draining: no new connections; open tunnels may finish"
+    );
+    ctx.drain().begin();
+    let _ = http_task.await;
+    if !ctx.drain().wait_idle(drain_timeout).await {
+        tracing::warn!(
+            active = ctx.drain().active_count(),
+            "drain timeout: closing open tunnels"
+        );
+        ctx.drain().stop_all();
+        ctx.drain().wait_idle(Duration::from_secs(5)).await;
+    }
+    drop(ctx);
+    drop(sink);
+    writer.close().await.context("flushing flow records")?;
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+fn describe_modes(policy: &Policy) {
+    let c = policy.config();
+    eprintln!(
+        "sluice: policy {} with {} zones (default mode {})",
+        policy.hash(),
+        c.zones.len(),
+        c.mode.as_str()
+    );
+    for z in &c.zones {
+        eprintln!(
+            "sluice:   zone {}: {} mode, {} allow and {} deny rules",
+            z.name,
+            z.mode.unwrap_or(c.mode).as_str(),
+            z.allow.len(),
+            z.deny.len()
+        );
+    }
+}
+
+fn raise_nofile() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit raised"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+fn reload(ctx: &Ctx, path: Option<&Path>, started_with: &Config, status: &Status, why: &str) {
+    let Some(path) = path else {
+        tracing::info!(
+            "reload requested ({why}) but running the embedded default; nothing to reload"
+        );
+        return;
+    };
+    match load(Some(path)) {
+        Ok(v) => {
+            let new = v.policy.config();
+            if new.listen != started_with.listen {
+                tracing::warn!(
+                    "listen changed in {}: listener changes need a restart; keeping the old addresses",
+                    path.display()
+                );
+            }
+            if new.limits != started_with.limits || new.dns != started_with.dns {
+                tracing::warn!("limits or dns changed: these need a restart to take effect");
+            }
+            let hash = v.policy.hash().clone();
+            ctx.current.store(Arc::new(v));
+            ctx.metrics.reload_succeeded(&hash, SystemTime::now());
+            if let Ok(mut e) = status.last_reload_error.lock() {
+                *e = None;
+            }
+            tracing::info!(policy = %hash, trigger = why, "policy reloaded");
+        }
+        Err(e) => {
+            ctx.metrics.reload_failed();
+            let msg = format!("{e:#}");
+            for line in msg.lines() {
+                tracing::error!(
+                    trigger = why,
+                    "reload rejected, keeping the running policy: {line}"
+                );
+            }
+            if let Ok(mut slot) = status.last_reload_error.lock() {
+                *slot = Some(msg);
+            }
+        }
+    }
+}
+
+/// Notices changes of the configuration file, including a Kubernetes
+/// ConfigMap's symlink swap (the resolved target changes).
+struct FileWatch {
+    path: Option<PathBuf>,
+    last: Option<(PathBuf, SystemTime, u64)>,
+}
+
+impl FileWatch {
+    fn new(path: Option<&Path>) -> FileWatch {
+        let mut w = FileWatch {
+            path: path.map(Path::to_path_buf),
+            last: None,
+        };
+        w.last = w.stamp();
+        w
+    }
+
+    fn stamp(&self) -> Option<(PathBuf, SystemTime, u64)> {
+        let p = self.path.as_ref()?;
+        let real = std::fs::canonicalize(p).ok()?;
+        let meta = std::fs::metadata(&real).ok()?;
+        Some((real, meta.modified().ok()?, meta.len()))
+    }
+
+    fn changed(&mut self) -> bool {
+        let now = self.stamp();
+        if now.is_some() && now != self.last {
+            self.last = now;
+            return true;
+        }
+        false
+    }
+}
+
+async fn serve_admin(listener: TcpListener, ctx: Arc<Ctx>, status: Arc<Status>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let ctx = ctx.clone();
+                let status = status.clone();
+                async move { Ok::<_, Infallible>(admin(&ctx, &status, &req)) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn admin(ctx: &Ctx, status: &Status, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    match req.uri().path() {
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let draining = ctx.drain().is_draining();
+            let err = status.last_reload_error.lock().ok().and_then(|e| e.clone());
+            let body = serde_json::json!({
+                "ready": !draining,
+                "draining": draining,
+                "policy_hash": ctx.current.load().policy.hash().as_ref(),
+                "last_reload_error": err,
+            });
+            let code = if draining {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            reply(code, "application/json", format!("{body}\n"))
+        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            sluice_observe::CONTENT_TYPE,
+            ctx.metrics.encode(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+        ),
+    }
 }

@@ -1,0 +1,102 @@
+//! Connection caps: in total and per source address, so that one noisy or
+//! hostile client (slowloris, connection floods) cannot starve the others.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+/// Tracks open client connections.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    max_total: usize,
+    max_per_source: u32,
+    state: Mutex<(usize, HashMap<IpAddr, u32>)>,
+}
+
+/// One admitted connection; releases its slot when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` reached.
+    Total,
+    /// `max_connections_per_source` reached for this address.
+    PerSource,
+}
+
+impl ConnLimiter {
+    /// A limiter with the given caps.
+    pub fn new(max_total: u32, max_per_source: u32) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            max_total: max_total as usize,
+            max_per_source,
+            state: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Admits a connection from `ip`, or says which cap it hit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+        let Ok(mut st) = self.state.lock() else {
+            return Err(Refusal::Total);
+        };
+        if st.0 >= self.max_total {
+            return Err(Refusal::Total);
+        }
+        let n = st.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_source {
+            return Err(Refusal::PerSource);
+        }
+        *n += 1;
+        st.0 += 1;
+        Ok(Slot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open connections in total.
+    pub fn open(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.0)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.limiter.state.lock() {
+            st.0 = st.0.saturating_sub(1);
+            if let Some(n) = st.1.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    st.1.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_total_and_per_source() {
+        let l = ConnLimiter::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = l.admit(a).unwrap();
+        let _s2 = l.admit(a).unwrap();
+        assert_eq!(l.admit(a).unwrap_err(), Refusal::PerSource);
+        let _s3 = l.admit(b).unwrap();
+        assert_eq!(l.admit(b).unwrap_err(), Refusal::Total);
+        drop(s1);
+        assert!(l.admit(a).is_ok());
+        assert_eq!(l.open(), 3);
+    }
+}
