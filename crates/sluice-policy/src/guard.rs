@@ -218,6 +218,20 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The block a rule or zone source means: an IPv4-mapped block
+/// (`::ffff:a.b.c.d/n`, n ≥ 96) is the IPv4 block it maps, because
+/// addresses are judged by `canonical`. Otherwise it would never match.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => n
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| Ipv4Net::new(v4, n.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,7 +202,7 @@ impl Policy {
             match &z.sources {
                 Some(nets) => {
                     for n in nets {
-                        sources.insert(*n, zi);
+                        sources.insert(guard::canonical_net(*n), zi);
                     }
                 }
                 None => sourceless.push(zi),
@@ -231,7 +231,8 @@ impl Policy {
                     if let Some(h) = &r.host {
                         hosts.insert(h, idx);
                     }
-                    if let Some(n) = r.cidr {
+                    let cidr = r.cidr.map(guard::canonical_net);
+                    if let Some(n) = cidr {
                         cidrs.insert(n, idx);
                     }
                     list.push(CRule {
@@ -240,7 +241,7 @@ impl Policy {
                             None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
                         },
                         ports: r.ports.clone().unwrap_or(Ports::Any),
-                        lifts_guard: allow && r.cidr.is_some_and(guard::entirely_special),
+                        lifts_guard: allow && cidr.is_some_and(guard::entirely_special),
                         text: rule_text(r),
                     });
                 }
