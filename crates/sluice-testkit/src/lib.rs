@@ -1,0 +1,298 @@
+//! Dev-only helpers for end-to-end tests: start the real `sluice` binary on
+//! port 0 with a configuration, read its flow records, and run small local
+//! origins. Nothing here is used by the gateway itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    convert::Infallible,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates a unique directory.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sluice-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `sluice run` process.
+pub struct Sluice {
+    /// The child process.
+    pub child: Child,
+    /// Where the HTTP proxy listens.
+    pub http: SocketAddr,
+    /// Where admin listens, if configured.
+    pub admin: Option<SocketAddr>,
+    /// The configuration file (rewrite it to test reloads).
+    pub config: PathBuf,
+    /// The flow log.
+    pub flows: PathBuf,
+    /// Everything the process wrote to stderr so far.
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    /// Keeps the directory alive.
+    pub dir: TempDir,
+}
+
+impl Sluice {
+    /// Starts `bin run -c <file>` with `yaml` plus, unless the text already
+    /// has them, `listen:` on 127.0.0.1:0 and `log.flows` to a file.
+    pub fn start(bin: &str, yaml: &str) -> Sluice {
+        let dir = TempDir::new("run");
+        let flows = dir.path("flows.jsonl");
+        let mut text = String::new();
+        if !yaml.contains("listen:") {
+            text.push_str("listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n");
+        }
+        if !yaml.contains("log:") {
+            text.push_str(&format!("log:\n  flows: {}\n", flows.display()));
+        }
+        text.push_str(yaml);
+        let config = dir.path("sluice.yaml");
+        std::fs::write(&config, text).unwrap();
+        Self::start_file(bin, &config, flows, dir)
+    }
+
+    fn start_file(bin: &str, config: &Path, flows: PathBuf, dir: TempDir) -> Sluice {
+        let mut child = Command::new(bin)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("sluice: HTTP proxy listening on ") {
+                    let _ = tx.send(("http", a.to_owned()));
+                }
+                if let Some(a) = line.strip_prefix("sluice: admin listening on http://") {
+                    let _ = tx.send(("admin", a.split('/').next().unwrap_or("").to_owned()));
+                }
+                if line.starts_with("sluice: policy ") {
+                    let _ = tx.send(("ready", String::new()));
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let (mut http, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("http", a)) => http = Some(a.parse().unwrap()),
+                Ok(("admin", a)) => admin = Some(a.parse().unwrap()),
+                Ok(_) => break,
+                Err(_) => panic!("sluice did not start: {:?}", stderr.lock().unwrap()),
+            }
+        }
+        Sluice {
+            child,
+            http: http.expect("http address"),
+            admin,
+            config: config.to_path_buf(),
+            flows,
+            stderr,
+            dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Sends a signal by name (`HUP`, `USR1`, `TERM`, `INT`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Every flow record written so far.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.flows)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("flow record is JSON"))
+            .collect()
+    }
+
+    /// Waits until at least `n` records exist (records are written on close).
+    pub fn wait_records(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.records();
+            if r.len() >= n || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    /// Waits for the process to exit and returns its code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A local HTTP origin on 127.0.0.1:0 (in its own thread and runtime).
+/// `GET /bytes/N` answers N bytes; anything else answers a JSON echo of the
+/// method, path, headers and body length.
+pub struct Origin {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Requests served.
+    pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted (for keep-alive pooling checks).
+    pub conns: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    /// Starts an origin on `ip`:0.
+    pub fn start(ip: &str) -> Origin {
+        let std_listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (hits.clone(), conns.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else {
+                        continue;
+                    };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let h = h.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: Request<Incoming>| {
+                            let h = h.clone();
+                            async move {
+                                h.fetch_add(1, Ordering::SeqCst);
+                                Ok::<_, Infallible>(answer(req).await)
+                            }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await;
+                    });
+                }
+            });
+        });
+        Origin { addr, hits, conns }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        return Response::new(Full::new(Bytes::from(vec![b'x'; n])));
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::from(v.to_str().unwrap_or("?")),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let v = serde_json::json!({"method": method, "uri": uri, "headers": headers, "body_len": body});
+    Response::new(Full::new(Bytes::from(v.to_string())))
+}
