@@ -125,6 +125,8 @@ impl Recorder for SinkRecorder {
 /// Admin state the probes report.
 struct Status {
     last_reload_error: Mutex<Option<String>>,
+    /// Bearer token required for `/metrics` when `admin.token_file` is set.
+    token: Option<String>,
 }
 
 async fn run(path: Option<PathBuf>) -> Result<()> {
@@ -168,8 +170,22 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         metrics: metrics.clone(),
     });
     let ctx = Arc::new(Ctx::new(version, dialer, recorder, metrics.clone()));
+    let token = match &config.admin.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read admin.token_file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    if config.admin.token_file.is_some() && token.is_none() {
+        bail!("admin.token_file is empty");
+    }
     let status = Arc::new(Status {
         last_reload_error: Mutex::new(None),
+        token,
     });
 
     eprintln!("sluice: HTTP proxy listening on {}", own[0]);
@@ -385,6 +401,18 @@ fn admin(ctx: &Ctx, status: &Status, req: &Request<Incoming>) -> Response<Full<B
             };
             reply(code, "application/json", format!("{body}\n"))
         }
+        "/metrics" if !authorized(status, req) => {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "bearer token required\n".into(),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
         "/metrics" => reply(
             StatusCode::OK,
             sluice_observe::CONTENT_TYPE,
@@ -396,4 +424,24 @@ fn admin(ctx: &Ctx, status: &Status, req: &Request<Incoming>) -> Response<Full<B
             "not found: try /healthz, /readyz or /metrics\n".into(),
         ),
     }
+}
+
+/// Whether the request carries the admin bearer token (or none is set).
+fn authorized(status: &Status, req: &Request<Incoming>) -> bool {
+    let Some(token) = &status.token else {
+        return true;
+    };
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare without an early exit so timing does not reveal a prefix.
+    sent.len() == token.len()
+        && sent
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
