@@ -296,3 +296,200 @@ async fn answer(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let v = serde_json::json!({"method": method, "uri": uri, "headers": headers, "body_len": body});
     Response::new(Full::new(Bytes::from(v.to_string())))
 }
+
+/// Runs `cmd` to completion with its output captured, killing it and
+/// panicking if it takes longer than `timeout` (a hung client must fail the
+/// test, not hang it). Standard input is closed.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!("{cmd:?} did not finish within {timeout:?}; stderr: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// A stub DNS server on 127.0.0.1 (UDP and TCP, same port) answering A and
+/// AAAA queries from a name → addresses map with TTL 0, so nothing is cached
+/// and answers may be changed between queries (`set`). Unknown names get
+/// NXDOMAIN. Point Sluice at it with `dns: {upstreams: [ADDR]}`.
+pub struct StubDns {
+    /// Where it listens (UDP and TCP).
+    pub addr: SocketAddr,
+    /// Name (lower-case, no trailing dot) → addresses.
+    pub answers: Arc<Mutex<std::collections::HashMap<String, Vec<std::net::IpAddr>>>>,
+    /// Queries answered, per name.
+    pub queries: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl StubDns {
+    /// Starts a server answering `names` (`("origin.test", &["127.0.0.1"])`).
+    pub fn start(names: &[(&str, &[&str])]) -> StubDns {
+        let answers: std::collections::HashMap<_, _> = names
+            .iter()
+            .map(|(n, ips)| {
+                let ips = ips.iter().map(|i| i.parse().unwrap()).collect();
+                (n.to_ascii_lowercase(), ips)
+            })
+            .collect();
+        let answers = Arc::new(Mutex::new(answers));
+        let queries = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        // UDP and TCP on one port: retry until both binds succeed.
+        let (udp, tcp) = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        let (a, q) = (answers.clone(), queries.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                if let Some(r) = dns_answer(&buf[..n], &a, &q) {
+                    let _ = udp.send_to(&r, from);
+                }
+            }
+        });
+        let (a, q) = (answers.clone(), queries.clone());
+        std::thread::spawn(move || {
+            for s in tcp.incoming() {
+                let Ok(mut s) = s else { continue };
+                let (a, q) = (a.clone(), q.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    loop {
+                        let mut len = [0u8; 2];
+                        if s.read_exact(&mut len).is_err() {
+                            return;
+                        }
+                        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                        if s.read_exact(&mut msg).is_err() {
+                            return;
+                        }
+                        let Some(r) = dns_answer(&msg, &a, &q) else {
+                            return;
+                        };
+                        let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                        out.extend_from_slice(&r);
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        StubDns {
+            addr,
+            answers,
+            queries,
+        }
+    }
+
+    /// Replaces the addresses of `name`.
+    pub fn set(&self, name: &str, ips: &[&str]) {
+        let ips = ips.iter().map(|i| i.parse().unwrap()).collect();
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(name.to_ascii_lowercase(), ips);
+    }
+
+    /// How many queries (any type) asked for `name`.
+    pub fn queries_for(&self, name: &str) -> usize {
+        self.queries
+            .lock()
+            .unwrap()
+            .get(&name.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+type DnsMap<V> = Arc<Mutex<std::collections::HashMap<String, V>>>;
+
+/// One answer for one query message; None for anything unparseable.
+fn dns_answer(
+    q: &[u8],
+    answers: &DnsMap<Vec<std::net::IpAddr>>,
+    queries: &DnsMap<usize>,
+) -> Option<Vec<u8>> {
+    if q.len() < 12 || q[2] & 0x80 != 0 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+        return None;
+    }
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let l = usize::from(*q.get(i)?);
+        i += 1;
+        if l == 0 {
+            break;
+        }
+        if l > 63 {
+            return None;
+        }
+        labels.push(String::from_utf8_lossy(q.get(i..i + l)?).to_ascii_lowercase());
+        i += l;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    q.get(i + 3)?;
+    i += 4;
+    let name = labels.join(".");
+    *queries.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let ips = answers.lock().unwrap().get(&name).cloned();
+    let rdata: Vec<Vec<u8>> = ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| match (ip, qtype) {
+            (std::net::IpAddr::V4(v4), 1) => Some(v4.octets().to_vec()),
+            (std::net::IpAddr::V6(v6), 28) => Some(v6.octets().to_vec()),
+            _ => None,
+        })
+        .collect();
+    let rcode = if ips.is_none() { 3 } else { 0 };
+    let mut r = Vec::with_capacity(512);
+    r.extend_from_slice(&q[0..2]);
+    r.push(0x84 | (q[2] & 0x01)); // response, authoritative, RD copied
+    r.push(0x80 | rcode); // RA
+    r.extend_from_slice(&[0, 1]);
+    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..i]);
+    for d in rdata {
+        r.extend_from_slice(&[0xc0, 0x0c]);
+        r.extend_from_slice(&qtype.to_be_bytes());
+        r.extend_from_slice(&[0, 1, 0, 0, 0, 0]); // class IN, TTL 0
+        r.extend_from_slice(&(d.len() as u16).to_be_bytes());
+        r.extend_from_slice(&d);
+    }
+    Some(r)
+}

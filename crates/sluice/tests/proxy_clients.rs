@@ -1,0 +1,702 @@
+//! End-to-end tests of `sluice run`'s HTTP proxy with real clients on
+//! loopback: curl (`-x` absolute-form and `-p -x` CONNECT), Python
+//! `requests`, `git clone` over dumb HTTP, `openssl s_client -proxy` for
+//! domain fronting, and raw sockets for upgrades. Each test starts the real
+//! binary on port 0 and checks both what the client saw and the flow record.
+//!
+//! Names resolve through a stub DNS server (`StubDns`): `*.test` names map
+//! to loopback addresses, so the guard applies to them exactly as it would
+//! to a public name that resolves to a special address.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_testkit::{Origin, Sluice, StubDns, TempDir, output_within};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+/// Upper bound for any one client process.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const SOURCES: &str = r#"[127.0.0.0/8, "::1"]"#;
+
+// === helpers ===
+
+/// A command with every proxy variable removed from its environment, so
+/// that only what a test sets decides how the client connects (curl and
+/// requests honour `NO_PROXY` even with an explicit proxy).
+fn client(program: &str) -> Command {
+    let mut c = Command::new(program);
+    for v in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// What one curl run showed.
+#[derive(Debug)]
+struct Curl {
+    /// curl's exit code.
+    exit: i32,
+    /// Final HTTP status (0 if none).
+    status: u16,
+    /// Status of the CONNECT answer (0 without a tunnel).
+    connect: u16,
+    /// Every header block received, as text.
+    headers: String,
+    body: Vec<u8>,
+    stderr: String,
+}
+
+impl Curl {
+    /// The first value of header `name` in any block.
+    fn header(&self, name: &str) -> Option<String> {
+        header(&self.headers, name)
+    }
+
+    fn id(&self) -> String {
+        self.header("sluice-request-id").unwrap_or_else(|| {
+            panic!(
+                "no Sluice-Request-Id in {}; curl said: {}",
+                self.headers, self.stderr
+            )
+        })
+    }
+
+    fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn header(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// Runs curl with `args` plus a time limit, header dump and body capture.
+fn curl(args: &[&str]) -> Curl {
+    let dir = TempDir::new("curl");
+    let (hdr, body) = (dir.path("headers"), dir.path("body"));
+    let out = output_within(
+        client("curl")
+            .args(["-sS", "-g", "--max-time", "10", "-D"])
+            .arg(&hdr)
+            .arg("-o")
+            .arg(&body)
+            .args(["-w", "%{http_code} %{http_connect}"])
+            .args(args),
+        CLIENT_TIMEOUT,
+    );
+    let w = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut codes = w.split_whitespace().map(|c| c.parse::<u16>().unwrap_or(0));
+    Curl {
+        exit: out.status.code().unwrap_or(-1),
+        status: codes.next().unwrap_or(0),
+        connect: codes.next().unwrap_or(0),
+        headers: std::fs::read_to_string(&hdr).unwrap_or_default(),
+        body: std::fs::read(&body).unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Waits (bounded) for the first record that `pred` accepts.
+fn wait_record(s: &Sluice, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs = s.records();
+        if let Some(r) = recs.iter().find(|r| pred(r)) {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow record for {what}; records: {recs:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The record whose `id` is `id` (the `Sluice-Request-Id` a client saw).
+fn record_by_id(s: &Sluice, id: &str) -> Value {
+    wait_record(s, id, |r| r["id"] == id)
+}
+
+/// Asserts several record fields at once, naming the field that differs.
+fn assert_fields(rec: &Value, want: &[(&str, Value)]) {
+    for (k, v) in want {
+        assert_eq!(&rec[*k], v, "field {k} of {rec:#}");
+    }
+}
+
+/// A background process killed (and reaped) on drop.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and waits (bounded) for a stdout line that `port_of` turns
+/// into a port number: servers bind port 0 and print where they listen.
+fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (Bg, u16) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(p) = port_of(&line) {
+                    let _ = tx.send(p);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let bg = Bg(child);
+    let port = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("{cmd:?} did not print its port"));
+    (bg, port)
+}
+
+/// A test CA and a server certificate for `origin.test`, `other.test`,
+/// 127.0.0.1 and ::1, made with the `openssl` CLI.
+struct Certs {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_certs(dir: &TempDir) -> Certs {
+    let p = |n: &str| dir.path(n);
+    let ext = p("ext.cnf");
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectKeyIdentifier=hash\n\
+         authorityKeyIdentifier=keyid,issuer\n\
+         subjectAltName=DNS:origin.test,DNS:other.test,IP:127.0.0.1,IP:::1\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = output_within(Command::new("openssl").args(args), CLIENT_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: PathBuf| p.display().to_string();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Sluice Test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &s(p("ca.key")),
+        "-out",
+        &s(p("ca.pem")),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=origin.test",
+        "-keyout",
+        &s(p("server.key")),
+        "-out",
+        &s(p("server.csr")),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(p("server.csr")),
+        "-CA",
+        &s(p("ca.pem")),
+        "-CAkey",
+        &s(p("ca.key")),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &s(ext),
+        "-out",
+        &s(p("server.pem")),
+    ]);
+    Certs {
+        ca: p("ca.pem"),
+        cert: p("server.pem"),
+        key: p("server.key"),
+    }
+}
+
+/// A TLS origin on `ip`: Python's http.server wrapped in `ssl`, answering
+/// `GET /PATH` with `hello tls /PATH`. The TLS handshake runs in the
+/// per-connection thread, so a tunnel that never sends a ClientHello does
+/// not stall other connections.
+const TLS_ORIGIN_PY: &str = r#"
+import http.server, socket, ssl, sys
+ip, cert, key = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("hello tls " + self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    daemon_threads = True
+    def finish_request(self, request, client_address):
+        request.settimeout(10)
+        try:
+            request = ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
+srv = S((ip, 0), H)
+print("port", srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+struct TlsOrigin {
+    port: u16,
+    _proc: Bg,
+    _dir: TempDir,
+    certs: Certs,
+}
+
+fn tls_origin() -> TlsOrigin {
+    let dir = TempDir::new("tls");
+    let certs = make_certs(&dir);
+    let script = dir.path("tls_origin.py");
+    std::fs::write(&script, TLS_ORIGIN_PY).unwrap();
+    let (proc, port) = spawn_with_port(
+        Command::new("python3")
+            .arg("-u")
+            .arg(&script)
+            .arg("127.0.0.1")
+            .arg(&certs.cert)
+            .arg(&certs.key),
+        |l| l.strip_prefix("port ")?.trim().parse().ok(),
+    );
+    TlsOrigin {
+        port,
+        _proc: proc,
+        _dir: dir,
+        certs,
+    }
+}
+
+/// The embedded default policy (DESIGN.md) with its listeners moved to port 0.
+fn default_like() -> String {
+    let text = include_str!("../src/default.yaml");
+    let moved = text
+        .replace("http: 127.0.0.1:3128", "http: 127.0.0.1:0")
+        .replace("admin: 127.0.0.1:9901", "admin: 127.0.0.1:0");
+    assert_ne!(
+        moved, text,
+        "default.yaml no longer names the default ports"
+    );
+    moved
+}
+
+// === curl: guard, absolute-form, CONNECT, byte counts ===
+
+#[test]
+fn curl_default_policy_denies_loopback_with_guard_headers() {
+    let origin = Origin::start("127.0.0.1");
+    let s = Sluice::start(BIN, &default_like());
+    let url = format!("{}/bytes/10", origin.url());
+    let proxy = s.proxy_url();
+    for (protocol, method, extra) in [("http", "GET", None), ("connect", "CONNECT", Some("-p"))] {
+        let mut args: Vec<&str> = extra.into_iter().collect();
+        args.extend(["-x", &proxy, &url]);
+        let c = curl(&args);
+        if protocol == "connect" {
+            assert_eq!(c.connect, 403, "{c:?}");
+            assert_ne!(c.exit, 0, "curl must fail when the tunnel is refused");
+        } else {
+            assert_eq!(c.status, 403, "{c:?}");
+            let body = c.body_text();
+            assert!(body.contains("rule: guard/special-address"), "{body}");
+            assert!(body.contains(&format!("request id: {}", c.id())), "{body}");
+        }
+        assert_eq!(
+            c.header("sluice-rule").as_deref(),
+            Some("guard/special-address")
+        );
+        let reason = c.header("sluice-reason").unwrap();
+        assert!(
+            reason.contains("127.0.0.1") && reason.contains("special"),
+            "{reason}"
+        );
+        let rec = record_by_id(&s, &c.id());
+        assert_fields(
+            &rec,
+            &[
+                ("listener", "http".into()),
+                ("protocol", protocol.into()),
+                ("method", method.into()),
+                ("zone", "local".into()),
+                ("mode", "report".into()),
+                ("verdict", "deny".into()),
+                ("enforced", true.into()),
+                ("rule", "guard/special-address".into()),
+                ("reason", reason.clone().into()),
+                ("dst_ip", "127.0.0.1".into()),
+                ("dst_port", origin.addr.port().into()),
+                ("status", 403.into()),
+                ("bytes_in", 0.into()),
+                ("bytes_out", 0.into()),
+            ],
+        );
+    }
+    assert_eq!(
+        origin.conns.load(Ordering::SeqCst),
+        0,
+        "guard let a dial out"
+    );
+}
+
+fn allow_loopback(ports: &str) -> String {
+    format!(
+        "zones:\n  - name: local\n    sources: {SOURCES}\n    mode: enforce\n    allow:\n      \
+         - cidr: 127.0.0.1/32\n        ports: {ports}\n        id: loopback-origin\n"
+    )
+}
+
+#[test]
+fn curl_absolute_form_and_connect_pass_a_lifted_origin_and_count_bytes() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let s = Sluice::start(BIN, &allow_loopback(&format!("[{port}]")));
+    let proxy = s.proxy_url();
+
+    // Absolute form: the record counts the response body, nothing else.
+    let c = curl(&["-x", &proxy, &format!("{}/bytes/1000", origin.url())]);
+    assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+    assert_eq!(c.body, vec![b'x'; 1000]);
+    assert_eq!(c.header("via").as_deref(), Some("1.1 sluice"));
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[
+            ("listener", "http".into()),
+            ("protocol", "http".into()),
+            ("method", "GET".into()),
+            ("zone", "local".into()),
+            ("mode", "enforce".into()),
+            ("verdict", "allow".into()),
+            ("enforced", true.into()),
+            ("rule", "loopback-origin".into()),
+            ("dst_host", Value::Null),
+            ("dst_ip", "127.0.0.1".into()),
+            ("dst_port", port.into()),
+            ("status", 200.into()),
+            ("bytes_in", 1000.into()),
+            ("bytes_out", 0.into()),
+            ("error", Value::Null),
+        ],
+    );
+
+    // CONNECT: the tunnel's bytes, both directions, whatever they carry.
+    let c = curl(&[
+        "-p",
+        "-x",
+        &proxy,
+        &format!("{}/bytes/100000", origin.url()),
+    ]);
+    assert_eq!((c.exit, c.connect, c.status), (0, 200, 200), "{c:?}");
+    assert_eq!(c.body.len(), 100_000);
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[
+            ("protocol", "connect".into()),
+            ("method", "CONNECT".into()),
+            ("verdict", "allow".into()),
+            ("rule", "loopback-origin".into()),
+            ("dst_ip", "127.0.0.1".into()),
+            ("dst_port", port.into()),
+            ("status", 200.into()),
+            ("sni", Value::Null),
+        ],
+    );
+    let bytes_in = rec["bytes_in"].as_u64().unwrap();
+    let bytes_out = rec["bytes_out"].as_u64().unwrap();
+    assert!(bytes_in >= 100_000, "{rec:#}");
+    // Headers plus the body, not an unbounded count.
+    assert!(bytes_in < 101_000, "{rec:#}");
+    assert!(bytes_out > 20 && bytes_out < 1000, "the GET line: {rec:#}");
+
+    // The lifting rule covers only its port: another loopback port is guarded.
+    let other = Origin::start("127.0.0.1");
+    let c = curl(&["-x", &proxy, &format!("{}/", other.url())]);
+    assert_eq!(c.status, 403, "{c:?}");
+    assert_eq!(
+        c.header("sluice-rule").as_deref(),
+        Some("guard/special-address")
+    );
+    assert_eq!(other.conns.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn curl_keep_alive_requests_get_one_record_each_with_their_own_bytes() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let s = Sluice::start(BIN, &allow_loopback(&format!("[{port}]")));
+    let out = output_within(
+        client("curl")
+            .args(["-sS", "--max-time", "10", "-x", &s.proxy_url()])
+            .args(["-o", "/dev/null", "-o", "/dev/null"])
+            .args(["-w", "%{http_code} %{num_connects} %{size_download}\n"])
+            .arg(format!("{}/bytes/3000", origin.url()))
+            .arg(format!("{}/bytes/5000", origin.url())),
+        CLIENT_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // The second transfer reused the first connection to the proxy.
+    assert_eq!(lines, ["200 1 3000", "200 0 5000"], "{out:?}");
+
+    let recs = s.wait_records(2);
+    let recs: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["dst_port"] == port && r["protocol"] == "http")
+        .collect();
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    assert_eq!(recs[0]["src"], recs[1]["src"], "one client connection");
+    assert_ne!(recs[0]["id"], recs[1]["id"]);
+    let mut got: Vec<(u64, u64)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["bytes_in"].as_u64().unwrap(),
+                r["bytes_out"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, [(3000, 0), (5000, 0)], "bytes counted once each");
+
+    // A request body counts as bytes_out, exactly.
+    let dir = TempDir::new("post");
+    let body = dir.path("body.bin");
+    std::fs::write(&body, vec![b'b'; 12_345]).unwrap();
+    let c = curl(&[
+        "-x",
+        &s.proxy_url(),
+        "--data-binary",
+        &format!("@{}", body.display()),
+        &format!("{}/echo", origin.url()),
+    ]);
+    assert_eq!(c.status, 200, "{c:?}");
+    let echo: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(echo["body_len"], 12_345);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["uri"], "/echo", "origin-form towards the origin");
+    assert_eq!(echo["headers"]["host"], origin.addr.to_string());
+    assert_eq!(echo["headers"]["via"], "1.1 sluice");
+    let rec = record_by_id(&s, &c.id());
+    assert_eq!(rec["method"], "POST");
+    assert_eq!(rec["bytes_out"], 12_345);
+    assert_eq!(rec["bytes_in"].as_u64().unwrap(), c.body.len() as u64);
+}
+
+// === Python requests through HTTP_PROXY / HTTPS_PROXY; TLS origins ===
+
+/// Fetches each URL with `requests` (proxies from the environment, the CA
+/// in argv[1]) and prints one JSON list of outcomes.
+const REQUESTS_PY: &str = r#"
+import json, sys, requests
+out = []
+for url in sys.argv[2:]:
+    try:
+        r = requests.get(url, timeout=10, verify=sys.argv[1])
+        out.append({"url": url, "status": r.status_code, "len": len(r.content),
+                    "body": r.text[:300], "headers": {k.lower(): v for k, v in r.headers.items()}})
+    except Exception as e:
+        out.append({"url": url, "error": repr(e)})
+print(json.dumps(out))
+"#;
+
+fn python_requests(proxy: &str, ca: &Path, urls: &[String]) -> Vec<Value> {
+    let dir = TempDir::new("requests");
+    let script = dir.path("get.py");
+    std::fs::write(&script, REQUESTS_PY).unwrap();
+    let out = output_within(
+        client("python3")
+            .arg(&script)
+            .arg(ca)
+            .args(urls)
+            .env("HTTP_PROXY", proxy)
+            .env("HTTPS_PROXY", proxy),
+        CLIENT_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+/// A zone allowing `origin.test` on the TLS origin's port, with the cidr
+/// rule that lifts the guard for loopback on `lift_ports` (none: no cidr).
+fn named_policy(dns: &StubDns, tls_port: u16, lift_ports: Option<&str>, extra: &str) -> String {
+    let mut y = format!(
+        "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
+         mode: enforce\n    allow:\n      - host: origin.test\n        ports: [{tls_port}]\n        \
+         id: origin-name\n",
+        dns.addr
+    );
+    if let Some(p) = lift_ports {
+        y.push_str(&format!(
+            "      - cidr: 127.0.0.1/32\n        ports: {p}\n        id: loopback-origin\n"
+        ));
+    }
+    y.push_str(extra);
+    y
+}
+
+#[test]
+fn python_requests_http_and_https_through_env_proxies() {
+    let tls = tls_origin();
+    let plain = Origin::start("127.0.0.1");
+    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let lift = format!("[{}, {}]", tls.port, plain.addr.port());
+    let s = Sluice::start(BIN, &named_policy(&dns, tls.port, Some(&lift), ""));
+    let urls = [
+        format!("{}/bytes/2048", plain.url()),
+        format!("https://origin.test:{}/hello", tls.port),
+    ];
+    let got = python_requests(&s.proxy_url(), &tls.certs.ca, &urls);
+    assert_eq!(got[0]["status"], 200, "{got:#?}");
+    assert_eq!(got[0]["len"], 2048);
+    assert_eq!(got[0]["headers"]["via"], "1.1 sluice");
+    let id = got[0]["headers"]["sluice-request-id"].as_str().unwrap();
+    let rec = record_by_id(&s, id);
+    assert_fields(
+        &rec,
+        &[
+            ("protocol", "http".into()),
+            ("verdict", "allow".into()),
+            ("rule", "loopback-origin".into()),
+            ("bytes_in", 2048.into()),
+            ("status", 200.into()),
+        ],
+    );
+
+    assert_eq!(got[1]["status"], 200, "{got:#?}");
+    assert_eq!(got[1]["body"], "hello tls /hello");
+    let rec = wait_record(&s, "the https tunnel", |r| {
+        r["dst_host"] == "origin.test" && r["protocol"] == "connect"
+    });
+    assert_fields(
+        &rec,
+        &[
+            ("verdict", "allow".into()),
+            ("enforced", true.into()),
+            // The name's own rule decided; the cidr rule only lifted the guard.
+            ("rule", "origin-name".into()),
+            ("dst_ip", "127.0.0.1".into()),
+            ("dst_port", tls.port.into()),
+            ("sni", "origin.test".into()),
+            ("status", 200.into()),
+            ("error", Value::Null),
+        ],
+    );
+    assert!(rec["bytes_in"].as_u64().unwrap() > 200, "{rec:#}");
+    assert!(rec["bytes_out"].as_u64().unwrap() > 200, "{rec:#}");
+    assert!(dns.queries_for("origin.test") > 0);
+}
+
+#[test]
+fn a_host_rule_alone_never_lifts_the_guard_for_a_loopback_name() {
+    let tls = tls_origin();
+    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let s = Sluice::start(BIN, &named_policy(&dns, tls.port, None, ""));
+    let c = curl(&[
+        "--cacert",
+        &tls.certs.ca.display().to_string(),
+        "-x",
+        &s.proxy_url(),
+        &format!("https://origin.test:{}/", tls.port),
+    ]);
+    assert_eq!(c.connect, 403, "{c:?}");
+    assert_eq!(
+        c.header("sluice-rule").as_deref(),
+        Some("guard/special-address")
+    );
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[
+            ("protocol", "connect".into()),
+            ("dst_host", "origin.test".into()),
+            ("dst_port", tls.port.into()),
+            ("verdict", "deny".into()),
+            ("enforced", true.into()),
+            ("rule", "guard/special-address".into()),
+            ("status", 403.into()),
+        ],
+    );
+    assert!(dns.queries_for("origin.test") > 0, "the name was resolved");
+
+    // Python requests sees the same refusal.
+    let got = python_requests(
+        &s.proxy_url(),
+        &tls.certs.ca,
+        &[format!("https://origin.test:{}/", tls.port)],
+    );
+    let err = got[0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("403"), "{got:#?}");
+}
