@@ -33,7 +33,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_observe::{FlowRecord, Listener, Protocol};
-use sluice_policy::{Decision, Destination, Policy, Request as PolicyRequest, ids};
+use sluice_policy::{Decision, Destination, Pending, Policy, Request as PolicyRequest, ids};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
@@ -242,7 +242,10 @@ async fn handle(
     if decision.auth_required {
         return finish_local(&ctx, flow, auth_required(&decision.reason));
     }
-    if !decision.passes() {
+    // Only a final denial is answered before resolution: a name that no host
+    // rule matched is still pending on the zone's cidr allow rules, which
+    // judge its addresses in the dial stage (DESIGN.md, two phases).
+    if !decision.passes() && decision.pending == Pending::Nothing {
         let resp = denied(&decision, flow.rec.id());
         return finish_local(&ctx, flow, resp);
     }

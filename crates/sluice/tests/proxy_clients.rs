@@ -11,6 +11,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::Ordering,
@@ -161,7 +162,7 @@ fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (Bg, 
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let out = child.stdout.take().unwrap();
@@ -699,4 +700,413 @@ fn a_host_rule_alone_never_lifts_the_guard_for_a_loopback_name() {
     );
     let err = got[0]["error"].as_str().unwrap_or_default();
     assert!(err.contains("403"), "{got:#?}");
+}
+
+// === git clone over dumb HTTP through the proxy ===
+
+fn git(dir: &Path, home: &Path, args: &[&str]) -> std::process::Output {
+    let out = output_within(
+        client("git")
+            .current_dir(dir)
+            .env("HOME", home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .args([
+                "-c",
+                "user.name=Sluice Test",
+                "-c",
+                "user.email=test@sluice.invalid",
+            ])
+            .args(["-c", "init.defaultBranch=main", "-c", "protocol.version=2"])
+            .args(args),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn git_clone_over_http_through_the_proxy() {
+    let dir = TempDir::new("git");
+    let (srv, work, home) = (dir.path("srv"), dir.path("work"), dir.path("home"));
+    for d in [&srv, &work, &home] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    git(&srv, &home, &["init", "-q", "--bare", "repo.git"]);
+    git(&work, &home, &["init", "-q", "."]);
+    std::fs::write(work.join("README"), "cloned through sluice\n").unwrap();
+    std::fs::write(work.join("data.txt"), "line\n".repeat(2000)).unwrap();
+    git(&work, &home, &["add", "README", "data.txt"]);
+    git(&work, &home, &["commit", "-q", "-m", "first"]);
+    git(&work, &home, &["push", "-q", "../srv/repo.git", "main"]);
+    let bare = srv.join("repo.git");
+    git(&bare, &home, &["symbolic-ref", "HEAD", "refs/heads/main"]);
+    git(&bare, &home, &["update-server-info"]);
+
+    let (_server, port) = spawn_with_port(
+        Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+            .arg("--directory")
+            .arg(&srv),
+        |l| {
+            l.split(" port ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        },
+    );
+    let s = Sluice::start(BIN, &allow_loopback(&format!("[{port}]")));
+    let proxy = format!("http.proxy={}", s.proxy_url());
+    let url = format!("http://127.0.0.1:{port}/repo.git");
+    git(&dir.0, &home, &["-c", &proxy, "clone", "-q", &url, "clone"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path("clone/README")).unwrap(),
+        "cloned through sluice\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path("clone/data.txt"))
+            .unwrap()
+            .len(),
+        10_000
+    );
+
+    // Dumb HTTP: info/refs, HEAD, then one request per object (3 at least).
+    let recs = s.wait_records(5);
+    assert!(recs.len() >= 5, "{recs:#?}");
+    for r in &recs {
+        assert_fields(
+            r,
+            &[
+                ("protocol", "http".into()),
+                ("method", "GET".into()),
+                ("verdict", "allow".into()),
+                ("rule", "loopback-origin".into()),
+                ("dst_port", port.into()),
+            ],
+        );
+    }
+    assert!(
+        recs.iter()
+            .any(|r| r["status"] == 200 && r["bytes_in"].as_u64().unwrap() > 0),
+        "{recs:#?}"
+    );
+}
+
+// === domain fronting: the ClientHello's SNI against the CONNECT target ===
+
+/// `openssl s_client` through the proxy; returns (success, output).
+fn s_client(proxy: SocketAddr, connect: &str, sni: &str, ca: &Path) -> (bool, String) {
+    let out = output_within(
+        client("openssl")
+            .args([
+                "s_client",
+                "-proxy",
+                &proxy.to_string(),
+                "-connect",
+                connect,
+            ])
+            .args(["-servername", sni, "-verify_return_error", "-CAfile"])
+            .arg(ca),
+        CLIENT_TIMEOUT,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn domain_fronting_is_refused_and_matching_sni_passes() {
+    let tls = tls_origin();
+    let dns = StubDns::start(&[
+        ("origin.test", &["127.0.0.1"]),
+        ("other.test", &["127.0.0.1"]),
+        ("evil.test", &["127.0.0.1"]),
+    ]);
+    let deny = "    deny:\n      - host: evil.test\n        id: evil\n";
+    let lift = format!("[{}]", tls.port);
+    let s = Sluice::start(BIN, &named_policy(&dns, tls.port, Some(&lift), deny));
+    let ca = &tls.certs.ca;
+    let named = format!("origin.test:{}", tls.port);
+    let literal = format!("127.0.0.1:{}", tls.port);
+    let tunnel = |dst_host: Option<&str>, sni: &str| {
+        let host = dst_host.map(str::to_owned);
+        let sni = sni.to_owned();
+        wait_record(&s, &format!("tunnel with SNI {sni}"), move |r| {
+            r["protocol"] == "connect"
+                && r["sni"] == sni.as_str()
+                && r["dst_host"] == host.as_ref().map_or(Value::Null, |h| h.as_str().into())
+        })
+    };
+
+    // Matching SNI: the handshake completes and the certificate verifies.
+    let (ok, text) = s_client(s.http, &named, "origin.test", ca);
+    assert!(ok && text.contains("Verify return code: 0"), "{text}");
+    let rec = tunnel(Some("origin.test"), "origin.test");
+    assert_fields(
+        &rec,
+        &[("verdict", "allow".into()), ("rule", "origin-name".into())],
+    );
+    assert!(rec["bytes_out"].as_u64().unwrap() > 0);
+
+    // CONNECT origin.test, ClientHello for other.test: closed, nothing forwarded.
+    let (ok, text) = s_client(s.http, &named, "other.test", ca);
+    assert!(!ok, "fronted handshake must fail: {text}");
+    let rec = tunnel(Some("origin.test"), "other.test");
+    assert_fields(
+        &rec,
+        &[
+            ("verdict", "deny".into()),
+            ("enforced", true.into()),
+            ("rule", "guard/sni-mismatch".into()),
+            ("dst_port", tls.port.into()),
+            ("bytes_out", 0.into()),
+        ],
+    );
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("other.test") && reason.contains("origin.test"),
+        "{reason}"
+    );
+
+    // An IP-literal CONNECT is judged by its SNI too: a denied name is refused…
+    let (ok, text) = s_client(s.http, &literal, "evil.test", ca);
+    assert!(!ok, "{text}");
+    let rec = tunnel(None, "evil.test");
+    assert_fields(
+        &rec,
+        &[
+            ("verdict", "deny".into()),
+            ("enforced", true.into()),
+            ("rule", "evil".into()),
+            ("dst_ip", "127.0.0.1".into()),
+            ("bytes_out", 0.into()),
+        ],
+    );
+    // …and an allowed one passes.
+    let (ok, text) = s_client(s.http, &literal, "origin.test", ca);
+    assert!(ok, "{text}");
+    let rec = tunnel(None, "origin.test");
+    assert_eq!(rec["verdict"], "allow", "{rec:#}");
+}
+
+// === Sluice never connects to its own listeners ===
+
+#[test]
+fn self_connections_are_refused_even_when_a_rule_allows_every_port() {
+    let dns = StubDns::start(&[("self.test", &["127.0.0.1"])]);
+    let yaml = format!(
+        "dns:\n  upstreams: [\"{}\"]\n{}",
+        dns.addr,
+        allow_loopback("any")
+    );
+    let s = Sluice::start(BIN, &yaml);
+    let proxy = s.proxy_url();
+    let own = [s.http, s.admin.expect("admin listener")];
+    for addr in own {
+        let targets = [
+            format!("http://{addr}/"),
+            format!("http://self.test:{}/", addr.port()),
+        ];
+        for url in &targets {
+            for connect in [true, false] {
+                let mut args = vec!["-x", proxy.as_str(), url.as_str()];
+                if connect {
+                    args.insert(0, "-p");
+                }
+                let c = curl(&args);
+                let code = if connect { c.connect } else { c.status };
+                assert_eq!(code, 403, "{url} connect={connect}: {c:?}");
+                assert_eq!(c.header("sluice-rule").as_deref(), Some("guard/self"));
+                let rec = record_by_id(&s, &c.id());
+                assert_fields(
+                    &rec,
+                    &[
+                        ("verdict", "deny".into()),
+                        ("enforced", true.into()),
+                        ("rule", "guard/self".into()),
+                        ("dst_port", addr.port().into()),
+                    ],
+                );
+            }
+        }
+    }
+    // Every refusal was answered and recorded once: no loop through itself.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.records().len(), 8, "{:#?}", s.records());
+}
+
+// === modes: enforce, report, open; the guard in all of them ===
+
+/// A zone in `mode` with a lifting cidr allow for `port`, a host deny for
+/// `blocked.test`, names from `dns`.
+fn mode_policy(mode: &str, dns: &StubDns, port: u16) -> String {
+    format!(
+        "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
+         mode: {mode}\n    allow:\n      - cidr: 127.0.0.1/32\n        ports: [{port}]\n        \
+         id: lift\n    deny:\n      - host: blocked.test\n        id: blocked\n",
+        dns.addr
+    )
+}
+
+fn mode_dns() -> StubDns {
+    StubDns::start(&[
+        ("blocked.test", &["127.0.0.1"]),
+        ("free.test", &["127.0.0.1"]),
+        ("two.test", &["127.0.0.2"]),
+        ("public.test", &["1.2.3.4"]),
+    ])
+}
+
+#[test]
+fn enforce_mode_denies_with_403_and_reaches_nothing() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let dns = mode_dns();
+    let s = Sluice::start(BIN, &mode_policy("enforce", &dns, port));
+    let proxy = s.proxy_url();
+    let c = curl(&["-x", &proxy, &format!("http://blocked.test:{port}/")]);
+    assert_eq!(c.status, 403, "{c:?}");
+    assert_eq!(c.header("sluice-rule").as_deref(), Some("blocked"));
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[
+            ("mode", "enforce".into()),
+            ("verdict", "deny".into()),
+            ("enforced", true.into()),
+            ("rule", "blocked".into()),
+            ("dst_host", "blocked.test".into()),
+            ("status", 403.into()),
+        ],
+    );
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
+    // A name without a host rule passes only because its address is inside
+    // the cidr allow.
+    let c = curl(&["-x", &proxy, &format!("http://free.test:{port}/bytes/7")]);
+    assert_eq!(c.status, 200, "{c:?}");
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[("verdict", "allow".into()), ("rule", "lift".into())],
+    );
+    // The same name-without-rule outside every cidr allow is refused after
+    // resolution, before any connection is tried.
+    let c = curl(&["-x", &proxy, &format!("http://public.test:{port}/")]);
+    assert_eq!(c.status, 403, "{c:?}");
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[
+            ("verdict", "deny".into()),
+            ("enforced", true.into()),
+            ("rule", "default".into()),
+            ("dst_host", "public.test".into()),
+        ],
+    );
+    assert!(
+        rec["reason"].as_str().unwrap().contains("1.2.3.4"),
+        "{rec:#}"
+    );
+}
+
+#[test]
+fn report_mode_passes_would_be_denials_but_not_the_guard() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let two = Origin::start("127.0.0.2");
+    let dns = mode_dns();
+    let s = Sluice::start(BIN, &mode_policy("report", &dns, port));
+    let proxy = s.proxy_url();
+    for connect in [false, true] {
+        let mut args = vec!["-x", proxy.as_str()];
+        if connect {
+            args.push("-p");
+        }
+        let url = format!("http://blocked.test:{port}/bytes/321");
+        args.push(&url);
+        let c = curl(&args);
+        assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+        assert_eq!(c.body.len(), 321);
+        let rec = record_by_id(&s, &c.id());
+        assert_fields(
+            &rec,
+            &[
+                ("protocol", if connect { "connect" } else { "http" }.into()),
+                ("mode", "report".into()),
+                ("verdict", "deny".into()),
+                ("enforced", false.into()),
+                ("rule", "blocked".into()),
+                ("status", 200.into()),
+                ("dst_ip", "127.0.0.1".into()),
+            ],
+        );
+        assert!(rec["bytes_in"].as_u64().unwrap() >= 321, "{rec:#}");
+    }
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 2);
+
+    // The guard is enforced in report mode: 127.0.0.2 has no lifting rule.
+    for url in [
+        format!("{}/", two.url()),
+        format!("http://two.test:{}/", two.addr.port()),
+    ] {
+        let c = curl(&["-x", &proxy, &url]);
+        assert_eq!(c.status, 403, "{url}: {c:?}");
+        let rec = record_by_id(&s, &c.id());
+        assert_fields(
+            &rec,
+            &[
+                ("verdict", "deny".into()),
+                ("enforced", true.into()),
+                ("rule", "guard/special-address".into()),
+            ],
+        );
+    }
+    assert_eq!(two.conns.load(Ordering::SeqCst), 0, "guard bypassed");
+}
+
+#[test]
+fn open_mode_allows_what_no_rule_denies_but_keeps_the_guard() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let two = Origin::start("127.0.0.2");
+    let dns = mode_dns();
+    let s = Sluice::start(BIN, &mode_policy("open", &dns, port));
+    let proxy = s.proxy_url();
+    let c = curl(&["-x", &proxy, &format!("http://free.test:{port}/bytes/9")]);
+    assert_eq!(c.status, 200, "{c:?}");
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[
+            ("mode", "open".into()),
+            ("verdict", "allow".into()),
+            ("enforced", true.into()),
+            // Allowed by the mode, not by a rule.
+            ("rule", "default".into()),
+        ],
+    );
+    let c = curl(&["-x", &proxy, &format!("http://blocked.test:{port}/")]);
+    assert_eq!(c.status, 403, "{c:?}");
+    assert_eq!(c.header("sluice-rule").as_deref(), Some("blocked"));
+    for url in [
+        format!("{}/", two.url()),
+        format!("http://two.test:{}/", two.addr.port()),
+    ] {
+        let c = curl(&["-p", "-x", &proxy, &url]);
+        assert_eq!(c.connect, 403, "{url}: {c:?}");
+        assert_eq!(
+            c.header("sluice-rule").as_deref(),
+            Some("guard/special-address")
+        );
+    }
+    assert_eq!(two.conns.load(Ordering::SeqCst), 0, "guard bypassed");
 }
