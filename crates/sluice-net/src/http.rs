@@ -106,6 +106,9 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.limits.header_timeout)
         .max_buf_size((ctx.limits.max_header_bytes as usize).max(8192))
+        // `max_buf_size` is checked only while a head is still incomplete: a
+        // larger head that arrives in one read would pass. This bounds it.
+        .max_header_size(ctx.limits.max_header_bytes as usize)
         .max_headers(128)
         .keep_alive(true);
     let conn = builder

@@ -1,0 +1,700 @@
+//! The HTTP proxy under attack, through the real binary on loopback: SSRF
+//! in every numeric, IPv6-embedded and name form through CONNECT and
+//! absolute-form in `enforce` and `open` mode; DNS rebinding with a stub
+//! resolver; malformed and smuggling-shaped requests; slowloris against the
+//! per-source cap and the header timeout.
+//!
+//! Every attack aims at a real origin listening on 127.0.0.1 and asserts that
+//! the origin never saw a connection, not only that the answer was a 403.
+//!
+//! Layout: the stub DNS server, then SSRF, rebinding, malformed input and
+//! slowloris tests.
+
+// A test binary: its helpers may panic too, not only its `#[test]`s.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::Value;
+use sluice_testkit::{
+    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on, send_raw,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const T: Duration = Duration::from_secs(10);
+
+// === stub DNS ===
+
+/// A UDP+TCP DNS responder. `answers.json` maps a name to
+/// `{"A": [[ips of the 1st query], [ips of the 2nd and later]], "AAAA": ...}`:
+/// the k-th query of a type gets the k-th list (the last repeats), TTL 0.
+/// Unknown names get NXDOMAIN. Each query is logged as `name type k`.
+const STUB_DNS: &str = r#"
+import json, socket, struct, sys, threading
+cfg = json.load(open(sys.argv[1])); log = open(sys.argv[2], "a", buffering=1)
+seen, lock = {}, threading.Lock()
+def answer(q):
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode().lower()); i += 1 + q[i]
+    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]; end = i + 5
+    name, t = ".".join(labels), {1: "A", 28: "AAAA"}.get(qtype, str(qtype))
+    entry = cfg.get(name)
+    with lock:
+        k = seen.get((name, t), 0); seen[(name, t)] = k + 1
+        log.write(f"{name} {t} {k}\n")
+    sets = (entry or {}).get(t) or [[]]
+    ips = sets[min(k, len(sets) - 1)]
+    fam, size = (socket.AF_INET, 4) if t == "A" else (socket.AF_INET6, 16)
+    rrs = b"".join(b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 0, size)
+                   + socket.inet_pton(fam, ip) for ip in ips)
+    flags = 0x8180 | (0 if entry is not None else 3)
+    return q[:2] + struct.pack(">HHHHH", flags, 1, len(ips), 0, 0) + q[12:end] + rrs
+def serve_udp(s):
+    while True:
+        q, peer = s.recvfrom(4096)
+        try: s.sendto(answer(q), peer)
+        except Exception: pass
+def exactly(c, n):
+    b = b""
+    while len(b) < n:
+        more = c.recv(n - len(b))
+        if not more: raise EOFError
+        b += more
+    return b
+def serve_tcp_conn(c):
+    try:
+        while True:
+            r = answer(exactly(c, struct.unpack(">H", exactly(c, 2))[0]))
+            c.sendall(struct.pack(">H", len(r)) + r)
+    except Exception: c.close()
+def serve_tcp(s):
+    while True:
+        threading.Thread(target=serve_tcp_conn, args=(s.accept()[0],), daemon=True).start()
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try: t.bind(("127.0.0.1", u.getsockname()[1])); break
+    except OSError: u.close(); t.close()
+t.listen(64)
+threading.Thread(target=serve_udp, args=(u,), daemon=True).start()
+threading.Thread(target=serve_tcp, args=(t,), daemon=True).start()
+print(u.getsockname()[1], flush=True)
+threading.Event().wait()
+"#;
+
+/// A running stub DNS server (killed on drop).
+struct StubDns {
+    child: Child,
+    addr: SocketAddr,
+    log: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl StubDns {
+    fn start(answers: Value) -> StubDns {
+        let dir = TempDir::new("dns");
+        let script = dir.path("stub_dns.py");
+        let map = dir.path("answers.json");
+        let log = dir.path("queries.log");
+        std::fs::write(&script, STUB_DNS).unwrap();
+        std::fs::write(&map, answers.to_string()).unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(&map)
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is needed for the stub DNS server");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(T).expect("stub DNS did not start");
+        let port: u16 = line.trim().parse().expect("stub DNS port");
+        StubDns {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Queries seen for `name` of type `qtype` (`A`, `AAAA`).
+    fn queries(&self, name: &str, qtype: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').take(2).eq([name, qtype]))
+            .count()
+    }
+}
+
+impl Drop for StubDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === SSRF ===
+
+/// What a hostile destination must get.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Want {
+    /// 403 from the guard.
+    Guard,
+    /// 403 from the guard, or a 400 without a flow record where the request
+    /// target is not valid HTTP (percent-escapes and non-ASCII in the host:
+    /// hyper refuses them before Sluice sees a request).
+    GuardOrBad,
+}
+
+/// Hosts that all mean a special address (most of them 127.0.0.1).
+const SSRF_HOSTS: &[(&str, Want)] = &[
+    ("127.0.0.1", Want::Guard),
+    ("2130706433", Want::Guard),
+    ("0x7f000001", Want::Guard),
+    ("0177.0.0.1", Want::Guard),
+    ("127.1", Want::Guard),
+    ("0x7f.1", Want::Guard),
+    ("0", Want::Guard),
+    ("0.0.0.0", Want::Guard),
+    ("169.254.169.254", Want::Guard),
+    ("0251.0376.0251.0376", Want::Guard),
+    ("2852039166", Want::Guard),
+    ("0xa9fea9fe", Want::Guard),
+    ("10.0.0.1", Want::Guard),
+    ("192.168.1.1", Want::Guard),
+    ("100.64.0.1", Want::Guard),
+    ("[::1]", Want::Guard),
+    ("[::ffff:127.0.0.1]", Want::Guard),
+    ("[::ffff:7f00:1]", Want::Guard),
+    ("[::127.0.0.1]", Want::Guard),
+    ("[64:ff9b::7f00:1]", Want::Guard),
+    ("[2002:7f00:1::1]", Want::Guard),
+    // Teredo: public server 65.54.227.120, client 127.0.0.1 (obfuscated).
+    ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", Want::Guard),
+    ("[fe80::1%25eth0]", Want::Guard),
+    ("[fd00:ec2::254]", Want::Guard),
+    ("%31%32%37.0.0.1", Want::GuardOrBad),
+    ("１２７.０.０.１", Want::GuardOrBad),
+    ("127.0.0.1.", Want::Guard),
+    ("localhost", Want::Guard),
+    ("localhost.", Want::Guard),
+    ("LocalHost", Want::Guard),
+    ("foo.localhost", Want::Guard),
+    // Names the stub resolver maps to special addresses.
+    ("evil.test", Want::Guard),
+    ("meta.test", Want::Guard),
+    ("v6.test", Want::Guard),
+    ("mixed.test", Want::Guard),
+    ("both.test", Want::Guard),
+];
+
+fn ssrf_dns() -> StubDns {
+    StubDns::start(serde_json::json!({
+        "evil.test": {"A": [["127.0.0.1"]]},
+        "meta.test": {"A": [["169.254.169.254"]]},
+        "v6.test": {"AAAA": [["::1"]]},
+        "mixed.test": {"A": [["127.0.0.1"]]},
+        "both.test": {"A": [["127.0.0.1", "10.1.2.3"]], "AAAA": [["::ffff:127.0.0.1"]]},
+    }))
+}
+
+/// Permissive public rules: everything public may leave; only the guard
+/// stands between a client and loopback.
+fn permissive(mode: &str, dns: SocketAddr) -> String {
+    format!(
+        "mode: {mode}
+dns:
+  upstreams: [\"{dns}\"]
+zones:
+  - name: local
+    sources: [127.0.0.0/8, \"::1\"]
+    allow:
+      - cidr: 0.0.0.0/0
+        ports: any
+      - cidr: ::/0
+        ports: any
+      - host: \"*.test\"
+        ports: any
+"
+    )
+}
+
+fn absolute_get(authority: &str) -> Vec<u8> {
+    format!("GET http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes()
+}
+
+fn connect_req(authority: &str) -> Vec<u8> {
+    format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes()
+}
+
+/// One line describing a response, for assertion messages.
+fn show(r: &RawResponse) -> String {
+    let body: String = r.text().chars().take(300).collect();
+    format!(
+        "status {:?}, rule {:?}, body {body:?}",
+        r.status,
+        r.header("sluice-rule"),
+    )
+}
+
+#[test]
+fn ssrf_forms_never_reach_loopback_in_enforce_and_open_mode() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let dns = ssrf_dns();
+    for mode in ["enforce", "open"] {
+        let sluice = Sluice::start(BIN, &permissive(mode, dns.addr));
+        // Requests Sluice itself judged (and so recorded).
+        let mut judged = 0;
+        for &(host, want) in SSRF_HOSTS {
+            let authority = format!("{host}:{port}");
+            for (how, req) in [
+                ("CONNECT", connect_req(&authority)),
+                ("absolute-form", absolute_get(&authority)),
+            ] {
+                let r = send_raw(sluice.http, &req, T);
+                let what = format!("{mode} {how} {authority}: {}", show(&r));
+                match (r.status, want) {
+                    (Some(403), _) => {
+                        assert_eq!(
+                            r.header("sluice-rule"),
+                            Some("guard/special-address"),
+                            "{what}"
+                        );
+                        assert!(
+                            r.header("sluice-reason").is_some_and(|v| !v.is_empty()),
+                            "{what}"
+                        );
+                        assert!(r.header("sluice-request-id").is_some(), "{what}");
+                    }
+                    (Some(400), Want::GuardOrBad) => {}
+                    _ => panic!("{what}: expected 403 from the guard"),
+                }
+                judged += usize::from(r.header("sluice-request-id").is_some());
+                assert_eq!(
+                    origin.conns.load(Ordering::SeqCst),
+                    0,
+                    "{what}: origin was reached"
+                );
+            }
+        }
+        let records = sluice.wait_records(judged);
+        assert_eq!(records.len(), judged, "one record per judged request");
+        for r in &records {
+            assert_eq!(r["verdict"], "deny", "{r}");
+            assert_eq!(r["enforced"], true, "{r}");
+            assert!(r["bytes_out"] == 0 && r["bytes_in"] == 0, "{r}");
+        }
+        // The names were judged after resolution, by the guard.
+        for name in [
+            "evil.test",
+            "meta.test",
+            "v6.test",
+            "mixed.test",
+            "both.test",
+        ] {
+            let rec = records
+                .iter()
+                .find(|r| r["dst_host"] == name)
+                .unwrap_or_else(|| panic!("{mode}: no record for {name}"));
+            assert_eq!(rec["rule"], "guard/special-address", "{rec}");
+        }
+    }
+    assert!(
+        dns.queries("evil.test", "A") > 0,
+        "the stub resolver was asked"
+    );
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(origin.conns.load(Ordering::SeqCst), 0);
+}
+
+/// The harness can see a request that gets through: with the guard lifted
+/// for exactly the origin, the same numeric forms reach it. Without this,
+/// "the origin saw nothing" could also mean "the origin could not be seen".
+#[test]
+fn ssrf_control_lifted_guard_reaches_the_origin() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let sluice = Sluice::start(
+        BIN,
+        &format!(
+            "mode: enforce
+zones:
+  - name: local
+    sources: [127.0.0.0/8]
+    allow:
+      - cidr: 127.0.0.1/32
+        ports: [{port}]
+"
+        ),
+    );
+    for host in ["127.0.0.1", "2130706433", "0x7f.1", "[::ffff:127.0.0.1]"] {
+        let authority = format!("{host}:{port}");
+        let r = send_raw(sluice.http, &absolute_get(&authority), T);
+        assert_eq!(r.status, Some(200), "{authority}: {}", show(&r));
+        let mut tunnel = connect_tunnel(sluice.http, &authority, T)
+            .unwrap_or_else(|r| panic!("CONNECT {authority}: {}", show(&r)));
+        let r = get_on(&mut tunnel, &authority, "/bytes/5");
+        assert_eq!((r.status, r.body.len()), (Some(200), 5), "{authority}");
+    }
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 8);
+    // Still not for a port the rule does not name.
+    let other = format!("127.0.0.1:{}", port.wrapping_add(1).max(1));
+    let r = send_raw(sluice.http, &absolute_get(&other), T);
+    assert_eq!(r.status, Some(403), "{}", show(&r));
+}
+
+// === DNS rebinding ===
+
+/// A listener on `ip:port` that answers every connection with a small HTTP
+/// response and counts accepts.
+fn counting_server(listener: TcpListener) -> Arc<AtomicUsize> {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let n = accepted.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            n.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(T));
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    if !matches!(s.read(&mut b), Ok(1)) {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    accepted
+}
+
+/// Listeners on 127.0.0.2:P and 127.0.0.1:P (same port, distinct sockets).
+fn twin_listeners() -> (TcpListener, TcpListener) {
+    for _ in 0..50 {
+        let two = TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = two.local_addr().unwrap().port();
+        if let Ok(one) = TcpListener::bind(("127.0.0.1", port)) {
+            return (two, one);
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.1");
+}
+
+/// The resolver answers 127.0.0.2 (allowed by a lifting `cidr` rule) first
+/// and 127.0.0.1 afterwards, with TTL 0. Each request resolves once and
+/// dials only what it checked, so 127.0.0.1 is never reached, whether the
+/// rebinding happens between requests or between a check and a connect.
+#[test]
+fn dns_rebinding_never_reaches_loopback() {
+    let (two, one) = twin_listeners();
+    let port = two.local_addr().unwrap().port();
+    let on_two = counting_server(two);
+    let on_one = counting_server(one);
+    let dns = StubDns::start(serde_json::json!({
+        "rebind.test": {"A": [["127.0.0.2"], ["127.0.0.1"]]},
+        "pair.test": {"A": [["127.0.0.1", "127.0.0.2"]]},
+    }));
+    let sluice = Sluice::start(
+        BIN,
+        &format!(
+            "mode: enforce
+dns:
+  upstreams: [\"{}\"]
+zones:
+  - name: local
+    sources: [127.0.0.0/8]
+    allow:
+      - cidr: 127.0.0.2/32
+        ports: any
+      - host: rebind.test
+        ports: any
+      - host: pair.test
+        ports: any
+",
+            dns.addr
+        ),
+    );
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let authority = format!("rebind.test:{port}");
+        let r = if i % 2 == 0 {
+            match connect_tunnel(sluice.http, &authority, T) {
+                Ok(mut tunnel) => get_on(&mut tunnel, &authority, "/"),
+                Err(r) => r,
+            }
+        } else {
+            send_raw(sluice.http, &absolute_get(&authority), T)
+        };
+        match r.status {
+            Some(200) => assert_eq!(r.text(), "ok"),
+            Some(403) => assert_eq!(r.header("sluice-rule"), Some("guard/special-address")),
+            _ => panic!("request {i}: {}", show(&r)),
+        }
+        statuses.push(r.status.unwrap());
+    }
+    // An answer with both addresses: only the checked one is dialed.
+    for _ in 0..5 {
+        let r = send_raw(sluice.http, &absolute_get(&format!("pair.test:{port}")), T);
+        assert_eq!(r.status, Some(200), "{}", show(&r));
+    }
+    assert_eq!(on_one.load(Ordering::SeqCst), 0, "127.0.0.1 was reached");
+    assert!(
+        statuses.contains(&200),
+        "127.0.0.2 was never allowed: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&403),
+        "the rebinding never happened: {statuses:?}"
+    );
+    assert!(dns.queries("rebind.test", "A") >= 2);
+    assert!(on_two.load(Ordering::SeqCst) >= 6);
+
+    let records = sluice.wait_records(25);
+    assert_eq!(records.len(), 25);
+    for r in &records {
+        let allowed_to_two = r["verdict"] == "allow" && r["dst_ip"] == "127.0.0.2";
+        let guarded = r["verdict"] == "deny" && r["rule"] == "guard/special-address";
+        assert!(allowed_to_two || guarded, "{r}");
+        assert_ne!(r["dst_ip"], "127.0.0.1", "{r}");
+    }
+}
+
+// === malformed input ===
+
+/// Sluice with the guard lifted for exactly `origin`, so that a request is
+/// refused only for its form.
+fn allowing(origin: &Origin, extra: &str) -> Sluice {
+    Sluice::start(
+        BIN,
+        &format!(
+            "mode: enforce
+{extra}zones:
+  - name: local
+    sources: [127.0.0.0/8]
+    allow:
+      - cidr: 127.0.0.1/32
+        ports: [{}]
+",
+            origin.addr.port()
+        ),
+    )
+}
+
+/// What a malformed request may get.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// A 4xx, or a close without an answer.
+    Refused,
+    /// A 400 whose body contains this text.
+    Explained(&'static str),
+    /// Refused, or (RFC 9112 §6.3) forwarded by Transfer-Encoding alone with
+    /// Content-Length removed, and the client connection closed after the
+    /// answer so that trailing bytes are never read as another request.
+    RefusedOrTeAlone,
+    /// Refused, or forwarded with the one length both headers agree on.
+    RefusedOrOneLength,
+}
+
+/// Writes `bytes`, reads one answer, then reports whether the connection
+/// closed without sending anything more (2 s bound).
+fn exchange_then_close(addr: SocketAddr, bytes: &[u8]) -> (RawResponse, bool) {
+    let mut s = connect_with_timeout(addr, T);
+    let _ = s.write_all(bytes);
+    let r = sluice_testkit::read_response(&mut s, bytes.starts_with(b"CONNECT "));
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut more = [0u8; 256];
+    let closed = match s.read(&mut more) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    (r, closed)
+}
+
+#[test]
+fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
+    let origin = Origin::start("127.0.0.1");
+    let o = origin.addr;
+    let mut sluice = allowing(&origin, "");
+    let big = "a".repeat(100 * 1024);
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let smuggled = format!("GET http://{o}/smuggled HTTP/1.1\r\nHost: {o}\r\n\r\n");
+    let cases: Vec<(&str, Vec<u8>, Outcome)> = vec![
+        (
+            "Content-Length then Transfer-Encoding",
+            format!(
+                "POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nContent-Length: 5\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            )
+            .into_bytes(),
+            Outcome::RefusedOrTeAlone,
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            format!(
+                "POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\
+                 Content-Length: 60\r\n\r\n0\r\n\r\n{smuggled}"
+            )
+            .into_bytes(),
+            Outcome::RefusedOrTeAlone,
+        ),
+        (
+            "Transfer-Encoding not chunked",
+            format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: gzip\r\n\r\nxx")
+                .into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "duplicate equal Content-Length",
+            format!(
+                "POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nContent-Length: 3\r\n\
+                 Content-Length: 3\r\n\r\nabc"
+            )
+            .into_bytes(),
+            Outcome::RefusedOrOneLength,
+        ),
+        (
+            "duplicate different Content-Length",
+            format!(
+                "POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nContent-Length: 3\r\n\
+                 Content-Length: 30\r\n\r\nabc"
+            )
+            .into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "Content-Length list",
+            format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nContent-Length: 3, 30\r\n\r\nabc")
+                .into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "obsolete line folding",
+            format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nX-Folded: a\r\n  b\r\n\r\n")
+                .into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "100 KiB header line",
+            format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nX-Big: {big}\r\n\r\n").into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "100 KiB request line",
+            format!("GET http://{o}/{big} HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "CONNECT with a Content-Length body",
+            format!("CONNECT {o} HTTP/1.1\r\nHost: {o}\r\nContent-Length: 5\r\n\r\nhello")
+                .into_bytes(),
+            Outcome::Explained("CONNECT with a body"),
+        ),
+        (
+            "CONNECT with a chunked body",
+            format!(
+                "CONNECT {o} HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            Outcome::Refused,
+        ),
+        ("garbage bytes", garbage, Outcome::Refused),
+        (
+            "NUL in the request line",
+            format!("GET http://{o}/\0x HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "absolute-form https:// URL",
+            format!("GET https://{o}/ HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            Outcome::Explained("CONNECT"),
+        ),
+        (
+            "origin-form request",
+            format!("GET / HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            Outcome::Explained("forward proxy"),
+        ),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            Outcome::Refused,
+        ),
+    ];
+    let mut forwarded = 0;
+    for (what, bytes, outcome) in &cases {
+        let (r, closed) = exchange_then_close(sluice.http, bytes);
+        let refused = r.status.is_none_or(|c| (400..500).contains(&c));
+        let echo: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        match outcome {
+            Outcome::Refused => assert!(refused, "{what}: {}", show(&r)),
+            Outcome::Explained(needle) => {
+                assert_eq!(r.status, Some(400), "{what}: {}", show(&r));
+                assert!(r.text().contains(needle), "{what}: {}", show(&r));
+            }
+            Outcome::RefusedOrTeAlone if !refused => {
+                assert_eq!(r.status, Some(200), "{what}: {}", show(&r));
+                assert!(
+                    echo["headers"].get("content-length").is_none(),
+                    "{what}: {echo}"
+                );
+                assert_eq!(echo["body_len"], 0, "{what}: {echo}");
+                assert!(
+                    closed,
+                    "{what}: the connection stayed open after the answer"
+                );
+                forwarded += 1;
+            }
+            Outcome::RefusedOrOneLength if !refused => {
+                assert_eq!(r.status, Some(200), "{what}: {}", show(&r));
+                assert_eq!(echo["headers"]["content-length"], "3", "{what}: {echo}");
+                assert_eq!(echo["body_len"], 3, "{what}: {echo}");
+                forwarded += 1;
+            }
+            Outcome::RefusedOrTeAlone | Outcome::RefusedOrOneLength => {}
+        }
+        assert!(sluice.is_running(), "{what}: sluice died");
+        assert_eq!(
+            origin.hits.load(Ordering::SeqCst),
+            forwarded,
+            "{what}: the origin saw a request that was not answered as forwarded"
+        );
+    }
+    // Still serving.
+    let r = send_raw(sluice.http, &absolute_get(&o.to_string()), T);
+    assert_eq!(r.status, Some(200), "{}", show(&r));
+    let mut tunnel = connect_tunnel(sluice.http, &o.to_string(), T).unwrap();
+    assert_eq!(get_on(&mut tunnel, &o.to_string(), "/").status, Some(200));
+    assert_eq!(origin.hits.load(Ordering::SeqCst), forwarded + 2);
+    let stderr = sluice.stderr.lock().unwrap().join("\n");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
