@@ -7,7 +7,7 @@
 //! Every attack aims at a real origin listening on 127.0.0.1 and asserts that
 //! the origin never saw a connection, not only that the answer was a 403.
 //!
-//! Layout: the stub DNS server, then SSRF, rebinding, malformed input and
+//! Layout: a scripted DNS server, then SSRF, rebinding, malformed input and
 //! slowloris tests.
 
 // A test binary: its helpers may panic too, not only its `#[test]`s.
@@ -15,18 +15,19 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener},
+    net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use sluice_testkit::{
-    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on, send_raw,
+    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on,
+    output_within, poll_until, send_raw,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -93,15 +94,15 @@ threading.Event().wait()
 "#;
 
 /// A running stub DNS server (killed on drop).
-struct StubDns {
+struct ScriptedDns {
     child: Child,
     addr: SocketAddr,
     log: std::path::PathBuf,
     _dir: TempDir,
 }
 
-impl StubDns {
-    fn start(answers: Value) -> StubDns {
+impl ScriptedDns {
+    fn start(answers: Value) -> ScriptedDns {
         let dir = TempDir::new("dns");
         let script = dir.path("stub_dns.py");
         let map = dir.path("answers.json");
@@ -126,7 +127,7 @@ impl StubDns {
         });
         let line = rx.recv_timeout(T).expect("stub DNS did not start");
         let port: u16 = line.trim().parse().expect("stub DNS port");
-        StubDns {
+        ScriptedDns {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             log,
@@ -144,7 +145,7 @@ impl StubDns {
     }
 }
 
-impl Drop for StubDns {
+impl Drop for ScriptedDns {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -206,8 +207,8 @@ const SSRF_HOSTS: &[(&str, Want)] = &[
     ("both.test", Want::Guard),
 ];
 
-fn ssrf_dns() -> StubDns {
-    StubDns::start(serde_json::json!({
+fn ssrf_dns() -> ScriptedDns {
+    ScriptedDns::start(serde_json::json!({
         "evil.test": {"A": [["127.0.0.1"]]},
         "meta.test": {"A": [["169.254.169.254"]]},
         "v6.test": {"AAAA": [["::1"]]},
@@ -414,7 +415,7 @@ fn dns_rebinding_never_reaches_loopback() {
     let port = two.local_addr().unwrap().port();
     let on_two = counting_server(two);
     let on_one = counting_server(one);
-    let dns = StubDns::start(serde_json::json!({
+    let dns = ScriptedDns::start(serde_json::json!({
         "rebind.test": {"A": [["127.0.0.2"], ["127.0.0.1"]]},
         "pair.test": {"A": [["127.0.0.1", "127.0.0.2"]]},
     }));
@@ -697,4 +698,130 @@ fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
     assert_eq!(origin.hits.load(Ordering::SeqCst), forwarded + 2);
     let stderr = sluice.stderr.lock().unwrap().join("\n");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+// === slowloris ===
+
+/// Opens up to `n` connections from 127.0.0.1 that each send the start of
+/// a request head and then stall.
+fn slow_connections(proxy: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let partial = format!("GET http://{proxy}/ HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() < n && Instant::now() < deadline {
+        let Ok(mut s) = TcpStream::connect_timeout(&proxy, Duration::from_secs(2)) else {
+            continue;
+        };
+        // The proxy may already have closed it (per-source cap).
+        let _ = s.write_all(partial.as_bytes());
+        s.set_nonblocking(true).unwrap();
+        conns.push(s);
+    }
+    assert_eq!(conns.len(), n, "could not open {n} connections in time");
+    conns
+}
+
+/// How many of `conns` the proxy has closed (reading without blocking; any
+/// answer it sent before closing is consumed).
+fn closed_count(conns: &[TcpStream]) -> usize {
+    let mut buf = [0u8; 1024];
+    let mut closed = 0;
+    for mut s in conns {
+        closed += loop {
+            match s.read(&mut buf) {
+                Ok(0) => break 1,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break 0,
+                Err(_) => break 1,
+            }
+        };
+    }
+    closed
+}
+
+/// `curl` through `proxy` from a given local address; (exit code, body).
+fn curl_from(local: &str, proxy: SocketAddr, url: &str, tunnel: bool) -> (i32, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "--interface", local, "-x"])
+        .arg(format!("http://{proxy}"))
+        .arg(url);
+    if tunnel {
+        cmd.arg("-p");
+    }
+    let out = output_within(&mut cmd, T);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn slowloris_from_one_source_does_not_starve_another() {
+    let origin = Origin::start("127.0.0.1");
+    let url = format!("{}/bytes/7", origin.url());
+    let sluice = allowing(
+        &origin,
+        "limits:\n  max_connections_per_source: 256\n  header_timeout: 60s\n",
+    );
+    let slow = slow_connections(sluice.http, 1000);
+    // Everything beyond the cap is closed at once; the rest are held.
+    let settled = poll_until(T, || closed_count(&slow) >= 1000 - 256);
+    let closed = closed_count(&slow);
+    assert!(
+        settled,
+        "only {closed} of 744 over-cap connections were closed"
+    );
+    assert_eq!(closed, 1000 - 256, "the per-source cap holds exactly 256");
+
+    // Another source is served promptly, plain and through a tunnel.
+    for tunnel in [false, true] {
+        let t0 = Instant::now();
+        let (code, body) = curl_from("127.0.0.2", sluice.http, &url, tunnel);
+        assert_eq!((code, body.as_str()), (0, "xxxxxxx"), "tunnel: {tunnel}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+    // The flooding source itself is at its cap.
+    let (code, _) = curl_from("127.0.0.1", sluice.http, &url, false);
+    assert_ne!(code, 0, "a 257th connection from 127.0.0.1 was served");
+    assert_eq!(closed_count(&slow), 1000 - 256, "held connections dropped");
+    drop(slow);
+    // Slots come back when the slow clients leave.
+    assert!(poll_until(T, || curl_from(
+        "127.0.0.1",
+        sluice.http,
+        &url,
+        false
+    )
+    .0 == 0));
+}
+
+#[test]
+fn header_timeout_closes_stalled_connections() {
+    let origin = Origin::start("127.0.0.1");
+    let url = format!("{}/bytes/7", origin.url());
+    let sluice = allowing(
+        &origin,
+        "limits:\n  max_connections_per_source: 256\n  header_timeout: 1s\n",
+    );
+    let t0 = Instant::now();
+    let slow = slow_connections(sluice.http, 256);
+    let opened = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    if t0.elapsed() < Duration::from_millis(900) {
+        assert_eq!(closed_count(&slow), 0, "closed before the header timeout");
+    }
+    let all_closed = poll_until(Duration::from_secs(8), || closed_count(&slow) == 256);
+    let took = t0.elapsed();
+    assert!(
+        all_closed,
+        "{} of 256 stalled connections still open after {took:?}",
+        256 - closed_count(&slow)
+    );
+    assert!(
+        took < opened + Duration::from_secs(5),
+        "header_timeout 1s took {took:?}"
+    );
+    // Their slots are free again.
+    let (code, body) = curl_from("127.0.0.1", sluice.http, &url, false);
+    assert_eq!((code, body.as_str()), (0, "xxxxxxx"));
 }
