@@ -10,11 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::Ordering,
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -1109,4 +1109,292 @@ fn open_mode_allows_what_no_rule_denies_but_keeps_the_guard() {
         );
     }
     assert_eq!(two.conns.load(Ordering::SeqCst), 0, "guard bypassed");
+}
+
+// === proxy authentication ===
+
+/// An argon2id PHC string for `password`, with small parameters so that a
+/// debug build verifies it quickly (the verifier reads them from the hash).
+fn argon2_hash(password: &str) -> String {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+    let params = Params::new(4096, 1, 1, None).unwrap();
+    let salt = SaltString::encode_b64(b"proxy-clients-salt").unwrap();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+/// Headers of a response without the ones that differ per request.
+fn stable_headers(c: &Curl) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .headers
+        .lines()
+        .map(|l| l.trim().to_ascii_lowercase())
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.starts_with("date:") && !l.starts_with("sluice-request-id:"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn proxy_auth_asks_refuses_alike_and_records_the_user() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let yaml = format!(
+        "zones:\n  - name: ci\n    users: [ci]\n    mode: enforce\n    allow:\n      \
+         - cidr: 127.0.0.1/32\n        ports: [{port}]\n        id: ci-origin\n\
+         users:\n  - name: ci\n    password_hash: \"{}\"\n",
+        argon2_hash("s3cret-pass")
+    );
+    let s = Sluice::start(BIN, &yaml);
+    let proxy = s.proxy_url();
+    let url = format!("{}/bytes/64", origin.url());
+
+    // No credentials: asked for them.
+    let c = curl(&["-x", &proxy, &url]);
+    assert_eq!(c.status, 407, "{c:?}");
+    let challenge = c.header("proxy-authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Basic"), "{challenge}");
+    let rec = record_by_id(&s, &c.id());
+    assert_fields(
+        &rec,
+        &[
+            ("status", 407.into()),
+            ("verdict", "deny".into()),
+            ("user", Value::Null),
+        ],
+    );
+
+    // Wrong password and unknown user: the same answer, no user oracle.
+    let wrong = curl(&["-x", &proxy, "--proxy-user", "ci:not-it", &url]);
+    let unknown = curl(&["-x", &proxy, "--proxy-user", "nobody:s3cret-pass", &url]);
+    for c in [&wrong, &unknown] {
+        assert_eq!(c.status, 407, "{c:?}");
+        assert!(c.header("proxy-authenticate").unwrap().starts_with("Basic"));
+        let rec = record_by_id(&s, &c.id());
+        assert_fields(
+            &rec,
+            &[
+                ("status", 407.into()),
+                ("verdict", "deny".into()),
+                ("enforced", true.into()),
+                ("user", Value::Null),
+            ],
+        );
+    }
+    assert_eq!(wrong.body, unknown.body);
+    assert_eq!(stable_headers(&wrong), stable_headers(&unknown));
+    let (a, b) = (
+        record_by_id(&s, &wrong.id()),
+        record_by_id(&s, &unknown.id()),
+    );
+    assert_eq!((&a["rule"], &a["reason"]), (&b["rule"], &b["reason"]));
+    assert_eq!(origin.conns.load(Ordering::SeqCst), 0);
+
+    // Right credentials, absolute-form and CONNECT: allowed, user recorded.
+    for connect in [false, true] {
+        let mut args = vec!["-x", proxy.as_str(), "--proxy-user", "ci:s3cret-pass"];
+        if connect {
+            args.push("-p");
+        }
+        args.push(&url);
+        let c = curl(&args);
+        assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+        assert_eq!(c.body.len(), 64);
+        let rec = record_by_id(&s, &c.id());
+        assert_fields(
+            &rec,
+            &[
+                ("protocol", if connect { "connect" } else { "http" }.into()),
+                ("user", "ci".into()),
+                ("zone", "ci".into()),
+                ("verdict", "allow".into()),
+                ("rule", "ci-origin".into()),
+            ],
+        );
+    }
+    // The credentials were not forwarded to the origin.
+    let c = curl(&[
+        "-x",
+        &proxy,
+        "--proxy-user",
+        "ci:s3cret-pass",
+        &format!("{}/echo", origin.url()),
+    ]);
+    let echo: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(
+        echo["headers"]["proxy-authorization"],
+        Value::Null,
+        "{echo}"
+    );
+    assert_eq!(echo["headers"]["proxy-connection"], Value::Null, "{echo}");
+
+    // A CONNECT without credentials is asked for them too.
+    let c = curl(&["-p", "-x", &proxy, &url]);
+    assert_eq!(c.connect, 407, "{c:?}");
+}
+
+// === Upgrade: WebSocket handshake relayed, then bytes both ways ===
+
+/// A raw origin that answers one `Upgrade: websocket` request with 101 and
+/// then echoes every byte until the client closes. Returns its address and
+/// the request head it received.
+fn upgrade_origin() -> (SocketAddr, Arc<Mutex<String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let head = Arc::new(Mutex::new(String::new()));
+    let seen = head.clone();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") && buf.len() < 64 * 1024 {
+            if s.read(&mut byte).unwrap_or(0) == 0 {
+                return;
+            }
+            buf.push(byte[0]);
+        }
+        *seen.lock().unwrap() = String::from_utf8_lossy(&buf).into_owned();
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        );
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (addr, head)
+}
+
+#[test]
+fn websocket_upgrade_is_relayed_in_absolute_form() {
+    let (origin, head) = upgrade_origin();
+    let s = Sluice::start(BIN, &allow_loopback(&format!("[{}]", origin.port())));
+    let mut c = TcpStream::connect(s.http).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET http://{origin}/chat HTTP/1.1\r\nHost: {origin}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    let mut byte = [0u8; 1];
+    while !resp.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "closed mid-head: {resp:?}");
+        resp.push(byte[0]);
+    }
+    let resp = String::from_utf8(resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{resp}");
+    let id = header(&resp, "sluice-request-id").expect("request id");
+
+    // What the origin saw: the upgrade asked for, origin-form, Host rewritten.
+    let seen = head.lock().unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("get /chat http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("upgrade: websocket"), "{seen}");
+    assert!(seen.contains("connection: upgrade"), "{seen}");
+    assert!(
+        seen.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+        "{seen}"
+    );
+    assert!(seen.contains(&format!("host: {origin}")), "{seen}");
+
+    // Bytes flow both ways after the 101.
+    let mut sent = 0;
+    for msg in [&b"ping over the upgrade"[..], &[0x5a; 10_000][..]] {
+        c.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+        sent += msg.len() as u64;
+    }
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+
+    let rec = record_by_id(&s, &id);
+    assert_fields(
+        &rec,
+        &[
+            ("protocol", "http".into()),
+            ("method", "GET".into()),
+            ("status", 101.into()),
+            ("verdict", "allow".into()),
+            ("rule", "loopback-origin".into()),
+            ("bytes_out", sent.into()),
+            ("bytes_in", sent.into()),
+        ],
+    );
+}
+
+// === IPv6 literal CONNECT ===
+
+#[test]
+fn ipv6_literal_connect_and_absolute_form() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        eprintln!("skipped: cannot bind [::1]:0 ({e})");
+        return;
+    }
+    let origin = Origin::start("::1");
+    let port = origin.addr.port();
+    let yaml = format!(
+        "zones:\n  - name: local\n    sources: {SOURCES}\n    mode: enforce\n    allow:\n      \
+         - cidr: \"::1/128\"\n        ports: [{port}]\n        id: v6-loopback\n"
+    );
+    let s = Sluice::start(BIN, &yaml);
+    let proxy = s.proxy_url();
+    let url = format!("http://[::1]:{port}/bytes/500");
+    for connect in [true, false] {
+        let mut args = vec!["-x", proxy.as_str()];
+        if connect {
+            args.push("-p");
+        }
+        args.push(&url);
+        let c = curl(&args);
+        assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+        assert_eq!(c.body.len(), 500);
+        let rec = record_by_id(&s, &c.id());
+        assert_fields(
+            &rec,
+            &[
+                ("protocol", if connect { "connect" } else { "http" }.into()),
+                ("verdict", "allow".into()),
+                ("rule", "v6-loopback".into()),
+                ("dst_ip", "::1".into()),
+                ("dst_port", port.into()),
+            ],
+        );
+        assert!(rec["bytes_in"].as_u64().unwrap() >= 500, "{rec:#}");
+    }
+    // The v4 rule's twin does not exist: ::1 on another port stays guarded.
+    let other = Origin::start("::1");
+    let c = curl(&[
+        "-p",
+        "-x",
+        &proxy,
+        &format!("http://[::1]:{}/", other.addr.port()),
+    ]);
+    assert_eq!(c.connect, 403, "{c:?}");
+    assert_eq!(
+        c.header("sluice-rule").as_deref(),
+        Some("guard/special-address")
+    );
+    let rec = record_by_id(&s, &c.id());
+    assert_eq!(rec["dst_ip"], "::1");
+    assert_eq!(other.conns.load(Ordering::SeqCst), 0);
 }
