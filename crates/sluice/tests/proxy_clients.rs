@@ -531,6 +531,27 @@ fn curl_keep_alive_requests_get_one_record_each_with_their_own_bytes() {
         .collect();
     got.sort_unstable();
     assert_eq!(got, [(3000, 0), (5000, 0)], "bytes counted once each");
+    // And Sluice kept its origin connection alive for the second request.
+    assert_eq!(
+        origin.conns.load(Ordering::SeqCst),
+        1,
+        "pooled to the origin"
+    );
+
+    // The URI decides; a Host header naming something else is rewritten.
+    let mut raw = TcpStream::connect(s.http).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        raw,
+        "GET {}/echo HTTP/1.1\r\nHost: elsewhere.invalid\r\nConnection: close\r\n\r\n",
+        origin.url()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let echo: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(echo["headers"]["host"], origin.addr.to_string(), "{echo}");
 
     // A request body counts as bytes_out, exactly.
     let dir = TempDir::new("post");
@@ -554,6 +575,24 @@ fn curl_keep_alive_requests_get_one_record_each_with_their_own_bytes() {
     assert_eq!(rec["method"], "POST");
     assert_eq!(rec["bytes_out"], 12_345);
     assert_eq!(rec["bytes_in"].as_u64().unwrap(), c.body.len() as u64);
+
+    // Chunked upload with Expect: 100-continue: the body bytes, not the framing.
+    let c = curl(&[
+        "-x",
+        &s.proxy_url(),
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &format!("@{}", body.display()),
+        &format!("{}/echo", origin.url()),
+    ]);
+    assert_eq!(c.status, 200, "{c:?}");
+    let echo: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(echo["body_len"], 12_345, "{echo}");
+    let rec = record_by_id(&s, &c.id());
+    assert_eq!(rec["bytes_out"], 12_345, "{rec:#}");
 }
 
 // === Python requests through HTTP_PROXY / HTTPS_PROXY; TLS origins ===
@@ -856,6 +895,9 @@ fn domain_fronting_is_refused_and_matching_sni_passes() {
         &[("verdict", "allow".into()), ("rule", "origin-name".into())],
     );
     assert!(rec["bytes_out"].as_u64().unwrap() > 0);
+    // Names are compared normalised: case and one trailing dot do not matter.
+    let (ok, text) = s_client(s.http, &named, "Origin.TEST.", ca);
+    assert!(ok, "{text}");
 
     // CONNECT origin.test, ClientHello for other.test: closed, nothing forwarded.
     let (ok, text) = s_client(s.http, &named, "other.test", ca);
@@ -1234,6 +1276,20 @@ fn proxy_auth_asks_refuses_alike_and_records_the_user() {
     // A CONNECT without credentials is asked for them too.
     let c = curl(&["-p", "-x", &proxy, &url]);
     assert_eq!(c.connect, 407, "{c:?}");
+
+    // Python requests with credentials in the proxy URL.
+    let with_user = format!("http://ci:s3cret-pass@{}", s.http);
+    let got = python_requests(
+        &with_user,
+        Path::new("/dev/null"),
+        std::slice::from_ref(&url),
+    );
+    assert_eq!(got[0]["status"], 200, "{got:#?}");
+    let id = got[0]["headers"]["sluice-request-id"].as_str().unwrap();
+    assert_eq!(record_by_id(&s, id)["user"], "ci");
+    let wrong = format!("http://ci:nope@{}", s.http);
+    let got = python_requests(&wrong, Path::new("/dev/null"), &[url]);
+    assert_eq!(got[0]["status"], 407, "{got:#?}");
 }
 
 // === Upgrade: WebSocket handshake relayed, then bytes both ways ===
