@@ -130,6 +130,13 @@ struct Status {
 }
 
 async fn run(path: Option<PathBuf>) -> Result<()> {
+    // Before anything is announced: a supervisor may signal as soon as it
+    // sees the listening lines, and SIGHUP's default action would kill us.
+    // Signals that arrive during start-up wait in these streams.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let version = load(path.as_deref())?;
     let config = version.policy.config().clone();
     raise_nofile();
@@ -199,10 +206,6 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         tokio::spawn(serve_admin(admin, ctx.clone(), status.clone()));
     }
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut watch = FileWatch::new(path.as_deref());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

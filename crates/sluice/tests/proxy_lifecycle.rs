@@ -490,7 +490,7 @@ fn sigusr1_reopens_the_flow_log_after_rotation() {
 fn a_listen_change_on_reload_needs_a_restart_and_keeps_the_old_listener() {
     let origin = Origin::start("127.0.0.1");
     let o = origin.addr;
-    let sluice = Sluice::start(BIN, &allowing(&[o.port()], "listen-1"));
+    let mut sluice = Sluice::start(BIN, &allowing(&[o.port()], "listen-1"));
     let pre = preamble(&sluice);
     let h1 = policy_hash(&sluice);
     // A port nothing listens on.
@@ -505,7 +505,12 @@ fn a_listen_change_on_reload_needs_a_restart_and_keeps_the_old_listener() {
         &format!("{moved}{}", allowing(&[o.port()], "listen-2")),
     );
     sluice.signal("HUP");
-    assert!(sluice.wait_log("need a restart", T), "no restart notice");
+    assert!(
+        sluice.wait_log("need a restart", T),
+        "no restart notice; running: {}; stderr: {:?}",
+        sluice.is_running(),
+        sluice.stderr.lock().unwrap()
+    );
     // The policy part of the file is taken; the listener is not moved.
     wait_new_hash(&sluice, &h1, "SIGHUP");
     assert_eq!(get(sluice.http, o, "/").status, Some(200));
@@ -513,4 +518,40 @@ fn a_listen_change_on_reload_needs_a_restart_and_keeps_the_old_listener() {
         TcpStream::connect_timeout(&free, Duration::from_secs(2)).is_err(),
         "something listens on the new address without a restart"
     );
+}
+
+// === signals at start-up ===
+
+/// Sends `sig` to the process at once (no `kill` process in between).
+fn signal_now(sluice: &Sluice, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(sluice.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// Once Sluice says where it listens, a supervisor may signal it at once:
+/// SIGHUP must reload (not kill it, the default action) and SIGTERM must
+/// drain and exit 0. Several starts, because the window is short (before
+/// the fix, about half of the early signals killed the process).
+#[test]
+fn signals_right_after_start_are_handled_not_fatal() {
+    use rustix::process::Signal;
+    for round in 0..3 {
+        let mut sluice = Sluice::start(BIN, &allowing(&[1], "early"));
+        signal_now(&sluice, Signal::HUP);
+        assert!(
+            sluice.wait_log("SIGHUP", T),
+            "round {round}: SIGHUP not handled; exit: {:?}",
+            sluice.child.try_wait()
+        );
+        assert!(sluice.is_running(), "round {round}: SIGHUP killed it");
+        let mut sluice = Sluice::start(BIN, &allowing(&[1], "early"));
+        signal_now(&sluice, Signal::TERM);
+        let exit = sluice.wait_exit(T);
+        assert_eq!(
+            exit,
+            Some(0),
+            "round {round}: SIGTERM at start: {:?}",
+            sluice.child.try_wait()
+        );
+    }
 }
