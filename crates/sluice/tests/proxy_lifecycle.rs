@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
+    io::Read,
     net::{SocketAddr, TcpStream},
     path::Path,
     sync::{
@@ -22,7 +23,8 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    Origin, RawResponse, Sluice, TempDir, connect_tunnel, get_on, poll_until, send_raw,
+    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on, poll_until,
+    send_raw,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -121,6 +123,11 @@ fn drain_with(signal: &str) {
         assert_eq!(r.status, Some(200));
         ids.push(r.header("sluice-request-id").unwrap().to_owned());
     }
+    // An idle keep-alive client connection, after one request.
+    let mut idle = connect_with_timeout(sluice.http, T);
+    let r = get_on(&mut idle, &o.to_string(), &format!("http://{o}/bytes/1"));
+    assert_eq!(r.status, Some(200));
+    ids.push(r.header("sluice-request-id").unwrap().to_owned());
     let mut tunnel = connect_tunnel(sluice.http, &o.to_string(), T).unwrap();
     assert_eq!(
         get_on(&mut tunnel, &o.to_string(), "/bytes/100").body.len(),
@@ -137,6 +144,12 @@ fn drain_with(signal: &str) {
     assert!(
         poll_until(T, || TcpStream::connect_timeout(&sluice.http, T).is_err()),
         "new connections are still accepted while draining"
+    );
+    // Idle keep-alive connections are closed, not waited for.
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(idle.read(&mut buf), Ok(0)),
+        "an idle keep-alive connection was not closed by the drain"
     );
     // The tunnel keeps relaying, and the process waits for it.
     let r = get_on(&mut tunnel, &o.to_string(), "/bytes/2000");
@@ -159,7 +172,7 @@ fn drain_with(signal: &str) {
     assert_eq!(t["error"], Value::Null, "{t}");
     assert!(t["bytes_in"].as_u64().unwrap() > 2100, "{t}");
     assert!(t["bytes_out"].as_u64().unwrap() > 0, "{t}");
-    assert_eq!(records.len(), 6, "{records:?}");
+    assert_eq!(records.len(), ids.len() + 1, "{records:?}");
 }
 
 #[test]

@@ -705,6 +705,8 @@ fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
 /// Opens up to `n` connections from 127.0.0.1 that each send the start of
 /// a request head and then stall.
 fn slow_connections(proxy: SocketAddr, n: usize) -> Vec<TcpStream> {
+    // Room for them in this process (the proxy raises its own limit).
+    let _ = rlimit::increase_nofile_limit(n as u64 + 512);
     let partial = format!("GET http://{proxy}/ HTTP/1.1\r\nHost: x\r\nX-Slow: ");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut conns = Vec::with_capacity(n);
