@@ -76,9 +76,18 @@ fn readme_paths() -> BTreeSet<String> {
 fn readme_reference_matches_schema() {
     let schema = schema_paths();
     let readme = readme_paths();
-    assert!(schema.len() > 30, "schema walk found too little: {schema:?}");
+    assert!(
+        schema.len() > 30,
+        "schema walk found too little: {schema:?}"
+    );
     let undocumented: Vec<_> = schema.difference(&readme).collect();
     let unknown: Vec<_> = readme.difference(&schema).collect();
-    assert!(undocumented.is_empty(), "keys missing from README: {undocumented:?}");
-    assert!(unknown.is_empty(), "README documents keys the schema lacks: {unknown:?}");
+    assert!(
+        undocumented.is_empty(),
+        "keys missing from README: {undocumented:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "README documents keys the schema lacks: {unknown:?}"
+    );
 }
