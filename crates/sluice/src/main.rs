@@ -11,6 +11,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use sluice_policy::{Destination, Policy, Request, Verdict};
 
+mod admin;
 mod run;
 
 /// Sluice: an egress gateway. What is not explicitly allowed does not leave.

@@ -3,7 +3,6 @@
 //! reloads, SIGUSR1 reopens the flow log, SIGTERM/SIGINT drain and exit.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -12,12 +11,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{
-    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
-};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_net::{Ctx, Dialer, Recorder, Users, Version};
 use sluice_observe::{FlowRecord, FlowSink, FlowTarget, Metrics};
 use sluice_policy::{Config, Policy};
@@ -122,13 +115,6 @@ impl Recorder for SinkRecorder {
     }
 }
 
-/// Admin state the probes report.
-struct Status {
-    last_reload_error: Mutex<Option<String>>,
-    /// Bearer token required for `/metrics` when `admin.token_file` is set.
-    token: Option<String>,
-}
-
 async fn run(path: Option<PathBuf>) -> Result<()> {
     // Before anything is announced: a supervisor may signal as soon as it
     // sees the listening lines, and SIGHUP's default action would kill us.
@@ -190,7 +176,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     if config.admin.token_file.is_some() && token.is_none() {
         bail!("admin.token_file is empty");
     }
-    let status = Arc::new(Status {
+    let status = Arc::new(crate::admin::Status {
         last_reload_error: Mutex::new(None),
         token,
     });
@@ -203,7 +189,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 
     let http_task = tokio::spawn(sluice_net::http::serve(http, ctx.clone()));
     if let Some(admin) = admin {
-        tokio::spawn(serve_admin(admin, ctx.clone(), status.clone()));
+        tokio::spawn(crate::admin::serve(admin, ctx.clone(), status.clone()));
     }
 
     let mut watch = FileWatch::new(path.as_deref());
@@ -276,7 +262,13 @@ fn raise_nofile() {
     }
 }
 
-fn reload(ctx: &Ctx, path: Option<&Path>, started_with: &Config, status: &Status, why: &str) {
+fn reload(
+    ctx: &Ctx,
+    path: Option<&Path>,
+    started_with: &Config,
+    status: &crate::admin::Status,
+    why: &str,
+) {
     let Some(path) = path else {
         tracing::info!(
             "reload requested ({why}) but running the embedded default; nothing to reload"
@@ -351,100 +343,4 @@ impl FileWatch {
         }
         false
     }
-}
-
-async fn serve_admin(listener: TcpListener, ctx: Arc<Ctx>, status: Arc<Status>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let ctx = ctx.clone();
-        let status = status.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                let status = status.clone();
-                async move { Ok::<_, Infallible>(admin(&ctx, &status, &req)) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-fn admin(ctx: &Ctx, status: &Status, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |code: StatusCode, ctype: &'static str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = code;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(ctype),
-        );
-        r
-    };
-    match req.uri().path() {
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            let draining = ctx.drain().is_draining();
-            let err = status.last_reload_error.lock().ok().and_then(|e| e.clone());
-            let body = serde_json::json!({
-                "ready": !draining,
-                "draining": draining,
-                "policy_hash": ctx.current.load().policy.hash().as_ref(),
-                "last_reload_error": err,
-            });
-            let code = if draining {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::OK
-            };
-            reply(code, "application/json", format!("{body}\n"))
-        }
-        "/metrics" if !authorized(status, req) => {
-            let mut r = reply(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "bearer token required\n".into(),
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            r
-        }
-        "/metrics" => reply(
-            StatusCode::OK,
-            sluice_observe::CONTENT_TYPE,
-            ctx.metrics.encode(),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /healthz, /readyz or /metrics\n".into(),
-        ),
-    }
-}
-
-/// Whether the request carries the admin bearer token (or none is set).
-fn authorized(status: &Status, req: &Request<Incoming>) -> bool {
-    let Some(token) = &status.token else {
-        return true;
-    };
-    let sent = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare without an early exit so timing does not reveal a prefix.
-    sent.len() == token.len()
-        && sent
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
