@@ -7,7 +7,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
@@ -38,7 +38,8 @@ pub struct Users(pub HashMap<String, String>);
 /// Verifies credentials; shared across policy versions.
 pub struct Authenticator {
     cache: Mutex<HashSet<[u8; 32]>>,
-    dummy: String,
+    /// Computed on first use (argon2 is slow; start-up should not wait).
+    dummy: Arc<OnceLock<String>>,
     /// argon2 is memory-hard: bound how many run at once.
     gate: Semaphore,
 }
@@ -52,18 +53,9 @@ impl Default for Authenticator {
 impl Authenticator {
     /// A new authenticator with an empty cache.
     pub fn new() -> Authenticator {
-        let dummy = SaltString::encode_b64(b"sluice-dummy-salt")
-            .ok()
-            .and_then(|salt| {
-                Argon2::default()
-                    .hash_password(b"sluice-dummy-password", &salt)
-                    .ok()
-                    .map(|h| h.to_string())
-            })
-            .unwrap_or_default();
         Authenticator {
             cache: Mutex::new(HashSet::new()),
-            dummy,
+            dummy: Arc::new(OnceLock::new()),
             gate: Semaphore::new(2),
         }
     }
@@ -81,27 +73,31 @@ impl Authenticator {
 
     /// Verifies one user name and password.
     pub async fn verify(&self, users: &Arc<Users>, user: &str, pass: &str) -> AuthOutcome {
-        let known = users.0.get(user);
-        let phc = known.cloned().unwrap_or_else(|| self.dummy.clone());
-        let key = cache_key(user, pass, &phc);
-        if known.is_some() && self.cached(&key) {
-            return AuthOutcome::User(user.to_owned());
+        let known = users.0.get(user).cloned();
+        if let Some(phc) = &known {
+            if self.cached(&cache_key(user, pass, phc)) {
+                return AuthOutcome::User(user.to_owned());
+            }
         }
         let Ok(_permit) = self.gate.acquire().await else {
             return AuthOutcome::Failed;
         };
-        let pass = pass.to_owned();
+        let owned_pass = pass.to_owned();
+        let dummy = self.dummy.clone();
+        let phc = known.clone();
         let ok = tokio::task::spawn_blocking(move || {
+            // Unknown users are verified against the dummy hash: same work.
+            let phc = phc.unwrap_or_else(|| dummy.get_or_init(dummy_hash).clone());
             PasswordHash::new(&phc).is_ok_and(|h| {
                 Argon2::default()
-                    .verify_password(pass.as_bytes(), &h)
+                    .verify_password(owned_pass.as_bytes(), &h)
                     .is_ok()
             })
         })
         .await
         .unwrap_or(false);
-        if ok && known.is_some() {
-            self.remember(key);
+        if let (true, Some(phc)) = (ok, &known) {
+            self.remember(cache_key(user, pass, phc));
             AuthOutcome::User(user.to_owned())
         } else {
             AuthOutcome::Failed
@@ -125,6 +121,18 @@ impl Authenticator {
     pub fn cached_len(&self) -> usize {
         self.cache.lock().map_or(0, |c| c.len())
     }
+}
+
+fn dummy_hash() -> String {
+    SaltString::encode_b64(b"sluice-dummy-salt")
+        .ok()
+        .and_then(|salt| {
+            Argon2::default()
+                .hash_password(b"sluice-dummy-password", &salt)
+                .ok()
+                .map(|h| h.to_string())
+        })
+        .unwrap_or_default()
 }
 
 fn cache_key(user: &str, pass: &str, phc: &str) -> [u8; 32] {
@@ -185,7 +193,7 @@ mod tests {
             a.check(&u, Some(&hdr("nobody:s3cret"))).await,
             AuthOutcome::Failed
         );
-        assert!(!a.dummy.is_empty());
+        assert!(a.dummy.get().is_some_and(|d| d.starts_with("$argon2id$")));
         assert_eq!(
             a.check(&u, Some(&hdr("ci:s3cret"))).await,
             AuthOutcome::User("ci".into())

@@ -50,8 +50,9 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const VIA: &str = "1.1 sluice";
 /// Idle pooled origin connections are dropped after this long.
 const POOL_IDLE: Duration = Duration::from_secs(60);
-/// Most idle pooled connections per destination.
-const POOL_PER_KEY: usize = 8;
+/// Most pooled connections per destination (busy or idle): enough for many
+/// concurrent clients to reuse origin connections instead of dialing anew.
+const POOL_PER_KEY: usize = 256;
 
 /// Accepts proxy clients on `listener` until a drain begins.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {

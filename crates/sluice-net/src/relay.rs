@@ -201,10 +201,12 @@ async fn pump(
 ) -> io::Result<()> {
     loop {
         r.readable().await?;
-        // Allocated only while data moves; freed when the socket would block.
-        let mut buf = vec![0u8; BUF];
+        // Allocated only while data moves (not zeroed: `try_read_buf` fills
+        // spare capacity); freed when the socket would block.
+        let mut buf: Vec<u8> = Vec::with_capacity(BUF);
         loop {
-            match r.try_read(&mut buf) {
+            buf.clear();
+            match r.try_read_buf(&mut buf) {
                 Ok(0) => {
                     let _ = w.shutdown().await;
                     return Ok(());
