@@ -16,6 +16,8 @@ use crate::{
     model::{Config, Mode, Ports, Rule},
 };
 
+mod dns;
+
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
 #[serde(rename_all = "lowercase")]
