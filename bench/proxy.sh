@@ -213,6 +213,18 @@ print(round(float(b[0]) - float(a[0]), 2), round(float(b[1]) - float(a[1]), 2))'
         "$1" "$2" "$c" "$u" "$s" "$3" >>"$R"
 }
 
+# ---------------------------------------------------------------- 4. idle RSS
+# First, while the proxies are fresh: allocators keep memory that earlier
+# measures freed, and tunnels reusing it would look cheaper than they are.
+for who in $ONLY; do
+    c0=$(cpu "$who")
+    out=$(timeout 120 python3 "$here/client.py" idle --proxy "127.0.0.1:${PORT[$who]}" \
+        --target "127.0.0.1:${ECHO[$who]}" --pid "${PID[$who]}" --n "$IDLE_TUNNELS")
+    emit idle "$who" "$out" "$c0"
+    log "idle $who: $out"
+    sleep 1 # let the closes settle before the next proxy
+done
+
 # Measures 1-3 run in ROUNDS rounds, each round visiting every column in turn,
 # so that a slow spell of a busy machine hits every column alike; the report
 # takes the median round and sums the CPU time.
@@ -279,16 +291,6 @@ for round in $(seq "$ROUNDS"); do
         emit http "$who" "{\"round\":$round,${out#\{}" "$c0"
         log "http round $round $who: $out"
     done
-done
-
-# ---------------------------------------------------------------- 4. idle RSS
-for who in $ONLY; do
-    c0=$(cpu "$who")
-    out=$(timeout 120 python3 "$here/client.py" idle --proxy "127.0.0.1:${PORT[$who]}" \
-        --target "127.0.0.1:${ECHO[$who]}" --pid "${PID[$who]}" --n "$IDLE_TUNNELS")
-    emit idle "$who" "$out" "$c0"
-    log "idle $who: $out"
-    sleep 1 # let the closes settle before the next proxy
 done
 
 # ---------------------------------------------------------------- report
