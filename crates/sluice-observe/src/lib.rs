@@ -14,11 +14,19 @@
 //!   that writes them (reopen for rotation, close for shutdown).
 //! - `metrics`: [`Metrics`], the `sluice_*` families and the small methods
 //!   the data path calls to update them.
+//! - `view`: [`FlowView`], what the admin API shows in bounded memory: the
+//!   recent-flow and denial rings, rule hits, the live stream and windowed
+//!   aggregates by zone.
 
 mod metrics;
 mod record;
 mod sink;
+mod view;
 
 pub use metrics::{ActiveTunnel, CONTENT_TYPE, Metrics};
 pub use record::{FlowRecord, Listener, Protocol};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
+pub use view::{
+    BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, TopBy, TopEntry, Totals, TrafficBucket,
+    ViewLimits, ZoneTop,
+};

@@ -41,6 +41,9 @@ pub struct Metrics {
     config_loaded_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     policy_info: Family<HashLabel, Gauge>,
     rule_hits: Family<RuleLabel, Counter>,
+    dns_queries: Family<DnsLabels, Counter>,
+    dns_tunnel_alerts: Family<ZoneLabel, Counter>,
+    dns_rate_limited: Counter,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -57,6 +60,12 @@ struct FlowLabels {
     zone: String,
     verdict: &'static str,
     enforced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DnsLabels {
+    zone: String,
+    verdict: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -175,6 +184,24 @@ impl Metrics {
             "Decisions by rule, for rules with an explicit id",
             rule_hits.clone(),
         );
+        let dns_queries = Family::default();
+        registry.register(
+            "sluice_dns_queries",
+            "DNS queries answered by the DNS listener, by zone and verdict",
+            dns_queries.clone(),
+        );
+        let dns_tunnel_alerts = Family::default();
+        registry.register(
+            "sluice_dns_tunnel_alerts",
+            "DNS tunnelling alerts raised, by zone",
+            dns_tunnel_alerts.clone(),
+        );
+        let dns_rate_limited = Counter::default();
+        registry.register(
+            "sluice_dns_rate_limited",
+            "DNS queries dropped by the per-source rate limit",
+            dns_rate_limited.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -190,6 +217,9 @@ impl Metrics {
             config_loaded_timestamp,
             policy_info,
             rule_hits,
+            dns_queries,
+            dns_tunnel_alerts,
+            dns_rate_limited,
         }
     }
 
@@ -227,6 +257,32 @@ impl Metrics {
         if r.bytes_in > 0 {
             self.bytes_in.get_or_create(&zone).inc_by(r.bytes_in);
         }
+    }
+
+    /// Counts one DNS query in `sluice_dns_queries_total{zone,verdict}`
+    /// (zone `""` when the source matched none). The DNS listener calls this
+    /// once per query; [`Metrics::record`] does not count DNS records.
+    pub fn dns_query(&self, zone: Option<&str>, verdict: sluice_policy::Verdict) {
+        self.dns_queries
+            .get_or_create(&DnsLabels {
+                zone: zone.unwrap_or_default().to_owned(),
+                verdict: verdict.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts one DNS tunnelling alert for `zone`.
+    pub fn dns_tunnel_alert(&self, zone: &str) {
+        self.dns_tunnel_alerts
+            .get_or_create(&ZoneLabel {
+                zone: zone.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one DNS query dropped by the per-source rate limit.
+    pub fn dns_rate_limited(&self) {
+        self.dns_rate_limited.inc();
     }
 
     /// Observes how long a decision took.
@@ -370,6 +426,9 @@ mod tests {
         m.flow_records_dropped.inc();
         m.reload_failed();
         m.rule_hit("gh-content");
+        m.dns_query(Some("web"), sluice_policy::Verdict::Deny);
+        m.dns_tunnel_alert("web");
+        m.dns_rate_limited();
         m.policy_loaded("abc", UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let text = m.encode();
         let names: Vec<String> = samples(&text).into_iter().map(|(s, _)| s).collect();
@@ -387,6 +446,9 @@ mod tests {
             "sluice_config_loaded_timestamp_seconds",
             "sluice_policy_info{",
             "sluice_rule_hits_total{",
+            "sluice_dns_queries_total{",
+            "sluice_dns_tunnel_alerts_total{",
+            "sluice_dns_rate_limited_total",
         ] {
             assert!(
                 names.iter().any(|n| n.starts_with(family)),
@@ -407,6 +469,13 @@ mod tests {
         assert_eq!(
             value(&text, "sluice_config_loaded_timestamp_seconds"),
             1.7e9
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"sluice_dns_queries_total{zone="web",verdict="deny"}"#
+            ),
+            1.0
         );
         assert!(!text.contains("10.0.1.7"), "no addresses in labels");
     }

@@ -210,7 +210,7 @@ impl FlowRecord {
 }
 
 /// UTC, truncated to milliseconds: the precision of `duration_ms`.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let t = OffsetDateTime::from(t);
     t.replace_millisecond(t.millisecond())
         .unwrap_or(t)

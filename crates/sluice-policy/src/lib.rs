@@ -24,5 +24,6 @@ pub use dest::{DestError, Destination};
 pub use load::{ConfigError, ConfigErrors, parse_cidr, parse_config};
 pub use model::{Config, Mode, Ports, schema};
 pub use policy::{
-    AddressCheck, Decision, LoadError, Pending, Policy, Rejected, Request, Verdict, hash_text, ids,
+    AddressCheck, Decision, LoadError, Pending, Policy, Rejected, Request, RuleInfo, Verdict,
+    hash_text, ids,
 };

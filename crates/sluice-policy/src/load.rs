@@ -139,6 +139,31 @@ fn is_null(n: &Node<'_>) -> bool {
 const NOT_YET_TOP: &[&str] = &["routes", "inspect", "tls", "detect", "netflow", "geoip"];
 const NOT_YET_LISTEN: &[&str] = &["socks5", "transparent", "dns"];
 
+/// Admin paths that may be served without the bearer token.
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// The largest admin ring or top-list size: a bound on the admin's memory.
+const ADMIN_MAX_ENTRIES: u32 = 1_000_000;
+
+/// `name` or `name:port`, as the `Host` header carries it (lower-case
+/// letters, digits, `-`, `.`; or a bracketed IPv6 address).
+fn valid_admin_host(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
+        _ => (s, None),
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0))
+}
+
 struct Cx<'f> {
     file: &'f str,
     errors: Vec<ConfigError>,
@@ -301,14 +326,7 @@ impl Cx<'_> {
         for (key, v) in entries {
             match key {
                 "listen" => ok &= self.listen(v, &mut c.listen),
-                "admin" => {
-                    if let Some(m) = self.mapping(v, "admin", &["token_file"], &[]) {
-                        for (_, tv) in m {
-                            c.admin.token_file =
-                                self.string(tv, "admin.token_file").map(PathBuf::from);
-                        }
-                    }
-                }
+                "admin" => self.admin(v, &mut c.admin),
                 "mode" => match self.mode(v) {
                     Some(m) => c.mode = m,
                     None => ok = false,
@@ -367,6 +385,93 @@ impl Cx<'_> {
                         "listen.admin binds {a}, beyond loopback: admin.token_file is required"
                     ),
                 );
+            }
+        }
+    }
+
+    fn admin(&mut self, n: &Node<'_>, out: &mut Admin) {
+        let known = [
+            "token_file",
+            "open_paths",
+            "hosts",
+            "recent_flows",
+            "recent_denials",
+            "window",
+            "top_entries",
+            "stale_after",
+        ];
+        let Some(m) = self.mapping(n, "admin", &known, &[]) else {
+            return;
+        };
+        for (key, v) in m {
+            let what = format!("admin.{key}");
+            match key {
+                "token_file" => out.token_file = self.string(v, &what).map(PathBuf::from),
+                "open_paths" | "hosts" => {
+                    let Some(items) = self.seq(v, &what) else {
+                        continue;
+                    };
+                    let mut list = Vec::with_capacity(items.len());
+                    for item in items {
+                        let Some(s) = self.string(item, &what) else {
+                            continue;
+                        };
+                        if key == "open_paths" && !OPEN_PATHS.contains(&s.as_str()) {
+                            self.err(
+                                item,
+                                format!(
+                                    "expected one of {} in admin.open_paths, found `{s}`",
+                                    OPEN_PATHS.join(", ")
+                                ),
+                            );
+                        } else if key == "hosts" && !valid_admin_host(&s) {
+                            self.err(
+                                item,
+                                format!(
+                                    "expected a host name or `name:port` in admin.hosts, found `{s}`"
+                                ),
+                            );
+                        }
+                        list.push(s);
+                    }
+                    if key == "open_paths" {
+                        out.open_paths = list;
+                    } else {
+                        out.hosts = list;
+                    }
+                }
+                "window" | "stale_after" => {
+                    let Some(d) = self.duration(v, &what) else {
+                        continue;
+                    };
+                    if key == "window" {
+                        if d < Duration::from_secs(60) {
+                            self.err(v, "expected admin.window of at least 60s");
+                        }
+                        out.window = d;
+                    } else {
+                        if d.is_zero() {
+                            self.err(v, "expected a duration above zero for admin.stale_after");
+                        }
+                        out.stale_after = d;
+                    }
+                }
+                _ => {
+                    let Some(x) = self.positive(v, &what) else {
+                        continue;
+                    };
+                    if x > ADMIN_MAX_ENTRIES {
+                        self.err(
+                            v,
+                            format!("expected at most {ADMIN_MAX_ENTRIES} for {what}"),
+                        );
+                    }
+                    match key {
+                        "recent_flows" => out.recent_flows = x,
+                        "recent_denials" => out.recent_denials = x,
+                        _ => out.top_entries = x,
+                    }
+                }
             }
         }
     }
@@ -991,4 +1096,31 @@ fn covers(mut parts: Vec<(bool, u128, u128)>, whole: (bool, u128, u128)) -> bool
         next = next.max(hi + 1);
     }
     false
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    #[test]
+    fn admin_keys_load_with_defaults_and_positioned_errors() {
+        let c = parse_config("admin:\n  recent_flows: 10\n  window: 2m\n", "a.yaml").unwrap();
+        assert_eq!(c.admin.recent_flows, 10);
+        assert_eq!(c.admin.window, Duration::from_secs(120));
+        assert_eq!(c.admin.recent_denials, 1_000);
+        assert_eq!(c.admin.open_paths, ["/healthz", "/readyz"]);
+
+        let bad = "admin:\n  open_paths: [/metrics, /api]\n  hosts: [\"Bad Host\", sluice.internal:9901]\n  window: 5s\n  top_entries: 0\n  recent_flows: 2000000\n  stale_after: soon\n";
+        let errs = parse_config(bad, "b.yaml").unwrap_err().to_string();
+        for want in [
+            "b.yaml:2:26: expected one of /healthz, /readyz, /metrics in admin.open_paths, found `/api`",
+            "b.yaml:3:11: expected a host name or `name:port` in admin.hosts",
+            "b.yaml:4:11: expected admin.window of at least 60s",
+            "b.yaml:5:16: expected a number above zero for admin.top_entries",
+            "b.yaml:6:17: expected at most 1000000 for admin.recent_flows",
+            "b.yaml:7:16: expected a duration for admin.stale_after",
+        ] {
+            assert!(errs.contains(want), "{want}\nin\n{errs}");
+        }
+    }
 }

@@ -64,11 +64,52 @@ pub struct Listen {
 }
 
 /// Admin listener settings.
-#[derive(Debug, Clone, Default, Serialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// File holding the bearer token; required when admin binds beyond loopback.
     pub token_file: Option<PathBuf>,
+    /// Paths served without the bearer token, for probes: any of
+    /// `/healthz`, `/readyz`, `/metrics`. Default `[/healthz, /readyz]`.
+    #[serde(default = "default_open_paths")]
+    pub open_paths: Vec<String>,
+    /// Extra names (`name` or `name:port`) accepted in the `Host` header
+    /// besides `localhost` and the address a connection arrived on.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Recent flows kept in memory for the API and dashboard.
+    pub recent_flows: u32,
+    /// Recent denials kept in memory, apart from the flow ring.
+    pub recent_denials: u32,
+    /// How far back top sources, destinations and traffic reach (60 buckets).
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub window: Duration,
+    /// Distinct sources and destinations tracked per zone and bucket.
+    pub top_entries: u32,
+    /// A rule with no hit for this long (or none since start) is stale.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub stale_after: Duration,
+}
+
+fn default_open_paths() -> Vec<String> {
+    vec!["/healthz".to_owned(), "/readyz".to_owned()]
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            token_file: None,
+            open_paths: default_open_paths(),
+            hosts: Vec::new(),
+            recent_flows: 5_000,
+            recent_denials: 1_000,
+            window: Duration::from_secs(3600),
+            top_entries: 100,
+            stale_after: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// How a zone's rules are applied. The guard is enforced in every mode.

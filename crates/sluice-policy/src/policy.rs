@@ -148,6 +148,22 @@ pub struct AddressCheck {
     pub rejected: Vec<Rejected>,
 }
 
+/// One configured rule as listed by the admin API: its id, zone, kind and
+/// text, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleInfo<'a> {
+    /// The rule id (explicit, or `zone/allow/N`).
+    pub id: &'a str,
+    /// The zone it belongs to.
+    pub zone: &'a str,
+    /// `allow` or `deny`.
+    pub kind: &'static str,
+    /// What it matches, e.g. `host *.example.com ports [443]`.
+    pub text: &'a str,
+    /// Whether the id was given in the file (and so survives edits).
+    pub explicit_id: bool,
+}
+
 #[derive(Debug)]
 struct CRule {
     id: Arc<str>,
@@ -269,6 +285,25 @@ impl Policy {
     /// The policy hash.
     pub fn hash(&self) -> &Arc<str> {
         &self.hash
+    }
+
+    /// Every configured rule, zone by zone in file order, deny rules before
+    /// allow rules (the order they are applied in).
+    pub fn rules(&self) -> impl Iterator<Item = RuleInfo<'_>> {
+        self.zones
+            .iter()
+            .zip(&self.config.zones)
+            .flat_map(|(cz, z)| {
+                let deny = cz.deny.iter().zip(&z.deny).map(|r| ("deny", r));
+                let allow = cz.allow.iter().zip(&z.allow).map(|r| ("allow", r));
+                deny.chain(allow).map(|(kind, (cr, r))| RuleInfo {
+                    id: &cr.id,
+                    zone: &cz.name,
+                    kind,
+                    text: &cr.text,
+                    explicit_id: r.id.is_some(),
+                })
+            })
     }
 
     /// Whether any zone selects by user (so proxies should offer auth).
@@ -625,6 +660,32 @@ impl fmt::Display for Decision {
             self.reason,
             self.policy_hash
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_lists_every_rule_in_application_order() {
+        let p = Policy::load(
+            "zones:\n  - name: web\n    sources: [10.0.0.0/8]\n    allow:\n      - host: a.test\n        ports: [443]\n        id: a-rule\n      - cidr: 198.51.100.0/24\n        ports: any\n    deny:\n      - host: \"*.bad.test\"\n  - name: ci\n    sources: [192.168.0.0/16]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let got: Vec<_> = p
+            .rules()
+            .map(|r| (r.id, r.zone, r.kind, r.text, r.explicit_id))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web/deny/1", "web", "deny", "host *.bad.test", false),
+                ("a-rule", "web", "allow", "host a.test ports [443]", true),
+                ("web/allow/2", "web", "allow", "cidr 198.51.100.0/24", false),
+            ]
+        );
     }
 }
 

@@ -250,24 +250,7 @@ fn print_decision(
     check: Option<&sluice_policy::AddressCheck>,
 ) {
     if json {
-        let mut v = serde_json::json!({
-            "destination": dest,
-            "port": port,
-            "verdict": d.verdict,
-            "enforced": d.enforced,
-            "zone": d.zone,
-            "mode": d.mode,
-            "rule": d.rule,
-            "reason": d.reason,
-            "policy_hash": d.policy_hash,
-            "pending": d.pending,
-            "auth_required": d.auth_required,
-        });
-        if let Some(c) = check {
-            v["allowed_addrs"] = serde_json::json!(c.allowed);
-            v["rejected_addrs"] = serde_json::json!(c.rejected);
-        }
-        println!("{v}");
+        println!("{}", decision_json(dest, port, d, check));
         return;
     }
     println!("{dest}:{port}: {d}");
@@ -282,4 +265,32 @@ fn print_decision(
             println!("  address {}: rejected by {}: {}", r.addr, r.rule, r.reason);
         }
     }
+}
+
+/// A decision as `sluice check --json` prints it and `POST /api/v1/check`
+/// answers it.
+fn decision_json(
+    dest: &str,
+    port: u16,
+    d: &sluice_policy::Decision,
+    check: Option<&sluice_policy::AddressCheck>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "destination": dest,
+        "port": port,
+        "verdict": d.verdict,
+        "enforced": d.enforced,
+        "zone": d.zone,
+        "mode": d.mode,
+        "rule": d.rule,
+        "reason": d.reason,
+        "policy_hash": d.policy_hash,
+        "pending": d.pending,
+        "auth_required": d.auth_required,
+    });
+    if let Some(c) = check {
+        v["allowed_addrs"] = serde_json::json!(c.allowed);
+        v["rejected_addrs"] = serde_json::json!(c.rejected);
+    }
+    v
 }

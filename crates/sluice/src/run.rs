@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sluice_net::{Ctx, Dialer, Recorder, Users, Version};
-use sluice_observe::{FlowRecord, FlowSink, FlowTarget, Metrics};
+use sluice_observe::{FlowRecord, FlowSink, FlowTarget, FlowView, Metrics, ViewLimits};
 use sluice_policy::{Config, Policy};
 use tokio::{
     net::TcpListener,
@@ -97,10 +97,11 @@ fn read_users(config: &Config, path: Option<&Path>) -> Result<Users> {
     Ok(users)
 }
 
-/// Records go to metrics and to the sink.
+/// Records go to metrics, the admin API's view, and the sink.
 struct SinkRecorder {
     sink: FlowSink,
     metrics: Arc<Metrics>,
+    view: Arc<FlowView>,
 }
 
 impl Recorder for SinkRecorder {
@@ -111,6 +112,7 @@ impl Recorder for SinkRecorder {
         if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
             self.metrics.rule_hit(&r.rule);
         }
+        self.view.push(&r, SystemTime::now());
         self.sink.send(r);
     }
 }
@@ -158,9 +160,16 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     dialer.set_own_addrs(own.clone());
 
+    let view = Arc::new(FlowView::new(ViewLimits {
+        recent_flows: config.admin.recent_flows as usize,
+        recent_denials: config.admin.recent_denials as usize,
+        window: config.admin.window,
+        top_entries: config.admin.top_entries as usize,
+    }));
     let recorder = Arc::new(SinkRecorder {
         sink: sink.clone(),
         metrics: metrics.clone(),
+        view: view.clone(),
     });
     let ctx = Arc::new(Ctx::new(version, dialer, recorder, metrics.clone()));
     let token = match &config.admin.token_file {
@@ -178,12 +187,19 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let status = Arc::new(crate::admin::Status {
         last_reload_error: Mutex::new(None),
-        token,
+        access: crate::admin::Access {
+            token,
+            open_paths: config.admin.open_paths.clone(),
+            hosts: config.admin.hosts.clone(),
+        },
+        view,
     });
 
     eprintln!("sluice: HTTP proxy listening on {}", own[0]);
     if let Some(a) = own.get(1) {
-        eprintln!("sluice: admin listening on http://{a}/ (/healthz /readyz /metrics)");
+        eprintln!(
+            "sluice: admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
+        );
     }
     describe_modes(&ctx.current.load().policy);
 

@@ -1,33 +1,71 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics` (bearer token
-//! when `admin.token_file` is set). Binds loopback unless configured.
+//! The admin listener: probes (`/healthz`, `/readyz`), Prometheus
+//! `/metrics`, the JSON API under `/api/v1/` (described by
+//! `docs/openapi.yaml`), its live stream, and the dashboard at `/`.
+//!
+//! Binds loopback unless configured otherwise (the loader then requires a
+//! token). Every request first passes `guard` (Host, Origin, token); the
+//! API reads only the shared [`FlowView`] and the running policy, never the
+//! data path.
+//!
+//! # Layout
+//!
+//! - `guard`: Host, Origin and bearer-token checks.
+//! - `api`: the `/api/v1/` endpoints.
+//! - `sse`: the Server-Sent Events body of `/api/v1/flows/stream`.
+//! - `assets/`: the dashboard (HTML, JS, CSS), embedded in the binary.
+
+mod api;
+mod guard;
+mod sse;
 
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
-    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
+    Method, Request, Response, StatusCode, body::Incoming, header, server::conn::http1,
+    service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_net::Ctx;
-use tokio::net::TcpListener;
+use sluice_observe::FlowView;
+use tokio::{net::TcpListener, sync::Semaphore};
 
-/// Admin state the probes report.
+pub use guard::Access;
+
+/// Admin connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 128;
+
+/// The response body of every admin answer.
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the admin listener reads besides the data path's context.
 pub struct Status {
+    /// The last reload's error, for `/readyz`.
     pub last_reload_error: Mutex<Option<String>>,
-    /// Bearer token required for `/metrics` when `admin.token_file` is set.
-    pub token: Option<String>,
+    /// Token, open paths and accepted Host names.
+    pub access: Access,
+    /// Recent flows, rule hits, aggregates and the live stream.
+    pub view: Arc<FlowView>,
 }
 
 /// Serves the admin endpoints on `listener` (the caller binds).
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, status: Arc<Status>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
             continue;
         };
         let ctx = ctx.clone();
@@ -36,86 +74,185 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, status: Arc<Status>) {
             let svc = service_fn(move |req| {
                 let ctx = ctx.clone();
                 let status = status.clone();
-                async move { Ok::<_, Infallible>(admin(&ctx, &status, &req)) }
+                async move { Ok::<_, Infallible>(handle(&ctx, &status, local, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            drop(permit);
         });
     }
 }
 
-fn admin(ctx: &Ctx, status: &Status, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |code: StatusCode, ctype: &'static str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = code;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(ctype),
-        );
-        r
-    };
-    match req.uri().path() {
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            let draining = ctx.drain().is_draining();
-            let err = status.last_reload_error.lock().ok().and_then(|e| e.clone());
-            let body = serde_json::json!({
-                "ready": !draining,
-                "draining": draining,
-                "policy_hash": ctx.current.load().policy.hash().as_ref(),
-                "last_reload_error": err,
-            });
-            let code = if draining {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::OK
-            };
-            reply(code, "application/json", format!("{body}\n"))
-        }
-        "/metrics" if !authorized(status, req) => {
+async fn handle(
+    ctx: &Ctx,
+    status: &Status,
+    local: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if let Err(why) = status
+        .access
+        .check(local, req.method(), &path, req.headers())
+    {
+        return refuse(why);
+    }
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    let get = method == Method::GET || head;
+    let mut resp = match path.as_str() {
+        "/healthz" if get => text(StatusCode::OK, "ok\n"),
+        "/readyz" if get => readyz(ctx, status),
+        "/metrics" if get => {
             let mut r = reply(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "bearer token required\n".into(),
+                StatusCode::OK,
+                sluice_observe::CONTENT_TYPE,
+                ctx.metrics.encode(),
             );
+            no_store(&mut r);
+            r
+        }
+        "/" | "/index.html" if get => asset("text/html; charset=utf-8", INDEX_HTML),
+        "/assets/app.js" if get => asset("text/javascript; charset=utf-8", APP_JS),
+        "/assets/app.css" if get => asset("text/css; charset=utf-8", APP_CSS),
+        "/favicon.svg" if get => asset("image/svg+xml", FAVICON_SVG),
+        "/healthz" | "/readyz" | "/metrics" | "/" | "/index.html" | "/assets/app.js"
+        | "/assets/app.css" | "/favicon.svg" => not_allowed("GET, HEAD"),
+        p if p.starts_with("/api/") => api::route(ctx, status, req).await,
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /, /healthz, /readyz, /metrics or /api/v1/\n",
+        ),
+    };
+    if head {
+        *resp.body_mut() = Full::new(Bytes::new()).boxed();
+    }
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+fn readyz(ctx: &Ctx, status: &Status) -> Response<Body> {
+    let draining = ctx.drain().is_draining();
+    let err = status.last_reload_error.lock().ok().and_then(|e| e.clone());
+    let body = serde_json::json!({
+        "ready": !draining,
+        "draining": draining,
+        "policy_hash": ctx.current.load().policy.hash().as_ref(),
+        "last_reload_error": err,
+    });
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json(code, &body)
+}
+
+// === dashboard assets ===
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
+
+/// The page loads only its own script and style and talks only to this
+/// listener; it may not be framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn asset(ctype: &'static str, body: &'static str) -> Response<Body> {
+    let mut r = reply(StatusCode::OK, ctype, body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    no_store(&mut r);
+    r
+}
+
+// === responses ===
+
+fn reply(code: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+fn text(code: StatusCode, body: &'static str) -> Response<Body> {
+    reply(code, "text/plain; charset=utf-8", body)
+}
+
+fn json(code: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_vec(v) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut r = reply(code, "application/json", body);
+            no_store(&mut r);
+            r
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "admin: cannot encode a response");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the response\n",
+            )
+        }
+    }
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    json(code, &serde_json::json!({ "error": msg.into() }))
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
+fn no_store(r: &mut Response<Body>) {
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+}
+
+fn refuse(why: guard::Refusal) -> Response<Body> {
+    match why {
+        guard::Refusal::Host => error(
+            StatusCode::FORBIDDEN,
+            "Host not allowed: use the admin address, localhost, or a name in admin.hosts",
+        ),
+        guard::Refusal::Origin => error(StatusCode::FORBIDDEN, "cross-site request refused"),
+        guard::Refusal::Token => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "bearer token required");
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
             r
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            sluice_observe::CONTENT_TYPE,
-            ctx.metrics.encode(),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /healthz, /readyz or /metrics\n".into(),
-        ),
     }
-}
-
-/// Whether the request carries the admin bearer token (or none is set).
-fn authorized(status: &Status, req: &Request<Incoming>) -> bool {
-    let Some(token) = &status.token else {
-        return true;
-    };
-    let sent = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare without an early exit so timing does not reveal a prefix.
-    sent.len() == token.len()
-        && sent
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }

@@ -1,0 +1,637 @@
+//! What the admin API shows, kept in bounded memory: a ring of recent
+//! flows, a ring of recent denials, per-rule hit counts with the last hit,
+//! a live stream of finished flows, and windowed aggregates by zone (bytes
+//! over time, top sources and destinations).
+//!
+//! [`FlowView::push`] runs once per finished flow on the record path: it
+//! takes one short lock and never waits on a reader. Readers copy out what
+//! they need (records are shared as `Arc`s) and release the lock before
+//! serializing anything.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::sync::broadcast;
+
+use crate::{FlowRecord, record::rfc3339};
+
+/// Buckets in the aggregation window: its resolution is `window / BUCKETS`.
+pub const BUCKETS: u32 = 60;
+
+/// Rule ids tracked at most; ids beyond this (after very many reloads with
+/// shifting positional ids) are not counted.
+const MAX_RULE_IDS: usize = 100_000;
+
+/// How many finished flows a slow live-stream subscriber may fall behind
+/// before it skips (and is told how many it missed).
+const LIVE_BACKLOG: usize = 1024;
+
+/// The key that absorbs sources or destinations beyond `top_entries`.
+pub const OTHER: &str = "(other)";
+
+/// The sizes that bound a [`FlowView`]'s memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewLimits {
+    /// Recent flows kept for `/api/v1/flows`.
+    pub recent_flows: usize,
+    /// Recent denials kept for `/api/v1/denials` (apart from the flow ring,
+    /// so a burst of allowed traffic does not push them out).
+    pub recent_denials: usize,
+    /// How far back aggregates reach.
+    pub window: Duration,
+    /// Distinct sources (and destinations) tracked per zone and bucket;
+    /// the rest are summed under [`OTHER`].
+    pub top_entries: usize,
+}
+
+/// Which flows a query wants. Every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// The zone's name exactly.
+    pub zone: Option<String>,
+    /// `allow` or `deny`.
+    pub verdict: Option<String>,
+    /// A substring (case-insensitive) of the destination name, address or SNI.
+    pub host: Option<String>,
+    /// Flows that ended at or after this time.
+    pub since: Option<SystemTime>,
+    /// Flows that ended at or before this time.
+    pub until: Option<SystemTime>,
+}
+
+/// What to rank top sources and destinations by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TopBy {
+    /// Number of flows.
+    #[default]
+    Flows,
+    /// Bytes from clients to destinations.
+    BytesOut,
+    /// Bytes from destinations to clients.
+    BytesIn,
+}
+
+/// Hits of one rule since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleStat {
+    /// Flows the rule decided.
+    pub hits: u64,
+    /// When it last decided one.
+    pub last_hit: SystemTime,
+}
+
+/// Totals of one key (a zone, a source or a destination).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Finished flows.
+    pub flows: u64,
+    /// Of which denied (enforced or not).
+    pub denied: u64,
+    /// Bytes from clients to destinations.
+    pub bytes_out: u64,
+    /// Bytes from destinations to clients.
+    pub bytes_in: u64,
+}
+
+/// One entry of a top list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopEntry {
+    /// A source address, a destination name or address, or [`OTHER`].
+    pub key: String,
+    /// Its totals over the window.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Top sources and destinations of one zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ZoneTop {
+    /// The zone (`null` for flows that matched none).
+    pub zone: Option<String>,
+    /// The zone's totals over the window.
+    pub totals: Totals,
+    /// Top client addresses.
+    pub sources: Vec<TopEntry>,
+    /// Top destinations (names when known, else addresses).
+    pub destinations: Vec<TopEntry>,
+}
+
+/// Traffic per zone in one time bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficBucket {
+    /// Start of the bucket, RFC 3339.
+    pub start: String,
+    /// Totals by zone name (`""` for flows that matched no zone).
+    pub zones: BTreeMap<String, Totals>,
+}
+
+/// The recent-flow ring, denials, rule hits, live stream and aggregates.
+#[derive(Debug)]
+pub struct FlowView {
+    limits: ViewLimits,
+    width: Duration,
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<Arc<FlowRecord>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    recent: VecDeque<Entry>,
+    denials: VecDeque<Entry>,
+    rules: HashMap<String, RuleStat>,
+    buckets: VecDeque<Bucket>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// End of the flow (its `ts`), for time filters.
+    at: SystemTime,
+    record: Arc<FlowRecord>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Start, whole seconds since the epoch, a multiple of the width.
+    start: u64,
+    zones: HashMap<String, ZoneAgg>,
+}
+
+#[derive(Debug, Default)]
+struct ZoneAgg {
+    totals: Totals,
+    sources: HashMap<String, Totals>,
+    destinations: HashMap<String, Totals>,
+}
+
+// === impl FlowView ===
+
+impl FlowView {
+    /// An empty view bounded by `limits` (sizes of at least 1; the window
+    /// at least [`BUCKETS`] seconds).
+    pub fn new(limits: ViewLimits) -> FlowView {
+        let limits = ViewLimits {
+            recent_flows: limits.recent_flows.max(1),
+            recent_denials: limits.recent_denials.max(1),
+            window: limits.window.max(Duration::from_secs(u64::from(BUCKETS))),
+            top_entries: limits.top_entries.max(1),
+        };
+        let width = Duration::from_secs(limits.window.as_secs() / u64::from(BUCKETS));
+        FlowView {
+            limits,
+            width,
+            inner: Mutex::new(Inner::default()),
+            live: broadcast::channel(LIVE_BACKLOG).0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> ViewLimits {
+        self.limits
+    }
+
+    /// The width of one aggregation bucket.
+    pub fn bucket_width(&self) -> Duration {
+        self.width
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain counters behind:
+        // still worth showing.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one finished flow at `now`: into the rings, the rule hits, the
+    /// aggregates and the live stream.
+    pub fn push(&self, record: &FlowRecord, now: SystemTime) {
+        let at = OffsetDateTime::parse(&record.ts, &Rfc3339)
+            .map(SystemTime::from)
+            .unwrap_or(now);
+        let record = Arc::new(record.clone());
+        let entry = Entry {
+            at,
+            record: record.clone(),
+        };
+        {
+            let mut inner = self.lock();
+            let denied = record.verdict != "allow";
+            if denied {
+                push_bounded(
+                    &mut inner.denials,
+                    entry.clone(),
+                    self.limits.recent_denials,
+                );
+            }
+            push_bounded(&mut inner.recent, entry, self.limits.recent_flows);
+            if !record.rule.is_empty() {
+                let known = inner.rules.len() < MAX_RULE_IDS;
+                match inner.rules.get_mut(&record.rule) {
+                    Some(s) => {
+                        s.hits += 1;
+                        s.last_hit = s.last_hit.max(at);
+                    }
+                    None if known => {
+                        inner.rules.insert(
+                            record.rule.clone(),
+                            RuleStat {
+                                hits: 1,
+                                last_hit: at,
+                            },
+                        );
+                    }
+                    None => {}
+                }
+            }
+            self.aggregate(&mut inner, &record, now);
+        }
+        // No subscribers is not an error.
+        let _ = self.live.send(record);
+    }
+
+    fn aggregate(&self, inner: &mut Inner, r: &FlowRecord, now: SystemTime) {
+        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let width = self.width.as_secs().max(1);
+        let start = secs - secs % width;
+        self.expire(inner, secs);
+        let bucket = match inner.buckets.back_mut() {
+            Some(b) if b.start == start => b,
+            // A clock that stepped back: count into the newest bucket.
+            Some(b) if b.start > start => b,
+            _ => {
+                inner.buckets.push_back(Bucket {
+                    start,
+                    zones: HashMap::new(),
+                });
+                // Just pushed: never None.
+                let Some(b) = inner.buckets.back_mut() else {
+                    return;
+                };
+                b
+            }
+        };
+        let agg = bucket
+            .zones
+            .entry(r.zone.clone().unwrap_or_default())
+            .or_default();
+        let add = |t: &mut Totals| {
+            t.flows += 1;
+            t.denied += u64::from(r.verdict != "allow");
+            t.bytes_out += r.bytes_out;
+            t.bytes_in += r.bytes_in;
+        };
+        add(&mut agg.totals);
+        let limit = self.limits.top_entries;
+        let source = r
+            .src
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| r.src.clone());
+        add(bounded_entry(&mut agg.sources, source, limit));
+        let dest = r
+            .dst_host
+            .clone()
+            .or_else(|| r.dst_ip.clone())
+            .unwrap_or_default();
+        add(bounded_entry(&mut agg.destinations, dest, limit));
+    }
+
+    fn expire(&self, inner: &mut Inner, now_secs: u64) {
+        let oldest = now_secs.saturating_sub(self.limits.window.as_secs());
+        while inner
+            .buckets
+            .front()
+            .is_some_and(|b| b.start + self.width.as_secs() <= oldest)
+        {
+            inner.buckets.pop_front();
+        }
+    }
+
+    /// Recent flows matching `filter`, newest first, at most `limit`.
+    pub fn flows(&self, filter: &FlowFilter, limit: usize) -> Vec<Arc<FlowRecord>> {
+        let inner = self.lock();
+        select(&inner.recent, filter, limit)
+    }
+
+    /// Recent denials (enforced or not) matching `filter`, newest first.
+    pub fn denials(&self, filter: &FlowFilter, limit: usize) -> Vec<Arc<FlowRecord>> {
+        let inner = self.lock();
+        select(&inner.denials, filter, limit)
+    }
+
+    /// Hits by rule id since start, for every rule that decided a flow.
+    pub fn rule_stats(&self) -> HashMap<String, RuleStat> {
+        self.lock().rules.clone()
+    }
+
+    /// Finished flows from now on. A subscriber that falls more than a
+    /// thousand flows behind gets `RecvError::Lagged` and continues.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowRecord>> {
+        self.live.subscribe()
+    }
+
+    /// Traffic by zone per bucket over the window, oldest first, with empty
+    /// buckets filled in so that a chart's time axis is even.
+    pub fn traffic(&self, now: SystemTime) -> Vec<TrafficBucket> {
+        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let width = self.width.as_secs().max(1);
+        let newest = secs - secs % width;
+        let first = newest.saturating_sub(width * u64::from(BUCKETS - 1));
+        let mut inner = self.lock();
+        self.expire(&mut inner, secs);
+        let mut have: HashMap<u64, BTreeMap<String, Totals>> = inner
+            .buckets
+            .iter()
+            .filter(|b| b.start >= first)
+            .map(|b| {
+                let zones = b.zones.iter().map(|(z, a)| (z.clone(), a.totals)).collect();
+                (b.start, zones)
+            })
+            .collect();
+        drop(inner);
+        (0..u64::from(BUCKETS))
+            .map(|i| first + i * width)
+            .map(|start| TrafficBucket {
+                start: rfc3339(UNIX_EPOCH + Duration::from_secs(start)),
+                zones: have.remove(&start).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Top sources and destinations per zone over the last `window` (at most
+    /// the configured window), `limit` of each, ranked `by`; zones in name
+    /// order, or only `zone` when given.
+    pub fn top(
+        &self,
+        now: SystemTime,
+        window: Duration,
+        zone: Option<&str>,
+        by: TopBy,
+        limit: usize,
+    ) -> Vec<ZoneTop> {
+        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let from = secs.saturating_sub(window.min(self.limits.window).as_secs());
+        let width = self.width.as_secs().max(1);
+        let mut merged: BTreeMap<String, ZoneAgg> = BTreeMap::new();
+        {
+            let mut inner = self.lock();
+            self.expire(&mut inner, secs);
+            for b in inner.buckets.iter().filter(|b| b.start + width > from) {
+                for (name, agg) in &b.zones {
+                    if zone.is_some_and(|z| z != name) {
+                        continue;
+                    }
+                    let m = merged.entry(name.clone()).or_default();
+                    m.totals.add(&agg.totals);
+                    for (k, t) in &agg.sources {
+                        m.sources.entry(k.clone()).or_default().add(t);
+                    }
+                    for (k, t) in &agg.destinations {
+                        m.destinations.entry(k.clone()).or_default().add(t);
+                    }
+                }
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(name, agg)| ZoneTop {
+                zone: Some(name).filter(|n| !n.is_empty()),
+                totals: agg.totals,
+                sources: ranked(agg.sources, by, limit),
+                destinations: ranked(agg.destinations, by, limit),
+            })
+            .collect()
+    }
+}
+
+fn push_bounded(ring: &mut VecDeque<Entry>, e: Entry, cap: usize) {
+    while ring.len() >= cap {
+        ring.pop_front();
+    }
+    ring.push_back(e);
+}
+
+fn bounded_entry(map: &mut HashMap<String, Totals>, key: String, limit: usize) -> &mut Totals {
+    let key = if map.len() >= limit && !map.contains_key(&key) {
+        OTHER.to_owned()
+    } else {
+        key
+    };
+    map.entry(key).or_default()
+}
+
+fn ranked(map: HashMap<String, Totals>, by: TopBy, limit: usize) -> Vec<TopEntry> {
+    let mut v: Vec<TopEntry> = map
+        .into_iter()
+        .map(|(key, totals)| TopEntry { key, totals })
+        .collect();
+    let score = |t: &Totals| match by {
+        TopBy::Flows => (t.flows, t.bytes_out),
+        TopBy::BytesOut => (t.bytes_out, t.flows),
+        TopBy::BytesIn => (t.bytes_in, t.flows),
+    };
+    v.sort_by(|a, b| {
+        score(&b.totals)
+            .cmp(&score(&a.totals))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    v.truncate(limit);
+    v
+}
+
+fn select(ring: &VecDeque<Entry>, f: &FlowFilter, limit: usize) -> Vec<Arc<FlowRecord>> {
+    ring.iter()
+        .rev()
+        .filter(|e| f.matches(&e.record, e.at))
+        .take(limit)
+        .map(|e| e.record.clone())
+        .collect()
+}
+
+// === impl FlowFilter ===
+
+impl FlowFilter {
+    /// Whether `r`, which ended at `at`, passes every condition.
+    pub fn matches(&self, r: &FlowRecord, at: SystemTime) -> bool {
+        self.zone
+            .as_ref()
+            .is_none_or(|z| r.zone.as_ref() == Some(z))
+            && self.verdict.as_ref().is_none_or(|v| &r.verdict == v)
+            && self.since.is_none_or(|t| at >= t)
+            && self.until.is_none_or(|t| at <= t)
+            && self.host.as_ref().is_none_or(|h| {
+                let h = h.to_ascii_lowercase();
+                [&r.dst_host, &r.dst_ip, &r.sni]
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v.to_ascii_lowercase().contains(&h))
+            })
+    }
+}
+
+// === impl Totals ===
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.flows += o.flows;
+        self.denied += o.denied;
+        self.bytes_out += o.bytes_out;
+        self.bytes_in += o.bytes_in;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Listener, Protocol};
+
+    fn limits() -> ViewLimits {
+        ViewLimits {
+            recent_flows: 3,
+            recent_denials: 2,
+            window: Duration::from_secs(600),
+            top_entries: 2,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn flow(zone: &str, host: &str, verdict: &str, src: &str, t: u64) -> FlowRecord {
+        let mut r = FlowRecord::new(
+            Listener::Http,
+            Protocol::Connect,
+            src.parse().unwrap(),
+            at(t),
+        );
+        r.finish(at(t));
+        r.zone = Some(zone.into());
+        r.dst_host = Some(host.into());
+        r.verdict = verdict.into();
+        r.rule = format!("{zone}/{verdict}/1");
+        r.bytes_out = 10;
+        r.bytes_in = 100;
+        r
+    }
+
+    #[test]
+    fn rings_are_bounded_and_newest_first() {
+        let v = FlowView::new(limits());
+        for i in 0..5 {
+            v.push(
+                &flow("web", &format!("h{i}.test"), "deny", "10.0.0.1:1", i),
+                at(i),
+            );
+        }
+        let all = v.flows(&FlowFilter::default(), 100);
+        let hosts: Vec<_> = all.iter().map(|r| r.dst_host.clone().unwrap()).collect();
+        assert_eq!(hosts, ["h4.test", "h3.test", "h2.test"]);
+        assert_eq!(v.denials(&FlowFilter::default(), 100).len(), 2);
+        assert_eq!(v.flows(&FlowFilter::default(), 1).len(), 1);
+    }
+
+    #[test]
+    fn filters_combine() {
+        let v = FlowView::new(ViewLimits {
+            recent_flows: 100,
+            ..limits()
+        });
+        v.push(
+            &flow("web", "api.github.com", "allow", "10.0.0.1:1", 1),
+            at(1),
+        );
+        v.push(&flow("ci", "GitHub.io", "deny", "10.0.0.2:1", 2), at(2));
+        v.push(&flow("web", "pastebin.com", "deny", "10.0.0.1:1", 3), at(3));
+        let q = |f: FlowFilter| -> Vec<String> {
+            v.flows(&f, 100)
+                .iter()
+                .map(|r| r.dst_host.clone().unwrap())
+                .collect()
+        };
+        let host = |h: &str| Some(h.to_owned());
+        assert_eq!(
+            q(FlowFilter {
+                host: host("GITHUB"),
+                ..Default::default()
+            }),
+            ["GitHub.io", "api.github.com"]
+        );
+        assert_eq!(
+            q(FlowFilter {
+                zone: host("web"),
+                verdict: host("deny"),
+                ..Default::default()
+            }),
+            ["pastebin.com"]
+        );
+        assert_eq!(
+            q(FlowFilter {
+                since: Some(at(2)),
+                until: Some(at(2)),
+                ..Default::default()
+            }),
+            ["GitHub.io"]
+        );
+    }
+
+    #[test]
+    fn rule_hits_count_and_remember_the_last() {
+        let v = FlowView::new(limits());
+        v.push(&flow("web", "a.test", "allow", "10.0.0.1:1", 5), at(5));
+        v.push(&flow("web", "a.test", "allow", "10.0.0.1:1", 9), at(9));
+        let s = v.rule_stats();
+        assert_eq!(s["web/allow/1"].hits, 2);
+        assert_eq!(s["web/allow/1"].last_hit, at(9));
+    }
+
+    #[test]
+    fn top_ranks_and_bounds_keys() {
+        let v = FlowView::new(limits());
+        for (host, n) in [("a.test", 3), ("b.test", 2), ("c.test", 1)] {
+            for _ in 0..n {
+                v.push(&flow("web", host, "allow", "10.0.0.1:9", 0), at(0));
+            }
+        }
+        let top = v.top(at(1), Duration::from_secs(600), None, TopBy::Flows, 10);
+        assert_eq!(top.len(), 1);
+        let d: Vec<_> = top[0]
+            .destinations
+            .iter()
+            .map(|e| (e.key.as_str(), e.totals.flows))
+            .collect();
+        // top_entries = 2: the third key is summed under (other).
+        assert_eq!(d, [("a.test", 3), ("b.test", 2), (OTHER, 1)]);
+        assert_eq!(top[0].sources[0].key, "10.0.0.1");
+        assert_eq!(top[0].totals.bytes_out, 60);
+        // Outside the window nothing is left.
+        assert!(
+            v.top(at(2000), Duration::from_secs(600), None, TopBy::Flows, 10)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn traffic_has_even_buckets() {
+        let v = FlowView::new(limits());
+        v.push(&flow("web", "a.test", "allow", "10.0.0.1:9", 0), at(0));
+        let t = v.traffic(at(0));
+        assert_eq!(t.len(), BUCKETS as usize);
+        let last = t.last().unwrap();
+        assert_eq!(last.zones["web"].bytes_out, 10);
+        assert!(t[..t.len() - 1].iter().all(|b| b.zones.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_new_flows() {
+        let v = FlowView::new(limits());
+        let mut rx = v.subscribe();
+        v.push(&flow("web", "a.test", "allow", "10.0.0.1:9", 0), at(0));
+        let r = rx.recv().await.unwrap();
+        assert_eq!(r.dst_host.as_deref(), Some("a.test"));
+    }
+}

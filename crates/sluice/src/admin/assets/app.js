@@ -1,0 +1,392 @@
+// Sluice dashboard: plain JavaScript and SVG, no dependencies, no build
+// step. Everything it shows comes from /api/v1/ on the same origin; the
+// bearer token (when admin.token_file is set) is kept in sessionStorage.
+'use strict';
+
+const MAX_ROWS = 500;
+const REFRESH_MS = 5000;
+const COLORS = ['#1f6feb', '#bf3989', '#1a7f37', '#9a6700', '#8250df', '#cf222e', '#0a7ea4', '#6e7781'];
+
+const $ = (sel) => document.querySelector(sel);
+let flows = [];          // newest first, the rows shown (already filtered)
+let zoneColors = {};
+let streamAbort = null;
+
+// === API ===
+
+function authHeaders(extra = {}) {
+  const t = sessionStorage.getItem('sluice-token');
+  return t ? { ...extra, Authorization: 'Bearer ' + t } : extra;
+}
+
+async function api(path, opts = {}) {
+  const res = await fetch(path, { ...opts, headers: authHeaders(opts.headers || {}) });
+  if (res.status === 401) {
+    askToken();
+    throw new Error('bearer token required');
+  }
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.error || res.statusText);
+  return body;
+}
+
+function askToken() {
+  $('#token-button').hidden = false;
+  const d = $('#token-dialog');
+  if (!d.open) d.showModal();
+}
+
+// === helpers ===
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c ?? '')));
+  return e;
+}
+
+function bytes(n) {
+  if (n < 1024) return n + ' B';
+  const u = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let i = -1;
+  do { n /= 1024; i++; } while (n >= 1024 && i < u.length - 1);
+  return n.toFixed(n < 10 ? 1 : 0) + ' ' + u[i];
+}
+
+function time(ts) {
+  const d = new Date(ts);
+  return isNaN(d) ? ts : d.toLocaleTimeString();
+}
+
+function verdictClass(r) {
+  if (r.verdict === 'allow') return 'allow';
+  return r.enforced ? 'deny' : 'report';
+}
+
+function verdictBadge(r) {
+  const cls = verdictClass(r);
+  const label = cls === 'report' ? 'deny (report)' : r.verdict;
+  return el('span', { class: 'verdict ' + cls, title: r.enforced ? '' : 'would be denied; zone in report mode' }, label);
+}
+
+function destination(r) {
+  const host = r.dst_host || r.dst_ip || '?';
+  return r.dst_port ? `${host}:${r.dst_port}` : host;
+}
+
+function colorOf(zone) {
+  const z = zone || '(none)';
+  if (!(z in zoneColors)) zoneColors[z] = COLORS[Object.keys(zoneColors).length % COLORS.length];
+  return zoneColors[z];
+}
+
+// === flows ===
+
+function filters() {
+  return { zone: $('#f-zone').value, verdict: $('#f-verdict').value, host: $('#f-host').value.trim() };
+}
+
+function matches(r, f) {
+  if (f.zone && r.zone !== f.zone) return false;
+  if (f.verdict && r.verdict !== f.verdict) return false;
+  if (f.host) {
+    const h = f.host.toLowerCase();
+    if (![r.dst_host, r.dst_ip, r.sni].some((v) => v && v.toLowerCase().includes(h))) return false;
+  }
+  return true;
+}
+
+function flowRow(r, fresh) {
+  const tr = el('tr', { class: verdictClass(r) + (fresh ? ' fresh' : ''), 'data-id': r.id },
+    el('td', {}, time(r.ts)),
+    el('td', {}, r.listener),
+    el('td', { class: 'mono' }, r.src),
+    el('td', {}, r.zone || '—'),
+    el('td', { class: 'mono' }, destination(r)),
+    el('td', {}, verdictBadge(r)),
+    el('td', { class: 'mono', title: r.reason }, r.rule),
+    el('td', { class: 'num' }, bytes(r.bytes_out)),
+    el('td', { class: 'num' }, bytes(r.bytes_in)),
+    el('td', { class: 'num' }, r.duration_ms));
+  tr.title = r.reason + (r.error ? ' — ' + r.error : '');
+  return tr;
+}
+
+function renderFlows() {
+  const body = $('#flows tbody');
+  body.replaceChildren(...flows.map((r) => flowRow(r, false)));
+  $('#flow-count').textContent = `${flows.length} shown`;
+}
+
+async function loadFlows() {
+  const f = filters();
+  const q = new URLSearchParams({ limit: String(MAX_ROWS) });
+  for (const [k, v] of Object.entries(f)) if (v) q.set(k, v);
+  try {
+    const res = await api('/api/v1/flows?' + q);
+    flows = res.flows;
+    renderFlows();
+  } catch (e) { console.warn('flows', e); }
+}
+
+function addFlow(r) {
+  noteZone(r.zone);
+  if ($('#f-pause').checked || !matches(r, filters())) return;
+  flows.unshift(r);
+  const body = $('#flows tbody');
+  body.prepend(flowRow(r, true));
+  while (flows.length > MAX_ROWS) { flows.pop(); body.lastElementChild?.remove(); }
+  $('#flow-count').textContent = `${flows.length} shown`;
+}
+
+function noteZone(zone) {
+  if (!zone) return;
+  const sel = $('#f-zone');
+  if ([...sel.options].some((o) => o.value === zone)) return;
+  sel.append(el('option', { value: zone }, zone));
+}
+
+// The live stream: Server-Sent Events read with fetch, so the bearer token
+// can travel in a header (EventSource cannot send one).
+async function stream() {
+  for (;;) {
+    streamAbort = new AbortController();
+    try {
+      const res = await fetch('/api/v1/flows/stream', { headers: authHeaders(), signal: streamAbort.signal });
+      if (res.status === 401) { askToken(); throw new Error('token'); }
+      if (!res.ok || !res.body) throw new Error(res.statusText);
+      setLive(true);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          handleEvent(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+      }
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+    }
+    setLive(false);
+    await new Promise((ok) => setTimeout(ok, 2000));
+  }
+}
+
+function handleEvent(chunk) {
+  let event = 'message';
+  const data = [];
+  for (const line of chunk.split('\n')) {
+    if (line.startsWith('event:')) event = line.slice(6).trim();
+    else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
+  }
+  if (event === 'flow' && data.length) {
+    try { addFlow(JSON.parse(data.join('\n'))); } catch (e) { console.warn('bad event', e); }
+  } else if (event === 'lagged') {
+    loadFlows();
+  }
+}
+
+function setLive(on) {
+  const b = $('#live');
+  b.className = 'badge ' + (on ? 'on' : 'off');
+  b.textContent = on ? 'live' : 'offline';
+}
+
+// === traffic chart (plain SVG) ===
+
+const SVG = 'http://www.w3.org/2000/svg';
+function svg(tag, attrs = {}) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+async function loadTraffic() {
+  let t;
+  try { t = await api('/api/v1/traffic'); } catch (e) { return; }
+  $('#traffic-window').textContent = `last ${Math.round(t.window_seconds / 60)} min, ${t.bucket_seconds} s buckets`;
+  const zones = [...new Set(t.buckets.flatMap((b) => Object.keys(b.zones)))].sort();
+  zones.forEach((z) => noteZone(z));
+  const W = 600, H = 200, L = 48, B = 18, T = 8;
+  const n = t.buckets.length;
+  const max = Math.max(1, ...t.buckets.map((b) => Math.max(0, ...Object.values(b.zones).map((z) => z.bytes_out))));
+  const x = (i) => L + (i * (W - L - 4)) / Math.max(1, n - 1);
+  const y = (v) => T + (H - T - B) * (1 - v / max);
+  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none' });
+  for (const f of [0, 0.5, 1]) {
+    root.append(svg('line', { x1: L, x2: W, y1: y(max * f), y2: y(max * f), stroke: '#d0d7de', 'stroke-width': 1 }));
+    const label = svg('text', { x: L - 4, y: y(max * f) + 3, 'text-anchor': 'end' });
+    label.textContent = bytes(Math.round(max * f));
+    root.append(label);
+  }
+  for (const [i, anchor] of [[0, 'start'], [n - 1, 'end']]) {
+    if (!t.buckets[i]) continue;
+    const label = svg('text', { x: x(i), y: H - 4, 'text-anchor': anchor });
+    label.textContent = time(t.buckets[i].start);
+    root.append(label);
+  }
+  const legend = $('#legend');
+  legend.replaceChildren();
+  for (const z of zones) {
+    const pts = t.buckets.map((b, i) => `${x(i).toFixed(1)},${y(b.zones[z]?.bytes_out || 0).toFixed(1)}`).join(' ');
+    const line = svg('polyline', { points: pts, fill: 'none', stroke: colorOf(z || '(none)'), 'stroke-width': 2, 'data-zone': z });
+    root.append(line);
+    const total = t.buckets.reduce((s, b) => s + (b.zones[z]?.bytes_out || 0), 0);
+    const item = el('span', {}, `${z || '(no zone)'} ${bytes(total)}`);
+    item.style.setProperty('--swatch', colorOf(z || '(none)'));
+    legend.append(item);
+  }
+  if (!zones.length) legend.append(el('span', { class: 'muted' }, 'no traffic in the window yet'));
+  $('#chart').replaceChildren(root);
+}
+
+// === top destinations ===
+
+async function loadTop() {
+  let t;
+  try { t = await api('/api/v1/top?by=bytes_out&limit=8'); } catch (e) { return; }
+  const box = $('#top');
+  box.replaceChildren();
+  if (!t.zones.length) { box.append(el('p', { class: 'muted' }, 'no flows in the window yet')); return; }
+  for (const z of t.zones) {
+    box.append(el('h3', {}, z.zone || '(no zone)'));
+    const max = Math.max(1, ...z.destinations.map((d) => d.bytes_out));
+    const table = el('table', { class: 'top' });
+    for (const d of z.destinations) {
+      const bar = el('div', { class: 'bar' });
+      bar.style.width = `${(100 * d.bytes_out) / max}%`;
+      table.append(el('tr', {},
+        el('td', { class: 'mono' }, d.key),
+        el('td', { class: 'num' }, bytes(d.bytes_out)),
+        el('td', { class: 'num' }, `${d.flows} flows`),
+        el('td', { class: 'num' }, d.denied ? `${d.denied} denied` : ''),
+        el('td', { class: 'wrap' }, bar)));
+    }
+    box.append(table);
+  }
+}
+
+// === denials, rules, alerts ===
+
+async function loadDenials() {
+  let d;
+  try { d = await api('/api/v1/denials?limit=50'); } catch (e) { return; }
+  $('#denials tbody').replaceChildren(...d.denials.map((r) => el('tr', { class: verdictClass(r) },
+    el('td', {}, time(r.ts)),
+    el('td', {}, r.zone || '—'),
+    el('td', { class: 'mono' }, r.src),
+    el('td', { class: 'mono' }, destination(r)),
+    el('td', { class: 'mono' }, r.rule),
+    el('td', { class: 'wrap' }, r.reason))));
+}
+
+async function loadRules() {
+  let r;
+  try { r = await api('/api/v1/rules'); } catch (e) { return; }
+  $('#policy').textContent = 'policy ' + r.policy_hash;
+  const stale = r.rules.filter((x) => x.stale).length;
+  $('#rules-note').textContent = `${r.rules.length} rules, ${stale} stale (no hit in ${Math.round(r.stale_after_seconds / 3600)} h)`;
+  const rows = r.rules.map((x) => el('tr', { 'data-rule': x.id },
+    el('td', { class: 'mono' }, x.id),
+    el('td', {}, x.zone),
+    el('td', {}, x.kind),
+    el('td', { class: 'mono' }, x.text),
+    el('td', { class: 'num' }, x.hits),
+    el('td', {}, x.last_hit ? time(x.last_hit) : 'never'),
+    el('td', {}, x.stale ? el('span', { class: 'stale' }, 'stale') : '')));
+  for (const o of r.other) {
+    rows.push(el('tr', { 'data-rule': o.id, class: 'muted' },
+      el('td', { class: 'mono' }, o.id), el('td', {}, '—'), el('td', {}, 'built-in'),
+      el('td', {}, 'guard, fallback or earlier policy'), el('td', { class: 'num' }, o.hits),
+      el('td', {}, time(o.last_hit)), el('td', {}, '')));
+  }
+  $('#rules tbody').replaceChildren(...rows);
+}
+
+async function loadAlerts() {
+  let a;
+  try { a = await api('/api/v1/alerts'); } catch (e) { return; }
+  const list = $('#alerts');
+  if (!a.alerts.length) { list.replaceChildren(el('li', { class: 'muted' }, 'none')); return; }
+  list.replaceChildren(...a.alerts.map((x) => el('li', {}, JSON.stringify(x))));
+}
+
+// === explainer ===
+
+async function explain(ev) {
+  ev.preventDefault();
+  const out = $('#x-result');
+  const body = {
+    from: $('#x-from').value.trim(),
+    target: $('#x-target').value.trim(),
+    resolve: $('#x-resolve').checked,
+  };
+  const user = $('#x-user').value.trim();
+  if (user) body.user = user;
+  const addrs = $('#x-addrs').value.split(/[\s,]+/).filter(Boolean);
+  if (addrs.length) { body.addrs = addrs; body.resolve = false; }
+  out.replaceChildren(el('span', { class: 'muted' }, 'asking…'));
+  try {
+    const d = await api('/api/v1/check', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const dl = el('dl', {},
+      el('dt', {}, 'destination'), el('dd', { class: 'mono' }, `${d.destination}:${d.port}`),
+      el('dt', {}, 'zone'), el('dd', {}, `${d.zone ?? '—'} (${d.mode ?? 'no mode'})`),
+      el('dt', {}, 'rule'), el('dd', { class: 'mono', id: 'x-rule' }, d.rule),
+      el('dt', {}, 'why'), el('dd', { id: 'x-reason' }, d.reason));
+    if (d.pending && d.pending !== 'nothing') {
+      dl.append(el('dt', {}, 'pending'), el('dd', {}, `phase two (${d.pending}): give addresses or resolve`));
+    }
+    for (const a of d.allowed_addrs || []) dl.append(el('dt', {}, 'address'), el('dd', { class: 'mono' }, `${a} may be dialed`));
+    for (const r of d.rejected_addrs || []) dl.append(el('dt', {}, 'address'), el('dd', { class: 'mono' }, `${r.addr} rejected by ${r.rule}: ${r.reason}`));
+    const badge = verdictBadge(d);
+    badge.id = 'x-verdict';
+    out.replaceChildren(badge, dl);
+  } catch (e) {
+    out.replaceChildren(el('span', { class: 'error' }, String(e.message || e)));
+  }
+}
+
+// === start ===
+
+function refresh() {
+  loadTraffic();
+  loadTop();
+  loadDenials();
+  loadRules();
+  loadAlerts();
+}
+
+function start() {
+  for (const id of ['#f-zone', '#f-verdict']) $(id).addEventListener('change', loadFlows);
+  let typing;
+  $('#f-host').addEventListener('input', () => { clearTimeout(typing); typing = setTimeout(loadFlows, 250); });
+  $('#f-clear').addEventListener('click', () => {
+    $('#f-zone').value = ''; $('#f-verdict').value = ''; $('#f-host').value = '';
+    loadFlows();
+  });
+  $('#explain').addEventListener('submit', explain);
+  $('#token-button').addEventListener('click', askToken);
+  $('#token-form').addEventListener('submit', () => {
+    sessionStorage.setItem('sluice-token', $('#token-input').value);
+    streamAbort?.abort();
+    loadFlows(); refresh(); stream();
+  });
+  loadFlows();
+  refresh();
+  stream();
+  setInterval(refresh, REFRESH_MS);
+}
+
+document.addEventListener('DOMContentLoaded', start);

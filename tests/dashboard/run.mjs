@@ -1,0 +1,140 @@
+// Drives Sluice's dashboard in Debian's Chromium with playwright-core:
+// load the page, send traffic through the proxy, see the flows appear live,
+// filter them, use the explainer, and save a screenshot.
+//
+// Run by `cargo test` (crates/sluice/tests/admin.rs), which starts Sluice
+// and a local origin and passes them in the environment:
+//   SLUICE_ADMIN  http://127.0.0.1:PORT of the admin listener
+//   SLUICE_PROXY  127.0.0.1:PORT of the HTTP proxy
+//   SLUICE_ORIGIN 127.0.0.1:PORT of an origin the policy allows (rule `origin`)
+//   SCREENSHOT    where to save the screenshot
+//   CHROMIUM      the browser (default /usr/bin/chromium)
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import http from 'node:http';
+import { chromium } from 'playwright-core';
+
+const admin = need('SLUICE_ADMIN');
+const [proxyHost, proxyPort] = need('SLUICE_PROXY').split(':');
+const origin = need('SLUICE_ORIGIN');
+const screenshot = need('SCREENSHOT');
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error('failed: ' + what);
+  console.log('ok - ' + what);
+}
+
+/// One absolute-form request through the proxy (a POST when `body` is
+/// given); resolves with the status.
+function viaProxy(url, body) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const headers = { Host: u.host, Connection: 'close' };
+    if (body) headers['Content-Length'] = String(body.length);
+    const req = http.request({
+      host: proxyHost, port: Number(proxyPort), method: body ? 'POST' : 'GET', path: url,
+      headers, timeout: 10000,
+    }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); });
+    req.on('timeout', () => req.destroy(new Error('proxy request timed out')));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'sluice-chromium-'));
+const context = await chromium.launchPersistentContext(dir, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  viewport: { width: 1400, height: 1300 },
+});
+const problems = [];
+try {
+  const page = context.pages()[0] ?? await context.newPage();
+  page.setDefaultTimeout(15000);
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(m.text()); });
+  page.on('pageerror', (e) => problems.push(String(e)));
+
+  await page.goto(admin + '/');
+  await page.locator('#live', { hasText: 'live' }).waitFor();
+  check(true, 'dashboard loaded and the live stream connected');
+  await page.locator('#policy', { hasText: /policy [0-9a-f]{16}/ }).waitFor();
+  check(true, 'policy hash shown');
+
+  // Traffic after the page loaded: it can only arrive through the stream.
+  const statuses = [];
+  for (let i = 1; i <= 3; i++) statuses.push(await viaProxy(`http://${origin}/upload`, 'x'.repeat(4000 * i)));
+  for (let i = 0; i < 2; i++) statuses.push(await viaProxy(`http://x${i}.blocked.test/`));
+  check(JSON.stringify(statuses) === '[200,200,200,403,403]', `proxy answered ${statuses}`);
+
+  const rows = page.locator('#flows tbody tr');
+  await page.waitForFunction(() => document.querySelectorAll('#flows tbody tr').length >= 5);
+  check(true, 'five flows appeared live');
+  check(await page.locator('#flows tbody tr.deny', { hasText: 'blocked.test' }).count() === 2,
+    'denied flows are marked deny with their destination');
+  check(await page.locator('#flows tbody tr.allow .verdict.allow').count() >= 3, 'allowed flows are green');
+  check(await page.locator('#flows tbody tr', { hasText: 'blocked' }).first().locator('td').nth(6).innerText() === 'blocked',
+    'the rule id is shown');
+
+  // Filters: verdict, then host substring, then clear.
+  await page.selectOption('#f-verdict', 'deny');
+  await page.waitForFunction(() => [...document.querySelectorAll('#flows tbody tr')].every((r) => r.classList.contains('deny')));
+  check(await rows.count() === 2, 'verdict filter shows only the 2 denials');
+  await page.selectOption('#f-verdict', '');
+  await page.fill('#f-host', 'x1.blocked');
+  await page.waitForFunction(() => document.querySelectorAll('#flows tbody tr').length === 1);
+  check((await rows.first().innerText()).includes('x1.blocked.test'), 'host filter narrows to one flow');
+  await page.click('#f-clear');
+  await page.waitForFunction(() => document.querySelectorAll('#flows tbody tr').length >= 5);
+  check(true, 'clearing the filters shows every flow again');
+
+  // A filtered live view: new allowed traffic does not show under verdict=deny.
+  await page.selectOption('#f-verdict', 'deny');
+  await page.waitForFunction(() => document.querySelectorAll('#flows tbody tr').length === 2);
+  await viaProxy(`http://${origin}/bytes/10`);
+  await viaProxy('http://x9.blocked.test/');
+  await page.waitForFunction(() => document.querySelectorAll('#flows tbody tr').length === 3);
+  check(await page.locator('#flows tbody tr', { hasText: 'x9.blocked.test' }).count() === 1,
+    'a live denial appears under the deny filter and the allowed flow does not');
+  await page.click('#f-clear');
+
+  // The explainer.
+  await page.fill('#x-from', '127.0.0.1');
+  await page.fill('#x-target', 'https://api.blocked.test/');
+  await page.click('#x-go');
+  await page.locator('#x-verdict.deny').waitFor();
+  check(await page.locator('#x-rule').innerText() === 'blocked', 'explainer: denied by rule blocked');
+  check((await page.locator('#x-reason').innerText()).includes('matches deny rule blocked'), 'explainer says why');
+  await page.fill('#x-target', origin);
+  await page.click('#x-go');
+  await page.locator('#x-verdict.allow').waitFor();
+  check(await page.locator('#x-rule').innerText() === 'origin', 'explainer: allowed by rule origin');
+
+  // Panels refreshed from the API.
+  await page.waitForFunction(() => document.querySelectorAll('#chart polyline').length >= 1);
+  await page.locator('#legend', { hasText: /web 23 KiB/ }).waitFor();
+  check(true, 'bytes-out chart drawn with the 24,000 bytes sent');
+  await page.locator('#top td', { hasText: origin.split(':')[0] }).first().waitFor();
+  check(true, 'top destinations listed');
+  await page.locator('#denials tbody tr', { hasText: 'matches deny rule blocked' }).first().waitFor();
+  check(true, 'recent denials show rule and reason');
+  await page.locator('#rules tbody tr[data-rule="blocked"]', { hasText: '3' }).waitFor();
+  check(true, 'rule hit counts shown');
+  check(await page.locator('#rules tbody tr[data-rule="never-used"] .stale').count() === 1, 'a rule without hits is marked stale');
+  check(await page.locator('#alerts li', { hasText: 'none' }).count() === 1, 'alerts panel shown (empty)');
+
+  await page.screenshot({ path: screenshot, fullPage: true });
+  check(true, `screenshot saved to ${screenshot}`);
+  check(problems.length === 0, 'no console errors (CSP, scripts): ' + problems.join('; '));
+} finally {
+  await context.close();
+  rmSync(dir, { recursive: true, force: true });
+}
