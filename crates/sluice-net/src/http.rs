@@ -360,11 +360,15 @@ async fn connect(
                 return emit(&ctx, flow.rec);
             }
         };
-        let client = parts.io.into_inner();
+        // Keep only the bytes hyper read ahead, not its whole read buffer.
+        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        let pre = read_buf.to_vec();
+        drop(read_buf);
+        let client = io.into_inner();
         let r = relay::relay(
             client,
             dialed.stream,
-            &parts.read_buf,
+            &pre,
             check,
             ctx.limits.idle_timeout,
             ctx.limits.header_timeout,

@@ -105,6 +105,8 @@ pub async fn relay(
                 .fetch_add(first.len() as u64, Ordering::Relaxed);
             counters.touch(started);
         }
+        // Free the peeked bytes now rather than at the tunnel's end.
+        drop(first);
         pump(cr, &mut uw, &counters.out, &counters, started)
             .await
             .map_err(|e| Stop::Io(format!("client side: {e}")))
@@ -169,10 +171,12 @@ async fn read_hello(r: &mut OwnedReadHalf, buf: &mut Vec<u8>, timeout: Duration)
             Hello::Incomplete(_) => return Hello::Malformed("ClientHello larger than 16 KiB"),
             done => return done,
         }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
+        // Read straight into `buf`: a stack chunk here would sit in every
+        // tunnel's future for the tunnel's whole life.
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, r.read_buf(buf)).await {
             Ok(Ok(0)) => return Hello::Malformed("client closed before a complete ClientHello"),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Ok(Err(_)) => return Hello::Malformed("read error before a complete ClientHello"),
             Err(_) => {
                 return if buf.is_empty() {
