@@ -42,6 +42,8 @@ pub enum DialError {
         addr: SocketAddr,
         /// The error.
         msg: String,
+        /// Its kind (refused, unreachable, ...): listeners map it to answers.
+        kind: std::io::ErrorKind,
         /// The (allowing) decision.
         decision: Box<Decision>,
     },
@@ -197,10 +199,11 @@ impl Dialer {
         .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err((addr, msg))) => {
+            Ok(Err((addr, msg, kind))) => {
                 return Err(DialError::Connect {
                     addr,
                     msg,
+                    kind,
                     decision: Box::new(decision),
                 });
             }
@@ -234,7 +237,7 @@ fn interleave(addrs: &[IpAddr]) -> Vec<IpAddr> {
 async fn happy_eyeballs(
     addrs: &[IpAddr],
     port: u16,
-) -> Result<(TcpStream, SocketAddr), (SocketAddr, String)> {
+) -> Result<(TcpStream, SocketAddr), (SocketAddr, String, std::io::ErrorKind)> {
     let order = interleave(addrs);
     let mut pending = order.into_iter().map(|ip| SocketAddr::new(ip, port));
     let mut set = JoinSet::new();
@@ -256,7 +259,7 @@ async fn happy_eyeballs(
             res = set.join_next() => match res {
                 Some(Ok((a, Ok(s)))) => return Ok((s, a)),
                 Some(Ok((a, Err(e)))) => {
-                    last_err = Some((a, e.to_string()));
+                    last_err = Some((a, e.to_string(), e.kind()));
                     if let Some(next) = pending.next() {
                         spawn(&mut set, next);
                     }
@@ -273,6 +276,7 @@ async fn happy_eyeballs(
     Err(last_err.unwrap_or((
         SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
         "no address".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable,
     )))
 }
 

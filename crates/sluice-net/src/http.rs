@@ -36,14 +36,7 @@ use sluice_observe::{FlowRecord, Listener, Protocol};
 use sluice_policy::{Decision, Destination, Pending, Policy, Request as PolicyRequest, ids};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{
-    Ctx, Version,
-    auth::AuthOutcome,
-    dial::DialError,
-    limits::{ConnLimiter, Slot},
-    relay::{self, HelloCheck},
-    tls::Hello,
-};
+use crate::{Ctx, Version, auth::AuthOutcome, dial::DialError, limits::Slot, relay, tunnel};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -56,34 +49,12 @@ const POOL_PER_KEY: usize = 256;
 
 /// Accepts proxy clients on `listener` until a drain begins.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
-    let limiter = ConnLimiter::new(
-        ctx.limits.max_connections,
-        ctx.limits.max_connections_per_source,
-    );
     let pool = Arc::new(Pool::default());
-    let began = ctx.drain().began();
-    tokio::pin!(began);
-    loop {
-        tokio::select! {
-            () = &mut began => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match limiter.admit(peer.ip()) {
-                    Ok(slot) => {
-                        tokio::spawn(connection(ctx.clone(), pool.clone(), stream, peer, Arc::new(slot)));
-                    }
-                    Err(why) => {
-                        tracing::debug!(%peer, ?why, "connection refused by limits");
-                        drop(stream);
-                    }
-                },
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    let conn_ctx = ctx.clone();
+    crate::accept::accept_loop(listener, ctx, move |stream, peer, slot| {
+        connection(conn_ctx.clone(), pool.clone(), stream, peer, slot)
+    })
+    .await;
 }
 
 async fn connection(
@@ -93,7 +64,6 @@ async fn connection(
     peer: SocketAddr,
     slot: Arc<Slot>,
 ) {
-    let _active = ctx.drain().active();
     let _ = stream.set_nodelay(true);
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
@@ -143,9 +113,8 @@ impl Flow {
     }
 }
 
-fn emit(ctx: &Ctx, mut rec: FlowRecord) {
-    rec.finish(SystemTime::now());
-    ctx.recorder.record(rec);
+fn emit(ctx: &Ctx, rec: FlowRecord) {
+    ctx.emit(rec);
 }
 
 async fn handle(
@@ -338,7 +307,15 @@ async fn connect(
     flow.rec.dst_ip = Some(dialed.peer.ip().to_string());
     flow.rec.status = Some(200);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let check = sni_check(&version, &dest, port, dialed.peer, user_of(&flow));
+    let (src_ip, user) = user_of(&flow);
+    let check = tunnel::sni_check(
+        version.policy.clone(),
+        &dest,
+        port,
+        dialed.peer,
+        src_ip,
+        user,
+    );
     let id = flow.rec.id().to_owned();
     let tunnel_ctx = ctx.clone();
     tokio::spawn(async move {
@@ -375,83 +352,12 @@ async fn connect(
             ctx.drain().stopped(),
         )
         .await;
-        flow.rec.bytes_out = r.bytes_out;
-        flow.rec.bytes_in = r.bytes_in;
-        flow.rec.sni = r.sni;
-        flow.rec.error = r.error;
-        if let Some((rule, reason)) = r.denied.and_then(|d| {
-            d.split_once('\u{1f}')
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-        }) {
-            flow.rec.verdict = "deny".into();
-            flow.rec.enforced = true;
-            flow.rec.rule = rule;
-            flow.rec.reason = reason;
-        }
+        tunnel::apply_relayed(&mut flow.rec, r);
         emit(&ctx, flow.rec);
     });
     let mut resp = Response::new(empty());
     add_id(&mut resp, &id);
     resp
-}
-
-/// The domain-fronting check for a CONNECT tunnel. A refusal is encoded as
-/// `rule \x1f reason`.
-fn sni_check(
-    version: &Arc<Version>,
-    dest: &Destination,
-    port: u16,
-    peer: SocketAddr,
-    who: (std::net::IpAddr, Option<String>),
-) -> Option<HelloCheck> {
-    let policy: Arc<Policy> = version.policy.clone();
-    let must_match = policy.config().tls_sni_must_match;
-    let dest = dest.clone();
-    let (src_ip, user) = who;
-    Some(Box::new(move |hello: &Hello| -> Result<(), String> {
-        let sni = match hello {
-            Hello::NotTls | Hello::ClientHello { sni: None } | Hello::Incomplete(_) => {
-                return Ok(());
-            }
-            Hello::Malformed(why) if must_match => {
-                return Err(format!(
-                    "{}\u{1f}malformed TLS ClientHello: {why}",
-                    SNI_RULE
-                ));
-            }
-            Hello::Malformed(_) => return Ok(()),
-            Hello::ClientHello { sni: Some(s) } => s,
-        };
-        let sni_dest = match Destination::parse(sni) {
-            Ok(d) => d,
-            Err(e) if must_match => return Err(format!("{SNI_RULE}\u{1f}unusable TLS SNI: {e}")),
-            Err(_) => return Ok(()),
-        };
-        match (&dest, &sni_dest) {
-            (Destination::Name(_), _) if must_match && sni_dest != dest => Err(format!(
-                "{SNI_RULE}\u{1f}TLS SNI {sni_dest} differs from CONNECT host {dest} (domain fronting)"
-            )),
-            (Destination::Ip(_), Destination::Name(_)) => {
-                // An IP-literal CONNECT is judged by the name it claims too.
-                let d = policy.decide(&PolicyRequest {
-                    src: src_ip,
-                    user: user.as_deref(),
-                    dest: &sni_dest,
-                    port,
-                });
-                let c = policy.check_addresses(&d, &[peer.ip()]);
-                if c.decision.passes() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{}\u{1f}TLS SNI {sni_dest}: {}",
-                        c.decision.rule, c.decision.reason
-                    ))
-                }
-            }
-            _ => Ok(()),
-        }
-    }))
 }
 
 fn user_of(flow: &Flow) -> (std::net::IpAddr, Option<String>) {
@@ -463,8 +369,7 @@ fn user_of(flow: &Flow) -> (std::net::IpAddr, Option<String>) {
     (ip, flow.rec.user.clone())
 }
 
-/// Rule id for a tunnel refused by its ClientHello (domain fronting).
-pub const SNI_RULE: &str = "guard/sni-mismatch";
+pub use crate::tunnel::SNI_RULE;
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
@@ -710,6 +615,7 @@ fn dial_failed(ctx: &Ctx, mut flow: Flow, e: DialError) -> Response<ProxyBody> {
             addr,
             msg,
             decision,
+            ..
         } => {
             flow.rec.apply_decision(&decision);
             flow.rec.dst_ip = Some(addr.ip().to_string());

@@ -9,18 +9,25 @@
 //! # Layout
 //!
 //! - `http`: the HTTP/1.1 forward proxy (CONNECT and absolute-form).
+//! - `socks5`: the SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 user/password).
+//! - `accept`: the accept loop every TCP listener shares (caps, drain).
+//! - `tunnel`: what every tunnel shares after the dial (fronting check,
+//!   relay outcome into the record).
 //! - `auth`: proxy credentials against argon2 hashes, with a bounded cache.
 //! - `dial`: resolve once, check every address, happy eyeballs.
 //! - `relay`: byte-counting bidirectional copy with idle timeout.
 //! - `tls`: ClientHello SNI parsing for domain-fronting checks.
 //! - `limits`: connection caps, total and per source.
 
+mod accept;
 pub mod auth;
 pub mod dial;
 pub mod http;
 pub mod limits;
 pub mod relay;
+pub mod socks5;
 pub mod tls;
+pub mod tunnel;
 
 use std::{
     sync::{
@@ -33,6 +40,8 @@ use std::{
 use arc_swap::ArcSwap;
 use sluice_observe::{FlowRecord, Metrics};
 use sluice_policy::{Policy, model::Limits};
+
+use crate::limits::ConnLimiter;
 use tokio::sync::watch;
 
 pub use auth::{Authenticator, Users};
@@ -62,6 +71,8 @@ pub struct Ctx {
     pub auth: Authenticator,
     /// Limits read at start.
     pub limits: Limits,
+    /// Open client connections, shared by every listener (the caps are totals).
+    pub limiter: Arc<ConnLimiter>,
     /// The record stage.
     pub recorder: Arc<dyn Recorder>,
     /// Metrics.
@@ -82,6 +93,7 @@ impl Ctx {
             current: ArcSwap::from_pointee(version),
             dialer,
             auth: Authenticator::new(),
+            limiter: ConnLimiter::new(limits.max_connections, limits.max_connections_per_source),
             limits,
             recorder,
             metrics,
@@ -92,6 +104,12 @@ impl Ctx {
     /// The drain state shared by listeners and the run loop.
     pub fn drain(&self) -> &Drain {
         &self.drain
+    }
+
+    /// The record stage: stamps the end time and hands the record over.
+    pub fn emit(&self, mut rec: FlowRecord) {
+        rec.finish(std::time::SystemTime::now());
+        self.recorder.record(rec);
     }
 }
 

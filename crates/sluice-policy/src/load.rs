@@ -137,7 +137,7 @@ fn is_null(n: &Node<'_>) -> bool {
 /// Features DESIGN.md names that this build does not implement yet. They are
 /// rejected, never silently ignored.
 const NOT_YET_TOP: &[&str] = &["routes", "inspect", "tls", "detect", "netflow", "geoip"];
-const NOT_YET_LISTEN: &[&str] = &["socks5", "transparent", "dns"];
+const NOT_YET_LISTEN: &[&str] = &["transparent", "dns"];
 
 /// Admin paths that may be served without the bearer token.
 const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -477,13 +477,15 @@ impl Cx<'_> {
     }
 
     fn listen(&mut self, n: &Node<'_>, out: &mut Listen) -> bool {
-        let Some(m) = self.mapping(n, "listen", &["http", "admin"], NOT_YET_LISTEN) else {
+        let Some(m) = self.mapping(n, "listen", &["http", "admin", "socks5"], NOT_YET_LISTEN)
+        else {
             return false;
         };
         for (key, v) in m {
             let addr = self.socket(v, &format!("listen.{key}"));
             match key {
                 "http" => out.http = addr,
+                "socks5" => out.socks5 = addr,
                 _ => out.admin = addr,
             }
         }

@@ -61,6 +61,10 @@ pub struct Listen {
     /// Admin endpoints (`/healthz`, `/readyz`), e.g. `127.0.0.1:9901`.
     #[schemars(with = "Option<String>")]
     pub admin: Option<SocketAddr>,
+    /// SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 user/password), e.g.
+    /// `127.0.0.1:1080`.
+    #[schemars(with = "Option<String>")]
+    pub socks5: Option<SocketAddr>,
 }
 
 /// Admin listener settings.

@@ -57,6 +57,8 @@ pub struct Sluice {
     pub http: SocketAddr,
     /// Where admin listens, if configured.
     pub admin: Option<SocketAddr>,
+    /// Where the SOCKS5 proxy listens, if configured.
+    pub socks5: Option<SocketAddr>,
     /// The configuration file (rewrite it to test reloads).
     pub config: PathBuf,
     /// The flow log.
@@ -104,6 +106,9 @@ impl Sluice {
                 if let Some(a) = line.strip_prefix("sluice: HTTP proxy listening on ") {
                     let _ = tx.send(("http", a.to_owned()));
                 }
+                if let Some(a) = line.strip_prefix("sluice: SOCKS5 proxy listening on ") {
+                    let _ = tx.send(("socks5", a.to_owned()));
+                }
                 if let Some(a) = line.strip_prefix("sluice: admin listening on http://") {
                     let _ = tx.send(("admin", a.split('/').next().unwrap_or("").to_owned()));
                 }
@@ -113,13 +118,14 @@ impl Sluice {
                 lines.lock().unwrap().push(line);
             }
         });
-        let (mut http, mut admin) = (None, None);
+        let (mut http, mut admin, mut socks5) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(("http", a)) => http = Some(a.parse().unwrap()),
                 Ok(("admin", a)) => admin = Some(a.parse().unwrap()),
+                Ok(("socks5", a)) => socks5 = Some(a.parse().unwrap()),
                 Ok(_) => break,
                 Err(_) => panic!("sluice did not start: {:?}", stderr.lock().unwrap()),
             }
@@ -128,6 +134,7 @@ impl Sluice {
             child,
             http: http.expect("http address"),
             admin,
+            socks5,
             config: config.to_path_buf(),
             flows,
             stderr,

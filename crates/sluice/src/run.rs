@@ -154,10 +154,20 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         ),
         None => None,
     };
+    let socks5 = match config.listen.socks5 {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind the SOCKS5 proxy on {a}"))?,
+        ),
+        None => None,
+    };
     let mut own: Vec<SocketAddr> = vec![http.local_addr()?];
     if let Some(a) = &admin {
         own.push(a.local_addr()?);
     }
+    let socks5_addr = socks5.as_ref().map(TcpListener::local_addr).transpose()?;
+    own.extend(socks5_addr);
     dialer.set_own_addrs(own.clone());
 
     let view = Arc::new(FlowView::new(ViewLimits {
@@ -196,14 +206,18 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     });
 
     eprintln!("sluice: HTTP proxy listening on {}", own[0]);
-    if let Some(a) = own.get(1) {
+    if let Some(a) = own.get(1).filter(|_| admin.is_some()) {
         eprintln!(
             "sluice: admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
         );
     }
+    if let Some(a) = socks5_addr {
+        eprintln!("sluice: SOCKS5 proxy listening on {a}");
+    }
     describe_modes(&ctx.current.load().policy);
 
     let http_task = tokio::spawn(sluice_net::http::serve(http, ctx.clone()));
+    let socks5_task = socks5.map(|l| tokio::spawn(sluice_net::socks5::serve(l, ctx.clone())));
     if let Some(admin) = admin {
         tokio::spawn(crate::admin::serve(admin, ctx.clone(), status.clone()));
     }
@@ -237,6 +251,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     );
     ctx.drain().begin();
     let _ = http_task.await;
+    if let Some(t) = socks5_task {
+        let _ = t.await;
+    }
     if !ctx.drain().wait_idle(drain_timeout).await {
         tracing::warn!(
             active = ctx.drain().active_count(),
