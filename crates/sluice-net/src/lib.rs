@@ -30,6 +30,7 @@ pub mod tls;
 pub mod tunnel;
 
 use std::{
+    net::IpAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -51,6 +52,16 @@ pub use dial::Dialer;
 pub trait Recorder: Send + Sync {
     /// Takes one finished record. Must not block.
     fn record(&self, r: FlowRecord);
+}
+
+/// DNS-derived grants (DESIGN.md, the DNS forwarder): addresses that a
+/// zone's clients learned from an allowed DNS answer, so that a redirected
+/// connection without a name on the wire (`tcp`) can be judged by the name
+/// it was resolved from. Implemented by the DNS forwarder.
+pub trait Grants: Send + Sync {
+    /// The name whose answer gave `ip` to clients of `zone`, if a grant
+    /// for it is still live.
+    fn lookup(&self, zone: &str, ip: IpAddr) -> Option<String>;
 }
 
 /// One policy version and what was derived from the same file.
@@ -77,6 +88,8 @@ pub struct Ctx {
     pub recorder: Arc<dyn Recorder>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// DNS-derived grants, when a DNS forwarder provides them.
+    grants: Option<Arc<dyn Grants>>,
     drain: Drain,
 }
 
@@ -97,8 +110,20 @@ impl Ctx {
             limits,
             recorder,
             metrics,
+            grants: None,
             drain: Drain::new(),
         }
+    }
+
+    /// Judges `tcp` flows by DNS-derived grants from now on (set before the
+    /// context is shared).
+    pub fn set_grants(&mut self, grants: Arc<dyn Grants>) {
+        self.grants = Some(grants);
+    }
+
+    /// The DNS-derived grants, if any.
+    pub fn grants(&self) -> Option<&Arc<dyn Grants>> {
+        self.grants.as_ref()
     }
 
     /// The drain state shared by listeners and the run loop.

@@ -10,7 +10,9 @@ use saphyr::{LoadableYamlNode, MarkedYaml, ScalarStyle, YamlData, YamlLoader};
 
 use crate::{
     dest, guard,
-    model::{Admin, Config, Dns, Limits, Listen, Log, Mode, Ports, Rule, User, Zone},
+    model::{
+        Admin, BlockedAnswer, Config, Dns, Limits, Listen, Log, Mode, Ports, Rule, User, Zone,
+    },
 };
 
 /// One configuration error, positioned in its file.
@@ -137,7 +139,7 @@ fn is_null(n: &Node<'_>) -> bool {
 /// Features DESIGN.md names that this build does not implement yet. They are
 /// rejected, never silently ignored.
 const NOT_YET_TOP: &[&str] = &["routes", "inspect", "tls", "detect", "netflow", "geoip"];
-const NOT_YET_LISTEN: &[&str] = &["transparent", "dns"];
+const NOT_YET_LISTEN: &[&str] = &["transparent"];
 
 /// Admin paths that may be served without the bearer token.
 const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -337,19 +339,7 @@ impl Cx<'_> {
                 },
                 "zones" => zones_node = Some(v),
                 "users" => users_node = Some(v),
-                "dns" => {
-                    if let Some(m) = self.mapping(v, "dns", &["upstreams"], &[]) {
-                        for (_, uv) in m {
-                            if let Some(items) = self.seq(uv, "dns.upstreams") {
-                                for item in items {
-                                    if let Some(a) = self.socket(item, "a dns upstream") {
-                                        c.dns.upstreams.push(a);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                "dns" => self.dns(v, &mut c.dns),
                 "limits" => self.limits(v, &mut c.limits),
                 "log" => {
                     if let Some(m) = self.mapping(v, "log", &["flows"], &[]) {
@@ -373,6 +363,12 @@ impl Cx<'_> {
             c.zones = self.zones(z, &c.users, c.mode);
         }
         self.check_admin(doc, &c);
+        if let Some(a) = c.listen.dns.filter(|a| c.dns.upstreams.contains(a)) {
+            self.err(
+                doc,
+                format!("dns.upstreams names listen.dns ({a}): the forwarder would ask itself"),
+            );
+        }
         ok.then_some(c)
     }
 
@@ -477,8 +473,12 @@ impl Cx<'_> {
     }
 
     fn listen(&mut self, n: &Node<'_>, out: &mut Listen) -> bool {
-        let Some(m) = self.mapping(n, "listen", &["http", "admin", "socks5"], NOT_YET_LISTEN)
-        else {
+        let Some(m) = self.mapping(
+            n,
+            "listen",
+            &["http", "admin", "socks5", "dns"],
+            NOT_YET_LISTEN,
+        ) else {
             return false;
         };
         for (key, v) in m {
@@ -486,10 +486,100 @@ impl Cx<'_> {
             match key {
                 "http" => out.http = addr,
                 "socks5" => out.socks5 = addr,
+                "dns" => out.dns = addr,
                 _ => out.admin = addr,
             }
         }
         true
+    }
+
+    fn dns(&mut self, n: &Node<'_>, out: &mut Dns) {
+        let known = [
+            "upstreams",
+            "upstream_timeout",
+            "answer_ttl_max",
+            "negative_ttl",
+            "cache_size",
+            "blocked_answer",
+            "rate_limit_qps",
+            "grants_max",
+            "tunnel_threshold",
+            "tunnel_window",
+            "tunnel_min_queries",
+        ];
+        let Some(m) = self.mapping(n, "dns", &known, &[]) else {
+            return;
+        };
+        for (key, v) in m {
+            let what = format!("dns.{key}");
+            match key {
+                "upstreams" => {
+                    if let Some(items) = self.seq(v, "dns.upstreams") {
+                        for item in items {
+                            if let Some(a) = self.socket(item, "a dns upstream") {
+                                out.upstreams.push(a);
+                            }
+                        }
+                    }
+                }
+                "upstream_timeout" | "answer_ttl_max" | "negative_ttl" | "tunnel_window" => {
+                    let Some(d) = self.duration(v, &what) else {
+                        continue;
+                    };
+                    if d.is_zero() && key != "negative_ttl" {
+                        self.err(v, format!("expected a duration above zero for {what}"));
+                    }
+                    match key {
+                        "upstream_timeout" => out.upstream_timeout = d,
+                        "answer_ttl_max" => out.answer_ttl_max = d,
+                        "negative_ttl" => out.negative_ttl = d,
+                        _ => out.tunnel_window = d,
+                    }
+                }
+                "cache_size" | "rate_limit_qps" | "grants_max" | "tunnel_min_queries" => {
+                    let Some(x) = self.positive(v, &what) else {
+                        continue;
+                    };
+                    match key {
+                        "cache_size" => out.cache_size = x,
+                        "rate_limit_qps" => out.rate_limit_qps = x,
+                        "grants_max" => out.grants_max = x,
+                        _ => out.tunnel_min_queries = x,
+                    }
+                }
+                "blocked_answer" => {
+                    let Some(s) = self.string(v, &what) else {
+                        continue;
+                    };
+                    match s.as_str() {
+                        "nxdomain" => out.blocked_answer = BlockedAnswer::Nxdomain,
+                        "refused" => out.blocked_answer = BlockedAnswer::Refused,
+                        _ => match s.parse::<std::net::IpAddr>() {
+                            Ok(ip) => out.blocked_answer = BlockedAnswer::Sinkhole(ip),
+                            Err(_) => self.err(
+                                v,
+                                format!(
+                                    "expected `nxdomain`, `refused` or a sinkhole IP address for dns.blocked_answer, found `{s}`"
+                                ),
+                            ),
+                        },
+                    }
+                }
+                _ => {
+                    let parsed = scalar(v)
+                        .filter(|_| plain(v))
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .filter(|x| *x > 0.0 && *x <= 1.0);
+                    match parsed {
+                        Some(x) => out.tunnel_threshold = x,
+                        None => self.err(
+                            v,
+                            "expected a number above 0 and at most 1 for dns.tunnel_threshold (e.g. `0.6`)",
+                        ),
+                    }
+                }
+            }
+        }
     }
 
     fn limits(&mut self, n: &Node<'_>, out: &mut Limits) {
@@ -1121,6 +1211,41 @@ mod admin_tests {
             "b.yaml:5:16: expected a number above zero for admin.top_entries",
             "b.yaml:6:17: expected at most 1000000 for admin.recent_flows",
             "b.yaml:7:16: expected a duration for admin.stale_after",
+        ] {
+            assert!(errs.contains(want), "{want}\nin\n{errs}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    #[test]
+    fn dns_keys_load_with_defaults_and_positioned_errors() {
+        let c = parse_config(
+            "listen:\n  dns: 127.0.0.1:0\ndns:\n  upstreams: [127.0.0.53:53]\n  blocked_answer: 0.0.0.0\n  tunnel_threshold: 0.8\n  negative_ttl: 0s\n",
+            "d.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.listen.dns, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(
+            c.dns.blocked_answer,
+            BlockedAnswer::Sinkhole("0.0.0.0".parse().unwrap())
+        );
+        assert_eq!(c.dns.tunnel_threshold, 0.8);
+        assert_eq!(c.dns.negative_ttl, Duration::ZERO);
+        assert_eq!(c.dns.rate_limit_qps, Dns::default().rate_limit_qps);
+
+        let bad = "listen:\n  dns: 127.0.0.1:5353\ndns:\n  upstreams: [127.0.0.1:5353]\n  blocked_answer: sinkhole\n  tunnel_threshold: 2\n  rate_limit_qps: 0\n  upstream_timeout: 0s\n  cache: 5\n";
+        let errs = parse_config(bad, "b.yaml").unwrap_err().to_string();
+        for want in [
+            "b.yaml:1:1: dns.upstreams names listen.dns (127.0.0.1:5353)",
+            "b.yaml:5:19: expected `nxdomain`, `refused` or a sinkhole IP address",
+            "b.yaml:6:21: expected a number above 0 and at most 1",
+            "b.yaml:7:19: expected a number above zero for dns.rate_limit_qps",
+            "b.yaml:8:21: expected a duration above zero for dns.upstream_timeout",
+            "b.yaml:9:3: unknown key `cache` in dns",
         ] {
             assert!(errs.contains(want), "{want}\nin\n{errs}");
         }

@@ -6,7 +6,12 @@
 //! The model is plain data. It does no I/O: a `password_hash_file` is a path
 //! that the binary reads.
 
-use std::{borrow::Cow, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -65,6 +70,10 @@ pub struct Listen {
     /// `127.0.0.1:1080`.
     #[schemars(with = "Option<String>")]
     pub socks5: Option<SocketAddr>,
+    /// Filtering DNS forwarder, UDP and TCP on the same address, e.g.
+    /// `127.0.0.1:5353`.
+    #[schemars(with = "Option<String>")]
+    pub dns: Option<SocketAddr>,
 }
 
 /// Admin listener settings.
@@ -255,14 +264,99 @@ fn redact<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
-/// Name resolution settings.
-#[derive(Debug, Clone, Default, Serialize, JsonSchema, PartialEq)]
+/// Name resolution settings: the dialer's resolver and the DNS forwarder
+/// (`listen.dns`). Durations are written `500ms`, `10s`, `5m`, `1h`.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     /// Resolvers (`ip:port`); default: the system resolver.
     #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub upstreams: Vec<SocketAddr>,
+    /// Time allowed for one upstream to answer before the next is tried.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub upstream_timeout: Duration,
+    /// Longest TTL cached and handed to clients (longer TTLs are capped).
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub answer_ttl_max: Duration,
+    /// Longest time a negative answer (NXDOMAIN, no data) is cached.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub negative_ttl: Duration,
+    /// Answers cached at most.
+    pub cache_size: u32,
+    /// The answer to a name the zone may not resolve: `nxdomain`,
+    /// `refused`, or a sinkhole address.
+    pub blocked_answer: BlockedAnswer,
+    /// Queries a second one source may send (token bucket, burst of the
+    /// same size); more are dropped.
+    pub rate_limit_qps: u32,
+    /// DNS-derived grants (zone, address → name) remembered at most.
+    pub grants_max: u32,
+    /// Tunnelling score (0 to 1) at which a registrable domain raises an alert.
+    pub tunnel_threshold: f64,
+    /// The window over which tunnelling signals are measured.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub tunnel_window: Duration,
+    /// Queries for one registrable domain in a window before it is scored.
+    pub tunnel_min_queries: u32,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            upstreams: Vec::new(),
+            upstream_timeout: Duration::from_secs(2),
+            answer_ttl_max: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(60),
+            cache_size: 10_000,
+            blocked_answer: BlockedAnswer::Nxdomain,
+            rate_limit_qps: 1000,
+            grants_max: 100_000,
+            tunnel_threshold: 0.6,
+            tunnel_window: Duration::from_secs(60),
+            tunnel_min_queries: 20,
+        }
+    }
+}
+
+/// What the DNS forwarder answers for a name the zone may not resolve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BlockedAnswer {
+    /// `NXDOMAIN`: the name does not exist.
+    #[default]
+    Nxdomain,
+    /// `REFUSED`.
+    Refused,
+    /// A sinkhole address for queries of its family (A or AAAA); other
+    /// types get an empty answer.
+    Sinkhole(IpAddr),
+}
+
+impl Serialize for BlockedAnswer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BlockedAnswer::Nxdomain => s.serialize_str("nxdomain"),
+            BlockedAnswer::Refused => s.serialize_str("refused"),
+            BlockedAnswer::Sinkhole(ip) => s.serialize_str(&ip.to_string()),
+        }
+    }
+}
+
+impl JsonSchema for BlockedAnswer {
+    fn schema_name() -> Cow<'static, str> {
+        "BlockedAnswer".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`nxdomain`, `refused`, or a sinkhole IP address.",
+            "type": "string"
+        })
+    }
 }
 
 /// Connection limits and timeouts. Durations are written `500ms`, `10s`, `5m`, `1h`.

@@ -59,6 +59,8 @@ pub struct Sluice {
     pub admin: Option<SocketAddr>,
     /// Where the SOCKS5 proxy listens, if configured.
     pub socks5: Option<SocketAddr>,
+    /// Where the DNS listener listens (UDP and TCP), if configured.
+    pub dns: Option<SocketAddr>,
     /// The configuration file (rewrite it to test reloads).
     pub config: PathBuf,
     /// The flow log.
@@ -109,6 +111,9 @@ impl Sluice {
                 if let Some(a) = line.strip_prefix("sluice: SOCKS5 proxy listening on ") {
                     let _ = tx.send(("socks5", a.to_owned()));
                 }
+                if let Some(a) = line.strip_prefix("sluice: DNS listening on ") {
+                    let _ = tx.send(("dns", a.to_owned()));
+                }
                 if let Some(a) = line.strip_prefix("sluice: admin listening on http://") {
                     let _ = tx.send(("admin", a.split('/').next().unwrap_or("").to_owned()));
                 }
@@ -119,12 +124,14 @@ impl Sluice {
             }
         });
         let (mut http, mut admin, mut socks5) = (None, None, None);
+        let mut dns = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(("http", a)) => http = Some(a.parse().unwrap()),
                 Ok(("admin", a)) => admin = Some(a.parse().unwrap()),
+                Ok(("dns", a)) => dns = Some(a.parse().unwrap()),
                 Ok(("socks5", a)) => socks5 = Some(a.parse().unwrap()),
                 Ok(_) => break,
                 Err(_) => panic!("sluice did not start: {:?}", stderr.lock().unwrap()),
@@ -135,6 +142,7 @@ impl Sluice {
             http: http.expect("http address"),
             admin,
             socks5,
+            dns,
             config: config.to_path_buf(),
             flows,
             stderr,
@@ -720,4 +728,229 @@ pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+// === a fixture DNS server with records, CNAME chains and truncation ===
+
+/// A record of a [`FixtureDns`]: `("A", "93.184.216.34")`,
+/// `("AAAA", "2606:2800::1")`, `("CNAME", "edge.cdn.test")`, `("TXT", "...")`.
+pub type FixtureRecord = (&'static str, String);
+
+/// A small authoritative-style DNS server on 127.0.0.1 (UDP and TCP, same
+/// port) built on hickory-proto, for tests that need more than [`StubDns`]:
+/// TTLs, CNAME chains (followed like a recursive resolver would),
+/// TXT records, NXDOMAIN and NODATA with an SOA, and truncation of UDP
+/// answers larger than the client's EDNS size (the client must retry over
+/// TCP). Every name's records are replaceable while it runs.
+pub struct FixtureDns {
+    /// Where it listens (UDP and TCP).
+    pub addr: SocketAddr,
+    zone: FixtureZone,
+    queries: DnsMap<usize>,
+    tcp_queries: Arc<AtomicUsize>,
+}
+
+impl FixtureDns {
+    /// Starts an empty server.
+    pub fn start() -> FixtureDns {
+        let zone = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let queries: DnsMap<usize> = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let tcp_queries = Arc::new(AtomicUsize::new(0));
+        let (udp, tcp) = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        let (z, q) = (zone.clone(), queries.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                if let Some(r) = fixture_answer(&buf[..n], &z, &q, true) {
+                    let _ = udp.send_to(&r, from);
+                }
+            }
+        });
+        let (z, q, t) = (zone.clone(), queries.clone(), tcp_queries.clone());
+        std::thread::spawn(move || {
+            for s in tcp.incoming() {
+                let Ok(mut s) = s else { continue };
+                let (z, q, t) = (z.clone(), q.clone(), t.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    loop {
+                        let mut len = [0u8; 2];
+                        if s.read_exact(&mut len).is_err() {
+                            return;
+                        }
+                        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                        if s.read_exact(&mut msg).is_err() {
+                            return;
+                        }
+                        t.fetch_add(1, Ordering::SeqCst);
+                        let Some(r) = fixture_answer(&msg, &z, &q, false) else {
+                            return;
+                        };
+                        let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                        out.extend_from_slice(&r);
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FixtureDns {
+            addr,
+            zone,
+            queries,
+            tcp_queries,
+        }
+    }
+
+    /// Replaces the records of `name` (each `(type, data)`) with TTL `ttl`.
+    pub fn set(&self, name: &str, ttl: u32, records: &[(&str, &str)]) {
+        let list = records
+            .iter()
+            .map(|(t, d)| (t.to_ascii_uppercase(), (*d).to_owned(), ttl))
+            .collect();
+        self.zone
+            .lock()
+            .unwrap()
+            .insert(name.trim_end_matches('.').to_ascii_lowercase(), list);
+    }
+
+    /// How many queries (any type, UDP or TCP) asked for `name`.
+    pub fn queries_for(&self, name: &str) -> usize {
+        self.queries
+            .lock()
+            .unwrap()
+            .get(&name.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Queries received over TCP.
+    pub fn tcp_queries(&self) -> usize {
+        self.tcp_queries.load(Ordering::SeqCst)
+    }
+}
+
+/// A UDP address that never answers (a dead upstream), kept bound while
+/// the returned socket lives.
+pub fn silent_udp() -> (SocketAddr, std::net::UdpSocket) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    (s.local_addr().unwrap(), s)
+}
+
+type FixtureZone = Arc<Mutex<std::collections::HashMap<String, Vec<(String, String, u32)>>>>;
+
+fn fixture_answer(
+    q: &[u8],
+    zone: &FixtureZone,
+    queries: &DnsMap<usize>,
+    udp: bool,
+) -> Option<Vec<u8>> {
+    use hickory_proto::{
+        op::{Edns, Message, MessageType, OpCode, ResponseCode},
+        rr::{
+            Name, RData, Record, RecordType,
+            rdata::{A, AAAA, CNAME, SOA, TXT},
+        },
+    };
+    let req = Message::from_vec(q).ok()?;
+    if req.metadata.message_type != MessageType::Query || req.queries.len() != 1 {
+        return None;
+    }
+    let query = req.queries[0].clone();
+    let qtype = query.query_type();
+    let key = |n: &Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    *queries
+        .lock()
+        .unwrap()
+        .entry(key(query.name()))
+        .or_default() += 1;
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.add_query(query.clone());
+    if let Some(e) = &req.edns {
+        let mut mine = Edns::new();
+        mine.set_max_payload(e.max_payload().max(512));
+        resp.set_edns(mine);
+    }
+    let zone = zone.lock().unwrap();
+    let mut name = query.name().clone();
+    let mut found = false;
+    for _ in 0..10 {
+        let Some(records) = zone.get(&key(&name)) else {
+            break;
+        };
+        found = true;
+        let cname = records.iter().find(|(t, _, _)| t == "CNAME");
+        if let (Some((_, target, ttl)), false) = (cname, qtype == RecordType::CNAME) {
+            let target = Name::from_ascii(format!("{}.", target.trim_end_matches('.'))).ok()?;
+            resp.add_answer(Record::from_rdata(
+                name.clone(),
+                *ttl,
+                RData::CNAME(CNAME(target.clone())),
+            ));
+            name = target;
+            found = false;
+            continue;
+        }
+        for (t, data, ttl) in records {
+            let rdata = match (t.as_str(), qtype) {
+                ("A", RecordType::A | RecordType::ANY) => RData::A(A(data.parse().ok()?)),
+                ("AAAA", RecordType::AAAA | RecordType::ANY) => {
+                    RData::AAAA(AAAA(data.parse().ok()?))
+                }
+                ("TXT", RecordType::TXT | RecordType::ANY) => {
+                    // Long texts become several character-strings of 255.
+                    let parts = data
+                        .as_bytes()
+                        .chunks(255)
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect();
+                    RData::TXT(TXT::new(parts))
+                }
+                _ => continue,
+            };
+            resp.add_answer(Record::from_rdata(name.clone(), *ttl, rdata));
+        }
+        break;
+    }
+    if resp.answers.is_empty() || !found {
+        if !found
+            && resp
+                .answers
+                .iter()
+                .all(|r| r.record_type() == RecordType::CNAME)
+        {
+            resp.metadata.response_code = if resp.answers.is_empty() {
+                ResponseCode::NXDomain
+            } else {
+                ResponseCode::NoError
+            };
+        }
+        let origin = Name::from_ascii("test.").ok()?;
+        let soa = SOA::new(
+            origin.clone(),
+            Name::from_ascii("hostmaster.test.").ok()?,
+            1,
+            3600,
+            600,
+            86400,
+            5,
+        );
+        resp.add_authority(Record::from_rdata(origin, 5, RData::SOA(soa)));
+    }
+    let mut out = resp.to_vec().ok()?;
+    let limit = usize::from(req.edns.as_ref().map_or(512, |e| e.max_payload().max(512)));
+    if udp && out.len() > limit {
+        out = resp.truncate().to_vec().ok()?;
+    }
+    Some(out)
 }

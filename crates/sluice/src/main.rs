@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use sluice_policy::{Destination, Policy, Request, Verdict};
 
 mod admin;
+mod dns;
 mod run;
 
 /// Sluice: an egress gateway. What is not explicitly allowed does not leave.

@@ -168,6 +168,15 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let socks5_addr = socks5.as_ref().map(TcpListener::local_addr).transpose()?;
     own.extend(socks5_addr);
+    let dns = match config.listen.dns {
+        Some(a) => Some(crate::dns::Bound::bind(a).await?),
+        None => None,
+    };
+    let dns_addr = dns
+        .as_ref()
+        .map(crate::dns::Bound::local_addr)
+        .transpose()?;
+    own.extend(dns_addr);
     dialer.set_own_addrs(own.clone());
 
     let view = Arc::new(FlowView::new(ViewLimits {
@@ -181,7 +190,12 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         metrics: metrics.clone(),
         view: view.clone(),
     });
-    let ctx = Arc::new(Ctx::new(version, dialer, recorder, metrics.clone()));
+    let mut ctx = Ctx::new(version, dialer, recorder, metrics.clone());
+    let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
+    if dns.is_some() {
+        ctx.set_grants(grants.clone());
+    }
+    let ctx = Arc::new(ctx);
     let token = match &config.admin.token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -214,6 +228,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     if let Some(a) = socks5_addr {
         eprintln!("sluice: SOCKS5 proxy listening on {a}");
     }
+    if let Some(a) = dns_addr {
+        eprintln!("sluice: DNS listening on {a}");
+    }
     describe_modes(&ctx.current.load().policy);
 
     let http_task = tokio::spawn(sluice_net::http::serve(http, ctx.clone()));
@@ -221,6 +238,10 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     if let Some(admin) = admin {
         tokio::spawn(crate::admin::serve(admin, ctx.clone(), status.clone()));
     }
+    let dns_tasks = match dns {
+        Some(d) => d.serve(ctx.clone(), &config, grants)?,
+        None => Vec::new(),
+    };
 
     let mut watch = FileWatch::new(path.as_deref());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -251,6 +272,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     );
     ctx.drain().begin();
     let _ = http_task.await;
+    for t in dns_tasks {
+        let _ = t.await;
+    }
     if let Some(t) = socks5_task {
         let _ = t.await;
     }

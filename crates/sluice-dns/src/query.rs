@@ -1,0 +1,256 @@
+//! Client packets to questions, and the small answers that need no
+//! upstream. Pure: no I/O, so the fuzz target drives it directly.
+//!
+//! The wire format is hickory-proto's; its decoder already refuses
+//! compression loops and forward pointers, labels over 63 and names over
+//! 255 octets, and counts that promise more records than the packet holds.
+//! What it accepts is then held to what a stub resolver sends: one
+//! question, class IN, no records outside the additional section.
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{DNSClass, Name, RecordType},
+};
+
+/// The UDP payload Sluice advertises and accepts at most (DNS flag day 2020).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// One client question, checked.
+#[derive(Debug, Clone)]
+pub struct Question {
+    /// The message id to echo.
+    pub id: u16,
+    /// Recursion desired, echoed.
+    pub recursion_desired: bool,
+    /// Checking disabled, echoed.
+    pub checking_disabled: bool,
+    /// The client's UDP payload size when it sent EDNS (`None`: plain DNS,
+    /// 512 octets).
+    pub edns_payload: Option<u16>,
+    /// The question as asked.
+    pub query: Query,
+    /// The name as the policy judges it: lower-case, no trailing dot; `None`
+    /// when some label holds octets no host name has (the policy then
+    /// denies it as an invalid destination).
+    pub name: Option<String>,
+}
+
+/// Why a packet gets no forwarding.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Not worth an answer (too short to carry an id, or itself a response).
+    Drop,
+    /// Answer with this code and nothing else.
+    Answer(Vec<u8>),
+}
+
+// === impl Question ===
+
+impl Question {
+    /// The query type.
+    pub fn qtype(&self) -> RecordType {
+        self.query.query_type()
+    }
+
+    /// The largest response the client accepts over UDP.
+    pub fn udp_limit(&self) -> usize {
+        usize::from(
+            self.edns_payload
+                .map_or(512, |p| p.clamp(512, MAX_UDP_PAYLOAD)),
+        )
+    }
+
+    /// A response skeleton for this question: id, flags, question, EDNS.
+    pub fn response(&self, code: ResponseCode) -> Message {
+        let mut m = Message::response(self.id, OpCode::Query);
+        m.metadata.recursion_desired = self.recursion_desired;
+        m.metadata.recursion_available = true;
+        m.metadata.checking_disabled = self.checking_disabled;
+        m.metadata.response_code = code;
+        m.add_query(self.query.clone());
+        if self.edns_payload.is_some() {
+            let mut e = Edns::new();
+            e.set_max_payload(MAX_UDP_PAYLOAD);
+            m.set_edns(e);
+        }
+        m
+    }
+}
+
+/// Parses a client packet into a question, or the answer it gets instead.
+pub fn parse(packet: &[u8]) -> Result<Question, Refusal> {
+    if packet.len() < 12 {
+        return Err(Refusal::Drop);
+    }
+    let id = u16::from_be_bytes([packet[0], packet[1]]);
+    // QR set: a response, never answered (no reflection loops).
+    if packet[2] & 0x80 != 0 {
+        return Err(Refusal::Drop);
+    }
+    let opcode = (packet[2] >> 3) & 0x0f;
+    let Ok(msg) = Message::from_vec(packet) else {
+        return Err(bare(id, opcode, ResponseCode::FormErr));
+    };
+    if msg.metadata.message_type != MessageType::Query {
+        return Err(Refusal::Drop);
+    }
+    if msg.metadata.op_code != OpCode::Query {
+        return Err(bare(id, opcode, ResponseCode::NotImp));
+    }
+    if msg.queries.len() != 1 || !msg.answers.is_empty() || !msg.authorities.is_empty() {
+        return Err(bare(id, opcode, ResponseCode::FormErr));
+    }
+    let query = msg.queries[0].clone();
+    let q = Question {
+        id,
+        recursion_desired: msg.metadata.recursion_desired,
+        checking_disabled: msg.metadata.checking_disabled,
+        edns_payload: msg.edns.as_ref().map(Edns::max_payload),
+        name: normalise(query.name()),
+        query,
+    };
+    let refuse = |code| Err(Refusal::Answer(encode(&q.response(code))));
+    if q.query.query_class() != DNSClass::IN {
+        return refuse(ResponseCode::NotImp);
+    }
+    match q.qtype() {
+        // Zone transfers and meta types a forwarder does not pass on.
+        RecordType::AXFR | RecordType::IXFR | RecordType::OPT | RecordType::TSIG => {
+            refuse(ResponseCode::Refused)
+        }
+        _ => Ok(q),
+    }
+}
+
+/// A header-only answer for a packet whose question could not be read.
+fn bare(id: u16, opcode: u8, code: ResponseCode) -> Refusal {
+    let mut m = Message::response(id, OpCode::from_u8(opcode));
+    m.metadata.response_code = code;
+    Refusal::Answer(encode(&m))
+}
+
+/// Encodes a message built here; an encoding failure (a name too long
+/// after edits cannot happen: names come from decoded packets) yields a
+/// SERVFAIL header.
+pub fn encode(m: &Message) -> Vec<u8> {
+    match m.to_vec() {
+        Ok(v) => v,
+        Err(_) => {
+            let id = m.metadata.id.to_be_bytes();
+            vec![id[0], id[1], 0x81, 0x82, 0, 0, 0, 0, 0, 0, 0, 0]
+        }
+    }
+}
+
+/// The name as policy text, if every label is a host-name label
+/// (`[A-Za-z0-9_-]`, plus a leading `*` label).
+pub fn normalise(name: &Name) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    for (i, label) in name.iter().enumerate() {
+        let ok = !label.is_empty()
+            && (label
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+                || (i == 0 && label == b"*"));
+        if !ok {
+            return None;
+        }
+        if i > 0 {
+            out.push('.');
+        }
+        out.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    }
+    if out.is_empty() { None } else { Some(out) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        m.to_vec().unwrap()
+    }
+
+    fn rcode(v: &[u8]) -> u8 {
+        v[3] & 0x0f
+    }
+
+    #[test]
+    fn reads_a_plain_question() {
+        let q = parse(&query("Api.Example.COM.", RecordType::AAAA)).unwrap();
+        assert_eq!(q.name.as_deref(), Some("api.example.com"));
+        assert_eq!(q.qtype(), RecordType::AAAA);
+        assert_eq!(q.udp_limit(), 512);
+        assert!(q.recursion_desired);
+    }
+
+    #[test]
+    fn odd_names_are_kept_for_the_policy_to_deny() {
+        let name =
+            Name::from_labels(vec![b"a.b".to_vec(), b"example".to_vec(), b"com".to_vec()]).unwrap();
+        let mut m = Message::query();
+        m.add_query(Query::query(name, RecordType::A));
+        let q = parse(&m.to_vec().unwrap()).unwrap();
+        assert_eq!(q.name, None);
+    }
+
+    #[test]
+    fn malformed_packets_are_dropped_or_formerr() {
+        assert!(matches!(parse(&[]), Err(Refusal::Drop)));
+        assert!(matches!(parse(&[0; 11]), Err(Refusal::Drop)));
+        // A response is never answered.
+        let mut resp = query("example.com.", RecordType::A);
+        resp[2] |= 0x80;
+        assert!(matches!(parse(&resp), Err(Refusal::Drop)));
+        // Counts that lie: two questions promised, one present.
+        let mut lying = query("example.com.", RecordType::A);
+        lying[5] = 2;
+        let Err(Refusal::Answer(a)) = parse(&lying) else {
+            panic!("lying count")
+        };
+        assert_eq!(rcode(&a), 1);
+        assert_eq!(&a[..2], &lying[..2]);
+        // A compression pointer to itself.
+        let mut looped = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        let Err(Refusal::Answer(a)) = parse(&looped) else {
+            panic!("pointer loop")
+        };
+        assert_eq!(rcode(&a), 1);
+        // A label of 64 octets.
+        let mut long = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 64];
+        long.extend_from_slice(&[b'a'; 64]);
+        long.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(matches!(parse(&long), Err(Refusal::Answer(a)) if rcode(&a) == 1));
+        // A name over 255 octets: five labels of 63.
+        let mut huge = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for _ in 0..5 {
+            huge.push(63);
+            huge.extend_from_slice(&[b'a'; 63]);
+        }
+        huge.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(matches!(parse(&huge), Err(Refusal::Answer(a)) if rcode(&a) == 1));
+        // Truncated after the header.
+        let short = &query("example.com.", RecordType::A)[..15];
+        assert!(matches!(parse(short), Err(Refusal::Answer(a)) if rcode(&a) == 1));
+    }
+
+    #[test]
+    fn transfers_and_other_classes_are_refused() {
+        let Err(Refusal::Answer(a)) = parse(&query("example.com.", RecordType::AXFR)) else {
+            panic!("axfr")
+        };
+        assert_eq!(rcode(&a), 5);
+        let mut chaos = Message::query();
+        let mut q = Query::query(Name::from_ascii("version.bind.").unwrap(), RecordType::TXT);
+        q.set_query_class(DNSClass::CH);
+        chaos.add_query(q);
+        let Err(Refusal::Answer(a)) = parse(&chaos.to_vec().unwrap()) else {
+            panic!("chaos")
+        };
+        assert_eq!(rcode(&a), 4);
+    }
+}

@@ -1,0 +1,307 @@
+//! Tunnelling signals per zone and registrable domain (Public Suffix List,
+//! compiled in by the `psl` crate: no network at run time).
+//!
+//! Data leaves through DNS as many unique, long, random-looking labels
+//! under one domain, often asking TXT, NULL or ANY for room in the answer.
+//! Over a window (`dns.tunnel_window`), each (zone, registrable domain)
+//! keeps the query count, the distinct subdomains, the length and Shannon
+//! entropy of the part left of the registrable domain, and the share of
+//! TXT/NULL/ANY queries. Once it has `dns.tunnel_min_queries`, a score is
+//! computed, each signal normalised to 0..1:
+//!
+//! ```text
+//! score = 0.30 * unique   (distinct subdomains / queries)
+//!       + 0.25 * length   (mean subdomain length / 40, at most 1)
+//!       + 0.25 * entropy  (mean bits per character / 4, at most 1)
+//!       + 0.20 * types    (share of TXT, NULL and ANY)
+//! ```
+//!
+//! A score at `dns.tunnel_threshold` or above raises one alert per domain
+//! and window. Ordinary browsing repeats a few short names (score near
+//! 0.1); a tunnel sends unique 50-character base32 labels (0.8 with A
+//! queries, 1.0 with TXT). Memory is bounded by [`MAX_DOMAINS`]; the
+//! distinct subdomains of one domain by [`MAX_SUBDOMAINS`] hashes.
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::RandomState},
+    hash::BuildHasher,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hickory_proto::rr::RecordType;
+
+/// (zone, domain) windows tracked at most.
+pub const MAX_DOMAINS: usize = 10_000;
+/// Distinct subdomains remembered per window (the count saturates there).
+pub const MAX_SUBDOMAINS: usize = 4_096;
+
+/// Detector settings (from `dns:`).
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelSettings {
+    /// Score that raises an alert.
+    pub threshold: f64,
+    /// Measurement window.
+    pub window: Duration,
+    /// Queries in a window before scoring.
+    pub min_queries: u32,
+}
+
+/// One alert: the signals that raised it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// The zone the queries came from.
+    pub zone: Arc<str>,
+    /// The registrable domain.
+    pub domain: String,
+    /// The score (0..1).
+    pub score: f64,
+    /// Queries in the window so far.
+    pub queries: u32,
+    /// Queries a second over the window so far.
+    pub qps: f64,
+    /// Distinct subdomains.
+    pub unique: usize,
+    /// Mean subdomain length.
+    pub mean_len: f64,
+    /// Longest label seen.
+    pub max_label: usize,
+    /// Mean Shannon entropy, bits per character.
+    pub entropy: f64,
+    /// Share of TXT, NULL and ANY queries.
+    pub odd_types: f64,
+}
+
+/// The detector: windows by (zone, registrable domain).
+#[derive(Debug)]
+pub struct TunnelDetector {
+    settings: TunnelSettings,
+    hasher: RandomState,
+    windows: Mutex<HashMap<WindowKey, Window>>,
+}
+
+/// (zone, registrable domain).
+type WindowKey = (Arc<str>, Box<str>);
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    queries: u32,
+    odd: u32,
+    subs: HashSet<u64>,
+    len_sum: u64,
+    entropy_sum: f64,
+    max_label: usize,
+    alerted: bool,
+}
+
+// === impl TunnelDetector ===
+
+impl TunnelDetector {
+    /// A detector with `settings`.
+    pub fn new(settings: TunnelSettings) -> TunnelDetector {
+        TunnelDetector {
+            settings,
+            hasher: RandomState::new(),
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one query of `zone` for `name` (normalised); an alert when
+    /// this query takes its domain over the threshold.
+    pub fn observe(
+        &self,
+        zone: &Arc<str>,
+        name: &str,
+        qtype: RecordType,
+        now: Instant,
+    ) -> Option<Alert> {
+        let domain = psl::domain_str(name).unwrap_or(name);
+        let sub = name
+            .strip_suffix(domain)
+            .map_or("", |s| s.trim_end_matches('.'));
+        let mut windows = self.windows.lock().ok()?;
+        let key = (zone.clone(), Box::from(domain));
+        if !windows.contains_key(&key) && windows.len() >= MAX_DOMAINS {
+            let window = self.settings.window;
+            windows.retain(|_, w| now.saturating_duration_since(w.start) < window);
+            if windows.len() >= MAX_DOMAINS {
+                return None;
+            }
+        }
+        let w = windows.entry(key).or_insert_with(|| Window::new(now));
+        if now.saturating_duration_since(w.start) >= self.settings.window {
+            *w = Window::new(now);
+        }
+        w.queries = w.queries.saturating_add(1);
+        if matches!(qtype, RecordType::TXT | RecordType::NULL | RecordType::ANY) {
+            w.odd += 1;
+        }
+        if w.subs.len() < MAX_SUBDOMAINS {
+            w.subs.insert(self.hasher.hash_one(sub));
+        }
+        w.len_sum += sub.len() as u64;
+        w.entropy_sum += entropy(sub);
+        w.max_label = w
+            .max_label
+            .max(sub.split('.').map(str::len).max().unwrap_or(0));
+        if w.alerted || w.queries < self.settings.min_queries {
+            return None;
+        }
+        let n = f64::from(w.queries);
+        let unique = w.subs.len() as f64 / n;
+        let mean_len = w.len_sum as f64 / n;
+        let mean_entropy = w.entropy_sum / n;
+        let odd = f64::from(w.odd) / n;
+        let score = 0.30 * unique.min(1.0)
+            + 0.25 * (mean_len / 40.0).min(1.0)
+            + 0.25 * (mean_entropy / 4.0).min(1.0)
+            + 0.20 * odd;
+        if score < self.settings.threshold {
+            return None;
+        }
+        w.alerted = true;
+        let secs = now
+            .saturating_duration_since(w.start)
+            .as_secs_f64()
+            .max(1.0);
+        Some(Alert {
+            zone: zone.clone(),
+            domain: domain.to_owned(),
+            score,
+            queries: w.queries,
+            qps: n / secs,
+            unique: w.subs.len(),
+            mean_len,
+            max_label: w.max_label,
+            entropy: mean_entropy,
+            odd_types: odd,
+        })
+    }
+}
+
+// === impl Window ===
+
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
+            start: now,
+            queries: 0,
+            odd: 0,
+            subs: HashSet::new(),
+            len_sum: 0,
+            entropy_sum: 0.0,
+            max_label: 0,
+            alerted: false,
+        }
+    }
+}
+
+/// Shannon entropy of the characters of `s` (dots excluded), bits a character.
+pub fn entropy(s: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    let mut n = 0u32;
+    for b in s.bytes().filter(|b| *b != b'.') {
+        counts[usize::from(b)] += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    let n = f64::from(n);
+    counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector() -> TunnelDetector {
+        TunnelDetector::new(TunnelSettings {
+            threshold: 0.6,
+            window: Duration::from_secs(60),
+            min_queries: 20,
+        })
+    }
+
+    /// A deterministic base32-looking label of 50 characters.
+    fn random_label(seed: u64) -> String {
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..50)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(alphabet[(x % 32) as usize])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entropy_is_bits_per_character() {
+        assert_eq!(entropy("aaaa"), 0.0);
+        assert_eq!(entropy("ab"), 1.0);
+        assert!((entropy(&random_label(7)) - 4.5).abs() < 0.5);
+    }
+
+    #[test]
+    fn a_burst_of_random_subdomains_alerts_once() {
+        let d = detector();
+        let zone: Arc<str> = "web".into();
+        let t0 = Instant::now();
+        let alerts: Vec<Alert> = (0..60)
+            .filter_map(|i| {
+                let name = format!("{}.t.exfil.co.uk", random_label(i));
+                d.observe(&zone, &name, RecordType::A, t0)
+            })
+            .collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!(a.domain, "exfil.co.uk");
+        assert!(a.score >= 0.6, "{a:?}");
+        assert_eq!(a.queries, 20);
+        assert_eq!(a.max_label, 50);
+        // The next window may alert again.
+        let later = t0 + Duration::from_secs(61);
+        let again = (100..140).find_map(|i| {
+            let name = format!("{}.exfil.co.uk", random_label(i));
+            d.observe(&zone, &name, RecordType::TXT, later)
+        });
+        assert!(again.is_some_and(|a| a.odd_types == 1.0));
+    }
+
+    #[test]
+    fn ordinary_traffic_stays_quiet() {
+        let d = detector();
+        let zone: Arc<str> = "web".into();
+        let t0 = Instant::now();
+        let names = [
+            "www.example.com",
+            "example.com",
+            "api.example.com",
+            "cdn1.example.com",
+            "img.example.com",
+            "static.example.com",
+        ];
+        for i in 0..500 {
+            let name = names[i % names.len()];
+            assert_eq!(d.observe(&zone, name, RecordType::A, t0), None);
+            assert_eq!(d.observe(&zone, name, RecordType::AAAA, t0), None);
+        }
+        // Many distinct but short hosts under one domain.
+        for i in 0..200 {
+            let name = format!("host{i}.corp.example.org");
+            assert_eq!(d.observe(&zone, &name, RecordType::A, t0), None);
+        }
+    }
+}

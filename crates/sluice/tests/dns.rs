@@ -1,0 +1,409 @@
+//! The DNS listener through the real binary, asked with `dig`
+//! (bind9-dnsutils), forwarding to a fixture DNS server (testkit
+//! `FixtureDns`): allowed, denied and wildcard names, a source in no zone,
+//! CNAME chains into an unlisted CDN name and into a denied name, special
+//! addresses stripped (rebinding), AAAA, TCP fallback for large answers,
+//! upstream failover, TTL expiry, a tunnelling burst against ordinary
+//! traffic, and malformed packets.
+
+// A test binary: its helpers may panic too, not only its `#[test]`s.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sluice_testkit::{FixtureDns, Sluice, TempDir, output_within, poll_until, silent_udp};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const T: Duration = Duration::from_secs(20);
+
+const ZONES: &str = r#"
+zones:
+  - name: lan
+    sources: [127.0.0.1/32]
+    allow:
+      - host: app.example.com
+        ports: [443]
+      - host: "*.allowed.test"
+        ports: [443]
+        id: allowed-wildcard
+      - cidr: 10.20.0.0/16
+        ports: [5432]
+    deny:
+      - host: "*.evil.test"
+"#;
+
+/// Starts Sluice with a DNS listener asking `upstreams`, plus `extra` under `dns:`.
+fn sluice(upstreams: &[SocketAddr], extra: &str) -> Sluice {
+    let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+    let yaml = format!(
+        "listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  dns: 127.0.0.1:0\ndns:\n  upstreams: [{}]\n  upstream_timeout: 700ms\n{extra}{ZONES}",
+        list.join(", ")
+    );
+    let s = Sluice::start(BIN, &yaml);
+    assert!(s.dns.is_some(), "DNS address announced");
+    s
+}
+
+/// One `dig` answer: status, flags, answer lines, and the whole output.
+#[derive(Debug)]
+struct Dig {
+    status: String,
+    answers: Vec<String>,
+    text: String,
+}
+
+impl Dig {
+    /// The data of each answer record (`93.184.216.34`, `edge.cdn.test.`).
+    fn data(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+            .collect()
+    }
+
+    fn ttls(&self) -> Vec<u32> {
+        self.answers
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect()
+    }
+}
+
+fn dig(s: &Sluice, args: &[&str]) -> Dig {
+    let dns = s.dns.unwrap();
+    let out = output_within(
+        Command::new("dig")
+            .arg(format!("@{}", dns.ip()))
+            .args(["-p", &dns.port().to_string(), "+tries=1", "+time=5"])
+            .args(args),
+        T,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("")
+        .to_owned();
+    let answers = text
+        .split(";; ANSWER SECTION:\n")
+        .nth(1)
+        .map(|r| {
+            r.lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Dig {
+        status,
+        answers,
+        text,
+    }
+}
+
+/// The DNS records for `name` (waits for `n` of them in total).
+fn dns_records(s: &Sluice, n: usize, name: &str) -> Vec<Value> {
+    s.wait_records(n)
+        .into_iter()
+        .filter(|r| r["listener"] == "dns" && r["dst_host"] == name)
+        .collect()
+}
+
+#[test]
+fn allowed_denied_wildcard_and_sources_in_no_zone() {
+    let up = FixtureDns::start();
+    up.set("app.example.com", 300, &[("A", "93.184.216.34")]);
+    up.set("other.example.com", 300, &[("A", "93.184.216.35")]);
+    up.set("x.allowed.test", 300, &[("A", "93.184.216.36")]);
+    up.set("allowed.test", 300, &[("A", "93.184.216.37")]);
+    up.set("a.evil.test", 300, &[("A", "93.184.216.38")]);
+    let s = sluice(&[up.addr], "");
+
+    let d = dig(&s, &["app.example.com", "A"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.text);
+    assert_eq!(d.data(), ["93.184.216.34"]);
+    let d = dig(&s, &["X.Allowed.Test", "A"]);
+    assert_eq!(d.data(), ["93.184.216.36"], "{}", d.text);
+    // Names no host rule allows are still resolved for their addresses (the
+    // zone has a cidr allow rule), and answered only inside it.
+    for denied in ["other.example.com", "allowed.test", "a.evil.test"] {
+        let d = dig(&s, &[denied, "A"]);
+        assert_eq!(d.status, "NXDOMAIN", "{denied}: {}", d.text);
+        assert!(d.answers.is_empty());
+    }
+    // A deny rule, and any type but addresses, are never forwarded.
+    let d = dig(&s, &["other.example.com", "TXT"]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    assert_eq!(up.queries_for("other.example.com"), 1, "only the A query");
+    assert_eq!(
+        up.queries_for("a.evil.test"),
+        0,
+        "denied names never forwarded"
+    );
+    // A source in no zone: REFUSED, never forwarded.
+    let before = up.queries_for("app.example.com");
+    let d = dig(&s, &["-b", "127.0.0.2", "app.example.com", "A"]);
+    assert_eq!(d.status, "REFUSED", "{}", d.text);
+    assert_eq!(up.queries_for("app.example.com"), before);
+
+    let r = dns_records(&s, 6, "app.example.com");
+    let ok = r.iter().find(|r| r["verdict"] == "allow").unwrap();
+    assert_eq!(ok["protocol"], "dns");
+    assert_eq!(ok["qtype"], "A");
+    assert_eq!(ok["zone"], "lan");
+    assert_eq!(ok["rule"], "lan/allow/1");
+    assert_eq!(ok["answers"], serde_json::json!(["93.184.216.34"]));
+    let refused = r.iter().find(|r| r["verdict"] == "deny").unwrap();
+    assert_eq!(refused["rule"], "default/no-zone");
+    assert!(refused["src"].as_str().unwrap().starts_with("127.0.0.2:"));
+    let r = dns_records(&s, 7, "other.example.com");
+    assert!(
+        r.iter()
+            .all(|r| r["rule"] == "default" && r["verdict"] == "deny"),
+        "{r:?}"
+    );
+    let r = dns_records(&s, 6, "a.evil.test");
+    assert_eq!(r[0]["rule"], "lan/deny/1");
+    assert_eq!(r[0]["verdict"], "deny");
+    let r = dns_records(&s, 6, "x.allowed.test");
+    assert_eq!(r[0]["rule"], "allowed-wildcard");
+}
+
+#[test]
+fn cname_chains_to_a_cdn_name_answer_and_to_a_denied_name_do_not() {
+    let up = FixtureDns::start();
+    up.set(
+        "www.allowed.test",
+        300,
+        &[("CNAME", "edge.cdn-example.net")],
+    );
+    up.set("edge.cdn-example.net", 60, &[("A", "93.184.216.40")]);
+    up.set("leak.allowed.test", 300, &[("CNAME", "x.evil.test")]);
+    up.set("x.evil.test", 60, &[("A", "93.184.216.41")]);
+    let s = sluice(&[up.addr], "");
+
+    let d = dig(&s, &["www.allowed.test", "A"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.text);
+    assert_eq!(d.data(), ["edge.cdn-example.net.", "93.184.216.40"]);
+    let d = dig(&s, &["leak.allowed.test", "A"]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    assert!(d.answers.is_empty(), "{}", d.text);
+    let r = dns_records(&s, 2, "leak.allowed.test");
+    assert_eq!(r[0]["rule"], "lan/deny/1");
+    assert!(r[0]["reason"].as_str().unwrap().contains("CNAME"), "{r:?}");
+}
+
+#[test]
+fn special_addresses_are_stripped_and_aaaa_answers() {
+    let up = FixtureDns::start();
+    up.set(
+        "mixed.allowed.test",
+        300,
+        &[
+            ("A", "127.0.0.1"),
+            ("A", "93.184.216.34"),
+            ("A", "10.20.0.5"),
+        ],
+    );
+    up.set(
+        "rebind.allowed.test",
+        300,
+        &[("A", "169.254.169.254"), ("A", "192.168.1.1")],
+    );
+    up.set(
+        "six.allowed.test",
+        300,
+        &[
+            ("AAAA", "2606:2800:220:1::1"),
+            ("AAAA", "::1"),
+            ("AAAA", "::ffff:10.0.0.1"),
+        ],
+    );
+    let s = sluice(&[up.addr], "");
+
+    let d = dig(&s, &["mixed.allowed.test", "A"]);
+    // 10.20.0.0/16 is a cidr allow inside special space: it lifts the guard.
+    assert_eq!(d.data(), ["93.184.216.34", "10.20.0.5"], "{}", d.text);
+    let d = dig(&s, &["rebind.allowed.test", "A"]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    assert!(d.answers.is_empty());
+    let d = dig(&s, &["six.allowed.test", "AAAA"]);
+    assert_eq!(d.data(), ["2606:2800:220:1::1"], "{}", d.text);
+    let r = dns_records(&s, 3, "rebind.allowed.test");
+    assert_eq!(r[0]["rule"], "guard/special-address");
+    let r = dns_records(&s, 3, "six.allowed.test");
+    assert_eq!(r[0]["qtype"], "AAAA");
+    assert_eq!(r[0]["answers"], serde_json::json!(["2606:2800:220:1::1"]));
+}
+
+#[test]
+fn large_answers_fall_back_to_tcp() {
+    let up = FixtureDns::start();
+    let big = "v".repeat(3000);
+    up.set("big.allowed.test", 300, &[("TXT", big.as_str())]);
+    let s = sluice(&[up.addr], "");
+
+    let d = dig(&s, &["big.allowed.test", "TXT"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.text);
+    assert!(
+        d.text.contains("Truncated, retrying in TCP mode"),
+        "{}",
+        d.text
+    );
+    let joined: String = d.answers.concat().chars().filter(|c| *c == 'v').collect();
+    assert_eq!(joined.len(), 3000, "{}", d.text);
+    assert!(
+        up.tcp_queries() >= 1,
+        "Sluice retried its upstream over TCP"
+    );
+}
+
+#[test]
+fn a_dead_first_upstream_fails_over() {
+    let (dead, _keep) = silent_udp();
+    let up = FixtureDns::start();
+    up.set("app.example.com", 300, &[("A", "93.184.216.34")]);
+    let s = sluice(&[dead, up.addr], "");
+    let d = dig(&s, &["app.example.com", "A"]);
+    assert_eq!(d.data(), ["93.184.216.34"], "{}", d.text);
+}
+
+#[test]
+fn answers_are_cached_until_their_ttl_expires() {
+    let up = FixtureDns::start();
+    up.set("ttl.allowed.test", 2, &[("A", "93.184.216.34")]);
+    let s = sluice(&[up.addr], "");
+    let d = dig(&s, &["ttl.allowed.test", "A"]);
+    assert_eq!(d.data(), ["93.184.216.34"], "{}", d.text);
+    let d = dig(&s, &["ttl.allowed.test", "A"]);
+    assert_eq!(d.data(), ["93.184.216.34"]);
+    assert!(d.ttls().iter().all(|t| *t <= 2), "{}", d.text);
+    assert_eq!(
+        up.queries_for("ttl.allowed.test"),
+        1,
+        "second answer from the cache"
+    );
+    std::thread::sleep(Duration::from_millis(2200));
+    up.set("ttl.allowed.test", 2, &[("A", "93.184.216.35")]);
+    let d = dig(&s, &["ttl.allowed.test", "A"]);
+    assert_eq!(d.data(), ["93.184.216.35"], "{}", d.text);
+    assert_eq!(up.queries_for("ttl.allowed.test"), 2);
+    // Negative answers are cached too (the SOA says 5 s).
+    dig(&s, &["nothing.allowed.test", "A"]);
+    let d = dig(&s, &["nothing.allowed.test", "A"]);
+    assert_eq!(d.status, "NXDOMAIN");
+    assert_eq!(up.queries_for("nothing.allowed.test"), 1);
+}
+
+/// A base32-looking label of 50 characters.
+fn random_label(seed: u64) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..50)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(alphabet[(x % 32) as usize])
+        })
+        .collect()
+}
+
+#[test]
+fn a_tunnelling_burst_alerts_and_ordinary_traffic_does_not() {
+    let up = FixtureDns::start();
+    for n in ["app.example.com", "www.allowed.test", "img.allowed.test"] {
+        up.set(n, 300, &[("A", "93.184.216.34")]);
+    }
+    let s = sluice(&[up.addr], "  tunnel_min_queries: 20\n");
+    let dir = TempDir::new("dns-tunnel");
+
+    let ordinary = dir.path("ordinary.txt");
+    let lines: Vec<String> = (0..90)
+        .map(|i| {
+            let n = ["app.example.com", "www.allowed.test", "img.allowed.test"][i % 3];
+            format!("{n} A")
+        })
+        .collect();
+    std::fs::write(&ordinary, lines.join("\n")).unwrap();
+    dig(&s, &["+short", "-f", ordinary.to_str().unwrap()]);
+    dns_records(&s, 90, "app.example.com");
+    assert!(!s.wait_log("possible DNS tunnelling", Duration::from_millis(300)));
+    assert_eq!(
+        s.metric(r#"sluice_dns_tunnel_alerts_total{zone="lan"}"#),
+        0.0
+    );
+
+    let burst = dir.path("burst.txt");
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("{}.t.exfil-tunnel.test TXT", random_label(i)))
+        .collect();
+    std::fs::write(&burst, lines.join("\n")).unwrap();
+    dig(&s, &["+short", "-f", burst.to_str().unwrap()]);
+    assert!(
+        s.wait_log("possible DNS tunnelling", T),
+        "{:?}",
+        s.stderr.lock().unwrap()
+    );
+    let lines = s.stderr.lock().unwrap().clone();
+    let alert = lines
+        .iter()
+        .find(|l| l.contains("possible DNS tunnelling"))
+        .unwrap();
+    assert!(alert.contains("zone=lan"), "{alert}");
+    assert!(alert.contains("domain=exfil-tunnel.test"), "{alert}");
+    assert!(alert.contains("max_label_len=50"), "{alert}");
+    assert!(poll_until(T, || {
+        s.metric(r#"sluice_dns_tunnel_alerts_total{zone="lan"}"#) == 1.0
+    }));
+}
+
+#[test]
+fn malformed_packets_get_formerr_or_nothing_and_the_listener_lives_on() {
+    let up = FixtureDns::start();
+    up.set("app.example.com", 300, &[("A", "93.184.216.34")]);
+    let s = sluice(&[up.addr], "");
+    let dns = s.dns.unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let header = |qd: u8| vec![0xab, 0xcd, 0x01, 0x00, 0, qd, 0, 0, 0, 0, 0, 0];
+    let mut looped = header(1);
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    let mut long_label = header(1);
+    long_label.push(64);
+    long_label.extend_from_slice(&[b'a'; 64]);
+    long_label.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut lying = header(3);
+    lying.extend_from_slice(&[3, b'f', b'o', b'o', 0, 0, 1, 0, 1]);
+    let cases: Vec<(&str, Vec<u8>, Option<u8>)> = vec![
+        ("empty", vec![], None),
+        ("short header", vec![0xab, 0xcd, 0x01], None),
+        ("compression loop", looped, Some(1)),
+        ("label over 63", long_label, Some(1)),
+        ("counts that lie", lying, Some(1)),
+    ];
+    let mut buf = [0u8; 1500];
+    for (what, packet, rcode) in cases {
+        sock.send_to(&packet, dns).unwrap();
+        match (sock.recv_from(&mut buf), rcode) {
+            (Ok((n, _)), Some(code)) => {
+                assert!(n >= 12, "{what}");
+                assert_eq!(&buf[..2], &[0xab, 0xcd], "{what}");
+                assert_eq!(buf[3] & 0x0f, code, "{what}");
+            }
+            (Err(_), None) => {}
+            (got, want) => panic!("{what}: got {got:?}, want rcode {want:?}"),
+        }
+    }
+    let d = dig(&s, &["app.example.com", "A"]);
+    assert_eq!(d.data(), ["93.184.216.34"], "{}", d.text);
+}
