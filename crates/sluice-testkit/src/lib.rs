@@ -832,6 +832,11 @@ impl FixtureDns {
             .unwrap_or(0)
     }
 
+    /// Queries that carried an EDNS Client Subnet option.
+    pub fn ecs_seen(&self) -> usize {
+        self.queries_for("#ecs")
+    }
+
     /// Queries received over TCP.
     pub fn tcp_queries(&self) -> usize {
         self.tcp_queries.load(Ordering::SeqCst)
@@ -861,6 +866,18 @@ fn fixture_answer(
         },
     };
     let req = Message::from_vec(q).ok()?;
+    let subnet = hickory_proto::rr::rdata::opt::EdnsCode::Subnet;
+    if req
+        .edns
+        .as_ref()
+        .is_some_and(|e| e.option(subnet).is_some())
+    {
+        *queries
+            .lock()
+            .unwrap()
+            .entry("#ecs".to_owned())
+            .or_default() += 1;
+    }
     if req.metadata.message_type != MessageType::Query || req.queries.len() != 1 {
         return None;
     }

@@ -407,3 +407,43 @@ fn malformed_packets_get_formerr_or_nothing_and_the_listener_lives_on() {
     let d = dig(&s, &["app.example.com", "A"]);
     assert_eq!(d.data(), ["93.184.216.34"], "{}", d.text);
 }
+
+#[test]
+fn client_subnet_is_stripped_and_floods_are_rate_limited() {
+    let up = FixtureDns::start();
+    up.set("app.example.com", 300, &[("A", "93.184.216.34")]);
+    up.set("www.allowed.test", 300, &[("A", "93.184.216.35")]);
+    let s = sluice(&[up.addr], "  rate_limit_qps: 5\n");
+    let d = dig(&s, &["+subnet=198.51.100.0/24", "app.example.com", "A"]);
+    assert_eq!(d.data(), ["93.184.216.34"], "{}", d.text);
+    assert_eq!(up.queries_for("app.example.com"), 1);
+    assert_eq!(
+        up.ecs_seen(),
+        0,
+        "EDNS Client Subnet never reaches the upstream"
+    );
+
+    // A burst of 30 queries from one source: about the bucket's 5 answered.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let query: Vec<u8> = {
+        let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in ["www", "allowed", "test"] {
+            q.push(l.len() as u8);
+            q.extend_from_slice(l.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    };
+    for _ in 0..30 {
+        sock.send_to(&query, s.dns.unwrap()).unwrap();
+    }
+    let mut buf = [0u8; 512];
+    let mut answered = 0;
+    while sock.recv_from(&mut buf).is_ok() {
+        answered += 1;
+    }
+    assert!((1..=8).contains(&answered), "{answered} of 30 answered");
+    assert!(s.metric("sluice_dns_rate_limited_total") >= 20.0);
+}
