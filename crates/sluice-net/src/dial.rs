@@ -15,8 +15,12 @@ use hickory_resolver::{
     config::{LookupIpStrategy, NameServerConfig, ResolverConfig},
     net::runtime::TokioRuntimeProvider,
 };
+use sluice_observe::FlowRecord;
 use sluice_policy::{Decision, Destination, Policy, ids};
-use tokio::{net::TcpStream, task::JoinSet};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    task::JoinSet,
+};
 
 /// Delay before racing the next address (RFC 8305 "Connection Attempt Delay").
 const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
@@ -52,6 +56,32 @@ pub enum DialError {
     Timeout(Duration, Box<Decision>),
 }
 
+impl DialError {
+    /// Writes what the failure means into a flow record: the decision that
+    /// counted, the address tried and the error, as every listener records
+    /// it (each maps the failure to its own protocol's answer).
+    pub fn apply_to(&self, rec: &mut FlowRecord) {
+        match self {
+            DialError::Resolve { host, msg } => rec.error = Some(format!("resolve {host}: {msg}")),
+            DialError::Denied(d) => rec.apply_decision(d),
+            DialError::Connect {
+                addr,
+                msg,
+                decision,
+                ..
+            } => {
+                rec.apply_decision(decision);
+                rec.dst_ip = Some(addr.ip().to_string());
+                rec.error = Some(format!("connect {addr}: {msg}"));
+            }
+            DialError::Timeout(after, decision) => {
+                rec.apply_decision(decision);
+                rec.error = Some(format!("connect timed out after {}ms", after.as_millis()));
+            }
+        }
+    }
+}
+
 /// A connected, checked upstream.
 #[derive(Debug)]
 pub struct Dialed {
@@ -70,6 +100,9 @@ pub struct Dialer {
     resolver: TokioResolver,
     connect_timeout: Duration,
     own: RwLock<Vec<SocketAddr>>,
+    /// `SO_MARK` for every outbound socket (`listen.transparent_mark`), so
+    /// that a redirect ruleset can exempt Sluice's own traffic.
+    mark: Option<u32>,
 }
 
 impl Dialer {
@@ -102,7 +135,15 @@ impl Dialer {
             resolver,
             connect_timeout,
             own: RwLock::new(Vec::new()),
+            mark: None,
         })
+    }
+
+    /// Marks every outbound socket with `SO_MARK` `mark` (loop protection
+    /// behind a transparent redirect). Needs `CAP_NET_ADMIN`.
+    pub fn with_mark(mut self, mark: Option<u32>) -> Dialer {
+        self.mark = mark;
+        self
     }
 
     /// Declares the addresses Sluice listens on (never dialed: `guard/self`).
@@ -191,10 +232,25 @@ impl Dialer {
     ) -> Result<Dialed, DialError> {
         let started = Instant::now();
         let addrs = self.resolve(dest).await?;
-        let (decision, allowed) = self.vet(policy, decision, &addrs, port)?;
+        self.dial_addrs(policy, decision, &addrs, port, started)
+            .await
+    }
+
+    /// Vet and connect to addresses already resolved (by `resolve`, or the
+    /// one address a transparent client was redirected from); `started`
+    /// is when the dial stage began, for `Dialed::elapsed`.
+    pub async fn dial_addrs(
+        &self,
+        policy: &Policy,
+        decision: &Decision,
+        addrs: &[IpAddr],
+        port: u16,
+        started: Instant,
+    ) -> Result<Dialed, DialError> {
+        let (decision, allowed) = self.vet(policy, decision, addrs, port)?;
         let (stream, peer) = match tokio::time::timeout(
             self.connect_timeout,
-            happy_eyeballs(&allowed, port),
+            happy_eyeballs(&allowed, port, self.mark),
         )
         .await
         {
@@ -219,6 +275,19 @@ impl Dialer {
     }
 }
 
+/// One connection attempt, with the socket marked first when asked.
+async fn connect_one(a: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let sock = if a.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(m) = mark {
+        crate::sockopt::set_mark(&sock, m)?;
+    }
+    sock.connect(a).await
+}
+
 /// Interleaves families (first address's family first), as RFC 8305 asks.
 fn interleave(addrs: &[IpAddr]) -> Vec<IpAddr> {
     let first_v6 = addrs.first().is_some_and(IpAddr::is_ipv6);
@@ -237,13 +306,14 @@ fn interleave(addrs: &[IpAddr]) -> Vec<IpAddr> {
 async fn happy_eyeballs(
     addrs: &[IpAddr],
     port: u16,
+    mark: Option<u32>,
 ) -> Result<(TcpStream, SocketAddr), (SocketAddr, String, std::io::ErrorKind)> {
     let order = interleave(addrs);
     let mut pending = order.into_iter().map(|ip| SocketAddr::new(ip, port));
     let mut set = JoinSet::new();
     let mut last_err = None;
     let spawn = |set: &mut JoinSet<_>, a: SocketAddr| {
-        set.spawn(async move { (a, TcpStream::connect(a).await) });
+        set.spawn(async move { (a, connect_one(a, mark).await) });
     };
     if let Some(a) = pending.next() {
         spawn(&mut set, a);

@@ -10,6 +10,9 @@
 //!
 //! - `http`: the HTTP/1.1 forward proxy (CONNECT and absolute-form).
 //! - `socks5`: the SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 user/password).
+//! - `transparent`: connections redirected by nftables/iptables (Linux),
+//!   judged by SNI, `Host` or the original destination.
+//! - `sockopt`: `SO_ORIGINAL_DST` and `SO_MARK` behind safe wrappers.
 //! - `accept`: the accept loop every TCP listener shares (caps, drain).
 //! - `tunnel`: what every tunnel shares after the dial (fronting check,
 //!   relay outcome into the record).
@@ -25,8 +28,10 @@ pub mod dial;
 pub mod http;
 pub mod limits;
 pub mod relay;
+pub mod sockopt;
 pub mod socks5;
 pub mod tls;
+pub mod transparent;
 pub mod tunnel;
 
 use std::{

@@ -25,7 +25,7 @@ use std::{
 
 use crate::tls::{Hello, MAX_HELLO, parse_client_hello};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -162,7 +162,11 @@ enum Stop {
 
 /// Reads client bytes into `buf` until they hold a complete ClientHello,
 /// something that is not TLS, or the bounds are hit.
-async fn read_hello(r: &mut OwnedReadHalf, buf: &mut Vec<u8>, timeout: Duration) -> Hello {
+pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Hello {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match parse_client_hello(buf) {

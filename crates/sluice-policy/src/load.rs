@@ -139,7 +139,7 @@ fn is_null(n: &Node<'_>) -> bool {
 /// Features DESIGN.md names that this build does not implement yet. They are
 /// rejected, never silently ignored.
 const NOT_YET_TOP: &[&str] = &["routes", "inspect", "tls", "detect", "netflow", "geoip"];
-const NOT_YET_LISTEN: &[&str] = &["transparent"];
+const NOT_YET_LISTEN: &[&str] = &[];
 
 /// Admin paths that may be served without the bearer token.
 const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -290,6 +290,26 @@ impl Cx<'_> {
                     format!(
                         "expected `ip:port` for {what} (e.g. `127.0.0.1:3128` or `[::1]:3128`), found `{s}`"
                     ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A nonzero 32-bit `SO_MARK`, decimal or `0x` hexadecimal.
+    fn mark(&mut self, n: &Node<'_>) -> Option<u32> {
+        let parsed = scalar(n)
+            .filter(|_| plain(n))
+            .and_then(|s| match s.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => decimal(s).and_then(|v| u32::try_from(v).ok()),
+            });
+        match parsed {
+            Some(m) if m != 0 => Some(m),
+            _ => {
+                self.err(
+                    n,
+                    "expected a nonzero 32-bit mark for listen.transparent_mark, such as `0x5c` or `92`",
                 );
                 None
             }
@@ -473,20 +493,28 @@ impl Cx<'_> {
     }
 
     fn listen(&mut self, n: &Node<'_>, out: &mut Listen) -> bool {
-        let Some(m) = self.mapping(
-            n,
-            "listen",
-            &["http", "admin", "socks5", "dns"],
-            NOT_YET_LISTEN,
-        ) else {
+        let known = [
+            "http",
+            "admin",
+            "socks5",
+            "dns",
+            "transparent",
+            "transparent_mark",
+        ];
+        let Some(m) = self.mapping(n, "listen", &known, NOT_YET_LISTEN) else {
             return false;
         };
         for (key, v) in m {
+            if key == "transparent_mark" {
+                out.transparent_mark = self.mark(v);
+                continue;
+            }
             let addr = self.socket(v, &format!("listen.{key}"));
             match key {
                 "http" => out.http = addr,
                 "socks5" => out.socks5 = addr,
                 "dns" => out.dns = addr,
+                "transparent" => out.transparent = addr,
                 _ => out.admin = addr,
             }
         }

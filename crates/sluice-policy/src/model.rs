@@ -70,6 +70,14 @@ pub struct Listen {
     /// `127.0.0.1:1080`.
     #[schemars(with = "Option<String>")]
     pub socks5: Option<SocketAddr>,
+    /// Transparent listener (Linux), the target of an nftables `redirect`;
+    /// bind the gateway interface's address, e.g. `192.0.2.1:3129`.
+    #[schemars(with = "Option<String>")]
+    pub transparent: Option<SocketAddr>,
+    /// `SO_MARK` put on every socket Sluice dials, so that a redirect
+    /// ruleset can exempt Sluice's own traffic (loop protection); a number
+    /// such as `0x5c` or `92`. Needs `CAP_NET_ADMIN`.
+    pub transparent_mark: Option<u32>,
     /// Filtering DNS forwarder, UDP and TCP on the same address, e.g.
     /// `127.0.0.1:5353`.
     #[schemars(with = "Option<String>")]

@@ -59,6 +59,8 @@ pub struct Sluice {
     pub admin: Option<SocketAddr>,
     /// Where the SOCKS5 proxy listens, if configured.
     pub socks5: Option<SocketAddr>,
+    /// Where the transparent listener listens, if configured.
+    pub transparent: Option<SocketAddr>,
     /// Where the DNS listener listens (UDP and TCP), if configured.
     pub dns: Option<SocketAddr>,
     /// The configuration file (rewrite it to test reloads).
@@ -75,6 +77,12 @@ impl Sluice {
     /// Starts `bin run -c <file>` with `yaml` plus, unless the text already
     /// has them, `listen:` on 127.0.0.1:0 and `log.flows` to a file.
     pub fn start(bin: &str, yaml: &str) -> Sluice {
+        Self::start_in(&[], bin, yaml)
+    }
+
+    /// Like `start`, with the command run through `prefix` (e.g.
+    /// `["ip", "netns", "exec", "NS"]` to start it in a network namespace).
+    pub fn start_in(prefix: &[&str], bin: &str, yaml: &str) -> Sluice {
         let dir = TempDir::new("run");
         let flows = dir.path("flows.jsonl");
         let mut text = String::new();
@@ -87,11 +95,25 @@ impl Sluice {
         text.push_str(yaml);
         let config = dir.path("sluice.yaml");
         std::fs::write(&config, text).unwrap();
-        Self::start_file(bin, &config, flows, dir)
+        Self::start_file(prefix, bin, &config, flows, dir)
     }
 
-    fn start_file(bin: &str, config: &Path, flows: PathBuf, dir: TempDir) -> Sluice {
-        let mut child = Command::new(bin)
+    fn start_file(
+        prefix: &[&str],
+        bin: &str,
+        config: &Path,
+        flows: PathBuf,
+        dir: TempDir,
+    ) -> Sluice {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -111,6 +133,9 @@ impl Sluice {
                 if let Some(a) = line.strip_prefix("sluice: SOCKS5 proxy listening on ") {
                     let _ = tx.send(("socks5", a.to_owned()));
                 }
+                if let Some(a) = line.strip_prefix("sluice: transparent listener on ") {
+                    let _ = tx.send(("transparent", a.to_owned()));
+                }
                 if let Some(a) = line.strip_prefix("sluice: DNS listening on ") {
                     let _ = tx.send(("dns", a.to_owned()));
                 }
@@ -123,7 +148,7 @@ impl Sluice {
                 lines.lock().unwrap().push(line);
             }
         });
-        let (mut http, mut admin, mut socks5) = (None, None, None);
+        let (mut http, mut admin, mut socks5, mut transparent) = (None, None, None, None);
         let mut dns = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -131,8 +156,9 @@ impl Sluice {
             match rx.recv_timeout(left) {
                 Ok(("http", a)) => http = Some(a.parse().unwrap()),
                 Ok(("admin", a)) => admin = Some(a.parse().unwrap()),
-                Ok(("dns", a)) => dns = Some(a.parse().unwrap()),
                 Ok(("socks5", a)) => socks5 = Some(a.parse().unwrap()),
+                Ok(("transparent", a)) => transparent = Some(a.parse().unwrap()),
+                Ok(("dns", a)) => dns = Some(a.parse().unwrap()),
                 Ok(_) => break,
                 Err(_) => panic!("sluice did not start: {:?}", stderr.lock().unwrap()),
             }
@@ -142,6 +168,7 @@ impl Sluice {
             http: http.expect("http address"),
             admin,
             socks5,
+            transparent,
             dns,
             config: config.to_path_buf(),
             flows,
@@ -677,7 +704,7 @@ impl Sluice {
     /// (e.g. behind symlinks); `flows` is where its `log.flows` points and
     /// `dir` is kept alive with the process.
     pub fn start_at(bin: &str, config: &Path, flows: PathBuf, dir: TempDir) -> Sluice {
-        Self::start_file(bin, config, flows, dir)
+        Self::start_file(&[], bin, config, flows, dir)
     }
 
     /// `GET path` on the admin listener (5 s bound).
@@ -727,6 +754,102 @@ pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A test CA and a server certificate for `sans` (an openssl
+/// `subjectAltName` list such as `DNS:origin.test,IP:127.0.0.1`), made with
+/// the `openssl` CLI in `dir`.
+pub struct Certs {
+    /// The CA certificate (PEM) clients trust.
+    pub ca: PathBuf,
+    /// The server certificate (PEM).
+    pub cert: PathBuf,
+    /// The server key (PEM).
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for `sans` (see [`Certs`]).
+pub fn make_certs(dir: &TempDir, sans: &str) -> Certs {
+    let p = |n: &str| dir.path(n);
+    let ext = p("ext.cnf");
+    std::fs::write(
+        &ext,
+        format!(
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid,issuer\n\
+             subjectAltName={sans}\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = output_within(Command::new("openssl").args(args), Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: PathBuf| p.display().to_string();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Sluice Test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &s(p("ca.key")),
+        "-out",
+        &s(p("ca.pem")),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=origin.test",
+        "-keyout",
+        &s(p("server.key")),
+        "-out",
+        &s(p("server.csr")),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(p("server.csr")),
+        "-CA",
+        &s(p("ca.pem")),
+        "-CAkey",
+        &s(p("ca.key")),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &s(ext),
+        "-out",
+        &s(p("server.pem")),
+    ]);
+    Certs {
+        ca: p("ca.pem"),
+        cert: p("server.pem"),
+        key: p("server.key"),
     }
 }
 

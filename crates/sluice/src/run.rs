@@ -138,7 +138,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let (sink, writer) = FlowSink::start(target, sluice_observe::DEFAULT_CAPACITY, &metrics)
         .context("cannot open the flow log")?;
     let dialer = Dialer::new(&config.dns.upstreams, config.limits.connect_timeout)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_mark(config.listen.transparent_mark);
 
     let Some(http_addr) = config.listen.http else {
         bail!("no listener configured: set listen.http");
@@ -154,6 +155,15 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         ),
         None => None,
     };
+    let transparent = match config.listen.transparent {
+        Some(a) if cfg!(target_os = "linux") => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind the transparent listener on {a}"))?,
+        ),
+        Some(_) => bail!("listen.transparent needs Linux (SO_ORIGINAL_DST)"),
+        None => None,
+    };
     let socks5 = match config.listen.socks5 {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -166,6 +176,11 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     if let Some(a) = &admin {
         own.push(a.local_addr()?);
     }
+    let transparent_addr = transparent
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    own.extend(transparent_addr);
     let socks5_addr = socks5.as_ref().map(TcpListener::local_addr).transpose()?;
     own.extend(socks5_addr);
     let dns = match config.listen.dns {
@@ -225,6 +240,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
             "sluice: admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
         );
     }
+    if let Some(a) = transparent_addr {
+        eprintln!("sluice: transparent listener on {a}");
+    }
     if let Some(a) = socks5_addr {
         eprintln!("sluice: SOCKS5 proxy listening on {a}");
     }
@@ -235,6 +253,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 
     let http_task = tokio::spawn(sluice_net::http::serve(http, ctx.clone()));
     let socks5_task = socks5.map(|l| tokio::spawn(sluice_net::socks5::serve(l, ctx.clone())));
+    let transparent_task =
+        transparent.map(|l| tokio::spawn(sluice_net::transparent::serve(l, ctx.clone())));
     if let Some(admin) = admin {
         tokio::spawn(crate::admin::serve(admin, ctx.clone(), status.clone()));
     }
@@ -272,10 +292,13 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     );
     ctx.drain().begin();
     let _ = http_task.await;
-    for t in dns_tasks {
+    if let Some(t) = socks5_task {
         let _ = t.await;
     }
-    if let Some(t) = socks5_task {
+    if let Some(t) = transparent_task {
+        let _ = t.await;
+    }
+    for t in dns_tasks {
         let _ = t.await;
     }
     if !ctx.drain().wait_idle(drain_timeout).await {

@@ -12,14 +12,14 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use sluice_testkit::{Origin, Sluice, StubDns, TempDir, output_within};
+use sluice_testkit::{Certs, Origin, Sluice, StubDns, TempDir, make_certs, output_within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// Upper bound for any one client process.
@@ -185,95 +185,6 @@ fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (Bg, 
     (bg, port)
 }
 
-/// A test CA and a server certificate for `origin.test`, `other.test`,
-/// 127.0.0.1 and ::1, made with the `openssl` CLI.
-struct Certs {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_certs(dir: &TempDir) -> Certs {
-    let p = |n: &str| dir.path(n);
-    let ext = p("ext.cnf");
-    std::fs::write(
-        &ext,
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectKeyIdentifier=hash\n\
-         authorityKeyIdentifier=keyid,issuer\n\
-         subjectAltName=DNS:origin.test,DNS:other.test,IP:127.0.0.1,IP:::1\n",
-    )
-    .unwrap();
-    let run = |args: &[&str]| {
-        let out = output_within(Command::new("openssl").args(args), CLIENT_TIMEOUT);
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let s = |p: PathBuf| p.display().to_string();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Sluice Test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        &s(p("ca.key")),
-        "-out",
-        &s(p("ca.pem")),
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=origin.test",
-        "-keyout",
-        &s(p("server.key")),
-        "-out",
-        &s(p("server.csr")),
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &s(p("server.csr")),
-        "-CA",
-        &s(p("ca.pem")),
-        "-CAkey",
-        &s(p("ca.key")),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &s(ext),
-        "-out",
-        &s(p("server.pem")),
-    ]);
-    Certs {
-        ca: p("ca.pem"),
-        cert: p("server.pem"),
-        key: p("server.key"),
-    }
-}
-
 /// A TLS origin on `ip`: Python's http.server wrapped in `ssl`, answering
 /// `GET /PATH` with `hello tls /PATH`. The TLS handshake runs in the
 /// per-connection thread, so a tunnel that never sends a ClientHello does
@@ -317,7 +228,7 @@ struct TlsOrigin {
 
 fn tls_origin() -> TlsOrigin {
     let dir = TempDir::new("tls");
-    let certs = make_certs(&dir);
+    let certs = make_certs(&dir, "DNS:origin.test,DNS:other.test,IP:127.0.0.1,IP:::1");
     let script = dir.path("tls_origin.py");
     std::fs::write(&script, TLS_ORIGIN_PY).unwrap();
     let (proc, port) = spawn_with_port(

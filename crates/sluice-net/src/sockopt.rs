@@ -1,0 +1,80 @@
+//! The two socket options the transparent listener needs, behind safe
+//! wrappers: the pre-redirect destination of an accepted connection
+//! (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, answered by conntrack) and
+//! the `SO_MARK` that Sluice puts on its own outbound sockets so that a
+//! redirect ruleset can exempt them (loop protection). `nix` wraps both
+//! without `unsafe` here; on other systems they report `Unsupported`.
+
+use std::{io, net::SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The destination a redirected connection was sent to before the
+/// nftables `redirect` (iptables `REDIRECT`) rewrote it. A connection that
+/// was not redirected answers its own local address (conntrack has no NAT
+/// for it) or `ENOENT`.
+#[cfg(target_os = "linux")]
+pub fn original_dst(s: &TcpStream) -> io::Result<SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use nix::sys::socket::{getsockopt, sockopt};
+
+    let local = s.local_addr()?;
+    // A dual-stack listener sees IPv4 clients as IPv4-mapped; conntrack keeps
+    // them as IPv4, asked with the IPv4 option.
+    let v4 = match local.ip() {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
+    };
+    if v4 {
+        let sa = getsockopt(s, sockopt::OriginalDst).map_err(io::Error::from)?;
+        let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+        Ok(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sa.sin_port)))
+    } else {
+        let sa = getsockopt(s, sockopt::Ip6tOriginalDst).map_err(io::Error::from)?;
+        let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+        Ok(SocketAddr::new(IpAddr::V6(ip), u16::from_be(sa.sin6_port)))
+    }
+}
+
+/// Not available off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn original_dst(_s: &TcpStream) -> io::Result<SocketAddr> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_ORIGINAL_DST needs Linux",
+    ))
+}
+
+/// Sets `SO_MARK` on a socket before it connects (needs `CAP_NET_ADMIN`).
+#[cfg(target_os = "linux")]
+pub fn set_mark(s: &TcpSocket, mark: u32) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(s, sockopt::Mark, &mark).map_err(io::Error::from)
+}
+
+/// Not available off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn set_mark(_s: &TcpSocket, _mark: u32) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_MARK needs Linux",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn not_redirected_is_not_an_original_destination() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        // Without conntrack NAT the answer is an error or the local address.
+        if let Ok(a) = original_dst(&s) {
+            assert_eq!(a, addr);
+        }
+    }
+}
