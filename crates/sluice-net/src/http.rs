@@ -597,45 +597,23 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 fn dial_failed(ctx: &Ctx, mut flow: Flow, e: DialError) -> Response<ProxyBody> {
-    match e {
-        DialError::Resolve { host, msg } => {
-            flow.rec.error = Some(format!("resolve {host}: {msg}"));
-            let resp = text(
-                StatusCode::BAD_GATEWAY,
-                &format!("Bad gateway: cannot resolve {host}\n"),
-            );
-            finish_local(ctx, flow, resp)
-        }
-        DialError::Denied(d) => {
-            flow.rec.apply_decision(&d);
-            let resp = denied(&d, flow.rec.id());
-            finish_local(ctx, flow, resp)
-        }
-        DialError::Connect {
-            addr,
-            msg,
-            decision,
-            ..
-        } => {
-            flow.rec.apply_decision(&decision);
-            flow.rec.dst_ip = Some(addr.ip().to_string());
-            flow.rec.error = Some(format!("connect {addr}: {msg}"));
-            let resp = text(
-                StatusCode::BAD_GATEWAY,
-                &format!("Bad gateway: {addr} refused or is unreachable\n"),
-            );
-            finish_local(ctx, flow, resp)
-        }
-        DialError::Timeout(after, decision) => {
-            flow.rec.apply_decision(&decision);
-            flow.rec.error = Some(format!("connect timed out after {}ms", after.as_millis()));
-            let resp = text(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway timeout: the destination did not answer in time\n",
-            );
-            finish_local(ctx, flow, resp)
-        }
-    }
+    e.apply_to(&mut flow.rec);
+    let resp = match &e {
+        DialError::Resolve { host, .. } => text(
+            StatusCode::BAD_GATEWAY,
+            &format!("Bad gateway: cannot resolve {host}\n"),
+        ),
+        DialError::Denied(d) => denied(d, flow.rec.id()),
+        DialError::Connect { addr, .. } => text(
+            StatusCode::BAD_GATEWAY,
+            &format!("Bad gateway: {addr} refused or is unreachable\n"),
+        ),
+        DialError::Timeout(..) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway timeout: the destination did not answer in time\n",
+        ),
+    };
+    finish_local(ctx, flow, resp)
 }
 
 /// Records a flow answered by Sluice itself and returns the answer.

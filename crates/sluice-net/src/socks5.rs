@@ -619,7 +619,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Ar
         Ok(d) => d,
         Err(e) => {
             hs.reply(reply_for(&e)).await;
-            dial_failed(&mut rec, e);
+            e.apply_to(&mut rec);
             return ctx.emit(rec);
         }
     };
@@ -650,28 +650,6 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Ar
     .await;
     tunnel::apply_relayed(&mut rec, r);
     ctx.emit(rec);
-}
-
-/// Folds a failed dial into the record (as the HTTP proxy does).
-fn dial_failed(rec: &mut FlowRecord, e: DialError) {
-    match e {
-        DialError::Resolve { host, msg } => rec.error = Some(format!("resolve {host}: {msg}")),
-        DialError::Denied(d) => rec.apply_decision(&d),
-        DialError::Connect {
-            addr,
-            msg,
-            decision,
-            ..
-        } => {
-            rec.apply_decision(&decision);
-            rec.dst_ip = Some(addr.ip().to_string());
-            rec.error = Some(format!("connect {addr}: {msg}"));
-        }
-        DialError::Timeout(after, decision) => {
-            rec.apply_decision(&decision);
-            rec.error = Some(format!("connect timed out after {}ms", after.as_millis()));
-        }
-    }
 }
 
 /// Records a request refused before any policy decision.
