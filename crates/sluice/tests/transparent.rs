@@ -109,13 +109,22 @@ impl Netns {
             o,
         ]);
         for (ns, dev, addrs) in [
-            (c, "eth0", vec!["192.0.2.2/24"]),
-            (g, "lan0", vec!["192.0.2.1/24"]),
-            (g, "wan0", vec!["198.51.100.1/24"]),
-            (o, "eth0", vec!["198.51.100.10/24", "198.51.100.20/24"]),
+            (c, "eth0", vec!["192.0.2.2/24", "2001:db8:1::2/64"]),
+            (g, "lan0", vec!["192.0.2.1/24", "2001:db8:1::1/64"]),
+            (g, "wan0", vec!["198.51.100.1/24", "2001:db8:2::1/64"]),
+            (
+                o,
+                "eth0",
+                vec!["198.51.100.10/24", "198.51.100.20/24", "2001:db8:2::10/64"],
+            ),
         ] {
             for a in addrs {
-                must(&["ip", "-n", ns, "addr", "add", a, "dev", dev]);
+                let mut cmd = vec!["ip", "-n", ns, "addr", "add", a, "dev", dev];
+                if a.contains(':') {
+                    // No duplicate address detection: usable at once.
+                    cmd.push("nodad");
+                }
+                must(&cmd);
             }
             must(&["ip", "-n", ns, "link", "set", dev, "up"]);
             must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
@@ -131,9 +140,33 @@ impl Netns {
             "via",
             "198.51.100.1",
         ]);
-        let mut fwd = self.exec(g);
-        fwd.extend(["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        must(&fwd);
+        must(&[
+            "ip",
+            "-n",
+            c,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::1",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            o,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:2::1",
+        ]);
+        for knob in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let mut fwd = self.exec(g);
+            fwd.extend(["sysctl", "-qw", knob]);
+            must(&fwd);
+        }
     }
 }
 
@@ -181,7 +214,7 @@ limits:
 mode: enforce
 zones:
   - name: lan
-    sources: [192.0.2.0/24]
+    sources: [192.0.2.0/24, \"2001:db8:1::/64\"]
     allow:
       - host: allowed.test
         ports: [443, 80]
@@ -189,6 +222,9 @@ zones:
       - cidr: 198.51.100.10/32
         ports: any
         id: origin-lift
+      - cidr: \"2001:db8:2::10/128\"
+        ports: any
+        id: origin6-lift
     deny:
       - host: denied.test
         id: denied-name
@@ -201,6 +237,11 @@ zones:
 /// lines under `listen:`); None (after saying why) where namespaces
 /// cannot be made. The ruleset is not loaded yet.
 fn lab(extra_listen: &str) -> Option<Lab> {
+    lab_with(extra_listen, &format!("{GW_LAN}:0"))
+}
+
+/// `lab` with the transparent listener bound to `transparent`.
+fn lab_with(extra_listen: &str, transparent: &str) -> Option<Lab> {
     let ns = match Netns::create() {
         Ok(ns) => ns,
         Err(why) => {
@@ -231,6 +272,8 @@ fn lab(extra_listen: &str) -> Option<Lab> {
             "echo:198.51.100.10:853",
             "udp:198.51.100.10:443",
             "dns:198.51.100.10:53",
+            "echo:2001:db8:2::10:7000",
+            "udp:2001:db8:2::10:443",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -245,7 +288,7 @@ fn lab(extra_listen: &str) -> Option<Lab> {
 
     // `Sluice::start_in` adds `log.flows` (to its own directory).
     let yaml = format!(
-        "listen:\n  http: {GW_LAN}:0\n  transparent: {GW_LAN}:0\n  transparent_mark: {MARK}\n\
+        "listen:\n  http: {GW_LAN}:0\n  transparent: \"{transparent}\"\n  transparent_mark: {MARK}\n\
          {extra_listen}{POLICY}"
     );
     let sluice = Sluice::start_in(&ns.exec(&ns.gw), BIN, &yaml);
@@ -508,6 +551,33 @@ fn the_ruleset_stops_every_other_way_out() {
             .all(|r| !s(&r["original_dst"]).ends_with(":853")),
         "853 was redirected instead of dropped"
     );
+}
+
+#[test]
+fn ipv6_is_redirected_too_and_one_dual_stack_listener_serves_both_families() {
+    let Some(lab) = lab_with("", "[::]:0") else {
+        return;
+    };
+    let udp = lab.client(&["udp", "2001:db8:2::10:443"]);
+    assert_eq!(udp["body"], "pong", "control: IPv6 UDP should pass: {udp}");
+    lab.load_ruleset();
+
+    // IPv6: IP6T_SO_ORIGINAL_DST.
+    let (seen, rec) = lab.exchange(&["tcp", "2001:db8:2::10:7000", "--payload", "ping"]);
+    assert_eq!(seen["body"], "echo [2001:db8:2::10]:7000 ping", "{seen}");
+    assert_eq!(rec["original_dst"], "[2001:db8:2::10]:7000");
+    assert_eq!(rec["dst_ip"], "2001:db8:2::10");
+    assert_eq!(rec["rule"], "origin6-lift");
+    assert_eq!(rec["zone"], "lan");
+    // IPv4 on the same dual-stack socket (an IPv4-mapped peer).
+    let (seen, rec) = lab.exchange(&["tcp", "198.51.100.10:7000", "--payload", "ping"]);
+    assert_eq!(seen["body"], "echo 198.51.100.10:7000 ping", "{seen}");
+    assert_eq!(rec["original_dst"], "198.51.100.10:7000");
+    assert_eq!(rec["rule"], "origin-lift");
+    assert_eq!(rec["zone"], "lan");
+    // Everything else over IPv6 is dropped.
+    let udp = lab.client(&["udp", "2001:db8:2::10:443"]);
+    assert_eq!(udp["ok"], false, "IPv6 UDP left: {udp}");
 }
 
 // === one table, every listener ===

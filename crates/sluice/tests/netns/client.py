@@ -170,7 +170,7 @@ def tcp():
 
 
 def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(a.timeout)
     s.sendto(b"ping", (host, port))
     out["body"] = s.recvfrom(4096)[0].decode("latin-1")

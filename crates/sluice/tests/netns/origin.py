@@ -18,6 +18,14 @@ LOG, CERT, KEY, NAMES = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.ar
 lock = threading.Lock()
 
 
+def family(ip):
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def addr(ip, port):
+    return ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port)
+
+
 def log(**kv):
     with lock, open(LOG, "a") as f:
         f.write(json.dumps(kv) + "\n")
@@ -44,14 +52,14 @@ def tcp_server(kind, ip, port):
     if kind == "tls":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(CERT, KEY)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(family(ip), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((ip, port))
     s.listen(64)
 
     def handle(conn, peer):
-        local = "%s:%d" % (ip, port)
-        log(kind=kind, local=local, peer="%s:%d" % peer)
+        local = addr(ip, port)
+        log(kind=kind, local=local, peer=addr(peer[0], peer[1]))
         try:
             if kind == "echo":
                 conn.settimeout(10)
@@ -104,27 +112,29 @@ def dns_answer(q):
 
 
 def udp_server(kind, ip, port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(ip), socket.SOCK_DGRAM)
     s.bind((ip, port))
 
     def loop():
         while True:
             d, peer = s.recvfrom(4096)
-            local = "%s:%d" % (ip, port)
+            local = addr(ip, port)
+            peer = (peer[0], peer[1])
             if kind == "dns":
                 a = dns_answer(d)
-                log(kind=kind, local=local, peer="%s:%d" % peer, name=a and a[1])
+                log(kind=kind, local=local, peer=addr(*peer), name=a and a[1])
                 if a:
                     s.sendto(a[0], peer)
             else:
-                log(kind=kind, local=local, peer="%s:%d" % peer)
+                log(kind=kind, local=local, peer=addr(*peer))
                 s.sendto(b"pong", peer)
 
     threading.Thread(target=loop, daemon=True).start()
 
 
 for spec in sys.argv[5:]:
-    kind, ip, port = spec.split(":")
+    kind, rest = spec.split(":", 1)
+    ip, port = rest.rsplit(":", 1)
     (udp_server if kind in ("udp", "dns") else tcp_server)(kind, ip, int(port))
 print("ready", flush=True)
 threading.Event().wait()
