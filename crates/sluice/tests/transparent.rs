@@ -308,6 +308,7 @@ impl Lab {
     /// defines pointed at this run's listener.
     fn load_ruleset(&self) {
         let port = self.sluice.transparent.unwrap().port();
+        let dns_port = self.sluice.dns.map_or(53, |a| a.port());
         let text = std::fs::read_to_string(ruleset_path()).unwrap();
         let mut replaced = 0;
         let text: String = text
@@ -322,13 +323,16 @@ impl Lab {
                 } else if l.starts_with("define SLUICE_MARK ") {
                     replaced += 1;
                     format!("define SLUICE_MARK = {MARK}")
+                } else if l.starts_with("define SLUICE_DNS_PORT ") {
+                    replaced += 1;
+                    format!("define SLUICE_DNS_PORT = {dns_port}")
                 } else {
                     l.to_owned()
                 };
                 l + "\n"
             })
             .collect();
-        assert_eq!(replaced, 3, "the ruleset's defines changed");
+        assert_eq!(replaced, 4, "the ruleset's defines changed");
         let path = self.dir.path("sluice.nft");
         std::fs::write(&path, text).unwrap();
         let mut cmd = self.ns.exec(&self.ns.gw);
@@ -578,6 +582,37 @@ fn ipv6_is_redirected_too_and_one_dual_stack_listener_serves_both_families() {
     // Everything else over IPv6 is dropped.
     let udp = lab.client(&["udp", "2001:db8:2::10:443"]);
     assert_eq!(udp["ok"], false, "IPv6 UDP left: {udp}");
+}
+
+#[test]
+fn a_dns_grant_names_a_nameless_flow() {
+    let Some(lab) = lab(&format!("  dns: {GW_LAN}:0\n")) else {
+        return;
+    };
+    lab.load_ruleset();
+    let dns = lab.sluice.dns.expect("DNS listener address").to_string();
+    let target = "198.51.100.10:443";
+    // Before any answer: a raw (not TLS) flow is judged by its address.
+    let (_, rec) = lab.exchange(&["tcp", target, "--payload", "ping"]);
+    assert_eq!(rec["protocol"], "tcp");
+    assert_eq!(rec["rule"], "origin-lift", "{rec}");
+    assert_eq!(rec["grant"], Value::Null);
+    // The client asks Sluice's resolver (allowed through the ruleset).
+    let before = lab.sluice.records().len();
+    let answer = lab.client(&["dns", &dns, "--name", "allowed.test"]);
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(
+        s(&answer["body"]).ends_with("c633640a"),
+        "198.51.100.10 in {answer}"
+    );
+    lab.sluice.wait_records(before + 1);
+    // Now the same flow is judged by the name the answer granted.
+    let (_, rec) = lab.exchange(&["tcp", target, "--payload", "ping"]);
+    assert_eq!(rec["grant"], "allowed.test", "{rec}");
+    assert_eq!(rec["dst_host"], "allowed.test");
+    assert_eq!(rec["dst_ip"], ORIGIN);
+    assert_eq!(rec["rule"], "allowed-name");
+    assert_eq!(rec["original_dst"], target);
 }
 
 // === one table, every listener ===
