@@ -308,6 +308,14 @@ async fn happy_eyeballs(
     port: u16,
     mark: Option<u32>,
 ) -> Result<(TcpStream, SocketAddr), (SocketAddr, String, std::io::ErrorKind)> {
+    // One address (IP literals, most names): connect inline, no racing task.
+    if let [ip] = addrs {
+        let a = SocketAddr::new(*ip, port);
+        return connect_one(a, mark)
+            .await
+            .map(|s| (s, a))
+            .map_err(|e| (a, e.to_string(), e.kind()));
+    }
     let order = interleave(addrs);
     let mut pending = order.into_iter().map(|ip| SocketAddr::new(ip, port));
     let mut set = JoinSet::new();

@@ -141,12 +141,23 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_mark(config.listen.transparent_mark);
 
-    let Some(http_addr) = config.listen.http else {
-        bail!("no listener configured: set listen.http");
+    if config.listen.http.is_none()
+        && config.listen.socks5.is_none()
+        && config.listen.transparent.is_none()
+        && config.listen.dns.is_none()
+    {
+        bail!(
+            "no listener configured: set listen.http, listen.socks5, listen.transparent or listen.dns"
+        );
+    }
+    let http = match config.listen.http {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind the HTTP proxy on {a}"))?,
+        ),
+        None => None,
     };
-    let http = TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("cannot bind the HTTP proxy on {http_addr}"))?;
     let admin = match config.listen.admin {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -172,10 +183,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         ),
         None => None,
     };
-    let mut own: Vec<SocketAddr> = vec![http.local_addr()?];
-    if let Some(a) = &admin {
-        own.push(a.local_addr()?);
-    }
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+    let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    let mut own: Vec<SocketAddr> = http_addr.into_iter().chain(admin_addr).collect();
     let transparent_addr = transparent
         .as_ref()
         .map(TcpListener::local_addr)
@@ -234,8 +244,10 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         view,
     });
 
-    eprintln!("sluice: HTTP proxy listening on {}", own[0]);
-    if let Some(a) = own.get(1).filter(|_| admin.is_some()) {
+    if let Some(a) = http_addr {
+        eprintln!("sluice: HTTP proxy listening on {a}");
+    }
+    if let Some(a) = admin_addr {
         eprintln!(
             "sluice: admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
         );
@@ -251,7 +263,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     describe_modes(&ctx.current.load().policy);
 
-    let http_task = tokio::spawn(sluice_net::http::serve(http, ctx.clone()));
+    let http_task = http.map(|l| tokio::spawn(sluice_net::http::serve(l, ctx.clone())));
     let socks5_task = socks5.map(|l| tokio::spawn(sluice_net::socks5::serve(l, ctx.clone())));
     let transparent_task =
         transparent.map(|l| tokio::spawn(sluice_net::transparent::serve(l, ctx.clone())));
@@ -291,7 +303,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         "draining: no new connections; open tunnels may finish"
     );
     ctx.drain().begin();
-    let _ = http_task.await;
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
     if let Some(t) = socks5_task {
         let _ = t.await;
     }
