@@ -64,6 +64,32 @@ pub mod ids {
     pub const INVALID: &str = "default/invalid-destination";
 }
 
+/// What the second phase judges addresses for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A connection to this port.
+    Port(u16),
+    /// A DNS answer, before any port is known: allow and lifting rules count
+    /// on any port, deny rules only when they cover every port.
+    DnsAnswer,
+}
+
+impl Scope {
+    fn allows(self, ports: &Ports) -> bool {
+        match self {
+            Scope::Port(p) => ports.contains(p),
+            Scope::DnsAnswer => true,
+        }
+    }
+
+    fn denies(self, ports: &Ports) -> bool {
+        match self {
+            Scope::Port(p) => ports.contains(p),
+            Scope::DnsAnswer => *ports == Ports::Any,
+        }
+    }
+}
+
 /// One outbound request as the policy sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -387,7 +413,7 @@ impl Policy {
             Destination::Ip(ip) => {
                 let ip = guard::canonical(*ip);
                 if let Some(range) = guard::special(ip) {
-                    if self.lifting_rule(z, ip, port).is_none() {
+                    if self.lifting_rule(z, ip, Scope::Port(port)).is_none() {
                         d.rule = ids::GUARD_SPECIAL.into();
                         d.reason = guard_reason(ip, range);
                         return d;
@@ -423,16 +449,36 @@ impl Policy {
         }
     }
 
-    fn lifting_rule(&self, z: &CZone, ip: IpAddr, port: u16) -> Option<u32> {
+    fn lifting_rule(&self, z: &CZone, ip: IpAddr, scope: Scope) -> Option<u32> {
         z.allow_cidrs.first(ip, |i| {
             let r = &z.allow[i as usize];
-            r.lifts_guard && r.ports.contains(port)
+            r.lifts_guard && scope.allows(&r.ports)
         })
+    }
+
+    /// The zone a decision was made in, if this policy version made it.
+    /// Decisions name zones by position, so another version's are refused.
+    fn zone_of_decision(&self, decision: &Decision) -> Option<&CZone> {
+        decision
+            .zone_idx
+            .filter(|_| decision.policy_hash == self.hash)
+            .and_then(|i| self.zones.get(i as usize))
     }
 
     /// Phase two: judge the addresses a name resolved to (or an IP literal).
     /// Only `allowed` may be dialed; nothing is resolved again.
     pub fn check_addresses(&self, decision: &Decision, addrs: &[IpAddr]) -> AddressCheck {
+        self.check_addresses_in(decision, addrs, Scope::Port(decision.port))
+    }
+
+    /// The second phase for `scope`: a dial to one port, or a DNS answer
+    /// (any port: see `Scope`).
+    pub(crate) fn check_addresses_in(
+        &self,
+        decision: &Decision,
+        addrs: &[IpAddr],
+        scope: Scope,
+    ) -> AddressCheck {
         let mut out = AddressCheck {
             decision: decision.clone(),
             allowed: Vec::new(),
@@ -440,10 +486,7 @@ impl Policy {
         };
         // A decision made by another policy version (a reload in between)
         // names zones by position in that version: never trust it here.
-        let zone = decision
-            .zone_idx
-            .filter(|_| decision.policy_hash == self.hash)
-            .and_then(|i| self.zones.get(i as usize));
+        let zone = self.zone_of_decision(decision);
         let (Some(z), false) = (
             zone,
             decision.pending == Pending::Nothing && !decision.passes(),
@@ -466,7 +509,6 @@ impl Policy {
             }
             return out;
         };
-        let port = decision.port;
         let report = z.mode == Mode::Report;
         // A report-mode would-be denial (from phase one or from addresses).
         // A report-mode would-be denial found among the addresses.
@@ -475,7 +517,7 @@ impl Policy {
         for &addr in addrs {
             let ip = guard::canonical(addr);
             if let Some(range) = guard::special(ip) {
-                if self.lifting_rule(z, ip, port).is_none() {
+                if self.lifting_rule(z, ip, scope).is_none() {
                     out.rejected.push(Rejected {
                         addr,
                         rule: ids::GUARD_SPECIAL.into(),
@@ -486,7 +528,7 @@ impl Policy {
             }
             if let Some(i) = z
                 .deny_cidrs
-                .first(ip, |i| z.deny[i as usize].ports.contains(port))
+                .first(ip, |i| scope.denies(&z.deny[i as usize].ports))
             {
                 let r = &z.deny[i as usize];
                 let reason = format!("{ip} matches deny rule {} ({})", r.id, r.text);
@@ -505,7 +547,7 @@ impl Policy {
             if decision.pending == Pending::CidrAllow {
                 match z
                     .allow_cidrs
-                    .first(ip, |i| z.allow[i as usize].ports.contains(port))
+                    .first(ip, |i| scope.allows(&z.allow[i as usize].ports))
                 {
                     Some(i) => {
                         allow_rule.get_or_insert(&z.allow[i as usize]);
@@ -516,10 +558,16 @@ impl Policy {
                         out.rejected.push(Rejected {
                             addr,
                             rule: ids::DEFAULT.into(),
-                            reason: format!(
-                                "resolved address {ip} is not inside any cidr allow rule of zone {} for port {port}",
-                                z.name
-                            ),
+                            reason: match scope {
+                                Scope::Port(port) => format!(
+                                    "resolved address {ip} is not inside any cidr allow rule of zone {} for port {port}",
+                                    z.name
+                                ),
+                                Scope::DnsAnswer => format!(
+                                    "answer address {ip} is not inside any cidr allow rule of zone {}",
+                                    z.name
+                                ),
+                            },
                         });
                         continue;
                     }

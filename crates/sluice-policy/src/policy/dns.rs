@@ -17,13 +17,10 @@
 use std::{net::IpAddr, sync::Arc};
 
 use super::{
-    AddressCheck, CZone, Decision, Pending, Policy, Rejected, Verdict, default, guard_reason, ids,
-    rule_allow, rule_deny,
+    AddressCheck, CZone, Decision, Pending, Policy, Scope, Verdict, default, ids, rule_allow,
+    rule_deny,
 };
-use crate::{
-    guard,
-    model::{Mode, Ports},
-};
+use crate::model::{Mode, Ports};
 
 // === impl Policy ===
 
@@ -51,16 +48,6 @@ impl Policy {
         let zi = self.zones.iter().position(|z| &*z.name == zone)?;
         let d = self.dns_judge(zi as u32, name);
         Some((d.verdict, d.rule))
-    }
-
-    /// The zone that made `decision`, if this policy version made it (a
-    /// decision from before a reload names zones by another version's
-    /// positions: never trusted here).
-    fn zone_of_decision(&self, decision: &Decision) -> Option<&CZone> {
-        decision
-            .zone_idx
-            .filter(|_| decision.policy_hash == self.hash)
-            .and_then(|i| self.zones.get(i as usize))
     }
 
     fn dns_judge(&self, zi: u32, name: &str) -> Decision {
@@ -108,106 +95,17 @@ impl Policy {
     /// decision as it was; one whose addresses all fail is denied by the
     /// rule that failed the first.
     pub fn dns_check_addresses(&self, decision: &Decision, addrs: &[IpAddr]) -> AddressCheck {
-        let mut out = AddressCheck {
-            decision: decision.clone(),
-            allowed: Vec::new(),
-            rejected: Vec::new(),
-        };
-        out.decision.pending = Pending::Nothing;
-        let zone = self.zone_of_decision(decision);
-        let (Some(z), false) = (
-            zone,
-            decision.pending == Pending::Nothing && !decision.passes(),
-        ) else {
-            out.rejected = addrs
-                .iter()
-                .map(|&addr| Rejected {
-                    addr,
-                    rule: decision.rule.clone(),
-                    reason: decision.reason.clone(),
-                })
-                .collect();
-            return out;
-        };
-        if addrs.is_empty() {
-            return out;
+        if addrs.is_empty() && self.zone_of_decision(decision).is_some() && decision.passes() {
+            // An answer without addresses (NODATA, CNAME-only) has nothing to strip.
+            let mut d = decision.clone();
+            d.pending = Pending::Nothing;
+            return AddressCheck {
+                decision: d,
+                allowed: Vec::new(),
+                rejected: Vec::new(),
+            };
         }
-        let report = z.mode == Mode::Report;
-        let mut would_deny: Option<(Arc<str>, String)> = None;
-        let mut allow_rule = None;
-        for &addr in addrs {
-            let ip = guard::canonical(addr);
-            if let Some(range) = guard::special(ip) {
-                let lifted = z.allow_cidrs.first(ip, |i| z.allow[i as usize].lifts_guard);
-                if lifted.is_none() {
-                    out.rejected.push(Rejected {
-                        addr,
-                        rule: ids::GUARD_SPECIAL.into(),
-                        reason: guard_reason(ip, range),
-                    });
-                    continue;
-                }
-            }
-            if let Some(i) = z
-                .deny_cidrs
-                .first(ip, |i| z.deny[i as usize].ports == Ports::Any)
-            {
-                let r = &z.deny[i as usize];
-                let reason = format!("{ip} matches deny rule {} ({})", r.id, r.text);
-                if report {
-                    would_deny.get_or_insert((r.id.clone(), reason));
-                    out.allowed.push(addr);
-                } else {
-                    out.rejected.push(Rejected {
-                        addr,
-                        rule: r.id.clone(),
-                        reason,
-                    });
-                }
-                continue;
-            }
-            if decision.pending == Pending::CidrAllow {
-                match z.allow_cidrs.first(ip, |_| true) {
-                    Some(i) => {
-                        allow_rule.get_or_insert(&z.allow[i as usize]);
-                    }
-                    // Report mode: phase one already holds the would-be denial.
-                    None if report => {}
-                    None => {
-                        out.rejected.push(Rejected {
-                            addr,
-                            rule: ids::DEFAULT.into(),
-                            reason: format!(
-                                "answer address {ip} is not inside any cidr allow rule of zone {}",
-                                z.name
-                            ),
-                        });
-                        continue;
-                    }
-                }
-            }
-            out.allowed.push(addr);
-        }
-        let d = &mut out.decision;
-        if out.allowed.is_empty() {
-            d.verdict = Verdict::Deny;
-            d.enforced = true;
-            if let Some(r) = out.rejected.first() {
-                d.rule = r.rule.clone();
-                d.reason = r.reason.clone();
-            }
-        } else if let Some((rule, reason)) = would_deny {
-            d.verdict = Verdict::Deny;
-            d.enforced = false;
-            d.rule = rule;
-            d.reason = reason;
-        } else if let Some(r) = allow_rule {
-            d.verdict = Verdict::Allow;
-            d.enforced = true;
-            d.rule = r.id.clone();
-            d.reason = format!("answer address matches allow rule {} ({})", r.id, r.text);
-        }
-        out
+        self.check_addresses_in(decision, addrs, Scope::DnsAnswer)
     }
 }
 
