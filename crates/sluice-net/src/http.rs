@@ -294,15 +294,10 @@ async fn connect(
     slot: Arc<Slot>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let dialed = match ctx
-        .dialer
-        .dial(&version.policy, &decision, &dest, port)
-        .await
-    {
+    let dialed = match ctx.dial(&version.policy, &decision, &dest, port).await {
         Ok(d) => d,
         Err(e) => return dial_failed(&ctx, flow, e),
     };
-    ctx.metrics.observe_connect(dialed.elapsed);
     flow.rec.apply_decision(&dialed.decision);
     flow.rec.dst_ip = Some(dialed.peer.ip().to_string());
     flow.rec.status = Some(200);
@@ -392,15 +387,10 @@ async fn forward(
     let (mut sender, peer, final_decision) = match pooled {
         Some(p) => p,
         None => {
-            let dialed = match ctx
-                .dialer
-                .dial(&version.policy, &decision, &dest, port)
-                .await
-            {
+            let dialed = match ctx.dial(&version.policy, &decision, &dest, port).await {
                 Ok(d) => d,
                 Err(e) => return dial_failed(&ctx, flow, e),
             };
-            ctx.metrics.observe_connect(dialed.elapsed);
             let mut b = client_http1::Builder::new();
             b.max_buf_size(1024 * 1024);
             let hs = b

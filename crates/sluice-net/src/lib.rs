@@ -131,6 +131,19 @@ impl Ctx {
         self.grants.as_ref()
     }
 
+    /// The dial stage with its latency metric; listeners dial through here.
+    pub async fn dial(
+        &self,
+        policy: &Policy,
+        decision: &sluice_policy::Decision,
+        dest: &sluice_policy::Destination,
+        port: u16,
+    ) -> Result<dial::Dialed, dial::DialError> {
+        let dialed = self.dialer.dial(policy, decision, dest, port).await?;
+        self.metrics.observe_connect(dialed.elapsed);
+        Ok(dialed)
+    }
+
     /// The drain state shared by listeners and the run loop.
     pub fn drain(&self) -> &Drain {
         &self.drain

@@ -615,7 +615,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Ar
     }
 
     // 5. Dial.
-    let dialed = match ctx.dialer.dial(policy, &decision, &dest, port).await {
+    let dialed = match ctx.dial(policy, &decision, &dest, port).await {
         Ok(d) => d,
         Err(e) => {
             hs.reply(reply_for(&e)).await;
@@ -623,7 +623,6 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Ar
             return ctx.emit(rec);
         }
     };
-    ctx.metrics.observe_connect(dialed.elapsed);
     rec.apply_decision(&dialed.decision);
     rec.dst_ip = Some(dialed.peer.ip().to_string());
     let bound = dialed

@@ -456,6 +456,26 @@ impl Policy {
         })
     }
 
+    /// Both phases for an explanation (`sluice check`, the admin API's
+    /// check): phase two runs on `addrs`, or on the destination itself when
+    /// it is an IP literal; with neither, only phase one.
+    pub fn explain(&self, req: &Request<'_>, addrs: &[IpAddr]) -> (Decision, Option<AddressCheck>) {
+        let first = self.decide(req);
+        let literal;
+        let addrs = match req.dest {
+            Destination::Ip(ip) => {
+                literal = [*ip];
+                &literal[..]
+            }
+            Destination::Name(_) => addrs,
+        };
+        if addrs.is_empty() {
+            return (first, None);
+        }
+        let c = self.check_addresses(&first, addrs);
+        (c.decision.clone(), Some(c))
+    }
+
     /// The zone a decision was made in, if this policy version made it.
     /// Decisions name zones by position, so another version's are refused.
     fn zone_of_decision(&self, decision: &Decision) -> Option<&CZone> {

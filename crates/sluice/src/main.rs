@@ -210,31 +210,18 @@ fn check(
         dest: &dest,
         port,
     };
-    let first = policy.decide(&req);
     if resolve {
-        let lookup = match &dest {
-            Destination::Ip(ip) => Ok(vec![*ip]),
-            Destination::Name(n) => (n.as_str(), port)
-                .to_socket_addrs()
-                .map(|it| it.map(|a| a.ip()).collect()),
-        };
-        match lookup {
-            Ok(found) => addrs = found,
-            Err(e) => {
-                eprintln!("error: cannot resolve {dest}: {e}");
-                return ExitCode::from(2);
+        if let Destination::Name(n) = &dest {
+            match (n.as_str(), port).to_socket_addrs() {
+                Ok(found) => addrs = found.map(|a| a.ip()).collect(),
+                Err(e) => {
+                    eprintln!("error: cannot resolve {dest}: {e}");
+                    return ExitCode::from(2);
+                }
             }
         }
-    } else if let Destination::Ip(ip) = dest {
-        // An IP literal is its own resolution.
-        addrs = vec![ip];
     }
-    let (decision, check) = if addrs.is_empty() {
-        (first, None)
-    } else {
-        let c = policy.check_addresses(&first, &addrs);
-        (c.decision.clone(), Some(c))
-    };
+    let (decision, check) = policy.explain(&req, &addrs);
     print_decision(json, &dest.to_string(), port, &decision, check.as_ref());
     if decision.verdict == Verdict::Allow {
         ExitCode::SUCCESS

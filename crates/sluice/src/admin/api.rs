@@ -420,29 +420,21 @@ async fn check(ctx: &Ctx, req: Request<Incoming>) -> Answer {
             ));
         }
     };
-    let first = policy.decide(&PolicyRequest {
-        src: from,
-        user,
-        dest: &dest,
-        port,
-    });
-    if c.resolve {
+    if c.resolve && dest.name().is_some() {
         addrs = ctx.dialer.resolve(&dest).await.map_err(|e| {
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("cannot resolve {dest}: {e}"),
             )
         })?;
-    } else if let Destination::Ip(ip) = dest {
-        // An IP literal is its own resolution.
-        addrs = vec![ip];
     }
-    let (decision, check) = if addrs.is_empty() {
-        (first, None)
-    } else {
-        let c = policy.check_addresses(&first, &addrs);
-        (c.decision.clone(), Some(c))
+    let req = PolicyRequest {
+        src: from,
+        user,
+        dest: &dest,
+        port,
     };
+    let (decision, check) = policy.explain(&req, &addrs);
     Ok(json(
         StatusCode::OK,
         &crate::decision_json(&dest.to_string(), port, &decision, check.as_ref()),
