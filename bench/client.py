@@ -2,11 +2,15 @@
 """Tunnel clients for bench/proxy.sh. Prints one JSON object on stdout.
 
     client.py tunnels --proxy 127.0.0.1:P|direct --target 127.0.0.1:E
-                      [--concurrency 32] [--count 5000] [--seconds 15]
+                      [--concurrency 32] [--count 5000] [--seconds 15] [--socks5]
         New tunnels per second. Each tunnel: TCP connect to the proxy, send
         CONNECT, read the 200, send one byte, read it back from the echo
         origin, close. Latency = connect start -> echoed byte received (the
-        tunnel is usable end to end). "direct" skips the proxy.
+        tunnel is usable end to end). "direct" skips the proxy (and is also
+        how the transparent bench connects: straight to the origin address).
+        With --socks5 the proxy speaks SOCKS5 instead of CONNECT: greeting
+        05 01 00, answer 05 00, request 05 01 00 01 <IPv4> <port>, the
+        10-byte reply (05 00 00 01 ...), then the same echo byte.
 
     client.py idle --proxy 127.0.0.1:P --target 127.0.0.1:E --pid PID [--n 2000]
         RSS per idle tunnel: warm up with 32 tunnels, read the proxy's RSS
@@ -33,12 +37,35 @@ def addr(s):
     return host, int(port)
 
 
-async def open_tunnel(loop, proxy, target, payload=b"x"):
+async def recv_exact(loop, s, n, what):
+    buf = b""
+    while len(buf) < n:
+        chunk = await loop.sock_recv(s, n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"proxy closed during the SOCKS5 {what}")
+        buf += chunk
+    return buf
+
+
+async def open_tunnel(loop, proxy, target, payload=b"x", socks5=False):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setblocking(False)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        if proxy is not None:
+        if proxy is not None and socks5:
+            await loop.sock_connect(s, proxy)
+            # Greeting and request in one write each; the reply is exactly
+            # 10 bytes for an IPv4 bound address.
+            await loop.sock_sendall(s, b"\x05\x01\x00")
+            m = await recv_exact(loop, s, 2, "method answer")
+            if m != b"\x05\x00":
+                raise ConnectionError(f"SOCKS5 method answer {m.hex()}")
+            req = b"\x05\x01\x00\x01" + socket.inet_aton(target[0]) + target[1].to_bytes(2, "big")
+            await loop.sock_sendall(s, req)
+            rep = await recv_exact(loop, s, 10, "reply")
+            if rep[:2] != b"\x05\x00" or rep[3] != 1:
+                raise ConnectionError(f"SOCKS5 reply {rep.hex()}")
+        elif proxy is not None:
             await loop.sock_connect(s, proxy)
             hp = f"{target[0]}:{target[1]}"
             await loop.sock_sendall(s, f"CONNECT {hp} HTTP/1.1\r\nHost: {hp}\r\n\r\n".encode())
@@ -95,7 +122,7 @@ async def tunnels(a):
             issued += 1
             t0 = time.perf_counter()
             try:
-                s = await asyncio.wait_for(open_tunnel(loop, proxy, target), 10)
+                s = await asyncio.wait_for(open_tunnel(loop, proxy, target, socks5=a.socks5), 10)
             except Exception as e:  # counted, a few kept as samples
                 errors += 1
                 if len(samples) < 5:
@@ -239,6 +266,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--pid", type=int)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--socks5", action="store_true", help="the proxy speaks SOCKS5, not CONNECT")
     a = ap.parse_args()
     if a.mode == "cpu":
         print("%.2f %.2f" % cpu_seconds(a.pid))

@@ -6,15 +6,19 @@
                                sendall() from one preallocated zero buffer (bulk rate)
     origin.py echo PORT...     TCP echo on each port (tunnel setup and idle tunnels)
 
-Each mode prints "ready" on stdout once it listens.
+Each mode prints "ready" on stdout once it listens. The address is
+127.0.0.1 unless ORIGIN_HOST says otherwise (bench/transparent.sh binds the
+origin namespace's address).
 """
 
 import asyncio
+import os
 import socket
 import sys
 import threading
 
 RESPONSES = {}
+HOST = os.environ.get("ORIGIN_HOST", "127.0.0.1")
 
 
 def head_for(n, close=False):
@@ -95,7 +99,7 @@ async def serve(factory, ports):
     servers = []
     for p in ports:
         servers.append(
-            await loop.create_server(factory, "127.0.0.1", p, backlog=4096, reuse_address=True)
+            await loop.create_server(factory, HOST, p, backlog=4096, reuse_address=True)
         )
     print("ready", flush=True)
     await asyncio.gather(*(s.serve_forever() for s in servers))
@@ -132,7 +136,7 @@ def bulk_conn(c):
 def bulk(port):
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", port))
+    ls.bind((HOST, port))
     ls.listen(1024)
     print("ready", flush=True)
     while True:

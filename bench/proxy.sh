@@ -7,13 +7,15 @@
 # Knobs (environment), defaults in brackets: ROUNDS [3] rounds of measures 1-3;
 # per round and column: BULK_MIB [1024] MiB downloaded, TUNNELS [2000] tunnels
 # (at most TUNNEL_SECONDS [10] s), WRK_SECONDS [5] s of wrk; IDLE_TUNNELS [2000];
-# ONLY ["sluice squid tinyproxy"] the proxies to run.
+# ONLY ["sluice squid tinyproxy"] the proxies to run; SLUICE_REV names the
+# binary's commit in the report (default: the tree's HEAD, "+ uncommitted
+# changes" when crates/ differ from it).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 cmdline="bench/proxy.sh${*:+ $*}"
-for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS WRK_SECONDS IDLE_TUNNELS ONLY SLUICE_BIN; do
+for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS WRK_SECONDS IDLE_TUNNELS ONLY SLUICE_BIN SLUICE_REV; do
     if [[ -n ${!v:-} ]]; then cmdline="$v=\"${!v}\" $cmdline"; fi
 done
 ROUNDS=${ROUNDS:-3}
@@ -100,8 +102,8 @@ HTTP_PORT=$(freeport)
 BULK_PORT=$(freeport)
 # One echo port per client so that no two columns share TIME_WAIT 4-tuples.
 declare -A ECHO
-for who in direct sluice squid tinyproxy; do ECHO[$who]=$(freeport); done
-ECHO_PORTS="${ECHO[direct]} ${ECHO[sluice]} ${ECHO[squid]} ${ECHO[tinyproxy]}"
+for who in direct sluice socks5 squid tinyproxy; do ECHO[$who]=$(freeport); done
+ECHO_PORTS="${ECHO[direct]} ${ECHO[sluice]} ${ECHO[socks5]} ${ECHO[squid]} ${ECHO[tinyproxy]}"
 ALL_PORTS="$HTTP_PORT $BULK_PORT $ECHO_PORTS"
 
 python3 "$here/origin.py" http "$HTTP_PORT" >"$T/origin-http.log" 2>&1 &
@@ -116,11 +118,12 @@ for p in $ECHO_PORTS; do wait_port "$p" origin-echo $!; done
 # ---------------------------------------------------------------- proxies
 declare -A PORT PID
 start_sluice() {
-    local port admin
-    port=$(freeport); admin=$(freeport)
+    local port admin socks
+    port=$(freeport); admin=$(freeport); socks=$(freeport)
     cat >"$T/sluice.yaml" <<EOF
 listen:
   http: 127.0.0.1:$port
+  socks5: 127.0.0.1:$socks
   admin: 127.0.0.1:$admin
 zones:
   - name: bench
@@ -139,6 +142,11 @@ EOF
     PID[sluice]=$!; pids+=($!)
     PORT[sluice]=$port
     wait_port "$port" sluice "${PID[sluice]}"
+    # The SOCKS5 listener of the same process: its own column in measures 1
+    # and 2 ("socks5"), its CPU is Sluice's.
+    PID[socks5]=${PID[sluice]}
+    PORT[socks5]=$socks
+    wait_port "$socks" sluice-socks5 "${PID[sluice]}"
 }
 start_squid() {
     local port
@@ -196,6 +204,13 @@ for p in $ONLY; do
     curl -sf -x "http://127.0.0.1:${PORT[$p]}" "http://127.0.0.1:$HTTP_PORT/bytes/10" -o /dev/null ||
         { echo "error: absolute-form through $p fails" >&2; exit 1; }
 done
+# SOCKS5 (Sluice only: squid and tinyproxy have no SOCKS5 listener).
+COLS=$ONLY
+if [[ " $ONLY " == *" sluice "* ]]; then
+    COLS=${ONLY/sluice/sluice socks5}
+    curl -sf --socks5 "127.0.0.1:${PORT[socks5]}" "http://127.0.0.1:$BULK_PORT/bytes/10" -o /dev/null ||
+        { echo "error: SOCKS5 through sluice fails" >&2; exit 1; }
+fi
 
 R=$T/results.jsonl
 : >"$R"
@@ -254,10 +269,11 @@ done
 
 # ---------------------------------------------------------------- 1. bulk
 for round in $(seq "$ROUNDS"); do
-    for who in direct $ONLY; do
+    for who in direct $COLS; do
         c0=$(cpu "$who")
         args=(-s --max-time 120 -o /dev/null -w '%{speed_download} %{size_download} %{http_code}\n')
-        if [[ $who != direct ]]; then args+=(-p -x "http://127.0.0.1:${PORT[$who]}"); fi
+        if [[ $who == socks5 ]]; then args+=(--socks5 "127.0.0.1:${PORT[$who]}")
+        elif [[ $who != direct ]]; then args+=(-p -x "http://127.0.0.1:${PORT[$who]}"); fi
         read -r speed size code < <(curl "${args[@]}" "http://127.0.0.1:$BULK_PORT/bytes/$bytes" || true)
         if [[ ${code:-} != 200 || ${size:-0} != "$bytes" ]]; then
             echo "error: bulk download via $who got code=${code:-none} size=${size:-0}" >&2; exit 1
@@ -269,11 +285,13 @@ done
 
 # ---------------------------------------------------------------- 2. tunnels/s
 for round in $(seq "$ROUNDS"); do
-    for who in direct $ONLY; do
+    for who in direct $COLS; do
         proxy=direct
         if [[ $who != direct ]]; then proxy="127.0.0.1:${PORT[$who]}"; fi
+        socks=()
+        if [[ $who == socks5 ]]; then socks=(--socks5); fi
         c0=$(cpu "$who")
-        out=$(timeout $((TUNNEL_SECONDS + 30)) python3 "$here/client.py" tunnels --proxy "$proxy" \
+        out=$(timeout $((TUNNEL_SECONDS + 30)) python3 "$here/client.py" tunnels --proxy "$proxy" "${socks[@]}" \
             --target "127.0.0.1:${ECHO[$who]}" --concurrency 32 --count "$TUNNELS" --seconds "$TUNNEL_SECONDS")
         emit tunnels "$who" "{\"round\":$round,${out#\{}" "$c0"
         log "tunnels round $round $who: $out"
@@ -304,7 +322,7 @@ busy_end=$(busy)
     echo "mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
     echo "load=$load_start at start, $(cut -d' ' -f1-3 /proc/loadavg) at end"
     echo "busy=$busy_start at start, $busy_end at end"
-    echo "sluice=$(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
+    echo "sluice=${SLUICE_REV:-$(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo ' + uncommitted changes')}"
     echo "squid=$(squid -v 2>/dev/null | sed -n 's/^Squid Cache: Version //p')"
     echo "tinyproxy=$(tinyproxy -v 2>/dev/null | awk '{print $2}')"
     echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
@@ -314,6 +332,10 @@ busy_end=$(busy)
     echo "tunnel_seconds=$TUNNEL_SECONDS"; echo "wrk_seconds=$WRK_SECONDS"; echo "idle_tunnels=$IDLE_TUNNELS"
 } >"$T/machine.env"
 python3 "$here/report.py" "$R" "$T/machine.env" >"$here/results.md"
+# Keep the last transparent run's rows (bench/transparent.sh) in results.md.
+if [[ -f $here/transparent-results.md ]]; then
+    python3 "$here/report.py" --block transparent "$here/results.md" "$here/transparent-results.md"
+fi
 python3 "$here/report.py" --readme "$here/README.md" "$here/results.md"
 cat "$here/results.md"
 log "wrote bench/results.md and the results section of bench/README.md"

@@ -56,6 +56,10 @@ def update_readme(readme, results):
         text = f.read()
     body = text.split("## Raw numbers")[0].strip()
     body = body.split("\n", 1)[1].strip()  # drop the title
+    # The transparent rows have their own block in the README.
+    tb, te = "<!-- transparent:begin -->", "<!-- transparent:end -->"
+    if tb in body and te in body:
+        body = (body.split(tb, 1)[0].rstrip() + "\n\n" + body.split(te, 1)[1].lstrip()).strip()
     body = body.replace("## Machine", "### Machine")
     with open(readme) as f:
         r = f.read()
@@ -67,9 +71,111 @@ def update_readme(readme, results):
         f.write(f"{head}{BEGIN}\n{body}\n{END}{tail}")
 
 
+def update_block(name, path, source, title=True):
+    """Puts source's table part (up to its raw numbers) between
+    <!-- NAME:begin --> and <!-- NAME:end --> in path; where path has no
+    such block, adds one before path's raw numbers (or at the end). Without
+    title, source's first line (its heading) is left out."""
+    b, e = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    with open(source) as f:
+        body = f.read().split("### Raw numbers")[0].strip()
+    if not title:
+        body = body.split("\n", 1)[1].strip()
+    with open(path) as f:
+        r = f.read()
+    if b in r and e in r:
+        head, rest = r.split(b, 1)
+        _, tail = rest.split(e, 1)
+    elif "\n## Raw numbers" in r:
+        head, tail = r.split("\n## Raw numbers", 1)
+        head, tail = head.rstrip("\n") + "\n\n", "\n\n## Raw numbers" + tail
+    else:
+        head, tail = r.rstrip("\n") + "\n\n", "\n"
+    with open(path, "w") as f:
+        f.write(f"{head}{b}\n{body}\n{e}{tail}")
+
+
+def transparent(results, env):
+    """The transparent rows (bench/transparent.sh), in the proxy table's format."""
+    data, m = load(results, env)
+    rounds_n = m["rounds"]
+    notes = []
+    get = lambda measure, who: data.get((measure, who))
+    out = []
+    out.append("## Transparent listener (bench/transparent.sh)\n")
+    out.append(f"Run {m['date']} with `{m['cmdline']}`: client, gateway and origin network namespaces "
+               "joined by veth pairs; Sluice's `listen.transparent` in the gateway behind "
+               "`deploy/transparent/sluice.nft`. The client connects to the origin's own address "
+               "(198.51.100.10) and never names a proxy. \"direct\" is the same client through the "
+               "same gateway with the ruleset's redirect removed and its forward chain's drops "
+               "turned into accepts (plain forwarding, conntrack and the nat hook still in place). "
+               "squid and tinyproxy were not run in this setup (squid's `intercept` mode would be "
+               "the peer), so the squid-relative targets cannot be judged here; the ratio to "
+               f"direct is the comparison. {int(m['flows']):,} transparent flow records were written.\n")
+    out.append("| measure | direct | sluice | squid | tinyproxy | sluice/squid | sluice/direct | target | met |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    rb = {w: get("bulk", w) for w in ("direct", "transparent")}
+    if all(rb.values()):
+        d, t = (med(rb[w], "bytes_per_second") / 2**20 for w in ("direct", "transparent"))
+        out.append(f"| Transparent bulk throughput, MiB/s ({m['bulk_mib']} MiB HTTP download redirected, "
+                   f"median of {rounds_n}) | {fmt(d)} | {fmt(t)} | not run | not run | — | {fmt(ratio(t, d), 2)} "
+                   "| ≥ 1.2 × squid | — |")
+    rt = {w: get("tunnels", w) for w in ("direct", "transparent")}
+    if all(rt.values()):
+        cells, vals = {}, {}
+        for w, rs in rt.items():
+            vals[w] = med(rs, "per_second")
+            cells[w] = f"{fmt(vals[w])} ({fmt(med(rs, 'p50_ms'), 1)} / {fmt(med(rs, 'p99_ms'), 1)} ms)"
+            errors = sum(r["errors"] for r in rs)
+            if errors:
+                total = sum(r["ok"] + r["errors"] for r in rs)
+                samples = [x for r in rs for x in r["error_samples"]][:5]
+                cells[w] += " †"
+                notes.append(f"tunnels {w}: {errors} failed of {total}: {samples}")
+        out.append(f"| New transparent tunnels/s, 32 concurrent clients (p50 / p99 setup latency), median of "
+                   f"{rounds_n} | {cells['direct']} | {cells['transparent']} | not run | not run | — "
+                   f"| {fmt(ratio(vals['transparent'], vals['direct']), 2)} | ≥ 2 × squid | — |")
+    for n in notes:
+        out.append(f"\n- {n}\n\n† errors during the measurement.")
+    out.append("")
+    cpu = []
+    for measure, label, scale, count in [
+        ("bulk", "CPU per GiB relayed, ms", 1000, lambda r: r["bytes"] / 2**30),
+        ("tunnels", "CPU per tunnel, µs", 1e6, lambda r: r["ok"] + r["errors"]),
+    ]:
+        rs = get(measure, "transparent")
+        if rs and all(r.get("proxy_cpu_s") is not None for r in rs):
+            units = sum(count(r) for r in rs)
+            tot = sum(r["proxy_cpu_s"] for r in rs) * scale / units
+            user = sum(r.get("proxy_user_s") or 0 for r in rs) * scale / units
+            system = sum(r.get("proxy_sys_s") or 0 for r in rs) * scale / units
+            name, unit = label.split(", ")
+            cpu.append(f"{name} {fmt(tot)} {unit} ({fmt(user)} user + {fmt(system)} system)")
+    if cpu:
+        out.append("Sluice's CPU time in these rounds (all threads, /proc/PID/stat): " + "; ".join(cpu) + ".")
+        out.append("")
+    out.append(f"Machine: {m['cpu']}, `nproc` = {m['nproc']}, {m['mem']}; {m['kernel']}; load average "
+               f"(1/5/15 min) {m['load']}; compiler/linker processes of other work running: {m['busy']}; "
+               f"sluice {m['sluice']} (release build); curl {m['curl']}; nft {m['nft']}; Python {m['python']}.")
+    out.append("")
+    out.append("### Raw numbers\n")
+    out.append("```json")
+    for (measure, who), rs in data.items():
+        for d in rs:
+            out.append(json.dumps({"measure": measure, "who": who, **d}))
+    out.append("```")
+    return "\n".join(out)
+
+
 def main():
     if sys.argv[1] == "--readme":
         update_readme(sys.argv[2], sys.argv[3])
+        return
+    if sys.argv[1] == "--block":
+        update_block(sys.argv[2], sys.argv[3], sys.argv[4], title="--no-title" not in sys.argv[5:])
+        return
+    if sys.argv[1] == "--transparent":
+        print(transparent(sys.argv[2], sys.argv[3]))
         return
     data, m = load(sys.argv[1], sys.argv[2])
     rounds_n = m["rounds"]
@@ -105,6 +211,41 @@ def main():
                 notes.append(f"tunnels via {w}: {errors} failed of {total}: {samples}")
     rows.append(("tunnels", f"New CONNECT tunnels/s, 32 concurrent clients (p50 / p99 setup latency), median of {rounds_n}",
                  vals, cells, "≥ 2 × squid", lambda s, q: s >= 2 * q))
+
+    # 1b, 2b. SOCKS5 through Sluice's listen.socks5 (column "socks5" in the
+    # raw numbers). squid and tinyproxy have no SOCKS5 listener: squid's
+    # CONNECT numbers stand in as the reference peer, tinyproxy is left out.
+    connect_rows = {r[0]: r for r in rows}
+    for key, measure, label, target, ok in [
+        ("bulk", "bulk",
+         f"SOCKS5 bulk throughput, MiB/s (`curl --socks5`, {m['bulk_mib']} MiB download, median of {rounds_n}); squid column: its CONNECT",
+         "≥ 1.2 × squid CONNECT", lambda s, q: s >= 1.2 * q),
+        ("tunnels", "tunnels",
+         f"New SOCKS5 tunnels/s, 32 concurrent clients (p50 / p99 setup latency), median of {rounds_n}; squid column: its CONNECT",
+         "≥ 2 × squid CONNECT", lambda s, q: s >= 2 * q),
+    ]:
+        rs = get(measure, "socks5")
+        if not rs:
+            continue
+        _, _, cvals, ccells, _, _ = connect_rows[key]
+        vals = {w: cvals[w] for w in ("direct", "squid") if w in cvals}
+        cells = {w: ccells[w] for w in ("direct", "squid") if w in ccells}
+        if "squid" in cells:
+            cells["squid"] += " (CONNECT)"
+        cells["tinyproxy"] = "no SOCKS5"
+        if measure == "bulk":
+            vals["sluice"] = med(rs, "bytes_per_second") / 2**20
+            cells["sluice"] = fmt(vals["sluice"])
+        else:
+            vals["sluice"] = med(rs, "per_second")
+            cells["sluice"] = f"{fmt(vals['sluice'])} ({fmt(med(rs, 'p50_ms'), 1)} / {fmt(med(rs, 'p99_ms'), 1)} ms)"
+            errors = sum(r["errors"] for r in rs)
+            if errors:
+                total = sum(r["ok"] + r["errors"] for r in rs)
+                samples = [x for r in rs for x in r["error_samples"]][:5]
+                cells["sluice"] += " †"
+                notes.append(f"SOCKS5 tunnels via sluice: {errors} failed of {total}: {samples}")
+        rows.append((key + "-socks5", label, vals, cells, target, ok))
 
     # 3. http
     vals, cells = {}, {}
@@ -165,7 +306,10 @@ def main():
             f"| {cells.get('tinyproxy', '—')} | {fmt(rs, 2)} | {fmt(rd, 2)} | {target} | {met} |")
     out.append("")
     out.append("Higher is better except for RSS. The ratios are of the sluice column. \"direct\" is the "
-               "same client against the origin without a proxy (no RSS: there is no proxy process).")
+               "same client against the origin without a proxy (no RSS: there is no proxy process). "
+               "The SOCKS5 rows are Sluice's `listen.socks5` (same process, same policy); squid and "
+               "tinyproxy have no SOCKS5 listener, so those rows compare with squid's CONNECT numbers "
+               "of the same rounds and leave tinyproxy out; their direct column is the CONNECT rows' one.")
     if notes:
         out.append("")
         for n in notes:
@@ -181,14 +325,18 @@ def main():
     out.append("")
     out.append("| measure | sluice | squid | tinyproxy | sluice/squid |")
     out.append("|---|---:|---:|---:|---:|")
-    for measure, label, scale, count in [
-        ("bulk", "CPU per GiB relayed, ms", 1000, lambda r: r["bytes"] / 2**30),
-        ("tunnels", "CPU per tunnel, µs", 1e6, lambda r: r["ok"] + r["errors"]),
-        ("http", "CPU per request, µs", 1e6, lambda r: r["requests"]),
+    for measure, label, scale, count, socks in [
+        ("bulk", "CPU per GiB relayed, ms", 1000, lambda r: r["bytes"] / 2**30, False),
+        ("tunnels", "CPU per tunnel, µs", 1e6, lambda r: r["ok"] + r["errors"], False),
+        ("bulk", "SOCKS5: CPU per GiB relayed, ms (squid: CONNECT)", 1000, lambda r: r["bytes"] / 2**30, True),
+        ("tunnels", "SOCKS5: CPU per tunnel, µs (squid: CONNECT)", 1e6, lambda r: r["ok"] + r["errors"], True),
+        ("http", "CPU per request, µs", 1e6, lambda r: r["requests"], False),
     ]:
+        if socks and not get(measure, "socks5"):
+            continue
         per, cell = {}, {}
-        for w in COLS[1:]:
-            rs = get(measure, w)
+        for w in (["sluice", "squid"] if socks else COLS[1:]):
+            rs = get(measure, "socks5" if socks and w == "sluice" else w)
             if rs and all(r.get("proxy_cpu_s") is not None for r in rs):
                 units = sum(count(r) for r in rs)
                 if units:
@@ -199,7 +347,7 @@ def main():
         r = ratio(per.get("sluice"), per.get("squid"))
         out.append(f"| {label} | " + " | ".join(cell.get(w, "—") for w in COLS[1:]) + f" | {fmt(r, 2)} |")
     client = {}
-    for w in COLS:
+    for w in COLS[:2] + ["socks5"] + COLS[2:]:
         rs = get("tunnels", w)
         if rs and all("client_cpu_s" in r for r in rs):
             n = sum(r["ok"] + r["errors"] for r in rs)
