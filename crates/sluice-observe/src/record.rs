@@ -147,6 +147,14 @@ impl FlowRecord {
     /// every optional field `null`.
     pub fn new(listener: Listener, protocol: Protocol, src: SocketAddr, start: SystemTime) -> Self {
         let start = rfc3339(start);
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; records
+        // name them as the IPv4 clients they are (as zone selection does).
+        let src = match src.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(src, |v4| SocketAddr::new(v4.into(), src.port())),
+            std::net::IpAddr::V4(_) => src,
+        };
         FlowRecord {
             ts: start.clone(),
             start,
@@ -238,6 +246,16 @@ fn next_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipv4_mapped_clients_are_recorded_as_ipv4() {
+        let src: SocketAddr = "[::ffff:10.1.2.3]:4000".parse().unwrap();
+        let r = FlowRecord::new(Listener::Http, Protocol::Http, src, SystemTime::UNIX_EPOCH);
+        assert_eq!(r.src, "10.1.2.3:4000");
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        let r = FlowRecord::new(Listener::Http, Protocol::Http, v6, SystemTime::UNIX_EPOCH);
+        assert_eq!(r.src, "[2001:db8::1]:4000");
+    }
+
     use std::{collections::HashSet, time::Duration};
 
     use super::*;
