@@ -1094,3 +1094,24 @@ fn fixture_answer(
     }
     Some(out)
 }
+
+/// A client command (curl, python3, git, …) with every proxy variable
+/// removed from its environment, so that only what a test sets decides how
+/// it connects (curl and requests honour `NO_PROXY` even with an explicit
+/// proxy).
+pub fn client_command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    for v in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}

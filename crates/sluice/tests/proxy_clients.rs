@@ -28,25 +28,7 @@ const SOURCES: &str = r#"[127.0.0.0/8, "::1"]"#;
 
 // === helpers ===
 
-/// A command with every proxy variable removed from its environment, so
-/// that only what a test sets decides how the client connects (curl and
-/// requests honour `NO_PROXY` even with an explicit proxy).
-fn client(program: &str) -> Command {
-    let mut c = Command::new(program);
-    for v in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
+use sluice_testkit::client_command as client;
 
 /// What one curl run showed.
 #[derive(Debug)]

@@ -12,7 +12,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::Command,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -35,23 +34,7 @@ fn start(yaml: &str) -> (Sluice, SocketAddr) {
     (s, socks)
 }
 
-/// A command without proxy variables in its environment.
-fn client(program: &str) -> Command {
-    let mut c = Command::new(program);
-    for v in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
+use sluice_testkit::client_command as client;
 
 #[derive(Debug)]
 struct Curl {
