@@ -209,9 +209,11 @@ impl FlowView {
     /// Takes one finished flow at `now`: into the rings, the rule hits, the
     /// aggregates and the live stream.
     pub fn push(&self, record: &FlowRecord, now: SystemTime) {
-        let at = OffsetDateTime::parse(&record.ts, &Rfc3339)
-            .map(SystemTime::from)
-            .unwrap_or(now);
+        let at = record.end_time().unwrap_or_else(|| {
+            OffsetDateTime::parse(&record.ts, &Rfc3339)
+                .map(SystemTime::from)
+                .unwrap_or(now)
+        });
         let record = Arc::new(record.clone());
         let entry = Entry {
             at,
