@@ -395,7 +395,10 @@ mod tests {
         assert!(positions.is_sorted(), "{json}");
         assert!(json.contains(r#""user":null"#));
         assert!(json.contains(r#""answers":null"#));
-        assert!(json.contains(r#""ts":"1970-01-01T00:00:00.000Z""#), "{json}");
+        assert!(
+            json.contains(r#""ts":"1970-01-01T00:00:00.000Z""#),
+            "{json}"
+        );
     }
 
     #[test]
