@@ -202,6 +202,27 @@ impl Sluice {
             .collect()
     }
 
+    /// Waits (bounded) for the first record that `pred` accepts; panics
+    /// naming `what` and listing the records when none comes.
+    pub fn wait_record(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let recs = self.records();
+            if let Some(r) = recs.iter().find(|r| pred(r)) {
+                return r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no flow record for {what}; records: {recs:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Waits until at least `n` records exist (records are written on close).
     pub fn wait_records(&self, n: usize) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(10);

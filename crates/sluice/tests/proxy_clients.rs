@@ -15,7 +15,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -100,25 +100,9 @@ fn curl(args: &[&str]) -> Curl {
     }
 }
 
-/// Waits (bounded) for the first record that `pred` accepts.
-fn wait_record(s: &Sluice, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let recs = s.records();
-        if let Some(r) = recs.iter().find(|r| pred(r)) {
-            return r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no flow record for {what}; records: {recs:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// The record whose `id` is `id` (the `Sluice-Request-Id` a client saw).
 fn record_by_id(s: &Sluice, id: &str) -> Value {
-    wait_record(s, id, |r| r["id"] == id)
+    s.wait_record(id, |r| r["id"] == id)
 }
 
 /// Asserts several record fields at once, naming the field that differs.
@@ -570,7 +554,7 @@ fn python_requests_http_and_https_through_env_proxies() {
 
     assert_eq!(got[1]["status"], 200, "{got:#?}");
     assert_eq!(got[1]["body"], "hello tls /hello");
-    let rec = wait_record(&s, "the https tunnel", |r| {
+    let rec = s.wait_record("the https tunnel", |r| {
         r["dst_host"] == "origin.test" && r["protocol"] == "connect"
     });
     assert_fields(
@@ -772,7 +756,7 @@ fn domain_fronting_is_refused_and_matching_sni_passes() {
     let tunnel = |dst_host: Option<&str>, sni: &str| {
         let host = dst_host.map(str::to_owned);
         let sni = sni.to_owned();
-        wait_record(&s, &format!("tunnel with SNI {sni}"), move |r| {
+        s.wait_record(&format!("tunnel with SNI {sni}"), move |r| {
             r["protocol"] == "connect"
                 && r["sni"] == sni.as_str()
                 && r["dst_host"] == host.as_ref().map_or(Value::Null, |h| h.as_str().into())

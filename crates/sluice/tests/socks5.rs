@@ -66,27 +66,11 @@ fn curl(args: &[&str]) -> Curl {
     }
 }
 
-/// Waits (bounded) for the first record that `pred` accepts.
-fn wait_record(s: &Sluice, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let recs = s.records();
-        if let Some(r) = recs.iter().find(|r| pred(r)) {
-            return r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no flow record for {what}; records: {recs:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// The first SOCKS5 record for `dst:port`: by `dst_ip` (and no name) for
 /// an address, by `dst_host` for a name.
 fn record_for(s: &Sluice, dst: &str, port: u16) -> Value {
     let is_ip = dst.parse::<std::net::IpAddr>().is_ok();
-    wait_record(s, &format!("{dst}:{port}"), |r| {
+    s.wait_record(&format!("{dst}:{port}"), |r| {
         r["listener"] == "socks5"
             && r["dst_port"] == port
             && if is_ip {
@@ -452,7 +436,7 @@ fn python_requests_socks5_and_socks5h() {
         &[format!("http://origin.test:{port}/bytes/7")],
     );
     assert_eq!(got[0]["status"], 200, "{got:#?}");
-    let rec = wait_record(&s, "the authenticated flow", |r| r["user"] == "ci");
+    let rec = s.wait_record("the authenticated flow", |r| r["user"] == "ci");
     assert_fields(
         &rec,
         &[("zone", "local".into()), ("verdict", "allow".into())],
@@ -549,7 +533,7 @@ fn malformed_greetings_close_cleanly_and_the_listener_survives() {
     }
     assert!(s.is_running());
     // Malformed requests after a good greeting are recorded as bad requests.
-    let rec = wait_record(&s, "domain length 0", |r| {
+    let rec = s.wait_record("domain length 0", |r| {
         r["listener"] == "socks5" && r["reason"] == "domain name of length 0"
     });
     assert_fields(
@@ -579,7 +563,7 @@ fn bind_and_udp_associate_are_not_supported_ipv6_connect_is() {
         let (code, mut t) = raw_connect(socks, cmd, "::1", port);
         assert_eq!(code, 7, "{name}");
         assert!(read_to_close(&mut t).1, "{name}: closed after the reply");
-        let rec = wait_record(&s, name, |r| {
+        let rec = s.wait_record(name, |r| {
             r["reason"].as_str().is_some_and(|x| x.contains(name))
         });
         assert_fields(
@@ -606,7 +590,7 @@ fn bind_and_udp_associate_are_not_supported_ipv6_connect_is() {
     let (got, _) = read_to_close(&mut t);
     assert!(String::from_utf8_lossy(&got).ends_with("xxxx"), "{got:?}");
     drop(t); // the record is written when the tunnel closes
-    let rec = wait_record(&s, "the IPv6 tunnel", |r| r["rule"] == "loopback6-origin");
+    let rec = s.wait_record("the IPv6 tunnel", |r| r["rule"] == "loopback6-origin");
     assert_fields(
         &rec,
         &[
@@ -663,9 +647,7 @@ fn refused_unresolvable_and_report_mode_replies() {
     // A name that is not a valid host: 0x04, rule default/invalid-destination.
     let (code, _) = raw_connect(socks, 1, "bad..name", 80);
     assert_eq!(code, 4);
-    let rec = wait_record(&s, "bad..name", |r| {
-        r["rule"] == "default/invalid-destination"
-    });
+    let rec = s.wait_record("bad..name", |r| r["rule"] == "default/invalid-destination");
     assert_eq!(rec["listener"], "socks5");
 }
 
