@@ -425,52 +425,8 @@ impl StubDns {
             .collect();
         let answers = Arc::new(Mutex::new(answers));
         let queries = Arc::new(Mutex::new(std::collections::HashMap::new()));
-        // UDP and TCP on one port: retry until both binds succeed.
-        let (udp, tcp) = loop {
-            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
-                break (udp, tcp);
-            }
-        };
-        let addr = udp.local_addr().unwrap();
         let (a, q) = (answers.clone(), queries.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                if let Some(r) = dns_answer(&buf[..n], &a, &q) {
-                    let _ = udp.send_to(&r, from);
-                }
-            }
-        });
-        let (a, q) = (answers.clone(), queries.clone());
-        std::thread::spawn(move || {
-            for s in tcp.incoming() {
-                let Ok(mut s) = s else { continue };
-                let (a, q) = (a.clone(), q.clone());
-                std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    loop {
-                        let mut len = [0u8; 2];
-                        if s.read_exact(&mut len).is_err() {
-                            return;
-                        }
-                        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                        if s.read_exact(&mut msg).is_err() {
-                            return;
-                        }
-                        let Some(r) = dns_answer(&msg, &a, &q) else {
-                            return;
-                        };
-                        let mut out = (r.len() as u16).to_be_bytes().to_vec();
-                        out.extend_from_slice(&r);
-                        if s.write_all(&out).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        let addr = serve_dns(move |msg, _udp| dns_answer(msg, &a, &q));
         StubDns {
             addr,
             answers,
@@ -900,51 +856,12 @@ impl FixtureDns {
         let zone = Arc::new(Mutex::new(std::collections::HashMap::new()));
         let queries: DnsMap<usize> = Arc::new(Mutex::new(std::collections::HashMap::new()));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
-        let (udp, tcp) = loop {
-            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
-                break (udp, tcp);
-            }
-        };
-        let addr = udp.local_addr().unwrap();
-        let (z, q) = (zone.clone(), queries.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                if let Some(r) = fixture_answer(&buf[..n], &z, &q, true) {
-                    let _ = udp.send_to(&r, from);
-                }
-            }
-        });
         let (z, q, t) = (zone.clone(), queries.clone(), tcp_queries.clone());
-        std::thread::spawn(move || {
-            for s in tcp.incoming() {
-                let Ok(mut s) = s else { continue };
-                let (z, q, t) = (z.clone(), q.clone(), t.clone());
-                std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    loop {
-                        let mut len = [0u8; 2];
-                        if s.read_exact(&mut len).is_err() {
-                            return;
-                        }
-                        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                        if s.read_exact(&mut msg).is_err() {
-                            return;
-                        }
-                        t.fetch_add(1, Ordering::SeqCst);
-                        let Some(r) = fixture_answer(&msg, &z, &q, false) else {
-                            return;
-                        };
-                        let mut out = (r.len() as u16).to_be_bytes().to_vec();
-                        out.extend_from_slice(&r);
-                        if s.write_all(&out).is_err() {
-                            return;
-                        }
-                    }
-                });
+        let addr = serve_dns(move |msg, udp| {
+            if !udp {
+                t.fetch_add(1, Ordering::SeqCst);
             }
+            fixture_answer(msg, &z, &q, udp)
         });
         FixtureDns {
             addr,
@@ -1135,4 +1052,59 @@ pub fn client_command(program: &str) -> Command {
         c.env_remove(v);
     }
     c
+}
+
+/// Serves DNS on 127.0.0.1 over UDP and TCP on one port, each message
+/// answered by `answer(message, over_udp)` (`None`: no reply, and a TCP
+/// connection is closed). Returns the address.
+fn serve_dns(
+    answer: impl Fn(&[u8], bool) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> SocketAddr {
+    // UDP and TCP on one port: retry until both binds succeed.
+    let (udp, tcp) = loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
+            break (udp, tcp);
+        }
+    };
+    let addr = udp.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    let on_udp = answer.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            if let Some(r) = on_udp(&buf[..n], true) {
+                let _ = udp.send_to(&r, from);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                loop {
+                    let mut len = [0u8; 2];
+                    if s.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if s.read_exact(&mut msg).is_err() {
+                        return;
+                    }
+                    let Some(r) = answer(&msg, false) else {
+                        return;
+                    };
+                    let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&r);
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
