@@ -32,13 +32,14 @@ async fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
 #[derive(Clone, Copy)]
 enum Kind {
     Sluice,
+    SluiceNoSplice,
     CopyBidirectional,
 }
 
 fn spawn_relay(kind: Kind, a: TcpStream, b: TcpStream) {
     tokio::spawn(async move {
         match kind {
-            Kind::Sluice => {
+            Kind::Sluice | Kind::SluiceNoSplice => {
                 sluice_net::relay::relay(
                     a,
                     b,
@@ -112,16 +113,18 @@ async fn idle(kind: Kind, l: &TcpListener, n: usize) -> f64 {
 async fn main() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let kinds = [
-        ("sluice relay", Kind::Sluice),
+        ("sluice relay (splice)", Kind::Sluice),
+        ("sluice relay (copy)", Kind::SluiceNoSplice),
         ("copy_bidirectional", Kind::CopyBidirectional),
     ];
     // Child mode: measure idle cost of one kind in a fresh process.
     if let Some(which) = std::env::args().nth(1) {
-        let kind = if which == "sluice" {
-            Kind::Sluice
-        } else {
-            Kind::CopyBidirectional
+        let kind = match which.as_str() {
+            "sluice" => Kind::Sluice,
+            "nosplice" => Kind::SluiceNoSplice,
+            _ => Kind::CopyBidirectional,
         };
+        sluice_net::splice::set_enabled(!matches!(kind, Kind::SluiceNoSplice));
         println!("{:.1}", idle(kind, &l, 2000).await);
         return;
     }
@@ -145,11 +148,12 @@ async fn main() {
     };
     println!("direct                 : {direct:8.0} MiB/s");
     for (name, kind) in kinds {
+        sluice_net::splice::set_enabled(!matches!(kind, Kind::SluiceNoSplice));
         let mibs = bulk(kind, &l).await;
-        let arg = if matches!(kind, Kind::Sluice) {
-            "sluice"
-        } else {
-            "copy"
+        let arg = match kind {
+            Kind::Sluice => "sluice",
+            Kind::SluiceNoSplice => "nosplice",
+            Kind::CopyBidirectional => "copy",
         };
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .arg(arg)

@@ -30,6 +30,8 @@ pub mod limits;
 pub mod relay;
 pub mod sockopt;
 pub mod socks5;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod tls;
 pub mod transparent;
 pub mod tunnel;
