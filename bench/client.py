@@ -1,16 +1,7 @@
 #!/usr/bin/env python3
-"""Tunnel clients for bench/proxy.sh. Prints one JSON object on stdout.
-
-    client.py tunnels --proxy 127.0.0.1:P|direct --target 127.0.0.1:E
-                      [--concurrency 32] [--count 5000] [--seconds 15] [--socks5]
-        New tunnels per second. Each tunnel: TCP connect to the proxy, send
-        CONNECT, read the 200, send one byte, read it back from the echo
-        origin, close. Latency = connect start -> echoed byte received (the
-        tunnel is usable end to end). "direct" skips the proxy (and is also
-        how the transparent bench connects: straight to the origin address).
-        With --socks5 the proxy speaks SOCKS5 instead of CONNECT: greeting
-        05 01 00, answer 05 00, request 05 01 00 01 <IPv4> <port>, the
-        10-byte reply (05 00 00 01 ...), then the same echo byte.
+"""Idle tunnels and CPU readings for bench/proxy.sh. Prints one JSON object
+(idle) or one line (cpu) on stdout. New tunnels per second are measured by
+the compiled crates/sluice-loadgen (`sluice-loadgen tunnels`), not here.
 
     client.py idle --proxy 127.0.0.1:P --target 127.0.0.1:E --pid PID [--n 2000]
         RSS per idle tunnel: warm up with 32 tunnels, read the proxy's RSS
@@ -26,10 +17,8 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import socket
 import sys
-import time
 
 
 def addr(s):
@@ -37,53 +26,29 @@ def addr(s):
     return host, int(port)
 
 
-async def recv_exact(loop, s, n, what):
-    buf = b""
-    while len(buf) < n:
-        chunk = await loop.sock_recv(s, n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"proxy closed during the SOCKS5 {what}")
-        buf += chunk
-    return buf
-
-
-async def open_tunnel(loop, proxy, target, payload=b"x", socks5=False):
+async def open_tunnel(loop, proxy, target, payload=b"x"):
+    """A CONNECT tunnel through proxy to the echo origin at target, checked by
+    echoing payload through it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setblocking(False)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        if proxy is not None and socks5:
-            await loop.sock_connect(s, proxy)
-            # Greeting and request in one write each; the reply is exactly
-            # 10 bytes for an IPv4 bound address.
-            await loop.sock_sendall(s, b"\x05\x01\x00")
-            m = await recv_exact(loop, s, 2, "method answer")
-            if m != b"\x05\x00":
-                raise ConnectionError(f"SOCKS5 method answer {m.hex()}")
-            req = b"\x05\x01\x00\x01" + socket.inet_aton(target[0]) + target[1].to_bytes(2, "big")
-            await loop.sock_sendall(s, req)
-            rep = await recv_exact(loop, s, 10, "reply")
-            if rep[:2] != b"\x05\x00" or rep[3] != 1:
-                raise ConnectionError(f"SOCKS5 reply {rep.hex()}")
-        elif proxy is not None:
-            await loop.sock_connect(s, proxy)
-            hp = f"{target[0]}:{target[1]}"
-            await loop.sock_sendall(s, f"CONNECT {hp} HTTP/1.1\r\nHost: {hp}\r\n\r\n".encode())
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = await loop.sock_recv(s, 4096)
-                if not chunk:
-                    raise ConnectionError("proxy closed before answering CONNECT")
-                buf += chunk
-                if len(buf) > 65536:
-                    raise ConnectionError("oversized CONNECT answer")
-            status = buf.split(b" ", 2)[1] if b" " in buf else b"?"
-            if status != b"200":
-                raise ConnectionError("CONNECT answered " + buf.split(b"\r\n", 1)[0].decode(errors="replace"))
-            if buf.index(b"\r\n\r\n") + 4 != len(buf):
-                raise ConnectionError("bytes after the CONNECT answer")
-        else:
-            await loop.sock_connect(s, target)
+        await loop.sock_connect(s, proxy)
+        hp = f"{target[0]}:{target[1]}"
+        await loop.sock_sendall(s, f"CONNECT {hp} HTTP/1.1\r\nHost: {hp}\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = await loop.sock_recv(s, 4096)
+            if not chunk:
+                raise ConnectionError("proxy closed before answering CONNECT")
+            buf += chunk
+            if len(buf) > 65536:
+                raise ConnectionError("oversized CONNECT answer")
+        status = buf.split(b" ", 2)[1] if b" " in buf else b"?"
+        if status != b"200":
+            raise ConnectionError("CONNECT answered " + buf.split(b"\r\n", 1)[0].decode(errors="replace"))
+        if buf.index(b"\r\n\r\n") + 4 != len(buf):
+            raise ConnectionError("bytes after the CONNECT answer")
         await loop.sock_sendall(s, payload)
         got = b""
         while len(got) < len(payload):
@@ -97,55 +62,6 @@ async def open_tunnel(loop, proxy, target, payload=b"x", socks5=False):
     except BaseException:
         s.close()
         raise
-
-
-def pct(sorted_vals, p):
-    if not sorted_vals:
-        return None
-    i = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * len(sorted_vals) + 0.5)) - 1))
-    return sorted_vals[i]
-
-
-async def tunnels(a):
-    loop = asyncio.get_running_loop()
-    proxy = None if a.proxy == "direct" else addr(a.proxy)
-    target = addr(a.target)
-    lat, errors, samples = [], 0, []
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    deadline = started + a.seconds
-    issued = 0
-
-    async def worker():
-        nonlocal issued, errors
-        while issued < a.count and time.perf_counter() < deadline:
-            issued += 1
-            t0 = time.perf_counter()
-            try:
-                s = await asyncio.wait_for(open_tunnel(loop, proxy, target, socks5=a.socks5), 10)
-            except Exception as e:  # counted, a few kept as samples
-                errors += 1
-                if len(samples) < 5:
-                    samples.append(f"{type(e).__name__}: {e}")
-                continue
-            lat.append(time.perf_counter() - t0)
-            s.close()
-
-    await asyncio.gather(*(worker() for _ in range(a.concurrency)))
-    elapsed = time.perf_counter() - started
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    lat.sort()
-    return {
-        "ok": len(lat),
-        "errors": errors,
-        "error_samples": samples,
-        "seconds": round(elapsed, 3),
-        "per_second": len(lat) / elapsed,
-        "p50_ms": pct(lat, 50) * 1000 if lat else None,
-        "p99_ms": pct(lat, 99) * 1000 if lat else None,
-        "client_cpu_s": round(client_cpu, 3),
-    }
 
 
 def tree(pid):
@@ -258,20 +174,16 @@ async def idle(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["tunnels", "idle", "cpu"])
+    ap.add_argument("mode", choices=["idle", "cpu"])
     ap.add_argument("--proxy")
     ap.add_argument("--target")
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--count", type=int, default=5000)
-    ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--pid", type=int)
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--socks5", action="store_true", help="the proxy speaks SOCKS5, not CONNECT")
     a = ap.parse_args()
     if a.mode == "cpu":
         print("%.2f %.2f" % cpu_seconds(a.pid))
         return
-    out = asyncio.run(tunnels(a) if a.mode == "tunnels" else idle(a))
+    out = asyncio.run(idle(a))
     json.dump(out, sys.stdout)
     print()
 

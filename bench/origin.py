@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Local origins for bench/proxy.sh (loopback only).
+"""Local HTTP origins for bench/proxy.sh (loopback only).
 
     origin.py http PORT        HTTP/1.1 keep-alive server: GET /bytes/N -> N bytes
     origin.py bulk PORT        same protocol, thread per connection, body sent with
                                sendall() from one preallocated zero buffer (bulk rate)
-    origin.py echo PORT...     TCP echo on each port (tunnel setup and idle tunnels)
+
+The TCP echo origin of the tunnel and idle-tunnel measures is the compiled
+crates/sluice-loadgen (`sluice-loadgen echo PORT...`), not here.
 
 Each mode prints "ready" on stdout once it listens. The address is
 127.0.0.1 unless ORIGIN_HOST says otherwise (bench/transparent.sh binds the
@@ -86,14 +88,6 @@ class Http(asyncio.Protocol):
                 return
 
 
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.t = transport
-
-    def data_received(self, data):
-        self.t.write(data)
-
-
 async def serve(factory, ports):
     loop = asyncio.get_running_loop()
     servers = []
@@ -148,8 +142,6 @@ def main():
     mode, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
     if mode == "http":
         asyncio.run(serve(Http, ports))
-    elif mode == "echo":
-        asyncio.run(serve(Echo, ports))
     elif mode == "bulk":
         bulk(ports[0])
     else:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sluice vs squid vs tinyproxy on loopback; see bench/README.md.
 #
-#   bench/proxy.sh                 # build Sluice (release), run everything, write bench/results.md
-#   SLUICE_BIN=path bench/proxy.sh # use that binary, skip the build
+#   bench/proxy.sh                  # build Sluice (release), run everything, write bench/results.md
+#   SLUICE_BIN=path bench/proxy.sh  # use that binary, skip the build
+#   LOADGEN_BIN=path bench/proxy.sh # the same for sluice-loadgen (tunnel client, echo origin)
 #
 # Knobs (environment), defaults in brackets: ROUNDS [3] rounds of measures 1-3;
 # per round and column: BULK_MIB [1024] MiB downloaded, TUNNELS [2000] tunnels
@@ -15,7 +16,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 cmdline="bench/proxy.sh${*:+ $*}"
-for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS WRK_SECONDS IDLE_TUNNELS ONLY SLUICE_BIN SLUICE_REV; do
+for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS WRK_SECONDS IDLE_TUNNELS ONLY SLUICE_BIN LOADGEN_BIN SLUICE_REV; do
     if [[ -n ${!v:-} ]]; then cmdline="$v=\"${!v}\" $cmdline"; fi
 done
 ROUNDS=${ROUNDS:-3}
@@ -89,13 +90,25 @@ wait_port() { # port, name, pid
 busy() { ps -eo comm= | grep -cxE 'rustc|cargo|cc|cc1|c\+\+|cc1plus|ld|ld\.lld|mold' || true; }
 busy_start=$(busy)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+target_dir() {
+    cd "$root" && cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
 if [[ -z ${SLUICE_BIN:-} ]]; then
     log "building sluice (release)"
     (cd "$root" && cargo build --release -p sluice -q)
-    SLUICE_BIN=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/sluice
+    SLUICE_BIN=$(target_dir)/release/sluice
 fi
 [[ -x $SLUICE_BIN ]] || { echo "error: $SLUICE_BIN is not executable" >&2; exit 2; }
+# The tunnel client and the echo origin: compiled, one current_thread tokio
+# process each (crates/sluice-loadgen), so that the client costs less CPU per
+# tunnel than the proxies it measures.
+if [[ -z ${LOADGEN_BIN:-} ]]; then
+    log "building sluice-loadgen (release)"
+    (cd "$root" && cargo build --release -p sluice-loadgen -q)
+    LOADGEN_BIN=$(target_dir)/release/sluice-loadgen
+fi
+[[ -x $LOADGEN_BIN ]] || { echo "error: $LOADGEN_BIN is not executable" >&2; exit 2; }
 
 # ---------------------------------------------------------------- origins
 HTTP_PORT=$(freeport)
@@ -111,7 +124,7 @@ pids+=($!); wait_port "$HTTP_PORT" origin-http $!
 python3 "$here/origin.py" bulk "$BULK_PORT" >"$T/origin-bulk.log" 2>&1 &
 pids+=($!); wait_port "$BULK_PORT" origin-bulk $!
 # shellcheck disable=SC2086
-python3 "$here/origin.py" echo $ECHO_PORTS >"$T/origin-echo.log" 2>&1 &
+"$LOADGEN_BIN" echo $ECHO_PORTS >"$T/origin-echo.log" 2>&1 &
 pids+=($!)
 for p in $ECHO_PORTS; do wait_port "$p" origin-echo $!; done
 
@@ -291,7 +304,7 @@ for round in $(seq "$ROUNDS"); do
         socks=()
         if [[ $who == socks5 ]]; then socks=(--socks5); fi
         c0=$(cpu "$who")
-        out=$(timeout $((TUNNEL_SECONDS + 30)) python3 "$here/client.py" tunnels --proxy "$proxy" "${socks[@]}" \
+        out=$(timeout $((TUNNEL_SECONDS + 30)) "$LOADGEN_BIN" tunnels --proxy "$proxy" "${socks[@]}" \
             --target "127.0.0.1:${ECHO[$who]}" --concurrency 32 --count "$TUNNELS" --seconds "$TUNNEL_SECONDS")
         emit tunnels "$who" "{\"round\":$round,${out#\{}" "$c0"
         log "tunnels round $round $who: $out"

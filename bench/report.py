@@ -156,7 +156,9 @@ def transparent(results, env):
         out.append("")
     out.append(f"Machine: {m['cpu']}, `nproc` = {m['nproc']}, {m['mem']}; {m['kernel']}; load average "
                f"(1/5/15 min) {m['load']}; compiler/linker processes of other work running: {m['busy']}; "
-               f"sluice {m['sluice']} (release build); curl {m['curl']}; nft {m['nft']}; Python {m['python']}.")
+               f"sluice {m['sluice']} (release build); curl {m['curl']}; nft {m['nft']}; Python {m['python']} "
+               "(bulk origin); tunnel client and echo origin: `sluice-loadgen` (compiled, one "
+               "current_thread tokio process each).")
     out.append("")
     out.append("### Raw numbers\n")
     out.append("```json")
@@ -355,7 +357,7 @@ def main():
                 client[w] = sum(r["client_cpu_s"] for r in rs) * 1e6 / n
     if client:
         out.append("")
-        out.append("The tunnel client (one Python asyncio process) itself used "
+        out.append("The tunnel client (`sluice-loadgen`, compiled, one current_thread tokio process) itself used "
                    + ", ".join(f"{fmt(v)} µs ({w})" for w, v in client.items())
                    + " of CPU per tunnel, on the same CPUs as the proxy: the direct column is the "
                    "client's own ceiling, and a rate near it says more about the client than about "
@@ -367,7 +369,9 @@ def main():
     out.append(f"- load average (1/5/15 min): {m['load']}; compiler/linker processes of other "
                f"work running: {m['busy']}")
     out.append(f"- sluice {m['sluice']} (release build); squid {m['squid']}; tinyproxy {m['tinyproxy']}; "
-               f"wrk {m['wrk']}; curl {m['curl']}; Python {m['python']} (origins and tunnel client)")
+               f"wrk {m['wrk']}; curl {m['curl']}; Python {m['python']} (HTTP and bulk origins, idle-tunnel "
+               "client); tunnel client and echo origin: `sluice-loadgen` (compiled, one current_thread "
+               "tokio process each)")
     out.append("- everything on 127.0.0.1: clients, proxy and origins share the same CPUs")
     out.append("")
     out.append("## Raw numbers\n")

@@ -2,8 +2,9 @@
 # Sluice's transparent listener behind deploy/transparent/sluice.nft, against
 # plain forwarding through the same gateway; see bench/README.md.
 #
-#   bench/transparent.sh                 # build Sluice (release), run, write bench/transparent-results.md
-#   SLUICE_BIN=path bench/transparent.sh # use that binary, skip the build
+#   bench/transparent.sh                  # build Sluice (release), run, write bench/transparent-results.md
+#   SLUICE_BIN=path bench/transparent.sh  # use that binary, skip the build
+#   LOADGEN_BIN=path bench/transparent.sh # the same for sluice-loadgen (tunnel client, echo origin)
 #
 # Three network namespaces (client, gateway, origin; veth links, as in
 # crates/sluice/tests/transparent.rs). Columns:
@@ -12,7 +13,8 @@
 #   transparent  the ruleset as shipped: every TCP connection from the client
 #                is redirected to Sluice's listen.transparent in the gateway.
 # The client always connects to the origin's own address and never names a
-# proxy. Needs root, ip (iproute2), nft, curl, python3.
+# proxy. Needs root, ip (iproute2), nft, curl, python3, cargo (or the two
+# *_BIN variables).
 #
 # Knobs: ROUNDS [3], BULK_MIB [1024], TUNNELS [2000], TUNNEL_SECONDS [10];
 # SLUICE_REV names the binary's commit in the report (default: the tree's
@@ -22,7 +24,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 cmdline="bench/transparent.sh${*:+ $*}"
-for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS SLUICE_BIN SLUICE_REV; do
+for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS SLUICE_BIN LOADGEN_BIN SLUICE_REV; do
     if [[ -n ${!v:-} ]]; then cmdline="$v=\"${!v}\" $cmdline"; fi
 done
 ROUNDS=${ROUNDS:-3}
@@ -84,13 +86,23 @@ wait_port() { # ns, addr, port, name, pid
 busy() { ps -eo comm= | grep -cxE 'rustc|cargo|cc|cc1|c\+\+|cc1plus|ld|ld\.lld|mold' || true; }
 busy_start=$(busy)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+target_dir() {
+    cd "$root" && cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
 if [[ -z ${SLUICE_BIN:-} ]]; then
     log "building sluice (release)"
     (cd "$root" && cargo build --release -p sluice -q)
-    SLUICE_BIN=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/sluice
+    SLUICE_BIN=$(target_dir)/release/sluice
 fi
 [[ -x $SLUICE_BIN ]] || { echo "error: $SLUICE_BIN is not executable" >&2; exit 2; }
+# The tunnel client and the echo origin (crates/sluice-loadgen), as in proxy.sh.
+if [[ -z ${LOADGEN_BIN:-} ]]; then
+    log "building sluice-loadgen (release)"
+    (cd "$root" && cargo build --release -p sluice-loadgen -q)
+    LOADGEN_BIN=$(target_dir)/release/sluice-loadgen
+fi
+[[ -x $LOADGEN_BIN ]] || { echo "error: $LOADGEN_BIN is not executable" >&2; exit 2; }
 
 # ---------------------------------------------------------------- namespaces
 for n in "$NC" "$NG" "$NO"; do ip netns add "$n"; done
@@ -113,7 +125,7 @@ inns "$NG" sysctl -qw net.ipv4.ip_forward=1
 # ip netns exec execs the command: $! is the process itself, which cleanup stops.
 ORIGIN_HOST=$ORIGIN ip netns exec "$NO" python3 "$here/origin.py" bulk "$BULK_PORT" >"$T/origin-bulk.log" 2>&1 &
 pids+=($!); wait_port "$NO" "$ORIGIN" "$BULK_PORT" origin-bulk $!
-ORIGIN_HOST=$ORIGIN ip netns exec "$NO" python3 "$here/origin.py" echo "${ECHO[direct]}" "${ECHO[transparent]}" \
+ORIGIN_HOST=$ORIGIN ip netns exec "$NO" "$LOADGEN_BIN" echo "${ECHO[direct]}" "${ECHO[transparent]}" \
     >"$T/origin-echo.log" 2>&1 &
 pids+=($!)
 for p in "${ECHO[@]}"; do wait_port "$NO" "$ORIGIN" "$p" origin-echo $!; done
@@ -199,7 +211,7 @@ for round in $(seq "$ROUNDS"); do
     for who in direct transparent; do
         ruleset "$who"
         c0=$(cpu "$who")
-        out=$(timeout $((TUNNEL_SECONDS + 30)) ip netns exec "$NC" python3 "$here/client.py" tunnels --proxy direct \
+        out=$(timeout $((TUNNEL_SECONDS + 30)) ip netns exec "$NC" "$LOADGEN_BIN" tunnels --proxy direct \
             --target "$ORIGIN:${ECHO[$who]}" --concurrency 32 --count "$TUNNELS" --seconds "$TUNNEL_SECONDS")
         emit tunnels "$who" "{\"round\":$round,${out#\{}" "$c0"
         log "tunnels round $round $who: $out"

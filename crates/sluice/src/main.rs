@@ -14,9 +14,10 @@ use sluice_policy::{Destination, Policy, Request, Verdict};
 /// mimalloc instead of glibc malloc: the data path allocates and frees small
 /// and 32 KiB buffers per request and tunnel, and glibc's malloc/free showed
 /// as ~12% of the proxy's CPU under tunnel load (perf). Measured with
-/// bench/client.py tunnels (32 clients, loopback, 2 runs each): 3,817–3,861
-/// tunnels/s and 155–158 µs CPU per tunnel with glibc, 4,630–4,948 and
-/// 113–127 µs with mimalloc.
+/// the Python tunnel client bench/proxy.sh used then (`client.py tunnels`,
+/// since replaced by `sluice-loadgen tunnels`; 32 clients, loopback, 2 runs
+/// each): 3,817–3,861 tunnels/s and 155–158 µs CPU per tunnel with glibc,
+/// 4,630–4,948 and 113–127 µs with mimalloc.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

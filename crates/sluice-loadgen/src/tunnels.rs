@@ -1,0 +1,454 @@
+//! `tunnels`: new tunnels per second. Each tunnel is a TCP connect (with
+//! TCP_NODELAY) to the proxy, an HTTP `CONNECT` or a SOCKS5 handshake (or
+//! neither, `direct`), one byte sent and read back from the echo origin
+//! through the tunnel, close. Latency runs from connect start to the echoed
+//! byte: until the tunnel is usable end to end. `concurrency` workers share
+//! the budget of `count` tunnels and `duration`; a tunnel not usable within
+//! 10 s is an error. Errors are counted, the first five kept as samples.
+//!
+//! The semantics and the JSON report are those of the Python client this
+//! replaces (`client.py tunnels`), so bench/report.py reads either.
+
+use std::{
+    fmt, io,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use nix::sys::resource::{UsageWho, getrusage};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    task::JoinSet,
+};
+
+/// A tunnel not usable end to end within this is an error.
+const TUNNEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a CONNECT answer head.
+const MAX_ANSWER: usize = 65536;
+/// Error samples kept in the report.
+const SAMPLES: usize = 5;
+
+/// One run of the tunnels mode.
+#[derive(Debug)]
+pub struct Config {
+    pub via: Via,
+    pub target: Target,
+    pub concurrency: usize,
+    pub count: usize,
+    pub duration: Duration,
+}
+
+/// How a tunnel reaches the target.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// Straight to the target (also the transparent bench: the gateway
+    /// redirects the connection).
+    Direct,
+    /// An HTTP proxy: `CONNECT host:port`.
+    Connect(SocketAddr),
+    /// A SOCKS5 proxy, no authentication, the target as an IPv4 address.
+    Socks5 { proxy: SocketAddr, ip: Ipv4Addr },
+}
+
+/// The echo origin, as named on the command line and as resolved.
+#[derive(Debug)]
+pub struct Target {
+    /// The host as given: the `CONNECT` request names it.
+    pub host: String,
+    pub port: u16,
+    pub addr: SocketAddr,
+}
+
+/// The JSON object printed on stdout; keys and meaning as `client.py
+/// tunnels` had them.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: usize,
+    pub errors: usize,
+    pub error_samples: Vec<String>,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// User + system CPU of this process over the run.
+    pub client_cpu_s: f64,
+}
+
+/// Why one tunnel failed.
+#[derive(Debug)]
+enum TunnelError {
+    Io {
+        stage: &'static str,
+        source: io::Error,
+    },
+    Closed(&'static str),
+    OversizedAnswer,
+    Refused(String),
+    BytesAfterAnswer,
+    SocksMethod([u8; 2]),
+    SocksReply([u8; 10]),
+    EchoMismatch,
+    Timeout,
+}
+
+/// What one worker saw.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    errors: usize,
+    samples: Vec<(Instant, String)>,
+}
+
+// === impl TunnelError ===
+
+impl fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { stage, source } => write!(f, "{stage}: {source}"),
+            Self::Closed(when) => write!(f, "closed {when}"),
+            Self::OversizedAnswer => write!(f, "CONNECT answer over {MAX_ANSWER} bytes"),
+            Self::Refused(line) => write!(f, "CONNECT answered {line}"),
+            Self::BytesAfterAnswer => write!(f, "bytes after the CONNECT answer"),
+            Self::SocksMethod(m) => write!(f, "SOCKS5 method answer {}", hex(m)),
+            Self::SocksReply(r) => write!(f, "SOCKS5 reply {}", hex(r)),
+            Self::EchoMismatch => write!(f, "echo mismatch"),
+            Self::Timeout => write!(f, "timeout: not usable within {TUNNEL_TIMEOUT:?}"),
+        }
+    }
+}
+
+fn io_at(stage: &'static str) -> impl FnOnce(io::Error) -> TunnelError {
+    move |source| TunnelError::Io { stage, source }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the workers to the end of the budget and reports.
+pub async fn run(config: Config) -> Report {
+    let config = Arc::new(config);
+    let issued = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let mut workers = JoinSet::new();
+    for _ in 0..config.concurrency {
+        workers.spawn(worker(Arc::clone(&config), Arc::clone(&issued), deadline));
+    }
+    let mut all = Tally::default();
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(t) => {
+                all.latencies.extend(t.latencies);
+                all.errors += t.errors;
+                all.samples.extend(t.samples);
+            }
+            // A worker cannot panic on anything a peer sends; count it anyway.
+            Err(e) => {
+                all.errors += 1;
+                all.samples.push((Instant::now(), format!("worker: {e}")));
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu = cpu_seconds() - cpu_before;
+    all.latencies.sort_unstable();
+    all.samples.sort_by_key(|(at, _)| *at);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Report {
+        ok: all.latencies.len(),
+        errors: all.errors,
+        error_samples: all
+            .samples
+            .into_iter()
+            .take(SAMPLES)
+            .map(|(_, s)| s)
+            .collect(),
+        seconds: round3(elapsed),
+        per_second: all.latencies.len() as f64 / elapsed,
+        p50_ms: percentile(&all.latencies, 50.0).map(ms),
+        p99_ms: percentile(&all.latencies, 99.0).map(ms),
+        client_cpu_s: round3(client_cpu),
+    }
+}
+
+async fn worker(config: Arc<Config>, issued: Arc<AtomicUsize>, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
+    while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < config.count {
+        let t0 = Instant::now();
+        match tokio::time::timeout(TUNNEL_TIMEOUT, open(&config.via, &config.target)).await {
+            Ok(Ok(stream)) => {
+                tally.latencies.push(t0.elapsed());
+                drop(stream);
+            }
+            Ok(Err(e)) => tally.error(e),
+            Err(_) => tally.error(TunnelError::Timeout),
+        }
+    }
+    tally
+}
+
+// === impl Tally ===
+
+impl Tally {
+    fn error(&mut self, e: TunnelError) {
+        self.errors += 1;
+        if self.samples.len() < SAMPLES {
+            self.samples.push((Instant::now(), e.to_string()));
+        }
+    }
+}
+
+/// One tunnel, usable end to end (the echo came back through it).
+async fn open(via: &Via, target: &Target) -> Result<TcpStream, TunnelError> {
+    let first_hop = match *via {
+        Via::Direct => target.addr,
+        Via::Connect(proxy) | Via::Socks5 { proxy, .. } => proxy,
+    };
+    let socket = if first_hop.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(io_at("socket"))?;
+    socket.set_nodelay(true).map_err(io_at("TCP_NODELAY"))?;
+    let mut s = socket.connect(first_hop).await.map_err(io_at("connect"))?;
+    match *via {
+        Via::Direct => {}
+        Via::Connect(_) => http_connect(&mut s, target).await?,
+        Via::Socks5 { ip, .. } => socks5_connect(&mut s, ip, target.port).await?,
+    }
+    s.write_all(b"x").await.map_err(io_at("echo write"))?;
+    let mut got = [0u8; 16];
+    let n = s.read(&mut got).await.map_err(io_at("echo read"))?;
+    match &got[..n] {
+        [] => Err(TunnelError::Closed("before the echo")),
+        b"x" => Ok(s),
+        _ => Err(TunnelError::EchoMismatch),
+    }
+}
+
+async fn http_connect(s: &mut TcpStream, target: &Target) -> Result<(), TunnelError> {
+    let hp = format!("{}:{}", target.host, target.port);
+    let request = format!("CONNECT {hp} HTTP/1.1\r\nHost: {hp}\r\n\r\n");
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(io_at("CONNECT write"))?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = head_end(&buf) {
+            return check_answer(&buf, end);
+        }
+        let n = s.read(&mut chunk).await.map_err(io_at("CONNECT read"))?;
+        if n == 0 {
+            return Err(TunnelError::Closed("before answering CONNECT"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_ANSWER {
+            return Err(TunnelError::OversizedAnswer);
+        }
+    }
+}
+
+/// Where the head of a CONNECT answer ends (after its blank line), if read.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// The answer must be a 200 and nothing after its head: the tunnel's first
+/// byte is the echo's.
+fn check_answer(buf: &[u8], end: usize) -> Result<(), TunnelError> {
+    let status = buf.splitn(3, |&c| c == b' ').nth(1);
+    if status != Some(b"200") {
+        let line = buf.split(|&c| c == b'\r').next().unwrap_or_default();
+        return Err(TunnelError::Refused(
+            String::from_utf8_lossy(line).into_owned(),
+        ));
+    }
+    if end != buf.len() {
+        return Err(TunnelError::BytesAfterAnswer);
+    }
+    Ok(())
+}
+
+async fn socks5_connect(s: &mut TcpStream, ip: Ipv4Addr, port: u16) -> Result<(), TunnelError> {
+    let closed = |when| {
+        move |e: io::Error| match e.kind() {
+            io::ErrorKind::UnexpectedEof => TunnelError::Closed(when),
+            _ => TunnelError::Io {
+                stage: "SOCKS5 read",
+                source: e,
+            },
+        }
+    };
+    // Greeting and request in one write each; the reply is exactly 10 bytes
+    // for an IPv4 bound address.
+    s.write_all(&[5, 1, 0])
+        .await
+        .map_err(io_at("SOCKS5 greeting"))?;
+    let mut method = [0u8; 2];
+    s.read_exact(&mut method)
+        .await
+        .map_err(closed("during the SOCKS5 method answer"))?;
+    if method != [5, 0] {
+        return Err(TunnelError::SocksMethod(method));
+    }
+    let mut request = [5, 1, 0, 1, 0, 0, 0, 0, 0, 0];
+    request[4..8].copy_from_slice(&ip.octets());
+    request[8..].copy_from_slice(&port.to_be_bytes());
+    s.write_all(&request)
+        .await
+        .map_err(io_at("SOCKS5 request"))?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply)
+        .await
+        .map_err(closed("during the SOCKS5 reply"))?;
+    if reply[..2] != [5, 0] || reply[3] != 1 {
+        return Err(TunnelError::SocksReply(reply));
+    }
+    Ok(())
+}
+
+/// The p-th percentile of sorted values, the nearest-rank rule the Python
+/// client used (`round` there rounds half to even).
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let n = sorted.len();
+    let rank = (p / 100.0 * n as f64 + 0.5).round_ties_even() as usize;
+    let i = rank.saturating_sub(1).min(n.checked_sub(1)?);
+    sorted.get(i).copied()
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// User + system CPU seconds of this process so far; 0 if unavailable (the
+/// report then understates the client, which is noticed by its zero).
+fn cpu_seconds() -> f64 {
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        secs(u.user_time()) + secs(u.system_time())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_matches_the_python_client() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&x| Duration::from_millis(x))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(percentile(&[], 50.0), None);
+        let one = ms(&[7]);
+        assert_eq!(percentile(&one, 50.0), Some(Duration::from_millis(7)));
+        assert_eq!(percentile(&one, 99.0), Some(Duration::from_millis(7)));
+        // n = 4: 50 -> round(2.5) = 2 (half to even) -> index 1.
+        let four = ms(&[1, 2, 3, 4]);
+        assert_eq!(percentile(&four, 50.0), Some(Duration::from_millis(2)));
+        assert_eq!(percentile(&four, 99.0), Some(Duration::from_millis(4)));
+        // n = 300: 50 -> round(150.5) = 150 -> index 149; 99 -> 297.5 -> 298 -> 297.
+        let many: Vec<_> = (0..300).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&many, 50.0), Some(Duration::from_millis(149)));
+        assert_eq!(percentile(&many, 99.0), Some(Duration::from_millis(297)));
+    }
+
+    #[test]
+    fn connect_answers() {
+        let ok = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        assert_eq!(head_end(ok), Some(ok.len()));
+        assert!(check_answer(ok, ok.len()).is_ok());
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\n"), None);
+
+        let extra = b"HTTP/1.1 200 OK\r\n\r\nx";
+        let end = head_end(extra).unwrap();
+        assert!(matches!(
+            check_answer(extra, end),
+            Err(TunnelError::BytesAfterAnswer)
+        ));
+
+        let denied = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        let err = check_answer(denied, denied.len()).unwrap_err();
+        assert_eq!(err.to_string(), "CONNECT answered HTTP/1.1 403 Forbidden");
+
+        let bare = b"HTTP/1.1 200\r\n\r\n";
+        assert!(
+            check_answer(bare, bare.len()).is_err(),
+            "status token is `200\\r\\n\\r\\n`"
+        );
+    }
+
+    /// Direct tunnels against the echo origin, end to end on port 0.
+    #[tokio::test]
+    async fn direct_tunnels_through_the_echo_origin() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::echo::serve(listener));
+        let report = run(Config {
+            via: Via::Direct,
+            target: Target {
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+                addr,
+            },
+            concurrency: 4,
+            count: 50,
+            duration: Duration::from_secs(10),
+        })
+        .await;
+        assert_eq!((report.ok, report.errors), (50, 0), "{report:?}");
+        assert!(report.p50_ms.is_some() && report.p99_ms >= report.p50_ms);
+        let json = serde_json::to_value(&report).unwrap();
+        for key in [
+            "ok",
+            "errors",
+            "error_samples",
+            "seconds",
+            "per_second",
+            "p50_ms",
+            "p99_ms",
+            "client_cpu_s",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing in {json}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_counted_with_samples() {
+        // Bound and dropped: nothing listens there any more.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let report = run(Config {
+            via: Via::Connect(addr),
+            target: Target {
+                host: "127.0.0.1".into(),
+                port: 9,
+                addr,
+            },
+            concurrency: 2,
+            count: 8,
+            duration: Duration::from_secs(10),
+        })
+        .await;
+        assert_eq!((report.ok, report.errors), (0, 8));
+        assert_eq!(report.error_samples.len(), SAMPLES);
+        assert!(
+            report.error_samples[0].starts_with("connect: "),
+            "{report:?}"
+        );
+        assert_eq!((report.p50_ms, report.p99_ms), (None, None));
+    }
+}
