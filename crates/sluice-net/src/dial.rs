@@ -71,7 +71,7 @@ impl DialError {
                 ..
             } => {
                 rec.apply_decision(decision);
-                rec.dst_ip = Some(addr.ip().to_string());
+                rec.dst_ip = Some(sluice_observe::ip_string(addr.ip()));
                 rec.error = Some(format!("connect {addr}: {msg}"));
             }
             DialError::Timeout(after, decision) => {

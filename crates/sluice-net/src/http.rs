@@ -177,7 +177,7 @@ async fn handle(
     };
     match &dest {
         Destination::Name(n) => flow.rec.dst_host = Some(n.clone()),
-        Destination::Ip(ip) => flow.rec.dst_ip = Some(ip.to_string()),
+        Destination::Ip(ip) => flow.rec.dst_ip = Some(sluice_observe::ip_string(*ip)),
     }
 
     // Identify.
@@ -299,7 +299,7 @@ async fn connect(
         Err(e) => return dial_failed(&ctx, flow, e),
     };
     flow.rec.apply_decision(&dialed.decision);
-    flow.rec.dst_ip = Some(dialed.peer.ip().to_string());
+    flow.rec.dst_ip = Some(sluice_observe::ip_string(dialed.peer.ip()));
     flow.rec.status = Some(200);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (src_ip, user) = user_of(&flow);
@@ -418,7 +418,7 @@ async fn forward(
         }
     };
     flow.rec.apply_decision(&final_decision);
-    flow.rec.dst_ip = Some(peer.ip().to_string());
+    flow.rec.dst_ip = Some(sluice_observe::ip_string(peer.ip()));
 
     // Rewrite the request for the origin.
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -800,9 +800,22 @@ impl Pool {
     ) -> Option<(client_http1::SendRequest<ProxyBody>, SocketAddr, Decision)> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
-        list.retain(|p| !p.sender.is_closed() && p.since.elapsed() < POOL_IDLE);
-        let pos = list.iter().position(|p| p.sender.is_ready())?;
-        let p = list.swap_remove(pos);
+        // Oldest first (checkin appends): expire from the front, reuse the
+        // most recently used from the back. Constant work per request, not a
+        // scan of every idle connection.
+        let now = Instant::now();
+        let expired = list
+            .iter()
+            .take_while(|p| now.duration_since(p.since) >= POOL_IDLE)
+            .count();
+        list.drain(..expired);
+        let p = loop {
+            let p = list.pop()?;
+            // Closed, or (rarely) not ready for another request: drop it.
+            if !p.sender.is_closed() && p.sender.is_ready() {
+                break p;
+            }
+        };
         drop(idle);
         let (d, _) = ctx
             .dialer

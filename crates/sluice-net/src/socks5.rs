@@ -549,7 +549,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Ar
     };
     rec.dst_port = Some(req.port);
     match &req.address {
-        Address::Ip(ip) => rec.dst_ip = Some(ip.to_string()),
+        Address::Ip(ip) => rec.dst_ip = Some(sluice_observe::ip_string(*ip)),
         Address::Domain(d) => rec.dst_host = Some(String::from_utf8_lossy(d).into_owned()),
     }
     if req.command != Command::Connect {
@@ -593,7 +593,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Ar
         Destination::Name(n) => rec.dst_host = Some(n.clone()),
         Destination::Ip(ip) => {
             rec.dst_host = None;
-            rec.dst_ip = Some(ip.to_string());
+            rec.dst_ip = Some(sluice_observe::ip_string(*ip));
         }
     }
     let port = req.port;
@@ -624,7 +624,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, slot: Ar
         }
     };
     rec.apply_decision(&dialed.decision);
-    rec.dst_ip = Some(dialed.peer.ip().to_string());
+    rec.dst_ip = Some(sluice_observe::ip_string(dialed.peer.ip()));
     let bound = dialed
         .stream
         .local_addr()

@@ -160,7 +160,7 @@ async fn connection(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr, slot
     rec.grant.clone_from(&judged.grant);
     match &judged.dest {
         Destination::Name(n) => rec.dst_host = Some(n.clone()),
-        Destination::Ip(ip) => rec.dst_ip = Some(ip.to_string()),
+        Destination::Ip(ip) => rec.dst_ip = Some(sluice_observe::ip_string(*ip)),
     }
     rec.apply_decision(&judged.decision);
     let mut note = judged.note.clone();
@@ -213,7 +213,7 @@ async fn connection(ctx: Arc<Ctx>, mut stream: TcpStream, peer: SocketAddr, slot
     ctx.metrics.observe_connect(dialed.elapsed);
     rec.apply_decision(&dialed.decision);
     add_note(&mut rec, note.as_deref());
-    rec.dst_ip = Some(dialed.peer.ip().to_string());
+    rec.dst_ip = Some(sluice_observe::ip_string(dialed.peer.ip()));
 
     // Relay and record.
     let _gauge = ctx.metrics.active_tunnel(Listener::Transparent);

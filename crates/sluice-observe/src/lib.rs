@@ -24,7 +24,7 @@ mod sink;
 mod view;
 
 pub use metrics::{ActiveTunnel, CONTENT_TYPE, Metrics};
-pub use record::{FlowRecord, Listener, Protocol};
+pub use record::{FlowRecord, Listener, Protocol, addr_string, ip_string};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
 pub use view::{
     BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, TopBy, TopEntry, Totals, TrafficBucket,

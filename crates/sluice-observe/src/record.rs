@@ -183,7 +183,7 @@ impl FlowRecord {
             id: next_id(),
             listener,
             protocol,
-            src: src.to_string(),
+            src: addr_string(src),
             user: None,
             zone: None,
             mode: None,
@@ -264,12 +264,72 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let mut out = String::with_capacity(24);
+    // Years outside 0..=9999 are not RFC 3339; clamp rather than misalign.
+    let y = y.clamp(0, 9999) as u32;
+    push_digits(&mut out, y / 100, 2);
+    push_digits(&mut out, y % 100, 2);
+    out.push('-');
+    push_digits(&mut out, m, 2);
+    out.push('-');
+    push_digits(&mut out, d, 2);
+    out.push('T');
+    push_digits(&mut out, (rem / 3600) as u32, 2);
+    out.push(':');
+    push_digits(&mut out, (rem % 3600 / 60) as u32, 2);
+    out.push(':');
+    push_digits(&mut out, (rem % 60) as u32, 2);
+    out.push('.');
+    push_digits(&mut out, millis, 3);
+    out.push('Z');
+    out
+}
+
+/// Appends the last `width` decimal digits of `n`, zero-padded.
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + (n / div % 10) as u8));
+        div /= 10;
+    }
+}
+
+/// `ip:port` (`[v6]:port`) as `SocketAddr`'s `Display` writes it, without
+/// the formatting machinery for the common IPv4 case (every record has one).
+pub fn addr_string(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v4) => {
+            let mut out = ip4_string(*v4.ip());
+            out.push(':');
+            push_u32(&mut out, u32::from(v4.port()));
+            out
+        }
+        SocketAddr::V6(_) => a.to_string(),
+    }
+}
+
+/// An IP address as its `Display` writes it (IPv4 without the formatter).
+pub fn ip_string(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => ip4_string(v4),
+        std::net::IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+fn ip4_string(ip: std::net::Ipv4Addr) -> String {
+    let mut out = String::with_capacity(21);
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_u32(&mut out, u32::from(o));
+    }
+    out
+}
+
+fn push_u32(out: &mut String, n: u32) {
+    let digits = n.checked_ilog10().unwrap_or(0) + 1;
+    push_digits(out, n, digits);
 }
 
 /// Proleptic Gregorian date of a day count since 1970-01-01 (Howard
@@ -324,6 +384,22 @@ mod tests {
                 assert_eq!(SystemTime::from(theirs), t, "{ours}");
                 assert_eq!(ours.len(), 24, "{ours}");
             }
+        }
+    }
+
+    #[test]
+    fn address_strings_match_display() {
+        for a in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.1.7:40000",
+            "1.20.100.9:80",
+            "[2001:db8::1]:443",
+            "[::1]:9",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(addr_string(a), a.to_string());
+            assert_eq!(ip_string(a.ip()), a.ip().to_string());
         }
     }
 

@@ -66,7 +66,7 @@ pub struct FlowWriter {
 
 #[derive(Debug)]
 enum Msg {
-    Record(Box<FlowRecord>),
+    Record(Arc<FlowRecord>),
     Reopen(oneshot::Sender<io::Result<()>>),
     Close(oneshot::Sender<io::Result<()>>),
 }
@@ -121,7 +121,13 @@ impl FlowSink {
     /// Queues `record` for writing, or drops and counts it when the queue
     /// is full or the writer has closed. Never waits.
     pub fn send(&self, record: FlowRecord) {
-        match self.tx.try_send(Msg::Record(Box::new(record))) {
+        self.send_shared(Arc::new(record));
+    }
+
+    /// [`FlowSink::send`] for a record that is also kept elsewhere (the
+    /// admin view): no copy.
+    pub fn send_shared(&self, record: Arc<FlowRecord>) {
+        match self.tx.try_send(Msg::Record(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.drops.add(1, "queue full"),
             Err(TrySendError::Closed(_)) => self.drops.add(1, "writer closed"),

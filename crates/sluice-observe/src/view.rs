@@ -10,7 +10,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -34,6 +33,10 @@ const LIVE_BACKLOG: usize = 1024;
 
 /// The key that absorbs sources or destinations beyond `top_entries`.
 pub const OTHER: &str = "(other)";
+
+/// Totals by source or destination; `hashbrown` for lookups by `&str` that
+/// allocate a key only when it is new.
+type TopMap = hashbrown::HashMap<String, Totals>;
 
 /// The sizes that bound a [`FlowView`]'s memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,14 +162,14 @@ struct Entry {
 struct Bucket {
     /// Start, whole seconds since the epoch, a multiple of the width.
     start: u64,
-    zones: HashMap<String, ZoneAgg>,
+    zones: hashbrown::HashMap<String, ZoneAgg>,
 }
 
 #[derive(Debug, Default)]
 struct ZoneAgg {
     totals: Totals,
-    sources: HashMap<String, Totals>,
-    destinations: HashMap<String, Totals>,
+    sources: TopMap,
+    destinations: TopMap,
 }
 
 // === impl FlowView ===
@@ -209,12 +212,16 @@ impl FlowView {
     /// Takes one finished flow at `now`: into the rings, the rule hits, the
     /// aggregates and the live stream.
     pub fn push(&self, record: &FlowRecord, now: SystemTime) {
+        self.push_shared(Arc::new(record.clone()), now);
+    }
+
+    /// [`FlowView::push`] for a record shared with the sink: no copy.
+    pub fn push_shared(&self, record: Arc<FlowRecord>, now: SystemTime) {
         let at = record.end_time().unwrap_or_else(|| {
             OffsetDateTime::parse(&record.ts, &Rfc3339)
                 .map(SystemTime::from)
                 .unwrap_or(now)
         });
-        let record = Arc::new(record.clone());
         let entry = Entry {
             at,
             record: record.clone(),
@@ -267,7 +274,7 @@ impl FlowView {
             _ => {
                 inner.buckets.push_back(Bucket {
                     start,
-                    zones: HashMap::new(),
+                    zones: hashbrown::HashMap::new(),
                 });
                 // Just pushed: never None.
                 let Some(b) = inner.buckets.back_mut() else {
@@ -276,10 +283,8 @@ impl FlowView {
                 b
             }
         };
-        let agg = bucket
-            .zones
-            .entry(r.zone.clone().unwrap_or_default())
-            .or_default();
+        let zone = r.zone.as_deref().unwrap_or_default();
+        let agg = bucket.zones.entry_ref(zone).or_default();
         let add = |t: &mut Totals| {
             t.flows += 1;
             t.denied += u64::from(r.verdict != "allow");
@@ -288,16 +293,17 @@ impl FlowView {
         };
         add(&mut agg.totals);
         let limit = self.limits.top_entries;
-        let source = r
-            .src
-            .parse::<SocketAddr>()
-            .map(|a| a.ip().to_canonical().to_string())
-            .unwrap_or_else(|_| r.src.clone());
+        // `src` is `ip:port` or `[ip]:port`, IPv4-mapped clients already
+        // written as IPv4 (FlowRecord::new): the address is the part before
+        // the last colon, without brackets.
+        let source = r.src.rsplit_once(':').map_or(r.src.as_str(), |(ip, _)| {
+            ip.trim_start_matches('[').trim_end_matches(']')
+        });
         add(bounded_entry(&mut agg.sources, source, limit));
         let dest = r
             .dst_host
-            .clone()
-            .or_else(|| r.dst_ip.clone())
+            .as_deref()
+            .or(r.dst_ip.as_deref())
             .unwrap_or_default();
         add(bounded_entry(&mut agg.destinations, dest, limit));
     }
@@ -417,16 +423,17 @@ fn push_bounded(ring: &mut VecDeque<Entry>, e: Entry, cap: usize) {
     ring.push_back(e);
 }
 
-fn bounded_entry(map: &mut HashMap<String, Totals>, key: String, limit: usize) -> &mut Totals {
-    let key = if map.len() >= limit && !map.contains_key(&key) {
-        OTHER.to_owned()
-    } else {
+fn bounded_entry<'m>(map: &'m mut TopMap, key: &str, limit: usize) -> &'m mut Totals {
+    let key = if map.contains_key(key) || map.len() < limit {
         key
+    } else {
+        OTHER
     };
-    map.entry(key).or_default()
+    // Allocates the key only for a new entry.
+    map.entry_ref(key).or_default()
 }
 
-fn ranked(map: HashMap<String, Totals>, by: TopBy, limit: usize) -> Vec<TopEntry> {
+fn ranked(map: TopMap, by: TopBy, limit: usize) -> Vec<TopEntry> {
     let mut v: Vec<TopEntry> = map
         .into_iter()
         .map(|(key, totals)| TopEntry { key, totals })
@@ -615,6 +622,21 @@ mod tests {
             v.top(at(2000), Duration::from_secs(600), None, TopBy::Flows, 10)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn sources_are_addresses_without_ports() {
+        let v = FlowView::new(limits());
+        for src in ["[2001:db8::7]:4000", "[::ffff:10.0.0.3]:5", "10.0.0.3:6"] {
+            v.push(&flow("web", "a.test", "allow", src, 0), at(0));
+        }
+        let top = v.top(at(1), Duration::from_secs(600), None, TopBy::Flows, 10);
+        let s: Vec<_> = top[0]
+            .sources
+            .iter()
+            .map(|e| (e.key.as_str(), e.totals.flows))
+            .collect();
+        assert_eq!(s, [("10.0.0.3", 2), ("2001:db8::7", 1)]);
     }
 
     #[test]

@@ -112,8 +112,9 @@ impl Recorder for SinkRecorder {
         if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
             self.metrics.rule_hit(&r.rule);
         }
-        self.view.push(&r, SystemTime::now());
-        self.sink.send(r);
+        let r = Arc::new(r);
+        self.view.push_shared(r.clone(), SystemTime::now());
+        self.sink.send_shared(r);
     }
 }
 
