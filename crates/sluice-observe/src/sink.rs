@@ -34,6 +34,10 @@ use crate::{FlowRecord, Metrics};
 /// The default queue capacity, in records.
 pub const DEFAULT_CAPACITY: usize = 65_536;
 
+/// How long the writer lets records gather after writing a batch (see
+/// `run`). At 100,000 records/s a pause fills under 2% of the queue.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
 /// How often a drop or write failure may be logged.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -206,6 +210,13 @@ fn run(mut rx: mpsc::Receiver<Msg>, mut output: Output, drops: &Drops) {
         // The queue is momentarily empty: now is the time to flush.
         if let Err(e) = output.out.flush() {
             log_write_error(&mut last_error, &output.target, &e);
+        }
+        // Let records gather before waiting again: under load this turns a
+        // wake-up and a write(2) per record into one per pause, and the data
+        // path's sends find no parked writer to wake. A record waits at most
+        // this long; closing and reopening wait at most this long too.
+        if closing.is_none() {
+            thread::sleep(BATCH_PAUSE);
         }
     }
     let result = output.finish();
