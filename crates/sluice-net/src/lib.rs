@@ -22,7 +22,7 @@
 //! - `tls`: ClientHello SNI parsing for domain-fronting checks.
 //! - `limits`: connection caps, total and per source.
 
-mod accept;
+pub mod accept;
 pub mod auth;
 pub mod dial;
 pub mod http;

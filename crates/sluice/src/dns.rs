@@ -30,7 +30,7 @@ impl Bound {
                 .await
                 .with_context(|| format!("cannot bind the DNS listener (UDP) on {addr}"))?;
             let at = udp.local_addr()?;
-            match TcpListener::bind(at).await {
+            match sluice_net::accept::bind(at).await {
                 Ok(tcp) => return Ok(Bound { udp, tcp }),
                 Err(_) if addr.port() == 0 => continue,
                 Err(e) => {

@@ -153,7 +153,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let http = match config.listen.http {
         Some(a) => Some(
-            TcpListener::bind(a)
+            sluice_net::accept::bind(a)
                 .await
                 .with_context(|| format!("cannot bind the HTTP proxy on {a}"))?,
         ),
@@ -161,7 +161,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     };
     let admin = match config.listen.admin {
         Some(a) => Some(
-            TcpListener::bind(a)
+            sluice_net::accept::bind(a)
                 .await
                 .with_context(|| format!("cannot bind admin on {a}"))?,
         ),
@@ -169,7 +169,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     };
     let transparent = match config.listen.transparent {
         Some(a) if cfg!(target_os = "linux") => Some(
-            TcpListener::bind(a)
+            sluice_net::accept::bind(a)
                 .await
                 .with_context(|| format!("cannot bind the transparent listener on {a}"))?,
         ),
@@ -178,7 +178,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     };
     let socks5 = match config.listen.socks5 {
         Some(a) => Some(
-            TcpListener::bind(a)
+            sluice_net::accept::bind(a)
                 .await
                 .with_context(|| format!("cannot bind the SOCKS5 proxy on {a}"))?,
         ),
