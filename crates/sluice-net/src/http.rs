@@ -378,7 +378,7 @@ async fn forward(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let upgrade = wants_upgrade(req.headers());
-    let key = (dest.to_string(), port);
+    let key = (dest.clone(), port);
     let pooled = if upgrade {
         None
     } else {
@@ -552,6 +552,10 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 /// `Connection` header names. With `keep_upgrade`, `Connection: upgrade`
 /// and `Upgrade` pass so that WebSocket handshakes reach the origin.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if !h.contains_key(header::CONNECTION) {
+        strip_fixed(h, keep_upgrade);
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -565,6 +569,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         }
         h.remove(n);
     }
+    strip_fixed(h, keep_upgrade);
+}
+
+/// The hop-by-hop headers RFC 9110 names (and two that old clients send).
+fn strip_fixed(h: &mut HeaderMap, keep_upgrade: bool) {
     for n in [
         header::CONNECTION,
         header::TE,
@@ -579,8 +588,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         }
         h.remove(n);
     }
-    h.remove("proxy-connection");
-    h.remove("keep-alive");
+    h.remove(HeaderName::from_static("proxy-connection"));
+    h.remove(HeaderName::from_static("keep-alive"));
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -774,7 +783,7 @@ impl<B> Drop for Counted<B> {
     }
 }
 
-type PoolKey = (String, u16);
+type PoolKey = (Destination, u16);
 
 struct Pooled {
     sender: client_http1::SendRequest<ProxyBody>,

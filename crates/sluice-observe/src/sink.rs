@@ -265,7 +265,7 @@ impl Output {
 
     fn write(&mut self, record: &FlowRecord, line: &mut Vec<u8>) -> io::Result<()> {
         line.clear();
-        serde_json::to_writer(&mut *line, record)?;
+        record.write_json(line);
         line.push(b'\n');
         self.out.write_all(line)
     }
