@@ -6,7 +6,7 @@
 #   LOADGEN_BIN=path bench/proxy.sh # the same for sluice-loadgen (tunnel client, echo origin)
 #
 # Knobs (environment), defaults in brackets: ROUNDS [3] rounds of measures 1-3;
-# per round and column: BULK_MIB [1024] MiB downloaded, TUNNELS [2000] tunnels
+# per round and column: BULK_MIB [1024] MiB downloaded, TUNNELS [20000] tunnels
 # (at most TUNNEL_SECONDS [10] s), WRK_SECONDS [5] s of wrk; IDLE_TUNNELS [2000];
 # ONLY ["sluice squid tinyproxy"] the proxies to run; SLUICE_REV names the
 # binary's commit in the report (default: the tree's HEAD, "+ uncommitted
@@ -21,7 +21,7 @@ for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS WRK_SECONDS IDLE_TUNNELS ONLY SL
 done
 ROUNDS=${ROUNDS:-3}
 BULK_MIB=${BULK_MIB:-1024}
-TUNNELS=${TUNNELS:-2000}
+TUNNELS=${TUNNELS:-20000}
 TUNNEL_SECONDS=${TUNNEL_SECONDS:-10}
 WRK_SECONDS=${WRK_SECONDS:-5}
 IDLE_TUNNELS=${IDLE_TUNNELS:-2000}

@@ -16,7 +16,7 @@
 # proxy. Needs root, ip (iproute2), nft, curl, python3, cargo (or the two
 # *_BIN variables).
 #
-# Knobs: ROUNDS [3], BULK_MIB [1024], TUNNELS [2000], TUNNEL_SECONDS [10];
+# Knobs: ROUNDS [3], BULK_MIB [1024], TUNNELS [20000], TUNNEL_SECONDS [10];
 # SLUICE_REV names the binary's commit in the report (default: the tree's
 # HEAD, "+ uncommitted changes" when crates/ differ from it).
 set -euo pipefail
@@ -29,7 +29,7 @@ for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS SLUICE_BIN LOADGEN_BIN SLUICE_RE
 done
 ROUNDS=${ROUNDS:-3}
 BULK_MIB=${BULK_MIB:-1024}
-TUNNELS=${TUNNELS:-2000}
+TUNNELS=${TUNNELS:-20000}
 TUNNEL_SECONDS=${TUNNEL_SECONDS:-10}
 
 need() { command -v "$1" >/dev/null || { echo "error: $1 not found (apt-get install -y $2)" >&2; exit 2; }; }
@@ -120,6 +120,14 @@ done
 ip -n "$NC" route add default via "$GW_LAN"
 ip -n "$NO" route add default via 198.51.100.1
 inns "$NG" sysctl -qw net.ipv4.ip_forward=1
+# Tens of thousands of short connections to one origin port per round: the
+# client (to the origin) and the gateway (Sluice dialing the origin) would
+# run out of ephemeral ports to TIME_WAIT (loopback reuses them by default,
+# veth does not), and connect() gets slow long before it fails. These
+# namespaces are the bench's own.
+for n in "$NC" "$NG"; do
+    inns "$n" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
+done
 
 # ---------------------------------------------------------------- origins
 # ip netns exec execs the command: $! is the process itself, which cleanup stops.
