@@ -36,6 +36,7 @@ use sluice_observe::{FlowRecord, Listener, Protocol};
 use sluice_policy::{Decision, Destination, Pending, Policy, Request as PolicyRequest, ids};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::timed::{Phase, Timed};
 use crate::{Ctx, Version, auth::AuthOutcome, dial::DialError, limits::Slot, relay, tunnel};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -65,17 +66,32 @@ async fn connection(
     slot: Arc<Slot>,
 ) {
     let _ = stream.set_nodelay(true);
+    let phase = Phase::new();
+    let io = Timed::new(
+        stream,
+        phase.clone(),
+        ctx.limits.header_timeout,
+        ctx.limits.idle_timeout,
+    );
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = svc_ctx.clone();
         let pool = pool.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, pool, peer, slot, req).await) }
+        let phase = phase.clone();
+        phase.begin_request();
+        async move {
+            let resp = handle(ctx, pool, peer, slot, req).await;
+            phase.end_request();
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(ctx.limits.header_timeout)
+        // Head and idle deadlines are `Timed`'s: hyper's one timer would
+        // also close idle keep-alives after the header timeout.
+        .header_read_timeout(None)
         .max_buf_size((ctx.limits.max_header_bytes as usize).max(8192))
         // `max_buf_size` is checked only while a head is still incomplete: a
         // larger head that arrives in one read would pass. This bounds it.
@@ -83,7 +99,7 @@ async fn connection(
         .max_headers(128)
         .keep_alive(true);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let began = ctx.drain().began();
@@ -325,7 +341,7 @@ async fn connect(
                 return emit(&ctx, flow.rec);
             }
         };
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let parts = match upgraded.downcast::<TokioIo<Timed>>() {
             Ok(p) => p,
             Err(_) => {
                 flow.rec.error = Some("internal: unexpected upgraded stream type".into());
@@ -336,7 +352,7 @@ async fn connect(
         let hyper::upgrade::Parts { io, read_buf, .. } = parts;
         let pre = read_buf.to_vec();
         drop(read_buf);
-        let client = io.into_inner();
+        let client = io.into_inner().into_inner();
         let r = relay::relay(
             client,
             dialed.stream,

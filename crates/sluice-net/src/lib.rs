@@ -32,6 +32,7 @@ pub mod sockopt;
 pub mod socks5;
 #[cfg(target_os = "linux")]
 pub mod splice;
+mod timed;
 pub mod tls;
 pub mod transparent;
 pub mod tunnel;

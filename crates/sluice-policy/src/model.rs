@@ -375,13 +375,15 @@ pub struct Limits {
     pub max_connections: u32,
     /// Open client connections from one source address.
     pub max_connections_per_source: u32,
-    /// Time allowed to send a complete request head.
+    /// Time allowed to send a complete request head, from the connection's
+    /// start or from the first byte of a later request on it.
     #[serde(with = "duration_text")]
     #[schemars(with = "String")]
     pub header_timeout: Duration,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: u32,
-    /// A tunnel or keep-alive connection with no traffic this long is closed.
+    /// A tunnel, or a keep-alive client connection between requests, with no
+    /// traffic this long is closed.
     #[serde(with = "duration_text")]
     #[schemars(with = "String")]
     pub idle_timeout: Duration,

@@ -870,6 +870,70 @@ fn ten_thousand_slow_connections_do_not_starve_another_client() {
     eprintln!("opened {N} stalled connections in {opened:?}");
 }
 
+/// A keep-alive client connection waits `idle_timeout` for its next
+/// request, not `header_timeout`; once that request starts, its head is
+/// bound by `header_timeout` again.
+#[test]
+fn keep_alive_waits_idle_timeout_and_heads_still_time_out() {
+    let origin = Origin::start("127.0.0.1");
+    let o = origin.addr.to_string();
+    let sluice = allowing(
+        &origin,
+        "limits:\n  header_timeout: 1s\n  idle_timeout: 4s\n",
+    );
+    let mut s = connect_with_timeout(sluice.http, T);
+    s.write_all(&absolute_get(&o)).unwrap();
+    assert_eq!(
+        sluice_testkit::read_response(&mut s, false).status,
+        Some(200)
+    );
+    // Idle for twice the header timeout: still open and usable.
+    std::thread::sleep(Duration::from_millis(2000));
+    s.write_all(&absolute_get(&o)).unwrap();
+    assert_eq!(
+        sluice_testkit::read_response(&mut s, false).status,
+        Some(200),
+        "an idle keep-alive connection was closed before idle_timeout"
+    );
+    // The start of a third head, then nothing: closed by the header
+    // timeout, well before the idle timeout.
+    let t0 = Instant::now();
+    s.write_all(b"GET http://").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break 0,
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("no close within 10 s: {e}"),
+        }
+    };
+    let took = t0.elapsed();
+    // hyper may answer 408 before closing; either way the connection ends.
+    assert!(n == 0 || buf.starts_with(b"HTTP/1.1 4"), "{:?}", &buf[..n]);
+    assert!(
+        took < Duration::from_millis(3500),
+        "head timeout took {took:?}"
+    );
+    // And an idle keep-alive connection is closed after idle_timeout.
+    let mut s = connect_with_timeout(sluice.http, T);
+    s.write_all(&absolute_get(&o)).unwrap();
+    assert_eq!(
+        sluice_testkit::read_response(&mut s, false).status,
+        Some(200)
+    );
+    let t0 = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let n = s.read(&mut buf).unwrap_or(0);
+    let took = t0.elapsed();
+    assert_eq!(n, 0, "unexpected bytes on an idle connection");
+    assert!(
+        took >= Duration::from_millis(3500) && took < Duration::from_secs(10),
+        "idle keep-alive closed after {took:?}, idle_timeout is 4s"
+    );
+}
+
 #[test]
 fn header_timeout_closes_stalled_connections() {
     let origin = Origin::start("127.0.0.1");
