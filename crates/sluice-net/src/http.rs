@@ -270,9 +270,16 @@ fn framing_problem(req: &Request<Incoming>, is_connect: bool) -> Option<&'static
 fn target(req: &Request<Incoming>, is_connect: bool) -> Result<(String, u16), String> {
     let uri = req.uri();
     if is_connect {
+        // Authority form only (RFC 9110 §9.3.6): no scheme, no path.
+        if uri.scheme().is_some() || uri.path_and_query().is_some() {
+            return Err("CONNECT needs host:port as its target, not a URL".into());
+        }
         let auth = uri
             .authority()
             .ok_or("CONNECT needs host:port as its target")?;
+        if auth.as_str().contains('@') {
+            return Err("CONNECT needs host:port as its target, without user@".into());
+        }
         let port = auth.port_u16().ok_or("CONNECT needs an explicit port")?;
         if port == 0 {
             return Err("port 0 is not a destination".into());

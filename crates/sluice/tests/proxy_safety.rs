@@ -630,6 +630,16 @@ fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
             .into_bytes(),
             Outcome::Refused,
         ),
+        (
+            "CONNECT with a URL as its target",
+            format!("CONNECT http://{o}/ HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            Outcome::Explained("not a URL"),
+        ),
+        (
+            "CONNECT with userinfo",
+            format!("CONNECT user@{o} HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            Outcome::Refused,
+        ),
         ("garbage bytes", garbage, Outcome::Refused),
         (
             "NUL in the request line",
