@@ -419,7 +419,7 @@ impl Policy {
                         return d;
                     }
                 }
-                if let Some(i) = z.deny_cidrs.first(ip, port_ok(&z.deny, port)) {
+                if let Some(i) = z.first_deny_cidr(ip, port_ok(&z.deny, port)) {
                     return rule_deny(d, &z.deny[i as usize], report);
                 }
                 if let Some(i) = z.allow_cidrs.first(ip, port_ok(&z.allow, port)) {
@@ -546,10 +546,7 @@ impl Policy {
                     continue;
                 }
             }
-            if let Some(i) = z
-                .deny_cidrs
-                .first(ip, |i| scope.denies(&z.deny[i as usize].ports))
-            {
+            if let Some(i) = z.first_deny_cidr(ip, |i| scope.denies(&z.deny[i as usize].ports)) {
                 let r = &z.deny[i as usize];
                 let reason = format!("{ip} matches deny rule {} ({})", r.id, r.text);
                 if report {
@@ -629,6 +626,26 @@ fn guard_reason(ip: IpAddr, range: &str) -> String {
     format!(
         "{ip} is a special address ({range}); denied unless a cidr allow rule inside special space lifts it"
     )
+}
+
+impl CZone {
+    /// The first `cidr` deny rule (file order) matching `ip` or, for an IPv6
+    /// address that embeds IPv4 addresses (NAT64 `64:ff9b::/96`, 6to4,
+    /// Teredo, IPv4-compatible), any of those: a deny rule for an IPv4 block
+    /// cannot be walked around by writing its addresses in IPv6.
+    fn first_deny_cidr(&self, ip: IpAddr, ok: impl Fn(u32) -> bool) -> Option<u32> {
+        let direct = self.deny_cidrs.first(ip, &ok);
+        let IpAddr::V6(v6) = ip else {
+            return direct;
+        };
+        guard::embedded_v4(v6)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|v4| self.deny_cidrs.first(IpAddr::V4(v4), &ok))
+            .chain(direct)
+            .min()
+    }
 }
 
 fn rule_deny(mut d: Decision, r: &CRule, report: bool) -> Decision {
@@ -778,5 +795,63 @@ mod version_tests {
         let c = new.check_addresses(&d, &["93.184.216.34".parse().unwrap()]);
         assert!(c.allowed.is_empty());
         assert_eq!(c.decision.verdict, Verdict::Deny);
+    }
+}
+
+#[cfg(test)]
+mod embedded_tests {
+    use super::*;
+
+    /// An open zone that denies one IPv4 block: the block's addresses
+    /// written in NAT64, 6to4, Teredo or IPv4-compatible form are denied
+    /// too, as destinations and as resolved addresses; other IPv6 is not.
+    #[test]
+    fn ipv4_deny_rules_match_embedded_forms() {
+        let p = Policy::load(
+            "zones:\n  - name: o\n    sources: [10.0.0.0/8]\n    mode: open\n    deny:\n      - cidr: 93.184.216.0/24\n        id: no-example\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let decide = |ip: &str| {
+            let dest = Destination::Ip(ip.parse().unwrap());
+            p.decide(&Request {
+                src: "10.1.1.1".parse().unwrap(),
+                user: None,
+                dest: &dest,
+                port: 443,
+            })
+        };
+        for ip in [
+            "93.184.216.9",
+            "::ffff:93.184.216.9",
+            "64:ff9b::93.184.216.9",
+            "2002:5db8:d809::1",
+            // Teredo: server 93.184.216.9, client 1.1.1.1 (obfuscated).
+            "2001:0:5db8:d809::fefe:fefe",
+        ] {
+            let d = decide(ip);
+            assert_eq!((d.verdict, &*d.rule), (Verdict::Deny, "no-example"), "{ip}");
+        }
+        // Public IPv6 that embeds nothing, and NAT64 of another block.
+        for ip in ["2606:4700::1111", "64:ff9b::8.8.8.8"] {
+            assert_eq!(decide(ip).verdict, Verdict::Allow, "{ip}");
+        }
+        // The same through resolution (a name that resolves to NAT64).
+        let dest = Destination::Name("x.test".into());
+        let d = p.decide(&Request {
+            src: "10.1.1.1".parse().unwrap(),
+            user: None,
+            dest: &dest,
+            port: 443,
+        });
+        let c = p.check_addresses(
+            &d,
+            &[
+                "64:ff9b::93.184.216.7".parse().unwrap(),
+                "64:ff9b::8.8.4.4".parse().unwrap(),
+            ],
+        );
+        assert_eq!(c.allowed, ["64:ff9b::8.8.4.4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(&*c.rejected[0].rule, "no-example");
     }
 }
