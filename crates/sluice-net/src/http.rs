@@ -107,6 +107,9 @@ async fn connection(
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                if e.is_parse() || e.is_parse_too_large() {
+                    malformed(&ctx, peer, &e);
+                }
             }
         }
         () = began => {
@@ -657,6 +660,25 @@ fn bad_request(ctx: &Ctx, mut flow: Flow, why: &str) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     finish_local(ctx, flow, resp)
+}
+
+/// A flow record for a request hyper refused before Sluice saw it (it
+/// answered 400, 414 or 431 itself and closed): malformed requests are
+/// attempts too, and an operator should see them in the flow log.
+fn malformed(ctx: &Ctx, peer: SocketAddr, e: &hyper::Error) {
+    let mut rec = FlowRecord::new(Listener::Http, Protocol::Http, peer, SystemTime::now());
+    let why = format!("malformed request: {e}");
+    rec.status = Some(if !e.is_parse_too_large() {
+        400
+    } else if why.contains("URI") {
+        414
+    } else {
+        431
+    });
+    rec.rule = BAD_REQUEST_RULE.to_owned();
+    rec.reason.clone_from(&why);
+    rec.error = Some(why);
+    ctx.emit(rec);
 }
 
 fn denied(d: &Decision, id: &str) -> Response<ProxyBody> {

@@ -880,6 +880,40 @@ fn ten_thousand_slow_connections_do_not_starve_another_client() {
     eprintln!("opened {N} stalled connections in {opened:?}");
 }
 
+/// Requests hyper refuses before Sluice sees them still leave a flow record
+/// (rule `default/bad-request`, hyper's status), so probing with malformed
+/// requests is visible in the flow log.
+#[test]
+fn requests_refused_by_the_parser_are_recorded() {
+    let origin = Origin::start("127.0.0.1");
+    let o = origin.addr.to_string();
+    let sluice = allowing(&origin, "");
+    let big = "b".repeat(100 * 1024);
+    for (what, raw, status) in [
+        ("garbage", b"\x16\x03\x01garbage\r\n\r\n".to_vec(), 400),
+        (
+            "huge header",
+            format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nX-Big: {big}\r\n\r\n").into_bytes(),
+            431,
+        ),
+    ] {
+        let r = send_raw(sluice.http, &raw, T);
+        assert!(r.status.is_none_or(|s| s == status), "{what}: {}", show(&r));
+        let rec = sluice.wait_record(what, |r| {
+            r["rule"] == "default/bad-request" && r["status"] == status
+        });
+        assert_eq!(rec["verdict"], "deny", "{what}");
+        assert!(
+            rec["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed request: "),
+            "{what}: {rec}"
+        );
+    }
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
+}
+
 /// A keep-alive client connection waits `idle_timeout` for its next
 /// request, not `header_timeout`; once that request starts, its head is
 /// bound by `header_timeout` again.
