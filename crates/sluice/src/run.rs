@@ -126,6 +126,11 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // The file's stamp before it is read: a change after this point (even
+    // between the read and the watch loop starting, while listeners are
+    // announced) is seen as a change; stamping after the read could take
+    // a newer file's stamp for the loaded one and never reload it.
+    let mut watch = FileWatch::new(path.as_deref());
     let version = load(path.as_deref())?;
     let config = version.policy.config().clone();
     raise_nofile();
@@ -276,7 +281,6 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         None => Vec::new(),
     };
 
-    let mut watch = FileWatch::new(path.as_deref());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
