@@ -82,7 +82,11 @@ async fn connection(
         phase.begin_request();
         async move {
             let resp = handle(ctx, pool, peer, slot, req).await;
-            phase.end_request();
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                phase.upgraded();
+            } else {
+                phase.end_request();
+            }
             Ok::<_, Infallible>(resp)
         }
     });

@@ -6,10 +6,12 @@
 //! keep-alives), so the proxy turns that off and wraps the socket instead.
 //!
 //! The service tells the wrapper where a request begins and ends
-//! ([`Phase::begin_request`], [`Phase::end_request`]); the wrapper sees the
-//! bytes. While a request is being served there is no read deadline (its
-//! body may stream for as long as it moves; tunnels have their own idle
-//! timeout once upgraded).
+//! ([`Phase::begin_request`], [`Phase::end_request`]) and when the
+//! connection was upgraded ([`Phase::upgraded`]: then only the idle timeout
+//! applies); the wrapper sees the bytes. While a request is being served
+//! there is no read deadline (its body may stream for as long as it moves).
+//! CONNECT tunnels take the bare socket out of the wrapper and keep their
+//! own idle timeout.
 
 use std::{
     io,
@@ -31,6 +33,7 @@ use tokio::{
 const AWAITING: u8 = 0;
 const HEAD: u8 = 1;
 const SERVING: u8 = 2;
+const TUNNEL: u8 = 3;
 
 /// Where a connection is between requests, shared by the service and the
 /// wrapper.
@@ -51,6 +54,12 @@ impl Phase {
     /// The service answered: the connection now waits for its next request.
     pub(crate) fn end_request(&self) {
         self.0.store(AWAITING, Ordering::Relaxed);
+    }
+
+    /// The connection was upgraded (WebSocket): no more request heads, only
+    /// the idle timeout, which bytes either way reset.
+    pub(crate) fn upgraded(&self) {
+        self.0.store(TUNNEL, Ordering::Relaxed);
     }
 }
 
@@ -90,7 +99,7 @@ impl Timed {
     fn deadline(&self) -> Option<Instant> {
         match self.seen {
             HEAD => Some(self.since + self.header),
-            AWAITING => Some(self.since + self.idle),
+            AWAITING | TUNNEL => Some(self.since + self.idle),
             _ => None,
         }
     }
@@ -148,7 +157,7 @@ impl Timed {
     /// fails.
     fn after_write(&mut self, cx: &mut Context<'_>, wrote: bool) {
         self.track(false);
-        if wrote && self.seen == AWAITING {
+        if wrote && matches!(self.seen, AWAITING | TUNNEL) {
             // A response still streaming out keeps the connection busy.
             self.since = Instant::now();
         }
@@ -179,7 +188,7 @@ impl AsyncRead for Timed {
                         if self.seen == HEAD {
                             "request head not received within limits.header_timeout"
                         } else {
-                            "keep-alive connection idle for limits.idle_timeout"
+                            "connection idle for limits.idle_timeout"
                         },
                     ))),
                     Poll::Pending => Poll::Pending,

@@ -1213,7 +1213,14 @@ fn upgrade_origin() -> (SocketAddr, Arc<Mutex<String>>) {
 #[test]
 fn websocket_upgrade_is_relayed_in_absolute_form() {
     let (origin, head) = upgrade_origin();
-    let s = Sluice::start(BIN, &allow_loopback(&format!("[{}]", origin.port())));
+    // A short header timeout: an upgraded connection must not be held to it.
+    let s = Sluice::start(
+        BIN,
+        &format!(
+            "limits:\n  header_timeout: 1s\n{}",
+            allow_loopback(&format!("[{}]", origin.port()))
+        ),
+    );
     let mut c = TcpStream::connect(s.http).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -1246,9 +1253,16 @@ fn websocket_upgrade_is_relayed_in_absolute_form() {
     );
     assert!(seen.contains(&format!("host: {origin}")), "{seen}");
 
-    // Bytes flow both ways after the 101.
+    // Bytes flow both ways after the 101, also after a pause longer than
+    // the header timeout (the upgraded connection has only the idle one).
     let mut sent = 0;
-    for msg in [&b"ping over the upgrade"[..], &[0x5a; 10_000][..]] {
+    for (i, msg) in [&b"ping over the upgrade"[..], &[0x5a; 10_000][..]]
+        .into_iter()
+        .enumerate()
+    {
+        if i == 1 {
+            std::thread::sleep(Duration::from_millis(2500));
+        }
         c.write_all(msg).unwrap();
         let mut back = vec![0u8; msg.len()];
         c.read_exact(&mut back).unwrap();
