@@ -80,13 +80,16 @@ async fn connection(
         let slot = slot.clone();
         let phase = phase.clone();
         phase.begin_request();
+        let is_connect = req.method() == Method::CONNECT;
         async move {
             let resp = handle(ctx, pool, peer, slot, req).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 phase.upgraded();
-            } else {
+            } else if !(is_connect && resp.status().is_success()) {
                 phase.end_request();
             }
+            // An established CONNECT stays "serving" (no deadline): its
+            // tunnel takes the bare socket and keeps its own idle timeout.
             Ok::<_, Infallible>(resp)
         }
     });

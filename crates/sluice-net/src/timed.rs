@@ -107,11 +107,12 @@ impl Timed {
     /// Brings `seen`/`since` up to date with the service's phase and the
     /// bytes just read (`got`).
     fn track(&mut self, got: bool) {
+        // Clock reads only where a deadline depends on them: none while a
+        // request is served or a head arrives, the data path's usual case.
         let now_phase = self.phase.0.load(Ordering::Relaxed);
-        let now = Instant::now();
         if now_phase != self.seen {
             self.seen = now_phase;
-            self.since = now;
+            self.since = Instant::now();
         }
         if got {
             match self.seen {
@@ -119,10 +120,10 @@ impl Timed {
                 AWAITING => {
                     self.seen = HEAD;
                     self.phase.0.store(HEAD, Ordering::Relaxed);
-                    self.since = now;
+                    self.since = Instant::now();
                 }
-                HEAD => {}
-                _ => self.since = now,
+                TUNNEL => self.since = Instant::now(),
+                _ => {}
             }
         }
     }
