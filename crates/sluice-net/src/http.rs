@@ -36,8 +36,15 @@ use sluice_observe::{FlowRecord, Listener, Protocol};
 use sluice_policy::{Decision, Destination, Pending, Policy, Request as PolicyRequest, ids};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::timed::{Phase, Timed};
-use crate::{Ctx, Version, auth::AuthOutcome, dial::DialError, limits::Slot, relay, tunnel};
+use crate::{
+    Ctx, Version,
+    auth::AuthOutcome,
+    dial::DialError,
+    limits::Slot,
+    relay,
+    timed::{Phase, Timed},
+    tunnel,
+};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 

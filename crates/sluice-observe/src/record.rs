@@ -250,9 +250,12 @@ impl FlowRecord {
             }
         }
         fn num(out: &mut Vec<u8>, n: u64) {
-            let mut s = String::with_capacity(20);
-            push_u64(&mut s, n);
-            out.extend_from_slice(s.as_bytes());
+            let digits = n.checked_ilog10().unwrap_or(0) + 1;
+            let mut div = 10u64.pow(digits - 1);
+            while div > 0 {
+                out.push(b'0' + (n / div % 10) as u8);
+                div /= 10;
+            }
         }
         out.push(b'{');
         key(out, true, "ts");
@@ -447,15 +450,6 @@ fn ip4_string(ip: std::net::Ipv4Addr) -> String {
         push_u32(&mut out, u32::from(o));
     }
     out
-}
-
-fn push_u64(out: &mut String, n: u64) {
-    let digits = n.checked_ilog10().unwrap_or(0) + 1;
-    let mut div = 10u64.pow(digits - 1);
-    while div > 0 {
-        out.push(char::from(b'0' + (n / div % 10) as u8));
-        div /= 10;
-    }
 }
 
 /// A JSON string as serde_json writes it: `"` and `\\` escaped, the short
