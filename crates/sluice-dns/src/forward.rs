@@ -28,8 +28,7 @@ use hickory_proto::{
     op::{Message, ResponseCode},
     rr::{RData, Record, RecordType, rdata},
 };
-use sluice_net::Ctx;
-use sluice_observe::{FlowRecord, Listener, Protocol};
+use sluice_observe::{FlowRecord, Listener, Metrics, Protocol, RecordSink};
 use sluice_policy::{
     Decision, Pending, Policy, Verdict,
     model::{BlockedAnswer, Dns},
@@ -59,9 +58,25 @@ pub enum Transport {
     Tcp,
 }
 
+/// The policy in force, asked once per query (the binary reads it from
+/// the gateway, so a reload applies to DNS at once).
+pub type PolicySource = Arc<dyn Fn() -> Arc<Policy> + Send + Sync>;
+
+/// What the forwarder shares with the rest of Sluice: the policy, where
+/// records go, and the metrics.
+#[derive(Clone)]
+pub struct Shared {
+    /// The policy in force.
+    pub policy: PolicySource,
+    /// The record stage.
+    pub recorder: Arc<dyn RecordSink>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
 /// The forwarder: the stages above and their state.
 pub struct Forwarder {
-    ctx: Arc<Ctx>,
+    shared: Shared,
     upstreams: Upstreams,
     cache: Cache,
     grants: Arc<GrantStore>,
@@ -92,17 +107,17 @@ pub struct InFlight {
 // === impl Forwarder ===
 
 impl Forwarder {
-    /// A forwarder for `ctx`'s policy with the `dns:` settings, asking
+    /// A forwarder for `shared`'s policy with the `dns:` settings, asking
     /// `upstreams` and remembering grants in `grants`.
     pub fn new(
-        ctx: Arc<Ctx>,
+        shared: Shared,
         dns: &Dns,
         upstreams: Vec<SocketAddr>,
         grants: Arc<GrantStore>,
     ) -> Forwarder {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         Forwarder {
-            ctx,
+            shared,
             upstreams: Upstreams::new(upstreams, dns.upstream_timeout),
             cache: Cache::new(
                 dns.cache_size as usize,
@@ -119,11 +134,6 @@ impl Forwarder {
             ttl_max: secs(dns.answer_ttl_max),
             blocked: dns.blocked_answer,
         }
-    }
-
-    /// The context (drain state, metrics).
-    pub fn ctx(&self) -> &Arc<Ctx> {
-        &self.ctx
     }
 
     /// The grant store this forwarder fills.
@@ -155,10 +165,10 @@ impl Forwarder {
         };
         let now = Instant::now();
         if !self.limiter.allow(src.ip(), now) {
-            self.ctx.metrics.dns_rate_limited();
+            self.shared.metrics.dns_rate_limited();
             return Step::Done(None);
         }
-        let policy = self.ctx.current.load().policy.clone();
+        let policy = (self.shared.policy)();
         let mut rec = FlowRecord::new(Listener::Dns, Protocol::Dns, src, SystemTime::now());
         rec.qtype = Some(q.qtype().to_string());
         rec.bytes_out = packet.len() as u64;
@@ -310,11 +320,11 @@ impl Forwarder {
         rec.apply_decision(decision);
         rec.answers = answers.map(|a| a.iter().map(answer_text).collect());
         rec.bytes_in = out.len() as u64;
-        self.ctx
+        self.shared
             .metrics
             .dns_query(decision.zone.as_deref(), decision.verdict);
         rec.finish(SystemTime::now());
-        self.ctx.recorder.record(rec);
+        self.shared.recorder.record(rec);
         out
     }
 
@@ -332,7 +342,7 @@ impl Forwarder {
             txt_null_any_share = format_args!("{:.2}", a.odd_types),
             "possible DNS tunnelling"
         );
-        self.ctx.metrics.dns_tunnel_alert(&a.zone);
+        self.shared.metrics.dns_tunnel_alert(&a.zone);
     }
 }
 

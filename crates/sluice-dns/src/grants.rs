@@ -1,7 +1,8 @@
 //! DNS-derived grants: each address handed to a zone in an allowed answer
 //! is remembered as (zone, address) → name until the record's TTL runs out,
 //! so that a redirected connection with no name on the wire can be judged
-//! by the name it was resolved from (`sluice_net::Grants`).
+//! by the name it was resolved from (the binary adapts this store to the
+//! transparent listener's `Grants`).
 //!
 //! A grant lives at least [`MIN_GRANT`]: a TTL of 0 means "do not cache",
 //! not "do not connect", and the client connects right after the answer.
@@ -122,12 +123,6 @@ impl GrantStore {
     /// Grants not remembered because the store was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
-    }
-}
-
-impl sluice_net::Grants for GrantStore {
-    fn lookup(&self, zone: &str, ip: IpAddr) -> Option<String> {
-        GrantStore::lookup(self, zone, ip)
     }
 }
 

@@ -26,6 +26,6 @@ pub mod server;
 pub mod tunnel;
 pub mod upstream;
 
-pub use forward::{Forwarder, Transport};
+pub use forward::{Forwarder, PolicySource, Shared, Transport};
 pub use grants::GrantStore;
 pub use server::{serve_tcp, serve_udp};

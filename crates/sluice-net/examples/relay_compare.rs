@@ -43,10 +43,12 @@ fn spawn_relay(kind: Kind, a: TcpStream, b: TcpStream) {
                 sluice_net::relay::relay(
                     a,
                     b,
-                    b"",
+                    sluice_net::relay::Preread::default(),
                     None,
-                    Duration::from_secs(600),
-                    Duration::from_secs(10),
+                    sluice_net::relay::Timeouts {
+                        idle: Duration::from_secs(600),
+                        hello: Duration::from_secs(10),
+                    },
                     std::future::pending(),
                 )
                 .await;

@@ -27,7 +27,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::tls::{Hello, MAX_HELLO, parse_client_hello};
+use sluice_observe::ErrorKind;
+
+use crate::{
+    inspect::Inspection,
+    tls::{Hello, MAX_HELLO, parse_client_hello},
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{
@@ -47,10 +52,31 @@ pub struct Relayed {
     pub bytes_in: u64,
     /// Why it ended, if not by both sides closing.
     pub error: Option<String>,
+    /// Which side that was.
+    pub error_kind: Option<ErrorKind>,
     /// The SNI of the client's ClientHello, when checked.
     pub sni: Option<String>,
-    /// Why the hello check refused the tunnel.
-    pub denied: Option<String>,
+    /// The rule and reason of the hello check's refusal.
+    pub denied: Option<(std::sync::Arc<str>, String)>,
+}
+
+/// Bytes already read from either side before the relay began (a
+/// hyper read-ahead, a peeked request): they are delivered first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Preread<'a> {
+    /// Client bytes, for the destination.
+    pub out: &'a [u8],
+    /// Destination bytes, for the client.
+    pub inn: &'a [u8],
+}
+
+/// The relay's clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A tunnel with no byte either way for this long ends.
+    pub idle: Duration,
+    /// How long the first client bytes may take to form a ClientHello.
+    pub hello: Duration,
 }
 
 /// Counters shared with the caller, readable while the tunnel runs.
@@ -64,25 +90,28 @@ pub struct Counters {
     last: AtomicU64,
 }
 
-/// A check on the first client bytes of a tunnel (domain fronting): it gets
-/// the parsed ClientHello and may refuse the tunnel with a reason.
-pub type HelloCheck = Box<dyn FnOnce(&Hello) -> Result<(), String> + Send>;
+/// A check on the first client bytes of a tunnel (the inspectors): it gets
+/// the parsed ClientHello and may refuse the tunnel with a rule and reason.
+pub type HelloCheck = Box<dyn FnOnce(&Hello) -> Inspection + Send>;
 
 /// Relays until both directions end, `idle` passes without traffic, or
-/// `stop` completes. `pre` holds client bytes already read (they go to the
-/// destination first). With `check`, the client's first bytes are read up to
-/// a complete ClientHello (bounded by size and `hello_timeout`) and judged
-/// before anything is forwarded; the destination's bytes flow meanwhile, so
-/// server-speaks-first protocols are not delayed.
+/// `stop` completes. `pre` holds bytes already read from either side (they
+/// are delivered first). With `check`, the client's first bytes are read up
+/// to a complete ClientHello (bounded by size and `timeouts.hello`) and
+/// judged before anything is forwarded; the destination's bytes flow
+/// meanwhile, so server-speaks-first protocols are not delayed.
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
-    pre: &[u8],
+    pre: Preread<'_>,
     check: Option<HelloCheck>,
-    idle: Duration,
-    hello_timeout: Duration,
+    timeouts: Timeouts,
     stop: impl Future<Output = ()>,
 ) -> Relayed {
+    let Timeouts {
+        idle,
+        hello: hello_timeout,
+    } = timeouts;
     let counters = Counters::default();
     let started = Instant::now();
     let (mut cr, mut cw) = client.into_split();
@@ -90,7 +119,7 @@ pub async fn relay(
     let mut result = Relayed::default();
     let sni = std::sync::Mutex::new(None);
     let up = async {
-        let mut first = pre.to_vec();
+        let mut first = pre.out.to_vec();
         if let Some(check) = check {
             let hello = read_hello(&mut cr, &mut first, hello_timeout).await;
             if let Hello::ClientHello { sni: Some(name) } = &hello {
@@ -98,12 +127,14 @@ pub async fn relay(
                     *s = Some(name.clone());
                 }
             }
-            check(&hello).map_err(Stop::Denied)?;
+            if let Inspection::Deny { rule, reason } = check(&hello) {
+                return Err(Stop::Denied(rule, reason));
+            }
         }
         if !first.is_empty() {
-            uw.write_all(&first)
-                .await
-                .map_err(|e| Stop::Io(format!("destination side: {e}")))?;
+            uw.write_all(&first).await.map_err(|e| {
+                Stop::Io(format!("destination side: {e}"), ErrorKind::UpstreamClosed)
+            })?;
             counters
                 .out
                 .fetch_add(first.len() as u64, Ordering::Relaxed);
@@ -113,12 +144,21 @@ pub async fn relay(
         drop(first);
         pump(cr, &mut uw, &counters.out, &counters, started)
             .await
-            .map_err(|e| Stop::Io(format!("client side: {e}")))
+            .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))
     };
     let down = async {
+        if !pre.inn.is_empty() {
+            cw.write_all(pre.inn)
+                .await
+                .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))?;
+            counters
+                .inn
+                .fetch_add(pre.inn.len() as u64, Ordering::Relaxed);
+            counters.touch(started);
+        }
         pump(ur, &mut cw, &counters.inn, &counters, started)
             .await
-            .map_err(|e| Stop::Io(format!("destination side: {e}")))
+            .map_err(|e| Stop::Io(format!("destination side: {e}"), ErrorKind::UpstreamClosed))
     };
     // Either side failing (or the hello check refusing) ends the tunnel at
     // once; a clean end of one side waits for the other.
@@ -147,11 +187,20 @@ pub async fn relay(
     tokio::select! {
         r = both => match r {
             Ok(()) => {}
-            Err(Stop::Denied(why)) => result.denied = Some(why),
-            Err(Stop::Io(e)) => result.error = Some(e),
+            Err(Stop::Denied(rule, reason)) => result.denied = Some((rule, reason)),
+            Err(Stop::Io(e, kind)) => {
+                result.error = Some(e);
+                result.error_kind = Some(kind);
+            }
         },
-        () = idle_watch => result.error = Some(format!("idle for {}s", idle.as_secs())),
-        () = stop => result.error = Some("stopped: drain timeout".to_owned()),
+        () = idle_watch => {
+            result.error = Some(format!("idle for {}s", idle.as_secs()));
+            result.error_kind = Some(ErrorKind::Timeout);
+        }
+        () = stop => {
+            result.error = Some("stopped: drain timeout".to_owned());
+            result.error_kind = Some(ErrorKind::Internal);
+        }
     }
     result.bytes_out = counters.out.load(Ordering::Relaxed);
     result.bytes_in = counters.inn.load(Ordering::Relaxed);
@@ -160,8 +209,8 @@ pub async fn relay(
 }
 
 enum Stop {
-    Denied(String),
-    Io(String),
+    Denied(std::sync::Arc<str>, String),
+    Io(String, ErrorKind),
 }
 
 /// Reads client bytes into `buf` until they hold a complete ClientHello,
@@ -260,6 +309,13 @@ mod tests {
         net::{TcpListener, TcpStream},
     };
 
+    fn timeouts(idle_ms: u64) -> Timeouts {
+        Timeouts {
+            idle: Duration::from_millis(idle_ms),
+            hello: Duration::from_secs(1),
+        }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
@@ -275,10 +331,12 @@ mod tests {
             relay(
                 proxy_client,
                 proxy_up,
-                b"hello ",
+                Preread {
+                    out: b"hello ",
+                    inn: b"",
+                },
                 None,
-                Duration::from_secs(5),
-                Duration::from_secs(1),
+                timeouts(5_000),
                 std::future::pending(),
             )
             .await
@@ -317,10 +375,9 @@ mod tests {
             relay(
                 proxy_client,
                 proxy_up,
-                b"",
+                Preread::default(),
                 None,
-                Duration::from_secs(30),
-                Duration::from_secs(1),
+                timeouts(30_000),
                 std::future::pending(),
             )
             .await
@@ -355,10 +412,9 @@ mod tests {
         let r = relay(
             proxy_client,
             proxy_up,
-            b"",
+            Preread::default(),
             None,
-            Duration::from_millis(200),
-            Duration::from_secs(1),
+            timeouts(200),
             std::future::pending(),
         )
         .await;

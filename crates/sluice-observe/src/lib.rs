@@ -20,11 +20,13 @@
 
 mod metrics;
 mod record;
+mod recorder;
 mod sink;
 mod view;
 
 pub use metrics::{ActiveTunnel, CONTENT_TYPE, Metrics};
-pub use record::{FlowRecord, Listener, Protocol, addr_string, ip_string};
+pub use record::{ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id};
+pub use recorder::RecordSink;
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
 pub use view::{
     BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, TopBy, TopEntry, Totals, TrafficBucket,

@@ -50,18 +50,43 @@ pub enum Pending {
     CidrAllow,
 }
 
-/// Rule ids of the guard and the fallbacks.
+/// Every built-in rule id (DESIGN.md "Names"): the guard, the fallbacks and
+/// the inspectors. Records, metrics and answers name these; nothing else
+/// spells them.
 pub mod ids {
     /// A special address, denied in every mode.
     pub const GUARD_SPECIAL: &str = "guard/special-address";
     /// One of Sluice's own listeners.
     pub const GUARD_SELF: &str = "guard/self";
+    /// A TLS ClientHello naming another host than the tunnel's (domain
+    /// fronting, `tls_sni_must_match`).
+    pub const GUARD_SNI_MISMATCH: &str = "guard/sni-mismatch";
+    /// A special-use DNS name answered locally.
+    pub const GUARD_SPECIAL_NAME: &str = "guard/special-name";
     /// The mode's default.
     pub const DEFAULT: &str = "default";
     /// No zone matched the request.
     pub const NO_ZONE: &str = "default/no-zone";
+    /// Credentials were given and did not verify.
+    pub const AUTH_FAILED: &str = "default/auth-failed";
+    /// A request refused before any policy decision (malformed).
+    pub const BAD_REQUEST: &str = "default/bad-request";
     /// The destination could not be parsed.
     pub const INVALID: &str = "default/invalid-destination";
+    /// A connection reached the transparent listener without a redirect.
+    pub const NOT_REDIRECTED: &str = "default/not-redirected";
+    /// A name pending on `cidr` rules that resolved to no address.
+    pub const UNRESOLVED: &str = "default/unresolved";
+    /// Malware found by the scanner.
+    pub const INSPECT_MALWARE: &str = "inspect/malware";
+    /// Refused by an ICAP service.
+    pub const INSPECT_ICAP: &str = "inspect/icap";
+    /// Plain traffic where the policy requires TLS.
+    pub const INSPECT_REQUIRE_TLS: &str = "inspect/require-tls";
+    /// An intercepted destination's certificate did not verify.
+    pub const INSPECT_UPSTREAM_CERTIFICATE: &str = "inspect/upstream-certificate";
+    /// The prefix of DLP rule ids: `inspect/dlp/<detector>`.
+    pub const INSPECT_DLP_PREFIX: &str = "inspect/dlp/";
 }
 
 /// What the second phase judges addresses for.

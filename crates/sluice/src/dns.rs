@@ -7,8 +7,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sluice_dns::{Forwarder, GrantStore};
-use sluice_net::Ctx;
+use sluice_dns::{Forwarder, GrantStore, Shared};
+use sluice_net::Gateway;
+use sluice_observe::RecordSink;
 use sluice_policy::Config;
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -30,7 +31,7 @@ impl Bound {
                 .await
                 .with_context(|| format!("cannot bind the DNS listener (UDP) on {addr}"))?;
             let at = udp.local_addr()?;
-            match sluice_net::accept::bind(at).await {
+            match sluice_serve::bind(at).await {
                 Ok(tcp) => return Ok(Bound { udp, tcp }),
                 Err(_) if addr.port() == 0 => continue,
                 Err(e) => {
@@ -47,10 +48,13 @@ impl Bound {
         Ok(self.udp.local_addr()?)
     }
 
-    /// Starts the forwarder on both sockets.
+    /// Starts the forwarder on both sockets: it asks the gateway's policy
+    /// in force and records through `recorder`, and stops with the
+    /// gateway's drain.
     pub fn serve(
         self,
-        ctx: Arc<Ctx>,
+        gw: Arc<Gateway>,
+        recorder: Arc<dyn RecordSink>,
         config: &Config,
         grants: Arc<GrantStore>,
     ) -> Result<Vec<JoinHandle<()>>> {
@@ -60,10 +64,16 @@ impl Bound {
             bail!("listen.dns: no upstream resolver; set dns.upstreams");
         }
         tracing::info!(upstreams = ?upstreams, "DNS forwarder upstreams");
-        let fwd = Arc::new(Forwarder::new(ctx, &config.dns, upstreams, grants));
+        let drain = gw.drain().clone();
+        let shared = Shared {
+            metrics: gw.metrics().clone(),
+            policy: Arc::new(move || gw.version().policy.clone()),
+            recorder,
+        };
+        let fwd = Arc::new(Forwarder::new(shared, &config.dns, upstreams, grants));
         Ok(vec![
-            tokio::spawn(sluice_dns::serve_udp(self.udp, fwd.clone())),
-            tokio::spawn(sluice_dns::serve_tcp(self.tcp, fwd)),
+            tokio::spawn(sluice_dns::serve_udp(self.udp, fwd.clone(), drain.clone())),
+            tokio::spawn(sluice_dns::serve_tcp(self.tcp, fwd, drain)),
         ])
     }
 }
@@ -85,4 +95,13 @@ fn upstreams(config: &Config, own: SocketAddr) -> Vec<SocketAddr> {
         *a != own && !(own.ip().is_unspecified() && a.port() == own.port() && a.ip().is_loopback())
     });
     list
+}
+
+/// The DNS forwarder's grant store as the transparent listener asks it.
+pub struct DnsGrants(pub Arc<GrantStore>);
+
+impl sluice_net::Grants for DnsGrants {
+    fn lookup(&self, zone: &str, ip: IpAddr) -> Option<String> {
+        self.0.lookup(zone, ip)
+    }
 }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sluice_net::{Ctx, Dialer, Recorder, Users, Version};
-use sluice_observe::{FlowRecord, FlowSink, FlowTarget, FlowView, Metrics, ViewLimits};
+use sluice_net::{Dialer, Gateway, Users, Version};
+use sluice_observe::{FlowRecord, FlowSink, FlowTarget, FlowView, Metrics, RecordSink, ViewLimits};
 use sluice_policy::{Config, Policy};
 use tokio::{
     net::TcpListener,
@@ -104,7 +104,7 @@ struct SinkRecorder {
     view: Arc<FlowView>,
 }
 
-impl Recorder for SinkRecorder {
+impl RecordSink for SinkRecorder {
     fn record(&self, r: FlowRecord) {
         self.metrics.record(&r);
         // Per-rule metrics only for rules with an explicit id (ids never
@@ -158,7 +158,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let http = match config.listen.http {
         Some(a) => Some(
-            sluice_net::accept::bind(a)
+            sluice_serve::bind(a)
                 .await
                 .with_context(|| format!("cannot bind the HTTP proxy on {a}"))?,
         ),
@@ -166,7 +166,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     };
     let admin = match config.listen.admin {
         Some(a) => Some(
-            sluice_net::accept::bind(a)
+            sluice_serve::bind(a)
                 .await
                 .with_context(|| format!("cannot bind admin on {a}"))?,
         ),
@@ -174,7 +174,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     };
     let transparent = match config.listen.transparent {
         Some(a) if cfg!(target_os = "linux") => Some(
-            sluice_net::accept::bind(a)
+            sluice_serve::bind(a)
                 .await
                 .with_context(|| format!("cannot bind the transparent listener on {a}"))?,
         ),
@@ -183,7 +183,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     };
     let socks5 = match config.listen.socks5 {
         Some(a) => Some(
-            sluice_net::accept::bind(a)
+            sluice_serve::bind(a)
                 .await
                 .with_context(|| format!("cannot bind the SOCKS5 proxy on {a}"))?,
         ),
@@ -208,7 +208,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         .map(crate::dns::Bound::local_addr)
         .transpose()?;
     own.extend(dns_addr);
-    dialer.set_own_addrs(own.clone());
+    dialer.set_own_addrs(own);
 
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -221,12 +221,12 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         metrics: metrics.clone(),
         view: view.clone(),
     });
-    let mut ctx = Ctx::new(version, dialer, recorder, metrics.clone());
+    let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if dns.is_some() {
-        ctx.set_grants(grants.clone());
+        gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));
     }
-    let ctx = Arc::new(ctx);
+    let gw = Arc::new(gw);
     let token = match &config.admin.token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -267,27 +267,27 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     if let Some(a) = dns_addr {
         eprintln!("sluice: DNS listening on {a}");
     }
-    describe_modes(&ctx.current.load().policy);
+    describe_modes(&gw.version().policy);
 
-    let http_task = http.map(|l| tokio::spawn(sluice_net::http::serve(l, ctx.clone())));
-    let socks5_task = socks5.map(|l| tokio::spawn(sluice_net::socks5::serve(l, ctx.clone())));
+    let http_task = http.map(|l| tokio::spawn(sluice_net::http::serve(l, gw.clone())));
+    let socks5_task = socks5.map(|l| tokio::spawn(sluice_net::socks5::serve(l, gw.clone())));
     let transparent_task =
-        transparent.map(|l| tokio::spawn(sluice_net::transparent::serve(l, ctx.clone())));
+        transparent.map(|l| tokio::spawn(sluice_net::transparent::serve(l, gw.clone())));
     if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(admin, ctx.clone(), status.clone()));
+        tokio::spawn(crate::admin::serve(admin, gw.clone(), status.clone()));
     }
     let dns_tasks = match dns {
-        Some(d) => d.serve(ctx.clone(), &config, grants)?,
+        Some(d) => d.serve(gw.clone(), recorder, &config, grants)?,
         None => Vec::new(),
     };
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&ctx, path.as_deref(), &config, &status, "SIGHUP"),
+            _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP"),
             _ = tick.tick() => {
                 if watch.changed() {
-                    reload(&ctx, path.as_deref(), &config, &status, "file change");
+                    reload(&gw, path.as_deref(), &config, &status, "file change");
                 }
             }
             _ = usr1.recv() => {
@@ -303,11 +303,11 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 
     let drain_timeout = config.limits.drain_timeout;
     tracing::info!(
-        active = ctx.drain().active_count(),
+        active = gw.drain().active_count(),
         timeout_s = drain_timeout.as_secs(),
         "draining: no new connections; open tunnels may finish"
     );
-    ctx.drain().begin();
+    gw.drain().begin();
     if let Some(t) = http_task {
         let _ = t.await;
     }
@@ -320,15 +320,15 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     for t in dns_tasks {
         let _ = t.await;
     }
-    if !ctx.drain().wait_idle(drain_timeout).await {
+    if !gw.drain().wait_idle(drain_timeout).await {
         tracing::warn!(
-            active = ctx.drain().active_count(),
+            active = gw.drain().active_count(),
             "drain timeout: closing open tunnels"
         );
-        ctx.drain().stop_all();
-        ctx.drain().wait_idle(Duration::from_secs(5)).await;
+        gw.drain().stop_all();
+        gw.drain().wait_idle(Duration::from_secs(5)).await;
     }
-    drop(ctx);
+    drop(gw);
     drop(sink);
     writer.close().await.context("flushing flow records")?;
     tracing::info!("drained; exiting");
@@ -362,7 +362,7 @@ fn raise_nofile() {
 }
 
 fn reload(
-    ctx: &Ctx,
+    gw: &Gateway,
     path: Option<&Path>,
     started_with: &Config,
     status: &crate::admin::Status,
@@ -387,15 +387,15 @@ fn reload(
                 tracing::warn!("limits or dns changed: these need a restart to take effect");
             }
             let hash = v.policy.hash().clone();
-            ctx.current.store(Arc::new(v));
-            ctx.metrics.reload_succeeded(&hash, SystemTime::now());
+            gw.reload(v);
+            gw.metrics().reload_succeeded(&hash, SystemTime::now());
             if let Ok(mut e) = status.last_reload_error.lock() {
                 *e = None;
             }
             tracing::info!(policy = %hash, trigger = why, "policy reloaded");
         }
         Err(e) => {
-            ctx.metrics.reload_failed();
+            gw.metrics().reload_failed();
             let msg = format!("{e:#}");
             for line in msg.lines() {
                 tracing::error!(

@@ -322,7 +322,9 @@ fn curl_absolute_form_and_connect_pass_a_lifted_origin_and_count_bytes() {
             ("status", 200.into()),
             ("bytes_in", 1000.into()),
             ("bytes_out", 0.into()),
+            ("route", "direct".into()),
             ("error", Value::Null),
+            ("error_kind", Value::Null),
         ],
     );
 
@@ -347,6 +349,7 @@ fn curl_absolute_form_and_connect_pass_a_lifted_origin_and_count_bytes() {
             ("dst_port", port.into()),
             ("status", 200.into()),
             ("sni", Value::Null),
+            ("route", "direct".into()),
         ],
     );
     let bytes_in = rec["bytes_in"].as_u64().unwrap();
@@ -1083,6 +1086,9 @@ fn proxy_auth_asks_refuses_alike_and_records_the_user() {
             ("status", 407.into()),
             ("verdict", "deny".into()),
             ("user", Value::Null),
+            ("rule", "default/no-zone".into()),
+            ("route", Value::Null),
+            ("error_kind", Value::Null),
         ],
     );
 
@@ -1100,7 +1106,14 @@ fn proxy_auth_asks_refuses_alike_and_records_the_user() {
                 ("verdict", "deny".into()),
                 ("enforced", true.into()),
                 ("user", Value::Null),
+                ("rule", "default/auth-failed".into()),
+                ("zone", Value::Null),
+                ("error_kind", "client".into()),
             ],
+        );
+        assert_eq!(
+            c.header("sluice-rule").as_deref(),
+            Some("default/auth-failed")
         );
     }
     assert_eq!(wrong.body, unknown.body);

@@ -329,7 +329,7 @@ fn curl_proxy_user_right_wrong_and_missing() {
                 ("listener", "socks5".into()),
                 ("verdict", "deny".into()),
                 ("enforced", true.into()),
-                ("rule", "default/no-zone".into()),
+                ("rule", "default/auth-failed".into()),
                 ("reason", "proxy authentication failed".into()),
                 ("user", Value::Null),
                 ("dst_port", Value::Null),
@@ -622,7 +622,12 @@ fn refused_unresolvable_and_report_mode_replies() {
     let rec = record_for(&s, "127.0.0.1", dead);
     assert_fields(
         &rec,
-        &[("verdict", "allow".into()), ("rule", "loopback".into())],
+        &[
+            ("verdict", "allow".into()),
+            ("rule", "loopback".into()),
+            ("error_kind", "connect".into()),
+            ("route", "direct".into()),
+        ],
     );
     assert!(
         rec["error"]
@@ -636,6 +641,10 @@ fn refused_unresolvable_and_report_mode_replies() {
     let (code, _) = raw_connect(socks, 1, "nxdomain.test", 443);
     assert_eq!(code, 4);
     let rec = record_for(&s, "nxdomain.test", 443);
+    assert_eq!(
+        (&rec["error_kind"], &rec["route"]),
+        (&"resolve".into(), &Value::Null)
+    );
     assert!(
         rec["error"]
             .as_str()
@@ -644,9 +653,10 @@ fn refused_unresolvable_and_report_mode_replies() {
         "{rec:#}"
     );
 
-    // A name that is not a valid host: 0x04, rule default/invalid-destination.
+    // A name that is not a valid host: 0x02 (not allowed; 0x04 would tell
+    // the client to retry elsewhere), rule default/invalid-destination.
     let (code, _) = raw_connect(socks, 1, "bad..name", 80);
-    assert_eq!(code, 4);
+    assert_eq!(code, 2);
     let rec = s.wait_record("bad..name", |r| r["rule"] == "default/invalid-destination");
     assert_eq!(rec["listener"], "socks5");
 }

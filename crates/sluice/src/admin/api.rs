@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use serde::{Deserialize, Serialize};
-use sluice_net::Ctx;
+use sluice_net::Gateway;
 use sluice_observe::{FlowFilter, FlowRecord, TopBy};
 use sluice_policy::{Destination, Request as PolicyRequest};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -36,7 +36,7 @@ const MAX_TOP: usize = 100;
 const MAX_ADDRS: usize = 64;
 
 /// Routes one `/api/...` request (already past the access checks).
-pub async fn route(ctx: &Ctx, status: &Status, req: Request<Incoming>) -> Response<Body> {
+pub async fn route(gw: &Gateway, status: &Status, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let query = match Query::parse(req.uri().query()) {
@@ -49,10 +49,10 @@ pub async fn route(ctx: &Ctx, status: &Status, req: Request<Incoming>) -> Respon
         "/api/v1/denials" if get => denials(status, &query),
         "/api/v1/top" if get => top(status, &query),
         "/api/v1/traffic" if get => traffic(status, &query),
-        "/api/v1/rules" if get => rules(ctx, status, &query),
+        "/api/v1/rules" if get => rules(gw, status, &query),
         "/api/v1/alerts" if get => alerts(&query),
-        "/api/v1/config" if get => config(ctx, &query),
-        "/api/v1/check" if req.method() == Method::POST => check(ctx, req).await,
+        "/api/v1/config" if get => config(gw, &query),
+        "/api/v1/check" if req.method() == Method::POST => check(gw, req).await,
         "/api/v1/check" => return not_allowed("POST"),
         "/api/v1/flows"
         | "/api/v1/flows/stream"
@@ -268,9 +268,9 @@ struct RuleRow<'a> {
     stale: bool,
 }
 
-fn rules(ctx: &Ctx, status: &Status, q: &Query) -> Answer {
+fn rules(gw: &Gateway, status: &Status, q: &Query) -> Answer {
     q.only(&[])?;
-    let version = ctx.current.load();
+    let version = gw.version();
     let policy = &version.policy;
     let mut stats = status.view.rule_stats();
     let now = SystemTime::now();
@@ -320,9 +320,9 @@ fn alerts(q: &Query) -> Answer {
     Ok(json(StatusCode::OK, &serde_json::json!({ "alerts": [] })))
 }
 
-fn config(ctx: &Ctx, q: &Query) -> Answer {
+fn config(gw: &Gateway, q: &Query) -> Answer {
     q.only(&[])?;
-    let version = ctx.current.load();
+    let version = gw.version();
     // The model's serializer redacts password hashes; token files are
     // paths, never their contents.
     Ok(json(
@@ -348,7 +348,7 @@ struct CheckRequest {
     resolve: bool,
 }
 
-async fn check(ctx: &Ctx, req: Request<Incoming>) -> Answer {
+async fn check(gw: &Gateway, req: Request<Incoming>) -> Answer {
     if req.uri().query().is_some_and(|q| !q.is_empty()) {
         return Err(bad("this endpoint takes no query parameters"));
     }
@@ -407,7 +407,7 @@ async fn check(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         })
         .collect::<Result<Vec<IpAddr>, _>>()?;
     let (host, port) = crate::parse_target(&c.target).map_err(bad)?;
-    let version = ctx.current.load();
+    let version = gw.version();
     let policy = &version.policy;
     let user = c.user.as_deref();
     let dest = match Destination::parse(&host) {
@@ -421,7 +421,7 @@ async fn check(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         }
     };
     if c.resolve && dest.name().is_some() {
-        addrs = ctx.dialer.resolve(&dest).await.map_err(|e| {
+        addrs = gw.dialer().resolve(&dest).await.map_err(|e| {
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("cannot resolve {dest}: {e}"),

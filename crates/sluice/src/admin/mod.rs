@@ -32,14 +32,15 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sluice_net::Ctx;
+use sluice_net::Gateway;
 use sluice_observe::FlowView;
-use tokio::{net::TcpListener, sync::Semaphore};
+use sluice_serve::{ConnLimiter, Drain};
+use tokio::net::TcpListener;
 
 pub use guard::Access;
 
-/// Admin connections served at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 128;
+/// Admin connections served at once; more are closed at once.
+const MAX_CONNECTIONS: u32 = 128;
 
 /// The response body of every admin answer.
 type Body = BoxBody<Bytes, Infallible>;
@@ -54,40 +55,34 @@ pub struct Status {
     pub view: Arc<FlowView>,
 }
 
-/// Serves the admin endpoints on `listener` (the caller binds).
-pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, status: Arc<Status>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        let ctx = ctx.clone();
-        let status = status.clone();
-        tokio::spawn(async move {
+/// Serves the admin endpoints on `listener` (the caller binds). The admin
+/// listener keeps serving while the data path drains (`/readyz` says so),
+/// so its loop has a drain of its own that never begins.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, status: Arc<Status>) {
+    let limiter = ConnLimiter::new(MAX_CONNECTIONS, MAX_CONNECTIONS);
+    let never = Arc::new(Drain::new());
+    sluice_serve::run_tcp(listener, limiter, never, move |stream, _, _slot| {
+        let (gw, status) = (gw.clone(), status.clone());
+        async move {
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
             let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                let status = status.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, &status, local, req).await) }
+                let (gw, status) = (gw.clone(), status.clone());
+                async move { Ok::<_, Infallible>(handle(&gw, &status, local, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
-            drop(permit);
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn handle(
-    ctx: &Ctx,
+    gw: &Gateway,
     status: &Status,
     local: SocketAddr,
     req: Request<Incoming>,
@@ -104,12 +99,12 @@ async fn handle(
     let get = method == Method::GET || head;
     let mut resp = match path.as_str() {
         "/healthz" if get => text(StatusCode::OK, "ok\n"),
-        "/readyz" if get => readyz(ctx, status),
+        "/readyz" if get => readyz(gw, status),
         "/metrics" if get => {
             let mut r = reply(
                 StatusCode::OK,
                 sluice_observe::CONTENT_TYPE,
-                ctx.metrics.encode(),
+                gw.metrics().encode(),
             );
             no_store(&mut r);
             r
@@ -120,7 +115,7 @@ async fn handle(
         "/favicon.svg" if get => asset("image/svg+xml", FAVICON_SVG),
         "/healthz" | "/readyz" | "/metrics" | "/" | "/index.html" | "/assets/app.js"
         | "/assets/app.css" | "/favicon.svg" => not_allowed("GET, HEAD"),
-        p if p.starts_with("/api/") => api::route(ctx, status, req).await,
+        p if p.starts_with("/api/") => api::route(gw, status, req).await,
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /, /healthz, /readyz, /metrics or /api/v1/\n",
@@ -136,13 +131,13 @@ async fn handle(
     resp
 }
 
-fn readyz(ctx: &Ctx, status: &Status) -> Response<Body> {
-    let draining = ctx.drain().is_draining();
+fn readyz(gw: &Gateway, status: &Status) -> Response<Body> {
+    let draining = gw.drain().is_draining();
     let err = status.last_reload_error.lock().ok().and_then(|e| e.clone());
     let body = serde_json::json!({
         "ready": !draining,
         "draining": draining,
-        "policy_hash": ctx.current.load().policy.hash().as_ref(),
+        "policy_hash": gw.version().policy.hash().as_ref(),
         "last_reload_error": err,
     });
     let code = if draining {

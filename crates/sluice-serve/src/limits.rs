@@ -24,7 +24,7 @@ pub struct Slot {
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Full {
     /// `max_connections` reached.
     Total,
     /// `max_connections_per_source` reached for this address.
@@ -42,16 +42,16 @@ impl ConnLimiter {
     }
 
     /// Admits a connection from `ip`, or says which cap it hit.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
         let Ok(mut st) = self.state.lock() else {
-            return Err(Refusal::Total);
+            return Err(Full::Total);
         };
         if st.0 >= self.max_total {
-            return Err(Refusal::Total);
+            return Err(Full::Total);
         }
         let n = st.1.entry(ip).or_insert(0);
         if *n >= self.max_per_source {
-            return Err(Refusal::PerSource);
+            return Err(Full::PerSource);
         }
         *n += 1;
         st.0 += 1;
@@ -92,9 +92,9 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let s1 = l.admit(a).unwrap();
         let _s2 = l.admit(a).unwrap();
-        assert_eq!(l.admit(a).unwrap_err(), Refusal::PerSource);
+        assert_eq!(l.admit(a).unwrap_err(), Full::PerSource);
         let _s3 = l.admit(b).unwrap();
-        assert_eq!(l.admit(b).unwrap_err(), Refusal::Total);
+        assert_eq!(l.admit(b).unwrap_err(), Full::Total);
         drop(s1);
         let _again = l.admit(a).unwrap();
         assert_eq!(l.open(), 3);

@@ -1,0 +1,233 @@
+//! [`Flow`]: one flow's state while the stages run, typed (addresses,
+//! [`Verdict`], [`Mode`], clock values) rather than record strings, and
+//! turned into a [`FlowRecord`] in exactly one place ([`Flow::into_record`]).
+//! A flow holds the policy version it started with, so every stage of one
+//! flow judges by the same version even across a reload.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use sluice_observe::{ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string};
+use sluice_policy::{Decision, Destination, Mode, Policy, Verdict};
+
+use crate::Version;
+
+/// One flow's state.
+#[derive(Debug)]
+pub struct Flow {
+    version: Arc<Version>,
+    listener: Listener,
+    /// What it spoke (a transparent flow learns this from its first bytes).
+    pub protocol: Protocol,
+    src: SocketAddr,
+    start: SystemTime,
+    id: String,
+    /// The authenticated user.
+    pub user: Option<String>,
+    /// Where to, once parsed.
+    pub dest: Option<Destination>,
+    /// The destination as the client wrote it, when it did not parse.
+    pub raw_dest: Option<String>,
+    /// The destination port.
+    pub port: Option<u16>,
+    /// The address dialed (or tried).
+    pub peer: Option<IpAddr>,
+    /// The TLS server name, when a ClientHello was seen.
+    pub sni: Option<String>,
+    /// The pre-redirect destination of a transparent flow.
+    pub original_dst: Option<SocketAddr>,
+    /// The DNS-derived grant that named the destination.
+    pub grant: Option<String>,
+    /// The HTTP method.
+    pub method: Option<String>,
+    /// The HTTP status answered.
+    pub status: Option<u16>,
+    verdict: Verdict,
+    enforced: bool,
+    zone: Option<Arc<str>>,
+    mode: Option<Mode>,
+    rule: Arc<str>,
+    reason: String,
+    policy_hash: Option<Arc<str>>,
+    /// The last decision applied (the one that counted so far).
+    decision: Option<Decision>,
+    /// A note appended to the reason (why a transparent flow fell back).
+    pub note: Option<String>,
+    /// Client → destination bytes.
+    pub bytes_out: u64,
+    /// Destination → client bytes.
+    pub bytes_in: u64,
+    /// The route's name, once dialed.
+    pub route: Option<Arc<str>>,
+    /// What went wrong, one line.
+    pub error: Option<String>,
+    /// Which side failed.
+    pub error_kind: Option<ErrorKind>,
+}
+
+// === impl Flow ===
+
+impl Flow {
+    /// A flow from `src` starting now, judged by `version`.
+    pub fn new(
+        version: Arc<Version>,
+        listener: Listener,
+        protocol: Protocol,
+        src: SocketAddr,
+    ) -> Flow {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; they
+        // are the IPv4 clients they are (as zone selection judges them).
+        let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+        Flow {
+            version,
+            listener,
+            protocol,
+            src,
+            start: SystemTime::now(),
+            id: sluice_observe::next_id(),
+            user: None,
+            dest: None,
+            raw_dest: None,
+            port: None,
+            peer: None,
+            sni: None,
+            original_dst: None,
+            grant: None,
+            method: None,
+            status: None,
+            verdict: Verdict::Deny,
+            enforced: true,
+            zone: None,
+            mode: None,
+            rule: Arc::from(""),
+            reason: String::new(),
+            policy_hash: None,
+            decision: None,
+            note: None,
+            bytes_out: 0,
+            bytes_in: 0,
+            route: None,
+            error: None,
+            error_kind: None,
+        }
+    }
+
+    /// The policy version this flow is judged by.
+    pub fn version(&self) -> &Arc<Version> {
+        &self.version
+    }
+
+    /// The compiled policy of that version.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.version.policy
+    }
+
+    /// The listener it came in on.
+    pub fn listener(&self) -> Listener {
+        self.listener
+    }
+
+    /// The client.
+    pub fn src(&self) -> SocketAddr {
+        self.src
+    }
+
+    /// The record id (also `Sluice-Request-Id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The decision that counts so far.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// The zone that judged it, if any.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+
+    /// The rule that counts so far.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+
+    /// Why, in one line.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Whether the last decision lets the flow pass.
+    pub fn passes(&self) -> bool {
+        self.verdict == Verdict::Allow || !self.enforced
+    }
+
+    /// Takes a decision's zone, mode, verdict, rule, reason and policy
+    /// version. Later phases apply theirs again: the last one counts.
+    pub fn apply(&mut self, d: &Decision) {
+        self.verdict = d.verdict;
+        self.enforced = d.enforced;
+        self.zone.clone_from(&d.zone);
+        self.mode = d.mode;
+        self.rule = d.rule.clone();
+        self.reason.clone_from(&d.reason);
+        self.policy_hash = Some(d.policy_hash.clone());
+        self.decision = Some(d.clone());
+    }
+
+    /// An enforced denial by a built-in rule (bad request, inspection).
+    pub fn set_rule(&mut self, rule: &str, reason: String) {
+        self.verdict = Verdict::Deny;
+        self.enforced = true;
+        self.rule = Arc::from(rule);
+        self.reason = reason;
+    }
+
+    /// Forgets the zone (a refusal that no zone judged: failed logins).
+    pub fn clear_zone(&mut self) {
+        self.zone = None;
+        self.mode = None;
+    }
+
+    /// The one place a flow becomes a record; `end` is when it ended.
+    pub fn into_record(self, end: SystemTime) -> FlowRecord {
+        let mut r =
+            FlowRecord::with_id(self.listener, self.protocol, self.src, self.start, self.id);
+        r.user = self.user;
+        r.zone = self.zone.as_deref().map(str::to_owned);
+        r.mode = self.mode.map(|m| m.as_str().to_owned());
+        match self.dest {
+            Some(Destination::Name(n)) => r.dst_host = Some(n),
+            Some(Destination::Ip(ip)) => r.dst_ip = Some(ip_string(ip)),
+            None => r.dst_host = self.raw_dest,
+        }
+        if let Some(ip) = self.peer {
+            r.dst_ip = Some(ip_string(ip));
+        }
+        r.dst_port = self.port;
+        r.sni = self.sni;
+        r.original_dst = self.original_dst.map(addr_string);
+        r.grant = self.grant;
+        r.method = self.method;
+        r.status = self.status;
+        r.verdict = self.verdict.as_str().to_owned();
+        r.enforced = self.enforced;
+        r.rule = self.rule.to_string();
+        r.reason = match self.note {
+            Some(n) if self.reason.is_empty() => n,
+            Some(n) => format!("{}; {n}", self.reason),
+            None => self.reason,
+        };
+        r.bytes_out = self.bytes_out;
+        r.bytes_in = self.bytes_in;
+        r.route = self.route.as_deref().map(str::to_owned);
+        r.policy_hash = self.policy_hash.as_deref().unwrap_or_default().to_owned();
+        r.error = self.error;
+        r.error_kind = self.error_kind;
+        r.finish(end);
+        r
+    }
+}

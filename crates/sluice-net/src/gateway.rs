@@ -1,0 +1,435 @@
+//! The [`Gateway`]: the five stages every listener runs, implemented once —
+//! identify → decide → dial → tunnel → record — and the state they share
+//! (the policy in force, the dialer, credentials, limits, drain, the
+//! recorder, the router and the inspectors). A listener is a protocol
+//! adapter: it parses its protocol, calls these methods in order on a
+//! [`Flow`], and maps a [`Refusal`] to its own answer.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use sluice_observe::{Listener, Metrics, Protocol, RecordSink};
+use sluice_policy::{Decision, Destination, Pending, Request as PolicyRequest, model::Limits};
+use sluice_serve::{ConnLimiter, Drain};
+use tokio::net::TcpStream;
+
+use crate::{
+    Grants, Version,
+    auth::{AuthOutcome, Authenticator},
+    dial::{DialError, Dialed, Dialer},
+    flow::Flow,
+    inspect::{self, Inspection, Inspector, SniMatch, Subject},
+    refusal::Refusal,
+    relay::{self, HelloCheck, Preread, Timeouts},
+    route::{Direct, Route, Router, Via},
+};
+
+/// The stages and what they share.
+pub struct Gateway {
+    current: ArcSwap<Version>,
+    dialer: Dialer,
+    auth: Authenticator,
+    limits: Limits,
+    limiter: Arc<ConnLimiter>,
+    drain: Arc<Drain>,
+    recorder: Arc<dyn RecordSink>,
+    metrics: Arc<Metrics>,
+    grants: Option<Arc<dyn Grants>>,
+    router: Box<dyn Router>,
+    inspectors: Vec<Arc<dyn Inspector>>,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// A gateway for `version`, dialing with `dialer` and recording to
+    /// `recorder`; limits are read from `version` once (they need a
+    /// restart). Routes are direct and the one inspector is [`SniMatch`].
+    pub fn new(
+        version: Version,
+        dialer: Dialer,
+        recorder: Arc<dyn RecordSink>,
+        metrics: Arc<Metrics>,
+    ) -> Gateway {
+        let limits = version.policy.config().limits.clone();
+        Gateway {
+            current: ArcSwap::from_pointee(version),
+            dialer,
+            auth: Authenticator::new(),
+            limiter: ConnLimiter::new(limits.max_connections, limits.max_connections_per_source),
+            limits,
+            drain: Arc::new(Drain::new()),
+            recorder,
+            metrics,
+            grants: None,
+            router: Box::new(Direct::default()),
+            inspectors: vec![Arc::new(SniMatch)],
+        }
+    }
+
+    /// Judges `tcp` flows by DNS-derived grants from now on.
+    pub fn with_grants(mut self, grants: Arc<dyn Grants>) -> Gateway {
+        self.grants = Some(grants);
+        self
+    }
+
+    /// Chooses routes with `router` instead of [`Direct`].
+    pub fn with_router(mut self, router: Box<dyn Router>) -> Gateway {
+        self.router = router;
+        self
+    }
+
+    /// Adds an inspector after those already present.
+    pub fn with_inspector(mut self, inspector: Arc<dyn Inspector>) -> Gateway {
+        self.inspectors.push(inspector);
+        self
+    }
+
+    /// The policy version in force.
+    pub fn version(&self) -> Arc<Version> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new policy version (reload); flows already started keep
+    /// theirs.
+    pub fn reload(&self, version: Version) {
+        self.current.store(Arc::new(version));
+    }
+
+    /// The limits read at start.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The connection caps shared by every listener.
+    pub fn limiter(&self) -> &Arc<ConnLimiter> {
+        &self.limiter
+    }
+
+    /// The drain state.
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The dialer (Sluice's own addresses are declared on it).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
+    /// DNS-derived grants, when a DNS forwarder provides them.
+    pub fn grants(&self) -> Option<&dyn Grants> {
+        self.grants.as_deref()
+    }
+
+    /// The relay's clocks.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            idle: self.limits.idle_timeout,
+            hello: self.limits.header_timeout,
+        }
+    }
+
+    // === stage 0: a new flow ===
+
+    /// A flow from `src`, judged by the policy in force now; refused while
+    /// draining.
+    pub fn start(&self, listener: Listener, protocol: Protocol, src: SocketAddr) -> Flow {
+        Flow::new(self.version(), listener, protocol, src)
+    }
+
+    /// Refuses new work once a drain has begun.
+    pub fn admit(&self) -> Result<(), Refusal> {
+        if self.drain.is_draining() {
+            return Err(Refusal::Draining);
+        }
+        Ok(())
+    }
+
+    // === stage 1: identify ===
+
+    /// Checks a `Proxy-Authorization` header (none is not a failure: the
+    /// decision may then ask for credentials).
+    pub async fn identify_header(
+        &self,
+        flow: &mut Flow,
+        header: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let users = flow.version().users.clone();
+        let outcome = self.auth.check(&users, header).await;
+        Self::identified(flow, outcome)
+    }
+
+    /// Checks a user name and password (SOCKS5, RFC 1929).
+    pub async fn identify_password(
+        &self,
+        flow: &mut Flow,
+        user: &[u8],
+        pass: &[u8],
+    ) -> Result<(), Refusal> {
+        let users = flow.version().users.clone();
+        let outcome = match (std::str::from_utf8(user), std::str::from_utf8(pass)) {
+            (Ok(u), Ok(p)) => self.auth.verify(&users, u, p).await,
+            // No configured user name or argon2 hash input is anything else.
+            _ => AuthOutcome::Failed,
+        };
+        Self::identified(flow, outcome)
+    }
+
+    fn identified(flow: &mut Flow, outcome: AuthOutcome) -> Result<(), Refusal> {
+        match outcome {
+            AuthOutcome::Missing => Ok(()),
+            AuthOutcome::User(u) => {
+                flow.user = Some(u);
+                Ok(())
+            }
+            AuthOutcome::Malformed | AuthOutcome::Failed => Err(Refusal::AuthFailed),
+        }
+    }
+
+    /// Sets the destination from what the client wrote; a host that is
+    /// neither a name nor an address is refused.
+    pub fn target(&self, flow: &mut Flow, host: &str, port: u16) -> Result<(), Refusal> {
+        flow.port = Some(port);
+        match Destination::parse(host) {
+            Ok(d) => {
+                flow.dest = Some(d);
+                Ok(())
+            }
+            Err(e) => {
+                flow.raw_dest = Some(host.to_owned());
+                Err(Refusal::InvalidDestination(e.to_string()))
+            }
+        }
+    }
+
+    // === stage 2: decide ===
+
+    /// Phase one on the flow's destination. Only a final denial refuses
+    /// here: a name that no host rule matched is still pending on the
+    /// zone's cidr rules, judged on its addresses when dialed.
+    pub fn decide(&self, flow: &mut Flow) -> Result<(), Refusal> {
+        let (Some(dest), Some(port)) = (&flow.dest, flow.port) else {
+            return Err(Refusal::Internal("decide before target".into()));
+        };
+        let t0 = Instant::now();
+        let d = flow.policy().decide(&PolicyRequest {
+            src: flow.src().ip(),
+            user: flow.user.as_deref(),
+            dest,
+            port,
+        });
+        self.metrics.observe_decision(t0.elapsed());
+        self.settle(flow, d)
+    }
+
+    /// Applies a phase-one decision made elsewhere (the transparent
+    /// listener judges by SNI, Host or grant) with the same outcome rules.
+    pub fn settle(&self, flow: &mut Flow, d: Decision) -> Result<(), Refusal> {
+        flow.apply(&d);
+        if d.auth_required {
+            return Err(Refusal::AuthRequired(d.reason));
+        }
+        if !d.passes() && d.pending == Pending::Nothing {
+            return Err(Refusal::Denied(Box::new(d)));
+        }
+        Ok(())
+    }
+
+    // === stage 3: dial ===
+
+    /// Resolves the flow's destination once, checks every address, and
+    /// connects by the route the router chooses.
+    pub async fn dial(&self, flow: &mut Flow) -> Result<TcpStream, Refusal> {
+        let started = Instant::now();
+        let addrs = self.resolve(flow).await?;
+        self.dial_addrs(flow, &addrs, started).await
+    }
+
+    /// The flow's destination resolved (once), or an IP destination as is.
+    pub async fn resolve(&self, flow: &Flow) -> Result<Vec<IpAddr>, Refusal> {
+        let Some(dest) = &flow.dest else {
+            return Err(Refusal::Internal("dial before target".into()));
+        };
+        self.dialer.resolve(dest).await.map_err(refusal_of)
+    }
+
+    /// Checks and connects to addresses already resolved; `started` is
+    /// when the dial stage began (for the connect-latency metric).
+    pub async fn dial_addrs(
+        &self,
+        flow: &mut Flow,
+        addrs: &[IpAddr],
+        started: Instant,
+    ) -> Result<TcpStream, Refusal> {
+        let (Some(decision), Some(port)) = (flow.decision().cloned(), flow.port) else {
+            return Err(Refusal::Internal("dial before decide".into()));
+        };
+        let Route { name, via } = self.router.route(flow);
+        let result = match via {
+            Via::Direct => {
+                self.dialer
+                    .dial_addrs(flow.policy(), &decision, addrs, port, started)
+                    .await
+            }
+        };
+        match result {
+            Ok(Dialed {
+                stream,
+                peer,
+                decision,
+                elapsed,
+            }) => {
+                self.metrics.observe_connect(elapsed);
+                flow.apply(&decision);
+                flow.peer = Some(peer.ip());
+                flow.route = Some(name);
+                Ok(stream)
+            }
+            Err(e) => {
+                match &e {
+                    DialError::Connect { decision, .. } | DialError::Timeout(_, decision) => {
+                        flow.apply(decision);
+                        flow.route = Some(name);
+                    }
+                    DialError::Resolve { .. } | DialError::Denied(_) => {}
+                }
+                Err(refusal_of(e))
+            }
+        }
+    }
+
+    /// Whether a pooled connection to `peer` may carry this flow under the
+    /// flow's policy (it may have changed since the connection was made);
+    /// applies the second phase's decision when it may.
+    pub fn reuse(&self, flow: &mut Flow, peer: SocketAddr) -> bool {
+        let (Some(decision), Some(port)) = (flow.decision(), flow.port) else {
+            return false;
+        };
+        match self.dialer.vet(flow.policy(), decision, &[peer.ip()], port) {
+            Ok((d, _)) => {
+                flow.apply(&d);
+                flow.peer = Some(peer.ip());
+                flow.route = Some(self.router.route(flow).name);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    // === stage 4: tunnel ===
+
+    /// What inspectors know of a dialed flow.
+    pub fn subject(&self, flow: &Flow) -> Option<Subject> {
+        Some(Subject {
+            policy: flow.policy().clone(),
+            src: flow.src().ip(),
+            user: flow.user.clone(),
+            dest: flow.dest.clone()?,
+            port: flow.port?,
+            peer: SocketAddr::new(flow.peer?, flow.port?),
+        })
+    }
+
+    /// The inspectors, for listeners that inspect HTTP heads and bodies.
+    pub fn inspectors(&self) -> &[Arc<dyn Inspector>] {
+        &self.inspectors
+    }
+
+    /// Runs every inspector on an HTTP head; the first denial counts.
+    pub fn inspect(&self, look: impl FnMut(&dyn Inspector) -> Inspection) -> Result<(), Refusal> {
+        match inspect::first_denial(&self.inspectors, look) {
+            Inspection::Pass => Ok(()),
+            Inspection::Deny { rule, reason } => Err(Refusal::Inspected { rule, reason }),
+        }
+    }
+
+    fn hello_check(&self, flow: &Flow) -> Option<HelloCheck> {
+        let subject = self.subject(flow)?;
+        let wanted: Vec<Arc<dyn Inspector>> = self
+            .inspectors
+            .iter()
+            .filter(|i| i.wants_first_bytes(&subject))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        Some(Box::new(move |hello| {
+            inspect::first_denial(&wanted, |i| i.first_bytes(&subject, hello))
+        }))
+    }
+
+    /// Relays a dialed flow until it ends, then records it. With `inspect`,
+    /// the inspectors see the client's first bytes before any is
+    /// forwarded. Holds the drain's active count and the tunnel gauge.
+    pub async fn tunnel(
+        &self,
+        mut flow: Flow,
+        client: TcpStream,
+        upstream: TcpStream,
+        pre: Preread<'_>,
+        inspect: bool,
+    ) {
+        let _active = self.drain.active();
+        let _gauge = self.metrics.active_tunnel(flow.listener());
+        let check = if inspect {
+            self.hello_check(&flow)
+        } else {
+            None
+        };
+        let r = relay::relay(
+            client,
+            upstream,
+            pre,
+            check,
+            self.timeouts(),
+            self.drain.stopped(),
+        )
+        .await;
+        flow.bytes_out += r.bytes_out;
+        flow.bytes_in += r.bytes_in;
+        if r.sni.is_some() {
+            flow.sni = r.sni;
+        }
+        flow.error = r.error;
+        flow.error_kind = r.error_kind;
+        if let Some((rule, reason)) = r.denied {
+            flow.set_rule(&rule, reason);
+        }
+        self.record(flow);
+    }
+
+    // === stage 5: record ===
+
+    /// Ends the flow: its record goes to the recorder.
+    pub fn record(&self, flow: Flow) {
+        self.recorder.record(flow.into_record(SystemTime::now()));
+    }
+
+    /// Ends a refused flow: the refusal is written into it, then recorded.
+    pub fn refuse(&self, mut flow: Flow, refusal: &Refusal) {
+        refusal.apply(&mut flow);
+        self.record(flow);
+    }
+}
+
+/// The dialer's failure as a refusal.
+fn refusal_of(e: DialError) -> Refusal {
+    match e {
+        DialError::Resolve { host, msg } => Refusal::Resolve { host, msg },
+        DialError::Denied(d) => Refusal::Denied(d),
+        DialError::Connect {
+            addr, msg, kind, ..
+        } => Refusal::Connect { addr, msg, kind },
+        DialError::Timeout(after, _) => Refusal::Timeout(after),
+    }
+}

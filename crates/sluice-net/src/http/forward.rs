@@ -1,0 +1,311 @@
+//! Absolute-form requests (`GET http://host/path`): one origin request per
+//! client request over a pooled keep-alive connection, the request and
+//! response heads rewritten (hop-by-hop headers removed, `Host` from the
+//! URI, `Via` added) and shown to the inspectors, bodies counted, and a
+//! record when the response body ends. A WebSocket upgrade becomes a
+//! tunnel through the common relay.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use http_body_util::BodyExt;
+use hyper::{
+    Request, Response, StatusCode, Uri,
+    body::Incoming,
+    client::conn::http1::{self as client_http1, SendRequest},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    upgrade::OnUpgrade,
+};
+use hyper_util::rt::TokioIo;
+use sluice_observe::ErrorKind;
+use tokio::net::TcpStream;
+
+use super::{
+    ProxyBody, VIA, answer,
+    body::{Counted, End, OnEnd, Watch},
+    pool::{Pool, PoolKey},
+    refused, unwrap_client,
+};
+use crate::{
+    Gateway,
+    flow::Flow,
+    inspect::{Direction, Subject},
+    refusal::Refusal,
+    relay::Preread,
+};
+
+/// Forwards one absolute-form request whose flow passed the decision.
+pub(super) async fn forward(
+    gw: Arc<Gateway>,
+    pool: Arc<Pool>,
+    mut flow: Flow,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let upgrade = wants_upgrade(req.headers());
+    let (Some(dest), Some(port)) = (flow.dest.clone(), flow.port) else {
+        return refused(&gw, flow, Refusal::Internal("forward before target".into()));
+    };
+    let key = (dest, port);
+    let mut sender = match origin(&gw, &pool, &mut flow, &key, upgrade).await {
+        Ok(s) => s,
+        Err(r) => return refused(&gw, flow, r),
+    };
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if let Err(r) = rewrite_request(&mut parts, upgrade) {
+        return refused(&gw, flow, r);
+    }
+    let subject = gw.subject(&flow).map(Arc::new);
+    if let Some(s) = &subject {
+        if let Err(r) = gw.inspect(|i| i.request_head(s, &parts)) {
+            return refused(&gw, flow, r);
+        }
+    }
+    let watch = subject.and_then(|s| watch(&gw, s));
+    let out_count = Arc::new(AtomicU64::new(0));
+    let body = Counted::new(body, out_count.clone(), Direction::Out, watch.clone(), None);
+    let upstream_req = Request::from_parts(parts, body.boxed());
+    if sender.ready().await.is_err() {
+        return refused(
+            &gw,
+            flow,
+            Refusal::UpstreamClosed("origin closed the connection".into()),
+        );
+    }
+    let resp = match sender.send_request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            flow.bytes_out = out_count.load(Ordering::Relaxed);
+            let r = match watch.as_ref().and_then(|w| w.denied.lock().ok()?.take()) {
+                Some((rule, reason)) => Refusal::Inspected { rule, reason },
+                None => Refusal::UpstreamClosed(format!("the origin did not answer: {e}")),
+            };
+            return refused(&gw, flow, r);
+        }
+    };
+    flow.status = Some(resp.status().as_u16());
+    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return switch(gw, flow, client_upgrade, resp);
+    }
+    if !upgrade {
+        pool.checkin(key, sender, dialed_at(&flow));
+    }
+    respond(gw, flow, resp, out_count, watch)
+}
+
+/// A pooled connection the flow may use, or a new one.
+async fn origin(
+    gw: &Gateway,
+    pool: &Pool,
+    flow: &mut Flow,
+    key: &PoolKey,
+    upgrade: bool,
+) -> Result<SendRequest<ProxyBody>, Refusal> {
+    if !upgrade {
+        if let Some((sender, _)) = pool.checkout(key, gw, flow) {
+            return Ok(sender);
+        }
+    }
+    let stream = gw.dial(flow).await?;
+    handshake(stream).await
+}
+
+async fn handshake(stream: TcpStream) -> Result<SendRequest<ProxyBody>, Refusal> {
+    let mut b = client_http1::Builder::new();
+    b.max_buf_size(1024 * 1024);
+    let (sender, conn) = b
+        .handshake::<_, ProxyBody>(TokioIo::new(stream))
+        .await
+        .map_err(|e| Refusal::UpstreamClosed(format!("origin handshake failed: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// The inspectors that want this flow's bodies, if any.
+fn watch(gw: &Gateway, subject: Arc<Subject>) -> Option<Watch> {
+    let inspectors: Arc<[_]> = gw
+        .inspectors()
+        .iter()
+        .filter(|i| i.wants_bodies(&subject))
+        .cloned()
+        .collect();
+    (!inspectors.is_empty()).then(|| Watch {
+        subject,
+        inspectors,
+        denied: Arc::new(Mutex::new(None)),
+    })
+}
+
+/// The request as the origin gets it: origin-form URI, hop-by-hop headers
+/// removed, `Host` from the URI, `Via` added, HTTP/1.1.
+fn rewrite_request(parts: &mut hyper::http::request::Parts, upgrade: bool) -> Result<(), Refusal> {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = path
+        .parse::<Uri>()
+        .map_err(|_| Refusal::BadRequest("invalid request path".into()))?;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts
+        .headers
+        .append(header::VIA, HeaderValue::from_static(VIA));
+    parts.version = hyper::Version::HTTP_11;
+    Ok(())
+}
+
+/// The origin's response for the client, recorded when its body ends.
+fn respond(
+    gw: Arc<Gateway>,
+    mut flow: Flow,
+    resp: Response<Incoming>,
+    out_count: Arc<AtomicU64>,
+    watch: Option<Watch>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(s) = gw.subject(&flow) {
+        if let Err(r) = gw.inspect(|i| i.response_head(&s, &parts)) {
+            return refused(&gw, flow, r);
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers, false);
+    parts
+        .headers
+        .append(header::VIA, HeaderValue::from_static(VIA));
+    let id = flow.id().to_owned();
+    let denied = watch.as_ref().map(|w| w.denied.clone());
+    let on_end: OnEnd = Box::new(move |end: End| {
+        flow.bytes_in = end.bytes;
+        flow.bytes_out = out_count.load(Ordering::Relaxed);
+        if let Some((rule, reason)) = denied.and_then(|d| d.lock().ok()?.take()) {
+            flow.set_rule(&rule, reason);
+        }
+        if flow.error.is_none() && end.error.is_some() {
+            flow.error = end.error;
+            flow.error_kind = Some(ErrorKind::UpstreamClosed);
+        }
+        gw.record(flow);
+    });
+    let in_count = Arc::new(AtomicU64::new(0));
+    let body = Counted::new(body, in_count, Direction::In, watch, Some(on_end));
+    let mut out = Response::from_parts(parts, body.boxed());
+    answer::add_id(&mut out, &id);
+    out
+}
+
+/// `101 Switching Protocols`: both sides become one tunnel through the
+/// common relay (idle timeout, byte counts, splice), recorded at its end.
+fn switch(
+    gw: Arc<Gateway>,
+    flow: Flow,
+    client_upgrade: Option<OnUpgrade>,
+    mut resp: Response<Incoming>,
+) -> Response<ProxyBody> {
+    let origin_upgrade = hyper::upgrade::on(&mut resp);
+    let id = flow.id().to_owned();
+    let active = gw.drain().active();
+    tokio::spawn(async move {
+        let _active = active;
+        let origin = match origin_upgrade
+            .await
+            .map(|u| u.downcast::<TokioIo<TcpStream>>())
+        {
+            Ok(Ok(p)) => p,
+            _ => return upgrade_failed(&gw, flow, "origin upgrade failed"),
+        };
+        let Some(Ok(client)) = (match client_upgrade {
+            Some(c) => Some(c.await),
+            None => None,
+        }) else {
+            return upgrade_failed(&gw, flow, "client upgrade failed");
+        };
+        let Some((client, pre_out)) = unwrap_client(client) else {
+            return upgrade_failed(&gw, flow, "unexpected upgraded stream type");
+        };
+        let pre_in = origin.read_buf.to_vec();
+        let pre = Preread {
+            out: &pre_out,
+            inn: &pre_in,
+        };
+        gw.tunnel(flow, client, origin.io.into_inner(), pre, false)
+            .await;
+    });
+    let (mut parts, _) = resp.into_parts();
+    parts
+        .headers
+        .append(header::VIA, HeaderValue::from_static(VIA));
+    let mut out = Response::from_parts(parts, answer::empty());
+    answer::add_id(&mut out, &id);
+    out
+}
+
+fn upgrade_failed(gw: &Gateway, mut flow: Flow, why: &str) {
+    flow.error = Some(why.to_owned());
+    flow.error_kind = Some(ErrorKind::Internal);
+    gw.record(flow);
+}
+
+/// The address a flow's connection was made to.
+fn dialed_at(flow: &Flow) -> SocketAddr {
+    SocketAddr::new(
+        flow.peer.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        flow.port.unwrap_or(0),
+    )
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the
+/// `Connection` header names. With `keep_upgrade`, `Connection: upgrade`
+/// and `Upgrade` pass so that WebSocket handshakes reach the origin.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if !(keep_upgrade && n == header::UPGRADE) {
+            h.remove(n);
+        }
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        if !(keep_upgrade && (n == header::UPGRADE || n == header::CONNECTION)) {
+            h.remove(n);
+        }
+    }
+    h.remove(HeaderName::from_static("proxy-connection"));
+    h.remove(HeaderName::from_static("keep-alive"));
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}

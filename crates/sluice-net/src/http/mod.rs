@@ -1,0 +1,305 @@
+//! The HTTP/1.1 forward proxy: `CONNECT host:port` tunnels and absolute-form
+//! requests (`GET http://host/path`). hyper parses HTTP; this module is a
+//! protocol adapter over the [`Gateway`]'s stages:
+//!
+//! 1. identify — `Proxy-Authorization` (407 when a zone needs a user);
+//! 2. decide — the policy's first phase (403 with `Sluice-Rule`/`Sluice-Reason`);
+//! 3. dial — resolve once, check addresses, connect (502 / 504 / 403);
+//! 4. tunnel — CONNECT bytes through the relay, or one request forwarded
+//!    over a pooled connection (`forward`);
+//! 5. record — one flow record per tunnel or per request.
+//!
+//! # Layout
+//!
+//! - `answer`: refusals as HTTP answers.
+//! - `forward`: absolute-form requests and WebSocket upgrades.
+//! - `pool`: keep-alive origin connections.
+//! - `body`: counted, inspected bodies.
+
+mod answer;
+mod body;
+mod forward;
+mod pool;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::{
+    Method, Request, Response, StatusCode, body::Incoming, header, server::conn::http1,
+    service::service_fn, upgrade::Upgraded,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sluice_observe::{ErrorKind, Listener, Protocol};
+use sluice_serve::Slot;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    Gateway,
+    flow::Flow,
+    refusal::Refusal,
+    relay::Preread,
+    timed::{Phase, Timed},
+};
+
+/// Boxed errors of bodies passing through (hyper's, or an inspector's).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type ProxyBody = BoxBody<Bytes, BoxError>;
+
+const VIA: &str = "1.1 sluice";
+
+/// Accepts proxy clients on `listener` until a drain begins.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+    let pool = Arc::new(pool::Pool::default());
+    let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
+    sluice_serve::run_tcp(listener, limiter, drain, move |stream, peer, slot| {
+        connection(gw.clone(), pool.clone(), stream, peer, slot)
+    })
+    .await;
+}
+
+async fn connection(
+    gw: Arc<Gateway>,
+    pool: Arc<pool::Pool>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+) {
+    let _ = stream.set_nodelay(true);
+    let phase = Phase::new();
+    let limits = gw.limits().clone();
+    let io = Timed::new(
+        stream,
+        phase.clone(),
+        limits.header_timeout,
+        limits.idle_timeout,
+    );
+    let svc_gw = gw.clone();
+    let svc = service_fn(move |req| {
+        let (gw, pool, slot, phase) = (svc_gw.clone(), pool.clone(), slot.clone(), phase.clone());
+        phase.begin_request();
+        let is_connect = req.method() == Method::CONNECT;
+        async move {
+            let resp = handle(gw, pool, peer, slot, req).await;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                phase.upgraded();
+            } else if !(is_connect && resp.status().is_success()) {
+                phase.end_request();
+            }
+            // An established CONNECT stays "serving" (no deadline): its
+            // tunnel takes the bare socket and keeps its own idle timeout.
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Head and idle deadlines are `Timed`'s: hyper's one timer would
+        // also close idle keep-alives after the header timeout.
+        .header_read_timeout(None)
+        .max_buf_size((limits.max_header_bytes as usize).max(8192))
+        // `max_buf_size` is checked only while a head is still incomplete: a
+        // larger head that arrives in one read would pass. This bounds it.
+        .max_header_size(limits.max_header_bytes as usize)
+        .max_headers(128)
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                if e.is_parse() || e.is_parse_too_large() {
+                    malformed(&gw, peer, &e);
+                }
+            }
+        }
+        () = gw.drain().began() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// One request through the stages.
+async fn handle(
+    gw: Arc<Gateway>,
+    pool: Arc<pool::Pool>,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let is_connect = req.method() == Method::CONNECT;
+    let protocol = if is_connect {
+        Protocol::Connect
+    } else {
+        Protocol::Http
+    };
+    let mut flow = gw.start(Listener::Http, protocol, peer);
+    flow.method = Some(req.method().as_str().to_owned());
+    if let Err(r) = prepare(&gw, &mut flow, &req, is_connect).await {
+        return refused(&gw, flow, r);
+    }
+    if is_connect {
+        connect(gw, flow, slot, req).await
+    } else {
+        forward::forward(gw, pool, flow, req).await
+    }
+}
+
+/// Admit, check framing, target, identify, decide.
+async fn prepare(
+    gw: &Gateway,
+    flow: &mut Flow,
+    req: &Request<Incoming>,
+    is_connect: bool,
+) -> Result<(), Refusal> {
+    gw.admit()?;
+    // Malformed framing that hyper lets through but a proxy must not.
+    if let Some(why) = framing_problem(req, is_connect) {
+        return Err(Refusal::BadRequest(why.to_owned()));
+    }
+    let (host, port) = target(req, is_connect).map_err(Refusal::BadRequest)?;
+    gw.target(flow, &host, port)?;
+    let auth = req
+        .headers()
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    gw.identify_header(flow, auth).await?;
+    gw.decide(flow)
+}
+
+/// A refused flow: its answer, and its record with the status answered.
+fn refused(gw: &Gateway, mut flow: Flow, r: Refusal) -> Response<ProxyBody> {
+    r.apply(&mut flow);
+    let resp = answer::refusal(&r, &flow);
+    flow.status = Some(resp.status().as_u16());
+    gw.record(flow);
+    resp
+}
+
+/// CONNECT: dial, answer 200, and tunnel once hyper hands over the socket.
+async fn connect(
+    gw: Arc<Gateway>,
+    mut flow: Flow,
+    slot: Arc<Slot>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let upstream = match gw.dial(&mut flow).await {
+        Ok(s) => s,
+        Err(r) => return refused(&gw, flow, r),
+    };
+    flow.status = Some(200);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut resp = Response::new(answer::empty());
+    answer::add_id(&mut resp, flow.id());
+    let active = gw.drain().active();
+    tokio::spawn(async move {
+        let _held = (slot, active);
+        let client = match on_upgrade.await {
+            Ok(u) => unwrap_client(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                None
+            }
+        };
+        let Some((client, pre)) = client else {
+            flow.error = Some("upgrade failed".into());
+            flow.error_kind = Some(ErrorKind::Client);
+            return gw.record(flow);
+        };
+        let pre = Preread {
+            out: &pre,
+            inn: &[],
+        };
+        gw.tunnel(flow, client, upstream, pre, true).await;
+    });
+    resp
+}
+
+/// The client's socket under an upgraded connection, with the bytes hyper
+/// read ahead (only those, not its whole read buffer).
+fn unwrap_client(u: Upgraded) -> Option<(TcpStream, Vec<u8>)> {
+    let parts = u.downcast::<TokioIo<Timed>>().ok()?;
+    let pre = parts.read_buf.to_vec();
+    Some((parts.io.into_inner().into_inner(), pre))
+}
+
+/// Rejects framing that request smuggling relies on.
+fn framing_problem(req: &Request<Incoming>, is_connect: bool) -> Option<&'static str> {
+    let h = req.headers();
+    let cl: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    let te = h.contains_key(header::TRANSFER_ENCODING);
+    if cl.len() > 1 {
+        return Some("more than one Content-Length header");
+    }
+    if te && !cl.is_empty() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if is_connect && (te || cl.first().is_some_and(|v| v.as_bytes() != b"0")) {
+        return Some("CONNECT with a body");
+    }
+    if req.version() != hyper::Version::HTTP_11 && req.version() != hyper::Version::HTTP_10 {
+        return Some("unsupported HTTP version");
+    }
+    None
+}
+
+/// Host and port from a CONNECT authority or an absolute-form URI.
+fn target(req: &Request<Incoming>, is_connect: bool) -> Result<(String, u16), String> {
+    let uri = req.uri();
+    if is_connect {
+        // Authority form only (RFC 9110 §9.3.6): no scheme, no path.
+        if uri.scheme().is_some() || uri.path_and_query().is_some() {
+            return Err("CONNECT needs host:port as its target, not a URL".into());
+        }
+        let auth = uri
+            .authority()
+            .ok_or("CONNECT needs host:port as its target")?;
+        if auth.as_str().contains('@') {
+            return Err("CONNECT needs host:port as its target, without user@".into());
+        }
+        let port = auth.port_u16().ok_or("CONNECT needs an explicit port")?;
+        if port == 0 {
+            return Err("port 0 is not a destination".into());
+        }
+        return Ok((auth.host().to_owned(), port));
+    }
+    let Some(auth) = uri.authority() else {
+        return Err("This is Sluice, an HTTP forward proxy. Send absolute-form requests \
+                    (GET http://host/path) or CONNECT host:port, e.g. curl -x http://this-proxy:3128 URL."
+            .into());
+    };
+    if auth.as_str().contains('@') {
+        return Err("credentials in the URL are not forwarded; remove user:password@".into());
+    }
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => return Err("send https:// URLs through CONNECT (use HTTPS_PROXY)".into()),
+        _ => return Err("only http:// URLs are proxied in absolute form".into()),
+    };
+    let port = auth.port_u16().unwrap_or(default_port);
+    if port == 0 {
+        return Err("port 0 is not a destination".into());
+    }
+    Ok((auth.host().to_owned(), port))
+}
+
+/// A flow record for a request hyper refused before Sluice saw it (it
+/// answered 400, 414 or 431 itself and closed): malformed requests are
+/// attempts too, and an operator should see them in the flow log.
+fn malformed(gw: &Gateway, peer: SocketAddr, e: &hyper::Error) {
+    let mut flow = gw.start(Listener::Http, Protocol::Http, peer);
+    let why = format!("malformed request: {e}");
+    flow.status = Some(if !e.is_parse_too_large() {
+        400
+    } else if why.contains("URI") {
+        414
+    } else {
+        431
+    });
+    gw.refuse(flow, &Refusal::BadRequest(why));
+}

@@ -1,0 +1,174 @@
+//! The `Inspector` seam: what looks inside a flow. The gateway calls every
+//! configured inspector on a tunnel's first client bytes (parsed as a TLS
+//! ClientHello when they are one) and on each absolute-form HTTP request
+//! and response head and body chunk. An inspector passes, denies with a
+//! rule and reason (the flow ends and its record says so), or — later —
+//! asks for interception. DLP, malware scanning, ICAP and TLS interception
+//! are inspectors; the first one is [`SniMatch`], the domain-fronting
+//! check (DESIGN.md "Domain fronting", `tls_sni_must_match`).
+//!
+//! Inspectors run on the data path: they must not block (hand slow work to
+//! a task) and must bound what they buffer.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use hyper::http::{request, response};
+use sluice_policy::{Destination, Policy, Request as PolicyRequest, ids};
+
+use crate::tls::Hello;
+
+/// What an inspector made of what it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    /// Nothing to object to.
+    Pass,
+    /// End the flow: an enforced denial by `rule` for `reason`.
+    Deny {
+        /// The rule id (`guard/sni-mismatch`, `inspect/dlp/<detector>`, …).
+        rule: Arc<str>,
+        /// One line a person can act on.
+        reason: String,
+    },
+}
+
+/// Which way a body chunk is going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → destination.
+    Out,
+    /// Destination → client.
+    In,
+}
+
+/// What an inspector knows of the flow it inspects (owned, so that a
+/// tunnel's check can outlive the stage that built it).
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The policy version the flow is judged by.
+    pub policy: Arc<Policy>,
+    /// The client address.
+    pub src: IpAddr,
+    /// The authenticated user.
+    pub user: Option<String>,
+    /// Where the client asked to go.
+    pub dest: Destination,
+    /// The destination port.
+    pub port: u16,
+    /// The address dialed.
+    pub peer: SocketAddr,
+}
+
+/// Looks inside flows. Every method has a passing default, so an
+/// inspector implements only the points it cares about.
+pub trait Inspector: Send + Sync {
+    /// Whether this inspector wants a tunnel's first client bytes: when no
+    /// inspector does, a tunnel never waits for a ClientHello.
+    fn wants_first_bytes(&self, _subject: &Subject) -> bool {
+        false
+    }
+
+    /// A tunnel's first client bytes, as a parsed ClientHello (or why they
+    /// are not one).
+    fn first_bytes(&self, _subject: &Subject, _hello: &Hello) -> Inspection {
+        Inspection::Pass
+    }
+
+    /// An absolute-form HTTP request head, before it is forwarded.
+    fn request_head(&self, _subject: &Subject, _head: &request::Parts) -> Inspection {
+        Inspection::Pass
+    }
+
+    /// An HTTP response head, before it is passed to the client.
+    fn response_head(&self, _subject: &Subject, _head: &response::Parts) -> Inspection {
+        Inspection::Pass
+    }
+
+    /// Whether this inspector wants HTTP body chunks of this flow.
+    fn wants_bodies(&self, _subject: &Subject) -> bool {
+        false
+    }
+
+    /// One HTTP body chunk going `dir`.
+    fn body_chunk(&self, _subject: &Subject, _dir: Direction, _chunk: &[u8]) -> Inspection {
+        Inspection::Pass
+    }
+}
+
+/// Runs `look` over `inspectors` until one denies.
+pub(crate) fn first_denial<'a>(
+    inspectors: impl IntoIterator<Item = &'a Arc<dyn Inspector>>,
+    mut look: impl FnMut(&dyn Inspector) -> Inspection,
+) -> Inspection {
+    for i in inspectors {
+        if let deny @ Inspection::Deny { .. } = look(&**i) {
+            return deny;
+        }
+    }
+    Inspection::Pass
+}
+
+// === impl SniMatch ===
+
+/// Domain fronting: a ClientHello whose SNI names another host than the
+/// tunnel's destination is denied (with `tls_sni_must_match`, the
+/// default); a tunnel to an IP literal is judged by the name its SNI
+/// claims as well, whatever `tls_sni_must_match` says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SniMatch;
+
+impl Inspector for SniMatch {
+    fn wants_first_bytes(&self, _subject: &Subject) -> bool {
+        true
+    }
+
+    fn first_bytes(&self, s: &Subject, hello: &Hello) -> Inspection {
+        let must_match = s.policy.config().tls_sni_must_match;
+        let deny = |reason: String| Inspection::Deny {
+            rule: Arc::from(ids::GUARD_SNI_MISMATCH),
+            reason,
+        };
+        let sni = match hello {
+            Hello::NotTls | Hello::ClientHello { sni: None } | Hello::Incomplete(_) => {
+                return Inspection::Pass;
+            }
+            Hello::Malformed(why) if must_match => {
+                return deny(format!("malformed TLS ClientHello: {why}"));
+            }
+            Hello::Malformed(_) => return Inspection::Pass,
+            Hello::ClientHello { sni: Some(s) } => s,
+        };
+        let sni_dest = match Destination::parse(sni) {
+            Ok(d) => d,
+            Err(e) if must_match => return deny(format!("unusable TLS SNI: {e}")),
+            Err(_) => return Inspection::Pass,
+        };
+        match (&s.dest, &sni_dest) {
+            (Destination::Name(_), _) if must_match && sni_dest != s.dest => deny(format!(
+                "TLS SNI {sni_dest} differs from CONNECT host {} (domain fronting)",
+                s.dest
+            )),
+            (Destination::Ip(_), Destination::Name(_)) => {
+                // An IP-literal tunnel is judged by the name it claims too.
+                let d = s.policy.decide(&PolicyRequest {
+                    src: s.src,
+                    user: s.user.as_deref(),
+                    dest: &sni_dest,
+                    port: s.port,
+                });
+                let c = s.policy.check_addresses(&d, &[s.peer.ip()]);
+                if c.decision.passes() {
+                    Inspection::Pass
+                } else {
+                    Inspection::Deny {
+                        rule: c.decision.rule.clone(),
+                        reason: format!("TLS SNI {sni_dest}: {}", c.decision.reason),
+                    }
+                }
+            }
+            _ => Inspection::Pass,
+        }
+    }
+}

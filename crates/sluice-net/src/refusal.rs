@@ -1,0 +1,174 @@
+//! [`Refusal`]: every way a flow can end before (or instead of) its relay,
+//! as one type. Each listener maps a refusal to its own answer — HTTP 400,
+//! 403, 407, 502, 503 or 504, a SOCKS5 reply code, a close — and the
+//! gateway maps it to the flow record in one place ([`Refusal::apply`]):
+//! rule, reason, error and the side that failed (`error_kind`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use sluice_observe::ErrorKind;
+use sluice_policy::{Decision, ids};
+
+use crate::flow::Flow;
+
+/// Why a flow was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is malformed (rule `default/bad-request`).
+    BadRequest(String),
+    /// The destination is not a valid name or address
+    /// (`default/invalid-destination`).
+    InvalidDestination(String),
+    /// No zone matches without credentials, and some zone names users.
+    AuthRequired(String),
+    /// Credentials were given and did not verify (`default/auth-failed`).
+    AuthFailed,
+    /// The policy (or the guard) denied it.
+    Denied(Box<Decision>),
+    /// An inspector denied it (`guard/sni-mismatch`, `inspect/...`).
+    Inspected {
+        /// The rule id.
+        rule: std::sync::Arc<str>,
+        /// Why.
+        reason: String,
+    },
+    /// The destination's name did not resolve.
+    Resolve {
+        /// The name.
+        host: String,
+        /// The resolver's message.
+        msg: String,
+    },
+    /// Every allowed address refused or was unreachable.
+    Connect {
+        /// The last address tried.
+        addr: SocketAddr,
+        /// The error.
+        msg: String,
+        /// Its kind: SOCKS5 maps it to a reply code.
+        kind: std::io::ErrorKind,
+    },
+    /// No address answered within the connect timeout.
+    Timeout(Duration),
+    /// The destination closed or failed after the connection was made.
+    UpstreamClosed(String),
+    /// Sluice is draining and takes no new work.
+    Draining,
+    /// Sluice failed on its own account.
+    Internal(String),
+}
+
+/// Who a refusal is about (pingora's downstream / upstream / internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something unusable.
+    Client,
+    /// The destination (or its name) failed.
+    Upstream,
+    /// Sluice itself.
+    Internal,
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    /// The side that failed; `None` for a policy decision (nobody failed).
+    pub fn side(&self) -> Option<Side> {
+        match self {
+            Refusal::BadRequest(_) | Refusal::InvalidDestination(_) | Refusal::AuthFailed => {
+                Some(Side::Client)
+            }
+            Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => None,
+            Refusal::Resolve { .. }
+            | Refusal::Connect { .. }
+            | Refusal::Timeout(_)
+            | Refusal::UpstreamClosed(_) => Some(Side::Upstream),
+            Refusal::Draining | Refusal::Internal(_) => Some(Side::Internal),
+        }
+    }
+
+    /// The record's `error_kind`.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            Refusal::BadRequest(_) | Refusal::InvalidDestination(_) | Refusal::AuthFailed => {
+                ErrorKind::Client
+            }
+            Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => {
+                return None;
+            }
+            Refusal::Resolve { .. } => ErrorKind::Resolve,
+            Refusal::Connect { .. } => ErrorKind::Connect,
+            Refusal::Timeout(_) => ErrorKind::Timeout,
+            Refusal::UpstreamClosed(_) => ErrorKind::UpstreamClosed,
+            Refusal::Draining | Refusal::Internal(_) => ErrorKind::Internal,
+        })
+    }
+
+    /// One line for a person: the record's `error` (or reason).
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::BadRequest(why) | Refusal::AuthRequired(why) => why.clone(),
+            Refusal::InvalidDestination(why) => format!("invalid destination: {why}"),
+            Refusal::AuthFailed => "proxy authentication failed".to_owned(),
+            Refusal::Denied(d) => d.reason.clone(),
+            Refusal::Inspected { reason, .. } => reason.clone(),
+            Refusal::Resolve { host, msg } => format!("resolve {host}: {msg}"),
+            Refusal::Connect { addr, msg, .. } => format!("connect {addr}: {msg}"),
+            Refusal::Timeout(after) => {
+                format!("connect timed out after {}ms", after.as_millis())
+            }
+            Refusal::UpstreamClosed(why) => format!("origin: {why}"),
+            Refusal::Draining => "draining".to_owned(),
+            Refusal::Internal(why) => format!("internal: {why}"),
+        }
+    }
+
+    /// Writes the refusal into the flow: the one mapping to a record.
+    /// Decisions that led here (the allowing decision of a failed connect,
+    /// an auth-required decision) were applied by the stage that made them.
+    pub fn apply(&self, flow: &mut Flow) {
+        match self {
+            Refusal::BadRequest(why) => {
+                flow.set_rule(ids::BAD_REQUEST, why.clone());
+                flow.error = Some(why.clone());
+            }
+            Refusal::InvalidDestination(why) => {
+                let d = flow.policy().invalid_destination(
+                    flow.src().ip(),
+                    flow.user.as_deref(),
+                    format!("invalid destination: {why}"),
+                );
+                flow.apply(&d);
+            }
+            Refusal::AuthFailed => {
+                let d = flow
+                    .policy()
+                    .invalid_destination(flow.src().ip(), None, self.message());
+                flow.apply(&d);
+                flow.set_rule(ids::AUTH_FAILED, self.message());
+                flow.clear_zone();
+            }
+            Refusal::Denied(d) => flow.apply(d),
+            Refusal::Inspected { rule, reason } => flow.set_rule(rule, reason.clone()),
+            Refusal::AuthRequired(_) => {}
+            Refusal::Connect { addr, .. } => {
+                flow.peer = Some(addr.ip());
+                flow.error = Some(self.message());
+            }
+            Refusal::Resolve { .. }
+            | Refusal::Timeout(_)
+            | Refusal::UpstreamClosed(_)
+            | Refusal::Draining
+            | Refusal::Internal(_) => flow.error = Some(self.message()),
+        }
+        if let Some(kind) = self.error_kind() {
+            flow.error_kind = Some(kind);
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
