@@ -508,7 +508,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// 16 hex digits: a process-random start plus a counter, so ids never repeat
 /// within a process and are unlikely to collide across restarts.
-fn next_id() -> String {
+/// A fresh id, unique within the process: 16 hex digits from a counter
+/// that starts at a random point (flow records and alerts share it).
+pub(crate) fn next_id() -> String {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let next = NEXT.get_or_init(|| {
         let mut h = RandomState::new().build_hasher();
