@@ -47,7 +47,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use sluice_observe::{FlowRecord, Metrics};
+use sluice_observe::{Alert, FlowRecord, Metrics};
 use sluice_policy::{Policy, model::Limits};
 
 use crate::limits::ConnLimiter;
@@ -60,6 +60,10 @@ pub use dial::Dialer;
 pub trait Recorder: Send + Sync {
     /// Takes one finished record. Must not block.
     fn record(&self, r: FlowRecord);
+
+    /// Takes one alert raised on the data path (the DNS forwarder's
+    /// tunnelling signal). Must not block. By default it is dropped.
+    fn alert(&self, _a: Alert) {}
 }
 
 /// DNS-derived grants (DESIGN.md, the DNS forwarder): addresses that a

@@ -12,7 +12,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sluice_net::{Ctx, Dialer, Recorder, Users, Version};
-use sluice_observe::{FlowRecord, FlowSink, FlowTarget, FlowView, Metrics, ViewLimits};
+use sluice_observe::{
+    Alert, AlertRing, FlowRecord, FlowSink, FlowTarget, FlowView, Metrics, ViewLimits,
+};
 use sluice_policy::{Config, Policy};
 use tokio::{
     net::TcpListener,
@@ -97,24 +99,18 @@ fn read_users(config: &Config, path: Option<&Path>) -> Result<Users> {
     Ok(users)
 }
 
-/// Records go to metrics, the admin API's view, and the sink.
-struct SinkRecorder {
-    sink: FlowSink,
-    metrics: Arc<Metrics>,
-    view: Arc<FlowView>,
-}
+/// The data path's record stage as `sluice-net` asks for it: records and
+/// alerts go to `sluice-observe`'s fan-out (metrics, the admin API's view,
+/// the sink, detectors, the alert ring).
+struct NetRecorder(Arc<sluice_observe::Recorder>);
 
-impl Recorder for SinkRecorder {
+impl Recorder for NetRecorder {
     fn record(&self, r: FlowRecord) {
-        self.metrics.record(&r);
-        // Per-rule metrics only for rules with an explicit id (ids never
-        // contain `/`; positional and guard ids do).
-        if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
-            self.metrics.rule_hit(&r.rule);
-        }
-        let r = Arc::new(r);
-        self.view.push_shared(r.clone(), SystemTime::now());
-        self.sink.send_shared(r);
+        self.0.record(r);
+    }
+
+    fn alert(&self, a: Alert) {
+        self.0.alert(a);
     }
 }
 
@@ -216,12 +212,14 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         window: config.admin.window,
         top_entries: config.admin.top_entries as usize,
     }));
-    let recorder = Arc::new(SinkRecorder {
-        sink: sink.clone(),
-        metrics: metrics.clone(),
-        view: view.clone(),
-    });
-    let mut ctx = Ctx::new(version, dialer, recorder, metrics.clone());
+    let recorder = Arc::new(sluice_observe::Recorder::new(
+        metrics.clone(),
+        view.clone(),
+        sink.clone(),
+        AlertRing::new(config.admin.recent_alerts as usize),
+    ));
+    let net_recorder = Arc::new(NetRecorder(recorder.clone()));
+    let mut ctx = Ctx::new(version, dialer, net_recorder, metrics.clone());
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if dns.is_some() {
         ctx.set_grants(grants.clone());
@@ -248,6 +246,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
             hosts: config.admin.hosts.clone(),
         },
         view,
+        recorder,
     });
 
     if let Some(a) = http_addr {

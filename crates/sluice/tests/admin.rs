@@ -473,7 +473,33 @@ fn api_endpoints_answer_with_filters() {
     assert_eq!(other.len(), 1, "{other:?}");
     assert_eq!(other[0]["id"], "guard/special-address");
 
+    // Alerts: none from this traffic; every filter checked (the DNS tests
+    // raise real ones).
     assert_eq!(api(&s, "/api/v1/alerts"), json!({"alerts": []}));
+    assert_eq!(
+        api(
+            &s,
+            "/api/v1/alerts?kind=dns-tunnel&severity=info&zone=web&since=2025-01-31T12:00:00Z&limit=5"
+        ),
+        json!({"alerts": []})
+    );
+    for (query, says) in [
+        (
+            "kind=tunnel",
+            "`kind` must be one of volume, new-destination",
+        ),
+        (
+            "severity=high",
+            "`severity` must be `info`, `warning` or `critical`",
+        ),
+        ("since=yesterday", "`since` must be an RFC 3339 time"),
+        ("limit=0", "`limit` must be a whole number from 1 to 1000"),
+        ("verdict=deny", "unknown query parameter `verdict`"),
+    ] {
+        let r = admin(&s, "GET", &format!("/api/v1/alerts?{query}"), &[], "");
+        assert_eq!(r.status, Some(400), "{query}: {}", r.text());
+        assert!(r.text().contains(says), "{query}: {}", r.text());
+    }
 
     // 404 and 405.
     assert_eq!(
