@@ -43,7 +43,6 @@ pub struct Metrics {
     rule_hits: Family<RuleLabel, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
-    dns_tunnel_alerts: Family<ZoneLabel, Counter>,
     dns_rate_limited: Counter,
 }
 
@@ -203,12 +202,6 @@ impl Metrics {
             "Alerts emitted (repeats folded into a stored alert not counted), by kind and severity",
             alerts.clone(),
         );
-        let dns_tunnel_alerts = Family::default();
-        registry.register(
-            "sluice_dns_tunnel_alerts",
-            "DNS tunnelling alerts raised, by zone",
-            dns_tunnel_alerts.clone(),
-        );
         let dns_rate_limited = Counter::default();
         registry.register(
             "sluice_dns_rate_limited",
@@ -232,7 +225,6 @@ impl Metrics {
             rule_hits,
             dns_queries,
             alerts,
-            dns_tunnel_alerts,
             dns_rate_limited,
         }
     }
@@ -281,15 +273,6 @@ impl Metrics {
             .get_or_create(&DnsLabels {
                 zone: zone.unwrap_or_default().to_owned(),
                 verdict: verdict.as_str(),
-            })
-            .inc();
-    }
-
-    /// Counts one DNS tunnelling alert for `zone`.
-    pub fn dns_tunnel_alert(&self, zone: &str) {
-        self.dns_tunnel_alerts
-            .get_or_create(&ZoneLabel {
-                zone: zone.to_owned(),
             })
             .inc();
     }
