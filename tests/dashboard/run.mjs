@@ -1,23 +1,27 @@
 // Drives Sluice's dashboard in Debian's Chromium with playwright-core:
 // load the page, send traffic through the proxy, see the flows appear live,
-// filter them, use the explainer, and save a screenshot.
+// filter them, use the explainer, see a DNS tunnelling burst appear in the
+// alerts panel, and save a screenshot.
 //
 // Run by `cargo test` (crates/sluice/tests/admin.rs), which starts Sluice
 // and a local origin and passes them in the environment:
 //   SLUICE_ADMIN  http://127.0.0.1:PORT of the admin listener
 //   SLUICE_PROXY  127.0.0.1:PORT of the HTTP proxy
 //   SLUICE_ORIGIN 127.0.0.1:PORT of an origin the policy allows (rule `origin`)
+//   SLUICE_DNS    127.0.0.1:PORT of the DNS listener (zone `web` for 127.0.0.1)
 //   SCREENSHOT    where to save the screenshot
 //   CHROMIUM      the browser (default /usr/bin/chromium)
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import dgram from 'node:dgram';
 import http from 'node:http';
 import { chromium } from 'playwright-core';
 
 const admin = need('SLUICE_ADMIN');
 const [proxyHost, proxyPort] = need('SLUICE_PROXY').split(':');
 const origin = need('SLUICE_ORIGIN');
+const [dnsHost, dnsPort] = need('SLUICE_DNS').split(':');
 const screenshot = need('SCREENSHOT');
 
 function need(name) {
@@ -46,6 +50,40 @@ function viaProxy(url, body) {
     req.on('error', reject);
     req.end(body);
   });
+}
+
+/// One DNS query of type TXT for `name` over UDP; resolves with the rcode.
+function dnsTxt(sock, name, id) {
+  const labels = name.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]));
+  const header = Buffer.from([id >> 8, id & 0xff, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+  const packet = Buffer.concat([header, ...labels, Buffer.from([0, 0, 16, 0, 1])]);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { sock.off('message', onMessage); reject(new Error(`no DNS answer for ${name}`)); }, 5000);
+    function onMessage(msg) {
+      if (msg.length < 12 || msg.readUInt16BE(0) !== id) return;
+      clearTimeout(timer);
+      sock.off('message', onMessage);
+      resolve(msg[3] & 0x0f);
+    }
+    sock.on('message', onMessage);
+    sock.send(packet, Number(dnsPort), dnsHost);
+  });
+}
+
+/// What data leaving through DNS looks like: unique 50-character base32
+/// labels under one domain, asked as TXT.
+async function tunnellingBurst(domain, n) {
+  const sock = dgram.createSocket('udp4');
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
+  try {
+    for (let i = 0; i < n; i++) {
+      let label = '';
+      for (let j = 0; j < 50; j++) label += alphabet[Math.floor(Math.random() * 32)];
+      await dnsTxt(sock, `${label}.t.${domain}`, 0x1000 + i);
+    }
+  } finally {
+    sock.close();
+  }
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'sluice-chromium-'));
@@ -129,7 +167,21 @@ try {
   await page.locator('#rules tbody tr[data-rule="blocked"]', { hasText: '3' }).waitFor();
   check(true, 'rule hit counts shown');
   check(await page.locator('#rules tbody tr[data-rule="never-used"] .stale').count() === 1, 'a rule without hits is marked stale');
-  check(await page.locator('#alerts li', { hasText: 'none' }).count() === 1, 'alerts panel shown (empty)');
+  check(await page.locator('#alerts tbody tr.empty', { hasText: 'none' }).count() === 1, 'alerts panel shown (empty)');
+
+  // A DNS tunnelling burst: the alerts panel shows it at its next refresh.
+  await tunnellingBurst('exfil-tunnel.test', 40);
+  const alert = page.locator('#alerts tbody tr[data-kind="dns-tunnel"]', { hasText: 'exfil-tunnel.test' });
+  await alert.waitFor();
+  check(true, 'the tunnelling alert appeared in the alerts panel');
+  const cells = await alert.locator('td').allInnerTexts();
+  check(cells[1] === 'critical' && cells[2] === 'dns-tunnel' && cells[3] === 'web',
+    `severity, kind and zone shown: ${cells.slice(1, 4)}`);
+  check(cells[4] === '127.0.0.1' && cells[5] === 'exfil-tunnel.test', `source and destination shown: ${cells.slice(4, 6)}`);
+  check(cells[6].startsWith('possible DNS tunnelling to exfil-tunnel.test from 127.0.0.1'), `summary shown: ${cells[6]}`);
+  check(Number(cells[7]) >= 1, `count shown: ${cells[7]}`);
+  check(!cells.join(' ').includes('{'), 'readable, not raw JSON');
+  check(await page.locator('#alerts tbody tr.empty').count() === 0, 'the empty note is gone');
 
   await page.screenshot({ path: screenshot, fullPage: true });
   check(true, `screenshot saved to ${screenshot}`);

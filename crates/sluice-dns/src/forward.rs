@@ -40,7 +40,7 @@ use crate::{
     grants::GrantStore,
     query::{self, Question, Refusal, encode},
     ratelimit::RateLimiter,
-    tunnel::{Alert, TunnelDetector, TunnelSettings},
+    tunnel::{TunnelDetector, TunnelSettings, TunnelSignal},
     upstream::Upstreams,
 };
 
@@ -186,8 +186,8 @@ impl Forwarder {
             return Step::Done(Some(self.done(rec, &decision, None, out, transport, &q)));
         }
         if let (Some(zone), Some(n)) = (&decision.zone, &name) {
-            if let Some(alert) = self.tunnel.observe(zone, n, q.qtype(), now) {
-                self.alert(&alert);
+            if let Some(signal) = self.tunnel.observe(zone, n, q.qtype(), now) {
+                self.alert(&signal, src.ip(), rec.id());
             }
         }
         let Some(name) = name else {
@@ -328,21 +328,11 @@ impl Forwarder {
         out
     }
 
-    fn alert(&self, a: &Alert) {
-        tracing::warn!(
-            zone = %a.zone,
-            domain = %a.domain,
-            score = format_args!("{:.2}", a.score),
-            queries = a.queries,
-            qps = format_args!("{:.1}", a.qps),
-            unique_subdomains = a.unique,
-            mean_subdomain_len = format_args!("{:.1}", a.mean_len),
-            max_label_len = a.max_label,
-            entropy_bits = format_args!("{:.2}", a.entropy),
-            txt_null_any_share = format_args!("{:.2}", a.odd_types),
-            "possible DNS tunnelling"
-        );
-        self.shared.metrics.dns_tunnel_alert(&a.zone);
+    /// A tunnelling signal goes to the record stage as a `dns-tunnel`
+    /// alert naming the client whose query crossed the threshold.
+    fn alert(&self, signal: &TunnelSignal, src: IpAddr, flow: &str) {
+        let alert = signal.alert(src, flow, SystemTime::now());
+        self.shared.recorder.alert(alert);
     }
 }
 

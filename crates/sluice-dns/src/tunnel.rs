@@ -16,25 +16,34 @@
 //!       + 0.20 * types    (share of TXT, NULL and ANY)
 //! ```
 //!
-//! A score at `dns.tunnel_threshold` or above raises one alert per domain
-//! and window. Ordinary browsing repeats a few short names (score near
-//! 0.1); a tunnel sends unique 50-character base32 labels (0.8 with A
-//! queries, 1.0 with TXT). Memory is bounded by [`MAX_DOMAINS`]; the
-//! distinct subdomains of one domain by [`MAX_SUBDOMAINS`] hashes.
+//! A score at `dns.tunnel_threshold` or above raises one [`TunnelSignal`]
+//! per domain and window, which the forwarder turns into a `dns-tunnel`
+//! alert ([`TunnelSignal::alert`]) naming the client whose query crossed
+//! the threshold: severity `critical` from a score of [`CRITICAL_SCORE`]
+//! (unique long random labels asked as TXT, NULL or ANY: data coming back
+//! in the answers), `warning` below. Ordinary browsing repeats a few short
+//! names (score near 0.1); a tunnel sends unique 50-character base32 labels
+//! (0.8 with A queries, 1.0 with TXT). Memory is bounded by [`MAX_DOMAINS`];
+//! the distinct subdomains of one domain by [`MAX_SUBDOMAINS`] hashes.
 
 use std::{
     collections::{HashMap, HashSet, hash_map::RandomState},
     hash::BuildHasher,
+    net::IpAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use hickory_proto::rr::RecordType;
+use sluice_observe::{Alert, AlertKind, Severity, ip_string};
 
 /// (zone, domain) windows tracked at most.
 pub const MAX_DOMAINS: usize = 10_000;
 /// Distinct subdomains remembered per window (the count saturates there).
 pub const MAX_SUBDOMAINS: usize = 4_096;
+/// Score from which a tunnelling alert is `critical` rather than `warning`:
+/// reached only with most queries asking TXT, NULL or ANY.
+pub const CRITICAL_SCORE: f64 = 0.9;
 
 /// Detector settings (from `dns:`).
 #[derive(Debug, Clone, Copy)]
@@ -47,15 +56,17 @@ pub struct TunnelSettings {
     pub min_queries: u32,
 }
 
-/// One alert: the signals that raised it.
+/// One domain over the threshold: the signals that put it there.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Alert {
+pub struct TunnelSignal {
     /// The zone the queries came from.
     pub zone: Arc<str>,
     /// The registrable domain.
     pub domain: String,
     /// The score (0..1).
     pub score: f64,
+    /// The threshold it reached (`dns.tunnel_threshold`).
+    pub threshold: f64,
     /// Queries in the window so far.
     pub queries: u32,
     /// Queries a second over the window so far.
@@ -107,7 +118,7 @@ impl TunnelDetector {
         }
     }
 
-    /// Counts one query of `zone` for `name` (normalised); an alert when
+    /// Counts one query of `zone` for `name` (normalised); a signal when
     /// this query takes its domain over the threshold.
     pub fn observe(
         &self,
@@ -115,7 +126,7 @@ impl TunnelDetector {
         name: &str,
         qtype: RecordType,
         now: Instant,
-    ) -> Option<Alert> {
+    ) -> Option<TunnelSignal> {
         let domain = psl::domain_str(name).unwrap_or(name);
         let sub = name
             .strip_suffix(domain)
@@ -165,10 +176,11 @@ impl TunnelDetector {
             .saturating_duration_since(w.start)
             .as_secs_f64()
             .max(1.0);
-        Some(Alert {
+        Some(TunnelSignal {
             zone: zone.clone(),
             domain: domain.to_owned(),
             score,
+            threshold: self.settings.threshold,
             queries: w.queries,
             qps: n / secs,
             unique: w.subs.len(),
@@ -178,6 +190,49 @@ impl TunnelDetector {
             odd_types: odd,
         })
     }
+}
+
+// === impl TunnelSignal ===
+
+impl TunnelSignal {
+    /// The `dns-tunnel` alert for this signal, raised by the query from
+    /// `src` (record id `flow`) at `at`: the registrable domain as `dst`,
+    /// every signal in `evidence`.
+    pub fn alert(&self, src: IpAddr, flow: &str, at: SystemTime) -> Alert {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
+        let src = ip_string(src.to_canonical());
+        let severity = if self.score >= CRITICAL_SCORE {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        let summary = format!(
+            "possible DNS tunnelling to {} from {src}: {} queries, {} unique subdomains, score {:.2}",
+            self.domain, self.queries, self.unique, self.score
+        );
+        let mut a = Alert::new(AlertKind::DnsTunnel, severity, at, summary);
+        a.zone = Some(self.zone.to_string());
+        a.src = Some(src);
+        a.dst = Some(self.domain.clone());
+        a.evidence = serde_json::json!({
+            "score": round3(self.score),
+            "threshold": self.threshold,
+            "queries": self.queries,
+            "qps": round3(self.qps),
+            "unique": self.unique,
+            "mean_len": round3(self.mean_len),
+            "max_label": self.max_label,
+            "entropy": round3(self.entropy),
+            "odd_types": round3(self.odd_types),
+        });
+        a.flows = vec![flow.to_owned()];
+        a
+    }
+}
+
+/// `x` to three decimals: evidence a person reads.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 // === impl Window ===
@@ -259,7 +314,7 @@ mod tests {
         let d = detector();
         let zone: Arc<str> = "web".into();
         let t0 = Instant::now();
-        let alerts: Vec<Alert> = (0..60)
+        let alerts: Vec<TunnelSignal> = (0..60)
             .filter_map(|i| {
                 let name = format!("{}.t.exfil.co.uk", random_label(i));
                 d.observe(&zone, &name, RecordType::A, t0)
@@ -277,7 +332,32 @@ mod tests {
             let name = format!("{}.exfil.co.uk", random_label(i));
             d.observe(&zone, &name, RecordType::TXT, later)
         });
-        assert!(again.is_some_and(|a| a.odd_types == 1.0));
+        assert!(again.as_ref().is_some_and(|a| a.odd_types == 1.0));
+
+        // As alerts: A queries warn, TXT ones (data in the answers) are critical.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let src: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
+        let warn = a.alert(src, "f1", at);
+        assert_eq!(warn.kind, AlertKind::DnsTunnel);
+        assert_eq!(warn.severity, Severity::Warning);
+        assert_eq!(warn.zone.as_deref(), Some("web"));
+        assert_eq!(warn.src.as_deref(), Some("10.0.0.5"));
+        assert_eq!(warn.dst.as_deref(), Some("exfil.co.uk"));
+        assert_eq!(warn.flows, ["f1"]);
+        assert_eq!(warn.ts, "2023-11-14T22:13:20.000Z");
+        assert!(
+            warn.summary.starts_with(
+                "possible DNS tunnelling to exfil.co.uk from 10.0.0.5: 20 queries, 20 unique subdomains, score 0."
+            ),
+            "{}",
+            warn.summary
+        );
+        assert_eq!(warn.evidence["threshold"], 0.6);
+        assert_eq!(warn.evidence["max_label"], 50);
+        assert_eq!(warn.evidence["queries"], 20);
+        let critical = again.unwrap().alert(src, "f2", at);
+        assert_eq!(critical.severity, Severity::Critical);
+        assert_eq!(critical.evidence["odd_types"], 1.0);
     }
 
     #[test]

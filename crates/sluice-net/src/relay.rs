@@ -131,15 +131,9 @@ pub async fn relay(
                 return Err(Stop::Denied(rule, reason));
             }
         }
-        if !first.is_empty() {
-            uw.write_all(&first).await.map_err(|e| {
-                Stop::Io(format!("destination side: {e}"), ErrorKind::UpstreamClosed)
-            })?;
-            counters
-                .out
-                .fetch_add(first.len() as u64, Ordering::Relaxed);
-            counters.touch(started);
-        }
+        deliver(&mut uw, &first, &counters.out, &counters, started)
+            .await
+            .map_err(|e| Stop::Io(format!("destination side: {e}"), ErrorKind::UpstreamClosed))?;
         // Free the peeked bytes now rather than at the tunnel's end.
         drop(first);
         pump(cr, &mut uw, &counters.out, &counters, started)
@@ -147,15 +141,9 @@ pub async fn relay(
             .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))
     };
     let down = async {
-        if !pre.inn.is_empty() {
-            cw.write_all(pre.inn)
-                .await
-                .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))?;
-            counters
-                .inn
-                .fetch_add(pre.inn.len() as u64, Ordering::Relaxed);
-            counters.touch(started);
-        }
+        deliver(&mut cw, pre.inn, &counters.inn, &counters, started)
+            .await
+            .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))?;
         pump(ur, &mut cw, &counters.inn, &counters, started)
             .await
             .map_err(|e| Stop::Io(format!("destination side: {e}"), ErrorKind::UpstreamClosed))
@@ -174,32 +162,20 @@ pub async fn relay(
         }
         Ok::<(), Stop>(())
     };
-    let idle_watch = async {
-        loop {
-            let last = Duration::from_millis(counters.last.load(Ordering::Relaxed));
-            let since = started.elapsed().saturating_sub(last);
-            if since >= idle {
-                return;
-            }
-            tokio::time::sleep(idle - since).await;
-        }
+    let ended = tokio::select! {
+        r = both => r.err(),
+        () = idle_for(&counters, started, idle) => Some(Stop::Io(
+            format!("idle for {}s", idle.as_secs()),
+            ErrorKind::Timeout,
+        )),
+        () = stop => Some(Stop::Io("stopped: drain timeout".to_owned(), ErrorKind::Internal)),
     };
-    tokio::select! {
-        r = both => match r {
-            Ok(()) => {}
-            Err(Stop::Denied(rule, reason)) => result.denied = Some((rule, reason)),
-            Err(Stop::Io(e, kind)) => {
-                result.error = Some(e);
-                result.error_kind = Some(kind);
-            }
-        },
-        () = idle_watch => {
-            result.error = Some(format!("idle for {}s", idle.as_secs()));
-            result.error_kind = Some(ErrorKind::Timeout);
-        }
-        () = stop => {
-            result.error = Some("stopped: drain timeout".to_owned());
-            result.error_kind = Some(ErrorKind::Internal);
+    match ended {
+        None => {}
+        Some(Stop::Denied(rule, reason)) => result.denied = Some((rule, reason)),
+        Some(Stop::Io(e, kind)) => {
+            result.error = Some(e);
+            result.error_kind = Some(kind);
         }
     }
     result.bytes_out = counters.out.load(Ordering::Relaxed);
@@ -211,6 +187,34 @@ pub async fn relay(
 enum Stop {
     Denied(std::sync::Arc<str>, String),
     Io(String, ErrorKind),
+}
+
+/// Writes bytes read before the relay began, counting them.
+async fn deliver(
+    w: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    count: &AtomicU64,
+    counters: &Counters,
+    started: Instant,
+) -> io::Result<()> {
+    if !bytes.is_empty() {
+        w.write_all(bytes).await?;
+        count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        counters.touch(started);
+    }
+    Ok(())
+}
+
+/// Resolves once no byte has moved either way for `idle`.
+async fn idle_for(counters: &Counters, started: Instant, idle: Duration) {
+    loop {
+        let last = Duration::from_millis(counters.last.load(Ordering::Relaxed));
+        let since = started.elapsed().saturating_sub(last);
+        if since >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - since).await;
+    }
 }
 
 /// Reads client bytes into `buf` until they hold a complete ClientHello,

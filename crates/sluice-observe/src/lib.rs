@@ -1,6 +1,7 @@
 //! Sluice's observations: the flow record every connection, request and
 //! DNS query leaves behind, the sink that writes those records as JSON
-//! lines, and the Prometheus metrics registry.
+//! lines, the Prometheus metrics registry, alerts, and the recorder that
+//! fans records and alerts out to all of them.
 //!
 //! This crate watches the data path; it is not part of it. It must not
 //! touch data-path sockets, depend on `sluice-net`, or ever make the data
@@ -17,16 +18,25 @@
 //! - `view`: [`FlowView`], what the admin API shows in bounded memory: the
 //!   recent-flow and denial rings, rule hits, the live stream and windowed
 //!   aggregates by zone.
+//! - `alert`: [`Alert`] (DESIGN.md "Alert") and [`AlertRing`], the bounded
+//!   memory of recent alerts that folds repeats into a count.
+//! - `recorder`: [`Recorder`], the record stage's fan-out to metrics, the
+//!   view, the sink and the [`Detector`]s, and where alerts are emitted.
 
+mod alert;
 mod metrics;
 mod record;
 mod recorder;
 mod sink;
 mod view;
 
+pub use alert::{
+    Alert, AlertFilter, AlertKind, AlertRing, DEFAULT_RECENT_ALERTS, DEFAULT_WINDOW, MAX_FLOWS,
+    Severity,
+};
 pub use metrics::{ActiveTunnel, CONTENT_TYPE, Metrics};
 pub use record::{ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id};
-pub use recorder::RecordSink;
+pub use recorder::{Detector, RecordSink, Recorder};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
 pub use view::{
     BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, TopBy, TopEntry, Totals, TrafficBucket,

@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{FlowRecord, Listener, Protocol};
+use crate::{AlertKind, FlowRecord, Listener, Protocol, Severity};
 
 /// The content type of [`Metrics::encode`]'s output (OpenMetrics text,
 /// which Prometheus scrapes natively).
@@ -42,7 +42,7 @@ pub struct Metrics {
     policy_info: Family<HashLabel, Gauge>,
     rule_hits: Family<RuleLabel, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
-    dns_tunnel_alerts: Family<ZoneLabel, Counter>,
+    alerts: Family<AlertLabels, Counter>,
     dns_rate_limited: Counter,
 }
 
@@ -66,6 +66,12 @@ struct FlowLabels {
 struct DnsLabels {
     zone: String,
     verdict: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AlertLabels {
+    kind: &'static str,
+    severity: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -190,11 +196,11 @@ impl Metrics {
             "DNS queries answered by the DNS listener, by zone and verdict",
             dns_queries.clone(),
         );
-        let dns_tunnel_alerts = Family::default();
+        let alerts = Family::default();
         registry.register(
-            "sluice_dns_tunnel_alerts",
-            "DNS tunnelling alerts raised, by zone",
-            dns_tunnel_alerts.clone(),
+            "sluice_alerts",
+            "Alerts emitted (repeats folded into a stored alert not counted), by kind and severity",
+            alerts.clone(),
         );
         let dns_rate_limited = Counter::default();
         registry.register(
@@ -218,7 +224,7 @@ impl Metrics {
             policy_info,
             rule_hits,
             dns_queries,
-            dns_tunnel_alerts,
+            alerts,
             dns_rate_limited,
         }
     }
@@ -271,11 +277,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one DNS tunnelling alert for `zone`.
-    pub fn dns_tunnel_alert(&self, zone: &str) {
-        self.dns_tunnel_alerts
-            .get_or_create(&ZoneLabel {
-                zone: zone.to_owned(),
+    /// Counts one emitted alert in `sluice_alerts_total{kind,severity}`.
+    /// [`crate::Recorder::alert`] calls this once per new alert; repeats
+    /// that only raise a stored alert's count are not counted.
+    pub fn alert(&self, kind: AlertKind, severity: Severity) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                kind: kind.as_str(),
+                severity: severity.as_str(),
             })
             .inc();
     }
@@ -427,7 +436,7 @@ mod tests {
         m.reload_failed();
         m.rule_hit("gh-content");
         m.dns_query(Some("web"), sluice_policy::Verdict::Deny);
-        m.dns_tunnel_alert("web");
+        m.alert(AlertKind::DnsTunnel, Severity::Critical);
         m.dns_rate_limited();
         m.policy_loaded("abc", UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let text = m.encode();
@@ -447,7 +456,7 @@ mod tests {
             "sluice_policy_info{",
             "sluice_rule_hits_total{",
             "sluice_dns_queries_total{",
-            "sluice_dns_tunnel_alerts_total{",
+            "sluice_alerts_total{",
             "sluice_dns_rate_limited_total",
         ] {
             assert!(
@@ -474,6 +483,13 @@ mod tests {
             value(
                 &text,
                 r#"sluice_dns_queries_total{zone="web",verdict="deny"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"sluice_alerts_total{kind="dns-tunnel",severity="critical"}"#
             ),
             1.0
         );

@@ -423,9 +423,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// A new record id: 16 hex digits, a process-random start plus a counter,
-/// so ids never repeat within a process and are unlikely to collide across
-/// restarts.
+/// A fresh id, unique within the process: 16 hex digits from a counter
+/// that starts at a random point, so ids are also unlikely to collide
+/// across restarts (flow records and alerts share it).
 pub fn next_id() -> String {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let next = NEXT.get_or_init(|| {

@@ -1,12 +1,230 @@
-//! The record stage's seam: [`RecordSink`], where every listener (the proxies
-//! through `sluice-net`'s gateway, the DNS forwarder directly) hands its
-//! finished flow records. The binary implements it with the fan-out to
-//! metrics, the admin view, the sink and the detectors.
+//! The record stage's fan-out: one [`Recorder`] takes every finished flow
+//! record and every alert, and hands each to the outputs that want it —
+//! metrics, the admin API's [`FlowView`], the [`FlowSink`], the detectors,
+//! and the [`AlertRing`].
+//!
+//! It runs on the data path (once per flow) and must never make it wait:
+//! every output it calls takes at most one short lock or a non-blocking
+//! send. Detectors here see records only, in their own time; they must be
+//! as cheap.
 
-use crate::FlowRecord;
+use std::{sync::Arc, time::SystemTime};
 
-/// Takes finished flow records. Must never block the data path.
+use crate::{Alert, AlertRing, FlowRecord, FlowSink, FlowView, Metrics};
+
+/// The record stage's seam: where every listener (the proxies through
+/// `sluice-net`'s gateway, the DNS forwarder directly) hands finished flow
+/// records and the alerts it raises. [`Recorder`] implements it; tests may
+/// implement it to capture what the data path emits. Must never block.
 pub trait RecordSink: Send + Sync {
     /// One finished record (its end time stamped).
     fn record(&self, r: FlowRecord);
+
+    /// One alert raised on the data path (the DNS tunnelling signal).
+    fn alert(&self, a: Alert);
+}
+
+impl RecordSink for Recorder {
+    fn record(&self, r: FlowRecord) {
+        Recorder::record(self, r);
+    }
+
+    fn alert(&self, a: Alert) {
+        Recorder::alert(self, a);
+    }
+}
+
+/// A detector on the record path: looks at each finished record and says
+/// which alerts, if any, it raises. It runs synchronously for every flow,
+/// so it keeps bounded state, takes no lock for long and never does I/O;
+/// it reasons in the record's own time, never the wall clock.
+pub trait Detector: Send + Sync {
+    /// The alerts `r` raises (usually none). Repeats are fine: the
+    /// recorder folds them into the stored alert's count.
+    fn observe(&self, r: &FlowRecord) -> Vec<Alert>;
+}
+
+/// Where records and alerts go. Share it as `Arc<Recorder>`.
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    view: Arc<FlowView>,
+    sink: FlowSink,
+    detectors: Vec<Box<dyn Detector>>,
+    alerts: AlertRing,
+}
+
+// === impl Recorder ===
+
+impl Recorder {
+    /// A recorder counting into `metrics`, showing records in `view`,
+    /// writing them to `sink` and keeping alerts in `alerts`, with no
+    /// detector yet.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        view: Arc<FlowView>,
+        sink: FlowSink,
+        alerts: AlertRing,
+    ) -> Recorder {
+        Recorder {
+            metrics,
+            view,
+            sink,
+            detectors: Vec::new(),
+            alerts,
+        }
+    }
+
+    /// The same recorder with `detector` run on every record from now on.
+    #[must_use]
+    pub fn with_detector(mut self, detector: Box<dyn Detector>) -> Recorder {
+        self.detectors.push(detector);
+        self
+    }
+
+    /// Takes one finished record: counts it (per-rule hits only for rules
+    /// with an explicit id), runs the detectors on it, and hands it to the
+    /// view and the sink.
+    ///
+    /// The record must already be finished ([`FlowRecord::finish`]): the
+    /// listener that owns a flow stamps its end time exactly once, and this
+    /// stage never changes a record.
+    pub fn record(&self, r: FlowRecord) {
+        self.metrics.record(&r);
+        // Per-rule metrics only for rules with an explicit id (ids never
+        // contain `/`; positional and guard ids do).
+        if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
+            self.metrics.rule_hit(&r.rule);
+        }
+        for d in &self.detectors {
+            for a in d.observe(&r) {
+                self.alert(a);
+            }
+        }
+        let r = Arc::new(r);
+        self.view.push_shared(r.clone(), SystemTime::now());
+        self.sink.send_shared(r);
+    }
+
+    /// Takes one alert, from a detector here or from a listener that
+    /// detects on its own (the DNS forwarder). A repeat within a stored
+    /// alert's window only raises that alert's count. A new one is kept in
+    /// the ring, counted in `sluice_alerts_total{kind,severity}`, and
+    /// written as one JSON object on one line of stderr — the same object
+    /// the API serves, with nothing before it, for log shippers to pick up.
+    pub fn alert(&self, a: Alert) {
+        let Some(new) = self.alerts.push(a) else {
+            return;
+        };
+        self.metrics.alert(new.kind, new.severity);
+        match serde_json::to_string(&new) {
+            Ok(line) => eprintln!("{line}"),
+            // A Value of our own making with string keys: cannot happen.
+            Err(e) => tracing::error!(error = %e, "cannot serialize an alert"),
+        }
+    }
+
+    /// Recent alerts, for the admin API.
+    pub fn alerts(&self) -> &AlertRing {
+        &self.alerts
+    }
+
+    /// The metrics registry records and alerts are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The admin API's view of recent flows.
+    pub fn view(&self) -> &Arc<FlowView> {
+        &self.view
+    }
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("detectors", &self.detectors.len())
+            .field("alerts", &self.alerts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use super::*;
+    use crate::{AlertFilter, AlertKind, FlowTarget, Listener, Protocol, Severity, ViewLimits};
+
+    /// Raises one `denied-burst` alert per denied record, keyed by source.
+    struct EveryDenial;
+
+    impl Detector for EveryDenial {
+        fn observe(&self, r: &FlowRecord) -> Vec<Alert> {
+            if r.verdict == "allow" {
+                return Vec::new();
+            }
+            let at = r.end_time().unwrap_or(SystemTime::UNIX_EPOCH);
+            let mut a = Alert::new(AlertKind::DeniedBurst, Severity::Info, at, "denied".into());
+            a.src = r.src.rsplit_once(':').map(|(ip, _)| ip.to_owned());
+            a.flows = vec![r.id().to_owned()];
+            vec![a]
+        }
+    }
+
+    fn recorder(dir: &std::path::Path) -> (Recorder, crate::FlowWriter) {
+        let metrics = Arc::new(Metrics::new());
+        let (sink, writer) =
+            FlowSink::start(FlowTarget::File(dir.join("flows.jsonl")), 16, &metrics).unwrap();
+        let view = Arc::new(FlowView::new(ViewLimits {
+            recent_flows: 10,
+            recent_denials: 10,
+            window: Duration::from_secs(3600),
+            top_entries: 10,
+        }));
+        let r = Recorder::new(metrics, view, sink, AlertRing::new(10))
+            .with_detector(Box::new(EveryDenial));
+        (r, writer)
+    }
+
+    fn flow(verdict: &str, rule: &str) -> FlowRecord {
+        let src: SocketAddr = "10.0.1.7:40000".parse().unwrap();
+        let mut r = FlowRecord::new(Listener::Http, Protocol::Http, src, SystemTime::now());
+        r.verdict = verdict.into();
+        r.rule = rule.into();
+        r.finish(SystemTime::now());
+        r
+    }
+
+    #[tokio::test]
+    async fn records_reach_every_output_and_detectors_raise_alerts_once() {
+        let dir = std::env::temp_dir().join(format!("sluice-recorder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rec, writer) = recorder(&dir);
+        rec.record(flow("allow", "gh-content"));
+        rec.record(flow("allow", "web/allow/2"));
+        rec.record(flow("deny", "default"));
+        rec.record(flow("deny", "default"));
+        let text = rec.metrics().encode();
+        assert!(
+            text.contains(r#"sluice_rule_hits_total{rule="gh-content"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"rule="web/allow/2""#), "{text}");
+        assert!(!text.contains(r#"rule="default""#), "{text}");
+        assert!(
+            text.contains(r#"sluice_alerts_total{kind="denied-burst",severity="info"} 1"#),
+            "the repeat is not counted: {text}"
+        );
+        assert_eq!(rec.view().flows(&crate::FlowFilter::default(), 10).len(), 4);
+        let alerts = rec.alerts().query(&AlertFilter::default(), 10);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].count, 2);
+        assert_eq!(alerts[0].src.as_deref(), Some("10.0.1.7"));
+        assert_eq!(alerts[0].flows.len(), 2);
+        drop(rec);
+        writer.close().await.unwrap();
+        let written = std::fs::read_to_string(dir.join("flows.jsonl")).unwrap();
+        assert_eq!(written.lines().count(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

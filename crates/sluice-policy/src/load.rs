@@ -412,6 +412,7 @@ impl Cx<'_> {
             "hosts",
             "recent_flows",
             "recent_denials",
+            "recent_alerts",
             "window",
             "top_entries",
             "stale_after",
@@ -485,6 +486,7 @@ impl Cx<'_> {
                     match key {
                         "recent_flows" => out.recent_flows = x,
                         "recent_denials" => out.recent_denials = x,
+                        "recent_alerts" => out.recent_alerts = x,
                         _ => out.top_entries = x,
                     }
                 }
@@ -1224,13 +1226,20 @@ mod admin_tests {
 
     #[test]
     fn admin_keys_load_with_defaults_and_positioned_errors() {
-        let c = parse_config("admin:\n  recent_flows: 10\n  window: 2m\n", "a.yaml").unwrap();
+        let c = parse_config(
+            "admin:\n  recent_flows: 10\n  recent_alerts: 20\n  window: 2m\n",
+            "a.yaml",
+        )
+        .unwrap();
         assert_eq!(c.admin.recent_flows, 10);
+        assert_eq!(c.admin.recent_alerts, 20);
         assert_eq!(c.admin.window, Duration::from_secs(120));
         assert_eq!(c.admin.recent_denials, 1_000);
         assert_eq!(c.admin.open_paths, ["/healthz", "/readyz"]);
+        let c = parse_config("admin:\n  window: 2m\n", "a.yaml").unwrap();
+        assert_eq!(c.admin.recent_alerts, 1_000);
 
-        let bad = "admin:\n  open_paths: [/metrics, /api]\n  hosts: [\"Bad Host\", sluice.internal:9901]\n  window: 5s\n  top_entries: 0\n  recent_flows: 2000000\n  stale_after: soon\n";
+        let bad = "admin:\n  open_paths: [/metrics, /api]\n  hosts: [\"Bad Host\", sluice.internal:9901]\n  window: 5s\n  top_entries: 0\n  recent_flows: 2000000\n  stale_after: soon\n  recent_alerts: 0\n";
         let errs = parse_config(bad, "b.yaml").unwrap_err().to_string();
         for want in [
             "b.yaml:2:26: expected one of /healthz, /readyz, /metrics in admin.open_paths, found `/api`",
@@ -1239,9 +1248,17 @@ mod admin_tests {
             "b.yaml:5:16: expected a number above zero for admin.top_entries",
             "b.yaml:6:17: expected at most 1000000 for admin.recent_flows",
             "b.yaml:7:16: expected a duration for admin.stale_after",
+            "b.yaml:8:18: expected a number above zero for admin.recent_alerts",
         ] {
             assert!(errs.contains(want), "{want}\nin\n{errs}");
         }
+        let errs = parse_config("admin:\n  recent_alerts: 1000001\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errs.contains("c.yaml:2:18: expected at most 1000000 for admin.recent_alerts"),
+            "{errs}"
+        );
     }
 }
 

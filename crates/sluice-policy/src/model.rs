@@ -102,6 +102,9 @@ pub struct Admin {
     pub recent_flows: u32,
     /// Recent denials kept in memory, apart from the flow ring.
     pub recent_denials: u32,
+    /// Recent alerts kept in memory for the API and dashboard (repeats
+    /// within an alert's window only raise its count).
+    pub recent_alerts: u32,
     /// How far back top sources, destinations and traffic reach (60 buckets).
     #[serde(with = "duration_text")]
     #[schemars(with = "String")]
@@ -126,6 +129,7 @@ impl Default for Admin {
             hosts: Vec::new(),
             recent_flows: 5_000,
             recent_denials: 1_000,
+            recent_alerts: 1_000,
             window: Duration::from_secs(3600),
             top_entries: 100,
             stale_after: Duration::from_secs(24 * 3600),

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sluice_net::{Dialer, Gateway, Users, Version};
-use sluice_observe::{FlowRecord, FlowSink, FlowTarget, FlowView, Metrics, RecordSink, ViewLimits};
+use sluice_observe::{AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, ViewLimits};
 use sluice_policy::{Config, Policy};
 use tokio::{
     net::TcpListener,
@@ -95,27 +95,6 @@ fn read_users(config: &Config, path: Option<&Path>) -> Result<Users> {
         users.0.insert(u.name.clone(), hash);
     }
     Ok(users)
-}
-
-/// Records go to metrics, the admin API's view, and the sink.
-struct SinkRecorder {
-    sink: FlowSink,
-    metrics: Arc<Metrics>,
-    view: Arc<FlowView>,
-}
-
-impl RecordSink for SinkRecorder {
-    fn record(&self, r: FlowRecord) {
-        self.metrics.record(&r);
-        // Per-rule metrics only for rules with an explicit id (ids never
-        // contain `/`; positional and guard ids do).
-        if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
-            self.metrics.rule_hit(&r.rule);
-        }
-        let r = Arc::new(r);
-        self.view.push_shared(r.clone(), SystemTime::now());
-        self.sink.send_shared(r);
-    }
 }
 
 async fn run(path: Option<PathBuf>) -> Result<()> {
@@ -216,11 +195,12 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         window: config.admin.window,
         top_entries: config.admin.top_entries as usize,
     }));
-    let recorder = Arc::new(SinkRecorder {
-        sink: sink.clone(),
-        metrics: metrics.clone(),
-        view: view.clone(),
-    });
+    let recorder = Arc::new(Recorder::new(
+        metrics.clone(),
+        view.clone(),
+        sink.clone(),
+        AlertRing::new(config.admin.recent_alerts as usize),
+    ));
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if dns.is_some() {
@@ -248,6 +228,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
             hosts: config.admin.hosts.clone(),
         },
         view,
+        recorder: recorder.clone(),
     });
 
     if let Some(a) = http_addr {

@@ -473,7 +473,33 @@ fn api_endpoints_answer_with_filters() {
     assert_eq!(other.len(), 1, "{other:?}");
     assert_eq!(other[0]["id"], "guard/special-address");
 
+    // Alerts: none from this traffic; every filter checked (the DNS tests
+    // raise real ones).
     assert_eq!(api(&s, "/api/v1/alerts"), json!({"alerts": []}));
+    assert_eq!(
+        api(
+            &s,
+            "/api/v1/alerts?kind=dns-tunnel&severity=info&zone=web&since=2025-01-31T12:00:00Z&limit=5"
+        ),
+        json!({"alerts": []})
+    );
+    for (query, says) in [
+        (
+            "kind=tunnel",
+            "`kind` must be one of volume, new-destination",
+        ),
+        (
+            "severity=high",
+            "`severity` must be `info`, `warning` or `critical`",
+        ),
+        ("since=yesterday", "`since` must be an RFC 3339 time"),
+        ("limit=0", "`limit` must be a whole number from 1 to 1000"),
+        ("verdict=deny", "unknown query parameter `verdict`"),
+    ] {
+        let r = admin(&s, "GET", &format!("/api/v1/alerts?{query}"), &[], "");
+        assert_eq!(r.status, Some(400), "{query}: {}", r.text());
+        assert!(r.text().contains(says), "{query}: {}", r.text());
+    }
 
     // 404 and 405.
     assert_eq!(
@@ -870,10 +896,20 @@ fn api_conforms_to_openapi_with_schemathesis() {
     let s = start(
         &origin,
         &dns,
-        &format!("admin:\n  token_file: {}\n", token.display()),
+        &format!(
+            "  dns: 127.0.0.1:0\nadmin:\n  token_file: {}\n",
+            token.display()
+        ),
     );
     let n = script(&s, &origin);
     s.wait_records(n);
+    // An alert in the ring, so that its schema is checked against a real one.
+    tunnelling_burst(s.dns.unwrap(), "exfil-tunnel.test", 40);
+    let auth = ("Authorization", "Bearer schema-token");
+    assert!(poll_until(T, || {
+        let r = admin(&s, "GET", "/api/v1/alerts", &[auth], "");
+        r.text().contains("dns-tunnel")
+    }));
     let url = format!("http://{}", s.admin.unwrap());
     let out = output_within(
         Command::new("schemathesis")
@@ -912,6 +948,41 @@ fn api_conforms_to_openapi_with_schemathesis() {
     assert!(!Path::new(&spec).with_extension("tmp").exists());
 }
 
+/// What data leaving through DNS looks like: `n` unique 50-character
+/// labels under `domain`, asked as TXT over UDP, one at a time.
+fn tunnelling_burst(dns: SocketAddr, domain: &str, n: u16) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    for i in 0..n {
+        let [hi, lo] = i.to_be_bytes();
+        let mut q = vec![hi, lo, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        // xorshift: a base32-looking label that differs with every `i`.
+        let mut x = u64::from(i)
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let label: Vec<u8> = (0..50)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                alphabet[(x % 32) as usize]
+            })
+            .collect();
+        q.push(50);
+        q.extend_from_slice(&label);
+        for part in ["t"].into_iter().chain(domain.split('.')) {
+            q.push(part.len() as u8);
+            q.extend_from_slice(part.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 16, 0, 1]);
+        sock.send_to(&q, dns).unwrap();
+        let mut buf = [0u8; 1500];
+        let (len, _) = sock.recv_from(&mut buf).unwrap();
+        assert!(len >= 12 && buf[..2] == [hi, lo], "an answer to query {i}");
+    }
+}
+
 // === dashboard ===
 
 /// The dashboard in Chromium: tests/dashboard/run.mjs. Skips (with the
@@ -943,7 +1014,7 @@ fn dashboard_shows_live_flows_in_chromium() {
     }
     let origin = Origin::start("127.0.0.1");
     let dns = StubDns::start(&[]);
-    let s = start(&origin, &dns, "");
+    let s = start(&origin, &dns, "  dns: 127.0.0.1:0\n");
     let shot = root.join("target/dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let out = output_within(
@@ -953,6 +1024,7 @@ fn dashboard_shows_live_flows_in_chromium() {
             .env("SLUICE_ADMIN", format!("http://{}", s.admin.unwrap()))
             .env("SLUICE_PROXY", proxy_v4(&s).to_string())
             .env("SLUICE_ORIGIN", origin.addr.to_string())
+            .env("SLUICE_DNS", s.dns.unwrap().to_string())
             .env("SCREENSHOT", &shot)
             .env("CHROMIUM", &chromium),
         Duration::from_secs(180),

@@ -4,7 +4,8 @@
 //! CNAME chains into an unlisted CDN name and into a denied name, special
 //! addresses stripped (rebinding), AAAA, TCP fallback for large answers,
 //! upstream failover, TTL expiry, a tunnelling burst against ordinary
-//! traffic, and malformed packets.
+//! traffic (the alert in the API, the metric and on stderr), and malformed
+//! packets.
 
 // A test binary: its helpers may panic too, not only its `#[test]`s.
 #![allow(clippy::unwrap_used)]
@@ -317,53 +318,170 @@ fn random_label(seed: u64) -> String {
         .collect()
 }
 
+/// `GET /api/v1/alerts?query`: the alerts, or the status and body of a refusal.
+fn alerts(s: &Sluice, query: &str) -> Result<Vec<Value>, (Option<u16>, String)> {
+    let r = s.admin_get(&format!("/api/v1/alerts?{query}"));
+    if r.status != Some(200) {
+        return Err((r.status, r.text()));
+    }
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    Ok(v["alerts"].as_array().unwrap().clone())
+}
+
+/// The alerts Sluice wrote on stderr: lines that are JSON objects with a `kind`.
+fn logged_alerts(s: &Sluice) -> Vec<Value> {
+    s.stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("kind").is_some())
+        .collect()
+}
+
+/// Asks every name of `names` with one `dig -f` run.
+fn dig_batch(s: &Sluice, dir: &TempDir, file: &str, names: &[String]) {
+    let path = dir.path(file);
+    std::fs::write(&path, names.join("\n")).unwrap();
+    dig(s, &["+short", "-f", path.to_str().unwrap()]);
+}
+
 #[test]
 fn a_tunnelling_burst_alerts_and_ordinary_traffic_does_not() {
     let up = FixtureDns::start();
     for n in ["app.example.com", "www.allowed.test", "img.allowed.test"] {
         up.set(n, 300, &[("A", "93.184.216.34")]);
     }
-    let s = sluice(&[up.addr], "  tunnel_min_queries: 20\n");
+    // A short tunnelling window, so that a second burst a little later is
+    // a second signal: the alert ring folds it into the first alert.
+    let s = sluice(
+        &[up.addr],
+        "  tunnel_min_queries: 20\n  tunnel_window: 2s\n",
+    );
     let dir = TempDir::new("dns-tunnel");
+    let critical = r#"sluice_alerts_total{kind="dns-tunnel",severity="critical"}"#;
 
-    let ordinary = dir.path("ordinary.txt");
-    let lines: Vec<String> = (0..90)
+    let ordinary: Vec<String> = (0..90)
         .map(|i| {
             let n = ["app.example.com", "www.allowed.test", "img.allowed.test"][i % 3];
             format!("{n} A")
         })
         .collect();
-    std::fs::write(&ordinary, lines.join("\n")).unwrap();
-    dig(&s, &["+short", "-f", ordinary.to_str().unwrap()]);
+    dig_batch(&s, &dir, "ordinary.txt", &ordinary);
     dns_records(&s, 90, "app.example.com");
     assert!(!s.wait_log("possible DNS tunnelling", Duration::from_millis(300)));
-    assert_eq!(
-        s.metric(r#"sluice_dns_tunnel_alerts_total{zone="lan"}"#),
-        0.0
-    );
+    assert_eq!(alerts(&s, "").unwrap(), Vec::<Value>::new());
+    assert!(logged_alerts(&s).is_empty());
+    assert!(!s.admin_get("/metrics").text().contains("dns-tunnel"));
 
-    let burst = dir.path("burst.txt");
-    let lines: Vec<String> = (0..40)
+    // 40 unique 50-character labels asked as TXT: score 1.0, critical.
+    let burst: Vec<String> = (0..40)
         .map(|i| format!("{}.t.exfil-tunnel.test TXT", random_label(i)))
         .collect();
-    std::fs::write(&burst, lines.join("\n")).unwrap();
-    dig(&s, &["+short", "-f", burst.to_str().unwrap()]);
+    dig_batch(&s, &dir, "burst.txt", &burst);
     assert!(
         s.wait_log("possible DNS tunnelling", T),
         "{:?}",
         s.stderr.lock().unwrap()
     );
-    let lines = s.stderr.lock().unwrap().clone();
-    let alert = lines
-        .iter()
-        .find(|l| l.contains("possible DNS tunnelling"))
-        .unwrap();
-    assert!(alert.contains("zone=lan"), "{alert}");
-    assert!(alert.contains("domain=exfil-tunnel.test"), "{alert}");
-    assert!(alert.contains("max_label_len=50"), "{alert}");
-    assert!(poll_until(T, || {
-        s.metric(r#"sluice_dns_tunnel_alerts_total{zone="lan"}"#) == 1.0
-    }));
+
+    // The API: one alert, about the client and the registrable domain.
+    let list = alerts(&s, "").unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let a = &list[0];
+    assert_eq!(a["kind"], "dns-tunnel");
+    assert_eq!(a["severity"], "critical");
+    assert_eq!(a["zone"], "lan");
+    assert_eq!(a["src"], "127.0.0.1");
+    assert_eq!(a["dst"], "exfil-tunnel.test");
+    assert_eq!(a["user"], Value::Null);
+    assert_eq!(a["country"], Value::Null);
+    assert!(a["count"].as_u64().unwrap() >= 1, "{a}");
+    assert!(
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("possible DNS tunnelling to exfil-tunnel.test from 127.0.0.1: "),
+        "{a}"
+    );
+    let evidence = &a["evidence"];
+    assert_eq!(evidence["max_label"], 50, "{a}");
+    assert_eq!(evidence["odd_types"], 1.0, "{a}");
+    assert_eq!(evidence["threshold"], 0.6, "{a}");
+    assert!(evidence["score"].as_f64().unwrap() >= 0.9, "{a}");
+    assert!(evidence["queries"].as_u64().unwrap() >= 20, "{a}");
+    // The flow behind it is the query that crossed the threshold.
+    let flows = a["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{a}");
+    let records = s.wait_records(90 + 40);
+    let crossed = records.iter().find(|r| r["id"] == flows[0]).unwrap();
+    assert_eq!(crossed["listener"], "dns");
+    assert_eq!(crossed["qtype"], "TXT");
+    assert!(
+        crossed["dst_host"]
+            .as_str()
+            .unwrap()
+            .ends_with(".t.exfil-tunnel.test")
+    );
+
+    // Stderr: the same alert as one JSON line (its count as first emitted).
+    let logged = logged_alerts(&s);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    let mut same = logged[0].clone();
+    assert_eq!(same["count"], 1);
+    same["count"] = a["count"].clone();
+    assert_eq!(&same, a);
+    assert!(
+        !s.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("possible DNS tunnelling") && !l.starts_with('{')),
+        "no separate log line"
+    );
+
+    // The metric, by kind and severity.
+    assert!(poll_until(T, || s.metric(critical) == 1.0));
+
+    // Filters.
+    let n = |q: &str| alerts(&s, q).unwrap().len();
+    assert_eq!(n("kind=dns-tunnel"), 1);
+    assert_eq!(n("kind=volume"), 0);
+    assert_eq!(n("zone=lan"), 1);
+    assert_eq!(n("zone=other"), 0);
+    assert_eq!(n("severity=warning"), 1, "warning is a minimum");
+    assert_eq!(n("severity=critical&zone=lan&kind=dns-tunnel&limit=1"), 1);
+    assert_eq!(n("since=2000-01-01T00:00:00Z"), 1);
+    assert_eq!(n("since=2999-01-01T00:00:00Z"), 0);
+    let (status, body) = alerts(&s, "since=yesterday").unwrap_err();
+    assert_eq!(status, Some(400));
+    assert!(body.contains("`since` must be an RFC 3339 time"), "{body}");
+    let (status, body) = alerts(&s, "kind=dns").unwrap_err();
+    assert_eq!(status, Some(400));
+    assert!(body.contains("`kind` must be one of"), "{body}");
+    assert_eq!(alerts(&s, "src=127.0.0.1").unwrap_err().0, Some(400));
+
+    // The same tunnel in the detector's next window: the stored alert's
+    // count rises; nothing is emitted or counted again.
+    let before = a["count"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    let again: Vec<String> = (100..140)
+        .map(|i| format!("{}.t.exfil-tunnel.test TXT", random_label(i)))
+        .collect();
+    dig_batch(&s, &dir, "again.txt", &again);
+    assert!(
+        poll_until(T, || {
+            alerts(&s, "").unwrap()[0]["count"].as_u64().unwrap() > before
+        }),
+        "{:?}",
+        alerts(&s, "")
+    );
+    let list = alerts(&s, "").unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["id"], a["id"]);
+    assert_eq!(logged_alerts(&s).len(), 1);
+    assert_eq!(s.metric(critical), 1.0);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use serde::{Deserialize, Serialize};
 use sluice_net::Gateway;
-use sluice_observe::{FlowFilter, FlowRecord, TopBy};
+use sluice_observe::{Alert, AlertFilter, AlertKind, FlowFilter, FlowRecord, Severity, TopBy};
 use sluice_policy::{Destination, Request as PolicyRequest};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -28,6 +28,9 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest `limit` of flow lists.
 const MAX_FLOWS: usize = 1000;
+
+/// Largest `limit` of alert lists.
+const MAX_ALERTS: usize = 1000;
 
 /// Largest `limit` of top lists.
 const MAX_TOP: usize = 100;
@@ -50,7 +53,7 @@ pub async fn route(gw: &Gateway, status: &Status, req: Request<Incoming>) -> Res
         "/api/v1/top" if get => top(status, &query),
         "/api/v1/traffic" if get => traffic(status, &query),
         "/api/v1/rules" if get => rules(gw, status, &query),
-        "/api/v1/alerts" if get => alerts(&query),
+        "/api/v1/alerts" if get => alerts(status, &query),
         "/api/v1/config" if get => config(gw, &query),
         "/api/v1/check" if req.method() == Method::POST => check(gw, req).await,
         "/api/v1/check" => return not_allowed("POST"),
@@ -314,10 +317,39 @@ fn rules(gw: &Gateway, status: &Status, q: &Query) -> Answer {
     ))
 }
 
-fn alerts(q: &Query) -> Answer {
-    q.only(&[])?;
-    // Detection lands in a later wave; the shape is fixed now.
-    Ok(json(StatusCode::OK, &serde_json::json!({ "alerts": [] })))
+#[derive(Serialize)]
+struct Alerts {
+    alerts: Vec<Alert>,
+}
+
+/// Recent alerts, newest first. `kind` is exact; `severity` is a minimum
+/// (`warning` also gives `critical`); `since` compares with when an alert
+/// first fired (its `ts`).
+fn alerts(status: &Status, q: &Query) -> Answer {
+    q.only(&["kind", "severity", "zone", "since", "limit"])?;
+    let kind = match q.get("kind") {
+        None => None,
+        Some(k) => Some(AlertKind::from_name(k).ok_or_else(|| {
+            let names: Vec<_> = AlertKind::ALL.iter().map(|k| k.as_str()).collect();
+            bad(format!("`kind` must be one of {}", names.join(", ")))
+        })?),
+    };
+    let severity = match q.get("severity") {
+        None => None,
+        Some(s) => Some(
+            Severity::from_name(s)
+                .ok_or_else(|| bad("`severity` must be `info`, `warning` or `critical`"))?,
+        ),
+    };
+    let filter = AlertFilter {
+        kind,
+        severity,
+        zone: q.get("zone").map(str::to_owned),
+        since: q.time("since")?,
+    };
+    let limit = q.number("limit", 100, 1, MAX_ALERTS as u64)? as usize;
+    let alerts = status.recorder.alerts().query(&filter, limit);
+    Ok(json(StatusCode::OK, &Alerts { alerts }))
 }
 
 fn config(gw: &Gateway, q: &Query) -> Answer {

@@ -4,8 +4,8 @@
 //!
 //! Binds loopback unless configured otherwise (the loader then requires a
 //! token). Every request first passes `guard` (Host, Origin, token); the
-//! API reads only the shared [`FlowView`] and the running policy, never the
-//! data path.
+//! API reads only the shared [`FlowView`], the recorder's alert ring and the
+//! running policy, never the data path.
 //!
 //! # Layout
 //!
@@ -53,6 +53,8 @@ pub struct Status {
     pub access: Access,
     /// Recent flows, rule hits, aggregates and the live stream.
     pub view: Arc<FlowView>,
+    /// The record stage's fan-out, for its recent alerts.
+    pub recorder: Arc<sluice_observe::Recorder>,
 }
 
 /// Serves the admin endpoints on `listener` (the caller binds). The admin

@@ -311,12 +311,36 @@ async function loadRules() {
   $('#rules tbody').replaceChildren(...rows);
 }
 
+function evidenceText(ev) {
+  if (!ev || typeof ev !== 'object') return '';
+  return Object.entries(ev).map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' · ');
+}
+
+function alertRow(a) {
+  const tr = el('tr', { class: 'sev-' + a.severity, 'data-id': a.id, 'data-kind': a.kind },
+    el('td', { title: a.ts }, time(a.ts)),
+    el('td', {}, el('span', { class: 'severity ' + a.severity }, a.severity)),
+    el('td', {}, a.kind),
+    el('td', {}, a.zone || '—'),
+    el('td', { class: 'mono' }, a.src || '—'),
+    el('td', { class: 'mono' }, a.dst || '—'),
+    el('td', { class: 'wrap summary' }, a.summary),
+    el('td', { class: 'num count' }, a.count));
+  const ev = evidenceText(a.evidence);
+  tr.title = ev + (a.user ? ` — user ${a.user}` : '') + (a.country ? ` — ${a.country}` : '');
+  return tr;
+}
+
 async function loadAlerts() {
   let a;
-  try { a = await api('/api/v1/alerts'); } catch (e) { return; }
-  const list = $('#alerts');
-  if (!a.alerts.length) { list.replaceChildren(el('li', { class: 'muted' }, 'none')); return; }
-  list.replaceChildren(...a.alerts.map((x) => el('li', {}, JSON.stringify(x))));
+  try { a = await api('/api/v1/alerts?limit=100'); } catch (e) { return; }
+  const body = $('#alerts tbody');
+  $('#alerts-note').textContent = a.alerts.length ? `${a.alerts.length} shown, newest first` : '';
+  if (!a.alerts.length) {
+    body.replaceChildren(el('tr', { class: 'empty' }, el('td', { class: 'muted', colspan: '8' }, 'none')));
+    return;
+  }
+  body.replaceChildren(...a.alerts.map(alertRow));
 }
 
 // === explainer ===
