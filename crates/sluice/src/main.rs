@@ -23,6 +23,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod dns;
+mod listeners;
 mod run;
 
 /// Sluice: an egress gateway. What is not explicitly allowed does not leave.

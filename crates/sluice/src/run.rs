@@ -3,7 +3,6 @@
 //! reloads, SIGUSR1 reopens the flow log, SIGTERM/SIGINT drain and exit.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
@@ -14,10 +13,9 @@ use anyhow::{Context, Result, bail};
 use sluice_net::{Dialer, Gateway, Users, Version};
 use sluice_observe::{AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, ViewLimits};
 use sluice_policy::{Config, Policy};
-use tokio::{
-    net::TcpListener,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::listeners::Listeners;
 
 /// The embedded default (DESIGN.md): proxy and admin on loopback, one
 /// report-mode zone for local clients, guard on.
@@ -126,68 +124,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_mark(config.listen.transparent_mark);
 
-    if config.listen.http.is_none()
-        && config.listen.socks5.is_none()
-        && config.listen.transparent.is_none()
-        && config.listen.dns.is_none()
-    {
-        bail!(
-            "no listener configured: set listen.http, listen.socks5, listen.transparent or listen.dns"
-        );
-    }
-    let http = match config.listen.http {
-        Some(a) => Some(
-            sluice_serve::bind(a)
-                .await
-                .with_context(|| format!("cannot bind the HTTP proxy on {a}"))?,
-        ),
-        None => None,
-    };
-    let admin = match config.listen.admin {
-        Some(a) => Some(
-            sluice_serve::bind(a)
-                .await
-                .with_context(|| format!("cannot bind admin on {a}"))?,
-        ),
-        None => None,
-    };
-    let transparent = match config.listen.transparent {
-        Some(a) if cfg!(target_os = "linux") => Some(
-            sluice_serve::bind(a)
-                .await
-                .with_context(|| format!("cannot bind the transparent listener on {a}"))?,
-        ),
-        Some(_) => bail!("listen.transparent needs Linux (SO_ORIGINAL_DST)"),
-        None => None,
-    };
-    let socks5 = match config.listen.socks5 {
-        Some(a) => Some(
-            sluice_serve::bind(a)
-                .await
-                .with_context(|| format!("cannot bind the SOCKS5 proxy on {a}"))?,
-        ),
-        None => None,
-    };
-    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
-    let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
-    let mut own: Vec<SocketAddr> = http_addr.into_iter().chain(admin_addr).collect();
-    let transparent_addr = transparent
-        .as_ref()
-        .map(TcpListener::local_addr)
-        .transpose()?;
-    own.extend(transparent_addr);
-    let socks5_addr = socks5.as_ref().map(TcpListener::local_addr).transpose()?;
-    own.extend(socks5_addr);
-    let dns = match config.listen.dns {
-        Some(a) => Some(crate::dns::Bound::bind(a).await?),
-        None => None,
-    };
-    let dns_addr = dns
-        .as_ref()
-        .map(crate::dns::Bound::local_addr)
-        .transpose()?;
-    own.extend(dns_addr);
-    dialer.set_own_addrs(own);
+    let listeners = Listeners::bind(&config).await?;
+    dialer.set_own_addrs(listeners.own_addrs()?);
 
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -203,64 +141,14 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     ));
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
-    if dns.is_some() {
+    if listeners.has_dns() {
         gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));
     }
     let gw = Arc::new(gw);
-    let token = match &config.admin.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read admin.token_file {}", f.display()))?
-                .trim()
-                .to_owned(),
-        )
-        .filter(|t| !t.is_empty()),
-        None => None,
-    };
-    if config.admin.token_file.is_some() && token.is_none() {
-        bail!("admin.token_file is empty");
-    }
-    let status = Arc::new(crate::admin::Status {
-        last_reload_error: Mutex::new(None),
-        access: crate::admin::Access {
-            token,
-            open_paths: config.admin.open_paths.clone(),
-            hosts: config.admin.hosts.clone(),
-        },
-        view,
-        recorder: recorder.clone(),
-    });
-
-    if let Some(a) = http_addr {
-        eprintln!("sluice: HTTP proxy listening on {a}");
-    }
-    if let Some(a) = admin_addr {
-        eprintln!(
-            "sluice: admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
-        );
-    }
-    if let Some(a) = transparent_addr {
-        eprintln!("sluice: transparent listener on {a}");
-    }
-    if let Some(a) = socks5_addr {
-        eprintln!("sluice: SOCKS5 proxy listening on {a}");
-    }
-    if let Some(a) = dns_addr {
-        eprintln!("sluice: DNS listening on {a}");
-    }
+    let status = admin_status(&config, view, recorder.clone())?;
+    listeners.announce()?;
     describe_modes(&gw.version().policy);
-
-    let http_task = http.map(|l| tokio::spawn(sluice_net::http::serve(l, gw.clone())));
-    let socks5_task = socks5.map(|l| tokio::spawn(sluice_net::socks5::serve(l, gw.clone())));
-    let transparent_task =
-        transparent.map(|l| tokio::spawn(sluice_net::transparent::serve(l, gw.clone())));
-    if let Some(admin) = admin {
-        tokio::spawn(crate::admin::serve(admin, gw.clone(), status.clone()));
-    }
-    let dns_tasks = match dns {
-        Some(d) => d.serve(gw.clone(), recorder, &config, grants)?,
-        None => Vec::new(),
-    };
+    let tasks = listeners.serve(&gw, recorder, status.clone(), &config, grants)?;
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -282,26 +170,58 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         }
     }
 
-    let drain_timeout = config.limits.drain_timeout;
+    drain(&gw, tasks, config.limits.drain_timeout).await;
+    drop(gw);
+    drop(sink);
+    writer.close().await.context("flushing flow records")?;
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// What the admin listener reads besides the gateway.
+fn admin_status(
+    config: &Config,
+    view: Arc<FlowView>,
+    recorder: Arc<Recorder>,
+) -> Result<Arc<crate::admin::Status>> {
+    let token = match &config.admin.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read admin.token_file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    if config.admin.token_file.is_some() && token.is_none() {
+        bail!("admin.token_file is empty");
+    }
+    Ok(Arc::new(crate::admin::Status {
+        last_reload_error: Mutex::new(None),
+        access: crate::admin::Access {
+            token,
+            open_paths: config.admin.open_paths.clone(),
+            hosts: config.admin.hosts.clone(),
+        },
+        view,
+        recorder,
+    }))
+}
+
+/// Stops accepting, waits for the listeners to stop and for open work to
+/// finish (up to `timeout`), then stops what is left.
+async fn drain(gw: &Gateway, tasks: Vec<tokio::task::JoinHandle<()>>, timeout: Duration) {
     tracing::info!(
         active = gw.drain().active_count(),
-        timeout_s = drain_timeout.as_secs(),
+        timeout_s = timeout.as_secs(),
         "draining: no new connections; open tunnels may finish"
     );
     gw.drain().begin();
-    if let Some(t) = http_task {
+    for t in tasks {
         let _ = t.await;
     }
-    if let Some(t) = socks5_task {
-        let _ = t.await;
-    }
-    if let Some(t) = transparent_task {
-        let _ = t.await;
-    }
-    for t in dns_tasks {
-        let _ = t.await;
-    }
-    if !gw.drain().wait_idle(drain_timeout).await {
+    if !gw.drain().wait_idle(timeout).await {
         tracing::warn!(
             active = gw.drain().active_count(),
             "drain timeout: closing open tunnels"
@@ -309,11 +229,6 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         gw.drain().stop_all();
         gw.drain().wait_idle(Duration::from_secs(5)).await;
     }
-    drop(gw);
-    drop(sink);
-    writer.close().await.context("flushing flow records")?;
-    tracing::info!("drained; exiting");
-    Ok(())
 }
 
 fn describe_modes(policy: &Policy) {
