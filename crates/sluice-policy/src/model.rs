@@ -103,6 +103,8 @@ pub struct Admin {
     /// A rule with no hit for this long (or none since start) is stale.
     #[serde(with = "duration_text")]
     pub stale_after: Duration,
+    /// Recent alerts kept in memory for the API and dashboard.
+    pub recent_alerts: u32,
 }
 
 fn default_open_paths() -> Vec<String> {
@@ -120,6 +122,7 @@ impl Default for Admin {
             window: Duration::from_secs(3600),
             top_entries: 100,
             stale_after: Duration::from_secs(24 * 3600),
+            recent_alerts: 1_000,
         }
     }
 }

@@ -72,6 +72,7 @@ static ADMIN: Section<Admin> = Section {
         key!(window: Time(Min::Secs(60)), Restart, "How far back top sources, destinations and traffic reach (60 buckets)."),
         key!(top_entries: Count(1, ADMIN_MAX_ENTRIES), Restart, "Distinct sources and destinations tracked per zone and bucket."),
         key!(stale_after: Time(Min::AboveZero), Applies, "A rule with no hit for this long (or none since start) is shown stale."),
+        key!(recent_alerts: Count(1, ADMIN_MAX_ENTRIES), Restart, "Recent alerts kept in memory for the API and dashboard."),
     ],
     not_yet: &[],
 };

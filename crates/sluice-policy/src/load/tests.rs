@@ -48,7 +48,7 @@ fn every_key_the_table_lists_is_accepted_and_every_other_is_refused() {
     // their companions): the loader accepts the key by its table name.
     let ok = [
         "listen:\n  http: 127.0.0.1:3128\n",
-        "admin:\n  recent_flows: 5\n",
+        "admin:\n  recent_alerts: 5\n",
         "log:\n  flows: stdout\n",
         "zones:\n  - name: a\n    deny:\n      - host: x.example\n        id: r1\n",
         "users:\n  - name: u\n    password_hash_file: /x\n",
@@ -99,6 +99,7 @@ admin:
   recent_denials: 7
   window: 2m
   top_entries: 7
+  recent_alerts: 7
 dns:
   upstreams: [192.0.2.1:53]
   upstream_timeout: 3s
@@ -152,8 +153,8 @@ fn policy_changes_apply_on_reload() {
         "mode: open\ntls_sni_must_match: false\nzones:\n  - name: a\n    users: [u]\n    mode: report\n    allow:\n      - host: x.example\n        ports: any\nusers:\n  - name: u\n    password_hash_file: /x\n",
     );
     let policy = policy.replace(
-        "  top_entries: 7\n",
-        "  top_entries: 7\n  stale_after: 1h\n",
+        "  recent_alerts: 7\n",
+        "  recent_alerts: 7\n  stale_after: 1h\n",
     );
     let new = parse_config(&policy, "b.yaml").unwrap();
     assert_ne!(base, new);
@@ -180,6 +181,31 @@ fn mappings_say_per_key_only_when_their_keys_differ() {
     assert_eq!(by_path("admin.stale_after"), Some(Reload::Applies));
     assert_eq!(by_path("zones"), Some(Reload::Applies));
     assert_eq!(by_path("tls_sni_must_match"), Some(Reload::Applies));
+}
+
+#[test]
+fn admin_recent_alerts_loads_with_its_default_and_bounds() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.admin.recent_alerts, 1_000);
+    let c = parse_config("admin:\n  recent_alerts: 1000000\n", "a.yaml").unwrap();
+    assert_eq!(c.admin.recent_alerts, 1_000_000);
+    for (text, want) in [
+        (
+            "admin:\n  recent_alerts: 0\n",
+            "b.yaml:2:18: expected a number above zero for admin.recent_alerts",
+        ),
+        (
+            "admin:\n  recent_alerts: 1000001\n",
+            "b.yaml:2:18: expected at most 1000000 for admin.recent_alerts",
+        ),
+        (
+            "admin:\n  recent_alerts: lots\n",
+            "b.yaml:2:18: expected a decimal whole number for admin.recent_alerts",
+        ),
+    ] {
+        let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+        assert_eq!(errs, want);
+    }
 }
 
 #[test]
