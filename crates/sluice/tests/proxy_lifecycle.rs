@@ -524,6 +524,11 @@ fn a_listen_change_on_reload_needs_a_restart_and_keeps_the_old_listener() {
         sluice.is_running(),
         sluice.stderr.lock().unwrap()
     );
+    assert!(
+        sluice.wait_log("changes to listen.http need a restart", T),
+        "the notice does not name the key: {:?}",
+        sluice.stderr.lock().unwrap()
+    );
     // The policy part of the file is taken; the listener is not moved.
     wait_new_hash(&sluice, &h1, "SIGHUP");
     assert_eq!(get(sluice.http, o, "/").status, Some(200));
