@@ -73,17 +73,48 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Parse and validate a configuration. `file` only names the source in errors.
+///
+/// Every key is optional here, so that a fragment reads as the defaults
+/// plus what it says. [`Policy::load`](crate::Policy::load), what the
+/// gateway and `sluice validate` use, also requires `zones`.
 pub fn parse_config(source: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse(source, file, Need::Nothing)
+}
+
+/// What a file must name besides being valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Nothing: an empty file is the defaults.
+    Nothing,
+    /// `zones`, even if empty. A file without it is empty, a comment, or
+    /// cut short (a truncating writer, a broken template); loaded, it would
+    /// deny every request as `default/no-zone`, so it is refused — at
+    /// start, on reload (the running policy stays) and by `validate`.
+    /// `zones: []` still says "deny everything" on purpose.
+    Zones,
+}
+
+/// [`parse_config`], requiring what `need` says.
+pub(crate) fn parse(source: &str, file: &str, need: Need) -> Result<Config, ConfigErrors> {
     let docs = yaml::documents(source).map_err(|e| {
         let mut cx = Cx::new(file);
         cx.err_at(e.at, e.message);
         ConfigErrors(cx.errors)
     })?;
     let mut cx = Cx::new(file);
+    let empty = |cx: &mut Cx<'_>| {
+        if need == Need::Zones {
+            cx.err_at(
+                yaml::Pos { line: 1, column: 1 },
+                "the configuration is empty: expected at least `zones` (an empty or cut-short file would deny every request)",
+            );
+        }
+        Some(Config::default())
+    };
     let config = match docs.as_slice() {
-        [] => Some(Config::default()),
-        [doc] if yaml::is_null(doc) => Some(Config::default()),
-        [doc] => catalog::read_config(&mut cx, doc),
+        [] => empty(&mut cx),
+        [doc] if yaml::is_null(doc) => empty(&mut cx),
+        [doc] => catalog::read_config(&mut cx, doc, need),
         [_, second, ..] => {
             cx.err(second, "expected one YAML document, found several");
             None

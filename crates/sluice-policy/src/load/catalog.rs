@@ -13,7 +13,7 @@
 use serde_json::Value as Json;
 
 use super::{
-    Cx,
+    Cx, Need,
     items::{self, Rules, Users, Zones},
     kinds::{
         AdminHosts, Blocked, Bool, Cidr, Count, FlowTarget, Fraction, HostPattern, Listener, Mark,
@@ -160,9 +160,9 @@ pub(crate) static USER: Section<User> = Section {
 
 /// Reads the document into a configuration, then checks what spans
 /// sections. `None` if the document is not a mapping.
-pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>) -> Option<Config> {
+pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option<Config> {
     let mut c = Config::default();
-    cx.section_into(&ROOT, doc, &mut c)?;
+    let seen = cx.section_into(&ROOT, doc, &mut c)?;
     items::check_user_refs(cx, &c.users);
     if let Some(a) = c.listen.admin {
         if !a.ip().is_loopback() && c.admin.token_file.is_none() {
@@ -176,6 +176,12 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>) -> Option<Config> {
         cx.err(
             doc,
             format!("dns.upstreams names listen.dns ({a}): the forwarder would ask itself"),
+        );
+    }
+    if need == Need::Zones && !seen.has("zones") {
+        cx.err(
+            doc,
+            "no `zones` in the configuration: every request would be denied; name the zones (or write `zones: []` to deny everything on purpose)",
         );
     }
     Some(c)

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use serde_json::Value as Json;
 
 use super::{
-    Reload,
+    Need, Reload,
     catalog::{ROOT, RULE, USER, ZONE},
-    keys, parse_config, restart_needed, schema,
+    keys, parse, parse_config, restart_needed, schema,
     table::MAX_KEYS,
 };
 
@@ -216,4 +216,35 @@ fn a_rule_with_a_bad_host_still_has_its_other_keys_checked() {
         errs,
         "r.yaml:4:15: expected a string for host, found a list\nr.yaml:5:17: invalid port `0`: port 0 is not a destination port"
     );
+}
+
+#[test]
+fn a_policy_file_must_name_zones() {
+    for (text, want) in [
+        (
+            "",
+            "e.yaml:1:1: the configuration is empty: expected at least `zones`",
+        ),
+        ("# nothing yet\n", "e.yaml:1:1: the configuration is empty"),
+        ("~\n", "e.yaml:1:1: the configuration is empty"),
+        ("{}\n", "e.yaml:1:1: no `zones` in the configuration"),
+        (
+            "# cut short\nlisten:\n  http: 127.0.0.1:3128\n",
+            "e.yaml:2:1: no `zones` in the configuration",
+        ),
+    ] {
+        let errs = parse(text, "e.yaml", Need::Zones).unwrap_err().to_string();
+        assert!(errs.starts_with(want), "{text:?}: {errs}");
+        assert_eq!(errs.lines().count(), 1, "{errs}");
+        // The fragment reader takes it as the defaults.
+        parse_config(text, "e.yaml").unwrap();
+    }
+    // Denying everything on purpose is still possible.
+    let c = parse("zones: []\n", "e.yaml", Need::Zones).unwrap();
+    assert!(c.zones.is_empty());
+    // Other errors are reported with it, in one pass.
+    let errs = parse("mode: sometimes\n", "e.yaml", Need::Zones)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(errs.lines().count(), 2, "{errs}");
 }
