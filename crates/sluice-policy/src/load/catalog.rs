@@ -46,7 +46,7 @@ pub(crate) static ROOT: Section<Config> = Section {
     not_yet: &["routes", "inspect", "tls", "detect", "netflow", "geoip"],
 };
 
-static LISTEN: Section<Listen> = Section {
+pub(crate) static LISTEN: Section<Listen> = Section {
     what: "listen",
     label: "listen",
     keys: &[
@@ -60,7 +60,7 @@ static LISTEN: Section<Listen> = Section {
     not_yet: &[],
 };
 
-static ADMIN: Section<Admin> = Section {
+pub(crate) static ADMIN: Section<Admin> = Section {
     what: "admin",
     label: "admin",
     keys: &[
@@ -77,7 +77,7 @@ static ADMIN: Section<Admin> = Section {
     not_yet: &[],
 };
 
-static DNS: Section<Dns> = Section {
+pub(crate) static DNS: Section<Dns> = Section {
     what: "dns",
     label: "dns",
     keys: &[
@@ -96,7 +96,7 @@ static DNS: Section<Dns> = Section {
     not_yet: &[],
 };
 
-static LIMITS: Section<Limits> = Section {
+pub(crate) static LIMITS: Section<Limits> = Section {
     what: "limits",
     label: "limits",
     keys: &[
@@ -111,7 +111,7 @@ static LIMITS: Section<Limits> = Section {
     not_yet: &[],
 };
 
-static LOG: Section<Log> = Section {
+pub(crate) static LOG: Section<Log> = Section {
     what: "log",
     label: "log",
     keys: &[key!(flows: FlowTarget, Restart, "`stdout` or a file path; JSON lines.")],

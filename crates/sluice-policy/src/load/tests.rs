@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::{
     Need, Reload,
-    catalog::{ROOT, RULE, USER, ZONE},
+    catalog::{ADMIN, DNS, LIMITS, LISTEN, LOG, ROOT, RULE, USER, ZONE},
     keys, parse, parse_config, restart_needed, schema,
     table::MAX_KEYS,
 };
@@ -73,6 +73,11 @@ fn sections_fit_the_seen_table() {
         assert_eq!(names.len(), keys.len(), "{name} names a key twice");
     }
     check("root", ROOT.keys);
+    check("listen", LISTEN.keys);
+    check("admin", ADMIN.keys);
+    check("dns", DNS.keys);
+    check("limits", LIMITS.keys);
+    check("log", LOG.keys);
     check("zone", ZONE.keys);
     check("rule", RULE.keys);
     check("user", USER.keys);
