@@ -6,8 +6,10 @@
 //!
 //! # Layout
 //!
-//! - `model`: the configuration types (they also generate the JSON Schema).
-//! - `load`: YAML text to model, collecting every error with its position.
+//! - `model`: the configuration types.
+//! - `load`: YAML text to model by one table of keys (which also gives the
+//!   JSON Schema and each key's reload semantics), collecting every error
+//!   with its position.
 //! - `dest`: client-written destinations to normalised names and addresses.
 //! - `guard`: the special-address table and the rule that lifts it.
 //! - `matcher`: host and CIDR lookup structures.
@@ -21,8 +23,11 @@ pub mod model;
 pub mod policy;
 
 pub use dest::{DestError, Destination};
-pub use load::{ConfigError, ConfigErrors, parse_cidr, parse_config};
-pub use model::{Config, Mode, Ports, schema};
+pub use load::{
+    ConfigError, ConfigErrors, KeyDoc, Reload, keys, parse_cidr, parse_config, restart_needed,
+    schema,
+};
+pub use model::{Config, Mode, Ports};
 pub use policy::{
     AddressCheck, Decision, LoadError, Pending, Policy, Rejected, Request, RuleInfo, Verdict,
     hash_text, ids,

@@ -1,78 +1,75 @@
 //! The configuration model: what `sluice.yaml` says, already typed and
-//! checked (see `load` for how it is read). These types also generate the
-//! JSON Schema printed by `sluice schema`, so the schema cannot drift from
-//! what the loader accepts.
+//! checked. `load` reads it (its key tables are where each key is defined,
+//! with the schema `sluice schema` prints); the model serializes back to
+//! JSON under the same names for `/api/v1/config`.
 //!
 //! The model is plain data. It does no I/O: a `password_hash_file` is a path
 //! that the binary reads.
 
 use std::{
-    borrow::Cow,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
 
 use ipnet::IpNet;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Serialize, Serializer};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Config {
     /// Where Sluice listens.
-    #[serde(default)]
     pub listen: Listen,
     /// Admin listener settings.
-    #[serde(default)]
     pub admin: Admin,
     /// Default mode for zones that do not set their own.
-    #[serde(default)]
     pub mode: Mode,
     /// Deny a CONNECT tunnel whose TLS SNI names another host than the
     /// CONNECT target (domain fronting). Default `true`.
-    #[serde(default = "default_true")]
     pub tls_sni_must_match: bool,
     /// Network segments and identities, each with its own egress policy.
     /// The first zone in file order whose conditions hold is selected.
-    #[serde(default)]
     pub zones: Vec<Zone>,
     /// Users for proxy authentication.
-    #[serde(default)]
     pub users: Vec<User>,
     /// Name resolution for dialing.
-    #[serde(default)]
     pub dns: Dns,
     /// Connection limits and timeouts.
-    #[serde(default)]
     pub limits: Limits,
     /// Where flow records go.
-    #[serde(default)]
     pub log: Log,
 }
 
-fn default_true() -> bool {
-    true
+impl Default for Config {
+    /// What an empty file means: no listeners, no zones, every setting at
+    /// its default.
+    fn default() -> Self {
+        Config {
+            listen: Listen::default(),
+            admin: Admin::default(),
+            mode: Mode::Enforce,
+            tls_sni_must_match: true,
+            zones: Vec::new(),
+            users: Vec::new(),
+            dns: Dns::default(),
+            limits: Limits::default(),
+            log: Log::default(),
+        }
+    }
 }
 
 /// Listener addresses. A listener that is not named does not run.
-#[derive(Debug, Clone, Default, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Listen {
     /// HTTP forward proxy (CONNECT and absolute-form), e.g. `127.0.0.1:3128`.
-    #[schemars(with = "Option<String>")]
     pub http: Option<SocketAddr>,
     /// Admin endpoints (`/healthz`, `/readyz`), e.g. `127.0.0.1:9901`.
-    #[schemars(with = "Option<String>")]
     pub admin: Option<SocketAddr>,
     /// SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 user/password), e.g.
     /// `127.0.0.1:1080`.
-    #[schemars(with = "Option<String>")]
     pub socks5: Option<SocketAddr>,
     /// Transparent listener (Linux), the target of an nftables `redirect`;
     /// bind the gateway interface's address, e.g. `192.0.2.1:3129`.
-    #[schemars(with = "Option<String>")]
     pub transparent: Option<SocketAddr>,
     /// `SO_MARK` put on every socket Sluice dials, so that a redirect
     /// ruleset can exempt Sluice's own traffic (loop protection); a number
@@ -80,23 +77,19 @@ pub struct Listen {
     pub transparent_mark: Option<u32>,
     /// Filtering DNS forwarder, UDP and TCP on the same address, e.g.
     /// `127.0.0.1:5353`.
-    #[schemars(with = "Option<String>")]
     pub dns: Option<SocketAddr>,
 }
 
 /// Admin listener settings.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Admin {
     /// File holding the bearer token; required when admin binds beyond loopback.
     pub token_file: Option<PathBuf>,
     /// Paths served without the bearer token, for probes: any of
     /// `/healthz`, `/readyz`, `/metrics`. Default `[/healthz, /readyz]`.
-    #[serde(default = "default_open_paths")]
     pub open_paths: Vec<String>,
     /// Extra names (`name` or `name:port`) accepted in the `Host` header
     /// besides `localhost` and the address a connection arrived on.
-    #[serde(default)]
     pub hosts: Vec<String>,
     /// Recent flows kept in memory for the API and dashboard.
     pub recent_flows: u32,
@@ -107,13 +100,11 @@ pub struct Admin {
     pub recent_alerts: u32,
     /// How far back top sources, destinations and traffic reach (60 buckets).
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub window: Duration,
     /// Distinct sources and destinations tracked per zone and bucket.
     pub top_entries: u32,
     /// A rule with no hit for this long (or none since start) is stale.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub stale_after: Duration,
 }
 
@@ -138,7 +129,7 @@ impl Default for Admin {
 }
 
 /// How a zone's rules are applied. The guard is enforced in every mode.
-#[derive(Debug, Clone, Copy, Default, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Allowlist: deny rules, then allow rules, then default deny.
@@ -162,34 +153,28 @@ impl Mode {
 }
 
 /// A network segment or identity with its own egress policy.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Zone {
-    /// `[a-z0-9_-]{1,63}`; `guard` and `default` are reserved.
+    /// `[a-z0-9_-]{1,63}`; `guard`, `default` and `inspect` are reserved.
     pub name: String,
     /// Client CIDRs; the client address must lie in one of them.
-    #[schemars(with = "Option<Vec<String>>")]
     pub sources: Option<Vec<IpNet>>,
     /// Authenticated users; the request's user must be one of them.
     pub users: Option<Vec<String>>,
     /// Overrides the top-level `mode`.
     pub mode: Option<Mode>,
     /// Allow rules (`ports` required).
-    #[serde(default)]
     pub allow: Vec<Rule>,
     /// Deny rules (without `ports` they cover every port).
-    #[serde(default)]
     pub deny: Vec<Rule>,
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Rule {
     /// `example.com` (that name only) or `*.example.com` (every name below it).
     pub host: Option<String>,
     /// An address block, e.g. `198.51.100.0/24`.
-    #[schemars(with = "Option<String>")]
     pub cidr: Option<IpNet>,
     /// Ports: a list of numbers and `"a-b"` ranges, or `any`.
     pub ports: Option<Ports>,
@@ -237,28 +222,8 @@ impl Serialize for Ports {
     }
 }
 
-impl JsonSchema for Ports {
-    fn schema_name() -> Cow<'static, str> {
-        "Ports".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "description": "A list of ports (1-65535) and \"a-b\" ranges, or `any`.",
-            "oneOf": [
-                { "const": "any" },
-                { "type": "array", "minItems": 1, "items": { "oneOf": [
-                    { "type": "integer", "minimum": 1, "maximum": 65535 },
-                    { "type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$" }
-                ] } }
-            ]
-        })
-    }
-}
-
 /// A user for proxy authentication.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct User {
     /// The user name sent in `Proxy-Authorization`.
     pub name: String,
@@ -278,24 +243,18 @@ fn redact<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
 
 /// Name resolution settings: the dialer's resolver and the DNS forwarder
 /// (`listen.dns`). Durations are written `500ms`, `10s`, `5m`, `1h`.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Dns {
     /// Resolvers (`ip:port`); default: the system resolver.
-    #[schemars(with = "Vec<String>")]
-    #[serde(default)]
     pub upstreams: Vec<SocketAddr>,
     /// Time allowed for one upstream to answer before the next is tried.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub upstream_timeout: Duration,
     /// Longest TTL cached and handed to clients (longer TTLs are capped).
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub answer_ttl_max: Duration,
     /// Longest time a negative answer (NXDOMAIN, no data) is cached.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub negative_ttl: Duration,
     /// Answers cached at most.
     pub cache_size: u32,
@@ -311,7 +270,6 @@ pub struct Dns {
     pub tunnel_threshold: f64,
     /// The window over which tunnelling signals are measured.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub tunnel_window: Duration,
     /// Queries for one registrable domain in a window before it is scored.
     pub tunnel_min_queries: u32,
@@ -358,22 +316,8 @@ impl Serialize for BlockedAnswer {
     }
 }
 
-impl JsonSchema for BlockedAnswer {
-    fn schema_name() -> Cow<'static, str> {
-        "BlockedAnswer".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "description": "`nxdomain`, `refused`, or a sinkhole IP address.",
-            "type": "string"
-        })
-    }
-}
-
 /// Connection limits and timeouts. Durations are written `500ms`, `10s`, `5m`, `1h`.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Limits {
     /// Open client connections in total.
     pub max_connections: u32,
@@ -382,22 +326,18 @@ pub struct Limits {
     /// Time allowed to send a complete request head, from the connection's
     /// start or from the first byte of a later request on it.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub header_timeout: Duration,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: u32,
     /// A tunnel, or a keep-alive client connection between requests, with no
     /// traffic this long is closed.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub idle_timeout: Duration,
     /// Time allowed to connect to a destination.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// On SIGTERM, how long open tunnels may continue.
     #[serde(with = "duration_text")]
-    #[schemars(with = "String")]
     pub drain_timeout: Duration,
 }
 
@@ -431,8 +371,7 @@ mod duration_text {
 }
 
 /// Where flow records go.
-#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Log {
     /// `stdout` or a file path; JSON lines.
     pub flows: String,
@@ -444,10 +383,4 @@ impl Default for Log {
             flows: "stdout".to_owned(),
         }
     }
-}
-
-/// The JSON Schema of the configuration file.
-pub fn schema() -> serde_json::Value {
-    let schema = schemars::schema_for!(Config);
-    serde_json::to_value(&schema).unwrap_or_default()
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     dest::Destination,
     guard,
-    load::{ConfigErrors, parse_config},
+    load::{self, ConfigErrors},
     matcher::{CidrTable, HostTable},
     model::{Config, Mode, Ports, Rule},
 };
@@ -255,9 +255,11 @@ pub struct Policy {
 pub struct LoadError(#[from] pub ConfigErrors);
 
 impl Policy {
-    /// Parse, validate and compile a configuration file's text.
+    /// Parse, validate and compile a configuration file's text. Unlike
+    /// [`parse_config`](crate::parse_config), the file must name `zones` (an empty or cut-short
+    /// file is refused rather than loaded as a policy that denies all).
     pub fn load(source: &str, file: &str) -> Result<Policy, LoadError> {
-        let config = parse_config(source, file)?;
+        let config = load::parse(source, file, load::Need::Zones)?;
         Ok(Policy::compile(config, &hash_text(source.as_bytes())))
     }
 

@@ -272,15 +272,17 @@ fn reload(
     };
     match load(Some(path)) {
         Ok(v) => {
-            let new = v.policy.config();
-            if new.listen != started_with.listen {
+            // Keys read once at start (listeners, limits, resolver, flow
+            // log, admin view sizes) keep their start values; the key table
+            // in sluice-policy says which they are.
+            let pending = sluice_policy::restart_needed(started_with, v.policy.config());
+            if !pending.is_empty() {
+                let keys = pending.join(", ");
                 tracing::warn!(
-                    "listen changed in {}: listener changes need a restart; keeping the old addresses",
+                    keys = %keys,
+                    "{}: changes to {keys} need a restart to take effect; running with their start values until then",
                     path.display()
                 );
-            }
-            if new.limits != started_with.limits || new.dns != started_with.dns {
-                tracing::warn!("limits or dns changed: these need a restart to take effect");
             }
             let hash = v.policy.hash().clone();
             gw.reload(v);

@@ -55,13 +55,35 @@ fn validate_accepts_the_embedded_default() {
     );
 }
 
+/// An empty file is what a truncating writer leaves behind; loaded, it
+/// would deny every request (the hardening issue's first fault). `validate`
+/// refuses it as start-up and reload do; `zones: []` says it on purpose.
 #[test]
-fn validate_accepts_an_empty_file() {
-    for (name, text) in [("empty.yaml", ""), ("comment-only.yaml", "# nothing yet\n")] {
-        let out = validate(&scratch_file(name, text));
-        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
-        assert!(stdout(&out).contains("ok (0 zones, 0 users"));
+fn validate_refuses_a_file_without_zones() {
+    for (name, text, fragment) in [
+        ("empty.yaml", "", "the configuration is empty"),
+        (
+            "comment-only.yaml",
+            "# nothing yet\n",
+            "the configuration is empty",
+        ),
+        (
+            "no-zones.yaml",
+            "mode: open\n",
+            "no `zones` in the configuration",
+        ),
+    ] {
+        let path = scratch_file(name, text);
+        let out = validate(&path);
+        assert_eq!(code(&out), 1, "{name}: {}", stdout(&out));
+        let got = positioned(&stderr(&out), &path.display().to_string());
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        assert_eq!((got[0].0, got[0].1), (1, 1), "{name}");
+        assert!(got[0].2.contains(fragment), "{name}: {}", got[0].2);
     }
+    let out = validate(&scratch_file("deny-all.yaml", "zones: []\n"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok (0 zones, 0 users"));
 }
 
 /// One expected error: line, column and a fragment of its message.

@@ -378,6 +378,41 @@ fn reload_under_load_by_signal_file_change_and_invalid_file_fails_no_request() {
     }
 }
 
+/// A truncating writer (`: > sluice.yaml`) must not swap in a policy with no
+/// zones: the reload fails, is counted, and the running policy stays.
+#[test]
+fn an_emptied_file_on_reload_is_refused_and_the_running_policy_stays() {
+    let origin = Origin::start("127.0.0.1");
+    let o = origin.addr;
+    let sluice = Sluice::start(BIN, &allowing(&[o.port()], "full"));
+    let h1 = policy_hash(&sluice);
+    assert_eq!(get(sluice.http, o, "/").status, Some(200));
+    std::fs::write(&sluice.config, "").unwrap();
+    sluice.signal("HUP");
+    let mut ready = Value::Null;
+    assert!(
+        poll_until(T, || {
+            ready = sluice.readyz().1;
+            ready["last_reload_error"].is_string()
+        }),
+        "no last_reload_error in /readyz"
+    );
+    let err = ready["last_reload_error"].as_str().unwrap();
+    let at = format!(
+        "{}:1:1: the configuration is empty",
+        sluice.config.display()
+    );
+    assert!(err.contains(&at), "{err:?} does not say {at}");
+    assert_eq!(ready["policy_hash"], h1.as_str());
+    assert_eq!(ready["ready"], true);
+    assert!(sluice.metric(r#"sluice_config_reloads_total{result="failure"}"#) >= 1.0);
+    assert_eq!(
+        get(sluice.http, o, "/").status,
+        Some(200),
+        "the old policy decides"
+    );
+}
+
 #[test]
 fn configmap_symlink_swap_triggers_a_reload() {
     let origin = Origin::start("127.0.0.1");
@@ -522,6 +557,11 @@ fn a_listen_change_on_reload_needs_a_restart_and_keeps_the_old_listener() {
         sluice.wait_log("need a restart", T),
         "no restart notice; running: {}; stderr: {:?}",
         sluice.is_running(),
+        sluice.stderr.lock().unwrap()
+    );
+    assert!(
+        sluice.wait_log("changes to listen.http need a restart", T),
+        "the notice does not name the key: {:?}",
         sluice.stderr.lock().unwrap()
     );
     // The policy part of the file is taken; the listener is not moved.

@@ -1,7 +1,12 @@
 //! The README's configuration reference and the generated JSON Schema must
-//! name the same keys, so the documentation cannot drift from the code.
+//! name the same keys, and each key's reload column must say what the
+//! loader's key table declares, so the documentation cannot drift from the
+//! code.
 
-use std::{collections::BTreeSet, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Command,
+};
 
 use serde_json::Value;
 
@@ -53,8 +58,8 @@ fn walk(root: &Value, node: &Value, prefix: &str, out: &mut BTreeSet<String>) {
     }
 }
 
-/// Keys in the first column of the README's configuration reference table.
-fn readme_paths() -> BTreeSet<String> {
+/// The rows of the README's configuration reference table: key → cells.
+fn readme_rows() -> BTreeMap<String, Vec<String>> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("read README.md");
     let section = readme
@@ -66,10 +71,22 @@ fn readme_paths() -> BTreeSet<String> {
         .unwrap_or_default();
     section
         .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .map(str::to_owned)
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect();
+            (cells[0].trim_matches('`').to_owned(), cells)
+        })
         .collect()
+}
+
+/// Keys in the first column of the README's configuration reference table.
+fn readme_paths() -> BTreeSet<String> {
+    readme_rows().into_keys().collect()
 }
 
 #[test]
@@ -90,4 +107,43 @@ fn readme_reference_matches_schema() {
         unknown.is_empty(),
         "README documents keys the schema lacks: {unknown:?}"
     );
+}
+
+/// The reload column says, for every key, what `sluice_policy::keys()`
+/// declares (the same table the loader reads by and `run.rs` reports from):
+/// "reload applies", "restart needed", or "per key" for a mapping whose
+/// keys differ.
+#[test]
+fn readme_reload_column_matches_the_key_table() {
+    let rows = readme_rows();
+    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("read README.md");
+    assert!(
+        header.contains("| key | type | default | reload | meaning |"),
+        "the reference table lost its reload column"
+    );
+    let mut problems = Vec::new();
+    let keys = sluice_policy::keys();
+    assert!(keys.len() > 30, "key table found too little: {keys:?}");
+    for k in &keys {
+        let want = k.reload.map_or("per key", sluice_policy::Reload::as_str);
+        match rows.get(&k.path) {
+            None => problems.push(format!("{}: missing from README", k.path)),
+            Some(cells) if cells.get(3).map(String::as_str) != Some(want) => {
+                problems.push(format!(
+                    "{}: README says {:?}, the key table says {want:?}",
+                    k.path,
+                    cells.get(3)
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let known: BTreeSet<&str> = keys.iter().map(|k| k.path.as_str()).collect();
+    for path in rows.keys() {
+        if !known.contains(path.as_str()) {
+            problems.push(format!("{path}: in README, not in the key table"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -1,0 +1,309 @@
+//! The lists whose items are mappings — zones, their rules, users — and the
+//! checks that look at an item as a whole or across items: a rule has
+//! exactly one of `host` and `cidr`, names are unique, a zone that earlier
+//! zones make unreachable is an error.
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+use serde_json::{Value as Json, json};
+
+use super::{
+    Cx,
+    catalog::{RULE, USER, ZONE},
+    kinds::Kind,
+    table::{Nested, Table},
+    yaml::Node,
+};
+use crate::model::{Rule, User, Zone};
+
+/// `zones`: network segments and identities, first match wins.
+pub(crate) struct Zones;
+
+impl Kind for Zones {
+    type Out = Vec<Zone>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<Zone>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut out: Vec<Zone> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for item in items {
+            let mut zone = Zone::default();
+            let Some(seen) = cx.section_into(&ZONE, item, &mut zone) else {
+                continue;
+            };
+            let Some(name_at) = seen.at("name") else {
+                cx.err(item, "a zone needs a `name`");
+                continue;
+            };
+            if !valid_zone_name(&zone.name) {
+                cx.err_at(
+                    name_at,
+                    format!(
+                        "invalid zone name `{}`: expected [a-z0-9_-]{{1,63}}",
+                        zone.name
+                    ),
+                );
+            } else if ["guard", "default", "inspect"].contains(&zone.name.as_str()) {
+                cx.err_at(name_at, format!("zone name `{}` is reserved", zone.name));
+            }
+            if let Some(prev) = names.insert(zone.name.clone(), name_at.line) {
+                cx.err_at(
+                    name_at,
+                    format!(
+                        "duplicate zone `{}` (first defined on line {prev})",
+                        zone.name
+                    ),
+                );
+            }
+            match shadowed_by(&out, &zone).as_slice() {
+                [] => {}
+                [earlier] => cx.err_at(
+                    name_at,
+                    format!(
+                        "zone `{}` can never be selected: earlier zone `{earlier}` covers every source and user it names",
+                        zone.name
+                    ),
+                ),
+                several => cx.err_at(
+                    name_at,
+                    format!(
+                        "zone `{}` can never be selected: earlier zones `{}` together cover every source and user it names",
+                        zone.name,
+                        several.join("`, `")
+                    ),
+                ),
+            }
+            out.push(zone);
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "items": ZONE.schema() })
+    }
+    fn nested(&self) -> Nested {
+        Nested::List(&ZONE)
+    }
+}
+
+/// A zone's `allow` or `deny` rules.
+pub(crate) struct Rules {
+    /// Allow rules need `ports`; deny rules without them cover every port.
+    pub allow: bool,
+}
+
+impl Kind for Rules {
+    type Out = Vec<Rule>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<Rule>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(rule) = self.rule(cx, item) {
+                out.push(rule);
+            }
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "items": RULE.schema() })
+    }
+    fn nested(&self) -> Nested {
+        Nested::List(&RULE)
+    }
+}
+
+impl Rules {
+    /// One rule, or `None` if anything in it is wrong.
+    fn rule(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Rule> {
+        let mut rule = Rule::default();
+        let seen = cx.section_into(&RULE, n, &mut rule)?;
+        let mut ok = seen.ok;
+        match (seen.has("host"), seen.has("cidr")) {
+            (true, true) => {
+                cx.err(
+                    n,
+                    "a rule takes exactly one of `host` and `cidr`, found both",
+                );
+                ok = false;
+            }
+            (false, false) => {
+                cx.err(
+                    n,
+                    "a rule needs exactly one of `host` and `cidr`, found neither",
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        if self.allow && ok && rule.ports.is_none() {
+            cx.err(
+                n,
+                "an allow rule needs `ports` (a list of ports and \"a-b\" ranges, or `any`)",
+            );
+            ok = false;
+        }
+        ok.then_some(rule)
+    }
+}
+
+/// `users`: proxy users, each with a password hash.
+pub(crate) struct Users;
+
+impl Kind for Users {
+    type Out = Vec<User>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<User>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut out: Vec<User> = Vec::new();
+        let mut seen_names: HashMap<String, usize> = HashMap::new();
+        for item in items {
+            let mut user = User::default();
+            let Some(seen) = cx.section_into(&USER, item, &mut user) else {
+                continue;
+            };
+            let Some(name_at) = seen.at("name") else {
+                cx.err(item, "a user needs a `name`");
+                continue;
+            };
+            if user.name.is_empty()
+                || user.name.len() > 128
+                || user.name.contains(':')
+                || user.name.chars().any(char::is_control)
+            {
+                cx.err_at(
+                    name_at,
+                    "expected a user name of 1 to 128 characters without `:` or control characters",
+                );
+            }
+            match (&user.password_hash, &user.password_hash_file) {
+                (None, None) => {
+                    cx.err(item, "a user needs `password_hash` or `password_hash_file`")
+                }
+                (Some(_), Some(_)) => cx.err(
+                    item,
+                    "a user takes one of `password_hash` and `password_hash_file`, not both",
+                ),
+                _ => {}
+            }
+            if let Some(prev) = seen_names.insert(user.name.clone(), name_at.line) {
+                cx.err_at(
+                    name_at,
+                    format!(
+                        "duplicate user `{}` (first defined on line {prev})",
+                        user.name
+                    ),
+                );
+                continue;
+            }
+            out.push(user);
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "items": USER.schema() })
+    }
+    fn nested(&self) -> Nested {
+        Nested::List(&USER)
+    }
+}
+
+/// Reports zone users that `users` does not define (once all are known).
+pub(crate) fn check_user_refs(cx: &mut Cx<'_>, users: &[User]) {
+    for (name, at) in std::mem::take(&mut cx.user_refs) {
+        if !users.iter().any(|u| u.name == name) {
+            cx.err_at(at, format!("user `{name}` is not defined under `users:`"));
+        }
+    }
+}
+
+fn valid_zone_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The earlier zones that make `z` unreachable (in file order; empty if it
+/// is reachable). `z` is unreachable when every (source, user) case it
+/// admits is admitted by earlier zones, which are selected first: by one
+/// zone, or by several whose sources together cover the case.
+fn shadowed_by<'z>(earlier: &'z [Zone], z: &Zone) -> Vec<&'z str> {
+    // Source cases: each of z's nets, or "any source" (all of v4 and v6).
+    let src_cases: Vec<IpNet> = match &z.sources {
+        Some(nets) if !nets.is_empty() => nets.clone(),
+        Some(_) => return Vec::new(),
+        None => vec![IpNet::V4(Default::default()), IpNet::V6(Default::default())],
+    };
+    // User cases: each of z's users, or "any user, or none".
+    let user_cases: Vec<Option<&str>> = match &z.users {
+        Some(u) if !u.is_empty() => u.iter().map(|s| Some(s.as_str())).collect(),
+        Some(_) => return Vec::new(),
+        None => vec![None],
+    };
+    let mut covering: Vec<usize> = Vec::new();
+    for s in &src_cases {
+        for u in &user_cases {
+            let admits_user = |a: &Zone| match (&a.users, u) {
+                (None, _) => true,
+                (Some(list), Some(name)) => list.iter().any(|x| x == name),
+                (Some(_), None) => false,
+            };
+            let candidates = || earlier.iter().enumerate().filter(|(_, a)| admits_user(a));
+            let single = candidates().find(|(_, a)| match &a.sources {
+                None => true,
+                Some(nets) => nets.iter().any(|n| n.contains(s)),
+            });
+            if let Some((i, _)) = single {
+                covering.push(i);
+                continue;
+            }
+            let mut parts = Vec::new();
+            for (i, a) in candidates() {
+                for n in a.sources.iter().flatten() {
+                    if n.contains(s) || s.contains(n) {
+                        parts.push(span(*n));
+                        covering.push(i);
+                    }
+                }
+            }
+            if !covers(parts, span(*s)) {
+                return Vec::new();
+            }
+        }
+    }
+    covering.sort_unstable();
+    covering.dedup();
+    covering
+        .into_iter()
+        .map(|i| earlier[i].name.as_str())
+        .collect()
+}
+
+/// A block as an inclusive range of numbers, v4 and v6 kept apart.
+fn span(net: IpNet) -> (bool, u128, u128) {
+    match net {
+        IpNet::V4(n) => (
+            false,
+            u32::from(n.network()).into(),
+            u32::from(n.broadcast()).into(),
+        ),
+        IpNet::V6(n) => (true, n.network().into(), n.broadcast().into()),
+    }
+}
+
+/// Whether the union of `parts` covers `whole`.
+fn covers(mut parts: Vec<(bool, u128, u128)>, whole: (bool, u128, u128)) -> bool {
+    parts.retain(|p| p.0 == whole.0);
+    parts.sort_unstable();
+    let mut next = whole.1;
+    for (_, lo, hi) in parts {
+        if lo > next {
+            return false;
+        }
+        if hi >= whole.2 {
+            return true;
+        }
+        next = next.max(hi + 1);
+    }
+    false
+}

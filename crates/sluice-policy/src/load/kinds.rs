@@ -1,0 +1,755 @@
+//! The kinds of values a key can hold: how each is read from the YAML tree
+//! (with the exact message for each way it can be wrong) and how the JSON
+//! Schema describes it. A kind knows nothing of the key that uses it except
+//! the label messages name it by.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use serde_json::{Value as Json, json};
+
+use super::{
+    Cx,
+    table::Nested,
+    yaml::{self, Node},
+};
+use crate::{
+    dest, guard,
+    model::{BlockedAnswer, Mode, Ports},
+};
+
+/// A kind of value: read from a node, described by a schema.
+pub(crate) trait Kind {
+    /// What the value is read as.
+    type Out;
+    /// The value to store, or `None` to leave the field as it was. Every
+    /// problem is reported on `cx`; a kind may still return what it could
+    /// read (a list with its good items) so that later checks see it.
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Self::Out>;
+    /// The JSON Schema of the value, without a description.
+    fn schema(&self) -> Json;
+    /// Keys inside the value, for a list of mappings.
+    fn nested(&self) -> Nested {
+        Nested::Leaf
+    }
+}
+
+// === scalar readers shared by the kinds ===
+
+impl Cx<'_> {
+    /// A scalar's text, any quoting; not null, not a collection.
+    pub(crate) fn string(&mut self, n: &Node<'_>, what: &dyn std::fmt::Display) -> Option<String> {
+        match yaml::scalar(n) {
+            Some(s) if !yaml::is_null(n) => Some(s.to_owned()),
+            _ => {
+                self.err(
+                    n,
+                    format!("expected a string for {what}, found {}", yaml::kind(n)),
+                );
+                None
+            }
+        }
+    }
+
+    /// The items of a list.
+    pub(crate) fn seq<'n, 'a>(
+        &mut self,
+        n: &'n Node<'a>,
+        what: &dyn std::fmt::Display,
+    ) -> Option<&'n [Node<'a>]> {
+        let items = yaml::items(n);
+        if items.is_none() {
+            self.err(
+                n,
+                format!("expected a list for {what}, found {}", yaml::kind(n)),
+            );
+        }
+        items
+    }
+
+    fn socket(
+        &mut self,
+        n: &Node<'_>,
+        what: &dyn std::fmt::Display,
+        port0: bool,
+    ) -> Option<SocketAddr> {
+        let s = self.string(n, what)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 || port0 => Some(a),
+            _ => {
+                self.err(
+                    n,
+                    format!(
+                        "expected `ip:port` for {what} (e.g. `127.0.0.1:3128` or `[::1]:3128`), found `{s}`"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, n: &Node<'_>) -> Option<IpNet> {
+        let s = self.string(n, &"a CIDR")?;
+        match parse_cidr(&s) {
+            Ok(net) => Some(guard::canonical_net(net)),
+            Err(msg) => {
+                self.err(n, msg);
+                None
+            }
+        }
+    }
+}
+
+fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn string_schema() -> Json {
+    json!({ "type": "string" })
+}
+
+fn list_of(items: Json) -> Json {
+    json!({ "type": "array", "items": items })
+}
+
+// === kinds ===
+
+/// `true` or `false`, unquoted.
+pub(crate) struct Bool;
+
+impl Kind for Bool {
+    type Out = bool;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<bool> {
+        match (yaml::scalar(n), yaml::plain(n)) {
+            (Some("true"), true) => Some(true),
+            (Some("false"), true) => Some(false),
+            _ => {
+                cx.err(n, format!("expected true or false for {}", cx.label()));
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "boolean" })
+    }
+}
+
+/// A decimal whole number in `min..=max` (`min` at least 1).
+pub(crate) struct Count(pub u32, pub u32);
+
+impl Kind for Count {
+    type Out = u32;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<u32> {
+        let Count(min, max) = *self;
+        let what = cx.label();
+        let v = match yaml::scalar(n).filter(|_| yaml::plain(n)).and_then(decimal) {
+            Some(v) if v <= u64::from(u32::MAX) => v as u32,
+            _ => {
+                cx.err(n, format!("expected a decimal whole number for {what}"));
+                return None;
+            }
+        };
+        if v == 0 {
+            cx.err(n, format!("expected a number above zero for {what}"));
+        } else if v < min {
+            cx.err(n, format!("expected {what} of at least {min}"));
+        } else if v > max {
+            cx.err(n, format!("expected at most {max} for {what}"));
+        } else {
+            return Some(v);
+        }
+        None
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "integer", "minimum": self.0.max(1), "maximum": self.1 })
+    }
+}
+
+/// The least a [`Time`] may be.
+#[derive(Clone, Copy)]
+pub(crate) enum Min {
+    /// `0s` is allowed.
+    Zero,
+    /// Anything above zero.
+    AboveZero,
+    /// At least this many seconds.
+    Secs(u64),
+}
+
+/// A duration: a decimal number and a unit, `ms`, `s`, `m` or `h`.
+pub(crate) struct Time(pub Min);
+
+impl Kind for Time {
+    type Out = Duration;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Duration> {
+        let what = cx.label();
+        let Some(d) = yaml::scalar(n).and_then(parse_duration) else {
+            cx.err(
+                n,
+                format!("expected a duration for {what} such as `500ms`, `10s`, `5m` or `1h`"),
+            );
+            return None;
+        };
+        match self.0 {
+            Min::AboveZero if d.is_zero() => {
+                cx.err(n, format!("expected a duration above zero for {what}"));
+                None
+            }
+            Min::Secs(s) if d < Duration::from_secs(s) => {
+                cx.err(n, format!("expected {what} of at least {s}s"));
+                None
+            }
+            _ => Some(d),
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^[0-9]+(ms|s|m|h)$" })
+    }
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n = decimal(num)?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// A listener's `ip:port`; port 0 lets the kernel pick.
+pub(crate) struct Listener;
+
+impl Kind for Listener {
+    type Out = SocketAddr;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<SocketAddr> {
+        let what = cx.label();
+        cx.socket(n, &what, true)
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A nonzero 32-bit `SO_MARK`, decimal or `0x` hexadecimal.
+pub(crate) struct Mark;
+
+impl Kind for Mark {
+    type Out = u32;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<u32> {
+        let parsed =
+            yaml::scalar(n)
+                .filter(|_| yaml::plain(n))
+                .and_then(|s| match s.strip_prefix("0x") {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => decimal(s).and_then(|v| u32::try_from(v).ok()),
+                });
+        match parsed {
+            Some(m) if m != 0 => Some(m),
+            _ => {
+                cx.err(
+                    n,
+                    format!(
+                        "expected a nonzero 32-bit mark for {}, such as `0x5c` or `92`",
+                        cx.label()
+                    ),
+                );
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "oneOf": [
+            { "type": "integer", "minimum": 1, "maximum": u32::MAX },
+            { "type": "string", "pattern": "^0x[0-9a-fA-F]{1,8}$" }
+        ] })
+    }
+}
+
+/// Any string (not null).
+pub(crate) struct Text;
+
+impl Kind for Text {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let what = cx.label();
+        cx.string(n, &what)
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A file path.
+pub(crate) struct Path;
+
+impl Kind for Path {
+    type Out = PathBuf;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<PathBuf> {
+        Text.read(cx, n).map(PathBuf::from)
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// Where flow records go: `stdout` or a file path.
+pub(crate) struct FlowTarget;
+
+impl Kind for FlowTarget {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let s = Text.read(cx, n)?;
+        if s.is_empty() {
+            cx.err(
+                n,
+                format!("expected `stdout` or a file path for {}", cx.label()),
+            );
+        }
+        Some(s)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "minLength": 1 })
+    }
+}
+
+/// `enforce`, `open` or `report`.
+pub(crate) struct ModeName;
+
+impl Kind for ModeName {
+    type Out = Mode;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Mode> {
+        match yaml::scalar(n) {
+            Some("enforce") => Some(Mode::Enforce),
+            Some("open") => Some(Mode::Open),
+            Some("report") => Some(Mode::Report),
+            _ => {
+                cx.err(n, "expected mode `enforce`, `open` or `report`");
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "enum": ["enforce", "open", "report"] })
+    }
+}
+
+/// Admin paths that may be served without the bearer token.
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// A list of admin paths served without the token.
+pub(crate) struct OpenPaths;
+
+impl Kind for OpenPaths {
+    type Out = Vec<String>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<String>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut list = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(s) = cx.string(item, &what) else {
+                continue;
+            };
+            if !OPEN_PATHS.contains(&s.as_str()) {
+                cx.err(
+                    item,
+                    format!(
+                        "expected one of {} in {what}, found `{s}`",
+                        OPEN_PATHS.join(", ")
+                    ),
+                );
+            }
+            list.push(s);
+        }
+        Some(list)
+    }
+    fn schema(&self) -> Json {
+        list_of(json!({ "enum": OPEN_PATHS }))
+    }
+}
+
+/// A list of `Host` header values: `name` or `name:port`.
+pub(crate) struct AdminHosts;
+
+impl Kind for AdminHosts {
+    type Out = Vec<String>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<String>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut list = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(s) = cx.string(item, &what) else {
+                continue;
+            };
+            if !valid_admin_host(&s) {
+                cx.err(
+                    item,
+                    format!("expected a host name or `name:port` in {what}, found `{s}`"),
+                );
+            }
+            list.push(s);
+        }
+        Some(list)
+    }
+    fn schema(&self) -> Json {
+        list_of(string_schema())
+    }
+}
+
+/// `name` or `name:port`, as the `Host` header carries it (lower-case
+/// letters, digits, `-`, `.`; or a bracketed IPv6 address).
+fn valid_admin_host(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
+        _ => (s, None),
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0))
+}
+
+/// A list of resolvers, `ip:port` with a nonzero port.
+pub(crate) struct Upstreams;
+
+impl Kind for Upstreams {
+    type Out = Vec<SocketAddr>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<SocketAddr>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        Some(
+            items
+                .iter()
+                .filter_map(|item| cx.socket(item, &"a dns upstream", false))
+                .collect(),
+        )
+    }
+    fn schema(&self) -> Json {
+        list_of(string_schema())
+    }
+}
+
+/// `nxdomain`, `refused`, or a sinkhole address.
+pub(crate) struct Blocked;
+
+impl Kind for Blocked {
+    type Out = BlockedAnswer;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<BlockedAnswer> {
+        let what = cx.label();
+        let s = cx.string(n, &what)?;
+        match s.as_str() {
+            "nxdomain" => Some(BlockedAnswer::Nxdomain),
+            "refused" => Some(BlockedAnswer::Refused),
+            _ => match s.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(BlockedAnswer::Sinkhole(ip)),
+                Err(_) => {
+                    cx.err(
+                        n,
+                        format!(
+                            "expected `nxdomain`, `refused` or a sinkhole IP address for {what}, found `{s}`"
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A number above 0 and at most 1.
+pub(crate) struct Fraction;
+
+impl Kind for Fraction {
+    type Out = f64;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<f64> {
+        let parsed = yaml::scalar(n)
+            .filter(|_| yaml::plain(n))
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|x| *x > 0.0 && *x <= 1.0);
+        if parsed.is_none() {
+            cx.err(
+                n,
+                format!(
+                    "expected a number above 0 and at most 1 for {} (e.g. `0.6`)",
+                    cx.label()
+                ),
+            );
+        }
+        parsed
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 1 })
+    }
+}
+
+/// A zone's client CIDRs: at least one.
+pub(crate) struct Sources;
+
+impl Kind for Sources {
+    type Out = Vec<IpNet>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<IpNet>> {
+        // Even a bad list names the zone's sources (as none), so that later
+        // zones are not reported as shadowed by a zone that covers nothing.
+        let mut nets = Vec::new();
+        let what = cx.label();
+        if let Some(list) = cx.seq(n, &what) {
+            if list.is_empty() {
+                cx.err(n, "expected at least one CIDR in sources");
+            }
+            nets.extend(list.iter().filter_map(|s| cx.cidr(s)));
+        }
+        Some(nets)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "minItems": 1, "items": { "type": "string" } })
+    }
+}
+
+/// A zone's users: at least one, each defined under `users` (checked once
+/// every user is known).
+pub(crate) struct UserRefs;
+
+impl Kind for UserRefs {
+    type Out = Vec<String>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<String>> {
+        let mut names = Vec::new();
+        let what = cx.label();
+        if let Some(list) = cx.seq(n, &what) {
+            if list.is_empty() {
+                cx.err(n, "expected at least one user in users");
+            }
+            for u in list {
+                if let Some(name) = cx.string(u, &"a user name") {
+                    cx.user_refs.push((name.clone(), yaml::pos(u)));
+                    names.push(name);
+                }
+            }
+        }
+        Some(names)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "minItems": 1, "items": { "type": "string" } })
+    }
+}
+
+/// A rule's host pattern: `example.com` or `*.example.com`.
+pub(crate) struct HostPattern;
+
+impl Kind for HostPattern {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let s = Text.read(cx, n)?;
+        match dest::normalize_pattern(&s) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                cx.err(n, format!("invalid host pattern `{s}`: {e}"));
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A rule's address block.
+pub(crate) struct Cidr;
+
+impl Kind for Cidr {
+    type Out = IpNet;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<IpNet> {
+        cx.cidr(n)
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A rule's ports: a list of ports and `"a-b"` ranges, or `any`.
+pub(crate) struct PortSet;
+
+impl Kind for PortSet {
+    type Out = Ports;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Ports> {
+        if yaml::plain(n) && yaml::scalar(n) == Some("any") {
+            return Some(Ports::Any);
+        }
+        let Some(items) = yaml::items(n) else {
+            cx.err(n, "expected a list of ports and \"a-b\" ranges, or `any`");
+            return None;
+        };
+        if items.is_empty() {
+            cx.err(n, "expected at least one port (or `any`)");
+            return None;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match yaml::scalar(item).map(parse_port_item) {
+                Some(Ok(r)) => out.push(r),
+                Some(Err(msg)) => {
+                    cx.err(item, msg);
+                    ok = false;
+                }
+                None => {
+                    cx.err(
+                        item,
+                        format!(
+                            "expected a port or \"a-b\" range, found {}",
+                            yaml::kind(item)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(Ports::List(out))
+    }
+    fn schema(&self) -> Json {
+        json!({
+            "oneOf": [
+                { "const": "any" },
+                { "type": "array", "minItems": 1, "items": { "oneOf": [
+                    { "type": "integer", "minimum": 1, "maximum": 65535 },
+                    { "type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$" }
+                ] } }
+            ]
+        })
+    }
+}
+
+/// One entry of a `ports` list: `443` or `"8000-8100"`, decimal only.
+fn parse_port_item(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| -> Result<u16, String> {
+        if p.len() > 1 && p.starts_with('0') {
+            return Err(format!(
+                "invalid port `{s}`: expected a decimal number without leading zeros"
+            ));
+        }
+        match decimal(p) {
+            Some(0) => Err(format!(
+                "invalid port `{s}`: port 0 is not a destination port"
+            )),
+            Some(v) if v <= 65535 => Ok(v as u16),
+            Some(_) => Err(format!("invalid port `{s}`: expected 1 to 65535")),
+            None => Err(format!(
+                "invalid port `{s}`: expected a decimal port or \"a-b\" range"
+            )),
+        }
+    };
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b) = (port(a)?, port(b)?);
+        if a > b {
+            return Err(format!("invalid port range `{s}`: start is above end"));
+        }
+        return Ok((a, b));
+    }
+    let p = port(s)?;
+    Ok((p, p))
+}
+
+/// A rule's explicit id: unique in the file.
+pub(crate) struct RuleId;
+
+impl Kind for RuleId {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let id = Text.read(cx, n)?;
+        if !valid_rule_id(&id) {
+            cx.err(
+                n,
+                format!("invalid rule id `{id}`: expected 1 to 128 of [A-Za-z0-9_.:-]"),
+            );
+            return None;
+        }
+        let line = yaml::pos(n).line;
+        if let Some(prev) = cx.rule_ids.insert(id.clone(), line) {
+            cx.err(
+                n,
+                format!("duplicate rule id `{id}` (first used on line {prev})"),
+            );
+            return None;
+        }
+        Some(id)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" })
+    }
+}
+
+fn valid_rule_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// An argon2 PHC string; a clear password is refused.
+pub(crate) struct PasswordHash;
+
+impl Kind for PasswordHash {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let h = Text.read(cx, n)?;
+        if !h.starts_with("$argon2") || h.split('$').count() < 5 {
+            cx.err(
+                n,
+                "expected an argon2 PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`) for password_hash; clear passwords are not accepted",
+            );
+        }
+        // Kept even when malformed, so the user is not also reported as
+        // having no hash at all.
+        Some(h)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^\\$argon2" })
+    }
+}
+
+/// A CIDR as written in a configuration: `10.0.0.0/8`, `2001:db8::/32`, or a
+/// bare address meaning a single host. Host bits must be zero.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let Some((addr, len)) = s.split_once('/') else {
+        return Err(format!(
+            "invalid CIDR `{s}`: expected an address block like `10.0.0.0/8` or `2001:db8::/32`"
+        ));
+    };
+    let ip = addr
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| format!("invalid CIDR `{s}`: `{addr}` is not an IPv4 or IPv6 address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match decimal(len) {
+        Some(l) if l <= max && (len == "0" || !len.starts_with('0')) => l as u8,
+        _ => {
+            return Err(format!(
+                "invalid CIDR `{s}`: prefix length must be 0 to {max}"
+            ));
+        }
+    };
+    let net = IpNet::new(ip, len).map_err(|_| format!("invalid CIDR `{s}`"))?;
+    if net.network() != ip {
+        return Err(format!(
+            "invalid CIDR `{s}`: host bits are set; did you mean `{}`?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}

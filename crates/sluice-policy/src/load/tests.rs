@@ -1,0 +1,255 @@
+//! The key tables against what they feed: the schema names exactly the keys
+//! the loader accepts, each reload declaration is what `restart_needed`
+//! reports, and the new keys load with their bounds.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value as Json;
+
+use super::{
+    Need, Reload,
+    catalog::{ADMIN, DNS, LIMITS, LISTEN, LOG, ROOT, RULE, USER, ZONE},
+    keys, parse, parse_config, restart_needed, schema,
+    table::MAX_KEYS,
+};
+
+/// Every property path of a schema, as `zones[].allow[].host`.
+fn schema_paths(node: &Json, prefix: &str, out: &mut BTreeSet<String>) {
+    if let Some(items) = node.get("items") {
+        if items.get("properties").is_some() {
+            schema_paths(items, &format!("{}[].", prefix.trim_end_matches('.')), out);
+        }
+    }
+    if let Some(props) = node.get("properties").and_then(Json::as_object) {
+        for (k, v) in props {
+            let path = format!("{prefix}{k}");
+            out.insert(path.clone());
+            schema_paths(v, &format!("{path}."), out);
+        }
+    }
+}
+
+#[test]
+fn the_schema_names_exactly_the_keys_the_loader_accepts() {
+    let mut from_schema = BTreeSet::new();
+    schema_paths(&schema(), "", &mut from_schema);
+    let from_table: BTreeSet<String> = keys().into_iter().map(|k| k.path).collect();
+    assert_eq!(from_schema, from_table);
+    assert!(from_table.len() > 50, "{from_table:?}");
+    // Every key has a description, and every property in the schema too.
+    for k in keys() {
+        assert!(!k.doc.is_empty(), "{} has no description", k.path);
+    }
+}
+
+#[test]
+fn every_key_the_table_lists_is_accepted_and_every_other_is_refused() {
+    // One key at a time, each in a minimal valid file (rules and users need
+    // their companions): the loader accepts the key by its table name.
+    let ok = [
+        "listen:\n  http: 127.0.0.1:3128\n",
+        "admin:\n  recent_alerts: 5\n",
+        "log:\n  flows: stdout\n",
+        "zones:\n  - name: a\n    deny:\n      - host: x.example\n        id: r1\n",
+        "users:\n  - name: u\n    password_hash_file: /x\n",
+    ];
+    for text in ok {
+        parse_config(text, "k.yaml").unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+    let bad = parse_config("listen:\n  htp: 1.2.3.4:5\n", "k.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("expected one of: http, admin, socks5, dns, transparent, transparent_mark"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn sections_fit_the_seen_table() {
+    fn check<T>(name: &str, keys: &[super::table::Key<T>]) {
+        assert!(keys.len() <= MAX_KEYS, "{name} has {} keys", keys.len());
+        let names: BTreeSet<&str> = keys.iter().map(|k| k.name).collect();
+        assert_eq!(names.len(), keys.len(), "{name} names a key twice");
+    }
+    check("root", ROOT.keys);
+    check("listen", LISTEN.keys);
+    check("admin", ADMIN.keys);
+    check("dns", DNS.keys);
+    check("limits", LIMITS.keys);
+    check("log", LOG.keys);
+    check("zone", ZONE.keys);
+    check("rule", RULE.keys);
+    check("user", USER.keys);
+    for k in keys() {
+        let depth = k.path.matches('.').count();
+        assert!(depth <= 2, "{}", k.path);
+    }
+}
+
+/// A file where every key that needs a restart differs from its default.
+const EVERY_RESTART_KEY: &str = "
+listen:
+  http: 127.0.0.1:1
+  admin: 127.0.0.1:2
+  socks5: 127.0.0.1:3
+  dns: 127.0.0.1:4
+  transparent: 127.0.0.1:5
+  transparent_mark: 0x5c
+admin:
+  token_file: /run/token
+  open_paths: [/metrics]
+  hosts: [sluice.example]
+  recent_flows: 7
+  recent_denials: 7
+  window: 2m
+  top_entries: 7
+  recent_alerts: 7
+dns:
+  upstreams: [192.0.2.1:53]
+  upstream_timeout: 3s
+  answer_ttl_max: 1m
+  negative_ttl: 0s
+  cache_size: 7
+  blocked_answer: refused
+  rate_limit_qps: 7
+  grants_max: 7
+  tunnel_threshold: 0.5
+  tunnel_window: 2m
+  tunnel_min_queries: 7
+limits:
+  max_connections: 7
+  max_connections_per_source: 7
+  header_timeout: 7s
+  max_header_bytes: 2048
+  idle_timeout: 7s
+  connect_timeout: 7s
+  drain_timeout: 7s
+log:
+  flows: /var/log/sluice/flows.jsonl
+zones: []
+";
+
+#[test]
+fn restart_needed_names_exactly_the_changed_keys_declared_restart() {
+    let base = parse_config("zones: []\n", "a.yaml").unwrap();
+    let changed = parse_config(EVERY_RESTART_KEY, "b.yaml").unwrap();
+    let all = keys();
+    let is_leaf = |p: &str| !all.iter().any(|o| o.path.starts_with(&format!("{p}.")));
+    let declared: Vec<String> = all
+        .iter()
+        .filter(|k| k.reload == Some(Reload::Restart) && is_leaf(&k.path))
+        .map(|k| k.path.clone())
+        .collect();
+    assert_eq!(restart_needed(&base, &changed), declared);
+    assert_eq!(restart_needed(&changed, &base), declared);
+    assert!(restart_needed(&changed, &changed).is_empty());
+
+    // One key alone is named alone.
+    let one = parse_config("limits:\n  idle_timeout: 1s\nzones: []\n", "c.yaml").unwrap();
+    assert_eq!(restart_needed(&base, &one), ["limits.idle_timeout"]);
+}
+
+#[test]
+fn policy_changes_apply_on_reload() {
+    let base = parse_config(EVERY_RESTART_KEY, "a.yaml").unwrap();
+    let policy = EVERY_RESTART_KEY.replace(
+        "zones: []\n",
+        "mode: open\ntls_sni_must_match: false\nzones:\n  - name: a\n    users: [u]\n    mode: report\n    allow:\n      - host: x.example\n        ports: any\nusers:\n  - name: u\n    password_hash_file: /x\n",
+    );
+    let policy = policy.replace(
+        "  recent_alerts: 7\n",
+        "  recent_alerts: 7\n  stale_after: 1h\n",
+    );
+    let new = parse_config(&policy, "b.yaml").unwrap();
+    assert_ne!(base, new);
+    assert!(restart_needed(&base, &new).is_empty());
+}
+
+#[test]
+fn keys_inside_lists_apply_on_reload() {
+    // `restart_needed` does not look inside lists: zones and users are
+    // policy, swapped whole on reload.
+    for k in keys() {
+        if k.path.contains("[]") {
+            assert_eq!(k.reload, Some(Reload::Applies), "{}", k.path);
+        }
+    }
+}
+
+#[test]
+fn mappings_say_per_key_only_when_their_keys_differ() {
+    let by_path = |p: &str| keys().into_iter().find(|k| k.path == p).unwrap().reload;
+    assert_eq!(by_path("listen"), Some(Reload::Restart));
+    assert_eq!(by_path("limits"), Some(Reload::Restart));
+    assert_eq!(by_path("admin"), None);
+    assert_eq!(by_path("admin.stale_after"), Some(Reload::Applies));
+    assert_eq!(by_path("zones"), Some(Reload::Applies));
+    assert_eq!(by_path("tls_sni_must_match"), Some(Reload::Applies));
+}
+
+#[test]
+fn admin_recent_alerts_loads_with_its_default_and_bounds() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.admin.recent_alerts, 1_000);
+    let c = parse_config("admin:\n  recent_alerts: 1000000\n", "a.yaml").unwrap();
+    assert_eq!(c.admin.recent_alerts, 1_000_000);
+    for (text, want) in [
+        (
+            "admin:\n  recent_alerts: 0\n",
+            "b.yaml:2:18: expected a number above zero for admin.recent_alerts",
+        ),
+        (
+            "admin:\n  recent_alerts: 1000001\n",
+            "b.yaml:2:18: expected at most 1000000 for admin.recent_alerts",
+        ),
+        (
+            "admin:\n  recent_alerts: lots\n",
+            "b.yaml:2:18: expected a decimal whole number for admin.recent_alerts",
+        ),
+    ] {
+        let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+        assert_eq!(errs, want);
+    }
+}
+
+#[test]
+fn a_rule_with_a_bad_host_still_has_its_other_keys_checked() {
+    let text = "zones:\n  - name: a\n    allow:\n      - host: [x.example]\n        ports: [0]\n";
+    let errs = parse_config(text, "r.yaml").unwrap_err().to_string();
+    assert_eq!(
+        errs,
+        "r.yaml:4:15: expected a string for host, found a list\nr.yaml:5:17: invalid port `0`: port 0 is not a destination port"
+    );
+}
+
+#[test]
+fn a_policy_file_must_name_zones() {
+    for (text, want) in [
+        (
+            "",
+            "e.yaml:1:1: the configuration is empty: expected at least `zones`",
+        ),
+        ("# nothing yet\n", "e.yaml:1:1: the configuration is empty"),
+        ("~\n", "e.yaml:1:1: the configuration is empty"),
+        ("{}\n", "e.yaml:1:1: no `zones` in the configuration"),
+        (
+            "# cut short\nlisten:\n  http: 127.0.0.1:3128\n",
+            "e.yaml:2:1: no `zones` in the configuration",
+        ),
+    ] {
+        let errs = parse(text, "e.yaml", Need::Zones).unwrap_err().to_string();
+        assert!(errs.starts_with(want), "{text:?}: {errs}");
+        assert_eq!(errs.lines().count(), 1, "{errs}");
+        // The fragment reader takes it as the defaults.
+        parse_config(text, "e.yaml").unwrap();
+    }
+    // Denying everything on purpose is still possible.
+    let c = parse("zones: []\n", "e.yaml", Need::Zones).unwrap();
+    assert!(c.zones.is_empty());
+    // Other errors are reported with it, in one pass.
+    let errs = parse("mode: sometimes\n", "e.yaml", Need::Zones)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(errs.lines().count(), 2, "{errs}");
+}
