@@ -15,7 +15,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -1223,18 +1223,10 @@ fn upgrade_origin() -> (SocketAddr, Arc<Mutex<String>>) {
     (addr, head)
 }
 
-#[test]
-fn websocket_upgrade_is_relayed_in_absolute_form() {
-    let (origin, head) = upgrade_origin();
-    // A short header timeout: an upgraded connection must not be held to it.
-    let s = Sluice::start(
-        BIN,
-        &format!(
-            "limits:\n  header_timeout: 1s\n{}",
-            allow_loopback(&format!("[{}]", origin.port()))
-        ),
-    );
-    let mut c = TcpStream::connect(s.http).unwrap();
+/// Sends a WebSocket handshake for `origin` through the proxy at `proxy`;
+/// the connection and the 101 response head.
+fn upgrade(proxy: SocketAddr, origin: SocketAddr) -> (TcpStream, String) {
+    let mut c = TcpStream::connect(proxy).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         c,
@@ -1251,6 +1243,59 @@ fn websocket_upgrade_is_relayed_in_absolute_form() {
     }
     let resp = String::from_utf8(resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    (c, resp)
+}
+
+/// An upgraded connection runs through the common relay: it keeps the
+/// tunnels' idle timeout and is recorded as a timeout when it idles out.
+#[test]
+fn websocket_upgrade_idles_out_like_a_tunnel() {
+    let (origin, _) = upgrade_origin();
+    let s = Sluice::start(
+        BIN,
+        &format!(
+            "limits:\n  idle_timeout: 1s\n{}",
+            allow_loopback(&format!("[{}]", origin.port()))
+        ),
+    );
+    let (mut c, resp) = upgrade(s.http, origin);
+    let id = header(&resp, "sluice-request-id").expect("request id");
+    c.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    c.read_exact(&mut back).unwrap();
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "not closed when idle"
+    );
+    let rec = record_by_id(&s, &id);
+    assert_fields(
+        &rec,
+        &[
+            ("status", 101.into()),
+            ("bytes_out", 5.into()),
+            ("bytes_in", 5.into()),
+            ("error", "idle for 1s".into()),
+            ("error_kind", "timeout".into()),
+            ("route", "direct".into()),
+        ],
+    );
+}
+
+#[test]
+fn websocket_upgrade_is_relayed_in_absolute_form() {
+    let (origin, head) = upgrade_origin();
+    // A short header timeout: an upgraded connection must not be held to it.
+    let s = Sluice::start(
+        BIN,
+        &format!(
+            "limits:\n  header_timeout: 1s\n{}",
+            allow_loopback(&format!("[{}]", origin.port()))
+        ),
+    );
+    let (mut c, resp) = upgrade(s.http, origin);
     let lower = resp.to_ascii_lowercase();
     assert!(lower.contains("upgrade: websocket"), "{resp}");
     let id = header(&resp, "sluice-request-id").expect("request id");
