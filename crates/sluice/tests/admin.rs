@@ -18,8 +18,8 @@ use std::{
 
 use serde_json::{Value, json};
 use sluice_testkit::{
-    Origin, RawResponse, Sluice, StubDns, connect_tunnel, connect_with_timeout, get_on,
-    output_within, poll_until, send_raw,
+    Origin, RawResponse, Sluice, StubDns, connect_tunnel, connect_with_timeout, get_on, get_via,
+    output_within, poll_until, random_label, send_raw,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -74,13 +74,6 @@ fn proxy_v4(s: &Sluice) -> SocketAddr {
 
 fn proxy_v6(s: &Sluice) -> SocketAddr {
     format!("[::1]:{}", s.http.port()).parse().unwrap()
-}
-
-/// An absolute-form GET through the proxy.
-fn get_via(proxy: SocketAddr, url: &str) -> RawResponse {
-    let host = url.trim_start_matches("http://").split('/').next().unwrap();
-    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    send_raw(proxy, req.as_bytes(), T)
 }
 
 /// A request to the admin listener with extra header lines.
@@ -953,24 +946,11 @@ fn api_conforms_to_openapi_with_schemathesis() {
 fn tunnelling_burst(dns: SocketAddr, domain: &str, n: u16) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
     for i in 0..n {
         let [hi, lo] = i.to_be_bytes();
         let mut q = vec![hi, lo, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        // xorshift: a base32-looking label that differs with every `i`.
-        let mut x = u64::from(i)
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let label: Vec<u8> = (0..50)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                alphabet[(x % 32) as usize]
-            })
-            .collect();
         q.push(50);
-        q.extend_from_slice(&label);
+        q.extend_from_slice(random_label(u64::from(i)).as_bytes());
         for part in ["t"].into_iter().chain(domain.split('.')) {
             q.push(part.len() as u8);
             q.extend_from_slice(part.as_bytes());

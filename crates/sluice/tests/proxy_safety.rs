@@ -27,8 +27,8 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on,
-    output_within, poll_until, send_raw,
+    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, curl, get_on,
+    poll_until, send_raw,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -755,18 +755,13 @@ fn closed_count(conns: &[TcpStream]) -> usize {
 
 /// `curl` through `proxy` from a given local address; (exit code, body).
 fn curl_from(local: &str, proxy: SocketAddr, url: &str, tunnel: bool) -> (i32, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "5", "--interface", local, "-x"])
-        .arg(format!("http://{proxy}"))
-        .arg(url);
+    let proxy = format!("http://{proxy}");
+    let mut args = vec!["--max-time", "5", "--interface", local, "-x", &proxy, url];
     if tunnel {
-        cmd.arg("-p");
+        args.push("-p");
     }
-    let out = output_within(&mut cmd, T);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let c = curl(&args);
+    (c.exit, c.body_text())
 }
 
 #[test]

@@ -17,10 +17,12 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice_testkit::{Origin, Sluice, StubDns, TempDir, connect_with_timeout, output_within};
+use sluice_testkit::{
+    Origin, Sluice, StubDns, argon2_hash, assert_fields, connect_with_timeout, curl,
+    python_requests,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const SOURCES: &str = r#"[127.0.0.0/8, "::1"]"#;
 /// Listeners on port 0, with a short handshake timeout for the raw cases.
 const LISTEN: &str = "listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
@@ -32,38 +34,6 @@ fn start(yaml: &str) -> (Sluice, SocketAddr) {
     let s = Sluice::start(BIN, &format!("{LISTEN}{yaml}"));
     let socks = s.socks5.expect("the SOCKS5 listening line");
     (s, socks)
-}
-
-use sluice_testkit::client_command as client;
-
-#[derive(Debug)]
-struct Curl {
-    exit: i32,
-    status: u16,
-    body: Vec<u8>,
-    stderr: String,
-}
-
-fn curl(args: &[&str]) -> Curl {
-    let dir = TempDir::new("curl");
-    let body = dir.path("body");
-    let out = output_within(
-        client("curl")
-            .args(["-sS", "-g", "--max-time", "10", "-o"])
-            .arg(&body)
-            .args(["-w", "%{http_code}"])
-            .args(args),
-        CLIENT_TIMEOUT,
-    );
-    Curl {
-        exit: out.status.code().unwrap_or(-1),
-        status: String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0),
-        body: std::fs::read(&body).unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// The first SOCKS5 record for `dst:port`: by `dst_ip` (and no name) for
@@ -81,27 +51,10 @@ fn record_for(s: &Sluice, dst: &str, port: u16) -> Value {
     })
 }
 
-fn assert_fields(rec: &Value, want: &[(&str, Value)]) {
-    for (k, v) in want {
-        assert_eq!(&rec[*k], v, "field {k} of {rec:#}");
-    }
-}
-
 /// A port nothing listens on (bound, then closed).
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-/// An argon2id PHC string with small parameters (fast in debug builds).
-fn argon2_hash(password: &str) -> String {
-    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
-    let params = Params::new(4096, 1, 1, None).unwrap();
-    let salt = SaltString::encode_b64(b"socks5-tests-salt").unwrap();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
 }
 
 /// A SOCKS5 request message for `host` (an IP literal or a domain).
@@ -362,31 +315,6 @@ fn curl_proxy_user_right_wrong_and_missing() {
 
 // === Python requests with PySocks ===
 
-const REQUESTS_PY: &str = r#"
-import json, sys, requests
-out = []
-proxy = sys.argv[1]
-for url in sys.argv[2:]:
-    try:
-        r = requests.get(url, timeout=10, proxies={"http": proxy, "https": proxy})
-        out.append({"url": url, "status": r.status_code, "len": len(r.content)})
-    except Exception as e:
-        out.append({"url": url, "error": repr(e)})
-print(json.dumps(out))
-"#;
-
-fn python_requests(proxy: &str, urls: &[String]) -> Vec<Value> {
-    let dir = TempDir::new("requests");
-    let script = dir.path("get.py");
-    std::fs::write(&script, REQUESTS_PY).unwrap();
-    let out = output_within(
-        client("python3").arg(&script).arg(proxy).args(urls),
-        CLIENT_TIMEOUT,
-    );
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
-}
-
 #[test]
 fn python_requests_socks5_and_socks5h() {
     let origin = Origin::start("127.0.0.1");
@@ -407,6 +335,7 @@ fn python_requests_socks5_and_socks5h() {
     // socks5h: the name is resolved by Sluice.
     let got = python_requests(
         &format!("socks5h://{socks}"),
+        None,
         &[
             format!("http://origin.test:{port}/bytes/300"),
             format!("http://blocked.test:{port}/"),
@@ -424,6 +353,7 @@ fn python_requests_socks5_and_socks5h() {
     // socks5: the client resolves (the system resolver: use an address).
     let got = python_requests(
         &format!("socks5://{socks}"),
+        None,
         &[format!("http://127.0.0.1:{port}/bytes/5")],
     );
     assert_eq!(got[0]["status"], 200, "{got:#?}");
@@ -433,6 +363,7 @@ fn python_requests_socks5_and_socks5h() {
     // in file order whose conditions hold).
     let got = python_requests(
         &format!("socks5h://ci:pw@{socks}"),
+        None,
         &[format!("http://origin.test:{port}/bytes/7")],
     );
     assert_eq!(got[0]["status"], 200, "{got:#?}");
@@ -443,6 +374,7 @@ fn python_requests_socks5_and_socks5h() {
     );
     let got = python_requests(
         &format!("socks5h://ci:wrong@{socks}"),
+        None,
         &[format!("http://origin.test:{port}/")],
     );
     assert!(got[0]["error"].is_string(), "{got:#?}");
