@@ -1,11 +1,15 @@
-//! DNS servers for tests, on 127.0.0.1 (UDP and TCP on one port) over one
-//! `serve_dns` loop: [`StubDns`] (addresses only, TTL 0) and [`FixtureDns`]
-//! (records, CNAME chains, truncation); also [`silent_udp`], an upstream
-//! that never answers, and [`random_label`], what a DNS tunnel's labels
-//! look like.
+//! One DNS test server, [`FixtureDns`], on 127.0.0.1 (UDP and TCP on one
+//! port), for Sluice to use as its upstream: names with A, AAAA, CNAME and
+//! TXT records, answers that change from one query to the next (DNS
+//! rebinding), NXDOMAIN and NODATA, truncation of large UDP answers, and
+//! counts of what was asked. Also [`silent_udp`], an upstream that never
+//! answers, and [`random_label`], what a DNS tunnel's labels look like.
+//! It answers; what Sluice should have asked or passed on is for the tests
+//! to assert.
 
 use std::{
-    net::SocketAddr,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -13,183 +17,150 @@ use std::{
     time::Duration,
 };
 
-/// A stub DNS server on 127.0.0.1 (UDP and TCP, same port) answering A and
-/// AAAA queries from a name → addresses map with TTL 0, so nothing is cached
-/// and answers may be changed between queries (`set`). Unknown names get
-/// NXDOMAIN. Point Sluice at it with `dns: {upstreams: [ADDR]}`.
-pub struct StubDns {
-    /// Where it listens (UDP and TCP).
-    pub addr: SocketAddr,
-    /// Name (lower-case, no trailing dot) → addresses.
-    pub answers: Arc<Mutex<std::collections::HashMap<String, Vec<std::net::IpAddr>>>>,
-    /// Queries answered, per name.
-    pub queries: Arc<Mutex<std::collections::HashMap<String, usize>>>,
-}
-
-impl StubDns {
-    /// Starts a server answering `names` (`("origin.test", &["127.0.0.1"])`).
-    pub fn start(names: &[(&str, &[&str])]) -> StubDns {
-        let answers: std::collections::HashMap<_, _> = names
-            .iter()
-            .map(|(n, ips)| {
-                let ips = ips.iter().map(|i| i.parse().unwrap()).collect();
-                (n.to_ascii_lowercase(), ips)
-            })
-            .collect();
-        let answers = Arc::new(Mutex::new(answers));
-        let queries = Arc::new(Mutex::new(std::collections::HashMap::new()));
-        let (a, q) = (answers.clone(), queries.clone());
-        let addr = serve_dns(move |msg, _udp| dns_answer(msg, &a, &q));
-        StubDns {
-            addr,
-            answers,
-            queries,
-        }
-    }
-
-    /// Replaces the addresses of `name`.
-    pub fn set(&self, name: &str, ips: &[&str]) {
-        let ips = ips.iter().map(|i| i.parse().unwrap()).collect();
-        self.answers
-            .lock()
-            .unwrap()
-            .insert(name.to_ascii_lowercase(), ips);
-    }
-
-    /// How many queries (any type) asked for `name`.
-    pub fn queries_for(&self, name: &str) -> usize {
-        self.queries
-            .lock()
-            .unwrap()
-            .get(&name.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-type DnsMap<V> = Arc<Mutex<std::collections::HashMap<String, V>>>;
-
-/// One answer for one query message; None for anything unparseable.
-fn dns_answer(
-    q: &[u8],
-    answers: &DnsMap<Vec<std::net::IpAddr>>,
-    queries: &DnsMap<usize>,
-) -> Option<Vec<u8>> {
-    if q.len() < 12 || q[2] & 0x80 != 0 || u16::from_be_bytes([q[4], q[5]]) != 1 {
-        return None;
-    }
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let l = usize::from(*q.get(i)?);
-        i += 1;
-        if l == 0 {
-            break;
-        }
-        if l > 63 {
-            return None;
-        }
-        labels.push(String::from_utf8_lossy(q.get(i..i + l)?).to_ascii_lowercase());
-        i += l;
-    }
-    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    q.get(i + 3)?;
-    i += 4;
-    let name = labels.join(".");
-    *queries.lock().unwrap().entry(name.clone()).or_default() += 1;
-    let ips = answers.lock().unwrap().get(&name).cloned();
-    let rdata: Vec<Vec<u8>> = ips
-        .iter()
-        .flatten()
-        .filter_map(|ip| match (ip, qtype) {
-            (std::net::IpAddr::V4(v4), 1) => Some(v4.octets().to_vec()),
-            (std::net::IpAddr::V6(v6), 28) => Some(v6.octets().to_vec()),
-            _ => None,
-        })
-        .collect();
-    let rcode = if ips.is_none() { 3 } else { 0 };
-    let mut r = Vec::with_capacity(512);
-    r.extend_from_slice(&q[0..2]);
-    r.push(0x84 | (q[2] & 0x01)); // response, authoritative, RD copied
-    r.push(0x80 | rcode); // RA
-    r.extend_from_slice(&[0, 1]);
-    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-    r.extend_from_slice(&[0, 0, 0, 0]);
-    r.extend_from_slice(&q[12..i]);
-    for d in rdata {
-        r.extend_from_slice(&[0xc0, 0x0c]);
-        r.extend_from_slice(&qtype.to_be_bytes());
-        r.extend_from_slice(&[0, 1, 0, 0, 0, 0]); // class IN, TTL 0
-        r.extend_from_slice(&(d.len() as u16).to_be_bytes());
-        r.extend_from_slice(&d);
-    }
-    Some(r)
-}
-
-/// A record of a [`FixtureDns`]: `("A", "93.184.216.34")`,
-/// `("AAAA", "2606:2800::1")`, `("CNAME", "edge.cdn.test")`, `("TXT", "...")`.
-pub type FixtureRecord = (&'static str, String);
-
-/// A small authoritative-style DNS server on 127.0.0.1 (UDP and TCP, same
-/// port) built on hickory-proto, for tests that need more than [`StubDns`]:
-/// TTLs, CNAME chains (followed like a recursive resolver would),
-/// TXT records, NXDOMAIN and NODATA with an SOA, and truncation of UDP
-/// answers larger than the client's EDNS size (the client must retry over
-/// TCP). Every name's records are replaceable while it runs.
+/// A small authoritative-style DNS server built on hickory-proto. Every
+/// name's records are replaceable while it runs (`set`); a name may also
+/// have a series of record sets, one per query (`set_series`). Two
+/// configurations:
+///
+/// - [`FixtureDns::start`]: TTLs as set, CNAME chains followed like a
+///   recursive resolver would, TXT records, NXDOMAIN and NODATA with an
+///   SOA (negative TTL 5 s), EDNS sizes honoured: a UDP answer larger than
+///   the client's EDNS size (512 without EDNS) is truncated, and the client
+///   must retry over TCP.
+/// - [`FixtureDns::stub`]: A and AAAA records only, with TTL 0 and negative
+///   answers without an SOA, so that nothing is cached and the addresses
+///   decide everything. Point Sluice's proxy at it with
+///   `dns: {upstreams: [ADDR]}`.
 pub struct FixtureDns {
     /// Where it listens (UDP and TCP).
     pub addr: SocketAddr,
-    zone: FixtureZone,
-    queries: DnsMap<usize>,
+    zone: Zone,
+    counts: Counts,
+    ecs: Arc<AtomicUsize>,
     tcp_queries: Arc<AtomicUsize>,
 }
 
+/// Name (lower-case, no trailing dot) → record sets, one per query (the
+/// last repeats); each record is (type, data, TTL).
+type Zone = Arc<Mutex<HashMap<String, Vec<Vec<(String, String, u32)>>>>>;
+
+/// (name, query type) → queries received.
+type Counts = Arc<Mutex<HashMap<(String, String), usize>>>;
+
+/// How [`FixtureDns`] answers.
+#[derive(Clone, Copy)]
+struct Config {
+    /// Whether NXDOMAIN and NODATA carry an SOA for negative caching.
+    negative_soa: bool,
+}
+
 impl FixtureDns {
-    /// Starts an empty server.
+    /// Starts an empty server in the fixture configuration.
     pub fn start() -> FixtureDns {
-        let zone = Arc::new(Mutex::new(std::collections::HashMap::new()));
-        let queries: DnsMap<usize> = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        Self::start_with(Config { negative_soa: true })
+    }
+
+    /// Starts a server in the stub configuration answering A and AAAA
+    /// queries for `names` (`("origin.test", &["127.0.0.1", "::1"])`);
+    /// other names get NXDOMAIN.
+    pub fn stub(names: &[(&str, &[&str])]) -> FixtureDns {
+        let dns = Self::start_with(Config {
+            negative_soa: false,
+        });
+        for (name, ips) in names {
+            dns.set_addresses(name, ips);
+        }
+        dns
+    }
+
+    fn start_with(config: Config) -> FixtureDns {
+        let zone: Zone = Arc::default();
+        let counts: Counts = Arc::default();
+        let ecs = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
-        let (z, q, t) = (zone.clone(), queries.clone(), tcp_queries.clone());
+        let (z, c, e, t) = (
+            zone.clone(),
+            counts.clone(),
+            ecs.clone(),
+            tcp_queries.clone(),
+        );
         let addr = serve_dns(move |msg, udp| {
             if !udp {
                 t.fetch_add(1, Ordering::SeqCst);
             }
-            fixture_answer(msg, &z, &q, udp)
+            answer(msg, udp, config, &z, &c, &e)
         });
         FixtureDns {
             addr,
             zone,
-            queries,
+            counts,
+            ecs,
             tcp_queries,
         }
     }
 
-    /// Replaces the records of `name` (each `(type, data)`) with TTL `ttl`.
+    /// Replaces the records of `name` (each `(type, data)`: `("A",
+    /// "93.184.216.34")`, `("AAAA", "2606:2800::1")`, `("CNAME",
+    /// "edge.cdn.test")`, `("TXT", "...")`) with TTL `ttl`.
     pub fn set(&self, name: &str, ttl: u32, records: &[(&str, &str)]) {
-        let list = records
+        self.set_series(name, ttl, &[records]);
+    }
+
+    /// Replaces the records of `name` with a series of record sets: the
+    /// k-th query of a type for `name` is answered from the k-th set, and
+    /// the last set repeats (a CNAME target's own series is indexed by the
+    /// same k).
+    pub fn set_series(&self, name: &str, ttl: u32, sets: &[&[(&str, &str)]]) {
+        let sets = sets
             .iter()
-            .map(|(t, d)| (t.to_ascii_uppercase(), (*d).to_owned(), ttl))
+            .map(|set| {
+                set.iter()
+                    .map(|(t, d)| (t.to_ascii_uppercase(), (*d).to_owned(), ttl))
+                    .collect()
+            })
             .collect();
-        self.zone
-            .lock()
-            .unwrap()
-            .insert(name.trim_end_matches('.').to_ascii_lowercase(), list);
+        self.zone.lock().unwrap().insert(key(name), sets);
+    }
+
+    /// Replaces the addresses of `name` (A and AAAA records, TTL 0).
+    pub fn set_addresses(&self, name: &str, ips: &[&str]) {
+        let records: Vec<(&str, &str)> = ips
+            .iter()
+            .map(|ip| match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(_)) => ("A", *ip),
+                Ok(IpAddr::V6(_)) => ("AAAA", *ip),
+                Err(e) => panic!("{ip}: {e}"),
+            })
+            .collect();
+        self.set(name, 0, &records);
     }
 
     /// How many queries (any type, UDP or TCP) asked for `name`.
     pub fn queries_for(&self, name: &str) -> usize {
-        self.queries
+        let name = key(name);
+        self.counts
             .lock()
             .unwrap()
-            .get(&name.to_ascii_lowercase())
+            .iter()
+            .filter(|((n, _), _)| *n == name)
+            .map(|(_, k)| k)
+            .sum()
+    }
+
+    /// How many queries of type `qtype` (`A`, `AAAA`, `TXT`, …) asked for
+    /// `name`.
+    pub fn queries(&self, name: &str, qtype: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(&(key(name), qtype.to_ascii_uppercase()))
             .copied()
             .unwrap_or(0)
     }
 
     /// Queries that carried an EDNS Client Subnet option.
     pub fn ecs_seen(&self) -> usize {
-        self.queries_for("#ecs")
+        self.ecs.load(Ordering::SeqCst)
     }
 
     /// Queries received over TCP.
@@ -205,13 +176,37 @@ pub fn silent_udp() -> (SocketAddr, std::net::UdpSocket) {
     (s.local_addr().unwrap(), s)
 }
 
-type FixtureZone = Arc<Mutex<std::collections::HashMap<String, Vec<(String, String, u32)>>>>;
+/// A deterministic base32-looking label of 50 characters, different for
+/// every `seed`: what data leaving through a DNS tunnel looks like.
+pub fn random_label(seed: u64) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..50)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(alphabet[(x % 32) as usize])
+        })
+        .collect()
+}
 
-fn fixture_answer(
+/// The zone's key for `name`.
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The answer to one query message; `None` (no reply) for anything that
+/// is not one well-formed query.
+fn answer(
     q: &[u8],
-    zone: &FixtureZone,
-    queries: &DnsMap<usize>,
     udp: bool,
+    config: Config,
+    zone: &Zone,
+    counts: &Counts,
+    ecs: &AtomicUsize,
 ) -> Option<Vec<u8>> {
     use hickory_proto::{
         op::{Edns, Message, MessageType, OpCode, ResponseCode},
@@ -227,23 +222,24 @@ fn fixture_answer(
         .as_ref()
         .is_some_and(|e| e.option(subnet).is_some())
     {
-        *queries
-            .lock()
-            .unwrap()
-            .entry("#ecs".to_owned())
-            .or_default() += 1;
+        ecs.fetch_add(1, Ordering::SeqCst);
     }
     if req.metadata.message_type != MessageType::Query || req.queries.len() != 1 {
         return None;
     }
     let query = req.queries[0].clone();
     let qtype = query.query_type();
-    let key = |n: &Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-    *queries
-        .lock()
-        .unwrap()
-        .entry(key(query.name()))
-        .or_default() += 1;
+    let name_key = |n: &Name| key(&n.to_ascii());
+    // How many queries of this type asked for this name before: which set
+    // of a series answers.
+    let nth = {
+        let mut counts = counts.lock().unwrap();
+        let k = counts
+            .entry((name_key(query.name()), qtype.to_string()))
+            .or_default();
+        *k += 1;
+        *k - 1
+    };
     let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.recursion_available = true;
@@ -257,7 +253,10 @@ fn fixture_answer(
     let mut name = query.name().clone();
     let mut found = false;
     for _ in 0..10 {
-        let Some(records) = zone.get(&key(&name)) else {
+        let Some(sets) = zone.get(&name_key(&name)) else {
+            break;
+        };
+        let Some(records) = sets.get(nth.min(sets.len().saturating_sub(1))) else {
             break;
         };
         found = true;
@@ -307,17 +306,19 @@ fn fixture_answer(
                 ResponseCode::NoError
             };
         }
-        let origin = Name::from_ascii("test.").ok()?;
-        let soa = SOA::new(
-            origin.clone(),
-            Name::from_ascii("hostmaster.test.").ok()?,
-            1,
-            3600,
-            600,
-            86400,
-            5,
-        );
-        resp.add_authority(Record::from_rdata(origin, 5, RData::SOA(soa)));
+        if config.negative_soa {
+            let origin = Name::from_ascii("test.").ok()?;
+            let soa = SOA::new(
+                origin.clone(),
+                Name::from_ascii("hostmaster.test.").ok()?,
+                1,
+                3600,
+                600,
+                86400,
+                5,
+            );
+            resp.add_authority(Record::from_rdata(origin, 5, RData::SOA(soa)));
+        }
     }
     let mut out = resp.to_vec().ok()?;
     let limit = usize::from(req.edns.as_ref().map_or(512, |e| e.max_payload().max(512)));
@@ -325,23 +326,6 @@ fn fixture_answer(
         out = resp.truncate().to_vec().ok()?;
     }
     Some(out)
-}
-
-/// A deterministic base32-looking label of 50 characters, different for
-/// every `seed`: what data leaving through a DNS tunnel looks like.
-pub fn random_label(seed: u64) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..50)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(alphabet[(x % 32) as usize])
-        })
-        .collect()
 }
 
 /// Serves DNS on 127.0.0.1 over UDP and TCP on one port, each message

@@ -17,8 +17,8 @@
 //!   ([`argon2_hash`]).
 //! - `origin`: an HTTP [`Origin`] that counts what it served, and a test CA
 //!   ([`make_certs`]).
-//! - `dns`: DNS test servers ([`StubDns`], [`FixtureDns`]) and what
-//!   tunnelled data looks like ([`random_label`]).
+//! - `dns`: the one DNS test server, [`FixtureDns`], and what tunnelled
+//!   data looks like ([`random_label`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
@@ -37,7 +37,7 @@ pub use clients::{
     CLIENT_TIMEOUT, Curl, KillOnDrop, argon2_hash, client_command, curl, header_in, output_within,
     python_requests,
 };
-pub use dns::{FixtureDns, FixtureRecord, StubDns, random_label, silent_udp};
+pub use dns::{FixtureDns, random_label, silent_udp};
 pub use http::{
     RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, read_response, send_raw,
 };

@@ -4,9 +4,10 @@
 //! domain fronting, and raw sockets for upgrades. Each test starts the real
 //! binary on port 0 and checks both what the client saw and the flow record.
 //!
-//! Names resolve through a stub DNS server (`StubDns`): `*.test` names map
-//! to loopback addresses, so the guard applies to them exactly as it would
-//! to a public name that resolves to a special address.
+//! Names resolve through the testkit's DNS server in its stub configuration
+//! (`FixtureDns::stub`): `*.test` names map to loopback addresses, so the
+//! guard applies to them exactly as it would to a public name that resolves
+//! to a special address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    CLIENT_TIMEOUT, Certs, Curl, KillOnDrop, Origin, Sluice, StubDns, TempDir, argon2_hash,
+    CLIENT_TIMEOUT, Certs, Curl, FixtureDns, KillOnDrop, Origin, Sluice, TempDir, argon2_hash,
     assert_fields, client_command as client, curl, header_in, make_certs, output_within,
     python_requests,
 };
@@ -392,7 +393,7 @@ fn curl_keep_alive_requests_get_one_record_each_with_their_own_bytes() {
 
 /// A zone allowing `origin.test` on the TLS origin's port, with the cidr
 /// rule that lifts the guard for loopback on `lift_ports` (none: no cidr).
-fn named_policy(dns: &StubDns, tls_port: u16, lift_ports: Option<&str>, extra: &str) -> String {
+fn named_policy(dns: &FixtureDns, tls_port: u16, lift_ports: Option<&str>, extra: &str) -> String {
     let mut y = format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
          mode: enforce\n    allow:\n      - host: origin.test\n        ports: [{tls_port}]\n        \
@@ -412,7 +413,7 @@ fn named_policy(dns: &StubDns, tls_port: u16, lift_ports: Option<&str>, extra: &
 fn python_requests_http_and_https_through_env_proxies() {
     let tls = tls_origin();
     let plain = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let lift = format!("[{}, {}]", tls.port, plain.addr.port());
     let s = Sluice::start(BIN, &named_policy(&dns, tls.port, Some(&lift), ""));
     let urls = [
@@ -463,7 +464,7 @@ fn python_requests_http_and_https_through_env_proxies() {
 #[test]
 fn a_host_rule_alone_never_lifts_the_guard_for_a_loopback_name() {
     let tls = tls_origin();
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let s = Sluice::start(BIN, &named_policy(&dns, tls.port, None, ""));
     let c = curl(&[
         "--cacert",
@@ -626,7 +627,7 @@ fn s_client(proxy: SocketAddr, connect: &str, sni: &str, ca: &Path) -> (bool, St
 #[test]
 fn domain_fronting_is_refused_and_matching_sni_passes() {
     let tls = tls_origin();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("other.test", &["127.0.0.1"]),
         ("evil.test", &["127.0.0.1"]),
@@ -705,7 +706,7 @@ fn domain_fronting_is_refused_and_matching_sni_passes() {
 
 #[test]
 fn self_connections_are_refused_even_when_a_rule_allows_every_port() {
-    let dns = StubDns::start(&[("self.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("self.test", &["127.0.0.1"])]);
     let yaml = format!(
         "dns:\n  upstreams: [\"{}\"]\n{}",
         dns.addr,
@@ -751,7 +752,7 @@ fn self_connections_are_refused_even_when_a_rule_allows_every_port() {
 
 /// A zone in `mode` with a lifting cidr allow for `port`, a host deny for
 /// `blocked.test`, names from `dns`.
-fn mode_policy(mode: &str, dns: &StubDns, port: u16) -> String {
+fn mode_policy(mode: &str, dns: &FixtureDns, port: u16) -> String {
     format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
          mode: {mode}\n    allow:\n      - cidr: 127.0.0.1/32\n        ports: [{port}]\n        \
@@ -760,8 +761,8 @@ fn mode_policy(mode: &str, dns: &StubDns, port: u16) -> String {
     )
 }
 
-fn mode_dns() -> StubDns {
-    StubDns::start(&[
+fn mode_dns() -> FixtureDns {
+    FixtureDns::stub(&[
         ("blocked.test", &["127.0.0.1"]),
         ("free.test", &["127.0.0.1"]),
         ("two.test", &["127.0.0.2"]),

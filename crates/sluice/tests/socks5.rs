@@ -4,9 +4,10 @@
 //! malformed handshakes and unsupported commands. Each test starts the real
 //! binary on port 0 and checks what the client saw and the flow record.
 //!
-//! Names resolve through a stub DNS server (`StubDns`): `*.test` names map
-//! to loopback, so the guard applies to them as it would to a public name
-//! that resolves to a special address.
+//! Names resolve through the testkit's DNS server in its stub configuration
+//! (`FixtureDns::stub`): `*.test` names map to loopback, so the guard
+//! applies to them as it would to a public name that resolves to a special
+//! address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -18,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    Origin, Sluice, StubDns, argon2_hash, assert_fields, connect_with_timeout, curl,
+    FixtureDns, Origin, Sluice, argon2_hash, assert_fields, connect_with_timeout, curl,
     python_requests,
 };
 
@@ -127,7 +128,7 @@ fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
 /// A zone for loopback clients: `origin.test` allowed by name on `port`
 /// (`origin-name`), loopback lifted on `port` (`loopback-origin`),
 /// `blocked.test` denied (`no-blocked`).
-fn policy(dns: &StubDns, port: u16, mode: &str) -> String {
+fn policy(dns: &FixtureDns, port: u16, mode: &str) -> String {
     format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
          mode: {mode}\n    allow:\n      - host: origin.test\n        ports: [{port}]\n        \
@@ -144,7 +145,7 @@ fn policy(dns: &StubDns, port: u16, mode: &str) -> String {
 fn curl_socks5_and_socks5_hostname_allowed_and_denied() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("blocked.test", &["127.0.0.1"]),
     ]);
@@ -319,7 +320,7 @@ fn curl_proxy_user_right_wrong_and_missing() {
 fn python_requests_socks5_and_socks5h() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("blocked.test", &["127.0.0.1"]),
     ]);
@@ -386,7 +387,7 @@ fn python_requests_socks5_and_socks5h() {
 fn malformed_greetings_close_cleanly_and_the_listener_survives() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let (mut s, socks) = start(&policy(&dns, port, "enforce"));
 
     let mut domain0 = vec![5, 1, 0];
@@ -489,7 +490,7 @@ fn malformed_greetings_close_cleanly_and_the_listener_survives() {
 fn bind_and_udp_associate_are_not_supported_ipv6_connect_is() {
     let origin = Origin::start("::1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[]);
+    let dns = FixtureDns::stub(&[]);
     let (s, socks) = start(&policy(&dns, port, "enforce"));
     for (cmd, name) in [(2u8, "BIND"), (3, "UDP ASSOCIATE"), (9, "command 0x09")] {
         let (code, mut t) = raw_connect(socks, cmd, "::1", port);
@@ -538,7 +539,7 @@ fn bind_and_udp_associate_are_not_supported_ipv6_connect_is() {
 fn refused_unresolvable_and_report_mode_replies() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let dead = closed_port();
     let yaml = format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
@@ -597,7 +598,7 @@ fn refused_unresolvable_and_report_mode_replies() {
 fn report_mode_would_be_denials_pass_the_guard_does_not() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("blocked.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("blocked.test", &["127.0.0.1"])]);
     // A report zone: the deny rule only records; the cidr rule lifts the
     // guard for the origin's port, so the dial itself may happen.
     let yaml = format!(
@@ -647,7 +648,7 @@ fn report_mode_would_be_denials_pass_the_guard_does_not() {
 fn guard_denies_loopback_by_ip_and_by_name_and_sluice_itself() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("evil.test", &["127.0.0.1"]), ("self.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("evil.test", &["127.0.0.1"]), ("self.test", &["127.0.0.1"])]);
     // A host rule allows evil.test, but a host rule never lifts the guard.
     let yaml = format!(
         "dns:\n  upstreams: [\"{}\"]\nmode: open\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
@@ -717,7 +718,7 @@ fn guard_denies_loopback_by_ip_and_by_name_and_sluice_itself() {
 fn sni_must_match_the_socks_host() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("other.test", &["127.0.0.1"]),
     ]);
