@@ -18,8 +18,8 @@ use std::{
 
 use serde_json::{Value, json};
 use sluice_testkit::{
-    Origin, RawResponse, Sluice, StubDns, connect_tunnel, connect_with_timeout, get_on,
-    output_within, poll_until, send_raw,
+    FixtureDns, Origin, RawResponse, Sluice, connect_tunnel, connect_with_timeout, get_on, get_via,
+    output_within, poll_until, random_label, send_raw,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -28,7 +28,7 @@ const T: Duration = Duration::from_secs(10);
 /// Zone `web` for IPv4 loopback clients (enforce) and zone `lab` for `::1`
 /// (report); the origin is allowed by rule `origin`, `*.blocked.test` is
 /// denied by rule `blocked`, and `never-used` never matches.
-fn policy(origin: &Origin, dns: &StubDns) -> String {
+fn policy(origin: &Origin, dns: &FixtureDns) -> String {
     let port = origin.addr.port();
     format!(
         r#"dns:
@@ -60,7 +60,7 @@ zones:
 }
 
 /// The proxy on both stacks (`[::]`), so `::1` clients land in zone `lab`.
-fn start(origin: &Origin, dns: &StubDns, extra: &str) -> Sluice {
+fn start(origin: &Origin, dns: &FixtureDns, extra: &str) -> Sluice {
     let yaml = format!(
         "listen:\n  http: \"[::]:0\"\n  admin: 127.0.0.1:0\n{extra}{}",
         policy(origin, dns)
@@ -74,13 +74,6 @@ fn proxy_v4(s: &Sluice) -> SocketAddr {
 
 fn proxy_v6(s: &Sluice) -> SocketAddr {
     format!("[::1]:{}", s.http.port()).parse().unwrap()
-}
-
-/// An absolute-form GET through the proxy.
-fn get_via(proxy: SocketAddr, url: &str) -> RawResponse {
-    let host = url.trim_start_matches("http://").split('/').next().unwrap();
-    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    send_raw(proxy, req.as_bytes(), T)
 }
 
 /// A request to the admin listener with extra header lines.
@@ -214,7 +207,7 @@ print(json.dumps({"prom": flat(prom(text)), "om": flat(om(text))}))
 #[test]
 fn metrics_count_exactly_what_passed() {
     let origin = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[("report.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("report.test", &["127.0.0.1"])]);
     let s = start(&origin, &dns, "");
     let flows = script(&s, &origin);
     let records = s.wait_records(flows);
@@ -326,7 +319,7 @@ fn metrics_count_exactly_what_passed() {
 #[test]
 fn api_endpoints_answer_with_filters() {
     let origin = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[("report.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("report.test", &["127.0.0.1"])]);
     let s = start(
         &origin,
         &dns,
@@ -542,7 +535,7 @@ fn config_is_redacted() {
 #[test]
 fn check_endpoint_matches_the_command_line() {
     let origin = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("report.test", &["127.0.0.1"]),
         ("two.test", &["127.0.0.1", "10.0.0.1"]),
     ]);
@@ -711,7 +704,7 @@ fn open_stream(s: &Sluice, query: &str) -> std::net::TcpStream {
 #[test]
 fn stream_sends_new_flows_as_they_finish() {
     let origin = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[]);
+    let dns = FixtureDns::stub(&[]);
     let s = start(&origin, &dns, "");
     let mut all = open_stream(&s, "");
     let mut denials = open_stream(&s, "?verdict=deny&host=blocked");
@@ -889,7 +882,7 @@ fn api_conforms_to_openapi_with_schemathesis() {
     let root = util::workspace_root();
     let spec = root.join("docs/openapi.yaml");
     let origin = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[("report.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("report.test", &["127.0.0.1"])]);
     let dir = sluice_testkit::TempDir::new("admin-schemathesis");
     let token = dir.path("token");
     std::fs::write(&token, "schema-token").unwrap();
@@ -953,24 +946,11 @@ fn api_conforms_to_openapi_with_schemathesis() {
 fn tunnelling_burst(dns: SocketAddr, domain: &str, n: u16) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
     for i in 0..n {
         let [hi, lo] = i.to_be_bytes();
         let mut q = vec![hi, lo, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        // xorshift: a base32-looking label that differs with every `i`.
-        let mut x = u64::from(i)
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let label: Vec<u8> = (0..50)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                alphabet[(x % 32) as usize]
-            })
-            .collect();
         q.push(50);
-        q.extend_from_slice(&label);
+        q.extend_from_slice(random_label(u64::from(i)).as_bytes());
         for part in ["t"].into_iter().chain(domain.split('.')) {
             q.push(part.len() as u8);
             q.extend_from_slice(part.as_bytes());
@@ -1013,7 +993,7 @@ fn dashboard_shows_live_flows_in_chromium() {
         }
     }
     let origin = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[]);
+    let dns = FixtureDns::stub(&[]);
     let s = start(&origin, &dns, "  dns: 127.0.0.1:0\n");
     let shot = root.join("target/dashboard.png");
     let _ = std::fs::remove_file(&shot);

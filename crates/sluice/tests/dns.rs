@@ -17,7 +17,9 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice_testkit::{FixtureDns, Sluice, TempDir, output_within, poll_until, silent_udp};
+use sluice_testkit::{
+    FixtureDns, Sluice, TempDir, output_within, poll_until, random_label, silent_udp,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const T: Duration = Duration::from_secs(20);
@@ -300,22 +302,6 @@ fn answers_are_cached_until_their_ttl_expires() {
     let d = dig(&s, &["nothing.allowed.test", "A"]);
     assert_eq!(d.status, "NXDOMAIN");
     assert_eq!(up.queries_for("nothing.allowed.test"), 1);
-}
-
-/// A base32-looking label of 50 characters.
-fn random_label(seed: u64) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..50)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(alphabet[(x % 32) as usize])
-        })
-        .collect()
 }
 
 /// `GET /api/v1/alerts?query`: the alerts, or the status and body of a refusal.

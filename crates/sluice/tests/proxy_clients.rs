@@ -4,127 +4,41 @@
 //! domain fronting, and raw sockets for upgrades. Each test starts the real
 //! binary on port 0 and checks both what the client saw and the flow record.
 //!
-//! Names resolve through a stub DNS server (`StubDns`): `*.test` names map
-//! to loopback addresses, so the guard applies to them exactly as it would
-//! to a public name that resolves to a special address.
+//! Names resolve through the testkit's DNS server in its stub configuration
+//! (`FixtureDns::stub`): `*.test` names map to loopback addresses, so the
+//! guard applies to them exactly as it would to a public name that resolves
+//! to a special address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use sluice_testkit::{Certs, Origin, Sluice, StubDns, TempDir, make_certs, output_within};
+use sluice_testkit::{
+    CLIENT_TIMEOUT, Certs, Curl, FixtureDns, KillOnDrop, Origin, Sluice, TempDir, argon2_hash,
+    assert_fields, client_command as client, curl, header_in, make_certs, output_within,
+    python_requests,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-/// Upper bound for any one client process.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const SOURCES: &str = r#"[127.0.0.0/8, "::1"]"#;
 
 // === helpers ===
-
-use sluice_testkit::client_command as client;
-
-/// What one curl run showed.
-#[derive(Debug)]
-struct Curl {
-    /// curl's exit code.
-    exit: i32,
-    /// Final HTTP status (0 if none).
-    status: u16,
-    /// Status of the CONNECT answer (0 without a tunnel).
-    connect: u16,
-    /// Every header block received, as text.
-    headers: String,
-    body: Vec<u8>,
-    stderr: String,
-}
-
-impl Curl {
-    /// The first value of header `name` in any block.
-    fn header(&self, name: &str) -> Option<String> {
-        header(&self.headers, name)
-    }
-
-    fn id(&self) -> String {
-        self.header("sluice-request-id").unwrap_or_else(|| {
-            panic!(
-                "no Sluice-Request-Id in {}; curl said: {}",
-                self.headers, self.stderr
-            )
-        })
-    }
-
-    fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn header(headers: &str, name: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-/// Runs curl with `args` plus a time limit, header dump and body capture.
-fn curl(args: &[&str]) -> Curl {
-    let dir = TempDir::new("curl");
-    let (hdr, body) = (dir.path("headers"), dir.path("body"));
-    let out = output_within(
-        client("curl")
-            .args(["-sS", "-g", "--max-time", "10", "-D"])
-            .arg(&hdr)
-            .arg("-o")
-            .arg(&body)
-            .args(["-w", "%{http_code} %{http_connect}"])
-            .args(args),
-        CLIENT_TIMEOUT,
-    );
-    let w = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut codes = w.split_whitespace().map(|c| c.parse::<u16>().unwrap_or(0));
-    Curl {
-        exit: out.status.code().unwrap_or(-1),
-        status: codes.next().unwrap_or(0),
-        connect: codes.next().unwrap_or(0),
-        headers: std::fs::read_to_string(&hdr).unwrap_or_default(),
-        body: std::fs::read(&body).unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The record whose `id` is `id` (the `Sluice-Request-Id` a client saw).
 fn record_by_id(s: &Sluice, id: &str) -> Value {
     s.wait_record(id, |r| r["id"] == id)
 }
 
-/// Asserts several record fields at once, naming the field that differs.
-fn assert_fields(rec: &Value, want: &[(&str, Value)]) {
-    for (k, v) in want {
-        assert_eq!(&rec[*k], v, "field {k} of {rec:#}");
-    }
-}
-
-/// A background process killed (and reaped) on drop.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `cmd` and waits (bounded) for a stdout line that `port_of` turns
 /// into a port number: servers bind port 0 and print where they listen.
-fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (Bg, u16) {
+fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (KillOnDrop, u16) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -144,7 +58,7 @@ fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (Bg, 
             }
         }
     });
-    let bg = Bg(child);
+    let bg = KillOnDrop(child);
     let port = rx
         .recv_timeout(Duration::from_secs(15))
         .unwrap_or_else(|_| panic!("{cmd:?} did not print its port"));
@@ -187,7 +101,7 @@ srv.serve_forever()
 
 struct TlsOrigin {
     port: u16,
-    _proc: Bg,
+    _proc: KillOnDrop,
     _dir: TempDir,
     certs: Certs,
 }
@@ -477,41 +391,9 @@ fn curl_keep_alive_requests_get_one_record_each_with_their_own_bytes() {
 
 // === Python requests through HTTP_PROXY / HTTPS_PROXY; TLS origins ===
 
-/// Fetches each URL with `requests` (proxies from the environment, the CA
-/// in argv[1]) and prints one JSON list of outcomes.
-const REQUESTS_PY: &str = r#"
-import json, sys, requests
-out = []
-for url in sys.argv[2:]:
-    try:
-        r = requests.get(url, timeout=10, verify=sys.argv[1])
-        out.append({"url": url, "status": r.status_code, "len": len(r.content),
-                    "body": r.text[:300], "headers": {k.lower(): v for k, v in r.headers.items()}})
-    except Exception as e:
-        out.append({"url": url, "error": repr(e)})
-print(json.dumps(out))
-"#;
-
-fn python_requests(proxy: &str, ca: &Path, urls: &[String]) -> Vec<Value> {
-    let dir = TempDir::new("requests");
-    let script = dir.path("get.py");
-    std::fs::write(&script, REQUESTS_PY).unwrap();
-    let out = output_within(
-        client("python3")
-            .arg(&script)
-            .arg(ca)
-            .args(urls)
-            .env("HTTP_PROXY", proxy)
-            .env("HTTPS_PROXY", proxy),
-        CLIENT_TIMEOUT,
-    );
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
-}
-
 /// A zone allowing `origin.test` on the TLS origin's port, with the cidr
 /// rule that lifts the guard for loopback on `lift_ports` (none: no cidr).
-fn named_policy(dns: &StubDns, tls_port: u16, lift_ports: Option<&str>, extra: &str) -> String {
+fn named_policy(dns: &FixtureDns, tls_port: u16, lift_ports: Option<&str>, extra: &str) -> String {
     let mut y = format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
          mode: enforce\n    allow:\n      - host: origin.test\n        ports: [{tls_port}]\n        \
@@ -531,14 +413,14 @@ fn named_policy(dns: &StubDns, tls_port: u16, lift_ports: Option<&str>, extra: &
 fn python_requests_http_and_https_through_env_proxies() {
     let tls = tls_origin();
     let plain = Origin::start("127.0.0.1");
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let lift = format!("[{}, {}]", tls.port, plain.addr.port());
     let s = Sluice::start(BIN, &named_policy(&dns, tls.port, Some(&lift), ""));
     let urls = [
         format!("{}/bytes/2048", plain.url()),
         format!("https://origin.test:{}/hello", tls.port),
     ];
-    let got = python_requests(&s.proxy_url(), &tls.certs.ca, &urls);
+    let got = python_requests(&s.proxy_url(), Some(&tls.certs.ca), &urls);
     assert_eq!(got[0]["status"], 200, "{got:#?}");
     assert_eq!(got[0]["len"], 2048);
     assert_eq!(got[0]["headers"]["via"], "1.1 sluice");
@@ -582,7 +464,7 @@ fn python_requests_http_and_https_through_env_proxies() {
 #[test]
 fn a_host_rule_alone_never_lifts_the_guard_for_a_loopback_name() {
     let tls = tls_origin();
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let s = Sluice::start(BIN, &named_policy(&dns, tls.port, None, ""));
     let c = curl(&[
         "--cacert",
@@ -614,7 +496,7 @@ fn a_host_rule_alone_never_lifts_the_guard_for_a_loopback_name() {
     // Python requests sees the same refusal.
     let got = python_requests(
         &s.proxy_url(),
-        &tls.certs.ca,
+        Some(&tls.certs.ca),
         &[format!("https://origin.test:{}/", tls.port)],
     );
     let err = got[0]["error"].as_str().unwrap_or_default();
@@ -745,7 +627,7 @@ fn s_client(proxy: SocketAddr, connect: &str, sni: &str, ca: &Path) -> (bool, St
 #[test]
 fn domain_fronting_is_refused_and_matching_sni_passes() {
     let tls = tls_origin();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("other.test", &["127.0.0.1"]),
         ("evil.test", &["127.0.0.1"]),
@@ -824,7 +706,7 @@ fn domain_fronting_is_refused_and_matching_sni_passes() {
 
 #[test]
 fn self_connections_are_refused_even_when_a_rule_allows_every_port() {
-    let dns = StubDns::start(&[("self.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("self.test", &["127.0.0.1"])]);
     let yaml = format!(
         "dns:\n  upstreams: [\"{}\"]\n{}",
         dns.addr,
@@ -870,7 +752,7 @@ fn self_connections_are_refused_even_when_a_rule_allows_every_port() {
 
 /// A zone in `mode` with a lifting cidr allow for `port`, a host deny for
 /// `blocked.test`, names from `dns`.
-fn mode_policy(mode: &str, dns: &StubDns, port: u16) -> String {
+fn mode_policy(mode: &str, dns: &FixtureDns, port: u16) -> String {
     format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
          mode: {mode}\n    allow:\n      - cidr: 127.0.0.1/32\n        ports: [{port}]\n        \
@@ -879,8 +761,8 @@ fn mode_policy(mode: &str, dns: &StubDns, port: u16) -> String {
     )
 }
 
-fn mode_dns() -> StubDns {
-    StubDns::start(&[
+fn mode_dns() -> FixtureDns {
+    FixtureDns::stub(&[
         ("blocked.test", &["127.0.0.1"]),
         ("free.test", &["127.0.0.1"]),
         ("two.test", &["127.0.0.2"]),
@@ -1035,18 +917,6 @@ fn open_mode_allows_what_no_rule_denies_but_keeps_the_guard() {
 
 // === proxy authentication ===
 
-/// An argon2id PHC string for `password`, with small parameters so that a
-/// debug build verifies it quickly (the verifier reads them from the hash).
-fn argon2_hash(password: &str) -> String {
-    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
-    let params = Params::new(4096, 1, 1, None).unwrap();
-    let salt = SaltString::encode_b64(b"proxy-clients-salt").unwrap();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
-}
-
 /// Headers of a response without the ones that differ per request.
 fn stable_headers(c: &Curl) -> Vec<String> {
     let mut v: Vec<String> = c
@@ -1169,16 +1039,12 @@ fn proxy_auth_asks_refuses_alike_and_records_the_user() {
 
     // Python requests with credentials in the proxy URL.
     let with_user = format!("http://ci:s3cret-pass@{}", s.http);
-    let got = python_requests(
-        &with_user,
-        Path::new("/dev/null"),
-        std::slice::from_ref(&url),
-    );
+    let got = python_requests(&with_user, None, std::slice::from_ref(&url));
     assert_eq!(got[0]["status"], 200, "{got:#?}");
     let id = got[0]["headers"]["sluice-request-id"].as_str().unwrap();
     assert_eq!(record_by_id(&s, id)["user"], "ci");
     let wrong = format!("http://ci:nope@{}", s.http);
-    let got = python_requests(&wrong, Path::new("/dev/null"), &[url]);
+    let got = python_requests(&wrong, None, &[url]);
     assert_eq!(got[0]["status"], 407, "{got:#?}");
 }
 
@@ -1298,7 +1164,7 @@ fn websocket_upgrade_is_relayed_in_absolute_form() {
     let (mut c, resp) = upgrade(s.http, origin);
     let lower = resp.to_ascii_lowercase();
     assert!(lower.contains("upgrade: websocket"), "{resp}");
-    let id = header(&resp, "sluice-request-id").expect("request id");
+    let id = header_in(&resp, "sluice-request-id").expect("request id");
 
     // What the origin saw: the upgrade asked for, origin-form, Host rewritten.
     let seen = head.lock().unwrap().to_ascii_lowercase();

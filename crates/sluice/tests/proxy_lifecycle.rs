@@ -23,8 +23,8 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on, poll_until,
-    send_raw,
+    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on, get_via,
+    poll_until,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -69,10 +69,7 @@ fn write_atomic(path: &Path, text: &str) {
 
 /// `GET http://origin/path` through the proxy on a fresh connection.
 fn get(proxy: SocketAddr, origin: SocketAddr, path: &str) -> RawResponse {
-    let req = format!(
-        "GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n"
-    );
-    send_raw(proxy, req.as_bytes(), T)
+    get_via(proxy, &format!("http://{origin}{path}"))
 }
 
 fn policy_hash(sluice: &Sluice) -> String {

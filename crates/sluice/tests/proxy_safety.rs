@@ -7,17 +7,17 @@
 //! Every attack aims at a real origin listening on 127.0.0.1 and asserts that
 //! the origin never saw a connection, not only that the answer was a 403.
 //!
-//! Layout: a scripted DNS server, then SSRF, rebinding, malformed input and
-//! slowloris tests.
+//! Layout: SSRF, rebinding, malformed input and slowloris tests. Names
+//! resolve through the testkit's DNS server in its stub configuration
+//! (`FixtureDns::stub`); the rebinding name answers from a series.
 
 // A test binary: its helpers may panic too, not only its `#[test]`s.
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -27,131 +27,12 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on,
-    output_within, poll_until, send_raw,
+    FixtureDns, Origin, RawResponse, Sluice, connect_tunnel, connect_with_timeout, curl, get_on,
+    poll_until, send_raw,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const T: Duration = Duration::from_secs(10);
-
-// === stub DNS ===
-
-/// A UDP+TCP DNS responder. `answers.json` maps a name to
-/// `{"A": [[ips of the 1st query], [ips of the 2nd and later]], "AAAA": ...}`:
-/// the k-th query of a type gets the k-th list (the last repeats), TTL 0.
-/// Unknown names get NXDOMAIN. Each query is logged as `name type k`.
-const STUB_DNS: &str = r#"
-import json, socket, struct, sys, threading
-cfg = json.load(open(sys.argv[1])); log = open(sys.argv[2], "a", buffering=1)
-seen, lock = {}, threading.Lock()
-def answer(q):
-    i, labels = 12, []
-    while q[i]:
-        labels.append(q[i + 1:i + 1 + q[i]].decode().lower()); i += 1 + q[i]
-    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]; end = i + 5
-    name, t = ".".join(labels), {1: "A", 28: "AAAA"}.get(qtype, str(qtype))
-    entry = cfg.get(name)
-    with lock:
-        k = seen.get((name, t), 0); seen[(name, t)] = k + 1
-        log.write(f"{name} {t} {k}\n")
-    sets = (entry or {}).get(t) or [[]]
-    ips = sets[min(k, len(sets) - 1)]
-    fam, size = (socket.AF_INET, 4) if t == "A" else (socket.AF_INET6, 16)
-    rrs = b"".join(b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 0, size)
-                   + socket.inet_pton(fam, ip) for ip in ips)
-    flags = 0x8180 | (0 if entry is not None else 3)
-    return q[:2] + struct.pack(">HHHHH", flags, 1, len(ips), 0, 0) + q[12:end] + rrs
-def serve_udp(s):
-    while True:
-        q, peer = s.recvfrom(4096)
-        try: s.sendto(answer(q), peer)
-        except Exception: pass
-def exactly(c, n):
-    b = b""
-    while len(b) < n:
-        more = c.recv(n - len(b))
-        if not more: raise EOFError
-        b += more
-    return b
-def serve_tcp_conn(c):
-    try:
-        while True:
-            r = answer(exactly(c, struct.unpack(">H", exactly(c, 2))[0]))
-            c.sendall(struct.pack(">H", len(r)) + r)
-    except Exception: c.close()
-def serve_tcp(s):
-    while True:
-        threading.Thread(target=serve_tcp_conn, args=(s.accept()[0],), daemon=True).start()
-while True:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try: t.bind(("127.0.0.1", u.getsockname()[1])); break
-    except OSError: u.close(); t.close()
-t.listen(64)
-threading.Thread(target=serve_udp, args=(u,), daemon=True).start()
-threading.Thread(target=serve_tcp, args=(t,), daemon=True).start()
-print(u.getsockname()[1], flush=True)
-threading.Event().wait()
-"#;
-
-/// A running stub DNS server (killed on drop).
-struct ScriptedDns {
-    child: Child,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-impl ScriptedDns {
-    fn start(answers: Value) -> ScriptedDns {
-        let dir = TempDir::new("dns");
-        let script = dir.path("stub_dns.py");
-        let map = dir.path("answers.json");
-        let log = dir.path("queries.log");
-        std::fs::write(&script, STUB_DNS).unwrap();
-        std::fs::write(&map, answers.to_string()).unwrap();
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .arg(&map)
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 is needed for the stub DNS server");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(T).expect("stub DNS did not start");
-        let port: u16 = line.trim().parse().expect("stub DNS port");
-        ScriptedDns {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// Queries seen for `name` of type `qtype` (`A`, `AAAA`).
-    fn queries(&self, name: &str, qtype: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.split(' ').take(2).eq([name, qtype]))
-            .count()
-    }
-}
-
-impl Drop for ScriptedDns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // === SSRF ===
 
@@ -208,14 +89,14 @@ const SSRF_HOSTS: &[(&str, Want)] = &[
     ("both.test", Want::Guard),
 ];
 
-fn ssrf_dns() -> ScriptedDns {
-    ScriptedDns::start(serde_json::json!({
-        "evil.test": {"A": [["127.0.0.1"]]},
-        "meta.test": {"A": [["169.254.169.254"]]},
-        "v6.test": {"AAAA": [["::1"]]},
-        "mixed.test": {"A": [["127.0.0.1"]]},
-        "both.test": {"A": [["127.0.0.1", "10.1.2.3"]], "AAAA": [["::ffff:127.0.0.1"]]},
-    }))
+fn ssrf_dns() -> FixtureDns {
+    FixtureDns::stub(&[
+        ("evil.test", &["127.0.0.1"]),
+        ("meta.test", &["169.254.169.254"]),
+        ("v6.test", &["::1"]),
+        ("mixed.test", &["127.0.0.1"]),
+        ("both.test", &["127.0.0.1", "10.1.2.3", "::ffff:127.0.0.1"]),
+    ])
 }
 
 /// Permissive public rules: everything public may leave; only the guard
@@ -417,10 +298,12 @@ fn dns_rebinding_never_reaches_loopback() {
     let port = two.local_addr().unwrap().port();
     let on_two = counting_server(two);
     let on_one = counting_server(one);
-    let dns = ScriptedDns::start(serde_json::json!({
-        "rebind.test": {"A": [["127.0.0.2"], ["127.0.0.1"]]},
-        "pair.test": {"A": [["127.0.0.1", "127.0.0.2"]]},
-    }));
+    let dns = FixtureDns::stub(&[("pair.test", &["127.0.0.1", "127.0.0.2"])]);
+    dns.set_series(
+        "rebind.test",
+        0,
+        &[&[("A", "127.0.0.2")], &[("A", "127.0.0.1")]],
+    );
     let sluice = Sluice::start(
         BIN,
         &format!(
@@ -755,18 +638,13 @@ fn closed_count(conns: &[TcpStream]) -> usize {
 
 /// `curl` through `proxy` from a given local address; (exit code, body).
 fn curl_from(local: &str, proxy: SocketAddr, url: &str, tunnel: bool) -> (i32, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "5", "--interface", local, "-x"])
-        .arg(format!("http://{proxy}"))
-        .arg(url);
+    let proxy = format!("http://{proxy}");
+    let mut args = vec!["--max-time", "5", "--interface", local, "-x", &proxy, url];
     if tunnel {
-        cmd.arg("-p");
+        args.push("-p");
     }
-    let out = output_within(&mut cmd, T);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let c = curl(&args);
+    (c.exit, c.body_text())
 }
 
 #[test]

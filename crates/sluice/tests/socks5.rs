@@ -4,9 +4,10 @@
 //! malformed handshakes and unsupported commands. Each test starts the real
 //! binary on port 0 and checks what the client saw and the flow record.
 //!
-//! Names resolve through a stub DNS server (`StubDns`): `*.test` names map
-//! to loopback, so the guard applies to them as it would to a public name
-//! that resolves to a special address.
+//! Names resolve through the testkit's DNS server in its stub configuration
+//! (`FixtureDns::stub`): `*.test` names map to loopback, so the guard
+//! applies to them as it would to a public name that resolves to a special
+//! address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -17,10 +18,12 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice_testkit::{Origin, Sluice, StubDns, TempDir, connect_with_timeout, output_within};
+use sluice_testkit::{
+    FixtureDns, Origin, Sluice, argon2_hash, assert_fields, connect_with_timeout, curl,
+    python_requests,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const SOURCES: &str = r#"[127.0.0.0/8, "::1"]"#;
 /// Listeners on port 0, with a short handshake timeout for the raw cases.
 const LISTEN: &str = "listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
@@ -32,38 +35,6 @@ fn start(yaml: &str) -> (Sluice, SocketAddr) {
     let s = Sluice::start(BIN, &format!("{LISTEN}{yaml}"));
     let socks = s.socks5.expect("the SOCKS5 listening line");
     (s, socks)
-}
-
-use sluice_testkit::client_command as client;
-
-#[derive(Debug)]
-struct Curl {
-    exit: i32,
-    status: u16,
-    body: Vec<u8>,
-    stderr: String,
-}
-
-fn curl(args: &[&str]) -> Curl {
-    let dir = TempDir::new("curl");
-    let body = dir.path("body");
-    let out = output_within(
-        client("curl")
-            .args(["-sS", "-g", "--max-time", "10", "-o"])
-            .arg(&body)
-            .args(["-w", "%{http_code}"])
-            .args(args),
-        CLIENT_TIMEOUT,
-    );
-    Curl {
-        exit: out.status.code().unwrap_or(-1),
-        status: String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0),
-        body: std::fs::read(&body).unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// The first SOCKS5 record for `dst:port`: by `dst_ip` (and no name) for
@@ -81,27 +52,10 @@ fn record_for(s: &Sluice, dst: &str, port: u16) -> Value {
     })
 }
 
-fn assert_fields(rec: &Value, want: &[(&str, Value)]) {
-    for (k, v) in want {
-        assert_eq!(&rec[*k], v, "field {k} of {rec:#}");
-    }
-}
-
 /// A port nothing listens on (bound, then closed).
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-/// An argon2id PHC string with small parameters (fast in debug builds).
-fn argon2_hash(password: &str) -> String {
-    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
-    let params = Params::new(4096, 1, 1, None).unwrap();
-    let salt = SaltString::encode_b64(b"socks5-tests-salt").unwrap();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
 }
 
 /// A SOCKS5 request message for `host` (an IP literal or a domain).
@@ -174,7 +128,7 @@ fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
 /// A zone for loopback clients: `origin.test` allowed by name on `port`
 /// (`origin-name`), loopback lifted on `port` (`loopback-origin`),
 /// `blocked.test` denied (`no-blocked`).
-fn policy(dns: &StubDns, port: u16, mode: &str) -> String {
+fn policy(dns: &FixtureDns, port: u16, mode: &str) -> String {
     format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
          mode: {mode}\n    allow:\n      - host: origin.test\n        ports: [{port}]\n        \
@@ -191,7 +145,7 @@ fn policy(dns: &StubDns, port: u16, mode: &str) -> String {
 fn curl_socks5_and_socks5_hostname_allowed_and_denied() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("blocked.test", &["127.0.0.1"]),
     ]);
@@ -362,36 +316,11 @@ fn curl_proxy_user_right_wrong_and_missing() {
 
 // === Python requests with PySocks ===
 
-const REQUESTS_PY: &str = r#"
-import json, sys, requests
-out = []
-proxy = sys.argv[1]
-for url in sys.argv[2:]:
-    try:
-        r = requests.get(url, timeout=10, proxies={"http": proxy, "https": proxy})
-        out.append({"url": url, "status": r.status_code, "len": len(r.content)})
-    except Exception as e:
-        out.append({"url": url, "error": repr(e)})
-print(json.dumps(out))
-"#;
-
-fn python_requests(proxy: &str, urls: &[String]) -> Vec<Value> {
-    let dir = TempDir::new("requests");
-    let script = dir.path("get.py");
-    std::fs::write(&script, REQUESTS_PY).unwrap();
-    let out = output_within(
-        client("python3").arg(&script).arg(proxy).args(urls),
-        CLIENT_TIMEOUT,
-    );
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
-}
-
 #[test]
 fn python_requests_socks5_and_socks5h() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("blocked.test", &["127.0.0.1"]),
     ]);
@@ -407,6 +336,7 @@ fn python_requests_socks5_and_socks5h() {
     // socks5h: the name is resolved by Sluice.
     let got = python_requests(
         &format!("socks5h://{socks}"),
+        None,
         &[
             format!("http://origin.test:{port}/bytes/300"),
             format!("http://blocked.test:{port}/"),
@@ -424,6 +354,7 @@ fn python_requests_socks5_and_socks5h() {
     // socks5: the client resolves (the system resolver: use an address).
     let got = python_requests(
         &format!("socks5://{socks}"),
+        None,
         &[format!("http://127.0.0.1:{port}/bytes/5")],
     );
     assert_eq!(got[0]["status"], 200, "{got:#?}");
@@ -433,6 +364,7 @@ fn python_requests_socks5_and_socks5h() {
     // in file order whose conditions hold).
     let got = python_requests(
         &format!("socks5h://ci:pw@{socks}"),
+        None,
         &[format!("http://origin.test:{port}/bytes/7")],
     );
     assert_eq!(got[0]["status"], 200, "{got:#?}");
@@ -443,6 +375,7 @@ fn python_requests_socks5_and_socks5h() {
     );
     let got = python_requests(
         &format!("socks5h://ci:wrong@{socks}"),
+        None,
         &[format!("http://origin.test:{port}/")],
     );
     assert!(got[0]["error"].is_string(), "{got:#?}");
@@ -454,7 +387,7 @@ fn python_requests_socks5_and_socks5h() {
 fn malformed_greetings_close_cleanly_and_the_listener_survives() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let (mut s, socks) = start(&policy(&dns, port, "enforce"));
 
     let mut domain0 = vec![5, 1, 0];
@@ -557,7 +490,7 @@ fn malformed_greetings_close_cleanly_and_the_listener_survives() {
 fn bind_and_udp_associate_are_not_supported_ipv6_connect_is() {
     let origin = Origin::start("::1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[]);
+    let dns = FixtureDns::stub(&[]);
     let (s, socks) = start(&policy(&dns, port, "enforce"));
     for (cmd, name) in [(2u8, "BIND"), (3, "UDP ASSOCIATE"), (9, "command 0x09")] {
         let (code, mut t) = raw_connect(socks, cmd, "::1", port);
@@ -606,7 +539,7 @@ fn bind_and_udp_associate_are_not_supported_ipv6_connect_is() {
 fn refused_unresolvable_and_report_mode_replies() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("origin.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("origin.test", &["127.0.0.1"])]);
     let dead = closed_port();
     let yaml = format!(
         "dns:\n  upstreams: [\"{}\"]\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
@@ -665,7 +598,7 @@ fn refused_unresolvable_and_report_mode_replies() {
 fn report_mode_would_be_denials_pass_the_guard_does_not() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("blocked.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("blocked.test", &["127.0.0.1"])]);
     // A report zone: the deny rule only records; the cidr rule lifts the
     // guard for the origin's port, so the dial itself may happen.
     let yaml = format!(
@@ -715,7 +648,7 @@ fn report_mode_would_be_denials_pass_the_guard_does_not() {
 fn guard_denies_loopback_by_ip_and_by_name_and_sluice_itself() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[("evil.test", &["127.0.0.1"]), ("self.test", &["127.0.0.1"])]);
+    let dns = FixtureDns::stub(&[("evil.test", &["127.0.0.1"]), ("self.test", &["127.0.0.1"])]);
     // A host rule allows evil.test, but a host rule never lifts the guard.
     let yaml = format!(
         "dns:\n  upstreams: [\"{}\"]\nmode: open\nzones:\n  - name: local\n    sources: {SOURCES}\n    \
@@ -785,7 +718,7 @@ fn guard_denies_loopback_by_ip_and_by_name_and_sluice_itself() {
 fn sni_must_match_the_socks_host() {
     let origin = Origin::start("127.0.0.1");
     let port = origin.addr.port();
-    let dns = StubDns::start(&[
+    let dns = FixtureDns::stub(&[
         ("origin.test", &["127.0.0.1"]),
         ("other.test", &["127.0.0.1"]),
     ]);

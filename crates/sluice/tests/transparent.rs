@@ -18,13 +18,13 @@
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
 use serde_json::Value;
-use sluice_testkit::{Certs, Sluice, TempDir, make_certs, output_within};
+use sluice_testkit::{Certs, KillOnDrop, Sluice, TempDir, make_certs, output_within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -184,20 +184,10 @@ impl Drop for Netns {
     }
 }
 
-/// A child process killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The whole set-up. Fields drop in order: processes before namespaces.
 struct Lab {
     sluice: Sluice,
-    _origin: Killed,
+    _origin: KillOnDrop,
     origin_log: PathBuf,
     certs: Certs,
     dir: TempDir,
@@ -283,7 +273,7 @@ fn lab_with(extra_listen: &str, transparent: &str) -> Option<Lab> {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let origin = Killed(child);
+    let origin = KillOnDrop(child);
     assert_eq!(line.trim(), "ready", "origin did not start");
 
     // `Sluice::start_in` adds `log.flows` (to its own directory).

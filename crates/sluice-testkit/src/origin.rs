@@ -1,0 +1,206 @@
+//! Local origins for the gateway to reach: an HTTP origin on port 0 that
+//! counts what it served, and a test CA with a server certificate for TLS
+//! origins. An origin only answers and counts; what it should or should not
+//! have seen is for the tests to assert.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+
+use crate::{TempDir, output_within};
+
+/// A local HTTP origin on 127.0.0.1:0 (in its own thread and runtime).
+/// `GET /bytes/N` answers N bytes; anything else answers a JSON echo of the
+/// method, path, headers and body length.
+pub struct Origin {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Requests served.
+    pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted (for keep-alive pooling checks).
+    pub conns: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    /// Starts an origin on `ip`:0.
+    pub fn start(ip: &str) -> Origin {
+        let std_listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (hits.clone(), conns.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else {
+                        continue;
+                    };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let h = h.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: Request<Incoming>| {
+                            let h = h.clone();
+                            async move {
+                                h.fetch_add(1, Ordering::SeqCst);
+                                Ok::<_, Infallible>(answer(req).await)
+                            }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await;
+                    });
+                }
+            });
+        });
+        Origin { addr, hits, conns }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        return Response::new(Full::new(Bytes::from(vec![b'x'; n])));
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::from(v.to_str().unwrap_or("?")),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let v = serde_json::json!({"method": method, "uri": uri, "headers": headers, "body_len": body});
+    Response::new(Full::new(Bytes::from(v.to_string())))
+}
+
+/// A test CA and a server certificate for `sans` (an openssl
+/// `subjectAltName` list such as `DNS:origin.test,IP:127.0.0.1`), made with
+/// the `openssl` CLI in `dir`.
+pub struct Certs {
+    /// The CA certificate (PEM) clients trust.
+    pub ca: PathBuf,
+    /// The server certificate (PEM).
+    pub cert: PathBuf,
+    /// The server key (PEM).
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for `sans` (see [`Certs`]).
+pub fn make_certs(dir: &TempDir, sans: &str) -> Certs {
+    let p = |n: &str| dir.path(n);
+    let ext = p("ext.cnf");
+    std::fs::write(
+        &ext,
+        format!(
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid,issuer\n\
+             subjectAltName={sans}\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = output_within(Command::new("openssl").args(args), Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: PathBuf| p.display().to_string();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Sluice Test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &s(p("ca.key")),
+        "-out",
+        &s(p("ca.pem")),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=origin.test",
+        "-keyout",
+        &s(p("server.key")),
+        "-out",
+        &s(p("server.csr")),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(p("server.csr")),
+        "-CA",
+        &s(p("ca.pem")),
+        "-CAkey",
+        &s(p("ca.key")),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &s(ext),
+        "-out",
+        &s(p("server.pem")),
+    ]);
+    Certs {
+        ca: p("ca.pem"),
+        cert: p("server.pem"),
+        key: p("server.key"),
+    }
+}
