@@ -15,7 +15,6 @@ use hickory_resolver::{
     config::{LookupIpStrategy, NameServerConfig, ResolverConfig},
     net::runtime::TokioRuntimeProvider,
 };
-use sluice_observe::FlowRecord;
 use sluice_policy::{Decision, Destination, Policy, ids};
 use tokio::{
     net::{TcpSocket, TcpStream},
@@ -54,32 +53,6 @@ pub enum DialError {
     /// No address answered within the connect timeout.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration, Box<Decision>),
-}
-
-impl DialError {
-    /// Writes what the failure means into a flow record: the decision that
-    /// counted, the address tried and the error, as every listener records
-    /// it (each maps the failure to its own protocol's answer).
-    pub fn apply_to(&self, rec: &mut FlowRecord) {
-        match self {
-            DialError::Resolve { host, msg } => rec.error = Some(format!("resolve {host}: {msg}")),
-            DialError::Denied(d) => rec.apply_decision(d),
-            DialError::Connect {
-                addr,
-                msg,
-                decision,
-                ..
-            } => {
-                rec.apply_decision(decision);
-                rec.dst_ip = Some(sluice_observe::ip_string(addr.ip()));
-                rec.error = Some(format!("connect {addr}: {msg}"));
-            }
-            DialError::Timeout(after, decision) => {
-                rec.apply_decision(decision);
-                rec.error = Some(format!("connect timed out after {}ms", after.as_millis()));
-            }
-        }
-    }
 }
 
 /// A connected, checked upstream.

@@ -10,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use sluice_observe::{ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string};
+use sluice_observe::{ErrorKind, FlowRecord, Listener, Protocol, addr_string};
 use sluice_policy::{Decision, Destination, Mode, Policy, Verdict};
 
 use crate::Version;
@@ -198,14 +198,14 @@ impl Flow {
             FlowRecord::with_id(self.listener, self.protocol, self.src, self.start, self.id);
         r.user = self.user;
         r.zone = self.zone.as_deref().map(str::to_owned);
-        r.mode = self.mode.map(|m| m.as_str().to_owned());
+        r.mode = self.mode;
         match self.dest {
             Some(Destination::Name(n)) => r.dst_host = Some(n),
-            Some(Destination::Ip(ip)) => r.dst_ip = Some(ip_string(ip)),
+            Some(Destination::Ip(ip)) => r.dst_ip = Some(ip),
             None => r.dst_host = self.raw_dest,
         }
         if let Some(ip) = self.peer {
-            r.dst_ip = Some(ip_string(ip));
+            r.dst_ip = Some(ip);
         }
         r.dst_port = self.port;
         r.sni = self.sni;
@@ -213,7 +213,7 @@ impl Flow {
         r.grant = self.grant;
         r.method = self.method;
         r.status = self.status;
-        r.verdict = self.verdict.as_str().to_owned();
+        r.verdict = self.verdict;
         r.enforced = self.enforced;
         r.rule = self.rule.to_string();
         r.reason = match self.note {

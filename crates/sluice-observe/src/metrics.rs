@@ -244,11 +244,7 @@ impl Metrics {
         let labels = FlowLabels {
             listener: r.listener.as_str(),
             zone: zone.clone(),
-            verdict: if r.verdict == "allow" {
-                "allow"
-            } else {
-                "deny"
-            },
+            verdict: r.verdict.as_str(),
             enforced: r.enforced,
         };
         match r.protocol {
@@ -390,7 +386,10 @@ mod tests {
         let src: SocketAddr = "10.0.1.7:40000".parse().unwrap();
         let mut r = FlowRecord::new(Listener::Http, protocol, src, SystemTime::now());
         r.zone = Some(zone.into());
-        r.verdict = verdict.into();
+        r.verdict = match verdict {
+            "allow" => sluice_policy::Verdict::Allow,
+            _ => sluice_policy::Verdict::Deny,
+        };
         r.bytes_out = 100;
         r.bytes_in = 2000;
         r

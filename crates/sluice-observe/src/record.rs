@@ -6,7 +6,7 @@
 use std::{
     collections::hash_map::RandomState,
     hash::{BuildHasher, Hasher},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use sluice_policy::Decision;
+use sluice_policy::{Decision, Mode, Verdict};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// The listener a flow came in on.
@@ -111,17 +111,17 @@ pub struct FlowRecord {
     /// What it spoke.
     pub protocol: Protocol,
     /// The client, `ip:port`.
-    pub src: String,
+    pub src: SocketAddr,
     /// The authenticated user.
     pub user: Option<String>,
     /// The zone that judged it.
     pub zone: Option<String>,
     /// The zone's mode.
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// The destination name as the client gave it (normalised).
     pub dst_host: Option<String>,
     /// The address Sluice dialed (or, for an IP destination, was asked for).
-    pub dst_ip: Option<String>,
+    pub dst_ip: Option<IpAddr>,
     /// The destination port.
     pub dst_port: Option<u16>,
     /// The TLS server name, when a ClientHello was seen.
@@ -139,7 +139,7 @@ pub struct FlowRecord {
     /// The DNS answers passed to the client.
     pub answers: Option<Vec<String>>,
     /// `allow` or `deny`.
-    pub verdict: String,
+    pub verdict: Verdict,
     /// False for report-mode would-be denials.
     pub enforced: bool,
     /// The rule that decided.
@@ -247,7 +247,7 @@ impl FlowRecord {
             id,
             listener,
             protocol,
-            src: addr_string(src),
+            src,
             user: None,
             zone: None,
             mode: None,
@@ -261,7 +261,7 @@ impl FlowRecord {
             status: None,
             qtype: None,
             answers: None,
-            verdict: "deny".to_owned(),
+            verdict: Verdict::Deny,
             enforced: true,
             rule: String::new(),
             reason: String::new(),
@@ -299,8 +299,8 @@ impl FlowRecord {
     /// decision: the last one is the one that counted.
     pub fn apply_decision(&mut self, decision: &Decision) {
         self.zone = decision.zone.as_deref().map(str::to_owned);
-        self.mode = decision.mode.map(|m| m.as_str().to_owned());
-        self.verdict = decision.verdict.as_str().to_owned();
+        self.mode = decision.mode;
+        self.verdict = decision.verdict;
         self.enforced = decision.enforced;
         self.rule = decision.rule.to_string();
         self.reason.clone_from(&decision.reason);

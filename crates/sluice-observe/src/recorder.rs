@@ -160,12 +160,12 @@ mod tests {
 
     impl Detector for EveryDenial {
         fn observe(&self, r: &FlowRecord) -> Vec<Alert> {
-            if r.verdict == "allow" {
+            if r.verdict == sluice_policy::Verdict::Allow {
                 return Vec::new();
             }
             let at = r.end_time().unwrap_or(SystemTime::UNIX_EPOCH);
             let mut a = Alert::new(AlertKind::DeniedBurst, Severity::Info, at, "denied".into());
-            a.src = r.src.rsplit_once(':').map(|(ip, _)| ip.to_owned());
+            a.src = Some(r.src.ip().to_string());
             a.flows = vec![r.id().to_owned()];
             vec![a]
         }
@@ -189,7 +189,10 @@ mod tests {
     fn flow(verdict: &str, rule: &str) -> FlowRecord {
         let src: SocketAddr = "10.0.1.7:40000".parse().unwrap();
         let mut r = FlowRecord::new(Listener::Http, Protocol::Http, src, SystemTime::now());
-        r.verdict = verdict.into();
+        r.verdict = match verdict {
+            "allow" => sluice_policy::Verdict::Allow,
+            _ => sluice_policy::Verdict::Deny,
+        };
         r.rule = rule.into();
         r.finish(SystemTime::now());
         r

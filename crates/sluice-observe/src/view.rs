@@ -10,11 +10,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
+use sluice_policy::Verdict;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::sync::broadcast;
 
@@ -58,8 +60,8 @@ pub struct ViewLimits {
 pub struct FlowFilter {
     /// The zone's name exactly.
     pub zone: Option<String>,
-    /// `allow` or `deny`.
-    pub verdict: Option<String>,
+    /// Allowed or denied flows only.
+    pub verdict: Option<Verdict>,
     /// A substring (case-insensitive) of the destination name, address or SNI.
     pub host: Option<String>,
     /// Flows that ended at or after this time.
@@ -228,7 +230,7 @@ impl FlowView {
         };
         {
             let mut inner = self.lock();
-            let denied = record.verdict != "allow";
+            let denied = record.verdict != Verdict::Allow;
             if denied {
                 push_bounded(
                     &mut inner.denials,
@@ -287,24 +289,21 @@ impl FlowView {
         let agg = bucket.zones.entry_ref(zone).or_default();
         let add = |t: &mut Totals| {
             t.flows += 1;
-            t.denied += u64::from(r.verdict != "allow");
+            t.denied += u64::from(r.verdict != Verdict::Allow);
             t.bytes_out += r.bytes_out;
             t.bytes_in += r.bytes_in;
         };
         add(&mut agg.totals);
         let limit = self.limits.top_entries;
-        // `src` is `ip:port` or `[ip]:port`, IPv4-mapped clients already
-        // written as IPv4 (FlowRecord::new): the address is the part before
-        // the last colon, without brackets.
-        let source = r.src.rsplit_once(':').map_or(r.src.as_str(), |(ip, _)| {
-            ip.trim_start_matches('[').trim_end_matches(']')
-        });
-        add(bounded_entry(&mut agg.sources, source, limit));
-        let dest = r
-            .dst_host
-            .as_deref()
-            .or(r.dst_ip.as_deref())
-            .unwrap_or_default();
+        // Keys are looked up as text formatted on the stack: a key is
+        // allocated only when it is new to the bucket.
+        let mut buf = IpText::default();
+        add(bounded_entry(&mut agg.sources, buf.of(r.src.ip()), limit));
+        let dest = match (&r.dst_host, r.dst_ip) {
+            (Some(h), _) => h.as_str(),
+            (None, Some(ip)) => buf.of(ip),
+            (None, None) => "",
+        };
         add(bounded_entry(&mut agg.destinations, dest, limit));
     }
 
@@ -469,16 +468,38 @@ impl FlowFilter {
         self.zone
             .as_ref()
             .is_none_or(|z| r.zone.as_ref() == Some(z))
-            && self.verdict.as_ref().is_none_or(|v| &r.verdict == v)
+            && self.verdict.is_none_or(|v| r.verdict == v)
             && self.since.is_none_or(|t| at >= t)
             && self.until.is_none_or(|t| at <= t)
             && self.host.as_ref().is_none_or(|h| {
                 let h = h.to_ascii_lowercase();
-                [&r.dst_host, &r.dst_ip, &r.sni]
+                let mut buf = IpText::default();
+                let ip = r.dst_ip.map(|ip| buf.of(ip));
+                [r.dst_host.as_deref(), ip, r.sni.as_deref()]
                     .into_iter()
                     .flatten()
                     .any(|v| v.to_ascii_lowercase().contains(&h))
             })
+    }
+}
+
+/// An address as text, formatted into a buffer on the stack (the longest
+/// IPv6 text is 45 bytes).
+struct IpText([u8; 48]);
+
+impl Default for IpText {
+    fn default() -> IpText {
+        IpText([0; 48])
+    }
+}
+
+impl IpText {
+    fn of(&mut self, ip: IpAddr) -> &str {
+        use std::io::Write;
+        let mut w = &mut self.0[..];
+        let _ = write!(w, "{ip}");
+        let used = 48 - w.len();
+        std::str::from_utf8(&self.0[..used]).unwrap_or_default()
     }
 }
 

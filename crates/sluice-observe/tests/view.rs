@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sluice_observe::{
     BUCKETS, FlowFilter, FlowRecord, FlowView, Listener, OTHER, Protocol, TopBy, ViewLimits,
 };
+use sluice_policy::Verdict;
 
 fn limits() -> ViewLimits {
     ViewLimits {
@@ -34,7 +35,10 @@ fn flow(zone: &str, host: &str, verdict: &str, src: &str, t: u64) -> FlowRecord 
     r.finish(at(t));
     r.zone = Some(zone.into());
     r.dst_host = Some(host.into());
-    r.verdict = verdict.into();
+    r.verdict = match verdict {
+        "allow" => Verdict::Allow,
+        _ => Verdict::Deny,
+    };
     r.rule = format!("{zone}/{verdict}/1");
     r.bytes_out = 10;
     r.bytes_in = 100;
@@ -86,7 +90,7 @@ fn filters_combine() {
     assert_eq!(
         q(FlowFilter {
             zone: host("web"),
-            verdict: host("deny"),
+            verdict: Some(Verdict::Deny),
             ..Default::default()
         }),
         ["pastebin.com"]

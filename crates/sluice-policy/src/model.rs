@@ -13,7 +13,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -129,7 +129,7 @@ impl Default for Admin {
 }
 
 /// How a zone's rules are applied. The guard is enforced in every mode.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Allowlist: deny rules, then allow rules, then default deny.

@@ -1125,7 +1125,7 @@ fn websocket_upgrade_idles_out_like_a_tunnel() {
         ),
     );
     let (mut c, resp) = upgrade(s.http, origin);
-    let id = header(&resp, "sluice-request-id").expect("request id");
+    let id = header_in(&resp, "sluice-request-id").expect("request id");
     c.write_all(b"hello").unwrap();
     let mut back = [0u8; 5];
     c.read_exact(&mut back).unwrap();

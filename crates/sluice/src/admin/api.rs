@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use serde::{Deserialize, Serialize};
 use sluice_net::Gateway;
 use sluice_observe::{Alert, AlertFilter, AlertKind, FlowFilter, FlowRecord, Severity, TopBy};
-use sluice_policy::{Destination, Request as PolicyRequest};
+use sluice_policy::{Destination, Request as PolicyRequest, Verdict};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{Body, Status, error, json, not_allowed, sse};
@@ -145,7 +145,8 @@ impl Query {
 
     fn filter(&self, verdict: bool) -> Result<FlowFilter, (StatusCode, String)> {
         let v = match self.get("verdict") {
-            Some(v @ ("allow" | "deny")) if verdict => Some(v.to_owned()),
+            Some("allow") if verdict => Some(Verdict::Allow),
+            Some("deny") if verdict => Some(Verdict::Deny),
             Some(_) => return Err(bad("`verdict` must be `allow` or `deny`")),
             None => None,
         };
