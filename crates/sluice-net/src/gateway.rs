@@ -41,6 +41,8 @@ pub struct Gateway {
     grants: Option<Arc<dyn Grants>>,
     router: Box<dyn Router>,
     inspectors: Vec<Arc<dyn Inspector>>,
+    /// Those of `inspectors` that look at HTTP exchanges.
+    http_inspectors: Vec<Arc<dyn Inspector>>,
 }
 
 // === impl Gateway ===
@@ -68,6 +70,7 @@ impl Gateway {
             grants: None,
             router: Box::new(Direct::default()),
             inspectors: vec![Arc::new(SniMatch)],
+            http_inspectors: Vec::new(),
         }
     }
 
@@ -85,6 +88,9 @@ impl Gateway {
 
     /// Adds an inspector after those already present.
     pub fn with_inspector(mut self, inspector: Arc<dyn Inspector>) -> Gateway {
+        if inspector.inspects_http() {
+            self.http_inspectors.push(inspector.clone());
+        }
         self.inspectors.push(inspector);
         self
     }
@@ -339,14 +345,23 @@ impl Gateway {
         })
     }
 
-    /// The inspectors, for listeners that inspect HTTP heads and bodies.
-    pub fn inspectors(&self) -> &[Arc<dyn Inspector>] {
-        &self.inspectors
+    /// The inspectors that look at HTTP exchanges (heads and bodies).
+    pub fn http_inspectors(&self) -> &[Arc<dyn Inspector>] {
+        &self.http_inspectors
     }
 
-    /// Runs every inspector on an HTTP head; the first denial counts.
+    /// What HTTP inspectors know of this flow; `None` when no inspector
+    /// looks at HTTP (nothing is built per request then).
+    pub fn http_subject(&self, flow: &Flow) -> Option<Subject> {
+        if self.http_inspectors.is_empty() {
+            return None;
+        }
+        self.subject(flow)
+    }
+
+    /// Runs every HTTP inspector on a head; the first denial counts.
     pub fn inspect(&self, look: impl FnMut(&dyn Inspector) -> Inspection) -> Result<(), Refusal> {
-        match inspect::first_denial(&self.inspectors, look) {
+        match inspect::first_denial(&self.http_inspectors, look) {
             Inspection::Pass => Ok(()),
             Inspection::Deny { rule, reason } => Err(Refusal::Inspected { rule, reason }),
         }

@@ -64,6 +64,13 @@ pub struct Subject {
 /// Looks inside flows. Every method has a passing default, so an
 /// inspector implements only the points it cares about.
 pub trait Inspector: Send + Sync {
+    /// Whether this inspector looks at absolute-form HTTP exchanges at all
+    /// (heads or bodies): when none does, the HTTP path builds no
+    /// [`Subject`] per request.
+    fn inspects_http(&self) -> bool {
+        false
+    }
+
     /// Whether this inspector wants a tunnel's first client bytes: when no
     /// inspector does, a tunnel never waits for a ClientHello.
     fn wants_first_bytes(&self, _subject: &Subject) -> bool {

@@ -41,6 +41,10 @@ impl RecordSink for Kept {
 struct Dlp;
 
 impl Inspector for Dlp {
+    fn inspects_http(&self) -> bool {
+        true
+    }
+
     fn request_head(&self, _s: &Subject, head: &request::Parts) -> Inspection {
         if head.headers.contains_key("x-exfil") {
             return Inspection::Deny {

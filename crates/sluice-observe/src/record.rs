@@ -111,6 +111,7 @@ pub struct FlowRecord {
     /// What it spoke.
     pub protocol: Protocol,
     /// The client, `ip:port`.
+    #[serde(serialize_with = "addr_text")]
     pub src: SocketAddr,
     /// The authenticated user.
     pub user: Option<String>,
@@ -121,6 +122,7 @@ pub struct FlowRecord {
     /// The destination name as the client gave it (normalised).
     pub dst_host: Option<String>,
     /// The address Sluice dialed (or, for an IP destination, was asked for).
+    #[serde(serialize_with = "ip_text")]
     pub dst_ip: Option<IpAddr>,
     /// The destination port.
     pub dst_port: Option<u16>,
@@ -367,6 +369,20 @@ fn push_digits(out: &mut String, n: u32, width: u32) {
     while div > 0 {
         out.push(char::from(b'0' + (n / div % 10) as u8));
         div /= 10;
+    }
+}
+
+/// Serializes `src` as [`addr_string`] writes it (the text `Display`
+/// gives, without the formatting machinery: every record has one).
+fn addr_text<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&addr_string(*a))
+}
+
+/// Serializes `dst_ip` as [`ip_string`] writes it.
+fn ip_text<S: serde::Serializer>(ip: &Option<IpAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match ip {
+        Some(ip) => s.serialize_str(&ip_string(*ip)),
+        None => s.serialize_none(),
     }
 }
 

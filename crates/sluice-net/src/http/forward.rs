@@ -60,7 +60,7 @@ pub(super) async fn forward(
     if let Err(r) = rewrite_request(&mut parts, upgrade) {
         return refused(&gw, flow, r);
     }
-    let subject = gw.subject(&flow).map(Arc::new);
+    let subject = gw.http_subject(&flow).map(Arc::new);
     if let Some(s) = &subject {
         if let Err(r) = gw.inspect(|i| i.request_head(s, &parts)) {
             return refused(&gw, flow, r);
@@ -131,7 +131,7 @@ async fn handshake(stream: TcpStream) -> Result<SendRequest<ProxyBody>, Refusal>
 /// The inspectors that want this flow's bodies, if any.
 fn watch(gw: &Gateway, subject: Arc<Subject>) -> Option<Watch> {
     let inspectors: Arc<[_]> = gw
-        .inspectors()
+        .http_inspectors()
         .iter()
         .filter(|i| i.wants_bodies(&subject))
         .cloned()
@@ -175,7 +175,7 @@ fn respond(
     watch: Option<Watch>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    if let Some(s) = gw.subject(&flow) {
+    if let Some(s) = gw.http_subject(&flow) {
         if let Err(r) = gw.inspect(|i| i.response_head(&s, &parts)) {
             return refused(&gw, flow, r);
         }
