@@ -161,6 +161,17 @@ fn ends_in_number(name: &str) -> bool {
     matches!(last.strip_prefix("0x"), Some(h) if h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// A destination port as RFC 3986 writes it (`1*5DIGIT`), from 1 to 65535:
+/// ASCII digits only — no sign, space, or other script's digits, not
+/// empty. The one port parser of CONNECT and absolute-form targets,
+/// `sluice check` and the configuration, so that they cannot disagree.
+pub fn parse_port(s: &str) -> Option<u16> {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
 /// IPv4 in every form `inet_aton` and URL parsers accept: one to four parts,
 /// each decimal, `0x` hex or `0`-prefixed octal; the last part fills the
 /// remaining bytes (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`).

@@ -22,7 +22,7 @@ mod matcher;
 pub mod model;
 pub mod policy;
 
-pub use dest::{DestError, Destination};
+pub use dest::{DestError, Destination, parse_port};
 pub use load::{
     ConfigError, ConfigErrors, KeyDoc, Reload, keys, parse_cidr, parse_config, restart_needed,
     schema,

@@ -105,3 +105,29 @@ fn patterns() {
         assert!(normalize_pattern(bad).is_err(), "{bad}");
     }
 }
+
+/// Ports are `1*5DIGIT` from 1 to 65535 and nothing else: the one parser
+/// behind CONNECT, absolute-form, `sluice check` and the configuration.
+#[test]
+fn ports_are_ascii_digits_only() {
+    use sluice_policy::parse_port;
+    for (s, want) in [
+        ("1", Some(1)),
+        ("443", Some(443)),
+        ("00443", Some(443)),
+        ("65535", Some(65535)),
+        ("0", None),
+        ("65536", None),
+        ("000443", None),
+        ("+443", None),
+        ("-1", None),
+        (" 443", None),
+        ("443 ", None),
+        ("", None),
+        ("0x50", None),
+        ("４４３", None),
+        ("44_3", None),
+    ] {
+        assert_eq!(parse_port(s), want, "{s:?}");
+    }
+}

@@ -159,7 +159,12 @@ fn parse_target(target: &str) -> Result<(String, u16), String> {
         (target, None)
     };
     let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if authority.contains('@') {
+        // The proxy refuses user@ targets (400); check explains the proxy.
+        return Err(format!(
+            "`{target}` carries user@: the proxy refuses credentials in a target"
+        ));
+    }
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (h, after) = rest
             .split_once(']')
@@ -172,11 +177,9 @@ fn parse_target(target: &str) -> Result<(String, u16), String> {
         }
     };
     let port = match (port, default_port) {
-        (Some(p), _) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0 && p.to_string().len() <= 5)
-            .ok_or_else(|| format!("invalid port `{p}` in `{target}`"))?,
+        (Some(p), _) => sluice_policy::parse_port(p).ok_or_else(|| {
+            format!("invalid port `{p}` in `{target}`: expected 1 to 65535 in ASCII digits")
+        })?,
         (None, Some(d)) => d,
         (None, None) => return Err(format!("`{target}` needs a port: host:port or a URL")),
     };

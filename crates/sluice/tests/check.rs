@@ -267,6 +267,11 @@ const CASES: &str = r#"
 10.0.1.5  -  x.corp.example:0                    -  2 -     -     -    -
 10.0.1.5  -  x.corp.example:65536                -  2 -     -     -    -
 10.0.1.5  -  x.corp.example:0x50                 -  2 -     -     -    -
+10.0.1.5  -  x.corp.example:+443                 -  2 -     -     -    -
+10.0.1.5  -  x.corp.example:443x                 -  2 -     -     -    -
+10.0.1.5  -  x.corp.example:                     -  2 -     -     -    -
+10.0.1.5  -  a@x.corp.example:443                -  2 -     -     -    -
+10.0.1.5  -  http://u:p@x.corp.example/          -  2 -     -     -    -
 10.0.1.5  -  x.corp.example                      -  2 -     -     -    -
 # --- numeric IP forms: judged as addresses, never as names --------------------------------------
 10.0.1.5  -  93.184.216.10:443                   -  0 allow true  web  web/allow/4

@@ -520,6 +520,31 @@ fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
             Outcome::Explained("not a URL"),
         ),
         (
+            "CONNECT with a signed port",
+            format!(
+                "CONNECT {}:+{} HTTP/1.1\r\nHost: {o}\r\n\r\n",
+                o.ip(),
+                o.port()
+            )
+            .into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "CONNECT with an empty port",
+            format!("CONNECT {}: HTTP/1.1\r\nHost: {o}\r\n\r\n", o.ip()).into_bytes(),
+            Outcome::Refused,
+        ),
+        (
+            "absolute-form with a signed port",
+            format!(
+                "GET http://{}:+{}/ HTTP/1.1\r\nHost: {o}\r\n\r\n",
+                o.ip(),
+                o.port()
+            )
+            .into_bytes(),
+            Outcome::Refused,
+        ),
+        (
             "CONNECT with userinfo",
             format!("CONNECT user@{o} HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
             Outcome::Refused,

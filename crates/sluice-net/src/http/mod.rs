@@ -262,10 +262,10 @@ fn target(req: &Request<Incoming>, is_connect: bool) -> Result<(String, u16), St
         if auth.as_str().contains('@') {
             return Err("CONNECT needs host:port as its target, without user@".into());
         }
-        let port = auth.port_u16().ok_or("CONNECT needs an explicit port")?;
-        if port == 0 {
-            return Err("port 0 is not a destination".into());
-        }
+        let port = match auth.port() {
+            Some(p) => port_of(p.as_str())?,
+            None => return Err("CONNECT needs an explicit port".into()),
+        };
         return Ok((auth.host().to_owned(), port));
     }
     let Some(auth) = uri.authority() else {
@@ -281,11 +281,22 @@ fn target(req: &Request<Incoming>, is_connect: bool) -> Result<(String, u16), St
         Some("https") => return Err("send https:// URLs through CONNECT (use HTTPS_PROXY)".into()),
         _ => return Err("only http:// URLs are proxied in absolute form".into()),
     };
-    let port = auth.port_u16().unwrap_or(default_port);
-    if port == 0 {
-        return Err("port 0 is not a destination".into());
-    }
+    let port = match auth.port() {
+        Some(p) => port_of(p.as_str())?,
+        None if auth.as_str().ends_with(':') => return Err("empty port in the URL".into()),
+        None => default_port,
+    };
     Ok((auth.host().to_owned(), port))
+}
+
+/// A target's port: `1*5DIGIT`, 1 to 65535 (no sign, no space).
+fn port_of(p: &str) -> Result<u16, String> {
+    sluice_policy::parse_port(p).ok_or_else(|| {
+        format!(
+            "invalid port `{}`: expected 1 to 65535 in ASCII digits",
+            p.escape_debug()
+        )
+    })
 }
 
 /// A flow record for a request hyper refused before Sluice saw it (it

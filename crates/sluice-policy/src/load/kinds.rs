@@ -419,7 +419,7 @@ fn valid_admin_host(s: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
     };
-    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0))
+    host_ok && port.is_none_or(|p| crate::dest::parse_port(p).is_some())
 }
 
 /// A list of resolvers, `ip:port` with a nonzero port.
