@@ -520,6 +520,22 @@ fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
             Outcome::Explained("not a URL"),
         ),
         (
+            "two Host headers",
+            format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nHost: other.example\r\n\r\n")
+                .into_bytes(),
+            Outcome::Explained("more than one Host"),
+        ),
+        (
+            "an empty Host header",
+            format!("GET http://{o}/ HTTP/1.1\r\nHost: \r\n\r\n").into_bytes(),
+            Outcome::Explained("invalid Host"),
+        ),
+        (
+            "a Host header with a path",
+            format!("GET http://{o}/ HTTP/1.1\r\nHost: a.example/x\r\n\r\n").into_bytes(),
+            Outcome::Explained("invalid Host"),
+        ),
+        (
             "CONNECT with a signed port",
             format!(
                 "CONNECT {}:+{} HTTP/1.1\r\nHost: {o}\r\n\r\n",
@@ -610,6 +626,22 @@ fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
             "{what}: the origin saw a request that was not answered as forwarded"
         );
     }
+    // An h2c upgrade is not relayed: the request reaches the origin as a
+    // plain request, without Upgrade and its Connection token.
+    let h2c = format!(
+        "GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    );
+    let r = send_raw(sluice.http, h2c.as_bytes(), T);
+    assert_eq!(r.status, Some(200), "h2c: {}", show(&r));
+    let echo: Value = serde_json::from_slice(&r.body).unwrap();
+    for h in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            echo["headers"].get(h).is_none(),
+            "h2c: {h} forwarded: {echo}"
+        );
+    }
+    forwarded += 1;
     // Still serving.
     let r = send_raw(sluice.http, &absolute_get(&o.to_string()), T);
     assert_eq!(r.status, Some(200), "{}", show(&r));

@@ -592,6 +592,22 @@ fn refused_unresolvable_and_report_mode_replies() {
     assert_eq!(code, 2);
     let rec = s.wait_record("bad..name", |r| r["rule"] == "default/invalid-destination");
     assert_eq!(rec["listener"], "socks5");
+    // Names no resolver should see, whatever decoding a later stage does.
+    for bad in [
+        "a\0b.example",
+        "a/b.example",
+        "a%2eb.example",
+        "user@origin.test",
+        "a b.example",
+        "a\r\nb.example",
+        "origin.test:80",
+    ] {
+        let (code, _) = raw_connect(socks, 1, bad, 80);
+        assert_eq!(code, 2, "{bad:?}");
+        s.wait_record(bad, |r| {
+            r["dst_host"] == bad && r["rule"] == "default/invalid-destination"
+        });
+    }
 }
 
 #[test]

@@ -265,8 +265,19 @@ fn dialed_at(flow: &Flow) -> SocketAddr {
     )
 }
 
+/// A WebSocket upgrade, the only one relayed: `h2c` and unknown tokens
+/// are dropped with the other hop-by-hop headers (an `h2c` upgrade would
+/// carry requests past whatever inspects HTTP).
 fn wants_upgrade(h: &HeaderMap) -> bool {
+    let websocket = h
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .all(|t| t.eq_ignore_ascii_case("websocket"));
     h.contains_key(header::UPGRADE)
+        && websocket
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())

@@ -245,6 +245,27 @@ fn framing_problem(req: &Request<Incoming>, is_connect: bool) -> Option<&'static
     if req.version() != hyper::Version::HTTP_11 && req.version() != hyper::Version::HTTP_10 {
         return Some("unsupported HTTP version");
     }
+    // RFC 9112 §3.2: more than one Host line, or an invalid one, is a 400.
+    let mut hosts = h.get_all(header::HOST).iter();
+    if let (Some(host), next) = (hosts.next(), hosts.next()) {
+        if next.is_some() {
+            return Some("more than one Host header");
+        }
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(crate::transparent::host_of)
+            .is_some_and(|h| {
+                // A bracketed IPv6 literal (with a zone id) is judged as the
+                // target is; a name may hold only name characters.
+                h.starts_with('[')
+                    || h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            });
+        if !valid {
+            return Some("empty or invalid Host header");
+        }
+    }
     None
 }
 

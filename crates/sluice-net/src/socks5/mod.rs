@@ -211,6 +211,10 @@ fn target(gw: &Gateway, flow: &mut Flow, req: &SocksRequest) -> Result<(), End> 
         return Ok(());
     };
     let result = match std::str::from_utf8(d) {
+        Ok(name) if !host_name_bytes(name) => Err(Refusal::InvalidDestination(format!(
+            "`{}` is not a host name",
+            name.escape_debug()
+        ))),
         Ok(name) => gw.target(flow, name, req.port),
         Err(_) => Err(Refusal::InvalidDestination(
             "the domain name is not UTF-8".into(),
@@ -220,6 +224,22 @@ fn target(gw: &Gateway, flow: &mut Flow, req: &SocksRequest) -> Result<(), End> 
         let reply = reply_for(&r);
         End::Refused(r, Some(reply))
     })
+}
+
+/// Whether a SOCKS5 domain name holds only what a host name (or an IP
+/// literal sent as a name) may: no NUL, `/`, `%`, `@`, space, CR/LF or
+/// embedded `:port`. Non-ASCII is left to IDNA. Without this, URL-style
+/// decoding would turn `%2e` or `a@b` into some other host.
+fn host_name_bytes(name: &str) -> bool {
+    let literal = name.parse::<std::net::IpAddr>().is_ok()
+        || name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+    literal
+        || name.bytes().all(|b| {
+            !b.is_ascii() || b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'
+        })
 }
 
 /// Why reading a handshake message stopped.
