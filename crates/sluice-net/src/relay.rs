@@ -136,9 +136,10 @@ pub async fn relay(
             .map_err(|e| Stop::Io(format!("destination side: {e}"), ErrorKind::UpstreamClosed))?;
         // Free the peeked bytes now rather than at the tunnel's end.
         drop(first);
+        // A failed read is the client's, a failed write the destination's.
         pump(cr, &mut uw, &counters.out, &counters, started)
             .await
-            .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))
+            .map_err(|e| e.stop(CLIENT, DESTINATION))
     };
     let down = async {
         deliver(&mut cw, pre.inn, &counters.inn, &counters, started)
@@ -146,7 +147,7 @@ pub async fn relay(
             .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))?;
         pump(ur, &mut cw, &counters.inn, &counters, started)
             .await
-            .map_err(|e| Stop::Io(format!("destination side: {e}"), ErrorKind::UpstreamClosed))
+            .map_err(|e| e.stop(DESTINATION, CLIENT))
     };
     // Either side failing (or the hello check refusing) ends the tunnel at
     // once; a clean end of one side waits for the other.
@@ -187,6 +188,31 @@ pub async fn relay(
 enum Stop {
     Denied(std::sync::Arc<str>, String),
     Io(String, ErrorKind),
+}
+
+/// A socket of the tunnel, as errors name it.
+type End = (&'static str, ErrorKind);
+const CLIENT: End = ("client side", ErrorKind::Client);
+const DESTINATION: End = ("destination side", ErrorKind::UpstreamClosed);
+
+/// Which half of one direction failed: the socket read from, or the one
+/// written to. Errors name the socket that failed, not the direction.
+#[derive(Debug)]
+pub(crate) enum PumpError {
+    /// Reading the source failed.
+    Read(io::Error),
+    /// Writing the sink failed.
+    Write(io::Error),
+}
+
+impl PumpError {
+    fn stop(self, source: End, sink: End) -> Stop {
+        let ((side, kind), e) = match self {
+            PumpError::Read(e) => (source, e),
+            PumpError::Write(e) => (sink, e),
+        };
+        Stop::Io(format!("{side}: {e}"), kind)
+    }
 }
 
 /// Writes bytes read before the relay began, counting them.
@@ -263,11 +289,11 @@ async fn pump(
     count: &AtomicU64,
     counters: &Counters,
     started: Instant,
-) -> io::Result<()> {
+) -> Result<(), PumpError> {
     #[cfg(target_os = "linux")]
     let mut tried_splice = false;
     loop {
-        r.readable().await?;
+        r.readable().await.map_err(PumpError::Read)?;
         // Allocated only while data moves (not zeroed: `try_read_buf` fills
         // spare capacity); freed when the socket would block.
         let mut buf: Vec<u8> = Vec::with_capacity(BUF);
@@ -279,7 +305,7 @@ async fn pump(
                     return Ok(());
                 }
                 Ok(n) => {
-                    w.write_all(&buf[..n]).await?;
+                    w.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
                     count.fetch_add(n as u64, Ordering::Relaxed);
                     counters.touch(started);
                     // A read that filled the whole buffer is bulk traffic:
@@ -299,7 +325,7 @@ async fn pump(
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => return Err(PumpError::Read(e)),
             }
         }
     }

@@ -27,7 +27,7 @@ use tokio::{
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
 };
 
-use crate::relay::Counters;
+use crate::relay::{Counters, PumpError};
 
 /// The pipe size asked for (the kernel rounds it to pages and caps it at
 /// `/proc/sys/fs/pipe-max-size`; the default 64 KiB is kept if refused).
@@ -79,7 +79,7 @@ pub(crate) async fn pump(
     count: &AtomicU64,
     counters: &Counters,
     started: Instant,
-) -> io::Result<()> {
+) -> Result<(), PumpError> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let cap = fcntl(&pw, FcntlArg::F_GETPIPE_SZ)
         .ok()
@@ -91,7 +91,7 @@ pub(crate) async fn pump(
     loop {
         // Fill the pipe from the socket. The pipe is empty here, so an
         // EAGAIN can only mean the socket has nothing to read.
-        r.readable().await?;
+        r.readable().await.map_err(PumpError::Read)?;
         let n = match rs.try_io(Interest::READABLE, || {
             splice(rs.as_fd(), None, pw.as_fd(), None, cap, flags).map_err(would_block)
         }) {
@@ -101,24 +101,24 @@ pub(crate) async fn pump(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(PumpError::Read(e)),
         };
         // Drain it into the other socket. The pipe holds data, so an EAGAIN
         // can only mean the socket's send buffer is full.
         let mut left = n;
         while left > 0 {
-            ws.writable().await?;
+            ws.writable().await.map_err(PumpError::Write)?;
             match ws.try_io(Interest::WRITABLE, || {
                 splice(pr.as_fd(), None, ws.as_fd(), None, left, flags).map_err(would_block)
             }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
                 Ok(m) => {
                     left -= m;
                     count.fetch_add(m as u64, Ordering::Relaxed);
                     counters.touch(started);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(PumpError::Write(e)),
             }
         }
     }

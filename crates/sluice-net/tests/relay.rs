@@ -125,3 +125,51 @@ async fn idle_timeout_ends_tunnel() {
     .await;
     assert!(r.error.unwrap().starts_with("idle"));
 }
+
+/// A client that leaves while the destination is still streaming makes the
+/// write to the client fail: the error names the client, the socket that
+/// failed, not the direction the bytes were going (`error_kind` client),
+/// both on the copy path and once the direction has switched to splice.
+#[tokio::test]
+async fn a_client_leaving_mid_stream_is_the_client_side() {
+    for chunk in [1_000usize, 64 * 1024] {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_up, mut origin) = pair().await;
+        let streamer = tokio::spawn(async move {
+            let data = vec![7u8; chunk];
+            // Bounded: the relay's failure ends it (or 20 s pass).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::time::Instant::now() < deadline {
+                if origin.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let task = tokio::spawn(async move {
+            relay(
+                proxy_client,
+                proxy_up,
+                Preread::default(),
+                None,
+                timeouts(30_000),
+                std::future::pending(),
+            )
+            .await
+        });
+        let mut got = vec![0u8; 256 * 1024];
+        client.read_exact(&mut got).await.unwrap();
+        drop(client);
+        let r = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the relay ended")
+            .unwrap();
+        streamer.abort();
+        let error = r.error.unwrap_or_default();
+        assert!(error.starts_with("client side"), "{chunk}: {error}");
+        assert_eq!(
+            r.error_kind,
+            Some(sluice_observe::ErrorKind::Client),
+            "{chunk}: {error}"
+        );
+    }
+}
