@@ -110,6 +110,11 @@ pub fn parse(packet: &[u8]) -> Result<Question, Refusal> {
         query,
     };
     let refuse = |code| Err(Refusal::Answer(encode(&q.response(code))));
+    // RFC 6891 §6.1.3: an EDNS version we do not implement gets BADVERS,
+    // with our own OPT (version 0) saying what we speak.
+    if msg.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return refuse(ResponseCode::BADVERS);
+    }
     if q.query.query_class() != DNSClass::IN {
         return refuse(ResponseCode::NotImp);
     }
@@ -195,6 +200,33 @@ mod tests {
         m.add_query(Query::query(name, RecordType::A));
         let q = parse(&m.to_vec().unwrap()).unwrap();
         assert_eq!(q.name, None);
+    }
+
+    #[test]
+    fn an_edns_version_above_0_gets_badvers_with_an_opt() {
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("example.com.").unwrap(),
+            RecordType::A,
+        ));
+        let mut e = Edns::new();
+        e.set_version(1);
+        m.set_edns(e);
+        let Err(Refusal::Answer(a)) = parse(&m.to_vec().unwrap()) else {
+            panic!("EDNS version 1 was accepted")
+        };
+        let reply = Message::from_vec(&a).unwrap();
+        // 16 is BADVERS with an OPT (hickory names the code BADSIG too).
+        assert_eq!(u16::from(reply.metadata.response_code), 16);
+        assert_eq!(reply.edns.as_ref().map(Edns::version), Some(0));
+        // Version 0 is served as before.
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("example.com.").unwrap(),
+            RecordType::A,
+        ));
+        m.set_edns(Edns::new());
+        assert!(parse(&m.to_vec().unwrap()).is_ok());
     }
 
     #[test]

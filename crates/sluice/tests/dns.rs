@@ -131,6 +131,12 @@ fn allowed_denied_wildcard_and_sources_in_no_zone() {
     let d = dig(&s, &["app.example.com", "A"]);
     assert_eq!(d.status, "NOERROR", "{}", d.text);
     assert_eq!(d.data(), ["93.184.216.34"]);
+    // An EDNS version Sluice does not speak: BADVERS (RFC 6891 §6.1.3).
+    let d = dig(
+        &s,
+        &["+edns=1", "+noednsnegotiation", "app.example.com", "A"],
+    );
+    assert_eq!(d.status, "BADVERS", "{}", d.text);
     let d = dig(&s, &["X.Allowed.Test", "A"]);
     assert_eq!(d.data(), ["93.184.216.36"], "{}", d.text);
     // Names no host rule allows are still resolved for their addresses (the
