@@ -38,6 +38,8 @@ pub struct Filtered {
     pub addrs: Vec<(IpAddr, u32)>,
     /// Addresses removed, with the rule that removed them.
     pub stripped: Vec<Rejected>,
+    /// Why the answer became SERVFAIL (a CNAME loop or over-long chain).
+    pub error: Option<String>,
 }
 
 /// Filters `upstream` (the answer for `qname`) for the zone of `decision`.
@@ -58,6 +60,7 @@ pub fn filter(
         authorities: Vec::new(),
         addrs: Vec::new(),
         stripped: Vec::new(),
+        error: None,
     };
     if !matches!(out.rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
         return out;
@@ -65,15 +68,25 @@ pub fn filter(
     let ttl = |t: u32| t.min(ttl_max).saturating_sub(age);
     // The chain, in order, from the queried name.
     let mut chain: Vec<Name> = vec![qname.to_lowercase()];
-    while chain.len() <= MAX_CHAIN {
-        let Some(last) = chain.last() else { break };
-        let next = upstream.answers.iter().find_map(|r| match &r.data {
+    let cname_of = |last: &Name| {
+        upstream.answers.iter().find_map(|r| match &r.data {
             RData::CNAME(c) if r.name.to_lowercase() == *last => Some(c.0.to_lowercase()),
             _ => None,
-        });
-        let Some(next) = next.filter(|n| !chain.contains(n)) else {
-            break;
-        };
+        })
+    };
+    while let Some(next) = chain.last().and_then(cname_of) {
+        // A loop, or a chain longer than any resolver follows, answers
+        // nothing: SERVFAIL, never an empty NOERROR that looks like "no
+        // such record".
+        if chain.contains(&next) || chain.len() > MAX_CHAIN {
+            out.rcode = ResponseCode::ServFail;
+            out.error = Some(if chain.contains(&next) {
+                format!("CNAME loop at {next}")
+            } else {
+                format!("CNAME chain longer than {MAX_CHAIN}")
+            });
+            return out;
+        }
         match normalise(&next) {
             Some(text) => {
                 if let Some(cut) = policy.dns_chain_check(&out.decision, &text) {

@@ -242,12 +242,13 @@ impl Forwarder {
     /// A filtered upstream answer: grants, then the response.
     fn answer(
         &self,
-        rec: FlowRecord,
+        mut rec: FlowRecord,
         f: Filtered,
         q: &Question,
         name: &str,
         transport: Transport,
     ) -> Vec<u8> {
+        rec.error.clone_from(&f.error);
         if !f.decision.passes() {
             return self.blocked(rec, &f.decision, q, transport);
         }

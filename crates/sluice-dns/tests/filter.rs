@@ -121,13 +121,35 @@ fn other_types_pass_and_errors_carry_no_records() {
     assert_eq!(f.rcode, ResponseCode::ServFail);
 }
 
+/// A CNAME loop or an over-long chain answers SERVFAIL with no records,
+/// never an empty NOERROR; a long but bounded chain is followed.
 #[test]
-fn chain_loops_end() {
+fn chain_loops_and_overlong_chains_are_servfail() {
     let (p, d) = setup("app.example.com");
     let up = msg(vec![
         cname("app.example.com.", "b.example.org."),
         cname("b.example.org.", "app.example.com."),
     ]);
     let f = filter(&p, &d, &name("app.example.com."), &up, 60, 0);
-    assert_eq!(f.answers.len(), 2);
+    assert_eq!(f.rcode, ResponseCode::ServFail);
+    assert!(f.answers.is_empty());
+    assert!(f.error.unwrap().contains("loop"));
+
+    let chain = |n: usize| {
+        let mut v = vec![cname("app.example.com.", "c0.example.org.")];
+        for i in 0..n {
+            v.push(cname(
+                &format!("c{i}.example.org."),
+                &format!("c{}.example.org.", i + 1),
+            ));
+        }
+        v.push(a(&format!("c{n}.example.org."), [93, 184, 216, 34]));
+        msg(v)
+    };
+    let f = filter(&p, &d, &name("app.example.com."), &chain(10), 60, 0);
+    assert_eq!(f.rcode, ResponseCode::NoError);
+    assert_eq!(f.answers.len(), 12);
+    let f = filter(&p, &d, &name("app.example.com."), &chain(40), 60, 0);
+    assert_eq!(f.rcode, ResponseCode::ServFail);
+    assert!(f.answers.is_empty());
 }
