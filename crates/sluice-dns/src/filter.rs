@@ -136,19 +136,25 @@ pub fn filter(
         out.answers.push(r);
     }
     if out.answers.iter().all(|r| address(r).is_none()) || out.rcode == ResponseCode::NXDomain {
-        out.authorities = upstream
-            .authorities
-            .iter()
-            .filter(|r| r.record_type() == RecordType::SOA)
-            .take(1)
-            .cloned()
-            .map(|mut r| {
-                r.ttl = ttl(r.ttl);
-                r
-            })
-            .collect();
+        out.authorities = soa(upstream, ttl);
     }
     out
+}
+
+/// The upstream's SOA (at most one), its TTL capped: what a negative or
+/// address-less answer carries for negative caching (RFC 2308).
+fn soa(upstream: &Message, ttl: impl Fn(u32) -> u32) -> Vec<Record> {
+    upstream
+        .authorities
+        .iter()
+        .filter(|r| r.record_type() == RecordType::SOA)
+        .take(1)
+        .cloned()
+        .map(|mut r| {
+            r.ttl = ttl(r.ttl);
+            r
+        })
+        .collect()
 }
 
 fn address(r: &Record) -> Option<IpAddr> {

@@ -146,8 +146,8 @@ impl Gateway {
 
     // === stage 0: a new flow ===
 
-    /// A flow from `src`, judged by the policy in force now; refused while
-    /// draining.
+    /// A flow from `src`, judged by the policy in force now (draining is
+    /// checked by [`Gateway::admit`]).
     pub fn start(&self, listener: Listener, protocol: Protocol, src: SocketAddr) -> Flow {
         Flow::new(self.version(), listener, protocol, src)
     }
