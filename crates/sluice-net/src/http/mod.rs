@@ -119,7 +119,15 @@ async fn connection(
         }
         () = gw.drain().began() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // In-flight exchanges may finish until the drain deadline; then
+            // the connection is dropped, and with it every exchange still
+            // waiting for a head or streaming a body, each recording itself
+            // as stopped by the drain (`forward::InFlight`, `body::Ended`)
+            // before the process flushes the flow log.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = gw.drain().stopped() => {}
+            }
         }
     }
 }
