@@ -22,7 +22,9 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use sluice_testkit::{Sluice, TempDir, assert_fields, connect_with_timeout, curl, read_response};
+use sluice_testkit::{
+    Origin, Sluice, TempDir, assert_fields, connect_with_timeout, curl, read_response,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const T: Duration = Duration::from_secs(10);
@@ -340,4 +342,56 @@ fn exchanges_open_at_the_drain_deadline_are_recorded_before_exit() {
     );
     let stderr = sluice.stderr.lock().unwrap().join("\n");
     assert!(!stderr.contains("dropped"), "{stderr}");
+}
+
+#[test]
+fn content_length_with_transfer_encoding_gets_400_and_reaches_no_origin() {
+    let origin = Origin::start("127.0.0.1");
+    let sluice = Sluice::start(BIN, &allowing(&[origin.addr.port()], ""));
+    let o = origin.addr;
+    let smuggled = format!("GET http://{o}/smuggled HTTP/1.1\r\nHost: {o}\r\n\r\n");
+    let heads = [
+        format!(
+            "POST http://{o}/1 HTTP/1.1\r\nHost: {o}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ),
+        format!(
+            "POST http://{o}/2 HTTP/1.1\r\nHost: {o}\r\ntransfer-encoding: chunked\r\ncontent-length: 60\r\n\r\n"
+        ),
+    ];
+    for head in &heads {
+        let body = format!("0\r\n\r\n{smuggled}");
+        let (r, closed) = exchange(sluice.http, head, body.as_bytes());
+        assert_eq!(r.status, Some(400), "{head}: {}", r.text());
+        assert!(r.text().contains("Content-Length and Transfer-Encoding"));
+        assert!(closed, "{head}: the client connection stayed open");
+        let id = r.header("sluice-request-id").unwrap().to_owned();
+        let rec = sluice.wait_record(head, |r| r["id"] == id.as_str());
+        assert_fields(
+            &rec,
+            &[
+                ("status", json!(400)),
+                ("rule", json!("default/bad-request")),
+                ("error_kind", json!("client")),
+            ],
+        );
+    }
+    assert_eq!(
+        origin.conns.load(Ordering::SeqCst),
+        0,
+        "the origin was contacted"
+    );
+
+    // After a chunked request on the same connection (a body the head
+    // scanner does not follow), the next head is still judged.
+    let mut s = connect_with_timeout(sluice.http, T);
+    write!(
+        s,
+        "POST http://{o}/ok HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3\r\nabc\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s, false).status, Some(200));
+    write!(s, "{}0\r\n\r\n", heads[0]).unwrap();
+    assert_eq!(read_response(&mut s, false).status, Some(400));
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 1);
 }
