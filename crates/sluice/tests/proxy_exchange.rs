@@ -210,6 +210,39 @@ fn a_client_that_gives_up_waiting_leaves_a_client_record() {
     assert_eq!(requests_total(&sluice), before + 1.0);
 }
 
+/// `limits.response_timeout` applies on reload: the next request waits
+/// for the new value, without a restart.
+#[test]
+fn response_timeout_changes_on_reload() {
+    let origin = raw_origin(b"");
+    let sluice = Sluice::start(
+        BIN,
+        &allowing(&[origin.addr.port()], "limits:\n  response_timeout: 30s\n"),
+    );
+    let text = std::fs::read_to_string(&sluice.config).unwrap();
+    let tmp = sluice.config.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        text.replace("response_timeout: 30s", "response_timeout: 1s"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &sluice.config).unwrap();
+    sluice.signal("HUP");
+    assert!(sluice.wait_log("policy reloaded", T), "no reload");
+    let stderr = sluice.stderr.lock().unwrap().join("\n");
+    assert!(!stderr.contains("need a restart"), "{stderr}");
+    let t0 = Instant::now();
+    let c = curl(&[
+        "-x",
+        &sluice.proxy_url(),
+        "--max-time",
+        "20",
+        &format!("http://{}/", origin.addr),
+    ]);
+    assert_eq!(c.status, 504, "{c:?}");
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+}
+
 // === framing ===
 
 /// Sends `head` then `body` on a fresh connection; the answer, and whether
