@@ -21,7 +21,7 @@
 mod answer;
 mod body;
 mod forward;
-pub(crate) mod framing;
+pub mod framing;
 mod pool;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
