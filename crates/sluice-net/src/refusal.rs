@@ -50,6 +50,9 @@ pub enum Refusal {
     },
     /// No address answered within the connect timeout.
     Timeout(Duration),
+    /// The origin sent no response head within `limits.response_timeout`
+    /// of the request being sent to it.
+    NoResponse(Duration),
     /// The destination closed or failed after the connection was made.
     UpstreamClosed(String),
     /// Sluice is draining and takes no new work.
@@ -82,6 +85,7 @@ impl Refusal {
             Refusal::Resolve { .. }
             | Refusal::Connect { .. }
             | Refusal::Timeout(_)
+            | Refusal::NoResponse(_)
             | Refusal::UpstreamClosed(_) => Some(Side::Upstream),
             Refusal::Draining | Refusal::Internal(_) => Some(Side::Internal),
         }
@@ -98,7 +102,7 @@ impl Refusal {
             }
             Refusal::Resolve { .. } => ErrorKind::Resolve,
             Refusal::Connect { .. } => ErrorKind::Connect,
-            Refusal::Timeout(_) => ErrorKind::Timeout,
+            Refusal::Timeout(_) | Refusal::NoResponse(_) => ErrorKind::Timeout,
             Refusal::UpstreamClosed(_) => ErrorKind::UpstreamClosed,
             Refusal::Draining | Refusal::Internal(_) => ErrorKind::Internal,
         })
@@ -117,6 +121,10 @@ impl Refusal {
             Refusal::Timeout(after) => {
                 format!("connect timed out after {}ms", after.as_millis())
             }
+            Refusal::NoResponse(after) => format!(
+                "origin sent no response within {}ms of the request (limits.response_timeout)",
+                after.as_millis()
+            ),
             Refusal::UpstreamClosed(why) => format!("origin: {why}"),
             Refusal::Draining => "draining".to_owned(),
             Refusal::Internal(why) => format!("internal: {why}"),
@@ -157,6 +165,7 @@ impl Refusal {
             }
             Refusal::Resolve { .. }
             | Refusal::Timeout(_)
+            | Refusal::NoResponse(_)
             | Refusal::UpstreamClosed(_)
             | Refusal::Draining
             | Refusal::Internal(_) => flow.error = Some(self.message()),

@@ -18,12 +18,13 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use crate::http::framing::HeadScan;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -36,14 +37,23 @@ const SERVING: u8 = 2;
 const TUNNEL: u8 = 3;
 
 /// Where a connection is between requests, shared by the service and the
-/// wrapper.
+/// wrapper; and whether a head just read had both `Content-Length` and
+/// `Transfer-Encoding` (hyper hides that from the service).
 #[derive(Debug)]
-pub(crate) struct Phase(AtomicU8);
+pub(crate) struct Phase(AtomicU8, AtomicBool);
 
 impl Phase {
     /// A new connection: its first head is due within the header timeout.
     pub(crate) fn new() -> Arc<Phase> {
-        Arc::new(Phase(AtomicU8::new(HEAD)))
+        Arc::new(Phase(AtomicU8::new(HEAD), AtomicBool::new(false)))
+    }
+
+    /// Whether a head read since the last call had both lengths. One flag,
+    /// not one per head: hyper closes a connection after such a head, so
+    /// no request after it is served; a request pipelined before it in the
+    /// same read is refused with it.
+    pub(crate) fn take_both_lengths(&self) -> bool {
+        self.1.swap(false, Ordering::Relaxed)
     }
 
     /// The service got a complete head: no read deadline until it answers.
@@ -75,6 +85,8 @@ pub(crate) struct Timed {
     /// When the current head began (`HEAD`) or the last byte moved.
     since: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Heads as written, for what hyper's parser normalizes away.
+    scan: HeadScan,
 }
 
 impl Timed {
@@ -88,6 +100,7 @@ impl Timed {
             seen: HEAD,
             since: now,
             timer: Box::pin(sleep_until(now + header)),
+            scan: HeadScan::default(),
         }
     }
 
@@ -151,6 +164,22 @@ impl Timed {
         }
     }
 
+    /// Feeds bytes just read to the head scanner (before `track` moves the
+    /// phase on: `AWAITING` still says the last request was answered).
+    fn scan_heads(&mut self, bytes: &[u8]) {
+        match self.phase.0.load(Ordering::Relaxed) {
+            TUNNEL => return,
+            AWAITING => self.scan.resync(),
+            _ => {}
+        }
+        let phase = &self.phase;
+        self.scan.feed(bytes, |h| {
+            if h.both_lengths {
+                phase.1.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+
     /// After a write: the response that ends a request is written after the
     /// service has answered, and hyper may not read again until the client
     /// sends something, so the idle deadline is armed here, from the write
@@ -178,6 +207,9 @@ impl AsyncRead for Timed {
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 let got = buf.filled().len() > before;
+                if got {
+                    self.scan_heads(&buf.filled()[before..]);
+                }
                 self.track(got);
                 Poll::Ready(r)
             }

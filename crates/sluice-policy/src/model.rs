@@ -339,6 +339,10 @@ pub struct Limits {
     /// On SIGTERM, how long open tunnels may continue.
     #[serde(with = "duration_text")]
     pub drain_timeout: Duration,
+    /// Time an origin may take to send a response head once the request
+    /// was fully sent to it (absolute-form requests); past it, 504.
+    #[serde(with = "duration_text")]
+    pub response_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -351,6 +355,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
         }
     }
 }

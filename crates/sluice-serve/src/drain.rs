@@ -73,6 +73,12 @@ impl Drain {
         wait_true(self.begin.subscribe())
     }
 
+    /// Whether open work must stop (the drain deadline passed): work
+    /// dropped now ends because of the drain, not its peer.
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
     /// Resolves when open work must stop.
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         wait_true(self.stop.subscribe())
@@ -155,7 +161,9 @@ mod tests {
         began.await;
         assert!(d.is_draining());
         let stopped = d.stopped();
+        assert!(!d.is_stopped());
         d.stop_all();
         stopped.await;
+        assert!(d.is_stopped());
     }
 }

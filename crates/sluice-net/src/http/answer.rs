@@ -39,6 +39,10 @@ pub(super) fn refusal(r: &Refusal, flow: &Flow) -> Response<ProxyBody> {
             StatusCode::GATEWAY_TIMEOUT,
             "Gateway timeout: the destination did not answer in time\n",
         ),
+        Refusal::NoResponse(_) => close(text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway timeout: the origin sent no response within limits.response_timeout\n",
+        )),
         Refusal::UpstreamClosed(why) => {
             text(StatusCode::BAD_GATEWAY, &format!("Bad gateway: {why}\n"))
         }

@@ -25,8 +25,23 @@ pub(super) type Denial = (Arc<str>, String);
 pub(super) struct End {
     /// Data bytes that passed.
     pub bytes: u64,
-    /// The body's own error, if it failed.
-    pub error: Option<String>,
+    /// Why it ended.
+    pub how: Ended,
+}
+
+/// Why a counted body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// At its end.
+    Complete,
+    /// Its sender failed (the client for a request body, the origin for a
+    /// response body): a framing error, a reset, a truncation.
+    Failed(String),
+    /// An inspector refused it.
+    Refused(String),
+    /// Dropped before its end: its reader went away (the client, for a
+    /// response body), or the drain deadline stopped the exchange.
+    Dropped,
 }
 
 /// Called once when the body ends.
@@ -48,7 +63,7 @@ pub(super) struct Refused(pub String);
 
 /// A body that counts its data bytes into `count`, shows them to `watch`,
 /// and calls `on_end` once.
-pub(super) struct Counted<B> {
+pub(super) struct Counted<B: Body> {
     inner: B,
     count: Arc<AtomicU64>,
     dir: Direction,
@@ -56,7 +71,7 @@ pub(super) struct Counted<B> {
     on_end: Option<OnEnd>,
 }
 
-impl<B> Counted<B> {
+impl<B: Body> Counted<B> {
     pub(super) fn new(
         inner: B,
         count: Arc<AtomicU64>,
@@ -73,11 +88,11 @@ impl<B> Counted<B> {
         }
     }
 
-    fn end(&mut self, error: Option<String>) {
+    fn end(&mut self, how: Ended) {
         if let Some(f) = self.on_end.take() {
             f(End {
                 bytes: self.count.load(Ordering::Relaxed),
-                error,
+                how,
             });
         }
     }
@@ -116,7 +131,7 @@ where
                 if let Some(d) = frame.data_ref() {
                     if let Some((rule, reason)) = this.inspect(d) {
                         let why = format!("{rule}: {reason}");
-                        this.end(Some(format!("refused by inspection: {why}")));
+                        this.end(Ended::Refused(format!("refused by inspection: {why}")));
                         return Poll::Ready(Some(Err(Box::new(Refused(why)))));
                     }
                     this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -125,11 +140,11 @@ where
             }
             Poll::Ready(Some(Err(e))) => {
                 let e: BoxError = e.into();
-                this.end(Some(format!("body: {e}")));
+                this.end(Ended::Failed(format!("body: {e}")));
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.end(None);
+                this.end(Ended::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -145,8 +160,15 @@ where
     }
 }
 
-impl<B> Drop for Counted<B> {
+impl<B: Body> Drop for Counted<B> {
     fn drop(&mut self) {
-        self.end(None);
+        // hyper may drop a body it knows is over (an empty one, or one
+        // whose length it has read) without polling it to its end.
+        let how = if self.inner.is_end_stream() {
+            Ended::Complete
+        } else {
+            Ended::Dropped
+        };
+        self.end(how);
     }
 }

@@ -11,6 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use http_body_util::BodyExt;
@@ -23,11 +24,11 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use sluice_observe::ErrorKind;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 
 use super::{
     ProxyBody, VIA, answer,
-    body::{Counted, End, OnEnd, Watch},
+    body::{Counted, End, Ended, OnEnd, Watch},
     pool::{Pool, PoolKey},
     refused, unwrap_client,
 };
@@ -43,59 +44,188 @@ use crate::{
 pub(super) async fn forward(
     gw: Arc<Gateway>,
     pool: Arc<Pool>,
-    mut flow: Flow,
+    flow: Flow,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let upgrade = wants_upgrade(req.headers());
-    let (Some(dest), Some(port)) = (flow.dest.clone(), flow.port) else {
-        return refused(&gw, flow, Refusal::Internal("forward before target".into()));
+    // Until the response head arrives, this future is all that holds the
+    // flow: hyper drops it when the client leaves, and the drain deadline
+    // drops the connection. The guard records the flow either way.
+    let mut f = InFlight::new(gw.clone(), flow);
+    let (Some(dest), Some(port)) = (f.get().dest.clone(), f.get().port) else {
+        return f.refuse(Refusal::Internal("forward before target".into()));
     };
     let key = (dest, port);
-    let mut sender = match origin(&gw, &pool, &mut flow, &key, upgrade).await {
+    let mut sender = match origin(&gw, &pool, f.get(), &key, upgrade).await {
         Ok(s) => s,
-        Err(r) => return refused(&gw, flow, r),
+        Err(r) => return f.refuse(r),
     };
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if let Err(r) = rewrite_request(&mut parts, upgrade) {
-        return refused(&gw, flow, r);
+        return f.refuse(r);
     }
-    let subject = gw.http_subject(&flow).map(Arc::new);
+    let subject = gw.http_subject(f.get()).map(Arc::new);
     if let Some(s) = &subject {
         if let Err(r) = gw.inspect(|i| i.request_head(s, &parts)) {
-            return refused(&gw, flow, r);
+            return f.refuse(r);
         }
     }
     let watch = subject.and_then(|s| watch(&gw, s));
     let out_count = Arc::new(AtomicU64::new(0));
-    let body = Counted::new(body, out_count.clone(), Direction::Out, watch.clone(), None);
+    f.out = Some(out_count.clone());
+    let (upload, on_upload) = Upload::new();
+    let body = Counted::new(
+        body,
+        out_count.clone(),
+        Direction::Out,
+        watch.clone(),
+        Some(on_upload),
+    );
     let upstream_req = Request::from_parts(parts, body.boxed());
     if sender.ready().await.is_err() {
-        return refused(
-            &gw,
-            flow,
-            Refusal::UpstreamClosed("origin closed the connection".into()),
-        );
+        return f.refuse(Refusal::UpstreamClosed(
+            "origin closed the connection".into(),
+        ));
     }
-    let resp = match sender.send_request(upstream_req).await {
+    let timeout = f.get().policy().config().limits.response_timeout;
+    let sent = tokio::select! {
+        r = sender.send_request(upstream_req) => r,
+        // Dropping the exchange and its sender closes the origin
+        // connection: it is never pooled with a response still owed.
+        () = upload.sent_then(timeout) => return f.refuse(Refusal::NoResponse(timeout)),
+    };
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            flow.bytes_out = out_count.load(Ordering::Relaxed);
-            let r = match watch.as_ref().and_then(|w| w.denied.lock().ok()?.take()) {
-                Some((rule, reason)) => Refusal::Inspected { rule, reason },
-                None => Refusal::UpstreamClosed(format!("the origin did not answer: {e}")),
+            let r = if let Some((rule, reason)) =
+                watch.as_ref().and_then(|w| w.denied.lock().ok()?.take())
+            {
+                Refusal::Inspected { rule, reason }
+            } else if let Some(why) = upload.failed() {
+                // The client's body framing failed (hyper's strict chunked
+                // decoder): the client's fault, answered 400; the origin
+                // connection got a truncated body and is dropped.
+                Refusal::BadRequest(format!("request {why}"))
+            } else {
+                Refusal::UpstreamClosed(format!("the origin did not answer: {e}"))
             };
-            return refused(&gw, flow, r);
+            return f.refuse(r);
         }
     };
+    let mut flow = f.take();
     flow.status = Some(resp.status().as_u16());
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return switch(gw, flow, client_upgrade, resp);
     }
-    if !upgrade {
+    // A body that failed has left the connection mid-message: never pooled.
+    if !upgrade && upload.failed().is_none() {
         pool.checkin(key, sender, dialed_at(&flow));
     }
     respond(gw, flow, resp, out_count, watch)
+}
+
+/// A flow between its decision and its response head: recorded if the
+/// exchange is dropped before then.
+struct InFlight {
+    gw: Arc<Gateway>,
+    flow: Option<Flow>,
+    /// Request body bytes sent so far, once the body is under way.
+    out: Option<Arc<AtomicU64>>,
+}
+
+impl InFlight {
+    fn new(gw: Arc<Gateway>, flow: Flow) -> InFlight {
+        InFlight {
+            gw,
+            flow: Some(flow),
+            out: None,
+        }
+    }
+
+    #[allow(clippy::expect_used)]
+    fn get(&mut self) -> &mut Flow {
+        // `flow` is `None` only after `take`, which consumes the guard.
+        self.flow.as_mut().expect("the flow is held until taken")
+    }
+
+    #[allow(clippy::expect_used)]
+    fn take(mut self) -> Flow {
+        let mut flow = self.flow.take().expect("the flow is held until taken");
+        flow.bytes_out = self.bytes_out();
+        flow
+    }
+
+    fn bytes_out(&self) -> u64 {
+        self.out.as_ref().map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The flow refused: its answer, and its record.
+    fn refuse(self, r: Refusal) -> Response<ProxyBody> {
+        let gw = self.gw.clone();
+        refused(&gw, self.take(), r)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(mut flow) = self.flow.take() else {
+            return;
+        };
+        flow.bytes_out = self.bytes_out();
+        let (why, kind) = if self.gw.drain().is_stopped() {
+            (
+                "stopped by the drain: limits.drain_timeout ended before the origin answered",
+                ErrorKind::Internal,
+            )
+        } else {
+            (
+                "the client closed the connection before the origin answered",
+                ErrorKind::Client,
+            )
+        };
+        flow.error = Some(why.to_owned());
+        flow.error_kind = Some(kind);
+        self.gw.record(flow);
+    }
+}
+
+/// How the client's request body is going: the response deadline runs
+/// from its end, and a failure of it is the client's.
+struct Upload {
+    done: watch::Receiver<bool>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Upload {
+    /// The upload, and the body's end callback that reports to it.
+    fn new() -> (Upload, OnEnd) {
+        let (tx, done) = watch::channel(false);
+        let failed = Arc::new(Mutex::new(None));
+        let slot = failed.clone();
+        let on_end: OnEnd = Box::new(move |end: End| {
+            if let Ended::Failed(why) = end.how {
+                if let Ok(mut f) = slot.lock() {
+                    *f = Some(why);
+                }
+            }
+            tx.send_replace(true);
+        });
+        (Upload { done, failed }, on_end)
+    }
+
+    /// Resolves `timeout` after the whole body went to the origin.
+    async fn sent_then(&self, timeout: Duration) {
+        let mut done = self.done.clone();
+        // A dropped sender means the body is gone too: the clock runs.
+        let _ = done.wait_for(|d| *d).await;
+        tokio::time::sleep(timeout).await;
+    }
+
+    /// Why the client's body failed, if it did.
+    fn failed(&self) -> Option<String> {
+        self.failed.lock().ok()?.clone()
+    }
 }
 
 /// A pooled connection the flow may use, or a new one.
@@ -192,9 +322,27 @@ fn respond(
         if let Some((rule, reason)) = denied.and_then(|d| d.lock().ok()?.take()) {
             flow.set_rule(&rule, reason);
         }
-        if flow.error.is_none() && end.error.is_some() {
-            flow.error = end.error;
-            flow.error_kind = Some(ErrorKind::UpstreamClosed);
+        if flow.error.is_none() {
+            let (error, kind) = match end.how {
+                Ended::Complete => (None, None),
+                Ended::Failed(why) | Ended::Refused(why) => {
+                    (Some(why), Some(ErrorKind::UpstreamClosed))
+                }
+                // The response was not read to its end.
+                Ended::Dropped if gw.drain().is_stopped() => (
+                    Some(
+                        "stopped by the drain: limits.drain_timeout ended during the response"
+                            .into(),
+                    ),
+                    Some(ErrorKind::Internal),
+                ),
+                Ended::Dropped => (
+                    Some("the client closed the connection during the response".into()),
+                    Some(ErrorKind::Client),
+                ),
+            };
+            flow.error = error;
+            flow.error_kind = kind;
         }
         gw.record(flow);
     });

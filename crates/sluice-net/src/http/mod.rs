@@ -15,10 +15,13 @@
 //! - `forward`: absolute-form requests and WebSocket upgrades.
 //! - `pool`: keep-alive origin connections.
 //! - `body`: counted, inspected bodies.
+//! - `framing`: request heads as written, scanned for `Content-Length`
+//!   with `Transfer-Encoding` (hyper drops the length before we see it).
 
 mod answer;
 mod body;
 mod forward;
+pub mod framing;
 mod pool;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -79,9 +82,10 @@ async fn connection(
     let svc = service_fn(move |req| {
         let (gw, pool, slot, phase) = (svc_gw.clone(), pool.clone(), slot.clone(), phase.clone());
         phase.begin_request();
+        let both_lengths = phase.take_both_lengths();
         let is_connect = req.method() == Method::CONNECT;
         async move {
-            let resp = handle(gw, pool, peer, slot, req).await;
+            let resp = handle(gw, pool, peer, slot, req, both_lengths).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 phase.upgraded();
             } else if !(is_connect && resp.status().is_success()) {
@@ -119,7 +123,15 @@ async fn connection(
         }
         () = gw.drain().began() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // In-flight exchanges may finish until the drain deadline; then
+            // the connection is dropped, and with it every exchange still
+            // waiting for a head or streaming a body, each recording itself
+            // as stopped by the drain (`forward::InFlight`, `body::Ended`)
+            // before the process flushes the flow log.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = gw.drain().stopped() => {}
+            }
         }
     }
 }
@@ -131,6 +143,7 @@ async fn handle(
     peer: SocketAddr,
     slot: Arc<Slot>,
     req: Request<Incoming>,
+    both_lengths: bool,
 ) -> Response<ProxyBody> {
     let is_connect = req.method() == Method::CONNECT;
     let protocol = if is_connect {
@@ -140,7 +153,7 @@ async fn handle(
     };
     let mut flow = gw.start(Listener::Http, protocol, peer);
     flow.method = Some(req.method().as_str().to_owned());
-    if let Err(r) = prepare(&gw, &mut flow, &req, is_connect).await {
+    if let Err(r) = prepare(&gw, &mut flow, &req, is_connect, both_lengths).await {
         return refused(&gw, flow, r);
     }
     if is_connect {
@@ -156,9 +169,17 @@ async fn prepare(
     flow: &mut Flow,
     req: &Request<Incoming>,
     is_connect: bool,
+    both_lengths: bool,
 ) -> Result<(), Refusal> {
     gw.admit()?;
-    // Malformed framing that hyper lets through but a proxy must not.
+    // Malformed framing that hyper lets through but a proxy must not. hyper
+    // removes a Content-Length sent with Transfer-Encoding: the head as
+    // written says whether there was one (`framing`).
+    if both_lengths {
+        return Err(Refusal::BadRequest(
+            "both Content-Length and Transfer-Encoding (RFC 9112 §6.3)".into(),
+        ));
+    }
     if let Some(why) = framing_problem(req, is_connect) {
         return Err(Refusal::BadRequest(why.to_owned()));
     }

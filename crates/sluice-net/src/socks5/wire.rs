@@ -277,7 +277,7 @@ pub fn reply_for(r: &Refusal) -> Reply {
         | Refusal::AuthRequired(_)
         | Refusal::AuthFailed
         | Refusal::InvalidDestination(_) => Reply::NotAllowed,
-        Refusal::Timeout(_) => Reply::TtlExpired,
+        Refusal::Timeout(_) | Refusal::NoResponse(_) => Reply::TtlExpired,
         Refusal::Connect { kind, .. } => match kind {
             io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,
             io::ErrorKind::HostUnreachable => Reply::HostUnreachable,

@@ -107,6 +107,7 @@ pub(crate) static LIMITS: Section<Limits> = Section {
         key!(idle_timeout: Time(Min::AboveZero), Restart, "A tunnel, or a keep-alive client connection between requests, with no traffic this long is closed."),
         key!(connect_timeout: Time(Min::AboveZero), Restart, "Time allowed to connect to a destination."),
         key!(drain_timeout: Time(Min::AboveZero), Restart, "On SIGTERM, how long open tunnels may continue."),
+        key!(response_timeout: Time(Min::AboveZero), Applies, "Time an origin may take to send a response head once an absolute-form request was fully sent to it; past it the client gets `504`."),
     ],
     not_yet: &[],
 };

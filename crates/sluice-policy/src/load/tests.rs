@@ -181,7 +181,10 @@ fn keys_inside_lists_apply_on_reload() {
 fn mappings_say_per_key_only_when_their_keys_differ() {
     let by_path = |p: &str| keys().into_iter().find(|k| k.path == p).unwrap().reload;
     assert_eq!(by_path("listen"), Some(Reload::Restart));
-    assert_eq!(by_path("limits"), Some(Reload::Restart));
+    assert_eq!(by_path("log"), Some(Reload::Restart));
+    // `limits.response_timeout` applies on reload; the other limits do not.
+    assert_eq!(by_path("limits"), None);
+    assert_eq!(by_path("limits.response_timeout"), Some(Reload::Applies));
     assert_eq!(by_path("admin"), None);
     assert_eq!(by_path("admin.stale_after"), Some(Reload::Applies));
     assert_eq!(by_path("zones"), Some(Reload::Applies));
