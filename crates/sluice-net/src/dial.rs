@@ -12,10 +12,11 @@ use std::{
 
 use hickory_resolver::{
     TokioResolver,
-    config::{LookupIpStrategy, NameServerConfig, ResolverConfig},
+    config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ServerOrderingStrategy},
     net::runtime::TokioRuntimeProvider,
 };
 use sluice_policy::{Decision, Destination, Policy, ids};
+use sluice_serve::fd_exhausted;
 use tokio::{
     net::{TcpSocket, TcpStream},
     task::JoinSet,
@@ -53,6 +54,16 @@ pub enum DialError {
     /// No address answered within the connect timeout.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration, Box<Decision>),
+    /// No socket could be made: the process (EMFILE) or the system
+    /// (ENFILE) is out of file descriptors. Sluice's failure, not the
+    /// destination's.
+    #[error("out of file descriptors: {msg}")]
+    NoDescriptors {
+        /// The error.
+        msg: String,
+        /// The (allowing) decision.
+        decision: Box<Decision>,
+    },
 }
 
 /// A connected, checked upstream.
@@ -79,8 +90,14 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// A dialer using `upstreams` (or the system resolver when empty).
-    pub fn new(upstreams: &[SocketAddr], connect_timeout: Duration) -> Result<Dialer, String> {
+    /// A dialer using `upstreams` (or the system resolver when empty), each
+    /// lookup bounded by `upstream_timeout` (`dns.upstream_timeout`), and
+    /// resolution plus connection together by `connect_timeout`.
+    pub fn new(
+        upstreams: &[SocketAddr],
+        upstream_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Dialer, String> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if upstreams.is_empty() {
             TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?
@@ -100,8 +117,15 @@ impl Dialer {
         let opts = builder.options_mut();
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         opts.cache_size = 4096;
-        opts.timeout = Duration::from_secs(3);
-        opts.attempts = 2;
+        // One lookup gets `dns.upstream_timeout` in all (hickory's pool
+        // enforces it end to end across upstreams, asking two at once);
+        // no retry of a whole lookup that timed out. An upstream that times
+        // out gets a failure penalty in the pool's statistics, so later
+        // lookups ask the others first (QueryStatistics ordering).
+        opts.timeout = upstream_timeout.min(connect_timeout);
+        opts.attempts = 1;
+        opts.num_concurrent_reqs = 2;
+        opts.server_ordering_strategy = ServerOrderingStrategy::QueryStatistics;
         opts.positive_max_ttl = Some(Duration::from_secs(300));
         let resolver = builder.build().map_err(|e| format!("resolver: {e}"))?;
         Ok(Dialer {
@@ -138,13 +162,24 @@ impl Dialer {
         })
     }
 
-    /// Resolves `dest` (once) and returns the addresses.
+    /// Resolves `dest` (once) and returns the addresses, within the connect
+    /// timeout (the dial stage's one deadline).
     pub async fn resolve(&self, dest: &Destination) -> Result<Vec<IpAddr>, DialError> {
         match dest {
             Destination::Ip(ip) => Ok(vec![*ip]),
             Destination::Name(name) => {
                 let fqdn = format!("{name}.");
-                match self.resolver.lookup_ip(fqdn.as_str()).await {
+                let lookup = self.resolver.lookup_ip(fqdn.as_str());
+                let Ok(answer) = tokio::time::timeout(self.connect_timeout, lookup).await else {
+                    return Err(DialError::Resolve {
+                        host: name.clone(),
+                        msg: format!(
+                            "no answer within the connect timeout ({}ms)",
+                            self.connect_timeout.as_millis()
+                        ),
+                    });
+                };
+                match answer {
                     Ok(found) => {
                         let v: Vec<IpAddr> = found.iter().collect();
                         if v.is_empty() {
@@ -221,23 +256,29 @@ impl Dialer {
         started: Instant,
     ) -> Result<Dialed, DialError> {
         let (decision, allowed) = self.vet(policy, decision, addrs, port)?;
-        let (stream, peer) = match tokio::time::timeout(
-            self.connect_timeout,
-            happy_eyeballs(&allowed, port, self.mark),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err((addr, msg, kind))) => {
-                return Err(DialError::Connect {
-                    addr,
-                    msg,
-                    kind,
-                    decision: Box::new(decision),
-                });
-            }
-            Err(_) => return Err(DialError::Timeout(self.connect_timeout, Box::new(decision))),
-        };
+        // One deadline for the stage: what resolution left of it.
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        let (stream, peer) =
+            match tokio::time::timeout(left, happy_eyeballs(&allowed, port, self.mark)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err((_, e))) if fd_exhausted(&e) => {
+                    return Err(DialError::NoDescriptors {
+                        msg: e.to_string(),
+                        decision: Box::new(decision),
+                    });
+                }
+                Ok(Err((addr, e))) => {
+                    return Err(DialError::Connect {
+                        addr,
+                        msg: e.to_string(),
+                        kind: e.kind(),
+                        decision: Box::new(decision),
+                    });
+                }
+                Err(_) => {
+                    return Err(DialError::Timeout(self.connect_timeout, Box::new(decision)));
+                }
+            };
         let _ = stream.set_nodelay(true);
         Ok(Dialed {
             stream,
@@ -280,14 +321,14 @@ async fn happy_eyeballs(
     addrs: &[IpAddr],
     port: u16,
     mark: Option<u32>,
-) -> Result<(TcpStream, SocketAddr), (SocketAddr, String, std::io::ErrorKind)> {
+) -> Result<(TcpStream, SocketAddr), (SocketAddr, std::io::Error)> {
     // One address (IP literals, most names): connect inline, no racing task.
     if let [ip] = addrs {
         let a = SocketAddr::new(*ip, port);
         return connect_one(a, mark)
             .await
             .map(|s| (s, a))
-            .map_err(|e| (a, e.to_string(), e.kind()));
+            .map_err(|e| (a, e));
     }
     let order = interleave(addrs);
     let mut pending = order.into_iter().map(|ip| SocketAddr::new(ip, port));
@@ -310,7 +351,7 @@ async fn happy_eyeballs(
             res = set.join_next() => match res {
                 Some(Ok((a, Ok(s)))) => return Ok((s, a)),
                 Some(Ok((a, Err(e)))) => {
-                    last_err = Some((a, e.to_string(), e.kind()));
+                    last_err = Some((a, e));
                     if let Some(next) = pending.next() {
                         spawn(&mut set, next);
                     }
@@ -324,11 +365,12 @@ async fn happy_eyeballs(
             }
         }
     }
-    Err(last_err.unwrap_or((
-        SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
-        "no address".to_owned(),
-        std::io::ErrorKind::AddrNotAvailable,
-    )))
+    Err(last_err.unwrap_or_else(|| {
+        (
+            SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
+            std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address"),
+        )
+    }))
 }
 
 #[cfg(test)]

@@ -333,12 +333,20 @@ pub struct Limits {
     /// traffic this long is closed.
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
-    /// Time allowed to connect to a destination.
+    /// Time allowed to resolve a destination's name and connect to it,
+    /// together (one deadline for the dial stage).
     #[serde(with = "duration_text")]
     pub connect_timeout: Duration,
     /// On SIGTERM, how long open tunnels may continue.
     #[serde(with = "duration_text")]
     pub drain_timeout: Duration,
+    /// Idle keep-alive origin connections kept in total.
+    pub pool_max_idle: u32,
+    /// Idle keep-alive origin connections kept per destination.
+    pub pool_max_idle_per_host: u32,
+    /// An idle pooled origin connection is closed after this long.
+    #[serde(with = "duration_text")]
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -351,6 +359,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            pool_max_idle: 256,
+            pool_max_idle_per_host: 8,
+            pool_idle_timeout: Duration::from_secs(60),
         }
     }
 }
