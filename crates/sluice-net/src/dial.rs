@@ -1,18 +1,24 @@
 //! The dial stage, shared by every listener: resolve once, run the second
 //! policy phase on the answer, refuse Sluice's own listeners, and connect
-//! only to addresses that passed (happy eyeballs across families, bounded by
-//! the connect timeout). Nothing is resolved twice, so a DNS answer that
+//! only to addresses that passed (happy eyeballs across families).
+//! Resolution and connection share one deadline, the connect timeout; each
+//! upstream resolver is asked for at most `dns.upstream_timeout`, from the
+//! one that answered last. Nothing is resolved twice, so a DNS answer that
 //! changes between check and connect (rebinding) cannot slip through.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::RwLock,
+    sync::{
+        RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use hickory_resolver::{
-    TokioResolver,
-    config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ServerOrderingStrategy},
+    ResolverBuilder, TokioResolver,
+    config::{LookupIpStrategy, NameServerConfig, ResolverConfig},
+    lookup_ip::LookupIp,
     net::runtime::TokioRuntimeProvider,
 };
 use sluice_policy::{Decision, Destination, Policy, ids};
@@ -81,7 +87,13 @@ pub struct Dialed {
 
 /// Resolver plus connect policy.
 pub struct Dialer {
-    resolver: TokioResolver,
+    /// One resolver per configured upstream, asked in turn (or one for the
+    /// system's configuration), each with its own cache.
+    resolvers: Vec<Upstream>,
+    /// The upstream that answered last: asked first next time, so an
+    /// upstream that timed out is skipped until the others fail too.
+    preferred: AtomicUsize,
+    upstream_timeout: Duration,
     connect_timeout: Duration,
     own: RwLock<Vec<SocketAddr>>,
     /// `SO_MARK` for every outbound socket (`listen.transparent_mark`), so
@@ -89,47 +101,58 @@ pub struct Dialer {
     mark: Option<u32>,
 }
 
+/// One upstream's resolver.
+struct Upstream {
+    /// `None`: the system's resolver configuration.
+    addr: Option<SocketAddr>,
+    resolver: TokioResolver,
+}
+
+/// Answers cached per upstream.
+const CACHE_PER_UPSTREAM: u64 = 4096;
+
 impl Dialer {
-    /// A dialer using `upstreams` (or the system resolver when empty), each
-    /// lookup bounded by `upstream_timeout` (`dns.upstream_timeout`), and
-    /// resolution plus connection together by `connect_timeout`.
+    /// A dialer using `upstreams` (or the system resolver when empty),
+    /// asking one upstream at a time for at most `upstream_timeout`
+    /// (`dns.upstream_timeout`) before the next, and bounding resolution
+    /// plus connection together by `connect_timeout`.
     pub fn new(
         upstreams: &[SocketAddr],
         upstream_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Dialer, String> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if upstreams.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?
+        let per_lookup = upstream_timeout.min(connect_timeout);
+        let resolvers = if upstreams.is_empty() {
+            let provider = TokioRuntimeProvider::default();
+            let builder =
+                TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?;
+            vec![Upstream {
+                addr: None,
+                resolver: build(builder, per_lookup)?,
+            }]
         } else {
-            let servers = upstreams
+            upstreams
                 .iter()
                 .map(|a| {
                     let mut ns = NameServerConfig::udp_and_tcp(a.ip());
                     for c in &mut ns.connections {
                         c.port = a.port();
                     }
-                    ns
+                    let builder = TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(vec![ns]),
+                        TokioRuntimeProvider::default(),
+                    );
+                    Ok(Upstream {
+                        addr: Some(*a),
+                        resolver: build(builder, per_lookup)?,
+                    })
                 })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+                .collect::<Result<Vec<_>, String>>()?
         };
-        let opts = builder.options_mut();
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        opts.cache_size = 4096;
-        // One lookup gets `dns.upstream_timeout` in all (hickory's pool
-        // enforces it end to end across upstreams, asking two at once);
-        // no retry of a whole lookup that timed out. An upstream that times
-        // out gets a failure penalty in the pool's statistics, so later
-        // lookups ask the others first (QueryStatistics ordering).
-        opts.timeout = upstream_timeout.min(connect_timeout);
-        opts.attempts = 1;
-        opts.num_concurrent_reqs = 2;
-        opts.server_ordering_strategy = ServerOrderingStrategy::QueryStatistics;
-        opts.positive_max_ttl = Some(Duration::from_secs(300));
-        let resolver = builder.build().map_err(|e| format!("resolver: {e}"))?;
         Ok(Dialer {
-            resolver,
+            resolvers,
+            preferred: AtomicUsize::new(0),
+            upstream_timeout: per_lookup,
             connect_timeout,
             own: RwLock::new(Vec::new()),
             mark: None,
@@ -162,42 +185,55 @@ impl Dialer {
         })
     }
 
-    /// Resolves `dest` (once) and returns the addresses, within the connect
-    /// timeout (the dial stage's one deadline).
+    /// Resolves `dest` (once) and returns the addresses. Upstreams are
+    /// asked one at a time from the one that answered last, each for at
+    /// most `dns.upstream_timeout`, all within the connect timeout (the
+    /// dial stage's one deadline). A name that does not exist is an answer,
+    /// not a reason to ask the next upstream.
     pub async fn resolve(&self, dest: &Destination) -> Result<Vec<IpAddr>, DialError> {
-        match dest {
-            Destination::Ip(ip) => Ok(vec![*ip]),
-            Destination::Name(name) => {
-                let fqdn = format!("{name}.");
-                let lookup = self.resolver.lookup_ip(fqdn.as_str());
-                let Ok(answer) = tokio::time::timeout(self.connect_timeout, lookup).await else {
-                    return Err(DialError::Resolve {
-                        host: name.clone(),
-                        msg: format!(
-                            "no answer within the connect timeout ({}ms)",
-                            self.connect_timeout.as_millis()
-                        ),
-                    });
-                };
-                match answer {
-                    Ok(found) => {
-                        let v: Vec<IpAddr> = found.iter().collect();
-                        if v.is_empty() {
-                            Err(DialError::Resolve {
-                                host: name.clone(),
-                                msg: "no addresses".to_owned(),
-                            })
-                        } else {
-                            Ok(v)
-                        }
-                    }
-                    Err(e) => Err(DialError::Resolve {
-                        host: name.clone(),
-                        msg: e.to_string(),
-                    }),
+        let name = match dest {
+            Destination::Ip(ip) => return Ok(vec![*ip]),
+            Destination::Name(name) => name,
+        };
+        let fqdn = format!("{name}.");
+        let deadline = Instant::now() + self.connect_timeout;
+        let failed = |msg: String| DialError::Resolve {
+            host: name.clone(),
+            msg,
+        };
+        let n = self.resolvers.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = String::from("no resolver");
+        for i in (0..n).map(|k| (first + k) % n) {
+            let up = &self.resolvers[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let per = self.upstream_timeout.min(left);
+            let at = up
+                .addr
+                .map_or_else(|| "system resolver".to_owned(), |a| a.to_string());
+            match tokio::time::timeout(per, up.resolver.lookup_ip(fqdn.as_str())).await {
+                Ok(Ok(found)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return addresses(found).ok_or_else(|| failed("no addresses".to_owned()));
                 }
+                Ok(Err(e)) if e.is_no_records_found() => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Err(failed(e.to_string()));
+                }
+                Ok(Err(e)) => last = format!("{at}: {e}"),
+                Err(_) => last = format!("{at}: no answer within {}ms", per.as_millis()),
             }
         }
+        if Instant::now() >= deadline {
+            last = format!(
+                "no answer within the connect timeout ({}ms); last: {last}",
+                self.connect_timeout.as_millis()
+            );
+        }
+        Err(failed(last))
     }
 
     /// Second phase plus the self check: the addresses that may be dialed.
@@ -287,6 +323,27 @@ impl Dialer {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// A resolver with Sluice's options: both families, a bounded cache, one
+/// attempt of at most `timeout`.
+fn build(
+    mut builder: ResolverBuilder<TokioRuntimeProvider>,
+    timeout: Duration,
+) -> Result<TokioResolver, String> {
+    let opts = builder.options_mut();
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    opts.cache_size = CACHE_PER_UPSTREAM;
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    opts.positive_max_ttl = Some(Duration::from_secs(300));
+    builder.build().map_err(|e| format!("resolver: {e}"))
+}
+
+/// The addresses of a lookup, `None` when it has none.
+fn addresses(found: LookupIp) -> Option<Vec<IpAddr>> {
+    let v: Vec<IpAddr> = found.iter().collect();
+    (!v.is_empty()).then_some(v)
 }
 
 /// One connection attempt, with the socket marked first when asked.

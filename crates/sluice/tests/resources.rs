@@ -24,7 +24,8 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    Origin, Sluice, connect_with_timeout, get_via, poll_until, read_response, silent_udp,
+    FixtureDns, Origin, Sluice, connect_with_timeout, get_via, poll_until, read_response,
+    silent_udp,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -32,7 +33,7 @@ const T: Duration = Duration::from_secs(10);
 
 // === helpers ===
 
-/// A zone for 127.0.0.0/8 allowing `name` on port 80 and 127.0.0.1 on any
+/// A zone for 127.0.0.0/8 allowing `name` on any port and 127.0.0.1 on any
 /// port, after `head` (listen, dns, limits as a test needs).
 fn config(head: &str, name: &str) -> String {
     format!(
@@ -42,7 +43,7 @@ zones:
     sources: [127.0.0.0/8]
     allow:
       - host: {name}
-        ports: [80]
+        ports: any
       - cidr: 127.0.0.1/32
         ports: any
 "
@@ -167,6 +168,53 @@ fn connect_timeout_bounds_resolution_too() {
         rec["error"].as_str().unwrap().contains("connect timeout"),
         "{rec}"
     );
+}
+
+/// Upstreams that timed out are passed over from then on: with two silent
+/// upstreams before a live one, the first lookup waits for each in turn
+/// (`dns.upstream_timeout` each); the next ones ask the live one first and
+/// are answered at once.
+#[test]
+fn upstreams_that_timed_out_are_passed_over_afterwards() {
+    let (dead1, _keep1) = silent_udp();
+    let (dead2, _keep2) = silent_udp();
+    let origin = Origin::start("127.0.0.1");
+    let names: Vec<String> = (0..5).map(|i| format!("n{i}.up.test")).collect();
+    let records: Vec<(&str, &[&str])> = names
+        .iter()
+        .map(|n| (n.as_str(), &["127.0.0.1"][..]))
+        .collect();
+    let live = FixtureDns::stub(&records);
+    let head = format!(
+        "dns:\n  upstreams: [{dead1}, {dead2}, {}]\n  upstream_timeout: 300ms\n",
+        live.addr
+    );
+    let sluice = Sluice::start(BIN, &config(&head, "\"*.up.test\""));
+    let port = origin.addr.port();
+    let t0 = Instant::now();
+    let r = get_via(sluice.http, &format!("http://{}:{port}/", names[0]));
+    let took = t0.elapsed();
+    assert_eq!(r.status, Some(200), "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(1500),
+        "the first lookup took {took:?}, expected two upstream timeouts of 300ms"
+    );
+    for name in &names[1..] {
+        let t0 = Instant::now();
+        let r = get_via(sluice.http, &format!("http://{name}:{port}/"));
+        let took = t0.elapsed();
+        assert_eq!(
+            r.status,
+            Some(200),
+            "{name} after {took:?}: {}; records {:#?}",
+            r.text(),
+            sluice.records()
+        );
+        assert!(
+            took < Duration::from_millis(250),
+            "{name} took {took:?}: a silent upstream was waited for again"
+        );
+    }
 }
 
 // === the origin pool ===
