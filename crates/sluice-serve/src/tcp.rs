@@ -7,7 +7,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -65,9 +65,10 @@ pub async fn run_tcp<H, Fut>(
 }
 
 /// [`run_tcp`], calling `on_fd_exhausted` for every `accept` that failed
-/// because descriptors ran out (EMFILE, ENFILE), for a metric. A failed
-/// `accept` is logged at most once a second, with the number of failures
-/// not logged since the previous line.
+/// because descriptors ran out (EMFILE, ENFILE), for a metric. Failed
+/// accepts are logged at most once a second in the whole process (every
+/// listener's loop fails at once when descriptors run out), with the
+/// number of failures not logged since the previous line.
 pub async fn run_tcp_with<H, Fut>(
     listener: TcpListener,
     limiter: Arc<ConnLimiter>,
@@ -80,7 +81,6 @@ pub async fn run_tcp_with<H, Fut>(
 {
     let began = drain.began();
     tokio::pin!(began);
-    let mut log = AcceptLog::default();
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut began => return,
@@ -90,11 +90,13 @@ pub async fn run_tcp_with<H, Fut>(
                     if fd_exhausted(&e) {
                         on_fd_exhausted();
                     }
-                    if let Some(suppressed) = log.failed(Instant::now()) {
+                    let logged = ACCEPT_LOG.lock().map_or(None, |mut l| l.failed(Instant::now()));
+                    if let Some(suppressed) = logged {
                         tracing::warn!(
                             error = %e,
+                            listener = ?listener.local_addr().ok(),
                             suppressed,
-                            "accept failed (suppressed: failures since the previous line)"
+                            "accept failed (suppressed: failures of any listener since the previous line)"
                         );
                     }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -119,6 +121,12 @@ pub async fn run_tcp_with<H, Fut>(
         }
     }
 }
+
+/// The process's `accept failed` rate limit, shared by every accept loop.
+static ACCEPT_LOG: Mutex<AcceptLog> = Mutex::new(AcceptLog {
+    last: None,
+    suppressed: 0,
+});
 
 /// Rate limit of the `accept failed` line: at most one a [`LOG_EVERY`].
 #[derive(Debug, Default)]

@@ -311,8 +311,9 @@ fn open_fds(pid: u32, limit: usize) -> usize {
 
 /// Under `RLIMIT_NOFILE` 64: a warning at start (10,000 connections cannot
 /// fit); with every descriptor but one held by idle clients, the next
-/// request's dial finds none: 503, `error_kind: internal`, the metric; and
-/// the `accept failed` line appears at most once a second meanwhile.
+/// request's dial finds none: 503 (SOCKS5: reply 0x01), `error_kind:
+/// internal`, the metric; and the `accept failed` line appears at most once
+/// a second meanwhile.
 #[test]
 fn out_of_descriptors_is_a_503_with_its_metric_and_a_quiet_log() {
     const LIMIT: usize = 64;
@@ -320,7 +321,11 @@ fn out_of_descriptors_is_a_503_with_its_metric_and_a_quiet_log() {
     let sluice = Sluice::start_in(
         &["prlimit", "--nofile=64:64"],
         BIN,
-        &config("limits:\n  header_timeout: 60s\n", "unused.test"),
+        &config(
+            "listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n\
+             limits:\n  header_timeout: 60s\n",
+            "unused.test",
+        ),
     );
     assert!(
         sluice.wait_log("needs about 20320 file descriptors", T),
@@ -328,6 +333,7 @@ fn out_of_descriptors_is_a_503_with_its_metric_and_a_quiet_log() {
         sluice.stderr.lock().unwrap()
     );
     let pid = sluice.child.id();
+    let filling = Instant::now();
     // Idle clients until one descriptor is left.
     let mut idle = Vec::new();
     while open_fds(pid, LIMIT) < LIMIT - 1 {
@@ -350,8 +356,24 @@ fn out_of_descriptors_is_a_503_with_its_metric_and_a_quiet_log() {
     let r = read_response(&mut last, false);
     assert_eq!(r.status, Some(503), "{}", r.text());
     assert!(r.text().contains("file descriptors"), "{}", r.text());
-    // Every descriptor is taken now: accept keeps failing (every 50 ms).
-    let waiting = Instant::now();
+    // The same through SOCKS5, on the descriptor the HTTP client gives back.
+    drop(last);
+    assert!(poll_until(T, || open_fds(pid, LIMIT) == LIMIT - 1));
+    let mut socks = connect_with_timeout(sluice.socks5.unwrap(), T);
+    socks.write_all(&[5, 1, 0]).unwrap();
+    let mut hello = [0u8; 2];
+    socks.read_exact(&mut hello).unwrap();
+    assert_eq!(hello, [5, 0]);
+    let port = origin.addr.port().to_be_bytes();
+    socks
+        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, port[0], port[1]])
+        .unwrap();
+    let mut reply = [0u8; 10];
+    socks.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 0x01, "SOCKS5 reply {reply:?}");
+    let last = socks;
+    // Every descriptor is taken now: accept keeps failing (every 50 ms in
+    // each listener's loop).
     let pending = TcpStream::connect(sluice.http).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let lines: Vec<String> = sluice
@@ -362,7 +384,7 @@ fn out_of_descriptors_is_a_503_with_its_metric_and_a_quiet_log() {
         .filter(|l| l.contains("accept failed"))
         .cloned()
         .collect();
-    let seconds = waiting.elapsed().as_secs() as usize;
+    let seconds = filling.elapsed().as_secs() as usize;
     assert!(
         !lines.is_empty() && lines.len() <= seconds + 2,
         "accept failures logged {} times in {seconds}s: {lines:#?}",
@@ -376,10 +398,15 @@ fn out_of_descriptors_is_a_503_with_its_metric_and_a_quiet_log() {
     );
     drop((idle, last, pending));
     assert!(poll_until(T, || open_fds(pid, LIMIT) < LIMIT - 8));
-    let rec: Value = sluice.wait_record("the 503", |r| r["error_kind"] == "internal");
-    assert!(
-        rec["error"].as_str().unwrap().contains("RLIMIT_NOFILE"),
-        "{rec}"
-    );
+    for listener in ["http", "socks5"] {
+        let rec: Value = sluice.wait_record(listener, |r| {
+            r["listener"] == listener && r["error_kind"] == "internal"
+        });
+        assert!(
+            rec["error"].as_str().unwrap().contains("RLIMIT_NOFILE"),
+            "{rec}"
+        );
+    }
     assert!(sluice.metric(r#"sluice_fd_exhausted_total{listener="http"}"#) >= 2.0);
+    assert!(sluice.metric(r#"sluice_fd_exhausted_total{listener="socks5"}"#) >= 1.0);
 }
