@@ -1,21 +1,28 @@
 //! The dial stage, shared by every listener: resolve once, run the second
 //! policy phase on the answer, refuse Sluice's own listeners, and connect
-//! only to addresses that passed (happy eyeballs across families, bounded by
-//! the connect timeout). Nothing is resolved twice, so a DNS answer that
+//! only to addresses that passed (happy eyeballs across families).
+//! Resolution and connection share one deadline, the connect timeout; each
+//! upstream resolver is asked for at most `dns.upstream_timeout`, from the
+//! one that answered last. Nothing is resolved twice, so a DNS answer that
 //! changes between check and connect (rebinding) cannot slip through.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::RwLock,
+    sync::{
+        RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use hickory_resolver::{
-    TokioResolver,
+    ResolverBuilder, TokioResolver,
     config::{LookupIpStrategy, NameServerConfig, ResolverConfig},
+    lookup_ip::LookupIp,
     net::runtime::TokioRuntimeProvider,
 };
 use sluice_policy::{Decision, Destination, Policy, ids};
+use sluice_serve::fd_exhausted;
 use tokio::{
     net::{TcpSocket, TcpStream},
     task::JoinSet,
@@ -53,6 +60,16 @@ pub enum DialError {
     /// No address answered within the connect timeout.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration, Box<Decision>),
+    /// No socket could be made: the process (EMFILE) or the system
+    /// (ENFILE) is out of file descriptors. Sluice's failure, not the
+    /// destination's.
+    #[error("out of file descriptors: {msg}")]
+    NoDescriptors {
+        /// The error.
+        msg: String,
+        /// The (allowing) decision.
+        decision: Box<Decision>,
+    },
 }
 
 /// A connected, checked upstream.
@@ -70,7 +87,13 @@ pub struct Dialed {
 
 /// Resolver plus connect policy.
 pub struct Dialer {
-    resolver: TokioResolver,
+    /// One resolver per configured upstream, asked in turn (or one for the
+    /// system's configuration), each with its own cache.
+    resolvers: Vec<Upstream>,
+    /// The upstream that answered last: asked first next time, so an
+    /// upstream that timed out is skipped until the others fail too.
+    preferred: AtomicUsize,
+    upstream_timeout: Duration,
     connect_timeout: Duration,
     own: RwLock<Vec<SocketAddr>>,
     /// `SO_MARK` for every outbound socket (`listen.transparent_mark`), so
@@ -78,34 +101,58 @@ pub struct Dialer {
     mark: Option<u32>,
 }
 
+/// One upstream's resolver.
+struct Upstream {
+    /// `None`: the system's resolver configuration.
+    addr: Option<SocketAddr>,
+    resolver: TokioResolver,
+}
+
+/// Answers cached per upstream.
+const CACHE_PER_UPSTREAM: u64 = 4096;
+
 impl Dialer {
-    /// A dialer using `upstreams` (or the system resolver when empty).
-    pub fn new(upstreams: &[SocketAddr], connect_timeout: Duration) -> Result<Dialer, String> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if upstreams.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?
+    /// A dialer using `upstreams` (or the system resolver when empty),
+    /// asking one upstream at a time for at most `upstream_timeout`
+    /// (`dns.upstream_timeout`) before the next, and bounding resolution
+    /// plus connection together by `connect_timeout`.
+    pub fn new(
+        upstreams: &[SocketAddr],
+        upstream_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Dialer, String> {
+        let per_lookup = upstream_timeout.min(connect_timeout);
+        let resolvers = if upstreams.is_empty() {
+            let provider = TokioRuntimeProvider::default();
+            let builder =
+                TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?;
+            vec![Upstream {
+                addr: None,
+                resolver: build(builder, per_lookup)?,
+            }]
         } else {
-            let servers = upstreams
+            upstreams
                 .iter()
                 .map(|a| {
                     let mut ns = NameServerConfig::udp_and_tcp(a.ip());
                     for c in &mut ns.connections {
                         c.port = a.port();
                     }
-                    ns
+                    let builder = TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(vec![ns]),
+                        TokioRuntimeProvider::default(),
+                    );
+                    Ok(Upstream {
+                        addr: Some(*a),
+                        resolver: build(builder, per_lookup)?,
+                    })
                 })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+                .collect::<Result<Vec<_>, String>>()?
         };
-        let opts = builder.options_mut();
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        opts.cache_size = 4096;
-        opts.timeout = Duration::from_secs(3);
-        opts.attempts = 2;
-        opts.positive_max_ttl = Some(Duration::from_secs(300));
-        let resolver = builder.build().map_err(|e| format!("resolver: {e}"))?;
         Ok(Dialer {
-            resolver,
+            resolvers,
+            preferred: AtomicUsize::new(0),
+            upstream_timeout: per_lookup,
             connect_timeout,
             own: RwLock::new(Vec::new()),
             mark: None,
@@ -138,31 +185,55 @@ impl Dialer {
         })
     }
 
-    /// Resolves `dest` (once) and returns the addresses.
+    /// Resolves `dest` (once) and returns the addresses. Upstreams are
+    /// asked one at a time from the one that answered last, each for at
+    /// most `dns.upstream_timeout`, all within the connect timeout (the
+    /// dial stage's one deadline). A name that does not exist is an answer,
+    /// not a reason to ask the next upstream.
     pub async fn resolve(&self, dest: &Destination) -> Result<Vec<IpAddr>, DialError> {
-        match dest {
-            Destination::Ip(ip) => Ok(vec![*ip]),
-            Destination::Name(name) => {
-                let fqdn = format!("{name}.");
-                match self.resolver.lookup_ip(fqdn.as_str()).await {
-                    Ok(found) => {
-                        let v: Vec<IpAddr> = found.iter().collect();
-                        if v.is_empty() {
-                            Err(DialError::Resolve {
-                                host: name.clone(),
-                                msg: "no addresses".to_owned(),
-                            })
-                        } else {
-                            Ok(v)
-                        }
-                    }
-                    Err(e) => Err(DialError::Resolve {
-                        host: name.clone(),
-                        msg: e.to_string(),
-                    }),
+        let name = match dest {
+            Destination::Ip(ip) => return Ok(vec![*ip]),
+            Destination::Name(name) => name,
+        };
+        let fqdn = format!("{name}.");
+        let deadline = Instant::now() + self.connect_timeout;
+        let failed = |msg: String| DialError::Resolve {
+            host: name.clone(),
+            msg,
+        };
+        let n = self.resolvers.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = String::from("no resolver");
+        for i in (0..n).map(|k| (first + k) % n) {
+            let up = &self.resolvers[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let per = self.upstream_timeout.min(left);
+            let at = up
+                .addr
+                .map_or_else(|| "system resolver".to_owned(), |a| a.to_string());
+            match tokio::time::timeout(per, up.resolver.lookup_ip(fqdn.as_str())).await {
+                Ok(Ok(found)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return addresses(found).ok_or_else(|| failed("no addresses".to_owned()));
                 }
+                Ok(Err(e)) if e.is_no_records_found() => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Err(failed(e.to_string()));
+                }
+                Ok(Err(e)) => last = format!("{at}: {e}"),
+                Err(_) => last = format!("{at}: no answer within {}ms", per.as_millis()),
             }
         }
+        if Instant::now() >= deadline {
+            last = format!(
+                "no answer within the connect timeout ({}ms); last: {last}",
+                self.connect_timeout.as_millis()
+            );
+        }
+        Err(failed(last))
     }
 
     /// Second phase plus the self check: the addresses that may be dialed.
@@ -221,23 +292,29 @@ impl Dialer {
         started: Instant,
     ) -> Result<Dialed, DialError> {
         let (decision, allowed) = self.vet(policy, decision, addrs, port)?;
-        let (stream, peer) = match tokio::time::timeout(
-            self.connect_timeout,
-            happy_eyeballs(&allowed, port, self.mark),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err((addr, msg, kind))) => {
-                return Err(DialError::Connect {
-                    addr,
-                    msg,
-                    kind,
-                    decision: Box::new(decision),
-                });
-            }
-            Err(_) => return Err(DialError::Timeout(self.connect_timeout, Box::new(decision))),
-        };
+        // One deadline for the stage: what resolution left of it.
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        let (stream, peer) =
+            match tokio::time::timeout(left, happy_eyeballs(&allowed, port, self.mark)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err((_, e))) if fd_exhausted(&e) => {
+                    return Err(DialError::NoDescriptors {
+                        msg: e.to_string(),
+                        decision: Box::new(decision),
+                    });
+                }
+                Ok(Err((addr, e))) => {
+                    return Err(DialError::Connect {
+                        addr,
+                        msg: e.to_string(),
+                        kind: e.kind(),
+                        decision: Box::new(decision),
+                    });
+                }
+                Err(_) => {
+                    return Err(DialError::Timeout(self.connect_timeout, Box::new(decision)));
+                }
+            };
         let _ = stream.set_nodelay(true);
         Ok(Dialed {
             stream,
@@ -246,6 +323,27 @@ impl Dialer {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// A resolver with Sluice's options: both families, a bounded cache, one
+/// attempt of at most `timeout`.
+fn build(
+    mut builder: ResolverBuilder<TokioRuntimeProvider>,
+    timeout: Duration,
+) -> Result<TokioResolver, String> {
+    let opts = builder.options_mut();
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    opts.cache_size = CACHE_PER_UPSTREAM;
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    opts.positive_max_ttl = Some(Duration::from_secs(300));
+    builder.build().map_err(|e| format!("resolver: {e}"))
+}
+
+/// The addresses of a lookup, `None` when it has none.
+fn addresses(found: LookupIp) -> Option<Vec<IpAddr>> {
+    let v: Vec<IpAddr> = found.iter().collect();
+    (!v.is_empty()).then_some(v)
 }
 
 /// One connection attempt, with the socket marked first when asked.
@@ -280,14 +378,14 @@ async fn happy_eyeballs(
     addrs: &[IpAddr],
     port: u16,
     mark: Option<u32>,
-) -> Result<(TcpStream, SocketAddr), (SocketAddr, String, std::io::ErrorKind)> {
+) -> Result<(TcpStream, SocketAddr), (SocketAddr, std::io::Error)> {
     // One address (IP literals, most names): connect inline, no racing task.
     if let [ip] = addrs {
         let a = SocketAddr::new(*ip, port);
         return connect_one(a, mark)
             .await
             .map(|s| (s, a))
-            .map_err(|e| (a, e.to_string(), e.kind()));
+            .map_err(|e| (a, e));
     }
     let order = interleave(addrs);
     let mut pending = order.into_iter().map(|ip| SocketAddr::new(ip, port));
@@ -310,7 +408,7 @@ async fn happy_eyeballs(
             res = set.join_next() => match res {
                 Some(Ok((a, Ok(s)))) => return Ok((s, a)),
                 Some(Ok((a, Err(e)))) => {
-                    last_err = Some((a, e.to_string(), e.kind()));
+                    last_err = Some((a, e));
                     if let Some(next) = pending.next() {
                         spawn(&mut set, next);
                     }
@@ -324,11 +422,12 @@ async fn happy_eyeballs(
             }
         }
     }
-    Err(last_err.unwrap_or((
-        SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
-        "no address".to_owned(),
-        std::io::ErrorKind::AddrNotAvailable,
-    )))
+    Err(last_err.unwrap_or_else(|| {
+        (
+            SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
+            std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address"),
+        )
+    }))
 }
 
 #[cfg(test)]

@@ -126,6 +126,13 @@ impl Gateway {
         &self.metrics
     }
 
+    /// What an accept loop calls when `accept` fails for want of a file
+    /// descriptor: counts it in `sluice_fd_exhausted_total{listener}`.
+    pub fn fd_exhausted_hook(&self, listener: Listener) -> impl Fn() + Send + 'static {
+        let metrics = self.metrics.clone();
+        move || metrics.fd_exhausted(listener)
+    }
+
     /// The dialer (Sluice's own addresses are declared on it).
     pub fn dialer(&self) -> &Dialer {
         &self.dialer
@@ -302,11 +309,16 @@ impl Gateway {
             }
             Err(e) => {
                 match &e {
-                    DialError::Connect { decision, .. } | DialError::Timeout(_, decision) => {
+                    DialError::Connect { decision, .. }
+                    | DialError::Timeout(_, decision)
+                    | DialError::NoDescriptors { decision, .. } => {
                         flow.apply(decision);
                         flow.route = Some(name);
                     }
                     DialError::Resolve { .. } | DialError::Denied(_) => {}
+                }
+                if matches!(e, DialError::NoDescriptors { .. }) {
+                    self.metrics.fd_exhausted(flow.listener());
                 }
                 Err(refusal_of(e))
             }
@@ -446,5 +458,6 @@ fn refusal_of(e: DialError) -> Refusal {
             addr, msg, kind, ..
         } => Refusal::Connect { addr, msg, kind },
         DialError::Timeout(after, _) => Refusal::Timeout(after),
+        DialError::NoDescriptors { msg, .. } => Refusal::NoDescriptors(msg),
     }
 }

@@ -59,6 +59,9 @@ pub enum Refusal {
     Draining,
     /// Sluice failed on its own account.
     Internal(String),
+    /// Sluice is out of file descriptors (EMFILE, ENFILE): no socket to
+    /// the destination could be made. HTTP 503, SOCKS5 general failure.
+    NoDescriptors(String),
 }
 
 /// Who a refusal is about (pingora's downstream / upstream / internal).
@@ -87,7 +90,9 @@ impl Refusal {
             | Refusal::Timeout(_)
             | Refusal::NoResponse(_)
             | Refusal::UpstreamClosed(_) => Some(Side::Upstream),
-            Refusal::Draining | Refusal::Internal(_) => Some(Side::Internal),
+            Refusal::Draining | Refusal::Internal(_) | Refusal::NoDescriptors(_) => {
+                Some(Side::Internal)
+            }
         }
     }
 
@@ -104,7 +109,9 @@ impl Refusal {
             Refusal::Connect { .. } => ErrorKind::Connect,
             Refusal::Timeout(_) | Refusal::NoResponse(_) => ErrorKind::Timeout,
             Refusal::UpstreamClosed(_) => ErrorKind::UpstreamClosed,
-            Refusal::Draining | Refusal::Internal(_) => ErrorKind::Internal,
+            Refusal::Draining | Refusal::Internal(_) | Refusal::NoDescriptors(_) => {
+                ErrorKind::Internal
+            }
         })
     }
 
@@ -128,6 +135,9 @@ impl Refusal {
             Refusal::UpstreamClosed(why) => format!("origin: {why}"),
             Refusal::Draining => "draining".to_owned(),
             Refusal::Internal(why) => format!("internal: {why}"),
+            Refusal::NoDescriptors(why) => format!(
+                "out of file descriptors (the open-file limit, RLIMIT_NOFILE, is reached): {why}"
+            ),
         }
     }
 
@@ -168,7 +178,8 @@ impl Refusal {
             | Refusal::NoResponse(_)
             | Refusal::UpstreamClosed(_)
             | Refusal::Draining
-            | Refusal::Internal(_) => flow.error = Some(self.message()),
+            | Refusal::Internal(_)
+            | Refusal::NoDescriptors(_) => flow.error = Some(self.message()),
         }
         if let Some(kind) = self.error_kind() {
             flow.error_kind = Some(kind);

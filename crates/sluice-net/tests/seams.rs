@@ -120,7 +120,7 @@ async fn gateway(origin_port: u16, kept: Arc<Kept>) -> SocketAddr {
         policy: Arc::new(Policy::load(&yaml, "seams.yaml").unwrap()),
         users: Arc::new(Users::default()),
     };
-    let dialer = Dialer::new(&[], Duration::from_secs(2)).unwrap();
+    let dialer = Dialer::new(&[], Duration::from_secs(2), Duration::from_secs(2)).unwrap();
     let gw = Gateway::new(version, dialer, kept, Arc::new(Metrics::new()))
         .with_inspector(Arc::new(Dlp))
         .with_router(Box::new(Named));

@@ -44,6 +44,8 @@ pub struct Metrics {
     dns_queries: Family<DnsLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
     dns_rate_limited: Counter,
+    fd_exhausted: Family<ListenerLabel, Counter>,
+    pool_idle: Gauge,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -208,6 +210,18 @@ impl Metrics {
             "DNS queries dropped by the per-source rate limit",
             dns_rate_limited.clone(),
         );
+        let fd_exhausted = Family::default();
+        registry.register(
+            "sluice_fd_exhausted",
+            "Accepts and dials that failed because Sluice is out of file descriptors (EMFILE, ENFILE), by listener",
+            fd_exhausted.clone(),
+        );
+        let pool_idle = Gauge::default();
+        registry.register(
+            "sluice_pool_idle_connections",
+            "Idle keep-alive origin connections in the HTTP proxy's pool",
+            pool_idle.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -226,7 +240,24 @@ impl Metrics {
             dns_queries,
             alerts,
             dns_rate_limited,
+            fd_exhausted,
+            pool_idle,
         }
+    }
+
+    /// Counts an accept or a dial on `listener` that failed for want of a
+    /// file descriptor, in `sluice_fd_exhausted_total{listener}`.
+    pub fn fd_exhausted(&self, listener: Listener) {
+        self.fd_exhausted
+            .get_or_create(&ListenerLabel {
+                listener: listener.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets `sluice_pool_idle_connections`.
+    pub fn set_pool_idle(&self, n: usize) {
+        self.pool_idle.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The registry, for crates that add their own families before the

@@ -333,7 +333,8 @@ pub struct Limits {
     /// traffic this long is closed.
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
-    /// Time allowed to connect to a destination.
+    /// Time allowed to resolve a destination's name and connect to it,
+    /// together (one deadline for the dial stage).
     #[serde(with = "duration_text")]
     pub connect_timeout: Duration,
     /// On SIGTERM, how long open tunnels may continue.
@@ -343,6 +344,13 @@ pub struct Limits {
     /// was fully sent to it (absolute-form requests); past it, 504.
     #[serde(with = "duration_text")]
     pub response_timeout: Duration,
+    /// Idle keep-alive origin connections kept in total.
+    pub pool_max_idle: u32,
+    /// Idle keep-alive origin connections kept per destination.
+    pub pool_max_idle_per_host: u32,
+    /// An idle pooled origin connection is closed after this long.
+    #[serde(with = "duration_text")]
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -356,6 +364,9 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(60),
+            pool_max_idle: 256,
+            pool_max_idle_per_host: 8,
+            pool_idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -25,5 +25,5 @@ pub mod udp;
 
 pub use drain::{Active, Drain};
 pub use limits::{ConnLimiter, Slot};
-pub use tcp::{BACKLOG, bind, run_tcp};
+pub use tcp::{BACKLOG, bind, fd_exhausted, run_tcp, run_tcp_with};
 pub use udp::{Datagram, run_udp};

@@ -3,7 +3,13 @@
 //! the drain begins, and back off when `accept` fails (EMFILE) instead of
 //! spinning. A listener only supplies what to do with one admitted client.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -17,6 +23,16 @@ pub const BACKLOG: u32 = 4096;
 
 /// How long the loop pauses after a failed `accept` (descriptors exhausted).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// `EMFILE` and `ENFILE` (the same on Linux and the BSDs).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) ran out of
+/// file descriptors.
+pub fn fd_exhausted(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(n) if n == EMFILE || n == ENFILE)
+}
 
 /// Binds a TCP listener on `addr` with [`BACKLOG`] (and `SO_REUSEADDR`, so a
 /// restart does not wait for the old process's connections to time out).
@@ -40,6 +56,24 @@ pub async fn run_tcp<H, Fut>(
     listener: TcpListener,
     limiter: Arc<ConnLimiter>,
     drain: Arc<Drain>,
+    handler: H,
+) where
+    H: FnMut(TcpStream, SocketAddr, Arc<Slot>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    run_tcp_with(listener, limiter, drain, || {}, handler).await;
+}
+
+/// [`run_tcp`], calling `on_fd_exhausted` for every `accept` that failed
+/// because descriptors ran out (EMFILE, ENFILE), for a metric. Failed
+/// accepts are logged at most once a second in the whole process (every
+/// listener's loop fails at once when descriptors run out), with the
+/// number of failures not logged since the previous line.
+pub async fn run_tcp_with<H, Fut>(
+    listener: TcpListener,
+    limiter: Arc<ConnLimiter>,
+    drain: Arc<Drain>,
+    on_fd_exhausted: impl Fn(),
     mut handler: H,
 ) where
     H: FnMut(TcpStream, SocketAddr, Arc<Slot>) -> Fut,
@@ -53,7 +87,18 @@ pub async fn run_tcp<H, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if fd_exhausted(&e) {
+                        on_fd_exhausted();
+                    }
+                    let logged = ACCEPT_LOG.lock().map_or(None, |mut l| l.failed(Instant::now()));
+                    if let Some(suppressed) = logged {
+                        tracing::warn!(
+                            error = %e,
+                            listener = ?listener.local_addr().ok(),
+                            suppressed,
+                            "accept failed (suppressed: failures of any listener since the previous line)"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -74,6 +119,38 @@ pub async fn run_tcp<H, Fut>(
                 drop(stream);
             }
         }
+    }
+}
+
+/// The process's `accept failed` rate limit, shared by every accept loop.
+static ACCEPT_LOG: Mutex<AcceptLog> = Mutex::new(AcceptLog {
+    last: None,
+    suppressed: 0,
+});
+
+/// Rate limit of the `accept failed` line: at most one a [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct AcceptLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// At most one `accept failed` line this often.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl AcceptLog {
+    /// A failure at `now`: `Some(failures suppressed since the last line)`
+    /// when this one is to be logged.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -108,6 +185,18 @@ mod tests {
             held.push(c);
         }
         drop(l);
+    }
+
+    #[test]
+    fn accept_failures_are_logged_once_a_second_with_a_count() {
+        let mut log = AcceptLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.failed(t0), Some(0));
+        for i in 1..20 {
+            assert_eq!(log.failed(t0 + Duration::from_millis(i * 50)), None);
+        }
+        assert_eq!(log.failed(t0 + Duration::from_millis(1000)), Some(19));
+        assert_eq!(log.failed(t0 + Duration::from_millis(1100)), None);
     }
 
     /// The loop serves admitted clients, closes those over the per-source

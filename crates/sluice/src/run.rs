@@ -110,7 +110,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let mut watch = FileWatch::new(path.as_deref());
     let version = load(path.as_deref())?;
     let config = version.policy.config().clone();
-    raise_nofile();
+    raise_nofile(&config.limits);
 
     let metrics = Arc::new(Metrics::new());
     metrics.policy_loaded(version.policy.hash(), SystemTime::now());
@@ -120,9 +120,13 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     };
     let (sink, writer) = FlowSink::start(target, sluice_observe::DEFAULT_CAPACITY, &metrics)
         .context("cannot open the flow log")?;
-    let dialer = Dialer::new(&config.dns.upstreams, config.limits.connect_timeout)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_mark(config.listen.transparent_mark);
+    let dialer = Dialer::new(
+        &config.dns.upstreams,
+        config.dns.upstream_timeout,
+        config.limits.connect_timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?
+    .with_mark(config.listen.transparent_mark);
 
     let listeners = Listeners::bind(&config).await?;
     dialer.set_own_addrs(listeners.own_addrs()?);
@@ -250,11 +254,45 @@ fn describe_modes(policy: &Policy) {
     }
 }
 
-fn raise_nofile() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "open-file limit raised"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+/// Descriptors kept free beyond clients, origins and the pool: listeners,
+/// the flow log, the resolver's sockets, admin connections.
+const FD_MARGIN: u64 = 64;
+
+/// Raises the soft open-file limit to the hard limit (as servers do), then
+/// warns on stderr when `limits.max_connections` cannot fit it: each client
+/// may hold its own socket and one to the origin, plus the idle pool and a
+/// margin.
+fn raise_nofile(limits: &sluice_policy::model::Limits) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => {
+            tracing::debug!(limit = n, "open-file limit raised");
+            n
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+                Ok((soft, _)) => soft,
+                Err(_) => return,
+            }
+        }
+    };
+    let need = fd_budget(limits);
+    if need > limit {
+        eprintln!(
+            "sluice: warning: limits.max_connections {} needs about {need} file descriptors \
+             (2 a connection, client and origin, + limits.pool_max_idle {} + {FD_MARGIN}) \
+             but the open-file limit (RLIMIT_NOFILE) is {limit}: past about {} connections, \
+             clients get 503; raise the limit (ulimit -n, LimitNOFILE=) or lower max_connections",
+            limits.max_connections,
+            limits.pool_max_idle,
+            limit.saturating_sub(u64::from(limits.pool_max_idle) + FD_MARGIN) / 2,
+        );
     }
+}
+
+/// File descriptors `limits` may need at once.
+fn fd_budget(limits: &sluice_policy::model::Limits) -> u64 {
+    u64::from(limits.max_connections) * 2 + u64::from(limits.pool_max_idle) + FD_MARGIN
 }
 
 fn reload(

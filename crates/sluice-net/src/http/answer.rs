@@ -54,6 +54,10 @@ pub(super) fn refusal(r: &Refusal, flow: &Flow) -> Response<ProxyBody> {
             StatusCode::INTERNAL_SERVER_ERROR,
             "Sluice failed on its own account; see its log.\n",
         ),
+        Refusal::NoDescriptors(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable: Sluice is out of file descriptors (open-file limit reached); retry later.\n",
+        ),
     };
     add_id(&mut resp, flow.id());
     resp

@@ -54,11 +54,16 @@ const VIA: &str = "1.1 sluice";
 
 /// Accepts proxy clients on `listener` until a drain begins.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
-    let pool = Arc::new(pool::Pool::default());
+    let pool = pool::Pool::start(gw.limits(), gw.metrics().clone());
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
-    sluice_serve::run_tcp(listener, limiter, drain, move |stream, peer, slot| {
-        connection(gw.clone(), pool.clone(), stream, peer, slot)
-    })
+    let exhausted = gw.fd_exhausted_hook(Listener::Http);
+    sluice_serve::run_tcp_with(
+        listener,
+        limiter,
+        drain,
+        exhausted,
+        move |stream, peer, slot| connection(gw.clone(), pool.clone(), stream, peer, slot),
+    )
     .await;
 }
 

@@ -45,9 +45,14 @@ use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
 /// Accepts SOCKS5 clients on `listener` until a drain begins.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
-    sluice_serve::run_tcp(listener, limiter, drain, move |stream, peer, slot| {
-        connection(gw.clone(), stream, peer, slot)
-    })
+    let exhausted = gw.fd_exhausted_hook(Listener::Socks5);
+    sluice_serve::run_tcp_with(
+        listener,
+        limiter,
+        drain,
+        exhausted,
+        move |stream, peer, slot| connection(gw.clone(), stream, peer, slot),
+    )
     .await;
 }
 

@@ -288,7 +288,8 @@ pub fn reply_for(r: &Refusal) -> Reply {
         Refusal::BadRequest(_)
         | Refusal::UpstreamClosed(_)
         | Refusal::Draining
-        | Refusal::Internal(_) => Reply::GeneralFailure,
+        | Refusal::Internal(_)
+        | Refusal::NoDescriptors(_) => Reply::GeneralFailure,
     }
 }
 

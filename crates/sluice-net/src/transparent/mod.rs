@@ -57,9 +57,14 @@ pub const FIRST_BYTES_WAIT: Duration = Duration::from_millis(1000);
 /// Accepts redirected clients on `listener` until a drain begins.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
-    sluice_serve::run_tcp(listener, limiter, drain, move |stream, peer, slot| {
-        connection(gw.clone(), stream, peer, slot)
-    })
+    let exhausted = gw.fd_exhausted_hook(Listener::Transparent);
+    sluice_serve::run_tcp_with(
+        listener,
+        limiter,
+        drain,
+        exhausted,
+        move |stream, peer, slot| connection(gw.clone(), stream, peer, slot),
+    )
     .await;
 }
 

@@ -105,9 +105,12 @@ pub(crate) static LIMITS: Section<Limits> = Section {
         key!(header_timeout: Time(Min::AboveZero), Restart, "Time allowed to send a complete request head, from the connection's start or from the first byte of a later request on it."),
         key!(max_header_bytes: Count(1024, u32::MAX), Restart, "Largest request head accepted, in bytes."),
         key!(idle_timeout: Time(Min::AboveZero), Restart, "A tunnel, or a keep-alive client connection between requests, with no traffic this long is closed."),
-        key!(connect_timeout: Time(Min::AboveZero), Restart, "Time allowed to connect to a destination."),
+        key!(connect_timeout: Time(Min::AboveZero), Restart, "Time allowed to resolve a destination's name and connect to it, together."),
         key!(drain_timeout: Time(Min::AboveZero), Restart, "On SIGTERM, how long open tunnels may continue."),
         key!(response_timeout: Time(Min::AboveZero), Applies, "Time an origin may take to send a response head once an absolute-form request was fully sent to it; past it the client gets `504`."),
+        key!(pool_max_idle: Count(1, 1_000_000), Restart, "Idle keep-alive origin connections kept in total (absolute-form requests), counted against the descriptor budget."),
+        key!(pool_max_idle_per_host: Count(1, 1_000_000), Restart, "Idle keep-alive origin connections kept per destination (name or address and port)."),
+        key!(pool_idle_timeout: Time(Min::AboveZero), Restart, "An idle pooled origin connection is closed after this long, by a timer."),
     ],
     not_yet: &[],
 };

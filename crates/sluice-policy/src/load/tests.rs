@@ -125,6 +125,9 @@ limits:
   idle_timeout: 7s
   connect_timeout: 7s
   drain_timeout: 7s
+  pool_max_idle: 7
+  pool_max_idle_per_host: 7
+  pool_idle_timeout: 7s
 log:
   flows: /var/log/sluice/flows.jsonl
 zones: []
