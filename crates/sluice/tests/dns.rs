@@ -36,6 +36,10 @@ zones:
         id: allowed-wildcard
       - cidr: 10.20.0.0/16
         ports: [5432]
+      - host: metadata.google.internal
+        ports: [80]
+      - host: "*.ec2.internal"
+        ports: [443]
     deny:
       - host: "*.evil.test"
 "#;
@@ -556,4 +560,137 @@ fn client_subnet_is_stripped_and_floods_are_rate_limited() {
     }
     assert!((1..=8).contains(&answered), "{answered} of 30 answered");
     assert!(s.metric("sluice_dns_rate_limited_total") >= 20.0);
+}
+
+/// A DNS query for `name` of type `qtype` (1 A, 28 AAAA) with id `id`.
+fn raw_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+#[test]
+fn every_query_whose_answer_holds_only_special_addresses_gets_a_reply() {
+    let up = FixtureDns::start();
+    let names: [(&str, u16, (&str, &str)); 6] = [
+        ("lo.allowed.test", 1, ("A", "127.0.0.1")),
+        ("ll.allowed.test", 1, ("A", "169.254.10.1")),
+        ("zero.allowed.test", 1, ("A", "0.0.0.0")),
+        ("mapped.allowed.test", 28, ("AAAA", "::ffff:10.1.2.3")),
+        ("nat64.allowed.test", 28, ("AAAA", "64:ff9b::a01:203")),
+        ("lo6.allowed.test", 28, ("AAAA", "::1")),
+    ];
+    for (n, _, r) in &names {
+        // TTL 0: nothing cached, every query goes to the upstream.
+        up.set(n, 0, &[*r]);
+    }
+    let s = sluice(&[up.addr], "");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut lost = Vec::new();
+    for i in 0..200u16 {
+        let (name, qtype, _) = names[usize::from(i) % names.len()];
+        sock.send_to(&raw_query(i, name, qtype), s.dns.unwrap())
+            .unwrap();
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                assert!(n >= 12);
+                assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), i, "{name}");
+                assert_eq!(buf[3] & 0x0f, 3, "{name}: NXDOMAIN");
+            }
+            Err(e) => lost.push(format!("{i} {name}: {e}")),
+        }
+    }
+    assert!(lost.is_empty(), "no reply within 2 s: {lost:?}");
+}
+
+#[test]
+fn special_use_names_are_answered_here_and_never_forwarded() {
+    let up = FixtureDns::start();
+    let special = [
+        "localhost",
+        "app.localhost",
+        "printer.local",
+        "x.invalid",
+        "abc.onion",
+        "y.alt",
+        "x.internal",
+        "nas.home.arpa",
+        "1.0.0.10.in-addr.arpa",
+    ];
+    // Every name has a public address upstream: whatever reached it would
+    // be answered.
+    for n in special {
+        up.set(
+            n,
+            300,
+            &[("A", "93.184.216.34"), ("AAAA", "2606:2800:220:1::1")],
+        );
+    }
+    up.set("metadata.google.internal", 300, &[("A", "93.184.216.50")]);
+    up.set("ip-10-20-0-7.ec2.internal", 300, &[("A", "10.20.0.7")]);
+    let s = sluice(&[up.addr], "");
+
+    let d = dig(&s, &["localhost", "A"]);
+    assert_eq!(
+        (d.status.as_str(), d.data()),
+        ("NOERROR", vec!["127.0.0.1".to_owned()]),
+        "{}",
+        d.text
+    );
+    let d = dig(&s, &["App.Localhost.", "AAAA"]);
+    assert_eq!(
+        (d.status.as_str(), d.data()),
+        ("NOERROR", vec!["::1".to_owned()]),
+        "{}",
+        d.text
+    );
+    let d = dig(&s, &["localhost", "TXT"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.text);
+    assert!(d.answers.is_empty(), "{}", d.text);
+    for (n, t) in [
+        ("printer.local", "A"),
+        ("x.invalid", "A"),
+        ("abc.onion", "AAAA"),
+        ("y.alt", "A"),
+        ("x.internal", "A"),
+        ("nas.home.arpa", "A"),
+        ("1.0.0.10.in-addr.arpa", "PTR"),
+    ] {
+        let d = dig(&s, &[n, t]);
+        assert_eq!(d.status, "NXDOMAIN", "{n}: {}", d.text);
+        assert!(d.answers.is_empty(), "{n}: {}", d.text);
+    }
+    // Private zones are forwarded for the names a host allow rule names.
+    let d = dig(&s, &["metadata.google.internal", "A"]);
+    assert_eq!(d.data(), ["93.184.216.50"], "{}", d.text);
+    let d = dig(&s, &["ip-10-20-0-7.ec2.internal", "A"]);
+    assert_eq!(d.data(), ["10.20.0.7"], "{}", d.text);
+    for n in special {
+        assert_eq!(up.queries_for(n), 0, "{n} reached the upstream");
+    }
+    assert_eq!(up.queries_for("metadata.google.internal"), 1);
+
+    let records = s.wait_records(12);
+    for n in special {
+        let r = records
+            .iter()
+            .find(|r| r["dst_host"] == n)
+            .unwrap_or_else(|| panic!("no record for {n}"));
+        assert_eq!(r["rule"], "guard/special-name", "{r}");
+        assert_eq!(r["verdict"], "deny", "{r}");
+    }
+    let lo = records
+        .iter()
+        .find(|r| r["dst_host"] == "localhost")
+        .unwrap();
+    assert_eq!(lo["answers"], serde_json::json!(["127.0.0.1"]));
 }
