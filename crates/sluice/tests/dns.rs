@@ -498,19 +498,26 @@ fn malformed_packets_get_formerr_or_nothing_and_the_listener_lives_on() {
     long_label.extend_from_slice(&[0, 0, 1, 0, 1]);
     let mut lying = header(3);
     lying.extend_from_slice(&[3, b'f', b'o', b'o', 0, 0, 1, 0, 1]);
+    // A pointer into the header: its bytes would read as a guessed name.
+    let mut into_header = header(1);
+    into_header.extend_from_slice(&[0xc0, 4, 0, 1, 0, 1]);
+    let mut trailing = raw_query(0xabcd, "app.example.com", 1);
+    trailing.extend_from_slice(&[0xde, 0xad]);
     let cases: Vec<(&str, Vec<u8>, Option<u8>)> = vec![
         ("empty", vec![], None),
         ("short header", vec![0xab, 0xcd, 0x01], None),
         ("compression loop", looped, Some(1)),
         ("label over 63", long_label, Some(1)),
         ("counts that lie", lying, Some(1)),
+        ("pointer into the header", into_header, Some(1)),
+        ("bytes after the message", trailing.clone(), Some(1)),
     ];
     let mut buf = [0u8; 1500];
     for (what, packet, rcode) in cases {
         sock.send_to(&packet, dns).unwrap();
         match (sock.recv_from(&mut buf), rcode) {
             (Ok((n, _)), Some(code)) => {
-                assert!(n >= 12, "{what}");
+                assert_eq!(n, 12, "{what}: a bare header, no question");
                 assert_eq!(&buf[..2], &[0xab, 0xcd], "{what}");
                 assert_eq!(buf[3] & 0x0f, code, "{what}");
             }
@@ -518,6 +525,27 @@ fn malformed_packets_get_formerr_or_nothing_and_the_listener_lives_on() {
             (got, want) => panic!("{what}: got {got:?}, want rcode {want:?}"),
         }
     }
+    // A TCP frame holding a query and bytes after it: FORMERR on the same
+    // connection, which then still answers a proper query.
+    let mut tcp = std::net::TcpStream::connect(dns).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    let ok = raw_query(0x0102, "app.example.com", 1);
+    for (frame, code) in [(&trailing, 1u8), (&ok, 0)] {
+        let mut out = (frame.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(frame);
+        std::io::Write::write_all(&mut tcp, &out).unwrap();
+        let mut len = [0u8; 2];
+        std::io::Read::read_exact(&mut tcp, &mut len).unwrap();
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        std::io::Read::read_exact(&mut tcp, &mut reply).unwrap();
+        assert_eq!(&reply[..2], &frame[..2]);
+        assert_eq!(reply[3] & 0x0f, code, "{reply:?}");
+    }
+    assert_eq!(
+        up.queries_for("app.example.com"),
+        1,
+        "only the proper query"
+    );
     let d = dig(&s, &["app.example.com", "A"]);
     assert_eq!(d.data(), ["93.184.216.34"], "{}", d.text);
 }
