@@ -247,6 +247,21 @@ impl Forwarder {
         }
     }
 
+    /// SERVFAIL, recorded with the cause, for a query that found too many
+    /// others waiting for the upstreams.
+    pub fn busy(&self, f: InFlight) -> Vec<u8> {
+        let InFlight {
+            q,
+            decision,
+            mut rec,
+            transport,
+            ..
+        } = f;
+        rec.error = Some("too many queries waiting for the upstreams; answered SERVFAIL".into());
+        let out = encode(&q.response(ResponseCode::ServFail));
+        self.done(rec, &decision, None, out, transport, &q)
+    }
+
     /// A filtered upstream answer: grants, then the response.
     fn answer(
         &self,
