@@ -1,9 +1,11 @@
 //! Bytes → the DNS forwarder's untrusted-input path, without sockets:
 //! `query::parse` (a client packet) and, for the same bytes read as an
 //! upstream answer, `filter::filter` under a zone with host, cidr and deny
-//! rules. Invariants: no panic; a parsed question has a normalised name
-//! (lower-case, no trailing dot) or none; a refusal answer echoes the id;
-//! no filtered answer hands out an address the guard refuses.
+//! rules. Invariants: no panic; a parsed question comes from a packet
+//! holding exactly one message whose names never point into the header,
+//! and has a normalised name (lower-case, no trailing dot) or none; a
+//! refusal answer echoes the id; no filtered answer hands out an address
+//! the guard refuses.
 
 #![no_main]
 
@@ -28,6 +30,10 @@ static POLICY: LazyLock<Policy> = LazyLock::new(|| {
 fuzz_target!(|data: &[u8]| {
     match query::parse(data) {
         Ok(q) => {
+            // Strict parsing: a question only from a packet that ends where
+            // its message ends, with no pointer into the header (seeds in
+            // seeds/dns, tokens in dns.dict).
+            assert_eq!(query::strict_end(data), Some(data.len()));
             if let Some(n) = &q.name {
                 assert!(!n.is_empty() && !n.ends_with('.'), "{n:?}");
                 assert!(!n.bytes().any(|b| b.is_ascii_uppercase()), "{n:?}");

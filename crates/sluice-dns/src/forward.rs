@@ -7,7 +7,8 @@
 //!    runs before anything else costs work.
 //! 3. **decide** — the queried name against the zone's rules, ports aside;
 //!    a name no allow rule could match gets the blocked answer
-//!    (`dns.blocked_answer`). Tunnelling signals are counted here for every
+//!    (`dns.blocked_answer`); a special-use name is answered here
+//!    (`guard/special-name`: loopback for `localhost`, else NXDOMAIN). Tunnelling signals are counted here for every
 //!    query of a zone, allowed or not.
 //! 4. **resolve** — the answer cache, else the upstreams.
 //! 5. **filter** — `filter::filter`: the CNAME chain against deny rules,
@@ -19,7 +20,7 @@
 //! the UDP loop answers hits without spawning a task.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -31,6 +32,8 @@ use hickory_proto::{
 use sluice_observe::{FlowRecord, Listener, Metrics, Protocol, RecordSink};
 use sluice_policy::{
     Decision, Pending, Policy, Verdict,
+    guard::{self, NameTreatment},
+    ids,
     model::{BlockedAnswer, Dns},
 };
 
@@ -46,6 +49,8 @@ use crate::{
 
 /// TTL of a sinkhole answer.
 const SINKHOLE_TTL: u32 = 60;
+/// TTL of a local answer for `localhost` (it never changes).
+const LOCAL_TTL: u32 = 300;
 /// Longest answer text kept in a flow record, per record.
 const ANSWER_TEXT_MAX: usize = 120;
 
@@ -193,6 +198,9 @@ impl Forwarder {
         let Some(name) = name else {
             return Step::Done(Some(self.blocked(rec, &decision, &q, transport)));
         };
+        if &*decision.rule == ids::GUARD_SPECIAL_NAME {
+            return Step::Done(Some(self.special(rec, &decision, &q, &name, transport)));
+        }
         let forward = decision.passes()
             || (decision.pending == Pending::CidrAllow
                 && matches!(q.qtype(), RecordType::A | RecordType::AAAA));
@@ -239,6 +247,21 @@ impl Forwarder {
         }
     }
 
+    /// SERVFAIL, recorded with the cause, for a query that found too many
+    /// others waiting for the upstreams.
+    pub fn busy(&self, f: InFlight) -> Vec<u8> {
+        let InFlight {
+            q,
+            decision,
+            mut rec,
+            transport,
+            ..
+        } = f;
+        rec.error = Some("too many queries waiting for the upstreams; answered SERVFAIL".into());
+        let out = encode(&q.response(ResponseCode::ServFail));
+        self.done(rec, &decision, None, out, transport, &q)
+    }
+
     /// A filtered upstream answer: grants, then the response.
     fn answer(
         &self,
@@ -266,6 +289,43 @@ impl Forwarder {
         m.add_authorities(f.authorities);
         let out = encode(&m);
         self.done(rec, &f.decision, Some(&f.answers), out, transport, q)
+    }
+
+    /// A special-use name, answered here and never forwarded: loopback
+    /// addresses for `localhost` (RFC 6761: no data for other types),
+    /// NXDOMAIN for the rest.
+    fn special(
+        &self,
+        rec: FlowRecord,
+        decision: &Decision,
+        q: &Question,
+        name: &str,
+        transport: Transport,
+    ) -> Vec<u8> {
+        let loopback =
+            guard::special_name(name).is_some_and(|s| s.treatment == NameTreatment::Loopback);
+        let mut answers = Vec::new();
+        let code = if loopback {
+            let owner = q.query.name().clone();
+            let a = RData::A(rdata::A(Ipv4Addr::LOCALHOST));
+            let aaaa = RData::AAAA(rdata::AAAA(Ipv6Addr::LOCALHOST));
+            match q.qtype() {
+                RecordType::A => answers.push(Record::from_rdata(owner, LOCAL_TTL, a)),
+                RecordType::AAAA => answers.push(Record::from_rdata(owner, LOCAL_TTL, aaaa)),
+                RecordType::ANY => {
+                    answers.push(Record::from_rdata(owner.clone(), LOCAL_TTL, a));
+                    answers.push(Record::from_rdata(owner, LOCAL_TTL, aaaa));
+                }
+                _ => {}
+            }
+            ResponseCode::NoError
+        } else {
+            ResponseCode::NXDomain
+        };
+        let mut m = q.response(code);
+        m.add_answers(answers.iter().cloned());
+        let out = encode(&m);
+        self.done(rec, decision, Some(&answers), out, transport, q)
     }
 
     /// The configured answer for a name the zone may not resolve.

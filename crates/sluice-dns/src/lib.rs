@@ -28,4 +28,4 @@ pub mod upstream;
 
 pub use forward::{Forwarder, PolicySource, Shared, Transport};
 pub use grants::GrantStore;
-pub use server::{serve_tcp, serve_udp};
+pub use server::{serve_tcp, serve_udp, serve_udp_with};

@@ -5,7 +5,11 @@
 //! compression loops and forward pointers, labels over 63 and names over
 //! 255 octets, and counts that promise more records than the packet holds.
 //! What it accepts is then held to what a stub resolver sends: one
-//! question, class IN, no records outside the additional section.
+//! question, class IN, no records outside the additional section. Before
+//! it, [`strict_end`] walks the wire itself for what the decoder lets
+//! through: bytes after the message (in a datagram or a TCP frame) and
+//! compression pointers into the header both get FORMERR, never an answer
+//! to a question guessed from the header's bytes.
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
@@ -88,6 +92,12 @@ pub fn parse(packet: &[u8]) -> Result<Question, Refusal> {
         return Err(Refusal::Drop);
     }
     let opcode = (packet[2] >> 3) & 0x0f;
+    // The wire first: a message must end where the packet ends, and its
+    // names may point only at earlier names, never into the header (which
+    // would turn the id and counts into a guessed question).
+    if strict_end(packet) != Some(packet.len()) {
+        return Err(bare(id, opcode, ResponseCode::FormErr));
+    }
     let Ok(msg) = Message::from_vec(packet) else {
         return Err(bare(id, opcode, ResponseCode::FormErr));
     };
@@ -124,6 +134,61 @@ pub fn parse(packet: &[u8]) -> Result<Question, Refusal> {
             refuse(ResponseCode::Refused)
         }
         _ => Ok(q),
+    }
+}
+
+/// Where the message in `packet` ends, walking the header's counts: every
+/// question and record, every name with its compression pointers followed
+/// (each to an earlier name after the header, at most
+/// [`MAX_POINTERS`] of them). `None` when the packet is cut short or a name
+/// is malformed.
+pub fn strict_end(packet: &[u8]) -> Option<usize> {
+    let count = |i: usize| usize::from(u16::from_be_bytes([packet[i], packet[i + 1]]));
+    if packet.len() < 12 {
+        return None;
+    }
+    let (qd, records) = (count(4), count(6) + count(8) + count(10));
+    let mut at = 12;
+    for _ in 0..qd {
+        at = name_end(packet, at)?.checked_add(4)?;
+    }
+    for _ in 0..records {
+        at = name_end(packet, at)?;
+        let fixed = packet.get(at..at.checked_add(10)?)?;
+        let rdlength = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        at = at.checked_add(10 + rdlength)?;
+    }
+    (at <= packet.len()).then_some(at)
+}
+
+/// Compression pointers followed in one name at most (a name has at most
+/// 127 labels, each a pointer at worst).
+const MAX_POINTERS: usize = 127;
+
+/// Where the name starting at `start` ends in place; its labels, through
+/// any pointers, must lie inside the packet and after the header.
+fn name_end(packet: &[u8], start: usize) -> Option<usize> {
+    let mut at = start;
+    let mut end = None;
+    let mut jumps = 0;
+    loop {
+        let len = *packet.get(at)?;
+        match len & 0xc0 {
+            0x00 if len == 0 => return Some(end.unwrap_or(at + 1)),
+            0x00 => at += 1 + usize::from(len),
+            0xc0 => {
+                let target = usize::from(u16::from_be_bytes([len & 0x3f, *packet.get(at + 1)?]));
+                jumps += 1;
+                // Into the header, forward, or onto itself: malformed.
+                if target < 12 || target >= at || jumps > MAX_POINTERS {
+                    return None;
+                }
+                end.get_or_insert(at + 2);
+                at = target;
+            }
+            // Extended label types (RFC 6891 retired them): malformed.
+            _ => return None,
+        }
     }
 }
 

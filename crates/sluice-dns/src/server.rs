@@ -6,12 +6,19 @@
 //!
 //! UDP: cache hits and local answers are sent from the receive loop; a
 //! query that needs the upstreams runs on its own task, at most
-//! [`MAX_IN_FLIGHT`] at once (more are dropped: the client retries).
+//! [`MAX_IN_FLIGHT`] at once (more are answered SERVFAIL at once: every
+//! query the rate limit lets through gets an answer).
 //! TCP: at most [`MAX_TCP_CONNECTIONS`] connections (per source as in
 //! total), each answering its queries in order, closed after [`TCP_IDLE`]
 //! without a query.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use sluice_serve::{ConnLimiter, Datagram, Drain};
 use tokio::{
@@ -33,21 +40,67 @@ const UDP_BUFFER: usize = 4096;
 
 /// Serves DNS over UDP on `socket` until `drain` begins.
 pub async fn serve_udp(socket: UdpSocket, fwd: Arc<Forwarder>, drain: Arc<Drain>) {
+    serve_udp_with(socket, fwd, drain, MAX_IN_FLIGHT).await;
+}
+
+/// [`serve_udp`] with at most `max_waiting` queries waiting for the
+/// upstreams at once; a query beyond them is answered SERVFAIL at once
+/// (and recorded), never dropped: only the rate limit drops queries.
+pub async fn serve_udp_with(
+    socket: UdpSocket,
+    fwd: Arc<Forwarder>,
+    drain: Arc<Drain>,
+    max_waiting: usize,
+) {
+    let waiting = Arc::new(AtomicUsize::new(0));
+    // The serving loop's own cap is a backstop only: a task stays counted
+    // there while it sends its answer, after it left `waiting`.
+    let backstop = max_waiting.saturating_mul(2).max(1);
     sluice_serve::run_udp(
         socket,
         drain,
         UDP_BUFFER,
-        MAX_IN_FLIGHT,
+        backstop,
         move |packet, src| match fwd.begin(src, packet, Transport::Udp) {
             Step::Done(Some(out)) => Datagram::Reply(out),
             Step::Done(None) => Datagram::Nothing,
             Step::Forward(f) => {
+                let Some(slot) = Waiting::take(&waiting, max_waiting) else {
+                    return Datagram::Reply(fwd.busy(*f));
+                };
                 let fwd = fwd.clone();
-                Datagram::Later(Box::pin(async move { Some(fwd.finish(*f).await) }))
+                Datagram::Later(Box::pin(async move {
+                    let out = fwd.finish(*f).await;
+                    drop(slot);
+                    Some(out)
+                }))
             }
         },
     )
     .await;
+}
+
+/// One query's place among those waiting for the upstreams; given back
+/// when dropped (answered, or the task ended).
+struct Waiting(Arc<AtomicUsize>);
+
+// === impl Waiting ===
+
+impl Waiting {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Waiting> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(count.clone()))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves DNS over TCP on `listener` until `drain` begins.

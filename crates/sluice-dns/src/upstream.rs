@@ -1,4 +1,6 @@
-//! Asking the upstream resolvers: UDP first, TCP when the answer comes back
+//! Asking the upstream resolvers: UDP first (sent again after a quarter of
+//! the timeout without an answer, so a lost datagram does not turn into a
+//! SERVFAIL after the client gave up), TCP when the answer comes back
 //! truncated, each upstream bounded by `dns.upstream_timeout`, and failover
 //! to the next upstream on a timeout, a network error, SERVFAIL or REFUSED.
 //! The upstream that answered last is asked first next time.
@@ -26,6 +28,18 @@ use tokio::{
 };
 
 use crate::query::MAX_UDP_PAYLOAD;
+
+/// UDP sends of one query to one upstream at most (the first and two
+/// more), so that one lost datagram costs a resend interval, not the whole
+/// `dns.upstream_timeout` and a SERVFAIL.
+const MAX_SENDS: u32 = 3;
+/// The resend interval is the upstream timeout over this, within
+/// [`RESEND_MIN`] and [`RESEND_MAX`] (2 s gives 500 ms).
+const RESEND_DIVISOR: u32 = 4;
+/// The shortest resend interval.
+const RESEND_MIN: Duration = Duration::from_millis(100);
+/// The longest resend interval.
+const RESEND_MAX: Duration = Duration::from_secs(1);
 
 /// Why no upstream answered.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +142,9 @@ impl Upstreams {
     /// One upstream, UDP then (on TC) TCP, within the timeout.
     async fn exchange(&self, addr: SocketAddr, req: &Message) -> Result<Message, String> {
         let bytes = req.to_vec().map_err(|e| e.to_string())?;
+        let resend = (self.timeout / RESEND_DIVISOR).clamp(RESEND_MIN, RESEND_MAX);
         let fut = async {
-            let m = udp(addr, &bytes, req).await?;
+            let m = udp(addr, &bytes, req, resend).await?;
             if !m.metadata.truncation {
                 return Ok(m);
             }
@@ -154,7 +169,16 @@ fn answers(m: &Message, req: &Message) -> bool {
         })
 }
 
-async fn udp(addr: SocketAddr, bytes: &[u8], req: &Message) -> Result<Message, String> {
+/// Sends `bytes` to `addr` over UDP and waits for the answer to `req`,
+/// sending the same query again (same id, same socket: whichever copy is
+/// answered counts) each `resend` without one, at most [`MAX_SENDS`]
+/// times. The caller's timeout bounds the whole exchange.
+async fn udp(
+    addr: SocketAddr,
+    bytes: &[u8],
+    req: &Message,
+    resend: Duration,
+) -> Result<Message, String> {
     let local: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -163,9 +187,23 @@ async fn udp(addr: SocketAddr, bytes: &[u8], req: &Message) -> Result<Message, S
     let sock = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
     sock.connect(addr).await.map_err(|e| e.to_string())?;
     sock.send(bytes).await.map_err(|e| e.to_string())?;
+    let mut sends = 1;
     let mut buf = vec![0u8; 4096];
     loop {
-        let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = if sends < MAX_SENDS {
+            match timeout(resend, sock.recv(&mut buf)).await {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => {
+                    // The query or its answer was lost: ask again rather
+                    // than sit out the whole upstream timeout.
+                    sock.send(bytes).await.map_err(|e| e.to_string())?;
+                    sends += 1;
+                    continue;
+                }
+            }
+        } else {
+            sock.recv(&mut buf).await.map_err(|e| e.to_string())?
+        };
         // Anything that is not the answer (a stray or forged packet) is ignored.
         if let Ok(m) = Message::from_vec(&buf[..n]) {
             if answers(&m, req) {

@@ -232,6 +232,133 @@ pub fn canonical_net(net: IpNet) -> IpNet {
     }
 }
 
+/// How Sluice answers a special-use domain name (the IANA special-use
+/// domain names registry) instead of forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameTreatment {
+    /// Can only mean loopback (RFC 6761): answered locally, `127.0.0.1`
+    /// and `::1`, never sent to a resolver.
+    Loopback,
+    /// Has no meaning on the Internet: answered `NXDOMAIN`, never forwarded.
+    NxDomain,
+    /// A private zone: resolved only for names that an explicit `host`
+    /// allow rule names, never because a `cidr` rule might match an answer.
+    HostRuleOnly,
+}
+
+/// One special-use domain and what Sluice does with names in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialName {
+    /// The domain (the name itself and every name below it).
+    pub domain: &'static str,
+    /// Where it is reserved.
+    pub source: &'static str,
+    /// What Sluice answers.
+    pub treatment: NameTreatment,
+}
+
+/// The special-use domains, one list for the proxy and the DNS forwarder.
+/// Reverse names (`in-addr.arpa`, `ip6.arpa`) of special address space
+/// are judged by the address table instead ([`special_name`]).
+pub const SPECIAL_NAMES: &[SpecialName] = &[
+    SpecialName {
+        domain: "localhost",
+        source: "RFC 6761",
+        treatment: NameTreatment::Loopback,
+    },
+    SpecialName {
+        domain: "local",
+        source: "RFC 6762",
+        treatment: NameTreatment::NxDomain,
+    },
+    SpecialName {
+        domain: "invalid",
+        source: "RFC 6761",
+        treatment: NameTreatment::NxDomain,
+    },
+    SpecialName {
+        domain: "onion",
+        source: "RFC 7686",
+        treatment: NameTreatment::NxDomain,
+    },
+    SpecialName {
+        domain: "alt",
+        source: "RFC 9476",
+        treatment: NameTreatment::NxDomain,
+    },
+    SpecialName {
+        domain: "internal",
+        source: "ICANN 2024 private use",
+        treatment: NameTreatment::HostRuleOnly,
+    },
+    SpecialName {
+        domain: "home.arpa",
+        source: "RFC 8375",
+        treatment: NameTreatment::HostRuleOnly,
+    },
+];
+
+/// The reverse zone of special address space (RFC 6303).
+const PRIVATE_REVERSE: SpecialName = SpecialName {
+    domain: "in-addr.arpa",
+    source: "RFC 6303",
+    treatment: NameTreatment::NxDomain,
+};
+
+/// The special-use domain `name` (lower-case, no trailing dot) lies in, if
+/// any. A reverse name counts when the addresses it stands for (a whole
+/// block for a partial name such as `10.in-addr.arpa`) are all special in
+/// the address table: private reverse zones are answered, never forwarded.
+pub fn special_name(name: &str) -> Option<SpecialName> {
+    let under = |d: &str| name == d || name.strip_suffix(d).is_some_and(|head| head.ends_with('.'));
+    if let Some(s) = SPECIAL_NAMES.iter().find(|s| under(s.domain)) {
+        return Some(*s);
+    }
+    let block = if let Some(head) = name.strip_suffix(".in-addr.arpa") {
+        reverse_v4(head)
+    } else if let Some(head) = name.strip_suffix(".ip6.arpa") {
+        reverse_v6(head)
+    } else {
+        None
+    };
+    block
+        .filter(|b| entirely_special(*b))
+        .map(|_| PRIVATE_REVERSE)
+}
+
+/// `4.3.2.1` (below `in-addr.arpa`) to `1.2.3.4/32`, `10` to `10.0.0.0/8`.
+fn reverse_v4(head: &str) -> Option<IpNet> {
+    let labels: Vec<&str> = head.split('.').collect();
+    if labels.len() > 4 {
+        return None;
+    }
+    let mut o = [0u8; 4];
+    for (i, l) in labels.iter().rev().enumerate() {
+        if l.is_empty() || l.len() > 3 || (l.len() > 1 && l.starts_with('0')) {
+            return None;
+        }
+        o[i] = l.parse().ok()?;
+    }
+    let len = u8::try_from(labels.len() * 8).ok()?;
+    Ipv4Net::new(Ipv4Addr::from(o), len).ok().map(IpNet::V4)
+}
+
+/// Nibbles below `ip6.arpa` to the block they name.
+fn reverse_v6(head: &str) -> Option<IpNet> {
+    let labels: Vec<&str> = head.split('.').collect();
+    if labels.len() > 32 {
+        return None;
+    }
+    let mut bits: u128 = 0;
+    for (i, l) in labels.iter().rev().enumerate() {
+        let &[c] = l.as_bytes() else { return None };
+        let nibble = char::from(c).to_digit(16)?;
+        bits |= u128::from(nibble) << (124 - 4 * i);
+    }
+    let len = u8::try_from(labels.len() * 4).ok()?;
+    Ipv6Net::new(Ipv6Addr::from(bits), len).ok().map(IpNet::V6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +429,49 @@ mod tests {
         assert!(!es("8.8.8.0/24"));
         assert!(!es("192.0.0.0/24"), "covers the public 192.0.0.9");
         assert!(!es("0.0.0.0/1"));
+    }
+
+    #[test]
+    fn special_use_names() {
+        let t = |n: &str| special_name(n).map(|s| s.treatment);
+        assert_eq!(t("localhost"), Some(NameTreatment::Loopback));
+        assert_eq!(t("a.b.localhost"), Some(NameTreatment::Loopback));
+        assert_eq!(t("notlocalhost"), None);
+        assert_eq!(t("localhost.example.com"), None);
+        for n in ["printer.local", "x.invalid", "abc.onion", "onion", "y.alt"] {
+            assert_eq!(t(n), Some(NameTreatment::NxDomain), "{n}");
+        }
+        for n in [
+            "metadata.google.internal",
+            "ip-10-0-0-1.ec2.internal",
+            "nas.home.arpa",
+        ] {
+            assert_eq!(t(n), Some(NameTreatment::HostRuleOnly), "{n}");
+        }
+        assert_eq!(t("home.arpa.example.com"), None);
+        // Reverse names of special space, whole or partial; public ones not.
+        for n in [
+            "1.0.0.10.in-addr.arpa",
+            "10.in-addr.arpa",
+            "168.192.in-addr.arpa",
+            "20.172.in-addr.arpa",
+            "254.169.254.169.in-addr.arpa",
+            "1.0.0.127.in-addr.arpa",
+            "d.f.ip6.arpa",
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa",
+        ] {
+            assert_eq!(t(n), Some(NameTreatment::NxDomain), "{n}");
+        }
+        for n in [
+            "34.216.184.93.in-addr.arpa",
+            "172.in-addr.arpa",
+            "in-addr.arpa",
+            "8.8.8.8.8.in-addr.arpa",
+            "01.0.0.10.in-addr.arpa",
+            "x.10.in-addr.arpa",
+            "2.ip6.arpa",
+        ] {
+            assert_eq!(t(n), None, "{n}");
+        }
     }
 }

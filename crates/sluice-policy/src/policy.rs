@@ -455,7 +455,9 @@ impl Policy {
                 default(d, z, format!("{ip} port {port}"), Pending::Guard)
             }
             Destination::Name(name) => {
-                if name == "localhost" || name.ends_with(".localhost") {
+                if guard::special_name(name)
+                    .is_some_and(|s| s.treatment == guard::NameTreatment::Loopback)
+                {
                     d.rule = ids::GUARD_SPECIAL.into();
                     d.reason = format!("{name} can only mean a loopback address (RFC 6761)");
                     return d;

@@ -83,7 +83,7 @@ fn verdicts_ports_aside() {
     assert_eq!(v("web", "mail.example.com").1, "default");
     assert_eq!(
         v("web", "localhost"),
-        (Verdict::Deny, ids::GUARD_SPECIAL.into())
+        (Verdict::Deny, ids::GUARD_SPECIAL_NAME.into())
     );
     assert_eq!(
         v("lab", "anything.example.org"),
@@ -188,4 +188,71 @@ fn enforced_denials_reject_every_address() {
     let c = p.dns_check_addresses(&d, &[ip("93.184.216.34")]);
     assert!(c.allowed.is_empty());
     assert_eq!(&*c.decision.rule, "web/deny/1");
+}
+
+#[test]
+fn special_use_names_are_never_forwarded_for_cidr_rules_or_open_mode() {
+    let p = Policy::load(
+        r#"
+zones:
+  - name: web
+    sources: [10.0.1.0/24]
+    allow:
+      - cidr: 10.20.0.0/16
+        ports: [5432]
+      - host: metadata.google.internal
+        ports: [80]
+      - host: "*.ec2.internal"
+        ports: [443]
+    deny:
+      - host: "*.denied.internal"
+  - name: lab
+    sources: [10.0.3.0/24]
+    mode: open
+  - name: trial
+    sources: [10.0.4.0/24]
+    mode: report
+"#,
+        "t.yaml",
+    )
+    .unwrap();
+    for (zone, src) in [
+        ("web", "10.0.1.1"),
+        ("lab", "10.0.3.1"),
+        ("trial", "10.0.4.1"),
+    ] {
+        for name in [
+            "localhost",
+            "a.localhost",
+            "x.local",
+            "x.invalid",
+            "x.onion",
+            "x.alt",
+            "x.internal",
+            "nas.home.arpa",
+            "home.arpa",
+            "4.3.2.10.in-addr.arpa",
+        ] {
+            let d = p.dns_decide(ip(src), name);
+            assert_eq!(&*d.rule, ids::GUARD_SPECIAL_NAME, "{zone} {name}");
+            assert!(!d.passes(), "{zone} {name}: never forwarded");
+            assert_eq!(d.pending, Pending::Nothing, "{zone} {name}");
+        }
+    }
+    let d = p.dns_decide(ip("10.0.1.1"), "metadata.google.internal");
+    assert!(d.passes());
+    assert_eq!(&*d.rule, "web/allow/2");
+    assert!(
+        p.dns_decide(ip("10.0.1.1"), "ip-10-0-0-1.ec2.internal")
+            .passes()
+    );
+    let d = p.dns_decide(ip("10.0.1.1"), "a.denied.internal");
+    assert_eq!(&*d.rule, "web/deny/1");
+    // Public names are unchanged: pending on the cidr rule.
+    let d = p.dns_decide(ip("10.0.1.1"), "db.example.com");
+    assert_eq!(d.pending, Pending::CidrAllow);
+    // A CNAME into a special-use name cuts the chain.
+    let d = p.dns_decide(ip("10.0.1.1"), "metadata.google.internal");
+    let cut = p.dns_chain_check(&d, "x.onion").unwrap();
+    assert_eq!(&*cut.rule, ids::GUARD_SPECIAL_NAME);
 }

@@ -1,8 +1,8 @@
 //! One DNS test server, [`FixtureDns`], on 127.0.0.1 (UDP and TCP on one
 //! port), for Sluice to use as its upstream: names with A, AAAA, CNAME and
 //! TXT records, answers that change from one query to the next (DNS
-//! rebinding), NXDOMAIN and NODATA, truncation of large UDP answers, and
-//! counts of what was asked. Also [`silent_udp`], an upstream that never
+//! rebinding), NXDOMAIN and NODATA, truncation of large UDP answers, UDP
+//! replies lost on the way back, and counts of what was asked. Also [`silent_udp`], an upstream that never
 //! answers, and [`random_label`], what a DNS tunnel's labels look like.
 //! It answers; what Sluice should have asked or passed on is for the tests
 //! to assert.
@@ -38,6 +38,7 @@ pub struct FixtureDns {
     counts: Counts,
     ecs: Arc<AtomicUsize>,
     tcp_queries: Arc<AtomicUsize>,
+    lose_every: Arc<AtomicUsize>,
 }
 
 /// Name (lower-case, no trailing dot) → record sets, one per query (the
@@ -45,7 +46,19 @@ pub struct FixtureDns {
 type Zone = Arc<Mutex<HashMap<String, Vec<Vec<(String, String, u32)>>>>>;
 
 /// (name, query type) → queries received.
-type Counts = Arc<Mutex<HashMap<(String, String), usize>>>;
+type Counts = Arc<Mutex<HashMap<(String, String), Asked>>>;
+
+/// The queries for one (name, type): how many, and the ids of the latest,
+/// so that a query sent again with the same id (a resend after a lost
+/// datagram, a TCP retry after truncation) counts once.
+#[derive(Default)]
+struct Asked {
+    n: usize,
+    ids: std::collections::VecDeque<u16>,
+}
+
+/// Ids remembered per (name, type).
+const RECENT_IDS: usize = 16;
 
 /// How [`FixtureDns`] answers.
 #[derive(Clone, Copy)]
@@ -78,17 +91,30 @@ impl FixtureDns {
         let counts: Counts = Arc::default();
         let ecs = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
-        let (z, c, e, t) = (
+        let lose_every = Arc::new(AtomicUsize::new(0));
+        let (z, c, e, t, l) = (
             zone.clone(),
             counts.clone(),
             ecs.clone(),
             tcp_queries.clone(),
+            lose_every.clone(),
         );
+        let udp_seen = AtomicUsize::new(0);
         let addr = serve_dns(move |msg, udp| {
             if !udp {
                 t.fetch_add(1, Ordering::SeqCst);
             }
-            answer(msg, udp, config, &z, &c, &e)
+            let out = answer(msg, udp, config, &z, &c, &e);
+            let every = l.load(Ordering::SeqCst);
+            let nth = if udp {
+                udp_seen.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                0
+            };
+            if udp && every > 0 && nth % every == 0 {
+                return None;
+            }
+            out
         });
         FixtureDns {
             addr,
@@ -96,7 +122,15 @@ impl FixtureDns {
             counts,
             ecs,
             tcp_queries,
+            lose_every,
         }
+    }
+
+    /// Answers every UDP query but loses the reply to every `n`-th one
+    /// (counted over every UDP query it received; 0: lose none), as a lossy network
+    /// would. The query is still counted.
+    pub fn lose_every_nth_reply(&self, n: usize) {
+        self.lose_every.store(n, Ordering::SeqCst);
     }
 
     /// Replaces the records of `name` (each `(type, data)`: `("A",
@@ -135,7 +169,8 @@ impl FixtureDns {
         self.set(name, 0, &records);
     }
 
-    /// How many queries (any type, UDP or TCP) asked for `name`.
+    /// How many queries (any type, UDP or TCP) asked for `name`; a query
+    /// sent again with the same id counts once.
     pub fn queries_for(&self, name: &str) -> usize {
         let name = key(name);
         self.counts
@@ -143,7 +178,7 @@ impl FixtureDns {
             .unwrap()
             .iter()
             .filter(|((n, _), _)| *n == name)
-            .map(|(_, k)| k)
+            .map(|(_, k)| k.n)
             .sum()
     }
 
@@ -154,8 +189,7 @@ impl FixtureDns {
             .lock()
             .unwrap()
             .get(&(key(name), qtype.to_ascii_uppercase()))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |k| k.n)
     }
 
     /// Queries that carried an EDNS Client Subnet option.
@@ -231,14 +265,21 @@ fn answer(
     let qtype = query.query_type();
     let name_key = |n: &Name| key(&n.to_ascii());
     // How many queries of this type asked for this name before: which set
-    // of a series answers.
+    // of a series answers (a query asked again with the same id is the
+    // same query: same count, same set).
     let nth = {
         let mut counts = counts.lock().unwrap();
         let k = counts
             .entry((name_key(query.name()), qtype.to_string()))
             .or_default();
-        *k += 1;
-        *k - 1
+        if !k.ids.contains(&req.metadata.id) {
+            k.n += 1;
+            if k.ids.len() == RECENT_IDS {
+                k.ids.pop_front();
+            }
+            k.ids.push_back(req.metadata.id);
+        }
+        k.n - 1
     };
     let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
     resp.metadata.recursion_desired = req.metadata.recursion_desired;

@@ -36,6 +36,10 @@ zones:
         id: allowed-wildcard
       - cidr: 10.20.0.0/16
         ports: [5432]
+      - host: metadata.google.internal
+        ports: [80]
+      - host: "*.ec2.internal"
+        ports: [443]
     deny:
       - host: "*.evil.test"
 "#;
@@ -494,19 +498,26 @@ fn malformed_packets_get_formerr_or_nothing_and_the_listener_lives_on() {
     long_label.extend_from_slice(&[0, 0, 1, 0, 1]);
     let mut lying = header(3);
     lying.extend_from_slice(&[3, b'f', b'o', b'o', 0, 0, 1, 0, 1]);
+    // A pointer into the header: its bytes would read as a guessed name.
+    let mut into_header = header(1);
+    into_header.extend_from_slice(&[0xc0, 4, 0, 1, 0, 1]);
+    let mut trailing = raw_query(0xabcd, "app.example.com", 1);
+    trailing.extend_from_slice(&[0xde, 0xad]);
     let cases: Vec<(&str, Vec<u8>, Option<u8>)> = vec![
         ("empty", vec![], None),
         ("short header", vec![0xab, 0xcd, 0x01], None),
         ("compression loop", looped, Some(1)),
         ("label over 63", long_label, Some(1)),
         ("counts that lie", lying, Some(1)),
+        ("pointer into the header", into_header, Some(1)),
+        ("bytes after the message", trailing.clone(), Some(1)),
     ];
     let mut buf = [0u8; 1500];
     for (what, packet, rcode) in cases {
         sock.send_to(&packet, dns).unwrap();
         match (sock.recv_from(&mut buf), rcode) {
             (Ok((n, _)), Some(code)) => {
-                assert!(n >= 12, "{what}");
+                assert_eq!(n, 12, "{what}: a bare header, no question");
                 assert_eq!(&buf[..2], &[0xab, 0xcd], "{what}");
                 assert_eq!(buf[3] & 0x0f, code, "{what}");
             }
@@ -514,6 +525,27 @@ fn malformed_packets_get_formerr_or_nothing_and_the_listener_lives_on() {
             (got, want) => panic!("{what}: got {got:?}, want rcode {want:?}"),
         }
     }
+    // A TCP frame holding a query and bytes after it: FORMERR on the same
+    // connection, which then still answers a proper query.
+    let mut tcp = std::net::TcpStream::connect(dns).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    let ok = raw_query(0x0102, "app.example.com", 1);
+    for (frame, code) in [(&trailing, 1u8), (&ok, 0)] {
+        let mut out = (frame.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(frame);
+        std::io::Write::write_all(&mut tcp, &out).unwrap();
+        let mut len = [0u8; 2];
+        std::io::Read::read_exact(&mut tcp, &mut len).unwrap();
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        std::io::Read::read_exact(&mut tcp, &mut reply).unwrap();
+        assert_eq!(&reply[..2], &frame[..2]);
+        assert_eq!(reply[3] & 0x0f, code, "{reply:?}");
+    }
+    assert_eq!(
+        up.queries_for("app.example.com"),
+        1,
+        "only the proper query"
+    );
     let d = dig(&s, &["app.example.com", "A"]);
     assert_eq!(d.data(), ["93.184.216.34"], "{}", d.text);
 }
@@ -556,4 +588,160 @@ fn client_subnet_is_stripped_and_floods_are_rate_limited() {
     }
     assert!((1..=8).contains(&answered), "{answered} of 30 answered");
     assert!(s.metric("sluice_dns_rate_limited_total") >= 20.0);
+}
+
+/// A DNS query for `name` of type `qtype` (1 A, 28 AAAA) with id `id`.
+fn raw_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+/// Queries whose upstream answers hold only special addresses, TTL 0 so
+/// that each goes upstream, with replies lost between the upstream and
+/// Sluice: every client still gets its (filtered) answer within 2 s.
+#[test]
+fn every_query_whose_answer_holds_only_special_addresses_gets_a_reply() {
+    let up = FixtureDns::start();
+    let names: [(&str, u16, (&str, &str)); 6] = [
+        ("lo.allowed.test", 1, ("A", "127.0.0.1")),
+        ("ll.allowed.test", 1, ("A", "169.254.10.1")),
+        ("zero.allowed.test", 1, ("A", "0.0.0.0")),
+        ("mapped.allowed.test", 28, ("AAAA", "::ffff:10.1.2.3")),
+        ("nat64.allowed.test", 28, ("AAAA", "64:ff9b::a01:203")),
+        ("lo6.allowed.test", 28, ("AAAA", "::1")),
+    ];
+    for (n, _, r) in &names {
+        // TTL 0: nothing cached, every query goes to the upstream.
+        up.set(n, 0, &[*r]);
+    }
+    // One UDP reply in five from the upstream is lost on the way back.
+    up.lose_every_nth_reply(5);
+    let s = sluice(&[up.addr], "");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut lost = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0..200u16 {
+        let (name, qtype, _) = names[usize::from(i) % names.len()];
+        sock.send_to(&raw_query(i, name, qtype), s.dns.unwrap())
+            .unwrap();
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                assert!(n >= 12);
+                assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), i, "{name}");
+                // The filtered answer, not a SERVFAIL for a lost reply.
+                assert_eq!(buf[3] & 0x0f, 3, "{i} {name}: NXDOMAIN");
+            }
+            Err(e) => lost.push(format!("{i} {name}: {e}")),
+        }
+    }
+    assert!(lost.is_empty(), "no reply within 2 s: {lost:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "{took:?} for 200 queries");
+    assert!(
+        up.queries_for("lo.allowed.test") > 200 / 6,
+        "replies were lost"
+    );
+    let records = s.wait_records(200);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["rule"] == "guard/special-address" && r["error"].is_null()),
+        "{:?}",
+        records
+            .iter()
+            .find(|r| r["rule"] != "guard/special-address")
+    );
+}
+
+#[test]
+fn special_use_names_are_answered_here_and_never_forwarded() {
+    let up = FixtureDns::start();
+    let special = [
+        "localhost",
+        "app.localhost",
+        "printer.local",
+        "x.invalid",
+        "abc.onion",
+        "y.alt",
+        "x.internal",
+        "nas.home.arpa",
+        "1.0.0.10.in-addr.arpa",
+    ];
+    // Every name has a public address upstream: whatever reached it would
+    // be answered.
+    for n in special {
+        up.set(
+            n,
+            300,
+            &[("A", "93.184.216.34"), ("AAAA", "2606:2800:220:1::1")],
+        );
+    }
+    up.set("metadata.google.internal", 300, &[("A", "93.184.216.50")]);
+    up.set("ip-10-20-0-7.ec2.internal", 300, &[("A", "10.20.0.7")]);
+    let s = sluice(&[up.addr], "");
+
+    let d = dig(&s, &["localhost", "A"]);
+    assert_eq!(
+        (d.status.as_str(), d.data()),
+        ("NOERROR", vec!["127.0.0.1".to_owned()]),
+        "{}",
+        d.text
+    );
+    let d = dig(&s, &["App.Localhost.", "AAAA"]);
+    assert_eq!(
+        (d.status.as_str(), d.data()),
+        ("NOERROR", vec!["::1".to_owned()]),
+        "{}",
+        d.text
+    );
+    let d = dig(&s, &["localhost", "TXT"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.text);
+    assert!(d.answers.is_empty(), "{}", d.text);
+    for (n, t) in [
+        ("printer.local", "A"),
+        ("x.invalid", "A"),
+        ("abc.onion", "AAAA"),
+        ("y.alt", "A"),
+        ("x.internal", "A"),
+        ("nas.home.arpa", "A"),
+        ("1.0.0.10.in-addr.arpa", "PTR"),
+    ] {
+        let d = dig(&s, &[n, t]);
+        assert_eq!(d.status, "NXDOMAIN", "{n}: {}", d.text);
+        assert!(d.answers.is_empty(), "{n}: {}", d.text);
+    }
+    // Private zones are forwarded for the names a host allow rule names.
+    let d = dig(&s, &["metadata.google.internal", "A"]);
+    assert_eq!(d.data(), ["93.184.216.50"], "{}", d.text);
+    let d = dig(&s, &["ip-10-20-0-7.ec2.internal", "A"]);
+    assert_eq!(d.data(), ["10.20.0.7"], "{}", d.text);
+    for n in special {
+        assert_eq!(up.queries_for(n), 0, "{n} reached the upstream");
+    }
+    assert_eq!(up.queries_for("metadata.google.internal"), 1);
+
+    let records = s.wait_records(12);
+    for n in special {
+        let r = records
+            .iter()
+            .find(|r| r["dst_host"] == n)
+            .unwrap_or_else(|| panic!("no record for {n}"));
+        assert_eq!(r["rule"], "guard/special-name", "{r}");
+        assert_eq!(r["verdict"], "deny", "{r}");
+    }
+    let lo = records
+        .iter()
+        .find(|r| r["dst_host"] == "localhost")
+        .unwrap();
+    assert_eq!(lo["answers"], serde_json::json!(["127.0.0.1"]));
 }

@@ -9,7 +9,12 @@
 //! - only deny rules that cover every port deny a name or an address
 //!   (a deny of port 25 leaves the name usable on 443);
 //! - the guard lifts for an address inside a zone's `cidr` allow rule that
-//!   lies entirely inside special space, whatever its ports.
+//!   lies entirely inside special space, whatever its ports;
+//! - special-use names (`guard::special_name`) are answered by the
+//!   forwarder and never forwarded (`guard/special-name`), in every mode:
+//!   `localhost` locally, `local`, `invalid`, `onion`, `alt` and reverse
+//!   names of special space NXDOMAIN; the private zones `internal` and
+//!   `home.arpa` are forwarded only for names a `host` allow rule names.
 //!
 //! `report` mode judges exactly like `enforce` and records would-be
 //! denials without enforcing them; the guard is enforced in every mode.
@@ -20,7 +25,10 @@ use super::{
     AddressCheck, CZone, Decision, Pending, Policy, Scope, Verdict, default, ids, rule_allow,
     rule_deny,
 };
-use crate::model::{Mode, Ports};
+use crate::{
+    guard::{self, NameTreatment, SpecialName},
+    model::{Mode, Ports},
+};
 
 // === impl Policy ===
 
@@ -53,14 +61,20 @@ impl Policy {
     fn dns_judge(&self, zi: u32, name: &str) -> Decision {
         let z = &self.zones[zi as usize];
         let d = self.base(Some(zi), 0);
-        if let Some(denied) = localhost(&d, name) {
-            return denied;
+        let special = guard::special_name(name);
+        if let Some(s) = special.filter(|s| s.treatment != NameTreatment::HostRuleOnly) {
+            return special_name(&d, name, s);
         }
         if let Some(i) = deny_host_all_ports(z, name) {
             return rule_deny(d, &z.deny[i as usize], z.mode == Mode::Report);
         }
         if let Some(i) = z.allow_hosts.first(name, |_| true) {
             return rule_allow(d, &z.allow[i as usize], Pending::Guard);
+        }
+        // A private zone (`internal`, `home.arpa`) only for the names a host
+        // rule allows: never for a cidr rule, nor in open mode.
+        if let Some(s) = special {
+            return special_name(&d, name, s);
         }
         let pending = if z.mode != Mode::Open && !z.allow_cidrs.is_empty() {
             Pending::CidrAllow
@@ -71,12 +85,14 @@ impl Policy {
     }
 
     /// A name further down a CNAME chain of an answer for `decision`: only
-    /// the zone's deny rules (and names that can only mean loopback) apply.
+    /// the zone's deny rules (and special-use names answered locally) apply.
     /// `Some` is the decision that replaces `decision`: the chain is cut.
     pub fn dns_chain_check(&self, decision: &Decision, name: &str) -> Option<Decision> {
         let z = self.zone_of_decision(decision)?;
-        if let Some(denied) = localhost(decision, name) {
-            return Some(denied);
+        if let Some(s) =
+            guard::special_name(name).filter(|s| s.treatment != NameTreatment::HostRuleOnly)
+        {
+            return Some(special_name(decision, name, s));
         }
         let i = deny_host_all_ports(z, name)?;
         let r = &z.deny[i as usize];
@@ -109,18 +125,31 @@ impl Policy {
     }
 }
 
-/// `localhost` and `*.localhost` can only mean loopback (RFC 6761).
-fn localhost(base: &Decision, name: &str) -> Option<Decision> {
-    if name != "localhost" && !name.ends_with(".localhost") {
-        return None;
-    }
+/// A special-use name, answered by the forwarder itself: an enforced
+/// denial (nothing is forwarded, in every mode) with `guard/special-name`.
+fn special_name(base: &Decision, name: &str, s: SpecialName) -> Decision {
     let mut d = base.clone();
     d.verdict = Verdict::Deny;
     d.enforced = true;
-    d.rule = ids::GUARD_SPECIAL.into();
-    d.reason = format!("{name} can only mean a loopback address (RFC 6761)");
+    d.rule = ids::GUARD_SPECIAL_NAME.into();
+    d.reason = match s.treatment {
+        NameTreatment::Loopback => {
+            format!(
+                "{name} can only mean loopback ({}): answered locally",
+                s.source
+            )
+        }
+        NameTreatment::NxDomain => format!(
+            "{name} is a special-use name under {} ({}): NXDOMAIN, never forwarded",
+            s.domain, s.source
+        ),
+        NameTreatment::HostRuleOnly => format!(
+            "{name} is in the private zone {} ({}): forwarded only for names a host allow rule names",
+            s.domain, s.source
+        ),
+    };
     d.pending = Pending::Nothing;
-    Some(d)
+    d
 }
 
 fn deny_host_all_ports(z: &CZone, name: &str) -> Option<u32> {
