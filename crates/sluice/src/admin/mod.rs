@@ -9,12 +9,15 @@
 //!
 //! # Layout
 //!
+//! - `conns`: the connection cap, and closing the idlest connection for a
+//!   new one so that probes always get in.
 //! - `guard`: Host, Origin and bearer-token checks.
 //! - `api`: the `/api/v1/` endpoints.
 //! - `sse`: the Server-Sent Events body of `/api/v1/flows/stream`.
 //! - `assets/`: the dashboard (HTML, JS, CSS), embedded in the binary.
 
 mod api;
+mod conns;
 mod guard;
 mod sse;
 
@@ -39,9 +42,6 @@ use tokio::net::TcpListener;
 
 pub use guard::Access;
 
-/// Admin connections served at once; more are closed at once.
-const MAX_CONNECTIONS: u32 = 128;
-
 /// The response body of every admin answer.
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -59,36 +59,67 @@ pub struct Status {
 
 /// Serves the admin endpoints on `listener` (the caller binds). The admin
 /// listener keeps serving while the data path drains (`/readyz` says so),
-/// so its loop has a drain of its own that never begins.
+/// so its loop has a drain of its own that never begins. Past
+/// [`conns::MAX_CONNECTIONS`], each new connection closes the idlest one
+/// (see `conns`), so probes get in whatever holds the others.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, status: Arc<Status>) {
-    let limiter = ConnLimiter::new(MAX_CONNECTIONS, MAX_CONNECTIONS);
+    let hard_cap = u32::try_from(conns::MAX_CONNECTIONS + conns::RESERVE).unwrap_or(u32::MAX);
+    let limiter = ConnLimiter::new(hard_cap, hard_cap);
     let never = Arc::new(Drain::new());
+    let conns = conns::Conns::new();
+    let live = Arc::new(sse::Live::new());
     sluice_serve::run_tcp(listener, limiter, never, move |stream, _, _slot| {
-        let (gw, status) = (gw.clone(), status.clone());
+        let (gw, status, live) = (gw.clone(), status.clone(), live.clone());
+        let member = conns.join();
         async move {
             let Ok(local) = stream.local_addr() else {
                 return;
             };
+            let conn = member.conn().clone();
             let svc = service_fn(move |req| {
-                let (gw, status) = (gw.clone(), status.clone());
-                async move { Ok::<_, Infallible>(handle(&gw, &status, local, req).await) }
+                let (gw, status, live, conn) =
+                    (gw.clone(), status.clone(), live.clone(), conn.clone());
+                async move {
+                    let _busy = conn.busy();
+                    let at = At {
+                        gw: &gw,
+                        status: &status,
+                        live: &live,
+                        conn: &conn,
+                    };
+                    Ok::<_, Infallible>(handle(at, local, req).await)
+                }
             });
-            let _ = http1::Builder::new()
+            let serving = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(serving);
+            tokio::select! {
+                _ = serving.as_mut() => {}
+                () = member.conn().closing() => {
+                    // Closes at once when idle; an answer being written, or a
+                    // request head being read, gets a moment.
+                    serving.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(conns::CLOSE_GRACE, serving).await;
+                }
+            }
         }
     })
     .await;
 }
 
-async fn handle(
-    gw: &Gateway,
-    status: &Status,
-    local: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Body> {
+/// What one admin request may read.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    gw: &'a Gateway,
+    status: &'a Status,
+    live: &'a Arc<sse::Live>,
+    conn: &'a Arc<conns::Conn>,
+}
+
+async fn handle(at: At<'_>, local: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let At { gw, status, .. } = at;
     let path = req.uri().path().to_owned();
     if let Err(why) = status
         .access
@@ -117,7 +148,7 @@ async fn handle(
         "/favicon.svg" if get => asset("image/svg+xml", FAVICON_SVG),
         "/healthz" | "/readyz" | "/metrics" | "/" | "/index.html" | "/assets/app.js"
         | "/assets/app.css" | "/favicon.svg" => not_allowed("GET, HEAD"),
-        p if p.starts_with("/api/") => api::route(gw, status, req).await,
+        p if p.starts_with("/api/") => api::route(at, req).await,
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /, /healthz, /readyz, /metrics or /api/v1/\n",

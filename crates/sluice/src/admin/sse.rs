@@ -9,7 +9,10 @@
 use std::{
     convert::Infallible,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -19,13 +22,63 @@ use hyper::body::{Body, Frame};
 use sluice_observe::{FlowFilter, FlowRecord, FlowView};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
+use super::conns::Busy;
+
 /// A comment line sent when nothing else was, so proxies and clients see
 /// the stream is alive.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// The live streams open, for `admin.max_streams`.
+#[derive(Debug, Default)]
+pub struct Live {
+    open: Arc<AtomicUsize>,
+}
+
 /// The response body: frames from the subscriber task.
 pub struct SseBody {
     rx: mpsc::Receiver<Bytes>,
+}
+
+/// One open stream, counted while its subscriber task runs; holds its
+/// connection busy, so that it is never closed to make room.
+struct Permit {
+    open: Arc<AtomicUsize>,
+    _busy: Busy,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Live {
+    /// No streams yet.
+    pub fn new() -> Live {
+        Live::default()
+    }
+
+    /// Starts a subscriber for flows matching `filter`, unless `max`
+    /// streams are open already.
+    pub fn stream(
+        &self,
+        view: &Arc<FlowView>,
+        filter: FlowFilter,
+        max: u32,
+        busy: Busy,
+    ) -> Option<SseBody> {
+        let max = max as usize;
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        let permit = Permit {
+            open: self.open.clone(),
+            _busy: busy,
+        };
+        Some(stream(view, filter, permit))
+    }
 }
 
 impl Body for SseBody {
@@ -40,11 +93,11 @@ impl Body for SseBody {
     }
 }
 
-/// Starts a subscriber for flows matching `filter`.
-pub fn stream(view: &Arc<FlowView>, filter: FlowFilter) -> SseBody {
+fn stream(view: &Arc<FlowView>, filter: FlowFilter, permit: Permit) -> SseBody {
     let (tx, rx) = mpsc::channel(64);
     let mut live = view.subscribe();
     tokio::spawn(async move {
+        let _permit = permit;
         // Tell the client how long to wait before reconnecting, and flush
         // the headers now rather than at the first flow.
         if tx
@@ -55,7 +108,13 @@ pub fn stream(view: &Arc<FlowView>, filter: FlowFilter) -> SseBody {
             return;
         }
         loop {
-            let frame = match tokio::time::timeout(KEEPALIVE, live.recv()).await {
+            // A body dropped (client gone, HEAD) ends the task at once,
+            // freeing its place under `admin.max_streams`.
+            let next = tokio::select! {
+                () = tx.closed() => return,
+                next = tokio::time::timeout(KEEPALIVE, live.recv()) => next,
+            };
+            let frame = match next {
                 Err(_) => Bytes::from_static(b": keepalive\n\n"),
                 Ok(Ok(r)) if filter.matches(&r, SystemTime::now()) => event(&r),
                 Ok(Ok(_)) => continue,
