@@ -822,6 +822,81 @@ fn probes_answer_while_streams_and_idle_connections_fill_admin() {
     drop(idle);
 }
 
+/// Reads a stream until `want` flows are accounted for (received, or
+/// skipped and said so by `event: lagged`) or time runs out; returns
+/// (received, skipped).
+fn count_events(s: &mut std::net::TcpStream, want: u64, within: Duration) -> (u64, u64) {
+    let deadline = Instant::now() + within;
+    let (mut flows, mut skipped) = (0u64, 0u64);
+    let mut buf = String::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while flows + skipped < want && Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => buf.push_str(&String::from_utf8_lossy(&chunk[..k])),
+            Err(_) => continue,
+        }
+        while let Some(i) = buf.find("\n\n") {
+            let ev: String = buf.drain(..i + 2).collect();
+            if ev.contains("event: flow") {
+                flows += 1;
+            } else if let Some(n) = ev.split("\"skipped\":").nth(1) {
+                skipped += n
+                    .trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+    }
+    (flows, skipped)
+}
+
+/// Load through the proxy with 64 live streams open: every request
+/// succeeds, and every subscriber accounts for every flow (received, or
+/// skipped and told so). Rates are measured by bench/sse-subscribers.sh,
+/// not asserted here.
+#[test]
+fn streams_keep_up_with_load_and_never_fail_requests() {
+    const REQUESTS: u64 = 2000;
+    const CLIENTS: u64 = 4;
+    let origin = Origin::start("127.0.0.1");
+    let dns = FixtureDns::stub(&[]);
+    let s = start(&origin, &dns, "admin:\n  max_streams: 64\n");
+    let readers: Vec<_> = (0..64)
+        .map(|_| {
+            let mut st = open_stream(&s, "");
+            std::thread::spawn(move || count_events(&mut st, REQUESTS, Duration::from_secs(60)))
+        })
+        .collect();
+    let v4 = proxy_v4(&s);
+    let url = format!("{}/bytes/5", origin.url());
+    let host = origin.addr.to_string();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (url, host) = (url.clone(), host.clone());
+            std::thread::spawn(move || {
+                let mut c = connect_with_timeout(v4, T);
+                (0..REQUESTS / CLIENTS)
+                    .filter(|_| get_on(&mut c, &host, &url).status == Some(200))
+                    .count() as u64
+            })
+        })
+        .collect();
+    let ok: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(ok, REQUESTS, "requests that failed with streams open");
+    for (i, r) in readers.into_iter().enumerate() {
+        let (flows, skipped) = r.join().unwrap();
+        assert!(flows > 0, "subscriber {i} got no flows");
+        assert_eq!(
+            flows + skipped,
+            REQUESTS,
+            "subscriber {i}: {flows} + {skipped} skipped"
+        );
+    }
+}
+
 // === access ===
 
 #[test]

@@ -185,7 +185,7 @@ fn stream(at: At<'_>, q: &Query) -> Answer {
     q.only(&["zone", "verdict", "host"])?;
     let filter = q.filter(true)?;
     let max = at.gw.version().policy.config().admin.max_streams;
-    let Some(body) = at.live.stream(&at.status.view, filter, max, at.conn.busy()) else {
+    let Some(body) = at.live.stream(filter, max, at.conn.busy()) else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many live streams: admin.max_streams is {max}; retry later"),

@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -25,8 +25,10 @@ use tokio::sync::Notify;
 pub const MAX_CONNECTIONS: usize = 128;
 
 /// Connections admitted beyond [`MAX_CONNECTIONS`] while the connections
-/// closed to make room for them finish.
-pub const RESERVE: usize = 32;
+/// closed to make room for them finish: a burst of this many new
+/// connections is admitted even before the admin thread has run any of
+/// the connections it closes.
+pub const RESERVE: usize = 128;
 
 /// How long a connection closed to make room may finish the answer it is
 /// writing (or the request head it is reading) before it is dropped.
@@ -45,6 +47,8 @@ pub struct Conns {
 pub struct Conn {
     /// Requests in progress and live streams.
     busy: AtomicU32,
+    /// Whether a request ever reached it.
+    used: AtomicBool,
     /// When it last finished something, in ms since [`Conns::start`].
     last: AtomicU64,
     close: Notify,
@@ -83,6 +87,7 @@ impl Conns {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             busy: AtomicU32::new(0),
+            used: AtomicBool::new(false),
             last: AtomicU64::new(0),
             close: Notify::new(),
             start: self.start,
@@ -127,7 +132,14 @@ impl Conn {
     /// Marks the connection busy until the guard drops.
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::SeqCst);
+        self.used.store(true, Ordering::SeqCst);
         Busy(self.clone())
+    }
+
+    /// Whether a request ever reached this connection: one that never had
+    /// one has no answer to finish and can be dropped at once.
+    pub fn used(&self) -> bool {
+        self.used.load(Ordering::SeqCst)
     }
 
     /// Resolves when the connection must close to make room.

@@ -57,6 +57,48 @@ pub struct Status {
     pub recorder: Arc<sluice_observe::Recorder>,
 }
 
+/// The admin thread's nice value: the lowest CPU priority.
+const NICE: i32 = 19;
+
+/// Runs [`serve`] on a thread of its own with its own single-threaded
+/// runtime, at the lowest CPU priority (nice 19): admin work (live streams
+/// above all, which write every flow to every subscriber) never takes the
+/// proxy's runtime threads, and when the CPU is short the data path goes
+/// first while admin falls behind (streams skip and say so). Probes cost
+/// microseconds and still answer. With 96 live streams (and batched
+/// frames, see `sse`) keep-alive HTTP kept 0.54 of its rate when admin ran
+/// on the proxy's runtime, 0.64-0.75 here (bench/sse-subscribers.sh,
+/// figures in bench/README.md).
+pub fn spawn(listener: TcpListener, gw: Arc<Gateway>, status: Arc<Status>) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            // On Linux the nice value is per thread: only this one.
+            let tid = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), NICE) {
+                tracing::debug!(error = %e, "admin: cannot lower the thread's priority");
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin: cannot start its runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, gw, status).await,
+                    Err(e) => tracing::error!(error = %e, "admin: cannot use the listener"),
+                }
+            });
+        })?;
+    Ok(())
+}
+
 /// Serves the admin endpoints on `listener` (the caller binds). The admin
 /// listener keeps serving while the data path drains (`/readyz` says so),
 /// so its loop has a drain of its own that never begins. Past
@@ -67,7 +109,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, status: Arc<Status>)
     let limiter = ConnLimiter::new(hard_cap, hard_cap);
     let never = Arc::new(Drain::new());
     let conns = conns::Conns::new();
-    let live = Arc::new(sse::Live::new());
+    let live = Arc::new(sse::Live::start(&status.view));
     sluice_serve::run_tcp(listener, limiter, never, move |stream, _, _slot| {
         let (gw, status, live) = (gw.clone(), status.clone(), live.clone());
         let member = conns.join();
@@ -98,10 +140,15 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, status: Arc<Status>)
             tokio::select! {
                 _ = serving.as_mut() => {}
                 () = member.conn().closing() => {
-                    // Closes at once when idle; an answer being written, or a
-                    // request head being read, gets a moment.
-                    serving.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(conns::CLOSE_GRACE, serving).await;
+                    // Silent, or still sending its first request head:
+                    // nothing to finish, dropped at once. Otherwise it
+                    // closes at once when idle between requests, and an
+                    // answer being written (or a later request head being
+                    // read) gets a moment.
+                    if member.conn().used() {
+                        serving.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(conns::CLOSE_GRACE, serving).await;
+                    }
                 }
             }
         }
