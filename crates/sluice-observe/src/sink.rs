@@ -7,6 +7,13 @@
 //! they act in order: records sent before a reopen go to the old file,
 //! and close writes everything sent before it.
 //!
+//! Rotation (SIGUSR1) opens the configured path again and retires the old
+//! file. When the old file cannot take its last buffered records (ENOSPC:
+//! the disk filled up, and rotation is what frees it), those records are
+//! counted as dropped, logged once with their number, and the writer moves
+//! to the new file anyway: keeping a file that cannot be written would drop
+//! every later record until a restart.
+//!
 //! The writer is a dedicated thread with blocking `std::io` rather than a
 //! tokio task: file writes block anyway, and one thread with a `BufWriter`
 //! is cheaper than a blocking-pool hop per write.
@@ -71,8 +78,8 @@ pub struct FlowWriter {
 #[derive(Debug)]
 enum Msg {
     Record(Arc<FlowRecord>),
-    Reopen(oneshot::Sender<io::Result<()>>),
-    Close(oneshot::Sender<io::Result<()>>),
+    Reopen(oneshot::Sender<io::Result<u64>>),
+    Close(oneshot::Sender<io::Result<u64>>),
 }
 
 /// Dropped records: the counter, and how many the log has not told yet.
@@ -83,12 +90,30 @@ struct Drops {
     last_told: Mutex<Option<Instant>>,
 }
 
-/// The open output of the writer thread.
-struct Output {
-    target: FlowTarget,
-    out: BufWriter<Dest>,
+/// How the writer thread opens its output, and opens it again on
+/// rotation: [`FlowTarget`] in the gateway; a seam so that tests can hand
+/// the writer files that fail (ENOSPC) without filling a disk.
+trait Open: std::fmt::Debug + Send + 'static {
+    /// What records are written to.
+    type File: Write + Send + 'static;
+
+    /// Opens (or creates) the output.
+    fn open(&self) -> io::Result<Self::File>;
+
+    /// Whether reopening means anything (not for stdout).
+    fn reopens(&self) -> bool;
+
+    /// Makes written data durable.
+    fn sync(file: &Self::File) -> io::Result<()>;
 }
 
+/// The open output of the writer thread.
+struct Output<O: Open> {
+    target: O,
+    out: BufWriter<O::File>,
+}
+
+#[derive(Debug)]
 enum Dest {
     Stdout(io::Stdout),
     File(File),
@@ -144,19 +169,23 @@ impl FlowSink {
 impl FlowWriter {
     /// Closes the file and opens it again by path, for log rotation
     /// (SIGUSR1): after an external rename, new records go to a new file at
-    /// the configured path. A no-op for stdout. On failure the writer keeps
-    /// writing to the file it had, and nothing is lost.
-    pub async fn reopen(&self) -> io::Result<()> {
+    /// the configured path. A no-op for stdout. When the path cannot be
+    /// opened, the writer keeps writing to the file it had, and nothing is
+    /// lost. When the old file cannot take its buffered records (a full
+    /// disk), they are dropped, counted in
+    /// `sluice_flow_records_dropped_total` and logged, and the writer moves
+    /// on: the answer is how many were lost.
+    pub async fn reopen(&self) -> io::Result<u64> {
         self.request(Msg::Reopen).await
     }
 
     /// Writes every record queued so far, flushes and syncs, and stops the
     /// writer (SIGTERM). Records sent afterwards are dropped and counted.
     pub async fn close(self) -> io::Result<()> {
-        self.request(Msg::Close).await
+        self.request(Msg::Close).await.map(drop)
     }
 
-    async fn request(&self, msg: fn(oneshot::Sender<io::Result<()>>) -> Msg) -> io::Result<()> {
+    async fn request(&self, msg: fn(oneshot::Sender<io::Result<u64>>) -> Msg) -> io::Result<u64> {
         let (ack, done) = oneshot::channel();
         self.tx.send(msg(ack)).await.map_err(|_| stopped())?;
         done.await.map_err(|_| stopped())?
@@ -167,8 +196,8 @@ fn stopped() -> io::Error {
     io::Error::other("the flow writer has stopped")
 }
 
-fn spawn_writer(
-    target: FlowTarget,
+fn spawn_writer<O: Open>(
+    target: O,
     rx: mpsc::Receiver<Msg>,
     tx: mpsc::Sender<Msg>,
     drops: Arc<Drops>,
@@ -182,7 +211,7 @@ fn spawn_writer(
 
 /// The writer thread: write what is queued, flush when the queue is
 /// momentarily empty, stop when it is closed and drained.
-fn run(mut rx: mpsc::Receiver<Msg>, mut output: Output, drops: &Drops) {
+fn run<O: Open>(mut rx: mpsc::Receiver<Msg>, mut output: Output<O>, drops: &Drops) {
     let mut line = Vec::with_capacity(1024);
     let mut last_error = None;
     let mut closing = None;
@@ -197,7 +226,7 @@ fn run(mut rx: mpsc::Receiver<Msg>, mut output: Output, drops: &Drops) {
                     }
                 }
                 Msg::Reopen(ack) => {
-                    let _ = ack.send(output.reopen());
+                    let _ = ack.send(output.reopen(drops));
                 }
                 Msg::Close(ack) => {
                     // Refuse new records; those already queued still arrive.
@@ -219,15 +248,15 @@ fn run(mut rx: mpsc::Receiver<Msg>, mut output: Output, drops: &Drops) {
             thread::sleep(BATCH_PAUSE);
         }
     }
-    let result = output.finish();
+    let result = output.finish(drops);
     if let Some(ack) = closing {
-        let _ = ack.send(result);
+        let _ = ack.send(result.map(|()| 0));
     } else if let Err(e) = result {
         tracing::error!(target = ?output.target, error = %e, "flow log: final flush failed");
     }
 }
 
-fn log_write_error(last: &mut Option<Instant>, target: &FlowTarget, e: &io::Error) {
+fn log_write_error(last: &mut Option<Instant>, target: &impl std::fmt::Debug, e: &io::Error) {
     if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
         *last = Some(Instant::now());
         tracing::error!(?target, error = %e, "flow log: write failed");
@@ -254,12 +283,12 @@ impl Drops {
 
 // === impl Output ===
 
-impl Output {
-    fn open(target: FlowTarget) -> io::Result<Output> {
-        let dest = Dest::open(&target)?;
+impl<O: Open> Output<O> {
+    fn open(target: O) -> io::Result<Output<O>> {
+        let file = target.open()?;
         Ok(Output {
             target,
-            out: BufWriter::with_capacity(BUFFER, dest),
+            out: BufWriter::with_capacity(BUFFER, file),
         })
     }
 
@@ -270,20 +299,80 @@ impl Output {
         self.out.write_all(line)
     }
 
-    fn reopen(&mut self) -> io::Result<()> {
-        if self.target == FlowTarget::Stdout {
-            return Ok(());
+    /// Opens the path again and retires the old file; the number of
+    /// records the old file could not take (counted as dropped).
+    fn reopen(&mut self, drops: &Drops) -> io::Result<u64> {
+        if !self.target.reopens() {
+            return Ok(0);
         }
         // Open first: if that fails, keep the old file and lose nothing.
-        let dest = Dest::open(&self.target)?;
-        self.out.flush()?;
-        let old = std::mem::replace(&mut self.out, BufWriter::with_capacity(BUFFER, dest));
-        old.get_ref().sync()
+        let file = self.target.open()?;
+        let old = std::mem::replace(&mut self.out, BufWriter::with_capacity(BUFFER, file));
+        Ok(retire(old, &self.target, drops))
     }
 
-    fn finish(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        self.out.get_ref().sync()
+    fn finish(&mut self, drops: &Drops) -> io::Result<()> {
+        if let Err(e) = self.out.flush() {
+            lose_buffer(&self.out, &self.target, drops, &e, "at close");
+            return Err(e);
+        }
+        O::sync(self.out.get_ref())
+    }
+}
+
+/// Flushes and syncs a file the writer leaves. Records it cannot take are
+/// dropped with it (and counted): its buffer is discarded, not retried.
+fn retire<O: Open>(mut old: BufWriter<O::File>, target: &O, drops: &Drops) -> u64 {
+    let lost = match old.flush() {
+        Ok(()) => {
+            if let Err(e) = O::sync(old.get_ref()) {
+                tracing::warn!(?target, error = %e, "flow log: cannot sync the old file");
+            }
+            0
+        }
+        Err(e) => lose_buffer(&old, target, drops, &e, "on reopen"),
+    };
+    // Without flushing again (dropping a BufWriter would retry).
+    drop(old.into_parts());
+    lost
+}
+
+/// Counts the whole records left in a buffer that failed to flush (the
+/// written part has left it; a record cut short counts as lost) and says so
+/// once, with the number.
+fn lose_buffer<W: Write>(
+    out: &BufWriter<W>,
+    target: &impl std::fmt::Debug,
+    drops: &Drops,
+    e: &io::Error,
+    when: &'static str,
+) -> u64 {
+    let lost = out.buffer().iter().filter(|&&b| b == b'\n').count() as u64;
+    drops.counter.inc_by(lost);
+    tracing::error!(
+        ?target,
+        lost,
+        error = %e,
+        "flow log: {lost} buffered flow records lost {when}: the old file cannot be written"
+    );
+    lost
+}
+
+// === impl FlowTarget ===
+
+impl Open for FlowTarget {
+    type File = Dest;
+
+    fn open(&self) -> io::Result<Dest> {
+        Dest::open(self)
+    }
+
+    fn reopens(&self) -> bool {
+        *self != FlowTarget::Stdout
+    }
+
+    fn sync(file: &Dest) -> io::Result<()> {
+        file.sync()
     }
 }
 
@@ -373,5 +462,82 @@ mod tests {
         sink.send(record());
         assert_eq!(metrics.flow_records_dropped.get(), 3);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Files handed out in turn: the first fails every write with ENOSPC
+    /// (a full disk), the next ones keep what is written.
+    #[derive(Debug, Clone, Default)]
+    struct Files {
+        opened: Arc<Mutex<u32>>,
+        good: Arc<Mutex<Vec<u8>>>,
+    }
+
+    #[derive(Debug)]
+    struct FakeFile {
+        full: bool,
+        good: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Open for Files {
+        type File = FakeFile;
+
+        fn open(&self) -> io::Result<FakeFile> {
+            let mut n = self.opened.lock().unwrap();
+            *n += 1;
+            Ok(FakeFile {
+                full: *n == 1,
+                good: self.good.clone(),
+            })
+        }
+
+        fn reopens(&self) -> bool {
+            true
+        }
+
+        fn sync(_: &FakeFile) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Write for FakeFile {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.full {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            self.good.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reopen_after_a_full_disk_counts_the_lost_buffer_and_moves_on() {
+        let metrics = Metrics::new();
+        let files = Files::default();
+        let (sink, rx) = FlowSink::queue(16, &metrics);
+        let writer = spawn_writer(files.clone(), rx, sink.tx.clone(), sink.drops.clone()).unwrap();
+        for _ in 0..3 {
+            sink.send(record());
+        }
+        // The three records sit in the buffer the full file cannot take.
+        let lost = writer.reopen().await.unwrap();
+        assert_eq!(lost, 3);
+        assert_eq!(metrics.flow_records_dropped.get(), 3);
+        assert_eq!(*files.opened.lock().unwrap(), 2);
+
+        let after = record();
+        sink.send(after.clone());
+        sink.send(after.clone());
+        writer.close().await.unwrap();
+        let text = String::from_utf8(files.good.lock().unwrap().clone()).unwrap();
+        let lines: Vec<FlowRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines, vec![after.clone(), after]);
+        assert_eq!(metrics.flow_records_dropped.get(), 3);
     }
 }

@@ -106,6 +106,8 @@ pub struct Admin {
     /// A rule with no hit for this long (or none since start) is stale.
     #[serde(with = "duration_text")]
     pub stale_after: Duration,
+    /// Live flow streams open at once; one more is answered 503.
+    pub max_streams: u32,
 }
 
 fn default_open_paths() -> Vec<String> {
@@ -124,6 +126,7 @@ impl Default for Admin {
             window: Duration::from_secs(3600),
             top_entries: 100,
             stale_after: Duration::from_secs(24 * 3600),
+            max_streams: 32,
         }
     }
 }

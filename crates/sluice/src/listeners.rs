@@ -112,7 +112,7 @@ impl Listeners {
             tasks.push(tokio::spawn(sluice_net::transparent::serve(l, gw.clone())));
         }
         if let Some(l) = self.admin {
-            tokio::spawn(crate::admin::serve(l, gw.clone(), status));
+            crate::admin::spawn(l, gw.clone(), status)?;
         }
         if let Some(d) = self.dns {
             tasks.extend(d.serve(gw.clone(), recorder, config, grants)?);

@@ -165,7 +165,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
             }
             _ = usr1.recv() => {
                 match writer.reopen().await {
-                    Ok(()) => tracing::info!("flow log reopened"),
+                    Ok(0) => tracing::info!("flow log reopened"),
+                    Ok(lost) => tracing::warn!(lost, "flow log reopened; {lost} records the old file could not take were lost"),
                     Err(e) => tracing::error!(error = %e, "cannot reopen the flow log; still writing to the old file"),
                 }
             }

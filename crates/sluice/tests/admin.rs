@@ -728,6 +728,175 @@ fn stream_sends_new_flows_as_they_finish() {
     assert_eq!(r.status, Some(400));
 }
 
+/// `admin.max_streams` caps live streams: one more gets 503 with a JSON
+/// error, a closed stream frees its place, and a reload changes the cap.
+#[test]
+fn streams_beyond_max_streams_get_503_and_the_cap_reloads() {
+    let origin = Origin::start("127.0.0.1");
+    let dns = FixtureDns::stub(&[]);
+    let s = start(&origin, &dns, "admin:\n  max_streams: 2\n");
+    let first = open_stream(&s, "");
+    let mut second = open_stream(&s, "?verdict=deny");
+    let r = admin(&s, "GET", "/api/v1/flows/stream", &[], "");
+    assert_eq!(r.status, Some(503), "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("admin.max_streams is 2"),
+        "{body}"
+    );
+    // Other endpoints are not capped.
+    assert_eq!(admin(&s, "GET", "/api/v1/flows", &[], "").status, Some(200));
+
+    // A client that leaves frees its place once the server notices (at the
+    // next writes to the closed socket).
+    drop(first);
+    let v4 = proxy_v4(&s);
+    let freed = poll_until(T, || {
+        get_via(v4, "http://z.blocked.test/");
+        // HEAD: the answer of a GET without its endless body.
+        admin(&s, "HEAD", "/api/v1/flows/stream", &[], "").status == Some(200)
+    });
+    assert!(freed, "the closed stream's place was never freed");
+    assert_eq!(read_events(&mut second, |e| !e.is_empty()).len(), 1);
+
+    // A reload raises the cap for new streams.
+    let _again = open_stream(&s, "");
+    assert_eq!(
+        admin(&s, "GET", "/api/v1/flows/stream", &[], "").status,
+        Some(503)
+    );
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let raised = text.replace("max_streams: 2", "max_streams: 3");
+    assert_ne!(raised, text);
+    let tmp = s.config.with_extension("tmp");
+    std::fs::write(&tmp, raised).unwrap();
+    std::fs::rename(&tmp, &s.config).unwrap();
+    s.signal("HUP");
+    assert!(s.wait_log("SIGHUP", T));
+    let _third = open_stream(&s, "");
+}
+
+/// Probes answer while every other admin connection is taken: the
+/// largest number of live streams, plus more idle connections (silent, and
+/// keep-alives after a request) than the admin connection cap.
+#[test]
+fn probes_answer_while_streams_and_idle_connections_fill_admin() {
+    let origin = Origin::start("127.0.0.1");
+    let dns = FixtureDns::stub(&[]);
+    let s = start(&origin, &dns, "admin:\n  max_streams: 32\n");
+    let addr = s.admin.unwrap();
+    let mut streams: Vec<_> = (0..32).map(|_| open_stream(&s, "")).collect();
+    let r = admin(&s, "GET", "/api/v1/flows/stream", &[], "");
+    assert_eq!(r.status, Some(503), "{}", r.text());
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut c = connect_with_timeout(addr, T);
+        write!(c, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        let mut b = [0u8; 256];
+        assert!(c.read(&mut b).unwrap() > 0);
+        idle.push(c);
+    }
+    for _ in 0..140 {
+        idle.push(connect_with_timeout(addr, T));
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let url = format!("http://{addr}{path}");
+        let started = Instant::now();
+        let c = sluice_testkit::curl(&["--max-time", "2", &url]);
+        assert_eq!(c.status, 200, "{path}: curl exit {} {}", c.exit, c.stderr);
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}");
+    }
+    // The streams were not closed to make room: each still gets flows.
+    assert_eq!(
+        get_via(proxy_v4(&s), "http://z.blocked.test/").status,
+        Some(403)
+    );
+    for st in &mut streams {
+        assert_eq!(read_events(st, |e| !e.is_empty()).len(), 1);
+    }
+    drop(idle);
+}
+
+/// Reads a stream until `want` flows are accounted for (received, or
+/// skipped and said so by `event: lagged`) or time runs out; returns
+/// (received, skipped).
+fn count_events(s: &mut std::net::TcpStream, want: u64, within: Duration) -> (u64, u64) {
+    let deadline = Instant::now() + within;
+    let (mut flows, mut skipped) = (0u64, 0u64);
+    let mut buf = String::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while flows + skipped < want && Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => buf.push_str(&String::from_utf8_lossy(&chunk[..k])),
+            Err(_) => continue,
+        }
+        while let Some(i) = buf.find("\n\n") {
+            let ev: String = buf.drain(..i + 2).collect();
+            if ev.contains("event: flow") {
+                flows += 1;
+            } else if let Some(n) = ev.split("\"skipped\":").nth(1) {
+                skipped += n
+                    .trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+    }
+    (flows, skipped)
+}
+
+/// Load through the proxy with 64 live streams open: every request
+/// succeeds, and every subscriber accounts for every flow (received, or
+/// skipped and told so). Rates are measured by bench/sse-subscribers.sh,
+/// not asserted here.
+#[test]
+fn streams_keep_up_with_load_and_never_fail_requests() {
+    const REQUESTS: u64 = 2000;
+    const CLIENTS: u64 = 4;
+    let origin = Origin::start("127.0.0.1");
+    let dns = FixtureDns::stub(&[]);
+    let s = start(&origin, &dns, "admin:\n  max_streams: 64\n");
+    let readers: Vec<_> = (0..64)
+        .map(|_| {
+            let mut st = open_stream(&s, "");
+            std::thread::spawn(move || count_events(&mut st, REQUESTS, Duration::from_secs(60)))
+        })
+        .collect();
+    let v4 = proxy_v4(&s);
+    let url = format!("{}/bytes/5", origin.url());
+    let host = origin.addr.to_string();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (url, host) = (url.clone(), host.clone());
+            std::thread::spawn(move || {
+                let mut c = connect_with_timeout(v4, T);
+                (0..REQUESTS / CLIENTS)
+                    .filter(|_| get_on(&mut c, &host, &url).status == Some(200))
+                    .count() as u64
+            })
+        })
+        .collect();
+    let ok: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(ok, REQUESTS, "requests that failed with streams open");
+    for (i, r) in readers.into_iter().enumerate() {
+        let (flows, skipped) = r.join().unwrap();
+        assert!(flows > 0, "subscriber {i} got no flows");
+        assert_eq!(
+            flows + skipped,
+            REQUESTS,
+            "subscriber {i}: {flows} + {skipped} skipped"
+        );
+    }
+}
+
 // === access ===
 
 #[test]

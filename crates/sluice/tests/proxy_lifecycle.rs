@@ -529,6 +529,56 @@ fn sigusr1_reopens_the_flow_log_after_rotation() {
     assert_eq!(old_ids, [first.as_str(), before_signal.as_str()]);
 }
 
+/// Rotation that frees a full disk: the live file cannot take its buffered
+/// records (ENOSPC, here from `/dev/full` behind the log's path), the
+/// operator moves it away and deletes it, and SIGUSR1 must move the writer
+/// to the new file, counting the buffered records as lost, rather than
+/// keep the full file and drop every later record.
+#[test]
+fn sigusr1_after_a_full_disk_counts_the_lost_buffer_and_moves_on() {
+    let origin = Origin::start("127.0.0.1");
+    let o = origin.addr;
+    let sluice = Sluice::start(BIN, &allowing(&[o.port()], "full-disk"));
+    assert_eq!(get(sluice.http, o, "/").status, Some(200));
+    assert_eq!(sluice.wait_records(1).len(), 1);
+
+    // The disk fills up: every write to the log's path fails with ENOSPC.
+    std::fs::remove_file(&sluice.flows).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &sluice.flows).unwrap();
+    sluice.signal("USR1");
+    assert!(sluice.wait_log("flow log reopened", T));
+    let requests = |s: &Sluice| -> f64 {
+        let text = s.admin_get("/metrics").text();
+        text.lines()
+            .filter(|l| l.starts_with("sluice_requests_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    for _ in 0..3 {
+        assert_eq!(get(sluice.http, o, "/").status, Some(200));
+    }
+    // Counted means handed to the sink, ahead of the reopen below.
+    assert!(poll_until(T, || requests(&sluice) == 4.0));
+    assert!(sluice.wait_log("flow log: write failed", T));
+
+    // logrotate's move, then the rotated file is deleted: space is free.
+    std::fs::remove_file(&sluice.flows).unwrap();
+    sluice.signal("USR1");
+    assert!(
+        sluice.wait_log("3 buffered flow records lost on reopen", T),
+        "{:?}",
+        sluice.stderr.lock().unwrap()
+    );
+    assert!(sluice.wait_log("flow log reopened; 3 records", T));
+    let after = get(sluice.http, o, "/");
+    assert_eq!(after.status, Some(200));
+    let id = after.header("sluice-request-id").unwrap().to_owned();
+    let new = sluice.wait_records(1);
+    let ids: Vec<&str> = new.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [id.as_str()]);
+    assert_eq!(sluice.metric("sluice_flow_records_dropped_total"), 3.0);
+}
+
 // === listen changes ===
 
 #[test]

@@ -8,7 +8,7 @@
 //! (crates/sluice/src/run.rs builds the listeners, limiter, dialer,
 //! forwarder, flow sink and admin view from them) and takes everything in
 //! the policy itself — zones, users, modes, `tls_sni_must_match`,
-//! `admin.stale_after` — from the version each request loads.
+//! `admin.stale_after`, `admin.max_streams` — from the version each request loads.
 
 use serde_json::Value as Json;
 
@@ -27,6 +27,11 @@ use crate::model::{Admin, Config, Dns, Limits, Listen, Log, Rule, User, Zone};
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
 const ADMIN_MAX_ENTRIES: u32 = 1_000_000;
+
+/// The most live streams admin may allow: they hold admin connections,
+/// and admin serves 128 at once before it closes idle ones for new ones
+/// (crates/sluice/src/admin/conns.rs), so a quarter stays for the rest.
+const ADMIN_MAX_STREAMS: u32 = 96;
 
 /// The file itself.
 pub(crate) static ROOT: Section<Config> = Section {
@@ -73,6 +78,7 @@ pub(crate) static ADMIN: Section<Admin> = Section {
         key!(top_entries: Count(1, ADMIN_MAX_ENTRIES), Restart, "Distinct sources and destinations tracked per zone and bucket."),
         key!(stale_after: Time(Min::AboveZero), Applies, "A rule with no hit for this long (or none since start) is shown stale."),
         key!(recent_alerts: Count(1, ADMIN_MAX_ENTRIES), Restart, "Recent alerts kept in memory for the API and dashboard."),
+        key!(max_streams: Count(1, ADMIN_MAX_STREAMS), Applies, "Live flow streams (`/api/v1/flows/stream`) open at once; one more is answered 503. A lower value leaves open streams running."),
     ],
     not_yet: &[],
 };

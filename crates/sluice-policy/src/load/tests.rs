@@ -259,3 +259,30 @@ fn a_policy_file_must_name_zones() {
         .to_string();
     assert_eq!(errs.lines().count(), 2, "{errs}");
 }
+
+#[test]
+fn admin_max_streams_loads_with_its_default_and_bounds_and_reloads() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.admin.max_streams, 32);
+    let c = parse_config("admin:\n  max_streams: 96\n", "a.yaml").unwrap();
+    assert_eq!(c.admin.max_streams, 96);
+    for (text, want) in [
+        (
+            "admin:\n  max_streams: 0\n",
+            "b.yaml:2:16: expected a number above zero for admin.max_streams",
+        ),
+        (
+            "admin:\n  max_streams: 97\n",
+            "b.yaml:2:16: expected at most 96 for admin.max_streams",
+        ),
+    ] {
+        let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+        assert_eq!(errs, want);
+    }
+    let reload = keys()
+        .into_iter()
+        .find(|k| k.path == "admin.max_streams")
+        .unwrap()
+        .reload;
+    assert_eq!(reload, Some(Reload::Applies));
+}

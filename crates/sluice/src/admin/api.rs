@@ -18,7 +18,7 @@ use sluice_observe::{Alert, AlertFilter, AlertKind, FlowFilter, FlowRecord, Seve
 use sluice_policy::{Destination, Request as PolicyRequest, Verdict};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{Body, Status, error, json, not_allowed, sse};
+use super::{At, Body, Status, error, json, not_allowed};
 
 /// Largest `POST /api/v1/check` body.
 const MAX_BODY: usize = 64 * 1024;
@@ -39,7 +39,8 @@ const MAX_TOP: usize = 100;
 const MAX_ADDRS: usize = 64;
 
 /// Routes one `/api/...` request (already past the access checks).
-pub async fn route(gw: &Gateway, status: &Status, req: Request<Incoming>) -> Response<Body> {
+pub async fn route(at: At<'_>, req: Request<Incoming>) -> Response<Body> {
+    let At { gw, status, .. } = at;
     let path = req.uri().path().to_owned();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let query = match Query::parse(req.uri().query()) {
@@ -48,7 +49,7 @@ pub async fn route(gw: &Gateway, status: &Status, req: Request<Incoming>) -> Res
     };
     let result = match path.as_str() {
         "/api/v1/flows" if get => flows(status, &query),
-        "/api/v1/flows/stream" if get => stream(status, &query),
+        "/api/v1/flows/stream" if get => stream(at, &query),
         "/api/v1/denials" if get => denials(status, &query),
         "/api/v1/top" if get => top(status, &query),
         "/api/v1/traffic" if get => traffic(status, &query),
@@ -180,13 +181,20 @@ fn flows(status: &Status, q: &Query) -> Answer {
     ))
 }
 
-fn stream(status: &Status, q: &Query) -> Answer {
+fn stream(at: At<'_>, q: &Query) -> Answer {
     q.only(&["zone", "verdict", "host"])?;
     let filter = q.filter(true)?;
-    let mut r = Response::new(http_body_util::BodyExt::boxed(sse::stream(
-        &status.view,
-        filter,
-    )));
+    let max = at.gw.version().policy.config().admin.max_streams;
+    let Some(body) = at.live.stream(filter, max, at.conn.busy()) else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many live streams: admin.max_streams is {max}; retry later"),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return Ok(r);
+    };
+    let mut r = Response::new(http_body_util::BodyExt::boxed(body));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -9,12 +9,15 @@
 //!
 //! # Layout
 //!
+//! - `conns`: the connection cap, and closing the idlest connection for a
+//!   new one so that probes always get in.
 //! - `guard`: Host, Origin and bearer-token checks.
 //! - `api`: the `/api/v1/` endpoints.
 //! - `sse`: the Server-Sent Events body of `/api/v1/flows/stream`.
 //! - `assets/`: the dashboard (HTML, JS, CSS), embedded in the binary.
 
 mod api;
+mod conns;
 mod guard;
 mod sse;
 
@@ -39,9 +42,6 @@ use tokio::net::TcpListener;
 
 pub use guard::Access;
 
-/// Admin connections served at once; more are closed at once.
-const MAX_CONNECTIONS: u32 = 128;
-
 /// The response body of every admin answer.
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -57,38 +57,116 @@ pub struct Status {
     pub recorder: Arc<sluice_observe::Recorder>,
 }
 
+/// The admin thread's nice value: the lowest CPU priority.
+const NICE: i32 = 19;
+
+/// Runs [`serve`] on a thread of its own with its own single-threaded
+/// runtime, at the lowest CPU priority (nice 19): admin work (live streams
+/// above all, which write every flow to every subscriber) never takes the
+/// proxy's runtime threads, and when the CPU is short the data path goes
+/// first while admin falls behind (streams skip and say so). Probes cost
+/// microseconds and still answer. With 96 live streams (and batched
+/// frames, see `sse`) keep-alive HTTP kept 0.54 of its rate when admin ran
+/// on the proxy's runtime, 0.64-0.75 here (bench/sse-subscribers.sh,
+/// figures in bench/README.md).
+pub fn spawn(listener: TcpListener, gw: Arc<Gateway>, status: Arc<Status>) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            // On Linux the nice value is per thread: only this one.
+            let tid = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), NICE) {
+                tracing::debug!(error = %e, "admin: cannot lower the thread's priority");
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin: cannot start its runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, gw, status).await,
+                    Err(e) => tracing::error!(error = %e, "admin: cannot use the listener"),
+                }
+            });
+        })?;
+    Ok(())
+}
+
 /// Serves the admin endpoints on `listener` (the caller binds). The admin
 /// listener keeps serving while the data path drains (`/readyz` says so),
-/// so its loop has a drain of its own that never begins.
+/// so its loop has a drain of its own that never begins. Past
+/// [`conns::MAX_CONNECTIONS`], each new connection closes the idlest one
+/// (see `conns`), so probes get in whatever holds the others.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, status: Arc<Status>) {
-    let limiter = ConnLimiter::new(MAX_CONNECTIONS, MAX_CONNECTIONS);
+    let hard_cap = u32::try_from(conns::MAX_CONNECTIONS + conns::RESERVE).unwrap_or(u32::MAX);
+    let limiter = ConnLimiter::new(hard_cap, hard_cap);
     let never = Arc::new(Drain::new());
+    let conns = conns::Conns::new();
+    let live = Arc::new(sse::Live::start(&status.view));
     sluice_serve::run_tcp(listener, limiter, never, move |stream, _, _slot| {
-        let (gw, status) = (gw.clone(), status.clone());
+        let (gw, status, live) = (gw.clone(), status.clone(), live.clone());
+        let member = conns.join();
         async move {
             let Ok(local) = stream.local_addr() else {
                 return;
             };
+            let conn = member.conn().clone();
             let svc = service_fn(move |req| {
-                let (gw, status) = (gw.clone(), status.clone());
-                async move { Ok::<_, Infallible>(handle(&gw, &status, local, req).await) }
+                let (gw, status, live, conn) =
+                    (gw.clone(), status.clone(), live.clone(), conn.clone());
+                async move {
+                    let _busy = conn.busy();
+                    let at = At {
+                        gw: &gw,
+                        status: &status,
+                        live: &live,
+                        conn: &conn,
+                    };
+                    Ok::<_, Infallible>(handle(at, local, req).await)
+                }
             });
-            let _ = http1::Builder::new()
+            let serving = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(serving);
+            tokio::select! {
+                _ = serving.as_mut() => {}
+                () = member.conn().closing() => {
+                    // Silent, or still sending its first request head:
+                    // nothing to finish, dropped at once. Otherwise it
+                    // closes at once when idle between requests, and an
+                    // answer being written (or a later request head being
+                    // read) gets a moment.
+                    if member.conn().used() {
+                        serving.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(conns::CLOSE_GRACE, serving).await;
+                    }
+                }
+            }
         }
     })
     .await;
 }
 
-async fn handle(
-    gw: &Gateway,
-    status: &Status,
-    local: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Body> {
+/// What one admin request may read.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    gw: &'a Gateway,
+    status: &'a Status,
+    live: &'a Arc<sse::Live>,
+    conn: &'a Arc<conns::Conn>,
+}
+
+async fn handle(at: At<'_>, local: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let At { gw, status, .. } = at;
     let path = req.uri().path().to_owned();
     if let Err(why) = status
         .access
@@ -117,7 +195,7 @@ async fn handle(
         "/favicon.svg" if get => asset("image/svg+xml", FAVICON_SVG),
         "/healthz" | "/readyz" | "/metrics" | "/" | "/index.html" | "/assets/app.js"
         | "/assets/app.css" | "/favicon.svg" => not_allowed("GET, HEAD"),
-        p if p.starts_with("/api/") => api::route(gw, status, req).await,
+        p if p.starts_with("/api/") => api::route(at, req).await,
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /, /healthz, /readyz, /metrics or /api/v1/\n",
