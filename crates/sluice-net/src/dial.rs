@@ -195,6 +195,10 @@ impl Dialer {
             Destination::Ip(ip) => return Ok(vec![*ip]),
             Destination::Name(name) => name,
         };
+        // `localhost` and `*.localhost` never reach a resolver (RFC 6761).
+        if let Some(local) = sluice_policy::guard::local_addresses(name) {
+            return Ok(local.to_vec());
+        }
         let fqdn = format!("{name}.");
         let deadline = Instant::now() + self.connect_timeout;
         let failed = |msg: String| DialError::Resolve {

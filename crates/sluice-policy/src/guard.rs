@@ -257,6 +257,21 @@ pub struct SpecialName {
     pub treatment: NameTreatment,
 }
 
+/// What a name that can only mean loopback resolves to, locally: the
+/// proxy dials these and the DNS forwarder answers them.
+pub const LOOPBACK_ADDRS: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+];
+
+/// The addresses of `name` when it can only mean loopback (`localhost`,
+/// `*.localhost`), without asking any resolver; `None` for other names.
+pub fn local_addresses(name: &str) -> Option<&'static [IpAddr]> {
+    special_name(name)
+        .filter(|s| s.treatment == NameTreatment::Loopback)
+        .map(|_| &LOOPBACK_ADDRS[..])
+}
+
 /// The special-use domains, one list for the proxy and the DNS forwarder.
 /// Reverse names (`in-addr.arpa`, `ip6.arpa`) of special address space
 /// are judged by the address table instead ([`special_name`]).

@@ -455,18 +455,26 @@ impl Policy {
                 default(d, z, format!("{ip} port {port}"), Pending::Guard)
             }
             Destination::Name(name) => {
-                if guard::special_name(name)
-                    .is_some_and(|s| s.treatment == guard::NameTreatment::Loopback)
-                {
-                    d.rule = ids::GUARD_SPECIAL.into();
-                    d.reason = format!("{name} can only mean a loopback address (RFC 6761)");
-                    return d;
+                let special = guard::special_name(name);
+                match special.map(|s| s.treatment) {
+                    Some(guard::NameTreatment::Loopback) => {
+                        return self.loopback_name(z, d, name, port);
+                    }
+                    Some(guard::NameTreatment::NxDomain) => {
+                        return special_name_denied(d, name, special);
+                    }
+                    _ => {}
                 }
                 if let Some(i) = z.deny_hosts.first(name, port_ok(&z.deny, port)) {
                     return rule_deny(d, &z.deny[i as usize], report);
                 }
                 if let Some(i) = z.allow_hosts.first(name, port_ok(&z.allow, port)) {
                     return rule_allow(d, &z.allow[i as usize], Pending::Guard);
+                }
+                if special.is_some() {
+                    // A private zone (`internal`, `home.arpa`): only for
+                    // names a host allow rule names, in every mode.
+                    return special_name_denied(d, name, special);
                 }
                 let pending = if z.mode != Mode::Open && !z.allow_cidrs.is_empty() {
                     Pending::CidrAllow
@@ -476,6 +484,24 @@ impl Policy {
                 default(d, z, format!("{name} port {port}"), pending)
             }
         }
+    }
+
+    /// `localhost` and names below it (RFC 6761) mean `127.0.0.1` and
+    /// `::1`, resolved locally: they meet the guard as those addresses do,
+    /// so only a `cidr` allow inside loopback space that covers the port
+    /// lets them out (phase two then checks the local addresses).
+    fn loopback_name(&self, z: &CZone, mut d: Decision, name: &str, port: u16) -> Decision {
+        let lifted = guard::LOOPBACK_ADDRS
+            .iter()
+            .find_map(|ip| self.lifting_rule(z, *ip, Scope::Port(port)));
+        if let Some(i) = lifted {
+            return rule_allow(d, &z.allow[i as usize], Pending::Guard);
+        }
+        d.rule = ids::GUARD_SPECIAL.into();
+        d.reason = format!(
+            "{name} can only mean a loopback address (RFC 6761), and no cidr allow rule inside loopback space covers port {port}"
+        );
+        d
     }
 
     fn lifting_rule(&self, z: &CZone, ip: IpAddr, scope: Scope) -> Option<u32> {
@@ -675,6 +701,28 @@ impl CZone {
             .chain(direct)
             .min()
     }
+}
+
+/// A special-use name the proxy never resolves (`.onion`, `.local`,
+/// `.invalid`, `.alt`, reverse names of special space, and private zones
+/// without a host allow rule): denied by the guard in every mode.
+fn special_name_denied(mut d: Decision, name: &str, s: Option<guard::SpecialName>) -> Decision {
+    d.verdict = Verdict::Deny;
+    d.enforced = true;
+    d.rule = ids::GUARD_SPECIAL_NAME.into();
+    d.reason = match s {
+        Some(s) if s.treatment == guard::NameTreatment::HostRuleOnly => format!(
+            "{name} is in the private zone {} ({}): only names a host allow rule names may leave",
+            s.domain, s.source
+        ),
+        Some(s) => format!(
+            "{name} is a special-use name under {} ({}): never resolved",
+            s.domain, s.source
+        ),
+        None => format!("{name} is a special-use name: never resolved"),
+    };
+    d.pending = Pending::Nothing;
+    d
 }
 
 fn rule_deny(mut d: Decision, r: &CRule, report: bool) -> Decision {

@@ -105,3 +105,75 @@ fn ipv4_deny_rules_match_embedded_forms() {
     assert_eq!(c.allowed, ["64:ff9b::8.8.4.4".parse::<IpAddr>().unwrap()]);
     assert_eq!(&*c.rejected[0].rule, "no-example");
 }
+
+// === special-use names in the proxy ===
+
+fn decide_name(p: &Policy, name: &str, port: u16) -> sluice_policy::Decision {
+    let dest = Destination::Name(name.into());
+    p.decide(&Request {
+        src: "10.0.0.1".parse().unwrap(),
+        user: None,
+        dest: &dest,
+        port,
+    })
+}
+
+/// `localhost` means 127.0.0.1 and ::1: a cidr allow inside loopback space
+/// that covers the port lets it out (DESIGN.md "guard"), nothing else does;
+/// and phase two checks the local addresses like any others.
+#[test]
+fn localhost_meets_the_guard_as_its_loopback_addresses() {
+    let p = Policy::load(
+        "zones:\n  - name: web\n    sources: [10.0.0.0/8]\n    mode: open\n    allow:\n      - cidr: 127.0.0.9/32\n        ports: [8000]\n      - cidr: 127.0.0.1/32\n        ports: [8000]\n        id: local-dev\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let d = decide_name(&p, "localhost", 8000);
+    assert_eq!((d.verdict, &*d.rule), (Verdict::Allow, "local-dev"));
+    let local: Vec<IpAddr> = sluice_policy::guard::local_addresses("app.localhost")
+        .unwrap()
+        .to_vec();
+    let c = p.check_addresses(&d, &local);
+    assert_eq!(c.allowed, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(c.decision.verdict, Verdict::Allow);
+    // Another port, or no loopback rule at all: the guard, even in open mode.
+    let d = decide_name(&p, "app.localhost", 8001);
+    assert_eq!(
+        (d.verdict, &*d.rule),
+        (Verdict::Deny, "guard/special-address")
+    );
+    assert!(d.enforced);
+}
+
+/// `.onion`, `.local`, `.invalid`, `.alt` are never resolved, in any mode;
+/// `internal` and `home.arpa` only for a name a host allow rule names.
+#[test]
+fn special_use_names_are_denied_before_resolution() {
+    let p = Policy::load(
+        "zones:\n  - name: web\n    sources: [10.0.0.0/8]\n    mode: open\n    allow:\n      - host: metadata.google.internal\n        ports: [80]\n      - cidr: 0.0.0.0/0\n        ports: any\n",
+        "t.yaml",
+    )
+    .unwrap();
+    for name in [
+        "x.onion",
+        "printer.local",
+        "a.invalid",
+        "b.alt",
+        "nas.home.arpa",
+        "x.internal",
+    ] {
+        let d = decide_name(&p, name, 80);
+        assert_eq!(
+            (d.verdict, &*d.rule, d.enforced),
+            (Verdict::Deny, "guard/special-name", true),
+            "{name}: {}",
+            d.reason
+        );
+    }
+    let d = decide_name(&p, "metadata.google.internal", 80);
+    assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+    // The host rule does not lift the guard: its address is still checked.
+    let c = p.check_addresses(&d, &["169.254.169.254".parse().unwrap()]);
+    assert_eq!(c.decision.verdict, Verdict::Deny);
+    assert_eq!(&*c.decision.rule, "guard/special-address");
+}

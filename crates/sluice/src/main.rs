@@ -225,7 +225,9 @@ fn check(
         port,
     };
     if resolve {
-        if let Destination::Name(n) = &dest {
+        if let Some(local) = dest.name().and_then(sluice_policy::guard::local_addresses) {
+            addrs = local.to_vec();
+        } else if let Destination::Name(n) = &dest {
             match (n.as_str(), port).to_socket_addrs() {
                 Ok(found) => addrs = found.map(|a| a.ip()).collect(),
                 Err(e) => {

@@ -230,7 +230,17 @@ zones:
 "
         ),
     );
-    for host in ["127.0.0.1", "2130706433", "0x7f.1", "[::ffff:127.0.0.1]"] {
+    // `localhost` resolves locally to 127.0.0.1 and ::1 (RFC 6761) and
+    // meets the guard as those addresses do: the loopback rule lets it out.
+    let hosts = [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f.1",
+        "[::ffff:127.0.0.1]",
+        "localhost",
+        "app.localhost",
+    ];
+    for host in hosts {
         let authority = format!("{host}:{port}");
         let r = send_raw(sluice.http, &absolute_get(&authority), T);
         assert_eq!(r.status, Some(200), "{authority}: {}", show(&r));
@@ -239,11 +249,58 @@ zones:
         let r = get_on(&mut tunnel, &authority, "/bytes/5");
         assert_eq!((r.status, r.body.len()), (Some(200), 5), "{authority}");
     }
-    assert_eq!(origin.hits.load(Ordering::SeqCst), 8);
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 2 * hosts.len());
     // Still not for a port the rule does not name.
     let other = format!("127.0.0.1:{}", port.wrapping_add(1).max(1));
     let r = send_raw(sluice.http, &absolute_get(&other), T);
     assert_eq!(r.status, Some(403), "{}", show(&r));
+}
+
+/// Special-use names that mean nothing on the Internet are denied by the
+/// guard in every mode and never reach a resolver: `.onion` (RFC 7686),
+/// `.local`, `.invalid`, `.alt`, and the private zones `internal` and
+/// `home.arpa` without a host rule naming them.
+#[test]
+fn special_use_names_never_reach_the_resolver() {
+    let dns = ssrf_dns();
+    for name in [
+        "x.onion",
+        "printer.local",
+        "a.invalid",
+        "b.alt",
+        "nas.home.arpa",
+        "x.internal",
+    ] {
+        // Were one asked, it would answer loopback: nothing leaves the host.
+        dns.set_addresses(name, &["127.0.0.1"]);
+    }
+    for mode in ["enforce", "open", "report"] {
+        let sluice = Sluice::start(BIN, &permissive(mode, dns.addr));
+        for name in [
+            "x.onion",
+            "printer.local",
+            "a.invalid",
+            "b.alt",
+            "nas.home.arpa",
+            "x.internal",
+        ] {
+            let authority = format!("{name}:443");
+            let r = send_raw(sluice.http, &connect_req(&authority), T);
+            assert_eq!(r.status, Some(403), "{mode} {authority}: {}", show(&r));
+            assert_eq!(
+                r.header("sluice-rule"),
+                Some("guard/special-name"),
+                "{mode} {authority}"
+            );
+            let r = send_raw(sluice.http, &absolute_get(&format!("{name}:80")), T);
+            assert_eq!(r.status, Some(403), "{mode} {name}: {}", show(&r));
+            assert_eq!(
+                dns.queries_for(name),
+                0,
+                "{mode} {name} reached the resolver"
+            );
+        }
+    }
 }
 
 // === DNS rebinding ===
