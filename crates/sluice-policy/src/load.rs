@@ -1,4 +1,4 @@
-//! Reading `sluice.yaml`: parse into a position-annotated YAML tree, then
+//! Reading `sluice.yaml`: parse into a compact position-annotated YAML tree, then
 //! walk it once against the key tables, collecting every error with file,
 //! line, column and what was expected. Nothing here trusts YAML's own scalar
 //! typing: scalars are read as written, so `0x50` is not a port and `"443"`
@@ -111,6 +111,7 @@ pub(crate) fn parse(source: &str, file: &str, need: Need) -> Result<Config, Conf
         }
         Some(Config::default())
     };
+    let docs = docs.docs();
     let config = match docs.as_slice() {
         [] => empty(&mut cx),
         [doc] if yaml::is_null(doc) => empty(&mut cx),
