@@ -15,6 +15,8 @@
 //! a non-core tag treated the same), which the tests below check against
 //! saphyr itself.
 
+mod fast;
+
 use std::borrow::Cow;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -114,40 +116,29 @@ pub(crate) fn documents(source: &str) -> Result<Tree<'_>, SyntaxError> {
             message: "the file is larger than 4 GiB".to_owned(),
         });
     }
-    let mut b = Builder {
-        tree: Tree {
-            source,
-            // About one node per 12 bytes of a typical policy.
-            entries: Vec::with_capacity(source.len() / 12),
-            owned: Vec::new(),
-            tags: Vec::new(),
-            roots: Vec::new(),
-        },
-        ascii: source.is_ascii(),
-        open: Vec::new(),
-        keys: Vec::new(),
-        doc_roots: 0,
-        anchors: HashMap::new(),
-        alias_budget: ALIAS_LIMIT,
-        error: None,
-    };
+    let mut b = Builder::new(source);
     let fail = |e: &ScanError| SyntaxError {
         at: at(*e.marker()),
         message: e.info().to_owned(),
     };
-    for ev in Parser::new_from_str(source) {
-        let (ev, span) = ev.map_err(|e| fail(&e))?;
+    // The fast path first; on anything it does not know, saphyr-parser.
+    let fast = fast::parse(source, &mut |ev, span| {
         if b.error.is_none() {
             b.event(ev, span);
+        }
+    });
+    if fast.is_err() || b.error.is_some() {
+        b.reset();
+        for ev in Parser::new_from_str(source) {
+            let (ev, span) = ev.map_err(|e| fail(&e))?;
+            if b.error.is_none() {
+                b.event(ev, span);
+            }
         }
     }
     match b.error {
         Some(e) => Err(fail(&e)),
-        None => {
-            let mut tree = b.tree;
-            tree.entries.shrink_to_fit();
-            Ok(tree)
-        }
+        None => Ok(b.tree),
     }
 }
 
@@ -377,7 +368,41 @@ struct Builder<'s> {
     error: Option<ScanError>,
 }
 
-impl Builder<'_> {
+impl<'s> Builder<'s> {
+    fn new(source: &'s str) -> Builder<'s> {
+        Builder {
+            tree: Tree {
+                source,
+                // About one node per 12 bytes of a typical policy.
+                entries: Vec::with_capacity(source.len() / 12),
+                owned: Vec::new(),
+                tags: Vec::new(),
+                roots: Vec::new(),
+            },
+            ascii: source.is_ascii(),
+            open: Vec::new(),
+            keys: Vec::new(),
+            doc_roots: 0,
+            anchors: HashMap::new(),
+            alias_budget: ALIAS_LIMIT,
+            error: None,
+        }
+    }
+
+    /// Forgets everything read, to read the source again.
+    fn reset(&mut self) {
+        self.tree.entries.clear();
+        self.tree.owned.clear();
+        self.tree.tags.clear();
+        self.tree.roots.clear();
+        self.open.clear();
+        self.keys.clear();
+        self.doc_roots = 0;
+        self.anchors.clear();
+        self.alias_budget = ALIAS_LIMIT;
+        self.error = None;
+    }
+
     fn event(&mut self, ev: Event<'_>, span: Span) {
         let mark = span.start;
         match ev {
@@ -635,6 +660,18 @@ mod tests {
     /// This module's tree, dumped the same way through its accessors.
     fn dump(source: &str) -> Result<String, (usize, usize, String)> {
         let tree = documents(source).map_err(|e| (e.at.line, e.at.column, e.message))?;
+        Ok(dump_tree(&tree))
+    }
+
+    /// The fast path's tree alone, if it reads `source`.
+    fn fast_dump(source: &str) -> Option<String> {
+        let mut b = Builder::new(source);
+        fast::parse(source, &mut |ev, span| b.event(ev, span)).ok()?;
+        // A duplicate key: `documents` reads the file again with saphyr.
+        b.error.is_none().then(|| dump_tree(&b.tree))
+    }
+
+    fn dump_tree(tree: &Tree<'_>) -> String {
         fn walk(n: &Node<'_>, depth: usize, out: &mut String) {
             let Pos { line: l, column: c } = pos(n);
             let pad = " ".repeat(depth);
@@ -662,7 +699,7 @@ mod tests {
             out.push_str("---\n");
             walk(&d, 0, &mut out);
         }
-        Ok(out)
+        out
     }
 
     const CASES: &[&str] = &[
@@ -708,6 +745,106 @@ mod tests {
         for text in &files {
             assert_eq!(dump(text), saphyr_dump(text), "for:\n{text}");
         }
+    }
+
+    /// Documents the fast path must read, exactly as saphyr does.
+    const FAST: &[&str] = &[
+        "mode: enforce\n",
+        "a: b\n",
+        "- a\n- 'b'\n- \"c\"\n",
+        "mode: enforce\nzones:\n  - name: z0\n    sources: [10.0.0.0/24]\n    allow:\n      - host: svc0.team0.zone0.example.com\n        ports: [443]\n      - host: \"*.w2.zone0.example.com\"\n        ports: [443, \"8000-8100\"]\n    deny:\n      - host: x.example\n  - name: z1\n    sources: [10.0.1.0/24]\n",
+        "# Generated\nmode: enforce\nzones:\n  - name: z0\n    sources: [10.0.0.0/24]\n    allow:\n      - {host: \"svc0.t0.z0.example\", ports: [443]}\n      - {host: \"*.w7.z0.example\", ports: [443, \"8000-8100\"]}\n    deny:\n      - {host: \"*.w19.z0.example\"}\n",
+        "listen:\n  http: 127.0.0.1:3128   # proxy\n  admin: \"[::1]:9901\"\n\n# comment\nlimits:\n    idle_timeout: 300s\n    header_timeout: 10s\nlog: {flows: stdout}\n",
+        "a: [ ]\nb: {}\nc: [ x ,  y ]\nd: { e: f }\ng:   'single'   # c\nh: 1:2\ni: ~\nj: null\n",
+        "users:\n  - name: ci-runner\n    password_hash: $argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA\nzones:\n  - name: ci\n    users: [ci-runner]\n    mode: report\n",
+        "a:\n  b:\n    c: d\n  e: f\ng: h\n",
+        "x: 1 # comment\ny: \"a # b\"\nz: a, b\n",
+        "zones:\n  - name: web   \n    sources: [10.0.0.0/8]\n",
+    ];
+
+    /// Documents near the subset's edge: the fast path may give up on
+    /// them, but must not read them differently.
+    const EDGES: &[&str] = &[
+        "a: 1\nb: 2\na: 3\n",
+        "k: a#b c\n",
+        "a: 1\n'a': 2\n",
+        "a:\n- b\n- c\n",
+        "a:\nb: c\n",
+        "a: b\n  c\n",
+        "- a\n  b\n",
+        "a: 'it''s'\n",
+        "a: \"t\\tq\"\n",
+        "a: [1, [2]]\n",
+        "a: [1, 2,]\n",
+        "a: [1,\n  2]\n",
+        "a: {b: c, d: {e: f}}\n",
+        "a: -1\n",
+        "a: b: c\n",
+        "a: b:\n",
+        "a:b\n",
+        "- - a\n",
+        "-\n",
+        "- a: b\n  c: d\n- e\n",
+        "- a: b\n   c: d\n",
+        "a: [b: c]\n",
+        "a: [::1, 2]\n",
+        "a: \"x\" y\n",
+        "---\na: b\n",
+        "a: b\n---\nc: d\n",
+        "a: b\n...\n",
+        "a: &x b\nc: *x\n",
+        "a: !t b\n",
+        "a: |\n  b\n",
+        "a: >\n  b\n",
+        "? a\n: b\n",
+        "a: b # c\n  # d\ne: f\n",
+        "a:\n  # only a comment\n  b: c\n",
+        "a: b\n c: d\n",
+        "  a: b\n",
+        "a: [b, c] d\n",
+        "a: \"b\n  c\"\n",
+        "a: b  \n\n\n",
+        "k: x\n k2: y\n",
+        "a: {b: c} # x\n",
+        "a: {b: [c, d], e: 'f'}\n",
+        "a: {b: }\n",
+        "a: {b}\n",
+        "1: x\n_a-b: y\n",
+    ];
+
+    #[test]
+    fn the_fast_path_reads_what_saphyr_loads() {
+        for text in FAST {
+            let fast = fast_dump(text);
+            assert!(fast.is_some(), "the fast path gave up on:\n{text}");
+            assert_eq!(fast.map(Ok), Some(saphyr_dump(text)), "for:\n{text}");
+        }
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../sluice/tests/fixtures");
+        let mut edges: Vec<String> = EDGES.iter().chain(CASES).map(|s| (*s).to_owned()).collect();
+        for f in ["check.yaml", "invalid.yaml"] {
+            let text = std::fs::read_to_string(format!("{fixtures}/{f}")).unwrap();
+            // Whole, and without its non-ASCII lines (which the fast path
+            // leaves to saphyr) line by line cut short.
+            let ascii: String = text
+                .lines()
+                .filter(|l| l.is_ascii())
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let lines: Vec<&str> = ascii.lines().collect();
+            for n in 1..=lines.len() {
+                edges.push(lines[..n].iter().map(|l| format!("{l}\n")).collect());
+            }
+            edges.push(text);
+        }
+        let mut taken = 0;
+        for text in &edges {
+            if let Some(fast) = fast_dump(text) {
+                taken += 1;
+                assert_eq!(Ok(fast), saphyr_dump(text), "for:\n{text}");
+            }
+            assert_eq!(dump(text), saphyr_dump(text), "for:\n{text}");
+        }
+        assert!(taken > 20, "the fast path read only {taken} documents");
     }
 
     #[test]
