@@ -1,4 +1,4 @@
-//! Reading `sluice.yaml`: parse into a compact position-annotated YAML tree, then
+//! Reading `sluice.yaml`: parse into a position-annotated YAML tree, then
 //! walk it once against the key tables, collecting every error with file,
 //! line, column and what was expected. Nothing here trusts YAML's own scalar
 //! typing: scalars are read as written, so `0x50` is not a port and `"443"`
@@ -11,7 +11,10 @@
 //!
 //! # Layout
 //!
-//! - `yaml`: the only code that knows the YAML tree's type.
+//! - `yaml`: the only code that knows how YAML is parsed: a compact tree
+//!   (one 20-byte node per scalar or collection, text borrowed from the
+//!   source) built from saphyr-parser's events, or from its own fast path
+//!   for plain block-style files; every syntax error is still saphyr-parser's.
 //! - `table`: key descriptors, the section walker, schema and listings.
 //! - `kinds`: how each kind of value is read, checked and described.
 //! - `catalog`: the key tables, one entry a key.

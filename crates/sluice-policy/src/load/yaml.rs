@@ -373,8 +373,11 @@ impl<'s> Builder<'s> {
         Builder {
             tree: Tree {
                 source,
-                // About one node per 12 bytes of a typical policy.
-                entries: Vec::with_capacity(source.len() / 12),
+                // A policy needs one node per 6 to 10 bytes. Capacity
+                // never written is never touched, so reserving for the
+                // densest files costs nothing, and growing (a copy of
+                // every node so far) is rare.
+                entries: Vec::with_capacity(source.len() / 6),
                 owned: Vec::new(),
                 tags: Vec::new(),
                 roots: Vec::new(),

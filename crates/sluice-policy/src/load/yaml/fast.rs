@@ -387,10 +387,22 @@ fn plain_block(s: &[u8]) -> bool {
         return false;
     };
     (first.is_ascii_alphanumeric() || b"/._$~+".contains(&first))
-        && !s.iter().any(|c| b"[]{}\"'`|>&*!%@#".contains(c))
+        && !s.iter().any(|&c| INDICATOR[c as usize])
         && !s.windows(2).any(|w| w == b": ")
         && s.last() != Some(&b':')
 }
+
+/// Bytes that, anywhere in a plain scalar, send the file to saphyr-parser.
+static INDICATOR: [bool; 256] = {
+    let mut t = [false; 256];
+    let set = b"[]{}\"'`|>&*!%@#";
+    let mut i = 0;
+    while i < set.len() {
+        t[set[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// The same in flow context, where `:` is not allowed at all here.
 fn plain_flow(s: &[u8]) -> bool {
