@@ -355,6 +355,10 @@ struct Builder<'s> {
     /// Whether the source is ASCII, so that a marker's character index is
     /// also a byte offset.
     ascii: bool,
+    /// Otherwise the last (character index, byte offset) pair found:
+    /// scalars come in file order, so finding each one's offset from the
+    /// last is linear in the file.
+    chars: (usize, usize),
     open: Vec<Open>,
     /// The keys of every open mapping, innermost last.
     keys: Vec<u32>,
@@ -383,6 +387,7 @@ impl<'s> Builder<'s> {
                 roots: Vec::new(),
             },
             ascii: source.is_ascii(),
+            chars: (0, 0),
             open: Vec::new(),
             keys: Vec::new(),
             doc_roots: 0,
@@ -489,20 +494,23 @@ impl<'s> Builder<'s> {
         };
         let source = self.tree.source;
         let base = source.as_ptr() as usize;
-        // Borrowed text is a slice of the source; owned text that equals
-        // what is written at its span (a plain scalar on one line, a quoted
-        // one without escapes, in an ASCII file) is kept as that slice too.
+        // Borrowed text is a slice of the source; owned text that is what
+        // is written where it starts (a plain scalar on one line, a quoted
+        // one without escapes) is kept as that slice too.
         let slice = match &text {
             Cow::Borrowed(s) => {
                 let off = (s.as_ptr() as usize).wrapping_sub(base);
                 (off <= source.len() && s.len() <= source.len() - off).then_some(off)
             }
-            Cow::Owned(s) if self.ascii && !s.is_empty() => {
-                let (mut lo, mut hi) = (span.start.index(), span.end.index());
-                if matches!(style, Style::SingleQuoted | Style::DoubleQuoted) {
-                    (lo, hi) = (lo + 1, hi.saturating_sub(1));
-                }
-                (source.get(lo..hi) == Some(s.as_str())).then_some(lo)
+            Cow::Owned(s) if !s.is_empty() => {
+                let quote = matches!(style, Style::SingleQuoted | Style::DoubleQuoted);
+                self.byte_offset(span.start.index())
+                    .map(|at| at + usize::from(quote))
+                    .filter(|&at| {
+                        source
+                            .get(at..)
+                            .is_some_and(|rest| rest.starts_with(s.as_str()))
+                    })
             }
             Cow::Owned(_) => None,
         };
@@ -520,6 +528,24 @@ impl<'s> Builder<'s> {
                 self.push(What::Scalar(style), span.start, k, 0, true)
             }
         }
+    }
+
+    /// The byte offset of the character at index `ch`.
+    fn byte_offset(&mut self, ch: usize) -> Option<usize> {
+        if self.ascii {
+            return Some(ch);
+        }
+        if ch < self.chars.0 {
+            self.chars = (0, 0);
+        }
+        let (mut i, mut at) = self.chars;
+        let mut rest = self.tree.source.get(at..)?.chars();
+        while i < ch {
+            at += rest.next()?.len_utf8();
+            i += 1;
+        }
+        self.chars = (i, at);
+        Some(at)
     }
 
     /// Copies the anchored node for an alias, positioned at the alias.
@@ -1013,6 +1039,11 @@ mod tests {
         let text = "a: plain\nb: 'quoted'\nc: [x, y]\n";
         let tree = documents(text).unwrap();
         assert!(tree.owned.is_empty(), "{:?}", tree.owned);
+        // Also where saphyr-parser reads the file (not ASCII), but not
+        // where the text differs from what is written.
+        let text = "ä: plain\nb: 'quöted'\nc: [x, \"y\\tz\", 'it''s']\nd: two\n  lines\n";
+        let tree = documents(text).unwrap();
+        assert_eq!(tree.owned, ["y\tz", "it's", "two lines"].map(Box::from));
         assert_eq!(std::mem::size_of::<Entry>(), 20);
     }
 }
