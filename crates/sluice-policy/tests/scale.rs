@@ -1,7 +1,7 @@
 //! Loading a policy of 200 zones and 1,000,000 host rules from a 74 MB YAML
 //! file, end to end (read, parse, validate, compile), within the issue's
-//! budget: ≤ 5 s and ≤ 1 GB peak RSS on a 2-core machine (it took 10.6-12 s
-//! and 2.5-2.7 GB before the loader built its own compact tree). The full
+//! budget: ≤ 5 s and ≤ 1 GB peak RSS on a 2-core machine (it took 8-13 s
+//! and 2.5 GB before the loader built its own compact tree). The full
 //! size is ignored by default (it writes 74 MB and wants a release build):
 //!
 //!     cargo test --release -p sluice-policy --test scale -- --ignored --nocapture
