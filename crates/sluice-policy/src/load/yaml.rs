@@ -842,6 +842,19 @@ mod tests {
     ];
 
     #[test]
+    fn over_long_keys_are_saphyrs_to_report() {
+        for n in [1_000, 1_030, 2_000] {
+            let key = "k".repeat(n);
+            for text in [format!("{key}: v\n"), format!("a: {{{key}: v}}\n")] {
+                if n > 1_000 {
+                    assert!(fast_dump(&text).is_none(), "{n}");
+                }
+                assert_eq!(dump(&text), saphyr_dump(&text), "{n}");
+            }
+        }
+    }
+
+    #[test]
     fn the_fast_path_reads_what_saphyr_loads() {
         for text in FAST {
             let fast = fast_dump(text);

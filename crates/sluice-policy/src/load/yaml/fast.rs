@@ -362,13 +362,20 @@ fn skip_spaces(b: &[u8], mut i: usize, end: usize) -> usize {
 }
 
 /// If a simple key (`[A-Za-z0-9_-]+`) followed by `:` and a space or the
-/// line's end starts at `i`, the index of the `:`.
+/// line's end starts at `i`, the index of the `:`. Keys of more than 1000
+/// bytes are left to saphyr-parser (YAML caps a simple key at 1024
+/// characters, and it reports longer ones).
 fn key_end(b: &[u8], i: usize, end: usize) -> Option<usize> {
     let mut k = i;
     while k < end && (b[k].is_ascii_alphanumeric() || b[k] == b'_' || b[k] == b'-') {
         k += 1;
     }
-    let ok = k > i && b[i] != b'-' && k < end && b[k] == b':' && (k + 1 == end || b[k + 1] == b' ');
+    let ok = k > i
+        && k - i <= 1000
+        && b[i] != b'-'
+        && k < end
+        && b[k] == b':'
+        && (k + 1 == end || b[k + 1] == b' ');
     ok.then_some(k)
 }
 
