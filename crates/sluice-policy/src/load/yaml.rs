@@ -380,8 +380,10 @@ impl<'s> Builder<'s> {
                 // A policy needs one node per 6 to 10 bytes. Capacity
                 // never written is never touched, so reserving for the
                 // densest files costs nothing, and growing (a copy of
-                // every node so far) is rare.
-                entries: Vec::with_capacity(source.len() / 6),
+                // every node so far) is rare. Capped (16M nodes, 320 MB of
+                // address space) so that a huge file grows as it is read
+                // instead of reserving ahead of what it holds.
+                entries: Vec::with_capacity((source.len() / 6).min(1 << 24)),
                 owned: Vec::new(),
                 tags: Vec::new(),
                 roots: Vec::new(),
