@@ -11,7 +11,10 @@
 //!
 //! # Layout
 //!
-//! - `yaml`: the only code that knows the YAML tree's type.
+//! - `yaml`: the only code that knows how YAML is parsed: a compact tree
+//!   (one 20-byte node per scalar or collection, text borrowed from the
+//!   source) built from saphyr-parser's events, or from its own fast path
+//!   for plain block-style files; every syntax error is still saphyr-parser's.
 //! - `table`: key descriptors, the section walker, schema and listings.
 //! - `kinds`: how each kind of value is read, checked and described.
 //! - `catalog`: the key tables, one entry a key.
@@ -111,6 +114,7 @@ pub(crate) fn parse(source: &str, file: &str, need: Need) -> Result<Config, Conf
         }
         Some(Config::default())
     };
+    let docs = docs.docs();
     let config = match docs.as_slice() {
         [] => empty(&mut cx),
         [doc] if yaml::is_null(doc) => empty(&mut cx),

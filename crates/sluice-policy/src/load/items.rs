@@ -28,6 +28,7 @@ impl Kind for Zones {
         let mut out: Vec<Zone> = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for item in items {
+            let item = &item;
             let mut zone = Zone::default();
             let Some(seen) = cx.section_into(&ZONE, item, &mut zone) else {
                 continue;
@@ -99,6 +100,7 @@ impl Kind for Rules {
         let items = cx.seq(n, &what)?;
         let mut out = Vec::with_capacity(items.len());
         for item in items {
+            let item = &item;
             if let Some(rule) = self.rule(cx, item) {
                 out.push(rule);
             }
@@ -158,6 +160,7 @@ impl Kind for Users {
         let mut out: Vec<User> = Vec::new();
         let mut seen_names: HashMap<String, usize> = HashMap::new();
         for item in items {
+            let item = &item;
             let mut user = User::default();
             let Some(seen) = cx.section_into(&USER, item, &mut user) else {
                 continue;

@@ -52,11 +52,11 @@ impl Cx<'_> {
     }
 
     /// The items of a list.
-    pub(crate) fn seq<'n, 'a>(
+    pub(crate) fn seq<'a>(
         &mut self,
-        n: &'n Node<'a>,
+        n: &Node<'a>,
         what: &dyn std::fmt::Display,
-    ) -> Option<&'n [Node<'a>]> {
+    ) -> Option<yaml::Items<'a>> {
         let items = yaml::items(n);
         if items.is_none() {
             self.err(
@@ -354,6 +354,7 @@ impl Kind for OpenPaths {
         let items = cx.seq(n, &what)?;
         let mut list = Vec::with_capacity(items.len());
         for item in items {
+            let item = &item;
             let Some(s) = cx.string(item, &what) else {
                 continue;
             };
@@ -385,6 +386,7 @@ impl Kind for AdminHosts {
         let items = cx.seq(n, &what)?;
         let mut list = Vec::with_capacity(items.len());
         for item in items {
+            let item = &item;
             let Some(s) = cx.string(item, &what) else {
                 continue;
             };
@@ -432,8 +434,7 @@ impl Kind for Upstreams {
         let items = cx.seq(n, &what)?;
         Some(
             items
-                .iter()
-                .filter_map(|item| cx.socket(item, &"a dns upstream", false))
+                .filter_map(|item| cx.socket(&item, &"a dns upstream", false))
                 .collect(),
         )
     }
@@ -512,7 +513,7 @@ impl Kind for Sources {
             if list.is_empty() {
                 cx.err(n, "expected at least one CIDR in sources");
             }
-            nets.extend(list.iter().filter_map(|s| cx.cidr(s)));
+            nets.extend(list.filter_map(|s| cx.cidr(&s)));
         }
         Some(nets)
     }
@@ -535,6 +536,7 @@ impl Kind for UserRefs {
                 cx.err(n, "expected at least one user in users");
             }
             for u in list {
+                let u = &u;
                 if let Some(name) = cx.string(u, &"a user name") {
                     cx.user_refs.push((name.clone(), yaml::pos(u)));
                     names.push(name);
@@ -601,6 +603,7 @@ impl Kind for PortSet {
         let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
         for item in items {
+            let item = &item;
             match yaml::scalar(item).map(parse_port_item) {
                 Some(Ok(r)) => out.push(r),
                 Some(Err(msg)) => {

@@ -210,6 +210,7 @@ impl Cx<'_> {
             ok: true,
         };
         for (k, v) in entries {
+            let (k, v) = (&k, &v);
             let Some(name) = yaml::scalar(k) else {
                 self.err(k, format!("expected a string key in {}", sec.what));
                 continue;
