@@ -272,7 +272,20 @@ impl Gateway {
         let Some(dest) = &flow.dest else {
             return Err(Refusal::Internal("dial before target".into()));
         };
-        self.dialer.resolve(dest).await.map_err(refusal_of)
+        self.until_stopped(async { self.dialer.resolve(dest).await.map_err(refusal_of) })
+            .await
+    }
+
+    /// `work`, unless the drain deadline passes first: then the flow is
+    /// refused as draining (and so still recorded before exit).
+    async fn until_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Refusal>>,
+    ) -> Result<T, Refusal> {
+        tokio::select! {
+            r = work => r,
+            () = self.drain.stopped() => Err(Refusal::Draining),
+        }
     }
 
     /// Checks and connects to addresses already resolved; `started` is
@@ -289,9 +302,13 @@ impl Gateway {
         let Route { name, via } = self.router.route(flow);
         let result = match via {
             Via::Direct => {
-                self.dialer
-                    .dial_addrs(flow.policy(), &decision, addrs, port, started)
-                    .await
+                let dial = self
+                    .dialer
+                    .dial_addrs(flow.policy(), &decision, addrs, port, started);
+                match self.until_stopped(async { Ok(dial.await) }).await {
+                    Ok(r) => r,
+                    Err(refusal) => return Err(refusal),
+                }
             }
         };
         match result {

@@ -410,3 +410,54 @@ fn out_of_descriptors_is_a_503_with_its_metric_and_a_quiet_log() {
     assert!(sluice.metric(r#"sluice_fd_exhausted_total{listener="http"}"#) >= 2.0);
     assert!(sluice.metric(r#"sluice_fd_exhausted_total{listener="socks5"}"#) >= 1.0);
 }
+
+// === drain: flows still dialing ===
+
+/// A flow still resolving when `limits.drain_timeout` ends is refused as
+/// draining and recorded before exit, whatever listener it came through:
+/// here a SOCKS5 CONNECT and an absolute-form request whose names wait on
+/// a silent upstream (allowed 30 s) when SIGTERM's 1 s drain runs out.
+#[test]
+fn flows_still_dialing_at_the_drain_deadline_are_recorded() {
+    let (dead, _keep) = silent_udp();
+    let head = format!(
+        "listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+         dns:\n  upstreams: [{dead}]\n  upstream_timeout: 30s\n\
+         limits:\n  connect_timeout: 30s\n  drain_timeout: 1s\n"
+    );
+    let mut sluice = Sluice::start(BIN, &config(&head, "\"*.test\""));
+    let mut socks = connect_with_timeout(sluice.socks5.unwrap(), T);
+    socks.set_read_timeout(Some(T)).unwrap();
+    socks.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    socks.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 0]);
+    let name = b"socks.test";
+    let mut req = vec![5, 1, 0, 3, name.len() as u8];
+    req.extend_from_slice(name);
+    req.extend_from_slice(&443u16.to_be_bytes());
+    socks.write_all(&req).unwrap();
+    let mut http = connect_with_timeout(sluice.http, T);
+    write!(
+        http,
+        "GET http://http.test/ HTTP/1.1\r\nHost: http.test\r\n\r\n"
+    )
+    .unwrap();
+    // Both are waiting on the silent upstream now (give the lookups a moment).
+    std::thread::sleep(Duration::from_millis(300));
+
+    let t0 = Instant::now();
+    sluice.signal("TERM");
+    assert_eq!(sluice.wait_exit(T), Some(0));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(5), "drain took {took:?}");
+    let records = sluice.records();
+    for host in ["socks.test", "http.test"] {
+        let rec = records
+            .iter()
+            .find(|r| r["dst_host"] == host)
+            .unwrap_or_else(|| panic!("no record for {host}: {records:#?}"));
+        assert_eq!(rec["error_kind"], "internal", "{rec}");
+        assert!(rec["error"].as_str().unwrap().contains("drain"), "{rec}");
+    }
+}
