@@ -13,7 +13,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use sluice_observe::{Listener, Metrics, Protocol, RecordSink};
-use sluice_policy::{Decision, Destination, Pending, Request as PolicyRequest, model::Limits};
+use sluice_policy::{
+    Decision, Destination, Pending, Request as PolicyRequest, Verdict, ids, model::Limits,
+};
 use sluice_serve::{ConnLimiter, Drain};
 use tokio::net::TcpStream;
 
@@ -268,11 +270,33 @@ impl Gateway {
     }
 
     /// The flow's destination resolved (once), or an IP destination as is.
+    ///
+    /// A name that no rule allowed, only pending on `cidr` allow rules, and
+    /// that gets no address is a denial (`default/unresolved`: the client
+    /// is told 403, SOCKS5 `0x02`), not a resolver failure: nothing allowed
+    /// it. A name some rule allowed keeps its allow and fails on the
+    /// resolver's side (`error_kind: resolve`).
     pub async fn resolve(&self, flow: &Flow) -> Result<Vec<IpAddr>, Refusal> {
         let Some(dest) = &flow.dest else {
             return Err(Refusal::Internal("dial before target".into()));
         };
-        self.dialer.resolve(dest).await.map_err(refusal_of)
+        match self.dialer.resolve(dest).await {
+            Ok(addrs) => Ok(addrs),
+            Err(DialError::Resolve { host, msg }) => match flow.decision() {
+                Some(d)
+                    if d.pending == Pending::CidrAllow
+                        && d.verdict == Verdict::Deny
+                        && d.enforced =>
+                {
+                    let why = format!(
+                        "{host} did not resolve ({msg}), so no address could fall in a cidr allow rule"
+                    );
+                    Err(Refusal::Denied(Box::new(d.deny_with(ids::UNRESOLVED, why))))
+                }
+                _ => Err(Refusal::Resolve { host, msg }),
+            },
+            Err(e) => Err(refusal_of(e)),
+        }
     }
 
     /// Checks and connects to addresses already resolved; `started` is
