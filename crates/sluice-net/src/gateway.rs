@@ -179,8 +179,8 @@ impl Gateway {
         header: Option<&str>,
     ) -> Result<(), Refusal> {
         let users = flow.version().users.clone();
-        let outcome = self.auth.check(&users, header).await;
-        Self::identified(flow, outcome)
+        let outcome = self.auth.check(&users, header, flow.src().ip()).await;
+        self.identified(flow, outcome)
     }
 
     /// Checks a user name and password (SOCKS5, RFC 1929).
@@ -191,23 +191,39 @@ impl Gateway {
         pass: &[u8],
     ) -> Result<(), Refusal> {
         let users = flow.version().users.clone();
+        let src = flow.src().ip();
         let outcome = match (std::str::from_utf8(user), std::str::from_utf8(pass)) {
-            (Ok(u), Ok(p)) => self.auth.verify(&users, u, p).await,
+            (Ok(u), Ok(p)) => self.auth.verify(&users, u, p, src).await,
             // No configured user name or argon2 hash input is anything else.
-            _ => AuthOutcome::Failed,
+            _ => AuthOutcome::Failed(String::from_utf8_lossy(user).into_owned()),
         };
-        Self::identified(flow, outcome)
+        self.identified(flow, outcome)
     }
 
-    fn identified(flow: &mut Flow, outcome: AuthOutcome) -> Result<(), Refusal> {
-        match outcome {
-            AuthOutcome::Missing => Ok(()),
+    /// The outcome into the flow; a failed login is counted in
+    /// `sluice_auth_failures_total{listener}` (throttled ones too).
+    fn identified(&self, flow: &mut Flow, outcome: AuthOutcome) -> Result<(), Refusal> {
+        let refusal = match outcome {
+            AuthOutcome::Missing => return Ok(()),
             AuthOutcome::User(u) => {
                 flow.user = Some(u);
-                Ok(())
+                return Ok(());
             }
-            AuthOutcome::Malformed | AuthOutcome::Failed => Err(Refusal::AuthFailed),
-        }
+            AuthOutcome::Malformed => Refusal::AuthFailed {
+                user: None,
+                retry_after: None,
+            },
+            AuthOutcome::Failed(user) => Refusal::AuthFailed {
+                user: Some(user),
+                retry_after: None,
+            },
+            AuthOutcome::Throttled { user, retry_after } => Refusal::AuthFailed {
+                user: Some(user),
+                retry_after: Some(retry_after),
+            },
+        };
+        self.metrics.auth_failed(flow.listener());
+        Err(refusal)
     }
 
     /// Sets the destination from what the client wrote; a host that is
