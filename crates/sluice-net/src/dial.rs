@@ -85,6 +85,23 @@ pub struct Dialed {
     pub elapsed: Duration,
 }
 
+/// A resolver error as one bounded line of text (no newlines, no control
+/// characters): records and answers carry it.
+fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    if out.is_empty() {
+        out.push_str("resolver error");
+    }
+    out
+}
+
 /// Resolver plus connect policy.
 pub struct Dialer {
     /// One resolver per configured upstream, asked in turn (or one for the
@@ -225,9 +242,16 @@ impl Dialer {
                 }
                 Ok(Err(e)) if e.is_no_records_found() => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Err(failed(e.to_string()));
+                    // hickory's own text is debug notation (`Query { name:
+                    // Name("…") … }`): the record gets one line of ours.
+                    let msg = if e.is_nx_domain() {
+                        "no such name (NXDOMAIN)"
+                    } else {
+                        "the name has no A or AAAA records"
+                    };
+                    return Err(failed(msg.to_owned()));
                 }
-                Ok(Err(e)) => last = format!("{at}: {e}"),
+                Ok(Err(e)) => last = format!("{at}: {}", one_line(&e.to_string())),
                 Err(_) => last = format!("{at}: no answer within {}ms", per.as_millis()),
             }
         }

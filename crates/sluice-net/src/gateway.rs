@@ -13,7 +13,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use sluice_observe::{Listener, Metrics, Protocol, RecordSink};
-use sluice_policy::{Decision, Destination, Pending, Request as PolicyRequest, model::Limits};
+use sluice_policy::{
+    Decision, Destination, Pending, Request as PolicyRequest, Verdict, ids, model::Limits,
+};
 use sluice_serve::{ConnLimiter, Drain};
 use tokio::net::TcpStream;
 
@@ -177,8 +179,8 @@ impl Gateway {
         header: Option<&str>,
     ) -> Result<(), Refusal> {
         let users = flow.version().users.clone();
-        let outcome = self.auth.check(&users, header).await;
-        Self::identified(flow, outcome)
+        let outcome = self.auth.check(&users, header, flow.src().ip()).await;
+        self.identified(flow, outcome)
     }
 
     /// Checks a user name and password (SOCKS5, RFC 1929).
@@ -189,23 +191,39 @@ impl Gateway {
         pass: &[u8],
     ) -> Result<(), Refusal> {
         let users = flow.version().users.clone();
+        let src = flow.src().ip();
         let outcome = match (std::str::from_utf8(user), std::str::from_utf8(pass)) {
-            (Ok(u), Ok(p)) => self.auth.verify(&users, u, p).await,
+            (Ok(u), Ok(p)) => self.auth.verify(&users, u, p, src).await,
             // No configured user name or argon2 hash input is anything else.
-            _ => AuthOutcome::Failed,
+            _ => AuthOutcome::Failed(String::from_utf8_lossy(user).into_owned()),
         };
-        Self::identified(flow, outcome)
+        self.identified(flow, outcome)
     }
 
-    fn identified(flow: &mut Flow, outcome: AuthOutcome) -> Result<(), Refusal> {
-        match outcome {
-            AuthOutcome::Missing => Ok(()),
+    /// The outcome into the flow; a failed login is counted in
+    /// `sluice_auth_failures_total{listener}` (throttled ones too).
+    fn identified(&self, flow: &mut Flow, outcome: AuthOutcome) -> Result<(), Refusal> {
+        let refusal = match outcome {
+            AuthOutcome::Missing => return Ok(()),
             AuthOutcome::User(u) => {
                 flow.user = Some(u);
-                Ok(())
+                return Ok(());
             }
-            AuthOutcome::Malformed | AuthOutcome::Failed => Err(Refusal::AuthFailed),
-        }
+            AuthOutcome::Malformed => Refusal::AuthFailed {
+                user: None,
+                retry_after: None,
+            },
+            AuthOutcome::Failed(user) => Refusal::AuthFailed {
+                user: Some(user),
+                retry_after: None,
+            },
+            AuthOutcome::Throttled { user, retry_after } => Refusal::AuthFailed {
+                user: Some(user),
+                retry_after: Some(retry_after),
+            },
+        };
+        self.metrics.auth_failed(flow.listener());
+        Err(refusal)
     }
 
     /// Sets the destination from what the client wrote; a host that is
@@ -268,12 +286,34 @@ impl Gateway {
     }
 
     /// The flow's destination resolved (once), or an IP destination as is.
+    ///
+    /// A name that no rule allowed, only pending on `cidr` allow rules, and
+    /// that gets no address is a denial (`default/unresolved`: the client
+    /// is told 403, SOCKS5 `0x02`), not a resolver failure: nothing allowed
+    /// it. A name some rule allowed keeps its allow and fails on the
+    /// resolver's side (`error_kind: resolve`).
     pub async fn resolve(&self, flow: &Flow) -> Result<Vec<IpAddr>, Refusal> {
         let Some(dest) = &flow.dest else {
             return Err(Refusal::Internal("dial before target".into()));
         };
-        self.until_stopped(async { self.dialer.resolve(dest).await.map_err(refusal_of) })
-            .await
+        let resolved = self.until_stopped(async { Ok(self.dialer.resolve(dest).await) });
+        match resolved.await? {
+            Ok(addrs) => Ok(addrs),
+            Err(DialError::Resolve { host, msg }) => match flow.decision() {
+                Some(d)
+                    if d.pending == Pending::CidrAllow
+                        && d.verdict == Verdict::Deny
+                        && d.enforced =>
+                {
+                    let why = format!(
+                        "{host} did not resolve ({msg}), so no address could fall in a cidr allow rule"
+                    );
+                    Err(Refusal::Denied(Box::new(d.deny_with(ids::UNRESOLVED, why))))
+                }
+                _ => Err(Refusal::Resolve { host, msg }),
+            },
+            Err(e) => Err(refusal_of(e)),
+        }
     }
 
     /// `work`, unless the drain deadline passes first: then the flow is

@@ -21,8 +21,16 @@ pub enum Refusal {
     InvalidDestination(String),
     /// No zone matches without credentials, and some zone names users.
     AuthRequired(String),
-    /// Credentials were given and did not verify (`default/auth-failed`).
-    AuthFailed,
+    /// Credentials were given and did not verify (`default/auth-failed`),
+    /// or were refused unchecked because their source failed too often.
+    AuthFailed {
+        /// The user name that was tried (None: the credentials could not
+        /// be read). Never the password.
+        user: Option<String>,
+        /// Set when the source is throttled: how long until it may try
+        /// again (HTTP 429 with `Retry-After`).
+        retry_after: Option<Duration>,
+    },
     /// The policy (or the guard) denied it.
     Denied(Box<Decision>),
     /// An inspector denied it (`guard/sni-mismatch`, `inspect/...`).
@@ -81,9 +89,9 @@ impl Refusal {
     /// The side that failed; `None` for a policy decision (nobody failed).
     pub fn side(&self) -> Option<Side> {
         match self {
-            Refusal::BadRequest(_) | Refusal::InvalidDestination(_) | Refusal::AuthFailed => {
-                Some(Side::Client)
-            }
+            Refusal::BadRequest(_)
+            | Refusal::InvalidDestination(_)
+            | Refusal::AuthFailed { .. } => Some(Side::Client),
             Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => None,
             Refusal::Resolve { .. }
             | Refusal::Connect { .. }
@@ -99,9 +107,9 @@ impl Refusal {
     /// The record's `error_kind`.
     pub fn error_kind(&self) -> Option<ErrorKind> {
         Some(match self {
-            Refusal::BadRequest(_) | Refusal::InvalidDestination(_) | Refusal::AuthFailed => {
-                ErrorKind::Client
-            }
+            Refusal::BadRequest(_)
+            | Refusal::InvalidDestination(_)
+            | Refusal::AuthFailed { .. } => ErrorKind::Client,
             Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => {
                 return None;
             }
@@ -120,7 +128,16 @@ impl Refusal {
         match self {
             Refusal::BadRequest(why) | Refusal::AuthRequired(why) => why.clone(),
             Refusal::InvalidDestination(why) => format!("invalid destination: {why}"),
-            Refusal::AuthFailed => "proxy authentication failed".to_owned(),
+            Refusal::AuthFailed {
+                retry_after: None, ..
+            } => "proxy authentication failed".to_owned(),
+            Refusal::AuthFailed {
+                retry_after: Some(wait),
+                ..
+            } => format!(
+                "too many failed proxy logins from this address; refused unchecked for {} s more",
+                wait.as_secs().max(1)
+            ),
             Refusal::Denied(d) => d.reason.clone(),
             Refusal::Inspected { reason, .. } => reason.clone(),
             Refusal::Resolve { host, msg } => format!("resolve {host}: {msg}"),
@@ -158,13 +175,21 @@ impl Refusal {
                 );
                 flow.apply(&d);
             }
-            Refusal::AuthFailed => {
+            Refusal::AuthFailed { user, .. } => {
+                let reason = match user {
+                    Some(u) => format!("{} (user {})", self.message(), quote_user(u)),
+                    None => format!(
+                        "{} (credentials not in the form user:password)",
+                        self.message()
+                    ),
+                };
                 let d = flow
                     .policy()
-                    .invalid_destination(flow.src().ip(), None, self.message());
+                    .invalid_destination(flow.src().ip(), None, reason.clone());
                 flow.apply(&d);
-                flow.set_rule(ids::AUTH_FAILED, self.message());
+                flow.set_rule(ids::AUTH_FAILED, reason);
                 flow.clear_zone();
+                flow.user = None;
             }
             Refusal::Denied(d) => flow.apply(d),
             Refusal::Inspected { rule, reason } => flow.set_rule(rule, reason.clone()),
@@ -185,6 +210,16 @@ impl Refusal {
             flow.error_kind = Some(kind);
         }
     }
+}
+
+/// An attempted user name for a record: quoted, control characters
+/// escaped, at most 64 characters (it came from the network).
+fn quote_user(u: &str) -> String {
+    let mut out: String = u.chars().take(64).flat_map(char::escape_debug).collect();
+    if u.chars().count() > 64 {
+        out.push('…');
+    }
+    format!("\"{out}\"")
 }
 
 impl std::fmt::Display for Refusal {

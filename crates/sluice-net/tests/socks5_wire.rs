@@ -182,7 +182,13 @@ fn replies() {
         (connect(io::ErrorKind::NetworkUnreachable), 3),
         (connect(io::ErrorKind::PermissionDenied), 1),
         (Refusal::InvalidDestination("x".into()), 2),
-        (Refusal::AuthFailed, 2),
+        (
+            Refusal::AuthFailed {
+                user: Some("u".into()),
+                retry_after: None,
+            },
+            2,
+        ),
         (Refusal::Draining, 1),
     ];
     for (e, code) in table {

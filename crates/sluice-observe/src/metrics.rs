@@ -46,6 +46,7 @@ pub struct Metrics {
     dns_rate_limited: Counter,
     fd_exhausted: Family<ListenerLabel, Counter>,
     pool_idle: Gauge,
+    auth_failures: Family<ListenerLabel, Counter>,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -222,6 +223,12 @@ impl Metrics {
             "Idle keep-alive origin connections in the HTTP proxy's pool",
             pool_idle.clone(),
         );
+        let auth_failures = Family::default();
+        registry.register(
+            "sluice_auth_failures",
+            "Failed proxy logins (wrong or unreadable credentials, and attempts refused unchecked from a throttled source), by listener",
+            auth_failures.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -242,6 +249,7 @@ impl Metrics {
             dns_rate_limited,
             fd_exhausted,
             pool_idle,
+            auth_failures,
         }
     }
 
@@ -249,6 +257,16 @@ impl Metrics {
     /// file descriptor, in `sluice_fd_exhausted_total{listener}`.
     pub fn fd_exhausted(&self, listener: Listener) {
         self.fd_exhausted
+            .get_or_create(&ListenerLabel {
+                listener: listener.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed proxy login on `listener` in
+    /// `sluice_auth_failures_total{listener}`.
+    pub fn auth_failed(&self, listener: Listener) {
+        self.auth_failures
             .get_or_create(&ListenerLabel {
                 listener: listener.as_str(),
             })

@@ -284,7 +284,14 @@ fn curl_proxy_user_right_wrong_and_missing() {
                 ("verdict", "deny".into()),
                 ("enforced", true.into()),
                 ("rule", "default/auth-failed".into()),
-                ("reason", "proxy authentication failed".into()),
+                (
+                    "reason",
+                    format!(
+                        "proxy authentication failed (user \"{}\")",
+                        who.split(':').next().unwrap()
+                    )
+                    .into(),
+                ),
                 ("user", Value::Null),
                 ("dst_port", Value::Null),
             ],

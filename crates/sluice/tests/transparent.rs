@@ -815,3 +815,169 @@ fn every_listener_gives_the_same_decision_and_record() {
         if socks5 { ", socks5" } else { "" }
     );
 }
+
+// === connections that did not come through a redirect ===
+
+/// A client that connects to the transparent port itself (no redirect, so
+/// no original destination) is reset at once, not left waiting on a
+/// connection that will never carry anything, and the attempt is recorded.
+#[test]
+fn a_connection_that_was_not_redirected_is_reset_and_recorded() {
+    use std::io::{ErrorKind, Read};
+    let sluice = Sluice::start(
+        BIN,
+        "listen:\n  http: 127.0.0.1:0\n  transparent: 127.0.0.1:0\nmode: enforce\n\
+         zones:\n  - name: local\n    sources: [127.0.0.0/8]\n    allow:\n      - host: allowed.test\n        ports: [80]\n",
+    );
+    let port = sluice.transparent.expect("transparent listener").port();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    // Nothing is sent first: unread bytes would make any close a reset
+    // (a client waiting for the server to speak first must see it too).
+    let mut buf = [0u8; 64];
+    let got = c.read(&mut buf);
+    let waited = started.elapsed();
+    match got {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset, read {n} bytes (0 = a plain close)"),
+    }
+    assert!(waited < Duration::from_secs(2), "reset took {waited:?}");
+    let rec = sluice.wait_record("the not-redirected connection", |r| {
+        r["listener"] == "transparent"
+    });
+    assert_eq!(rec["rule"], "default/not-redirected", "{rec}");
+    assert_eq!(rec["verdict"], "deny", "{rec}");
+    assert!(s(&rec["src"]).starts_with("127.0.0.1:"), "{rec}");
+}
+
+/// A namespace of this test's own beside the lab's (a container network on
+/// the gateway host), deleted on drop.
+struct ExtraNs(String);
+
+impl Drop for ExtraNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The ruleset is scoped to the LAN interface: a second interface on the
+/// gateway (a Docker bridge, a pod network) keeps forwarding under it,
+/// while everything forwarded from the LAN is still dropped; redirected
+/// TCP needs no forwarding at all; and a LAN client that connects to the
+/// listener itself is reset at once (and recorded), not left hanging.
+#[test]
+fn the_ruleset_is_scoped_to_the_lan_and_needs_no_forwarding() {
+    let Some(lab) = lab("") else { return };
+    // A "container" namespace behind a second interface of the gateway.
+    let ctr = ExtraNs(format!("slx-{}", lab.ns.gw.trim_start_matches("slg-")));
+    must(&["ip", "netns", "add", &ctr.0]);
+    let g = lab.ns.gw.as_str();
+    must(&[
+        "ip", "-n", g, "link", "add", "ctr0", "type", "veth", "peer", "name", "eth0", "netns",
+        &ctr.0,
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        g,
+        "addr",
+        "add",
+        "203.0.113.1/24",
+        "dev",
+        "ctr0",
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        &ctr.0,
+        "addr",
+        "add",
+        "203.0.113.2/24",
+        "dev",
+        "eth0",
+    ]);
+    for (ns, dev) in [
+        (g, "ctr0"),
+        (ctr.0.as_str(), "eth0"),
+        (ctr.0.as_str(), "lo"),
+    ] {
+        must(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+    must(&[
+        "ip",
+        "-n",
+        &ctr.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "203.0.113.1",
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        &lab.ns.origin,
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "198.51.100.1",
+    ]);
+    lab.load_ruleset();
+
+    // The container's forwarded traffic passes (TCP and UDP alike) ...
+    let script = netns_dir().join("client.py").display().to_string();
+    let ca = lab.certs.ca.display().to_string();
+    let from_ctr = |args: &[&str]| -> Value {
+        let mut cmd = vec!["ip", "netns", "exec", &ctr.0, "python3", &script];
+        cmd.extend(args);
+        cmd.extend(["--ca", &ca, "--timeout", "3"]);
+        let out = output_within(Command::new(cmd[0]).args(&cmd[1..]), CMD_TIMEOUT);
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    };
+    let before = lab.sluice.records().len();
+    let tcp = from_ctr(&["tcp", "198.51.100.10:7000", "--payload", "ping"]);
+    assert_eq!(
+        tcp["body"], "echo 198.51.100.10:7000 ping",
+        "the ruleset broke forwarding for a second interface: {tcp}"
+    );
+    let udp = from_ctr(&["udp", "198.51.100.10:443"]);
+    assert_eq!(udp["body"], "pong", "{udp}");
+    assert_eq!(
+        lab.sluice.records().len(),
+        before,
+        "container traffic was redirected"
+    );
+    // ... while the LAN's is still dropped.
+    let udp = lab.client(&["udp", "198.51.100.10:443"]);
+    assert_eq!(udp["ok"], false, "UDP from the LAN was forwarded: {udp}");
+
+    // With forwarding off, redirected TCP still goes through Sluice.
+    for knob in ["net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"] {
+        let mut cmd = lab.ns.exec(g);
+        cmd.extend(["sysctl", "-qw", knob]);
+        must(&cmd);
+    }
+    let (seen, rec) = lab.exchange(&["tcp", "198.51.100.10:7000", "--payload", "ping"]);
+    assert_eq!(seen["body"], "echo 198.51.100.10:7000 ping", "{seen}");
+    assert_eq!(rec["rule"], "origin-lift", "{rec}");
+    let (seen, rec) = lab.exchange(&["tls", "198.51.100.10:443", "--sni", "allowed.test"]);
+    assert_eq!(seen["body"]["sni"], "allowed.test", "{seen}");
+    assert_eq!(rec["verdict"], "allow", "{rec}");
+
+    // A LAN client that connects to the listener itself is reset at once.
+    let port = lab.sluice.transparent.unwrap().port().to_string();
+    let started = std::time::Instant::now();
+    let (seen, rec) = lab.exchange(&["tcp", &format!("{GW_LAN}:{port}"), "--payload", "x"]);
+    let waited = started.elapsed();
+    let err = format!("{} {}", s(&seen["error"]), s(&seen["recv_error"]));
+    assert!(err.to_lowercase().contains("reset"), "not a reset: {seen}");
+    assert!(waited < Duration::from_secs(3), "took {waited:?}: {seen}");
+    assert_eq!(rec["rule"], "default/not-redirected", "{rec}");
+    assert!(lab.rule_packets("input", "not redirected") > 0);
+}

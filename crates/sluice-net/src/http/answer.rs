@@ -25,7 +25,13 @@ pub(super) fn refusal(r: &Refusal, flow: &Flow) -> Response<ProxyBody> {
             &format!("Bad destination: {why}\n"),
         ),
         Refusal::AuthRequired(reason) => auth_required(ids::NO_ZONE, reason),
-        Refusal::AuthFailed => auth_required(ids::AUTH_FAILED, &r.message()),
+        Refusal::AuthFailed {
+            retry_after: None, ..
+        } => auth_required(ids::AUTH_FAILED, &r.message()),
+        Refusal::AuthFailed {
+            retry_after: Some(wait),
+            ..
+        } => throttled(*wait, &r.message()),
         Refusal::Denied(_) | Refusal::Inspected { .. } => denied(flow),
         Refusal::Resolve { host, .. } => text(
             StatusCode::BAD_GATEWAY,
@@ -90,6 +96,23 @@ fn auth_required(rule: &'static str, reason: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("Basic realm=\"sluice\""),
     );
     h.insert("sluice-rule", HeaderValue::from_static(rule));
+    h.insert("sluice-reason", header_value(reason));
+    resp
+}
+
+/// 429 to a source that failed to log in too often: it is not asked for
+/// credentials again (no `Proxy-Authenticate`) until `Retry-After`.
+fn throttled(wait: std::time::Duration, reason: &str) -> Response<ProxyBody> {
+    let mut resp = close(text(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too many requests: {reason}\n"),
+    ));
+    let h = resp.headers_mut();
+    h.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs().max(1)),
+    );
+    h.insert("sluice-rule", HeaderValue::from_static(ids::AUTH_FAILED));
     h.insert("sluice-reason", header_value(reason));
     resp
 }

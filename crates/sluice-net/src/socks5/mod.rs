@@ -181,7 +181,12 @@ async fn login(gw: &Gateway, hs: &mut Handshake, flow: &mut Flow) -> Result<(), 
     if flow.user.is_none() {
         // Credentials that name no user are a failed login, not "none".
         let _ = hs.send(&[AUTH_VERSION, 0x01]).await;
-        return Err(End::Refused(Refusal::AuthFailed, None));
+        let user = Some(String::from_utf8_lossy(&creds.user).into_owned());
+        let r = Refusal::AuthFailed {
+            user,
+            retry_after: None,
+        };
+        return Err(End::Refused(r, None));
     }
     hs.send(&[AUTH_VERSION, 0x00])
         .await

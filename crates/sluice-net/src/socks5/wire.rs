@@ -275,7 +275,7 @@ pub fn reply_for(r: &Refusal) -> Reply {
         Refusal::Denied(_)
         | Refusal::Inspected { .. }
         | Refusal::AuthRequired(_)
-        | Refusal::AuthFailed
+        | Refusal::AuthFailed { .. }
         | Refusal::InvalidDestination(_) => Reply::NotAllowed,
         Refusal::Timeout(_) | Refusal::NoResponse(_) => Reply::TtlExpired,
         Refusal::Connect { kind, .. } => match kind {

@@ -24,7 +24,8 @@
 //!    addresses.
 //!
 //! A denied `http-transparent` request is answered `403` with the rule; other
-//! denied flows are closed. A ClientHello that is not well-formed is denied
+//! denied flows are closed. A connection that did not come through a
+//! redirect is recorded (`default/not-redirected`) and reset. A ClientHello that is not well-formed is denied
 //! in enforce mode (report and open zones judge it as `tcp`). Only the first
 //! request of a plain HTTP connection is judged: later requests on it reach
 //! the same, already checked, address.
@@ -77,11 +78,11 @@ async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, s
         Ok(a) if Some(a) != stream.local_addr().ok() => a,
         Ok(_) => {
             let why = "not redirected: the client connected to the transparent listener itself";
-            return not_redirected(&gw, flow, why.to_owned());
+            return not_redirected(&gw, stream, flow, why.to_owned());
         }
         Err(e) => {
             let why = format!("no original destination (SO_ORIGINAL_DST: {e}); not redirected?");
-            return not_redirected(&gw, flow, why);
+            return not_redirected(&gw, stream, flow, why);
         }
     };
     flow.original_dst = Some(original);
@@ -172,14 +173,21 @@ async fn peek(s: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> Peeked {
     }
 }
 
-/// Records a connection that never came through a redirect and closes it.
-fn not_redirected(gw: &Gateway, mut flow: Flow, why: String) {
+/// Records a connection that never came through a redirect and resets it:
+/// with `SO_LINGER` 0 the close sends a RST, so the client learns at once
+/// that nothing is there instead of waiting on a connection that will
+/// never carry anything.
+fn not_redirected(gw: &Gateway, stream: TcpStream, mut flow: Flow, why: String) {
     let d = flow
         .policy()
         .invalid_destination(flow.src().ip(), None, String::new())
         .deny_with(ids::NOT_REDIRECTED, why);
     flow.apply(&d);
     gw.record(flow);
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!(error = %e, "SO_LINGER 0 on a not-redirected connection");
+    }
+    drop(stream);
 }
 
 /// Records a denial; plain HTTP clients get a `403` naming the rule.
