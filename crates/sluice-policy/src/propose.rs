@@ -221,6 +221,14 @@ impl Learner {
             if base.zones.iter().any(|z| &z.name == name) || !learned(name) {
                 continue;
             }
+            if !zone_name_ok(name) {
+                let _ = writeln!(
+                    out,
+                    "  # a zone named {} was seen: not a zone name, left out",
+                    q(name)
+                );
+                continue;
+            }
             let sources: Vec<IpNet> = seen
                 .sources
                 .iter()
@@ -272,6 +280,16 @@ pub fn wildcard_base(name: &str) -> Option<&str> {
     let rd = psl::domain_str(name)?;
     let suffix = psl::suffix_str(rd)?;
     (rd != name && suffix != rd && name.ends_with(&format!(".{rd}"))).then_some(rd)
+}
+
+/// `[a-z0-9_-]{1,63}` and not reserved (DESIGN.md "Zones"): a name read
+/// from a record is checked before it is written back as a zone.
+fn zone_name_ok(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !["guard", "default", "inspect"].contains(&name)
 }
 
 /// A YAML double-quoted string (JSON's escaping is valid YAML).
@@ -336,7 +354,7 @@ fn seen_ports(ports: &BTreeSet<u16>) -> Ports {
 }
 
 fn zone_head(out: &mut String, z: &Zone, sources: Option<&[IpNet]>) {
-    let _ = writeln!(out, "  - name: {}", z.name);
+    let _ = writeln!(out, "  - name: {}", q(&z.name));
     if let Some(s) = sources {
         let list: Vec<String> = s.iter().map(|n| q(&n.to_string())).collect();
         let _ = writeln!(out, "    sources: [{}]", list.join(", "));

@@ -392,7 +392,7 @@ fn learn_proposes_a_valid_least_privilege_policy_from_a_mixed_day() {
         "{proposal}"
     );
     assert!(
-        proposal.contains("  - name: web\n    sources: [\"10.0.1.0/24\"]\n    mode: report\n"),
+        proposal.contains("  - name: \"web\"\n    sources: [\"10.0.1.0/24\"]\n    mode: report\n"),
         "{proposal}"
     );
     assert!(
@@ -444,7 +444,21 @@ fn learn_proposes_a_valid_least_privilege_policy_from_a_mixed_day() {
 #[test]
 fn learn_zone_min_count_and_the_default_base() {
     let current = scratch_file("rollout-current-2.yaml", CURRENT);
-    let records = write_records("rollout-day-2.jsonl", &day());
+    // A record naming a zone that is no zone name (it would break the file).
+    let mut records = day();
+    records.push(rec(
+        Some("ops\n    allow: any"),
+        "10.3.3.3",
+        Some("a.example.org"),
+        Some(PUB),
+        443,
+        "allow",
+        true,
+        "x",
+        (0, 0),
+        17,
+    ));
+    let records = write_records("rollout-day-2.jsonl", &records);
     let c = current.to_str().unwrap();
     let r = records.to_str().unwrap();
 
@@ -467,16 +481,22 @@ fn learn_zone_min_count_and_the_default_base() {
     let p = stdout(&out);
     assert!(
         p.contains(
-            "  - name: local\n    sources: [\"127.0.0.0/8\", \"::1/128\"]\n    mode: report\n"
+            "  - name: \"local\"\n    sources: [\"127.0.0.0/8\", \"::1/128\"]\n    mode: report\n"
         ),
         "{p}"
     );
     assert!(
-        p.contains("  - name: ci\n    sources: [\"10.0.2.9/32\"]\n"),
+        p.contains("  - name: \"ci\"\n    sources: [\"10.0.2.9/32\"]\n"),
         "{p}"
     );
     assert!(
-        p.contains("  - name: web\n    sources: [\"10.0.1.7/32\"]\n"),
+        p.contains("  - name: \"web\"\n    sources: [\"10.0.1.7/32\"]\n"),
+        "{p}"
+    );
+    assert!(
+        p.contains(
+            "  # a zone named \"ops\\n    allow: any\" was seen: not a zone name, left out\n"
+        ),
         "{p}"
     );
     let file = scratch_file("rollout-proposal-default.yaml", &p);
