@@ -619,3 +619,52 @@ fn replay_reports_exact_changes_and_exit_codes() {
         stderr(&out)
     );
 }
+
+/// The loop on records the real gateway wrote: traffic through `sluice run`
+/// (a lifted loopback origin by name and by address, a guard denial, a bad
+/// request), then `learn` on its flow log, `validate`, and `replay`.
+#[test]
+fn learn_and_replay_read_the_real_flow_log() {
+    use std::time::Duration;
+
+    use sluice_testkit::{Origin, Sluice, curl, send_raw};
+
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let yaml = format!(
+        "zones:\n  - name: dev\n    sources: [127.0.0.0/8]\n    mode: report\n    allow:\n      - cidr: 127.0.0.1/32\n        ports: [{port}]\n"
+    );
+    let s = Sluice::start(env!("CARGO_BIN_EXE_sluice"), &yaml);
+    let proxy = s.proxy_url();
+    for url in [
+        format!("http://localhost:{port}/bytes/10"),
+        format!("http://127.0.0.1:{port}/bytes/20"),
+    ] {
+        assert_eq!(curl(&["-x", &proxy, &url]).status, 200, "{url}");
+    }
+    let denied = curl(&["-x", &proxy, &format!("http://127.0.0.2:{port}/")]);
+    assert_eq!(denied.status, 403);
+    let bad = send_raw(s.http, b"NONSENSE\r\n\r\n", Duration::from_secs(10));
+    assert_eq!(bad.status, Some(400));
+    let recs = s.wait_records(4);
+    assert_eq!(recs.len(), 4, "{recs:#?}");
+
+    let flows = s.flows.to_str().unwrap();
+    let out = learn(&["-c", s.config.to_str().unwrap(), flows]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let p = stdout(&out);
+    // The name, and its loopback address as a cidr rule (a host rule never
+    // lifts the guard); nothing from the guard denial or the bad request.
+    assert_eq!(rule_values(&p, "host"), ["localhost"], "{p}");
+    assert_eq!(rule_values(&p, "cidr"), ["127.0.0.1/32"], "{p}");
+    assert!(p.contains("# 4 records, 2 learned from; not learned from: 0 dns queries, 1 guard denials, 0 enforced denials, 0 would-be denials by a deny rule, 1 without a decision."), "{p}");
+    let file = scratch_file("rollout-live-proposal.yaml", &p);
+    let v = sluice(["validate".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    assert_eq!(code(&v), 0, "{}\n{p}", stderr(&v));
+
+    let (exit, report) = replay_json(&file, &s.flows);
+    assert_eq!(exit, 0, "{report:#}");
+    assert_eq!(report["judged"], 3, "{report:#}");
+    assert_eq!(report["not_replayed"]["no_decision"], 1, "{report:#}");
+    assert_eq!(report["newly_denied"], json!([]), "{report:#}");
+}
