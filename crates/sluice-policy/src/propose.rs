@@ -35,6 +35,17 @@ use crate::{
 /// written as one `*.domain` rule.
 pub const WILDCARD_MIN_NAMES: usize = 3;
 
+/// Distinct destinations and sources tallied at most (all zones together):
+/// memory stays bounded (about 200 bytes each) whatever the records hold.
+pub const MAX_DISTINCT: usize = 500_000;
+
+/// More distinct destinations or sources than [`MAX_DISTINCT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "more than {0} distinct destinations and sources: learn one zone at a time (--zone) or from fewer records"
+)]
+pub struct TooMany(pub usize);
+
 /// Where a flow went.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
@@ -84,10 +95,18 @@ struct ZoneSeen {
 }
 
 /// Observations tallied per zone, turned into a file by [`Learner::render`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Learner {
     zones: BTreeMap<String, ZoneSeen>,
     observed: u64,
+    distinct: usize,
+    limit: usize,
+}
+
+impl Default for Learner {
+    fn default() -> Self {
+        Learner::with_limit(MAX_DISTINCT)
+    }
 }
 
 /// What to render and from which base.
@@ -150,10 +169,26 @@ impl Tally {
 // === impl Learner ===
 
 impl Learner {
-    /// Tally one flow.
-    pub fn observe(&mut self, o: &Observation<'_>) {
+    /// A learner that holds at most `limit` distinct destinations and
+    /// sources.
+    pub fn with_limit(limit: usize) -> Learner {
+        Learner {
+            zones: BTreeMap::new(),
+            observed: 0,
+            distinct: 0,
+            limit,
+        }
+    }
+
+    /// Tally one flow; refused once the limit of distinct destinations and
+    /// sources would be passed (one flow adds at most 3).
+    pub fn observe(&mut self, o: &Observation<'_>) -> Result<(), TooMany> {
+        if self.distinct + 3 > self.limit {
+            return Err(TooMany(self.limit));
+        }
         self.observed += 1;
         let z = self.zones.entry(o.zone.to_owned()).or_default();
+        let before = z.sources.len() + z.names.len() + z.addrs.len();
         z.sources.insert(guard::canonical(o.src));
         match &o.target {
             Target::Name(name, addr) => {
@@ -166,6 +201,8 @@ impl Learner {
             }
             Target::Ip(ip) => z.addrs.entry(guard::canonical(*ip)).or_default().add(o),
         }
+        self.distinct += z.sources.len() + z.names.len() + z.addrs.len() - before;
+        Ok(())
     }
 
     /// Flows tallied.
@@ -541,6 +578,32 @@ mod tests {
         assert_eq!(wildcard_base("api.github.com"), Some("github.com"));
         assert_eq!(wildcard_base("github.com"), None);
         assert_eq!(wildcard_base("intranet"), None);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut l = Learner::with_limit(10);
+        let names: Vec<String> = (0..20).map(|i| format!("n{i}.example.com")).collect();
+        let mut refused = None;
+        for (i, n) in names.iter().enumerate() {
+            let o = Observation {
+                zone: "z",
+                src: IpAddr::from([10, 0, 0, 1]),
+                target: Target::Name(n.clone(), None),
+                port: 443,
+                bytes_out: 0,
+                bytes_in: 0,
+                start: "a",
+                end: "b",
+            };
+            if l.observe(&o).is_err() {
+                refused = Some(i);
+                break;
+            }
+        }
+        // One source and 7 names fill 8; the next could pass 10.
+        assert_eq!(refused, Some(7));
+        assert_eq!(l.observed(), 7);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! - never DNS records (`listener: dns`): a query is not a connection, and a
 //!   name only ever resolved needs no allow rule to be resolved again.
 
-use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use sluice_observe::{FlowRecord, Listener};
@@ -68,22 +68,31 @@ fn learn(
     let base = Policy::load(&text, &base_name).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut learner = Learner::default();
     let mut skipped = Skipped::default();
-    let mut seen_zones = BTreeSet::new();
+    let mut zone_seen = false;
+    let mut too_many = None;
     let total = records::for_each(paths, |r| {
-        if let Some(z) = &r.zone {
-            seen_zones.insert(z.clone());
+        if too_many.is_some() {
+            return;
         }
+        zone_seen |= zone.is_some() && r.zone.as_deref() == zone;
         if zone.is_some_and(|z| r.zone.as_deref() != Some(z)) {
             skipped.other_zone += 1;
             return;
         }
         match evidence(r) {
-            Ok(o) => learner.observe(&o),
+            Ok(o) => {
+                if let Err(e) = learner.observe(&o) {
+                    too_many = Some(e);
+                }
+            }
             Err(why) => why(&mut skipped),
         }
     })?;
+    if let Some(e) = too_many {
+        bail!("{e}");
+    }
     if let Some(z) = zone {
-        if !seen_zones.contains(z) && !base.config().zones.iter().any(|bz| bz.name == z) {
+        if !zone_seen && !base.config().zones.iter().any(|bz| bz.name == z) {
             bail!("zone `{z}` is neither in the base configuration nor in the records");
         }
     }
