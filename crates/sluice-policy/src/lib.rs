@@ -13,7 +13,9 @@
 //! - `dest`: client-written destinations to normalised names and addresses.
 //! - `guard`: the special-address table and the rule that lifts it.
 //! - `matcher`: host and CIDR lookup structures.
-//! - `policy`: compilation, zone selection, `decide` and `check_addresses`.
+//! - `policy`: compilation, zone selection, `decide` and `check_addresses`
+//!   (and `replay`: a recorded flow judged again, never resolving).
+//! - `propose`: a least-privilege allowlist from observed flows (`sluice learn`).
 
 pub mod dest;
 pub mod guard;
@@ -21,6 +23,7 @@ pub mod load;
 mod matcher;
 pub mod model;
 pub mod policy;
+pub mod propose;
 
 pub use dest::{DestError, Destination, parse_port};
 pub use load::{

@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod dns;
+mod replay;
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]

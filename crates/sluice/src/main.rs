@@ -23,7 +23,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod dns;
+mod learn;
 mod listeners;
+mod records;
+mod replay;
 mod run;
 
 /// Sluice: an egress gateway. What is not explicitly allowed does not leave.
@@ -73,6 +76,36 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration file.
     Schema,
+    /// Propose a least-privilege policy (YAML) from recorded flows.
+    Learn {
+        /// The current configuration: listeners, users and each zone's
+        /// sources, users, mode and deny rules are kept from it (default:
+        /// the embedded default).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Learn only this zone; the others are kept as they are.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Leave out rules seen in fewer flows than this.
+        #[arg(long, default_value_t = 1)]
+        min_count: u64,
+        /// Flow logs (JSON lines).
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+    },
+    /// Judge recorded flows under a new policy and report what would change:
+    /// exit 0 nothing, 1 something, 2 usage or configuration error.
+    Replay {
+        /// The new configuration.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Flow logs (JSON lines).
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +140,17 @@ fn main() -> ExitCode {
             json,
             &target,
         ),
+        Command::Learn {
+            config,
+            zone,
+            min_count,
+            records,
+        } => learn::main(&records, config.as_ref(), zone.as_deref(), min_count),
+        Command::Replay {
+            config,
+            json,
+            records,
+        } => replay::main(&config, &records, json),
         Command::Schema => {
             match serde_json::to_string_pretty(&sluice_policy::schema()) {
                 Ok(s) => println!("{s}"),
