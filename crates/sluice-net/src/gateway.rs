@@ -12,7 +12,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use sluice_observe::{Listener, Metrics, Protocol, RecordSink};
+use sluice_observe::{DialFailure, Listener, Metrics, Protocol, RecordSink};
 use sluice_policy::{Decision, Destination, Pending, Request as PolicyRequest, model::Limits};
 use sluice_serve::{ConnLimiter, Drain};
 use tokio::net::TcpStream;
@@ -62,7 +62,16 @@ impl Gateway {
             current: ArcSwap::from_pointee(version),
             dialer,
             auth: Authenticator::new(),
-            limiter: ConnLimiter::new(limits.max_connections, limits.max_connections_per_source),
+            limiter: {
+                let m = metrics.clone();
+                ConnLimiter::with_hook(
+                    limits.max_connections,
+                    limits.max_connections_per_source,
+                    move |full| {
+                        m.connection_rejected(full == sluice_serve::limits::Full::PerSource)
+                    },
+                )
+            },
             limits,
             drain: Arc::new(Drain::new()),
             recorder,
@@ -272,7 +281,10 @@ impl Gateway {
         let Some(dest) = &flow.dest else {
             return Err(Refusal::Internal("dial before target".into()));
         };
-        self.dialer.resolve(dest).await.map_err(refusal_of)
+        self.dialer.resolve(dest).await.map_err(|e| {
+            self.count_dial_failure(&e);
+            refusal_of(e)
+        })
     }
 
     /// Checks and connects to addresses already resolved; `started` is
@@ -320,9 +332,23 @@ impl Gateway {
                 if matches!(e, DialError::NoDescriptors { .. }) {
                     self.metrics.fd_exhausted(flow.listener());
                 }
+                self.count_dial_failure(&e);
                 Err(refusal_of(e))
             }
         }
+    }
+
+    /// Counts a failed dial in `sluice_dial_failures_total{kind}` (a denial
+    /// of every address is a decision, not a failure).
+    fn count_dial_failure(&self, e: &DialError) {
+        let kind = match e {
+            DialError::Resolve { .. } => DialFailure::Resolve,
+            DialError::Connect { .. } => DialFailure::Connect,
+            DialError::Timeout(..) => DialFailure::Timeout,
+            DialError::NoDescriptors { .. } => DialFailure::NoDescriptors,
+            DialError::Denied(_) => return,
+        };
+        self.metrics.dial_failed(kind);
     }
 
     /// Whether a pooled connection to `peer` may carry this flow under the

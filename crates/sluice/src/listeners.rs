@@ -51,6 +51,19 @@ impl Listeners {
         self.dns.is_some()
     }
 
+    /// The proxy listeners that run (the DNS listener counts apart).
+    pub fn proxies(&self) -> Vec<sluice_observe::Listener> {
+        use sluice_observe::Listener;
+        [
+            (self.http.is_some(), Listener::Http),
+            (self.socks5.is_some(), Listener::Socks5),
+            (self.transparent.is_some(), Listener::Transparent),
+        ]
+        .into_iter()
+        .filter_map(|(on, l)| on.then_some(l))
+        .collect()
+    }
+
     /// The addresses bound, with what each is, in announcement order.
     fn bound(&self) -> Result<Vec<(&'static str, SocketAddr)>> {
         let mut out = Vec::new();

@@ -130,6 +130,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 
     let listeners = Listeners::bind(&config).await?;
     dialer.set_own_addrs(listeners.own_addrs()?);
+    let running = listeners.proxies();
+    let has_dns = listeners.has_dns();
+    metrics.declare_zones(&version.policy, &running, has_dns);
 
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -150,6 +153,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let gw = Arc::new(gw);
     let status = admin_status(&config, view, recorder.clone())?;
+    let declare = |policy: &Policy| metrics.declare_zones(policy, &running, has_dns);
     listeners.announce()?;
     describe_modes(&gw.version().policy);
     let tasks = listeners.serve(&gw, recorder, status.clone(), &config, grants)?;
@@ -157,10 +161,10 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP"),
+            _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP", &declare),
             _ = tick.tick() => {
                 if watch.changed() {
-                    reload(&gw, path.as_deref(), &config, &status, "file change");
+                    reload(&gw, path.as_deref(), &config, &status, "file change", &declare);
                 }
             }
             _ = usr1.recv() => {
@@ -302,6 +306,7 @@ fn reload(
     started_with: &Config,
     status: &crate::admin::Status,
     why: &str,
+    declare: &dyn Fn(&Policy),
 ) {
     let Some(path) = path else {
         tracing::info!(
@@ -324,6 +329,7 @@ fn reload(
                 );
             }
             let hash = v.policy.hash().clone();
+            declare(&v.policy);
             gw.reload(v);
             gw.metrics().reload_succeeded(&hash, SystemTime::now());
             if let Ok(mut e) = status.last_reload_error.lock() {

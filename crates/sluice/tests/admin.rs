@@ -223,8 +223,22 @@ fn metrics_count_exactly_what_passed() {
     assert_eq!(flow("requests", "web", "allow", true), 3.0, "{m:#?}");
     assert_eq!(flow("requests", "web", "deny", true), 2.0);
     assert_eq!(flow("requests", "lab", "deny", false), 1.0);
-    assert_eq!(flow("connections", "web", "allow", true), 2.0);
-    assert_eq!(flow("connections", "web", "deny", true), 1.0);
+    assert_eq!(flow("tunnels", "web", "allow", true), 2.0);
+    assert_eq!(flow("tunnels", "web", "deny", true), 1.0);
+    // Every HTTP answer is counted by class, as the records give them.
+    for class in 1..=5u64 {
+        let n = records
+            .iter()
+            .filter(|r| r["status"].as_u64().is_some_and(|s| s / 100 == class))
+            .count();
+        assert_eq!(
+            get(&format!(
+                r#"sluice_http_responses_total{{class="{class}xx"}}"#
+            )),
+            n as f64,
+            "{class}xx"
+        );
+    }
     assert_eq!(get(r#"sluice_rule_hits_total{rule="origin"}"#), 5.0);
     assert_eq!(get(r#"sluice_rule_hits_total{rule="blocked"}"#), 2.0);
     assert!(
@@ -312,6 +326,125 @@ fn metrics_count_exactly_what_passed() {
         }
     }
     assert!(queried >= 14, "{queried}");
+    // One instance variable filters every query; the policy panel shows
+    // the hash label, not the constant 1.
+    let vars = grafana["templating"]["list"].as_array().unwrap();
+    assert!(vars.iter().any(|v| v["name"] == "instance"), "{vars:?}");
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(expr.contains(r#"instance=~"$instance""#), "{expr}");
+        }
+    }
+    let policy = &grafana["panels"][0];
+    assert_eq!(policy["title"], "Policy");
+    assert_eq!(policy["options"]["reduceOptions"]["fields"], "/^hash$/");
+}
+
+/// Before any traffic, every zone × verdict series is there at 0, with
+/// the build and process families; then a failed login, a dial that
+/// fails to resolve and a connection past the per-source cap are counted.
+#[test]
+fn metrics_exist_from_start_and_count_failures() {
+    let origin = Origin::start("127.0.0.1");
+    let dns = FixtureDns::stub(&[]);
+    let hash = sluice_testkit::argon2_hash("right");
+    let staff = "zones:\n  - name: staff\n    users: [alice]\n    allow:\n      - host: nowhere.test\n        ports: [80]\n";
+    let yaml = format!(
+        "listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+         limits:\n  max_connections_per_source: 3\n\
+         users:\n  - name: alice\n    password_hash: \"{hash}\"\n{}",
+        policy(&origin, &dns).replace("zones:\n", staff)
+    );
+    let s = Sluice::start(BIN, &yaml);
+    let m = parse_metrics(&s.admin_get("/metrics").text());
+    for (listener, zone, verdict, enforced) in [
+        ("http", "web", "allow", true),
+        ("http", "web", "deny", true),
+        ("socks5", "web", "deny", true),
+        ("http", "lab", "deny", false),
+        ("socks5", "lab", "deny", false),
+        ("http", "staff", "allow", true),
+    ] {
+        let k = format!(
+            r#"sluice_tunnels_total{{enforced="{enforced}",listener="{listener}",verdict="{verdict}",zone="{zone}"}}"#
+        );
+        assert_eq!(m.get(&k), Some(&0.0), "{k} in {m:#?}");
+    }
+    let k = r#"sluice_requests_total{enforced="true",listener="http",verdict="deny",zone="web"}"#;
+    assert_eq!(m.get(k), Some(&0.0), "{m:#?}");
+    assert_eq!(m.get(r#"sluice_bytes_out_total{zone="lab"}"#), Some(&0.0));
+    for k in [
+        r#"sluice_dial_failures_total{kind="resolve"}"#,
+        r#"sluice_http_responses_total{class="4xx"}"#,
+        r#"sluice_connections_rejected_total{limit="max_connections_per_source"}"#,
+        r#"sluice_auth_failures_total{listener="socks5"}"#,
+    ] {
+        assert_eq!(m.get(k), Some(&0.0), "{k} in {m:#?}");
+    }
+    let build: Vec<_> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("sluice_build_info"))
+        .collect();
+    assert_eq!(build.len(), 1, "{build:?}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        build[0].0.contains(&format!(r#"version="{version}""#)) && build[0].0.contains("commit="),
+        "{build:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = m["process_start_time_seconds{}"];
+    assert!((now - started).abs() < 120.0, "{started} vs {now}");
+    assert!(m["process_open_fds{}"] >= 5.0, "listeners and stdio");
+    assert!(m["process_max_fds{}"] >= m["process_open_fds{}"]);
+    assert!(m["process_resident_memory_bytes{}"] > 1e6);
+    assert!(m.contains_key("process_cpu_seconds_total{}"), "{m:#?}");
+
+    // A wrong password, a name that does not resolve, and a fourth
+    // connection from one address past max_connections_per_source: 3.
+    let v4 = proxy_v4(&s);
+    let auth = "Proxy-Authorization: Basic YWxpY2U6d3Jvbmc=\r\n"; // alice:wrong
+    let r = send_raw(
+        v4,
+        format!("GET http://x.test/ HTTP/1.1\r\nHost: x.test\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
+        T,
+    );
+    assert_eq!(r.status, Some(407), "{}", r.text());
+    let good = "Proxy-Authorization: Basic YWxpY2U6cmlnaHQ=\r\n"; // alice:right
+    let r = send_raw(
+        v4,
+        format!("GET http://nowhere.test/ HTTP/1.1\r\nHost: nowhere.test\r\n{good}Connection: close\r\n\r\n")
+            .as_bytes(),
+        T,
+    );
+    assert_eq!(r.status, Some(502), "{}", r.text());
+    let held: Vec<_> = (0..3).map(|_| connect_with_timeout(v4, T)).collect();
+    assert!(poll_until(T, || s.metric(
+        r#"sluice_connections_rejected_total{limit="max_connections_per_source"}"#
+    ) >= 1.0
+        || {
+            // The fourth is closed at accept: the client reads EOF.
+            let mut c = connect_with_timeout(v4, T);
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = c.read(&mut [0u8; 1]);
+            false
+        }));
+    drop(held);
+    s.wait_records(2);
+    assert_eq!(
+        s.metric(r#"sluice_auth_failures_total{listener="http"}"#),
+        1.0
+    );
+    assert_eq!(
+        s.metric(r#"sluice_dial_failures_total{kind="resolve"}"#),
+        1.0
+    );
+    assert_eq!(s.metric(r#"sluice_http_responses_total{class="4xx"}"#), 1.0);
+    assert_eq!(s.metric(r#"sluice_http_responses_total{class="5xx"}"#), 1.0);
 }
 
 // === API ===
