@@ -92,13 +92,13 @@ impl Listeners {
     pub fn announce(&self) -> Result<()> {
         for (what, a) in self.bound()? {
             match what {
-                "http" => eprintln!("sluice: HTTP proxy listening on {a}"),
-                "admin" => eprintln!(
-                    "sluice: admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
-                ),
-                "transparent" => eprintln!("sluice: transparent listener on {a}"),
-                "socks5" => eprintln!("sluice: SOCKS5 proxy listening on {a}"),
-                _ => eprintln!("sluice: DNS listening on {a}"),
+                "http" => crate::log::line(&format!("HTTP proxy listening on {a}")),
+                "admin" => crate::log::line(&format!(
+                    "admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
+                )),
+                "transparent" => crate::log::line(&format!("transparent listener on {a}")),
+                "socks5" => crate::log::line(&format!("SOCKS5 proxy listening on {a}")),
+                _ => crate::log::line(&format!("DNS listening on {a}")),
             }
         }
         Ok(())
