@@ -38,10 +38,12 @@ pub use alert::{
     Severity,
 };
 pub use metrics::{ActiveTunnel, COMMIT, CONTENT_TYPE, DialFailure, LIMITS, Metrics};
-pub use record::{ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id};
+pub use record::{
+    ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id, rfc3339,
+};
 pub use recorder::{Detector, RecordSink, Recorder};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
 pub use view::{
-    BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, TopBy, TopEntry, Totals, TrafficBucket,
-    ViewLimits, ZoneTop,
+    BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, Sequenced, TopBy, TopEntry, Totals,
+    TrafficBucket, ViewLimits, ZoneTop,
 };

@@ -331,9 +331,7 @@ fn check(
     let miss = policy.port_miss(&decision, &dest, &addrs);
     if json {
         let mut v = decision_json(&dest.to_string(), port, &decision, check.as_ref());
-        if let Some(r) = &miss {
-            v["port_miss"] = serde_json::json!({"rule": r.id, "text": r.text});
-        }
+        add_port_miss(&mut v, &policy, &decision, &dest, &addrs);
         println!("{v}");
     } else {
         print_decision(false, &dest.to_string(), port, &decision, check.as_ref());
@@ -373,6 +371,20 @@ fn print_decision(
         for r in &c.rejected {
             println!("  address {}: rejected by {}: {}", r.addr, r.rule, r.reason);
         }
+    }
+}
+
+/// Adds `port_miss` (an allow rule that matches the destination but not
+/// the port) to a decision's JSON when there is one.
+fn add_port_miss(
+    v: &mut serde_json::Value,
+    policy: &Policy,
+    d: &sluice_policy::Decision,
+    dest: &Destination,
+    addrs: &[IpAddr],
+) {
+    if let Some(r) = policy.port_miss(d, dest, addrs) {
+        v["port_miss"] = serde_json::json!({"rule": r.id, "text": r.text});
     }
 }
 
