@@ -255,7 +255,9 @@ fn frame(out: &mut Vec<u8>, seq: u64, r: &FlowRecord, line: &mut Vec<u8>) {
     line.clear();
     r.write_json(line);
     // JSON never contains a raw newline: one `data:` line.
-    out.extend_from_slice(format!("id: {seq}\nevent: flow\ndata: ").as_bytes());
+    // Into the Vec directly: no String per record (writing to a Vec
+    // cannot fail).
+    let _ = std::io::Write::write_fmt(out, format_args!("id: {seq}\nevent: flow\ndata: "));
     out.extend_from_slice(line);
     out.extend_from_slice(b"\n\n");
 }
