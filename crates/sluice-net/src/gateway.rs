@@ -12,7 +12,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use sluice_observe::{Listener, Metrics, Protocol, RecordSink};
+use sluice_observe::{DialFailure, Listener, Metrics, Protocol, RecordSink};
 use sluice_policy::{
     Decision, Destination, Pending, Request as PolicyRequest, Verdict, ids, model::Limits,
 };
@@ -64,7 +64,16 @@ impl Gateway {
             current: ArcSwap::from_pointee(version),
             dialer,
             auth: Authenticator::new(),
-            limiter: ConnLimiter::new(limits.max_connections, limits.max_connections_per_source),
+            limiter: {
+                let m = metrics.clone();
+                ConnLimiter::with_hook(
+                    limits.max_connections,
+                    limits.max_connections_per_source,
+                    move |full| {
+                        m.connection_rejected(full == sluice_serve::limits::Full::PerSource)
+                    },
+                )
+            },
             limits,
             drain: Arc::new(Drain::new()),
             recorder,
@@ -200,8 +209,9 @@ impl Gateway {
         self.identified(flow, outcome)
     }
 
-    /// The outcome into the flow; a failed login is counted in
-    /// `sluice_auth_failures_total{listener}` (throttled ones too).
+    /// The outcome into the flow; a failed login (throttled ones too) is
+    /// recorded with `default/auth-failed`, which the metrics count in
+    /// `sluice_auth_failures_total{listener}`.
     fn identified(&self, flow: &mut Flow, outcome: AuthOutcome) -> Result<(), Refusal> {
         let refusal = match outcome {
             AuthOutcome::Missing => return Ok(()),
@@ -222,7 +232,6 @@ impl Gateway {
                 retry_after: Some(retry_after),
             },
         };
-        self.metrics.auth_failed(flow.listener());
         Err(refusal)
     }
 
@@ -310,9 +319,16 @@ impl Gateway {
                     );
                     Err(Refusal::Denied(Box::new(d.deny_with(ids::UNRESOLVED, why))))
                 }
-                _ => Err(Refusal::Resolve { host, msg }),
+                _ => {
+                    let e = DialError::Resolve { host, msg };
+                    self.count_dial_failure(&e);
+                    Err(refusal_of(e))
+                }
             },
-            Err(e) => Err(refusal_of(e)),
+            Err(e) => {
+                self.count_dial_failure(&e);
+                Err(refusal_of(e))
+            }
         }
     }
 
@@ -377,9 +393,23 @@ impl Gateway {
                 if matches!(e, DialError::NoDescriptors { .. }) {
                     self.metrics.fd_exhausted(flow.listener());
                 }
+                self.count_dial_failure(&e);
                 Err(refusal_of(e))
             }
         }
+    }
+
+    /// Counts a failed dial in `sluice_dial_failures_total{kind}` (a denial
+    /// of every address is a decision, not a failure).
+    fn count_dial_failure(&self, e: &DialError) {
+        let kind = match e {
+            DialError::Resolve { .. } => DialFailure::Resolve,
+            DialError::Connect { .. } => DialFailure::Connect,
+            DialError::Timeout(..) => DialFailure::Timeout,
+            DialError::NoDescriptors { .. } => DialFailure::NoDescriptors,
+            DialError::Denied(_) => return,
+        };
+        self.metrics.dial_failed(kind);
     }
 
     /// Whether a pooled connection to `peer` may carry this flow under the

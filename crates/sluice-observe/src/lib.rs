@@ -15,6 +15,8 @@
 //!   that writes them (reopen for rotation, close for shutdown).
 //! - `metrics`: [`Metrics`], the `sluice_*` families and the small methods
 //!   the data path calls to update them.
+//! - `process`: the standard `process_*` metrics, read from `/proc` at
+//!   each scrape.
 //! - `view`: [`FlowView`], what the admin API shows in bounded memory: the
 //!   recent-flow and denial rings, rule hits, the live stream and windowed
 //!   aggregates by zone.
@@ -25,6 +27,7 @@
 
 mod alert;
 mod metrics;
+mod process;
 mod record;
 mod recorder;
 mod sink;
@@ -34,11 +37,13 @@ pub use alert::{
     Alert, AlertFilter, AlertKind, AlertRing, DEFAULT_RECENT_ALERTS, DEFAULT_WINDOW, MAX_FLOWS,
     Severity,
 };
-pub use metrics::{ActiveTunnel, CONTENT_TYPE, Metrics};
-pub use record::{ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id};
+pub use metrics::{ActiveTunnel, COMMIT, CONTENT_TYPE, DialFailure, LIMITS, Metrics};
+pub use record::{
+    ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id, rfc3339,
+};
 pub use recorder::{Detector, RecordSink, Recorder};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
 pub use view::{
-    BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, TopBy, TopEntry, Totals, TrafficBucket,
-    ViewLimits, ZoneTop,
+    BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, Sequenced, TopBy, TopEntry, Totals,
+    TrafficBucket, ViewLimits, ZoneTop,
 };

@@ -28,7 +28,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    connections: Family<FlowLabels, Counter>,
+    tunnels: Family<FlowLabels, Counter>,
     requests: Family<FlowLabels, Counter>,
     bytes_out: Family<ZoneLabel, Counter>,
     bytes_in: Family<ZoneLabel, Counter>,
@@ -36,6 +36,10 @@ pub struct Metrics {
     connect_duration: Histogram,
     active_tunnels: Family<ListenerLabel, Gauge>,
     pub(crate) flow_records_dropped: Counter,
+    dial_failures: Family<KindLabel, Counter>,
+    http_responses: Family<ClassLabel, Counter>,
+    connections_rejected: Family<LimitLabel, Counter>,
+    auth_failures: Family<ListenerLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
     config_last_reload_success: Gauge,
     config_loaded_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -46,7 +50,6 @@ pub struct Metrics {
     dns_rate_limited: Counter,
     fd_exhausted: Family<ListenerLabel, Counter>,
     pool_idle: Gauge,
-    auth_failures: Family<ListenerLabel, Counter>,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -88,6 +91,67 @@ struct ListenerLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// Why a dial failed, in `sluice_dial_failures_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialFailure {
+    /// The name did not resolve.
+    Resolve,
+    /// Every address refused or was unreachable.
+    Connect,
+    /// Resolve and connect did not finish within `limits.connect_timeout`.
+    Timeout,
+    /// Sluice had no file descriptor left for the socket.
+    NoDescriptors,
+}
+
+impl DialFailure {
+    const ALL: [DialFailure; 4] = [
+        DialFailure::Resolve,
+        DialFailure::Connect,
+        DialFailure::Timeout,
+        DialFailure::NoDescriptors,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DialFailure::Resolve => "resolve",
+            DialFailure::Connect => "connect",
+            DialFailure::Timeout => "timeout",
+            DialFailure::NoDescriptors => "no-descriptors",
+        }
+    }
+}
+
+/// Which connection cap refused a client, in
+/// `sluice_connections_rejected_total{limit}` (the configuration key's name).
+pub const LIMITS: [&str; 2] = ["max_connections", "max_connections_per_source"];
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The commit Sluice was built from (`build.rs`), or `unknown`.
+pub const COMMIT: &str = env!("SLUICE_COMMIT");
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -110,11 +174,24 @@ impl Metrics {
         let mut registry = Registry::default();
         // prometheus-client appends `_total` to counters and the unit
         // suffix given with `register_with_unit`.
-        let connections = Family::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: COMMIT,
+            })
+            .set(1);
         registry.register(
-            "sluice_connections",
+            "sluice_build_info",
+            "The version and commit Sluice was built from (value always 1)",
+            build_info,
+        );
+        registry.register_collector(Box::new(crate::process::ProcessCollector::new()));
+        let tunnels = Family::default();
+        registry.register(
+            "sluice_tunnels",
             "Tunnels (CONNECT, SOCKS5, transparent) by listener, zone and verdict",
-            connections.clone(),
+            tunnels.clone(),
         );
         let requests = Family::default();
         registry.register(
@@ -161,6 +238,41 @@ impl Metrics {
             "sluice_flow_records_dropped",
             "Flow records dropped because the sink's queue was full or its writer failed",
             flow_records_dropped.clone(),
+        );
+        let dial_failures = Family::default();
+        registry.register(
+            "sluice_dial_failures",
+            "Dials that failed, by kind (resolve, connect, timeout, no-descriptors)",
+            dial_failures.clone(),
+        );
+        for kind in DialFailure::ALL {
+            dial_failures.get_or_create_owned(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        let http_responses = Family::default();
+        registry.register(
+            "sluice_http_responses",
+            "HTTP answers to clients (absolute-form responses, CONNECT and refusals), by status class",
+            http_responses.clone(),
+        );
+        for class in STATUS_CLASSES {
+            http_responses.get_or_create_owned(&ClassLabel { class });
+        }
+        let connections_rejected = Family::default();
+        registry.register(
+            "sluice_connections_rejected",
+            "Client connections closed at accept by a connection cap, by limit",
+            connections_rejected.clone(),
+        );
+        for limit in LIMITS {
+            connections_rejected.get_or_create_owned(&LimitLabel { limit });
+        }
+        let auth_failures = Family::default();
+        registry.register(
+            "sluice_auth_failures",
+            "Failed proxy logins (wrong or unreadable credentials, and attempts refused unchecked from a throttled source), by listener",
+            auth_failures.clone(),
         );
         let config_reloads = Family::default();
         registry.register(
@@ -223,15 +335,9 @@ impl Metrics {
             "Idle keep-alive origin connections in the HTTP proxy's pool",
             pool_idle.clone(),
         );
-        let auth_failures = Family::default();
-        registry.register(
-            "sluice_auth_failures",
-            "Failed proxy logins (wrong or unreadable credentials, and attempts refused unchecked from a throttled source), by listener",
-            auth_failures.clone(),
-        );
         Metrics {
             registry,
-            connections,
+            tunnels,
             requests,
             bytes_out,
             bytes_in,
@@ -239,6 +345,10 @@ impl Metrics {
             connect_duration,
             active_tunnels,
             flow_records_dropped,
+            dial_failures,
+            http_responses,
+            connections_rejected,
+            auth_failures,
             config_reloads,
             config_last_reload_success,
             config_loaded_timestamp,
@@ -249,7 +359,6 @@ impl Metrics {
             dns_rate_limited,
             fd_exhausted,
             pool_idle,
-            auth_failures,
         }
     }
 
@@ -257,16 +366,6 @@ impl Metrics {
     /// file descriptor, in `sluice_fd_exhausted_total{listener}`.
     pub fn fd_exhausted(&self, listener: Listener) {
         self.fd_exhausted
-            .get_or_create(&ListenerLabel {
-                listener: listener.as_str(),
-            })
-            .inc();
-    }
-
-    /// Counts a failed proxy login on `listener` in
-    /// `sluice_auth_failures_total{listener}`.
-    pub fn auth_failed(&self, listener: Listener) {
-        self.auth_failures
             .get_or_create(&ListenerLabel {
                 listener: listener.as_str(),
             })
@@ -284,11 +383,100 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// Counts a finished flow: a tunnel in `sluice_connections_total`, an
-    /// absolute-form request in `sluice_requests_total`, and its bytes by
-    /// zone. DNS queries only add their bytes; the DNS forwarder counts
-    /// queries itself.
+    /// Declares the series of every zone of `policy` for the proxy
+    /// `listeners` that run (and DNS queries when `dns` runs), at zero, so
+    /// that dashboards and `rate()` see every zone × verdict before its
+    /// first flow. Called at start and after each reload (a new zone gets
+    /// its series; a removed zone's stay until restart).
+    pub fn declare_zones(&self, policy: &sluice_policy::Policy, listeners: &[Listener], dns: bool) {
+        let config = policy.config();
+        for zone in &config.zones {
+            let report = zone.mode.unwrap_or(config.mode) == sluice_policy::Mode::Report;
+            // The guard's denials are enforced in every mode; a report-mode
+            // zone's own rules deny with `enforced: false`.
+            let mut verdicts = vec![("allow", true), ("deny", true)];
+            if report {
+                verdicts.push(("deny", false));
+            }
+            for &listener in listeners {
+                for &(verdict, enforced) in &verdicts {
+                    let labels = FlowLabels {
+                        listener: listener.as_str(),
+                        zone: zone.name.clone(),
+                        verdict,
+                        enforced,
+                    };
+                    if listener != Listener::Dns {
+                        self.tunnels.get_or_create_owned(&labels);
+                    }
+                    if listener == Listener::Http {
+                        self.requests.get_or_create_owned(&labels);
+                    }
+                }
+            }
+            if dns {
+                for verdict in ["allow", "deny"] {
+                    self.dns_queries.get_or_create_owned(&DnsLabels {
+                        zone: zone.name.clone(),
+                        verdict,
+                    });
+                }
+            }
+            let label = ZoneLabel {
+                zone: zone.name.clone(),
+            };
+            self.bytes_out.get_or_create_owned(&label);
+            self.bytes_in.get_or_create_owned(&label);
+        }
+        for &listener in listeners {
+            if matches!(listener, Listener::Http | Listener::Socks5) {
+                self.auth_failures.get_or_create_owned(&ListenerLabel {
+                    listener: listener.as_str(),
+                });
+            }
+        }
+    }
+
+    /// Counts a dial that failed, in `sluice_dial_failures_total{kind}`.
+    pub fn dial_failed(&self, kind: DialFailure) {
+        self.dial_failures
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a client connection refused by a cap, in
+    /// `sluice_connections_rejected_total{limit}`; `per_source` says which.
+    pub fn connection_rejected(&self, per_source: bool) {
+        self.connections_rejected
+            .get_or_create(&LimitLabel {
+                limit: LIMITS[usize::from(per_source)],
+            })
+            .inc();
+    }
+
+    /// Counts a finished flow: a tunnel in `sluice_tunnels_total`, an
+    /// absolute-form request in `sluice_requests_total`, its HTTP answer's
+    /// class, a failed login, and its bytes by zone. DNS queries only add
+    /// their bytes; the DNS forwarder counts queries itself.
     pub fn record(&self, r: &FlowRecord) {
+        let class = r
+            .status
+            .filter(|_| r.listener != Listener::Dns)
+            .and_then(|s| STATUS_CLASSES.get(usize::from(s / 100).wrapping_sub(1)));
+        if let Some(&class) = class {
+            self.http_responses
+                .get_or_create(&ClassLabel { class })
+                .inc();
+        }
+        if r.rule == sluice_policy::ids::AUTH_FAILED {
+            self.auth_failures
+                .get_or_create(&ListenerLabel {
+                    listener: r.listener.as_str(),
+                })
+                .inc();
+        }
         let zone = r.zone.clone().unwrap_or_default();
         let labels = FlowLabels {
             listener: r.listener.as_str(),
@@ -299,7 +487,7 @@ impl Metrics {
         match r.protocol {
             Protocol::Http => self.requests.get_or_create(&labels).inc(),
             Protocol::Dns => 0,
-            _ => self.connections.get_or_create(&labels).inc(),
+            _ => self.tunnels.get_or_create(&labels).inc(),
         };
         let zone = ZoneLabel { zone };
         if r.bytes_out > 0 {
@@ -490,7 +678,13 @@ mod tests {
         let text = m.encode();
         let names: Vec<String> = samples(&text).into_iter().map(|(s, _)| s).collect();
         for family in [
-            "sluice_connections_total{",
+            "sluice_tunnels_total{",
+            "sluice_build_info{",
+            "sluice_dial_failures_total{",
+            "sluice_http_responses_total{",
+            "sluice_connections_rejected_total{",
+            "process_cpu_seconds_total",
+            "process_open_fds",
             "sluice_requests_total{",
             "sluice_bytes_out_total{",
             "sluice_bytes_in_total{",
@@ -512,7 +706,8 @@ mod tests {
                 "{family} in\n{text}"
             );
         }
-        let conn = r#"sluice_connections_total{listener="http",zone="web",verdict="allow",enforced="true"}"#;
+        let conn =
+            r#"sluice_tunnels_total{listener="http",zone="web",verdict="allow",enforced="true"}"#;
         assert_eq!(value(&text, conn), 1.0);
         let req =
             r#"sluice_requests_total{listener="http",zone="web",verdict="deny",enforced="true"}"#;

@@ -331,8 +331,9 @@ impl FlowRecord {
     }
 }
 
-/// UTC, truncated to milliseconds: the precision of `duration_ms`.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+/// RFC 3339 in UTC, truncated to milliseconds (the precision of
+/// `duration_ms`): every timestamp Sluice writes, records and API alike.
+pub fn rfc3339(t: SystemTime) -> String {
     // Hand-rolled: this runs twice per flow on the data path, and the
     // generic formatter was a visible share of it under load (perf).
     let (secs, millis) = match t.duration_since(SystemTime::UNIX_EPOCH) {

@@ -76,6 +76,8 @@ pub enum TopBy {
     /// Number of flows.
     #[default]
     Flows,
+    /// Bytes in both directions.
+    Bytes,
     /// Bytes from clients to destinations.
     BytesOut,
     /// Bytes from destinations to clients.
@@ -142,11 +144,17 @@ pub struct FlowView {
     limits: ViewLimits,
     width: Duration,
     inner: Mutex<Inner>,
-    live: broadcast::Sender<Arc<FlowRecord>>,
+    live: broadcast::Sender<Sequenced>,
 }
+
+/// A finished flow with its sequence number: 1, 2, … in the order the
+/// view took them since the process started (the live stream's event id).
+pub type Sequenced = (u64, Arc<FlowRecord>);
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The last sequence number given.
+    seq: u64,
     recent: VecDeque<Entry>,
     denials: VecDeque<Entry>,
     rules: HashMap<String, RuleStat>,
@@ -155,6 +163,8 @@ struct Inner {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The record's sequence number.
+    seq: u64,
     /// End of the flow (its `ts`), for time filters.
     at: SystemTime,
     record: Arc<FlowRecord>,
@@ -224,12 +234,15 @@ impl FlowView {
                 .map(SystemTime::from)
                 .unwrap_or(now)
         });
-        let entry = Entry {
-            at,
-            record: record.clone(),
-        };
         {
             let mut inner = self.lock();
+            inner.seq += 1;
+            let seq = inner.seq;
+            let entry = Entry {
+                seq,
+                at,
+                record: record.clone(),
+            };
             let denied = record.verdict != Verdict::Allow;
             if denied {
                 push_bounded(
@@ -259,9 +272,10 @@ impl FlowView {
                 }
             }
             self.aggregate(&mut inner, &record, now);
+            // Sent under the lock, so that the stream sees sequence
+            // numbers in order. No subscribers is not an error.
+            let _ = self.live.send((seq, record));
         }
-        // No subscribers is not an error.
-        let _ = self.live.send(record);
     }
 
     fn aggregate(&self, inner: &mut Inner, r: &FlowRecord, now: SystemTime) {
@@ -335,10 +349,31 @@ impl FlowView {
         self.lock().rules.clone()
     }
 
-    /// Finished flows from now on. A subscriber that falls more than a
-    /// thousand flows behind gets `RecvError::Lagged` and continues.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowRecord>> {
+    /// Finished flows from now on, with their sequence numbers. A
+    /// subscriber that falls more than a thousand flows behind gets
+    /// `RecvError::Lagged` and continues.
+    pub fn subscribe(&self) -> broadcast::Receiver<Sequenced> {
         self.live.subscribe()
+    }
+
+    /// The flows of the recent-flow ring after sequence number `after`,
+    /// oldest first (a live stream's `Last-Event-ID` resume), and how many
+    /// after `after` the ring no longer holds.
+    pub fn after(&self, after: u64) -> (Vec<Sequenced>, u64) {
+        let inner = self.lock();
+        let found: Vec<Sequenced> = inner
+            .recent
+            .iter()
+            .filter(|e| e.seq > after)
+            .map(|e| (e.seq, e.record.clone()))
+            .collect();
+        let first = found.first().map_or(inner.seq + 1, |(s, _)| *s);
+        (found, first.saturating_sub(after + 1))
+    }
+
+    /// The last sequence number given (0 before the first flow).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().seq
     }
 
     /// Traffic by zone per bucket over the window, oldest first, with empty
@@ -439,6 +474,7 @@ fn ranked(map: TopMap, by: TopBy, limit: usize) -> Vec<TopEntry> {
         .collect();
     let score = |t: &Totals| match by {
         TopBy::Flows => (t.flows, t.bytes_out),
+        TopBy::Bytes => (t.bytes_out.saturating_add(t.bytes_in), t.flows),
         TopBy::BytesOut => (t.bytes_out, t.flows),
         TopBy::BytesIn => (t.bytes_in, t.flows),
     };

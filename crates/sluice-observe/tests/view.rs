@@ -172,6 +172,39 @@ async fn subscribers_see_new_flows() {
     let v = FlowView::new(limits());
     let mut rx = v.subscribe();
     v.push(&flow("web", "a.test", "allow", "10.0.0.1:9", 0), at(0));
-    let r = rx.recv().await.unwrap();
+    let (seq, r) = rx.recv().await.unwrap();
     assert_eq!(r.dst_host.as_deref(), Some("a.test"));
+    assert_eq!(seq, 1, "sequence numbers start at 1");
+}
+
+#[test]
+fn flows_after_a_sequence_number_come_from_the_ring_oldest_first() {
+    let v = FlowView::new(ViewLimits {
+        recent_flows: 3,
+        ..limits()
+    });
+    assert_eq!(v.after(0), (vec![], 0));
+    for (i, h) in ["a.test", "b.test", "c.test", "d.test", "e.test"]
+        .iter()
+        .enumerate()
+    {
+        v.push(&flow("web", h, "allow", "10.0.0.1:9", 0), at(i as u64));
+    }
+    assert_eq!(v.last_seq(), 5);
+    let hosts = |after| {
+        let (found, missed) = v.after(after);
+        let hosts: Vec<(u64, String)> = found
+            .iter()
+            .map(|(s, r)| (*s, r.dst_host.clone().unwrap()))
+            .collect();
+        (hosts, missed)
+    };
+    let (found, missed) = hosts(3);
+    assert_eq!(found, vec![(4, "d.test".into()), (5, "e.test".into())]);
+    assert_eq!(missed, 0);
+    // 1 and 2 left the ring of 3: resuming after 0 misses two.
+    let (found, missed) = hosts(0);
+    assert_eq!(found.len(), 3);
+    assert_eq!(missed, 2);
+    assert_eq!(hosts(5), (vec![], 0));
 }

@@ -532,6 +532,45 @@ impl Policy {
         (c.decision.clone(), Some(c))
     }
 
+    /// An allow rule of the decision's zone that matches the destination
+    /// (its host, or for an IP one of `addrs` or the IP itself) but not
+    /// the port: why a request a user expected to pass fell through, for
+    /// `sluice check`. `None` when the decision allowed or no rule is near.
+    pub fn port_miss(
+        &self,
+        decision: &Decision,
+        dest: &Destination,
+        addrs: &[IpAddr],
+    ) -> Option<RuleInfo<'_>> {
+        if decision.verdict == Verdict::Allow && decision.rule.as_ref() != ids::DEFAULT {
+            return None;
+        }
+        let idx = decision
+            .zone_idx
+            .filter(|_| decision.policy_hash == self.hash)?;
+        let z = self.zones.get(idx as usize)?;
+        let rules = &self.config.zones.get(idx as usize)?.allow;
+        let port = decision.port;
+        let miss = |i: u32| !z.allow[i as usize].ports.contains(port);
+        let i = match dest {
+            Destination::Name(name) => z.allow_hosts.first(name, miss),
+            Destination::Ip(ip) => z.allow_cidrs.first(guard::canonical(*ip), miss),
+        }
+        .or_else(|| {
+            addrs
+                .iter()
+                .find_map(|a| z.allow_cidrs.first(guard::canonical(*a), miss))
+        })?;
+        let cr = z.allow.get(i as usize)?;
+        Some(RuleInfo {
+            id: &cr.id,
+            zone: &z.name,
+            kind: "allow",
+            text: &cr.text,
+            explicit_id: rules.get(i as usize).is_some_and(|r| r.id.is_some()),
+        })
+    }
+
     /// The zone a decision was made in, if this policy version made it.
     /// Decisions name zones by position, so another version's are refused.
     fn zone_of_decision(&self, decision: &Decision) -> Option<&CZone> {

@@ -8,11 +8,22 @@ use std::{
 };
 
 /// Tracks open client connections.
-#[derive(Debug)]
 pub struct ConnLimiter {
     max_total: usize,
     max_per_source: u32,
     state: Mutex<(usize, HashMap<IpAddr, u32>)>,
+    /// Told of every refusal (the metrics' rejection counter).
+    on_full: Option<Box<dyn Fn(Full) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ConnLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnLimiter")
+            .field("max_total", &self.max_total)
+            .field("max_per_source", &self.max_per_source)
+            .field("open", &self.open())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One admitted connection; releases its slot when dropped.
@@ -38,11 +49,35 @@ impl ConnLimiter {
             max_total: max_total as usize,
             max_per_source,
             state: Mutex::new((0, HashMap::new())),
+            on_full: None,
+        })
+    }
+
+    /// A limiter that calls `on_full` with the cap each refused connection
+    /// hit (to count rejections).
+    pub fn with_hook(
+        max_total: u32,
+        max_per_source: u32,
+        on_full: impl Fn(Full) + Send + Sync + 'static,
+    ) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            max_total: max_total as usize,
+            max_per_source,
+            state: Mutex::new((0, HashMap::new())),
+            on_full: Some(Box::new(on_full)),
         })
     }
 
     /// Admits a connection from `ip`, or says which cap it hit.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
+        let admitted = self.try_admit(ip);
+        if let (Err(full), Some(hook)) = (&admitted, &self.on_full) {
+            hook(*full);
+        }
+        admitted
+    }
+
+    fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
         let Ok(mut st) = self.state.lock() else {
             return Err(Full::Total);
         };

@@ -51,6 +51,19 @@ impl Listeners {
         self.dns.is_some()
     }
 
+    /// The proxy listeners that run (the DNS listener counts apart).
+    pub fn proxies(&self) -> Vec<sluice_observe::Listener> {
+        use sluice_observe::Listener;
+        [
+            (self.http.is_some(), Listener::Http),
+            (self.socks5.is_some(), Listener::Socks5),
+            (self.transparent.is_some(), Listener::Transparent),
+        ]
+        .into_iter()
+        .filter_map(|(on, l)| on.then_some(l))
+        .collect()
+    }
+
     /// The addresses bound, with what each is, in announcement order.
     fn bound(&self) -> Result<Vec<(&'static str, SocketAddr)>> {
         let mut out = Vec::new();
@@ -79,13 +92,13 @@ impl Listeners {
     pub fn announce(&self) -> Result<()> {
         for (what, a) in self.bound()? {
             match what {
-                "http" => eprintln!("sluice: HTTP proxy listening on {a}"),
-                "admin" => eprintln!(
-                    "sluice: admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
-                ),
-                "transparent" => eprintln!("sluice: transparent listener on {a}"),
-                "socks5" => eprintln!("sluice: SOCKS5 proxy listening on {a}"),
-                _ => eprintln!("sluice: DNS listening on {a}"),
+                "http" => crate::log::line(&format!("HTTP proxy listening on {a}")),
+                "admin" => crate::log::line(&format!(
+                    "admin listening on http://{a}/ (dashboard, /api/v1/, /metrics, /healthz, /readyz)"
+                )),
+                "transparent" => crate::log::line(&format!("transparent listener on {a}")),
+                "socks5" => crate::log::line(&format!("SOCKS5 proxy listening on {a}")),
+                _ => crate::log::line(&format!("DNS listening on {a}")),
             }
         }
         Ok(())

@@ -25,13 +25,37 @@ mod admin;
 mod dns;
 mod learn;
 mod listeners;
+mod log;
+mod password;
 mod records;
 mod replay;
 mod run;
 
+/// `sluice --version`: the version and the commit it was built from
+/// (sluice-observe's build script, shared with `sluice_build_info`).
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        sluice_observe::COMMIT
+    )
+});
+
 /// Sluice: an egress gateway. What is not explicitly allowed does not leave.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about)]
+#[command(
+    name = "sluice",
+    version = VERSION.as_str(),
+    about = "Sluice: an egress gateway. What is not explicitly allowed does not leave.",
+    long_about = "Sluice: an egress gateway, the one exit for a protected network's \
+outbound traffic. Clients reach it as an HTTP proxy, a SOCKS5 proxy, a \
+transparent listener or a DNS resolver; every request is matched against a \
+least-privilege policy for the zone it comes from (enforce, open or report \
+mode; special addresses are always guarded), and leaves a JSON flow record. \
+Metrics, an admin API and a dashboard show what leaves.\n\n\
+Start with `sluice run` (an embedded loopback default without -c), check a \
+policy with `sluice validate -c FILE` and a request with `sluice check`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,10 +64,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the gateway (the embedded default without a file).
+    #[command(after_long_help = RUN_HELP, after_help = RUN_HELP)]
     Run {
         /// Configuration file.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Format of the diagnostics on stderr: lines for people, or one
+        /// JSON object a line for log shippers (start-up lines included).
+        #[arg(long, value_enum, default_value_t = log::Format::Text)]
+        log_format: log::Format,
     },
     /// Validate a configuration: exit 0, or print every error and exit 1.
     Validate {
@@ -106,7 +135,36 @@ enum Command {
         #[arg(required = true)]
         records: Vec<PathBuf>,
     },
+    /// Hash a proxy user's password for `users[].password_hash` (argon2id).
+    ///
+    /// Reads the password from the terminal without echo (asked twice), or
+    /// one line from stdin when it is not a terminal; prints the PHC string.
+    HashPassword,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `sluice man > sluice.1`.
+    Man,
 }
+
+const RUN_HELP: &str = "\
+Signals:
+  SIGHUP           reload the configuration (a change of the file also does);
+                   a file that fails validation keeps the running policy
+  SIGUSR1          reopen the flow log file (after rotation)
+  SIGTERM, SIGINT  drain: stop accepting, let open tunnels finish within
+                   limits.drain_timeout, then exit
+
+Output:
+  flow records     JSON lines to log.flows: stdout (default) or a file path
+  diagnostics      stderr, in --log-format text or json; alerts are JSON lines
+  metrics, API     the admin listener (listen.admin): /metrics, /api/v1/
+
+Environment:
+  RUST_LOG         diagnostics filter (default info), e.g. RUST_LOG=debug or
+                   RUST_LOG=sluice_net=debug,info";
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -121,7 +179,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => run::main(config),
+        Command::Run { config, log_format } => run::main(config, log_format),
         Command::Validate { config } => validate(&config),
         Command::Check {
             config,
@@ -151,6 +209,24 @@ fn main() -> ExitCode {
             json,
             records,
         } => replay::main(&config, &records, json),
+        Command::HashPassword => password::main(),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into memory first: clap_complete panics on a failed write
+            // (a closed pipe); ours is reported.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "sluice", &mut out);
+            write_out(&out, "the completion script")
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+                eprintln!("error: cannot render the manual page: {e}");
+                return ExitCode::from(2);
+            }
+            write_out(&out, "the manual page")
+        }
         Command::Schema => {
             match serde_json::to_string_pretty(&sluice_policy::schema()) {
                 Ok(s) => println!("{s}"),
@@ -160,6 +236,20 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Writes generated output to stdout; a closed pipe is an error, not a
+/// panic.
+fn write_out(bytes: &[u8], what: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write {what}: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -282,7 +372,20 @@ fn check(
         }
     }
     let (decision, check) = policy.explain(&req, &addrs);
-    print_decision(json, &dest.to_string(), port, &decision, check.as_ref());
+    let miss = policy.port_miss(&decision, &dest, &addrs);
+    if json {
+        let mut v = decision_json(&dest.to_string(), port, &decision, check.as_ref());
+        add_port_miss(&mut v, &policy, &decision, &dest, &addrs);
+        println!("{v}");
+    } else {
+        print_decision(false, &dest.to_string(), port, &decision, check.as_ref());
+        if let Some(r) = miss {
+            println!(
+                "  note: rule {} ({}) matches {dest} but not port {port}",
+                r.id, r.text
+            );
+        }
+    }
     if decision.verdict == Verdict::Allow {
         ExitCode::SUCCESS
     } else {
@@ -312,6 +415,20 @@ fn print_decision(
         for r in &c.rejected {
             println!("  address {}: rejected by {}: {}", r.addr, r.rule, r.reason);
         }
+    }
+}
+
+/// Adds `port_miss` (an allow rule that matches the destination but not
+/// the port) to a decision's JSON when there is one.
+fn add_port_miss(
+    v: &mut serde_json::Value,
+    policy: &Policy,
+    d: &sluice_policy::Decision,
+    dest: &Destination,
+    addrs: &[IpAddr],
+) {
+    if let Some(r) = policy.port_miss(d, dest, addrs) {
+        v["port_miss"] = serde_json::json!({"rule": r.id, "text": r.text});
     }
 }
 

@@ -21,29 +21,22 @@ use crate::listeners::Listeners;
 /// report-mode zone for local clients, guard on.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
-pub fn main(config: Option<PathBuf>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+pub fn main(config: Option<PathBuf>, format: crate::log::Format) -> ExitCode {
+    crate::log::init(format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            crate::log::fatal(&format!("cannot start the runtime: {e}"));
             return ExitCode::from(2);
         }
     };
     match rt.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::log::fatal(&format!("{e:#}"));
             ExitCode::from(2)
         }
     }
@@ -130,6 +123,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 
     let listeners = Listeners::bind(&config).await?;
     dialer.set_own_addrs(listeners.own_addrs()?);
+    let running = listeners.proxies();
+    let has_dns = listeners.has_dns();
+    metrics.declare_zones(&version.policy, &running, has_dns);
 
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -150,6 +146,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let gw = Arc::new(gw);
     let status = admin_status(&config, view, recorder.clone())?;
+    let declare = |policy: &Policy| metrics.declare_zones(policy, &running, has_dns);
     listeners.announce()?;
     describe_modes(&gw.version().policy);
     let tasks = listeners.serve(&gw, recorder, status.clone(), &config, grants)?;
@@ -157,10 +154,10 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP"),
+            _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP", &declare),
             _ = tick.tick() => {
                 if watch.changed() {
-                    reload(&gw, path.as_deref(), &config, &status, "file change");
+                    reload(&gw, path.as_deref(), &config, &status, "file change", &declare);
                 }
             }
             _ = usr1.recv() => {
@@ -236,23 +233,38 @@ async fn drain(gw: &Gateway, tasks: Vec<tokio::task::JoinHandle<()>>, timeout: D
     }
 }
 
+/// The start-up line (the harness's "started"): the policy and each
+/// zone with the mode it really runs in (its own, or the top-level one).
 fn describe_modes(policy: &Policy) {
+    crate::log::line(&policy_line(policy));
+}
+
+fn policy_line(policy: &Policy) -> String {
     let c = policy.config();
-    eprintln!(
-        "sluice: policy {} with {} zones (default mode {})",
+    let zones: Vec<String> = c
+        .zones
+        .iter()
+        .map(|z| {
+            format!(
+                "{} {} ({} allow, {} deny)",
+                z.name,
+                z.mode.unwrap_or(c.mode).as_str(),
+                z.allow.len(),
+                z.deny.len()
+            )
+        })
+        .collect();
+    format!(
+        "policy {} with {} zones (default mode {}): {}",
         policy.hash(),
         c.zones.len(),
-        c.mode.as_str()
-    );
-    for z in &c.zones {
-        eprintln!(
-            "sluice:   zone {}: {} mode, {} allow and {} deny rules",
-            z.name,
-            z.mode.unwrap_or(c.mode).as_str(),
-            z.allow.len(),
-            z.deny.len()
-        );
-    }
+        c.mode.as_str(),
+        if zones.is_empty() {
+            "none, every request is denied".to_owned()
+        } else {
+            zones.join(", ")
+        }
+    )
 }
 
 /// Descriptors kept free beyond clients, origins and the pool: listeners,
@@ -279,15 +291,15 @@ fn raise_nofile(limits: &sluice_policy::model::Limits) {
     };
     let need = fd_budget(limits);
     if need > limit {
-        eprintln!(
-            "sluice: warning: limits.max_connections {} needs about {need} file descriptors \
+        crate::log::warning(&format!(
+            "limits.max_connections {} needs about {need} file descriptors \
              (2 a connection, client and origin, + limits.pool_max_idle {} + {FD_MARGIN}) \
              but the open-file limit (RLIMIT_NOFILE) is {limit}: past about {} connections, \
              clients get 503; raise the limit (ulimit -n, LimitNOFILE=) or lower max_connections",
             limits.max_connections,
             limits.pool_max_idle,
             limit.saturating_sub(u64::from(limits.pool_max_idle) + FD_MARGIN) / 2,
-        );
+        ));
     }
 }
 
@@ -302,6 +314,7 @@ fn reload(
     started_with: &Config,
     status: &crate::admin::Status,
     why: &str,
+    declare: &dyn Fn(&Policy),
 ) {
     let Some(path) = path else {
         tracing::info!(
@@ -324,6 +337,7 @@ fn reload(
                 );
             }
             let hash = v.policy.hash().clone();
+            declare(&v.policy);
             gw.reload(v);
             gw.metrics().reload_succeeded(&hash, SystemTime::now());
             if let Ok(mut e) = status.last_reload_error.lock() {

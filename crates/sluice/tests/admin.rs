@@ -223,8 +223,22 @@ fn metrics_count_exactly_what_passed() {
     assert_eq!(flow("requests", "web", "allow", true), 3.0, "{m:#?}");
     assert_eq!(flow("requests", "web", "deny", true), 2.0);
     assert_eq!(flow("requests", "lab", "deny", false), 1.0);
-    assert_eq!(flow("connections", "web", "allow", true), 2.0);
-    assert_eq!(flow("connections", "web", "deny", true), 1.0);
+    assert_eq!(flow("tunnels", "web", "allow", true), 2.0);
+    assert_eq!(flow("tunnels", "web", "deny", true), 1.0);
+    // Every HTTP answer is counted by class, as the records give them.
+    for class in 1..=5u64 {
+        let n = records
+            .iter()
+            .filter(|r| r["status"].as_u64().is_some_and(|s| s / 100 == class))
+            .count();
+        assert_eq!(
+            get(&format!(
+                r#"sluice_http_responses_total{{class="{class}xx"}}"#
+            )),
+            n as f64,
+            "{class}xx"
+        );
+    }
     assert_eq!(get(r#"sluice_rule_hits_total{rule="origin"}"#), 5.0);
     assert_eq!(get(r#"sluice_rule_hits_total{rule="blocked"}"#), 2.0);
     assert!(
@@ -312,6 +326,125 @@ fn metrics_count_exactly_what_passed() {
         }
     }
     assert!(queried >= 14, "{queried}");
+    // One instance variable filters every query; the policy panel shows
+    // the hash label, not the constant 1.
+    let vars = grafana["templating"]["list"].as_array().unwrap();
+    assert!(vars.iter().any(|v| v["name"] == "instance"), "{vars:?}");
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(expr.contains(r#"instance=~"$instance""#), "{expr}");
+        }
+    }
+    let policy = &grafana["panels"][0];
+    assert_eq!(policy["title"], "Policy");
+    assert_eq!(policy["options"]["reduceOptions"]["fields"], "/^hash$/");
+}
+
+/// Before any traffic, every zone × verdict series is there at 0, with
+/// the build and process families; then a failed login, a dial that
+/// fails to resolve and a connection past the per-source cap are counted.
+#[test]
+fn metrics_exist_from_start_and_count_failures() {
+    let origin = Origin::start("127.0.0.1");
+    let dns = FixtureDns::stub(&[]);
+    let hash = sluice_testkit::argon2_hash("right");
+    let staff = "zones:\n  - name: staff\n    users: [alice]\n    allow:\n      - host: nowhere.test\n        ports: [80]\n";
+    let yaml = format!(
+        "listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+         limits:\n  max_connections_per_source: 3\n\
+         users:\n  - name: alice\n    password_hash: \"{hash}\"\n{}",
+        policy(&origin, &dns).replace("zones:\n", staff)
+    );
+    let s = Sluice::start(BIN, &yaml);
+    let m = parse_metrics(&s.admin_get("/metrics").text());
+    for (listener, zone, verdict, enforced) in [
+        ("http", "web", "allow", true),
+        ("http", "web", "deny", true),
+        ("socks5", "web", "deny", true),
+        ("http", "lab", "deny", false),
+        ("socks5", "lab", "deny", false),
+        ("http", "staff", "allow", true),
+    ] {
+        let k = format!(
+            r#"sluice_tunnels_total{{enforced="{enforced}",listener="{listener}",verdict="{verdict}",zone="{zone}"}}"#
+        );
+        assert_eq!(m.get(&k), Some(&0.0), "{k} in {m:#?}");
+    }
+    let k = r#"sluice_requests_total{enforced="true",listener="http",verdict="deny",zone="web"}"#;
+    assert_eq!(m.get(k), Some(&0.0), "{m:#?}");
+    assert_eq!(m.get(r#"sluice_bytes_out_total{zone="lab"}"#), Some(&0.0));
+    for k in [
+        r#"sluice_dial_failures_total{kind="resolve"}"#,
+        r#"sluice_http_responses_total{class="4xx"}"#,
+        r#"sluice_connections_rejected_total{limit="max_connections_per_source"}"#,
+        r#"sluice_auth_failures_total{listener="socks5"}"#,
+    ] {
+        assert_eq!(m.get(k), Some(&0.0), "{k} in {m:#?}");
+    }
+    let build: Vec<_> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("sluice_build_info"))
+        .collect();
+    assert_eq!(build.len(), 1, "{build:?}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        build[0].0.contains(&format!(r#"version="{version}""#)) && build[0].0.contains("commit="),
+        "{build:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = m["process_start_time_seconds{}"];
+    assert!((now - started).abs() < 120.0, "{started} vs {now}");
+    assert!(m["process_open_fds{}"] >= 5.0, "listeners and stdio");
+    assert!(m["process_max_fds{}"] >= m["process_open_fds{}"]);
+    assert!(m["process_resident_memory_bytes{}"] > 1e6);
+    assert!(m.contains_key("process_cpu_seconds_total{}"), "{m:#?}");
+
+    // A wrong password, a name that does not resolve, and a fourth
+    // connection from one address past max_connections_per_source: 3.
+    let v4 = proxy_v4(&s);
+    let auth = "Proxy-Authorization: Basic YWxpY2U6d3Jvbmc=\r\n"; // alice:wrong
+    let r = send_raw(
+        v4,
+        format!("GET http://x.test/ HTTP/1.1\r\nHost: x.test\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
+        T,
+    );
+    assert_eq!(r.status, Some(407), "{}", r.text());
+    let good = "Proxy-Authorization: Basic YWxpY2U6cmlnaHQ=\r\n"; // alice:right
+    let r = send_raw(
+        v4,
+        format!("GET http://nowhere.test/ HTTP/1.1\r\nHost: nowhere.test\r\n{good}Connection: close\r\n\r\n")
+            .as_bytes(),
+        T,
+    );
+    assert_eq!(r.status, Some(502), "{}", r.text());
+    let held: Vec<_> = (0..3).map(|_| connect_with_timeout(v4, T)).collect();
+    assert!(poll_until(T, || s.metric(
+        r#"sluice_connections_rejected_total{limit="max_connections_per_source"}"#
+    ) >= 1.0
+        || {
+            // The fourth is closed at accept: the client reads EOF.
+            let mut c = connect_with_timeout(v4, T);
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = c.read(&mut [0u8; 1]);
+            false
+        }));
+    drop(held);
+    s.wait_records(2);
+    assert_eq!(
+        s.metric(r#"sluice_auth_failures_total{listener="http"}"#),
+        1.0
+    );
+    assert_eq!(
+        s.metric(r#"sluice_dial_failures_total{kind="resolve"}"#),
+        1.0
+    );
+    assert_eq!(s.metric(r#"sluice_http_responses_total{class="4xx"}"#), 1.0);
+    assert_eq!(s.metric(r#"sluice_http_responses_total{class="5xx"}"#), 1.0);
 }
 
 // === API ===
@@ -395,6 +528,10 @@ fn api_endpoints_answer_with_filters() {
         "/api/v1/flows?colour=red",
         "/api/v1/flows?limit=1&limit=2",
         "/api/v1/top?by=luck",
+        "/api/v1/top?window=5x",
+        "/api/v1/top?window=0s",
+        "/api/v1/top?window=-5",
+        "/api/v1/top?window=m",
         "/api/v1/rules?x=1",
     ] {
         let r = admin(&s, "GET", bad, &[], "");
@@ -430,6 +567,62 @@ fn api_endpoints_answer_with_filters() {
     let top = api(&s, "/api/v1/top?zone=web&window=60");
     assert_eq!(top["window_seconds"], 60);
     assert_eq!(top["zones"].as_array().unwrap().len(), 1);
+    // `window` as a duration; `by=bytes` ranks by both directions.
+    for (w, secs) in [("5m", 300), ("90s", 90), ("1h", 3600), ("2d", 3600)] {
+        let top = api(&s, &format!("/api/v1/top?window={w}"));
+        assert_eq!(top["window_seconds"], secs, "{w} (capped at admin.window)");
+    }
+    for by in ["flows", "bytes", "bytes_out", "bytes_in"] {
+        assert_eq!(api(&s, &format!("/api/v1/top?by={by}"))["by"], by);
+    }
+    let top = api(&s, "/api/v1/top?by=bytes&zone=web");
+    let sources = top["zones"][0]["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["key"], "127.0.0.1", "{top}");
+
+    // Every timestamp the API returns is RFC 3339 UTC with milliseconds.
+    let ms = |v: &str| {
+        let b = v.as_bytes();
+        b.len() == 24
+            && v.ends_with('Z')
+            && b[10] == b'T'
+            && b[19] == b'.'
+            && b[20..23].iter().all(u8::is_ascii_digit)
+            && time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+    };
+    fn times<'a>(v: &'a Value, out: &mut Vec<(String, &'a str)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match x.as_str() {
+                        Some(t) if ["ts", "start", "last_hit"].contains(&k.as_str()) => {
+                            out.push((k.clone(), t));
+                        }
+                        _ => times(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| times(x, out)),
+            _ => {}
+        }
+    }
+    let mut seen = 0;
+    for path in [
+        "/api/v1/flows",
+        "/api/v1/denials",
+        "/api/v1/traffic",
+        "/api/v1/rules",
+        "/api/v1/alerts",
+    ] {
+        let v = api(&s, path);
+        let mut found = Vec::new();
+        times(&v, &mut found);
+        for (k, t) in &found {
+            assert!(ms(t), "{path}: {k} = {t}");
+        }
+        seen += found.len();
+    }
+    assert!(seen > 60, "{seen}");
 
     // Traffic: 60 buckets, the newest holds the bytes.
     let t = api(&s, "/api/v1/traffic");
@@ -675,11 +868,16 @@ fn read_events(s: &mut std::net::TcpStream, until: impl Fn(&[Value]) -> bool) ->
 }
 
 fn open_stream(s: &Sluice, query: &str) -> std::net::TcpStream {
+    open_stream_with(s, query, "")
+}
+
+/// [`open_stream`] with extra header lines (`Name: value\r\n` each).
+fn open_stream_with(s: &Sluice, query: &str, headers: &str) -> std::net::TcpStream {
     let addr = s.admin.unwrap();
     let mut c = connect_with_timeout(addr, Duration::from_millis(200));
     write!(
         c,
-        "GET /api/v1/flows/stream{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /api/v1/flows/stream{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
     )
     .unwrap();
     // Headers and the `retry`/`connected` preamble arrive at once.
@@ -726,6 +924,95 @@ fn stream_sends_new_flows_as_they_finish() {
 
     let r = admin(&s, "GET", "/api/v1/flows/stream?verdict=nah", &[], "");
     assert_eq!(r.status, Some(400));
+}
+
+/// Every event of a stream as `(event, id, data)` until `n` flow events
+/// came or time runs out.
+fn raw_events(s: &mut std::net::TcpStream, n: usize) -> Vec<(String, String, String)> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let mut buf = String::new();
+    let mut out: Vec<(String, String, String)> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline && out.iter().filter(|e| e.0 == "flow").count() < n {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => buf.push_str(&String::from_utf8_lossy(&chunk[..k])),
+            Err(_) => continue,
+        }
+        while let Some(i) = buf.find("\n\n") {
+            let ev: String = buf.drain(..i + 2).collect();
+            let field = |name: &str| {
+                ev.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let event = field("event: ");
+            if !event.is_empty() {
+                out.push((event, field("id: "), field("data: ")));
+            }
+        }
+    }
+    out
+}
+
+/// Event ids are 1, 2, … since start; a client back with `Last-Event-ID`
+/// first gets what it missed from the ring (told how many the ring lost),
+/// then live flows, none twice.
+#[test]
+fn stream_ids_are_a_sequence_and_last_event_id_resumes_from_the_ring() {
+    let origin = Origin::start("127.0.0.1");
+    let dns = FixtureDns::stub(&[]);
+    let s = start(&origin, &dns, "admin:\n  recent_flows: 3\n");
+    let v4 = proxy_v4(&s);
+    let fetch = |n: u32| {
+        let r = get_via(v4, &format!("{}/bytes/{n}", origin.url()));
+        assert_eq!(r.status, Some(200));
+    };
+    let bytes = |data: &str| -> u64 {
+        serde_json::from_str::<Value>(data).unwrap()["bytes_in"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut first = open_stream(&s, "");
+    fetch(1);
+    fetch(2);
+    let ev = raw_events(&mut first, 2);
+    let ids: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(ids, ["1", "2"], "{ev:?}");
+    drop(first);
+
+    // Missed while away: 3 and 4.
+    fetch(3);
+    fetch(4);
+    s.wait_records(4);
+    let mut back = open_stream_with(&s, "", "Last-Event-ID: 2\r\n");
+    let ev = raw_events(&mut back, 2);
+    let ids: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(ids, ["3", "4"], "{ev:?}");
+    let sizes: Vec<u64> = ev.iter().map(|e| bytes(&e.2)).collect();
+    assert!(sizes[0] < sizes[1], "in order: {sizes:?}");
+    fetch(5);
+    let ev = raw_events(&mut back, 1);
+    assert_eq!(ev.len(), 1, "no repeat, then the live one: {ev:?}");
+    assert_eq!(ev[0].1, "5");
+
+    // The ring (3 flows) lost 1 and 2: said so, then 3, 4, 5.
+    let mut old = open_stream_with(&s, "", "Last-Event-ID: 0\r\n");
+    let ev = raw_events(&mut old, 3);
+    assert_eq!(ev[0].0, "lagged", "{ev:?}");
+    assert_eq!(ev[0].2, r#"{"skipped":2}"#);
+    let ids: Vec<&str> = ev[1..].iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(ids, ["3", "4", "5"]);
+
+    // An id from another process (beyond the last) is a fresh stream.
+    let mut fresh = open_stream_with(&s, "", "Last-Event-ID: 999\r\n");
+    fetch(6);
+    let ev = raw_events(&mut fresh, 1);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].1, "6");
 }
 
 /// `admin.max_streams` caps live streams: one more gets 503 with a JSON

@@ -591,3 +591,37 @@ fn check_text_output_names_the_pending_phase() {
     );
     assert!(text.contains("pending: phase two"), "{text}");
 }
+
+#[test]
+fn check_says_when_a_rule_matches_the_host_but_not_the_port() {
+    let config = fixture("check.yaml");
+    let run = |target: &str, json: bool| {
+        let mut args = vec![
+            "check",
+            "-c",
+            config.to_str().unwrap(),
+            "--from",
+            "10.0.1.5",
+        ];
+        if json {
+            args.push("--json");
+        }
+        args.push(target);
+        sluice(args)
+    };
+    let out = run("api.example.com:8443", false);
+    assert_eq!(code(&out), 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "note: rule web/allow/1 (host api.example.com ports [443]) matches api.example.com but not port 8443"
+        ),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&stdout(&run("x.cdn.example:9000", true))).unwrap();
+    assert_eq!(v["port_miss"]["rule"], "cdn", "{v}");
+    // Allowed, or no rule for the host at all: no note.
+    let v: Value = serde_json::from_str(&stdout(&run("api.example.com:443", true))).unwrap();
+    assert!(v.get("port_miss").is_none(), "{v}");
+    assert!(!stdout(&run("unknown.example:443", false)).contains("note:"));
+}

@@ -49,7 +49,7 @@ pub async fn route(at: At<'_>, req: Request<Incoming>) -> Response<Body> {
     };
     let result = match path.as_str() {
         "/api/v1/flows" if get => flows(status, &query),
-        "/api/v1/flows/stream" if get => stream(at, &query),
+        "/api/v1/flows/stream" if get => stream(at, &query, last_event_id(req.headers())),
         "/api/v1/denials" if get => denials(status, &query),
         "/api/v1/top" if get => top(status, &query),
         "/api/v1/traffic" if get => traffic(status, &query),
@@ -130,6 +130,38 @@ impl Query {
         }
     }
 
+    /// Seconds (`300`) or a number and a unit (`90s`, `5m`, `1h`, `7d`),
+    /// from 1 s on.
+    fn duration(&self, k: &str, default: Duration) -> Result<Duration, (StatusCode, String)> {
+        let Some(v) = self.get(k) else {
+            return Ok(default);
+        };
+        let split = v
+            .bytes()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(v.len());
+        let (n, unit) = v.split_at(split);
+        let scale = match unit {
+            "" | "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
+            _ => None,
+        };
+        // Only digits before the unit; past u64 is as good as "all of the
+        // window" (the caller caps it).
+        let n = (!n.is_empty()).then(|| n.parse::<u64>().unwrap_or(u64::MAX));
+        n.zip(scale)
+            .map(|(n, s)| n.saturating_mul(s))
+            .filter(|&secs| secs >= 1)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                bad(format!(
+                    "`{k}` must be seconds (`300`) or a duration such as `90s`, `5m`, `1h` or `7d`, at least 1 s"
+                ))
+            })
+    }
+
     fn time(&self, k: &str) -> Result<Option<SystemTime>, (StatusCode, String)> {
         self.get(k)
             .map(|v| {
@@ -181,11 +213,25 @@ fn flows(status: &Status, q: &Query) -> Answer {
     ))
 }
 
-fn stream(at: At<'_>, q: &Query) -> Answer {
+/// The `Last-Event-ID` a reconnecting `EventSource` sends: the sequence
+/// number of the last event it saw. Anything else (an id from an older
+/// version) starts a fresh stream.
+fn last_event_id(headers: &header::HeaderMap) -> Option<u64> {
+    let v = headers.get("last-event-id")?.to_str().ok()?.trim();
+    v.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| v.parse().ok())
+        .flatten()
+}
+
+fn stream(at: At<'_>, q: &Query, after: Option<u64>) -> Answer {
     q.only(&["zone", "verdict", "host"])?;
     let filter = q.filter(true)?;
     let max = at.gw.version().policy.config().admin.max_streams;
-    let Some(body) = at.live.stream(filter, max, at.conn.busy()) else {
+    let Some(body) = at
+        .live
+        .stream(&at.status.view, filter, after, max, at.conn.busy())
+    else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many live streams: admin.max_streams is {max}; retry later"),
@@ -228,13 +274,17 @@ fn denials(status: &Status, q: &Query) -> Answer {
 fn top(status: &Status, q: &Query) -> Answer {
     q.only(&["zone", "window", "by", "limit"])?;
     let full = status.view.limits().window;
-    let window = q.number("window", full.as_secs(), 1, u64::from(u32::MAX))?;
-    let window = Duration::from_secs(window).min(full);
+    let window = q.duration("window", full)?.min(full);
     let by = match q.get("by") {
         None | Some("flows") => TopBy::Flows,
+        Some("bytes") => TopBy::Bytes,
         Some("bytes_out") => TopBy::BytesOut,
         Some("bytes_in") => TopBy::BytesIn,
-        Some(_) => return Err(bad("`by` must be `flows`, `bytes_out` or `bytes_in`")),
+        Some(_) => {
+            return Err(bad(
+                "`by` must be `flows`, `bytes`, `bytes_out` or `bytes_in`",
+            ));
+        }
     };
     let limit = q.number("limit", 10, 1, MAX_TOP as u64)? as usize;
     let zones = status
@@ -242,6 +292,7 @@ fn top(status: &Status, q: &Query) -> Answer {
         .top(SystemTime::now(), window, q.get("zone"), by, limit);
     let by = match by {
         TopBy::Flows => "flows",
+        TopBy::Bytes => "bytes",
         TopBy::BytesOut => "bytes_out",
         TopBy::BytesIn => "bytes_in",
     };
@@ -476,16 +527,16 @@ async fn check(gw: &Gateway, req: Request<Incoming>) -> Answer {
         port,
     };
     let (decision, check) = policy.explain(&req, &addrs);
-    Ok(json(
-        StatusCode::OK,
-        &crate::decision_json(&dest.to_string(), port, &decision, check.as_ref()),
-    ))
+    let mut v = crate::decision_json(&dest.to_string(), port, &decision, check.as_ref());
+    crate::add_port_miss(&mut v, policy, &decision, &dest, &addrs);
+    Ok(json(StatusCode::OK, &v))
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, (StatusCode, String)> {
     serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
+/// RFC 3339 UTC with milliseconds, as in the flow records.
 fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
+    sluice_observe::rfc3339(t)
 }

@@ -16,6 +16,12 @@
 //! own low-priority thread, 0.64-0.75 (`bench/sse-subscribers.sh BIN 0
 //! 96`, figures in bench/README.md).
 //!
+//! Event ids are the view's per-process sequence numbers (1, 2, … since
+//! start). A client that reconnects with `Last-Event-ID: N` first gets the
+//! flows after N that the recent-flow ring still holds (and an
+//! `event: lagged` for those it no longer does), then the live ones, with
+//! none twice.
+//!
 //! A subscriber that falls behind skips whole batches and is told how many
 //! records it missed with an `event: lagged` (records carry sequence
 //! numbers, so the count is exact); the encoder, if it falls behind the
@@ -34,7 +40,7 @@ use std::{
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
-use sluice_observe::{FlowFilter, FlowRecord, FlowView};
+use sluice_observe::{FlowFilter, FlowRecord, FlowView, Sequenced};
 use tokio::sync::{
     broadcast::{self, error::RecvError, error::TryRecvError},
     mpsc,
@@ -113,8 +119,17 @@ impl Live {
     }
 
     /// Starts a subscriber for flows matching `filter`, unless `max`
-    /// streams are open already.
-    pub fn stream(&self, filter: FlowFilter, max: u32, busy: Busy) -> Option<SseBody> {
+    /// streams are open already. With `after` (the client's
+    /// `Last-Event-ID`), the stream starts with the flows the recent-flow
+    /// ring holds after that sequence number.
+    pub fn stream(
+        &self,
+        view: &FlowView,
+        filter: FlowFilter,
+        after: Option<u64>,
+        max: u32,
+        busy: Busy,
+    ) -> Option<SseBody> {
         let max = max as usize;
         self.open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -126,45 +141,52 @@ impl Live {
             _busy: busy,
         };
         let (tx, rx) = mpsc::channel(BODY_QUEUE);
-        tokio::spawn(subscribe(self.batches.subscribe(), filter, tx, permit));
+        // Subscribe before reading the ring: a flow finishing in between
+        // is in both, and the subscriber skips it the second time.
+        let batches = self.batches.subscribe();
+        // An id beyond the last one given is from an earlier process:
+        // a fresh stream.
+        let (resume, expected) = match after.filter(|&a| a <= view.last_seq()) {
+            Some(after) => {
+                let mut out = Vec::new();
+                let next = replay(view, after, &filter, &mut out);
+                (Some(Bytes::from(out)), Some(next))
+            }
+            None => (None, None),
+        };
+        tokio::spawn(subscribe(batches, filter, tx, permit, resume, expected));
         Some(SseBody { rx })
     }
 }
 
-/// The encoder: records from the view into batches of frames.
-async fn encode(mut rx: broadcast::Receiver<Arc<FlowRecord>>, tx: broadcast::Sender<Arc<Batch>>) {
-    let mut next = 0u64;
+/// The encoder: records from the view into batches of frames. A batch
+/// holds consecutive sequence numbers; a gap (the encoder fell behind the
+/// view) ends it, and the next starts at the record after the gap.
+async fn encode(mut rx: broadcast::Receiver<Sequenced>, tx: broadcast::Sender<Arc<Batch>>) {
     let mut line = Vec::with_capacity(1024);
     loop {
         let first = match rx.recv().await {
             Ok(r) => r,
-            Err(RecvError::Lagged(n)) => {
-                next += n;
-                continue;
-            }
+            // The gap shows in the next record's sequence number.
+            Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return,
         };
         // Let records gather: one wake-up of this task and of each
         // subscriber per batch, not per record.
         tokio::time::sleep(BATCH).await;
-        let mut batch = Builder::new(next, &tx);
+        let mut batch = Builder::new(first.0, &tx);
         let mut pending = Some(first);
         loop {
-            if let Some(r) = pending.take() {
-                batch.push(r, &mut line);
-            }
-            if batch.len() >= MAX_BATCH {
-                next = batch.publish(&tx);
-                batch = Builder::new(next, &tx);
+            if let Some((seq, r)) = pending.take() {
+                if seq != batch.first + batch.len() as u64 || batch.len() >= MAX_BATCH {
+                    batch.publish(&tx);
+                    batch = Builder::new(seq, &tx);
+                }
+                batch.push(seq, r, &mut line);
             }
             match rx.try_recv() {
                 Ok(r) => pending = Some(r),
-                Err(TryRecvError::Lagged(n)) => {
-                    // A gap: what was gathered goes out, the rest starts
-                    // after the records skipped.
-                    next = batch.publish(&tx) + n;
-                    batch = Builder::new(next, &tx);
-                }
+                Err(TryRecvError::Lagged(_)) => {}
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Closed) => {
                     batch.publish(&tx);
@@ -172,7 +194,7 @@ async fn encode(mut rx: broadcast::Receiver<Arc<FlowRecord>>, tx: broadcast::Sen
                 }
             }
         }
-        next = batch.publish(&tx);
+        batch.publish(&tx);
     }
 }
 
@@ -203,19 +225,12 @@ impl Builder {
     }
 
     /// Adds `r`'s frame: written here, once for every subscriber.
-    fn push(&mut self, r: Arc<FlowRecord>, line: &mut Vec<u8>) {
+    fn push(&mut self, seq: u64, r: Arc<FlowRecord>, line: &mut Vec<u8>) {
         if !self.wanted {
             self.skipped += 1;
             return;
         }
-        line.clear();
-        r.write_json(line);
-        // JSON never contains a raw newline: one `data:` line.
-        self.frames.extend_from_slice(b"id: ");
-        self.frames.extend_from_slice(r.id().as_bytes());
-        self.frames.extend_from_slice(b"\nevent: flow\ndata: ");
-        self.frames.extend_from_slice(line);
-        self.frames.extend_from_slice(b"\n\n");
+        frame(&mut self.frames, seq, &r, line);
         self.records.push((self.frames.len(), r));
     }
 
@@ -235,12 +250,54 @@ impl Builder {
     }
 }
 
+/// Writes one flow's event: its sequence number as the event id.
+fn frame(out: &mut Vec<u8>, seq: u64, r: &FlowRecord, line: &mut Vec<u8>) {
+    line.clear();
+    r.write_json(line);
+    // JSON never contains a raw newline: one `data:` line.
+    // Into the Vec directly: no String per record (writing to a Vec
+    // cannot fail).
+    let _ = std::io::Write::write_fmt(out, format_args!("id: {seq}\nevent: flow\ndata: "));
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The `event: lagged` frame for `skipped` records.
+fn lagged(skipped: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: lagged\ndata: {{\"skipped\":{skipped}}}\n\n"
+    ))
+}
+
+/// A resumed stream's first frames: the flows of the ring after
+/// `Last-Event-ID` that match, oldest first, after an `event: lagged` for
+/// those the ring no longer holds. Returns the next sequence number the
+/// stream expects.
+fn replay(view: &FlowView, after: u64, filter: &FlowFilter, out: &mut Vec<u8>) -> u64 {
+    let (found, missed) = view.after(after);
+    if missed > 0 {
+        out.extend_from_slice(&lagged(missed));
+    }
+    let now = SystemTime::now();
+    let mut line = Vec::new();
+    let mut next = after + 1 + missed;
+    for (seq, r) in found {
+        if filter.matches(&r, now) {
+            frame(out, seq, &r, &mut line);
+        }
+        next = seq + 1;
+    }
+    next
+}
+
 /// A subscriber: batches into frames for one response body.
 async fn subscribe(
     mut batches: broadcast::Receiver<Arc<Batch>>,
     filter: FlowFilter,
     tx: mpsc::Sender<Bytes>,
     permit: Permit,
+    resume: Option<Bytes>,
+    mut expected: Option<u64>,
 ) {
     let _permit = permit;
     // Tell the client how long to wait before reconnecting, and flush the
@@ -252,8 +309,12 @@ async fn subscribe(
     {
         return;
     }
+    if let Some(frames) = resume.filter(|f| !f.is_empty()) {
+        if tx.send(frames).await.is_err() {
+            return;
+        }
+    }
     let all = filter == FlowFilter::default();
-    let mut expected = None;
     loop {
         // A body dropped (client gone, HEAD) ends the task at once,
         // freeing its place under `admin.max_streams`.
@@ -278,18 +339,20 @@ async fn subscribe(
             Ok(Err(RecvError::Closed)) => return,
         };
         let end = batch.first + batch.records.len() as u64;
-        let skipped = expected.map_or(0, |e| batch.first.saturating_sub(e));
-        expected = Some(end);
-        if skipped > 0 {
-            let note = format!("event: lagged\ndata: {{\"skipped\":{skipped}}}\n\n");
-            if tx.send(Bytes::from(note)).await.is_err() {
-                return;
-            }
+        // A resumed stream already sent what the ring held: skip it here.
+        let from = expected.unwrap_or(batch.first);
+        if end <= from {
+            continue;
         }
-        let frames = if all {
+        let skipped = batch.first.saturating_sub(from);
+        expected = Some(end);
+        if skipped > 0 && tx.send(lagged(skipped)).await.is_err() {
+            return;
+        }
+        let frames = if all && batch.first >= from {
             batch.frames.clone()
         } else {
-            matching(&batch, &filter)
+            matching(&batch, &filter, from)
         };
         if !frames.is_empty() && tx.send(frames).await.is_err() {
             return;
@@ -297,13 +360,14 @@ async fn subscribe(
     }
 }
 
-/// The frames of the records in `batch` that pass `filter`, copied.
-fn matching(batch: &Batch, filter: &FlowFilter) -> Bytes {
+/// The frames of the records in `batch` from sequence number `from` on
+/// that pass `filter`, copied.
+fn matching(batch: &Batch, filter: &FlowFilter, from: u64) -> Bytes {
     let now = SystemTime::now();
     let mut out = Vec::new();
     let mut start = 0;
-    for (end, r) in &batch.records {
-        if filter.matches(r, now) {
+    for (seq, (end, r)) in (batch.first..).zip(&batch.records) {
+        if seq >= from && filter.matches(r, now) {
             out.extend_from_slice(&batch.frames[start..*end]);
         }
         start = *end;
@@ -371,11 +435,11 @@ mod tests {
         let conns = Conns::new();
         let member = conns.join();
         let mut bodies: Vec<SseBody> = (0..8)
-            .map(|_| live.stream(FlowFilter::default(), 8, member.conn().busy()))
+            .map(|_| live.stream(&view, FlowFilter::default(), None, 8, member.conn().busy()))
             .map(Option::unwrap)
             .collect();
         assert!(
-            live.stream(FlowFilter::default(), 8, member.conn().busy())
+            live.stream(&view, FlowFilter::default(), None, 8, member.conn().busy())
                 .is_none(),
             "a ninth stream is over the cap"
         );
@@ -391,8 +455,8 @@ mod tests {
         }
         let text = String::from_utf8(seen[0].to_vec()).unwrap();
         assert_eq!(text.matches("event: flow\n").count(), 3, "{text}");
-        for r in &records {
-            assert!(text.contains(&format!("id: {}\n", r.id())), "{text}");
+        for seq in 1..=3 {
+            assert!(text.contains(&format!("id: {seq}\n")), "{text}");
         }
         for s in &seen {
             assert_eq!(s.as_ptr(), seen[0].as_ptr(), "one shared buffer");
