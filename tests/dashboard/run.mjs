@@ -9,7 +9,8 @@
 //   SLUICE_PROXY  127.0.0.1:PORT of the HTTP proxy
 //   SLUICE_ORIGIN 127.0.0.1:PORT of an origin the policy allows (rule `origin`)
 //   SLUICE_DNS    127.0.0.1:PORT of the DNS listener (zone `web` for 127.0.0.1)
-//   SCREENSHOT    where to save the screenshot
+//   SCREENSHOT    where to save the screenshot (and beside it NAME-readme.png,
+//                 the README's smaller one)
 //   CHROMIUM      the browser (default /usr/bin/chromium)
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -86,6 +87,11 @@ async function tunnellingBurst(domain, n) {
   }
 }
 
+/// The y-axis labels of a chart, bottom to top.
+async function yLabels(sel) {
+  return page.locator(sel + ' text.y').allTextContents();
+}
+
 const dir = mkdtempSync(join(tmpdir(), 'sluice-chromium-'));
 const context = await chromium.launchPersistentContext(dir, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -93,10 +99,14 @@ const context = await chromium.launchPersistentContext(dir, {
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   viewport: { width: 1400, height: 1300 },
+  // Not the machine's zone, so that the test shows times are converted and
+  // labelled with the zone they are shown in.
+  timezoneId: 'Asia/Kolkata',
 });
 const problems = [];
+let page;
 try {
-  const page = context.pages()[0] ?? await context.newPage();
+  page = context.pages()[0] ?? await context.newPage();
   page.setDefaultTimeout(15000);
   page.on('console', (m) => { if (m.type() === 'error') problems.push(m.text()); });
   page.on('pageerror', (e) => problems.push(String(e)));
@@ -107,20 +117,43 @@ try {
   await page.locator('#policy', { hasText: /policy [0-9a-f]{16}/ }).waitFor();
   check(true, 'policy hash shown');
 
+  // Idle charts: a single `0 B` / `0` tick, never `1 B / 1 B / 0 B`.
+  await page.waitForFunction(() => document.querySelectorAll('#chart text.y').length >= 1
+    && document.querySelectorAll('#denials-chart text.y').length >= 1);
+  check(JSON.stringify(await yLabels('#chart')) === '["0 B"]', `idle bytes axis: ${await yLabels('#chart')}`);
+  check(JSON.stringify(await yLabels('#denials-chart')) === '["0"]', `idle denials axis: ${await yLabels('#denials-chart')}`);
+  const xs = await page.locator('#chart text.x').allTextContents();
+  check(xs.length === 2 && xs.every((t) => /^\d\d:\d\d GMT\+5:30$/.test(t)), `time axis with the time zone: ${xs}`);
+
   // Traffic after the page loaded: it can only arrive through the stream.
   const statuses = [];
   for (let i = 1; i <= 3; i++) statuses.push(await viaProxy(`http://${origin}/upload`, 'x'.repeat(4000 * i)));
   for (let i = 0; i < 2; i++) statuses.push(await viaProxy(`http://x${i}.blocked.test/`));
-  check(JSON.stringify(statuses) === '[200,200,200,403,403]', `proxy answered ${statuses}`);
+  statuses.push(await viaProxy(`http://${origin}/bytes/60000`));
+  check(JSON.stringify(statuses) === '[200,200,200,403,403,200]', `proxy answered ${statuses}`);
 
   const rows = page.locator('#flows tbody tr');
-  await page.waitForFunction(() => document.querySelectorAll('#flows tbody tr').length >= 5);
-  check(true, 'five flows appeared live');
+  await page.waitForFunction(() => document.querySelectorAll('#flows tbody tr').length >= 6);
+  check(true, 'six flows appeared live');
   check(await page.locator('#flows tbody tr.deny', { hasText: 'blocked.test' }).count() === 2,
     'denied flows are marked deny with their destination');
   check(await page.locator('#flows tbody tr.allow .verdict.allow').count() >= 3, 'allowed flows are green');
-  check(await page.locator('#flows tbody tr', { hasText: 'blocked' }).first().locator('td').nth(6).innerText() === 'blocked',
+  check(await page.locator('#flows tbody tr', { hasText: 'blocked' }).first().locator('td.rule').innerText() === 'blocked',
     'the rule id is shown');
+  const heads = await page.locator('#flows thead th').allInnerTexts();
+  check(['user', 'method', 'status', 'reason'].every((h) => heads.includes(h)), `user, method, status and reason columns: ${heads}`);
+  const post = page.locator('#flows tbody tr', { hasText: origin }).filter({ has: page.locator('td.method', { hasText: 'POST' }) }).first();
+  check(await post.locator('td.status').innerText() === '200', 'an upload shows method POST and status 200');
+  const denied = page.locator('#flows tbody tr.deny').first();
+  check((await denied.locator('td.reason').innerText()).includes('matches deny rule blocked'), 'a denial shows its reason in a column');
+  check(await denied.locator('td.user').innerText() === '—', 'no user shown as a dash');
+  check(await denied.locator('td.status').innerText() === '403', 'a denial shows status 403');
+  const when = page.locator('#flows tbody tr').first().locator('td').first();
+  const shown = await when.innerText();
+  const raw = await when.getAttribute('title');
+  check(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d GMT\+5:30$/.test(shown), `absolute timestamp with the time zone: ${shown}`);
+  const back = Date.parse(shown.replace(' ', 'T').replace(' GMT+5:30', '+05:30'));
+  check(back === Math.floor(Date.parse(raw) / 1000) * 1000, `it is the record's time (${raw}) in that zone`);
 
   // Filters: verdict, then host substring, then clear.
   await page.selectOption('#f-verdict', 'deny');
@@ -158,16 +191,36 @@ try {
 
   // Panels refreshed from the API.
   await page.waitForFunction(() => document.querySelectorAll('#chart polyline').length >= 1);
-  await page.locator('#legend', { hasText: /web 23 KiB/ }).waitFor();
-  check(true, 'bytes-out chart drawn with the 24,000 bytes sent');
-  await page.locator('#top td', { hasText: origin.split(':')[0] }).first().waitFor();
+  await page.locator('#legend', { hasText: /web 23 KiB out, 5\d KiB in/ }).waitFor();
+  check(true, `bytes chart drawn with the 24,000 bytes sent and the 60,000 downloaded: ${await page.locator('#legend').innerText()}`);
+  const inLine = await page.locator('#chart polyline[data-series="in"][data-zone="web"]').getAttribute('points');
+  check(new Set(inLine.split(' ').map((p) => p.split(',')[1])).size > 1, 'the download is not a flat line');
+  await page.locator('#denials-legend', { hasText: 'web 3 denials' }).waitFor();
+  check(await page.locator('#denials-chart polyline[data-zone="web"]').count() === 1, 'denials over time drawn: web 3 denials');
+  for (const c of ['#chart', '#denials-chart']) {
+    const ys = await yLabels(c);
+    check(ys.length >= 2 && new Set(ys).size === ys.length, `${c} axis labels do not repeat: ${ys}`);
+  }
+  await page.locator('#top table.destinations td', { hasText: origin.split(':')[0] }).first().waitFor();
   check(true, 'top destinations listed');
+  check(await page.locator('#top table.sources td', { hasText: '127.0.0.1' }).count() >= 1, 'top sources listed');
+  check(await page.locator('#top td', { hasText: /^1 flow$/ }).count() >= 1, 'one flow is "1 flow"');
+  check(!/(^|[^0-9])1 (flows|denials|rules|alerts|minutes|hours)\b/.test(await page.locator('body').innerText()), 'no "1 flows"');
   await page.locator('#denials tbody tr', { hasText: 'matches deny rule blocked' }).first().waitFor();
   check(true, 'recent denials show rule and reason');
   await page.locator('#rules tbody tr[data-rule="blocked"]', { hasText: '3' }).waitFor();
   check(true, 'rule hit counts shown');
   check(await page.locator('#rules tbody tr[data-rule="never-used"] .stale').count() === 1, 'a rule without hits is marked stale');
   check(await page.locator('#alerts tbody tr.empty', { hasText: 'none' }).count() === 1, 'alerts panel shown (empty)');
+
+  // The README's picture (docs/dashboard.png is a copy): the top of the
+  // page with HTTP traffic, small enough to keep in the repository.
+  const readme = screenshot.replace(/\.png$/, '') + '-readme.png';
+  await page.setViewportSize({ width: 1200, height: 900 });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: readme });
+  await page.setViewportSize({ width: 1400, height: 1300 });
+  check(true, `README screenshot saved to ${readme}`);
 
   // A DNS tunnelling burst: the alerts panel shows it at its next refresh.
   await tunnellingBurst('exfil-tunnel.test', 40);

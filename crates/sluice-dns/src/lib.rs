@@ -1,4 +1,4 @@
-//! Sluice's filtering DNS forwarder (DESIGN.md): it answers DNS for the
+//! Sluice's filtering DNS forwarder (docs/design.md): it answers DNS for the
 //! zones, lets a zone resolve only the names its policy could allow, strips
 //! addresses the guard refuses from every answer (no rebinding through
 //! Sluice's own resolver), remembers what it handed out as grants, and

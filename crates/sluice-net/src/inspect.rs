@@ -5,7 +5,7 @@
 //! rule and reason (the flow ends and its record says so), or — later —
 //! asks for interception. DLP, malware scanning, ICAP and TLS interception
 //! are inspectors; the first one is [`SniMatch`], the domain-fronting
-//! check (DESIGN.md "Domain fronting", `tls_sni_must_match`).
+//! check (docs/design.md "Decisions", domain fronting, `tls_sni_must_match`).
 //!
 //! Inspectors run on the data path: they must not block (hand slow work to
 //! a task) and must bound what they buffer.

@@ -51,7 +51,7 @@ pub use inspect::{Inspection, Inspector};
 pub use refusal::{Refusal, Side};
 pub use route::{Route, Router};
 
-/// DNS-derived grants (DESIGN.md, the DNS forwarder): addresses that a
+/// DNS-derived grants (docs/design.md, the DNS forwarder): addresses that a
 /// zone's clients learned from an allowed DNS answer, so that a redirected
 /// connection without a name on the wire (`tcp`) can be judged by the name
 /// it was resolved from. The binary adapts the DNS forwarder's store.

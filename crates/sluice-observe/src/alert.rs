@@ -1,4 +1,4 @@
-//! Alerts (DESIGN.md "Alert"): what a detector raises about a source, a
+//! Alerts (docs/design.md "Alerts"): what a detector raises about a source, a
 //! destination or both, and [`AlertRing`], the bounded memory of recent
 //! alerts that folds repeats into a count and answers the admin API.
 //!
@@ -172,7 +172,7 @@ struct Slot {
 // === impl AlertKind ===
 
 impl AlertKind {
-    /// Every kind, in DESIGN.md's order.
+    /// Every kind, in docs/design.md's order.
     pub const ALL: [AlertKind; 9] = [
         AlertKind::Volume,
         AlertKind::NewDestination,

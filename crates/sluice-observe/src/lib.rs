@@ -9,7 +9,7 @@
 //!
 //! # Layout
 //!
-//! - `record`: [`FlowRecord`], the fields of DESIGN.md "Flow record".
+//! - `record`: [`FlowRecord`], the fields of docs/design.md "Flow records".
 //! - `sink`: [`FlowSink`], the non-blocking handle the data path sends
 //!   records to, and [`FlowWriter`], the control handle of the one thread
 //!   that writes them (reopen for rotation, close for shutdown).
@@ -20,7 +20,7 @@
 //! - `view`: [`FlowView`], what the admin API shows in bounded memory: the
 //!   recent-flow and denial rings, rule hits, the live stream and windowed
 //!   aggregates by zone.
-//! - `alert`: [`Alert`] (DESIGN.md "Alert") and [`AlertRing`], the bounded
+//! - `alert`: [`Alert`] (docs/design.md "Alerts") and [`AlertRing`], the bounded
 //!   memory of recent alerts that folds repeats into a count.
 //! - `recorder`: [`Recorder`], the record stage's fan-out to metrics, the
 //!   view, the sink and the [`Detector`]s, and where alerts are emitted.

@@ -1,7 +1,7 @@
 //! The metrics registry: every `sluice_*` family, and the small methods the
 //! data path, the reloader and the admin server call.
 //!
-//! Labels are low-cardinality only (DESIGN.md "Names"): listener, zone,
+//! Labels are low-cardinality only (docs/design.md "Names and rule ids"): listener, zone,
 //! verdict, enforced, and a rule only when it has an explicit id. Never a
 //! destination or client address.
 

@@ -1,6 +1,6 @@
 //! The flow record: one per tunnel, per absolute-form HTTP request and per
-//! DNS query, with the same fields for every listener (DESIGN.md "Flow
-//! record"). It is data, not a log line: the sink serializes it as one JSON
+//! DNS query, with the same fields for every listener (docs/design.md "Flow
+//! records"). It is data, not a log line: the sink serializes it as one JSON
 //! object a line, and `sluice learn` / `replay` read it back.
 
 use std::{

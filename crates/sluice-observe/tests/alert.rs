@@ -1,4 +1,4 @@
-//! The alert ring: serialization in DESIGN.md's field order, repeats
+//! The alert ring: serialization in docs/design.md's field order, repeats
 //! folded into a count within the window, the capacity bound, and the
 //! query filters.
 

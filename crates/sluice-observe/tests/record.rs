@@ -17,7 +17,7 @@ use sluice_policy::{Verdict, model::Mode};
 
 /// The line the flow log writes, byte for byte: the fields and their
 /// order as they were when the encoder was written by hand (c38e7e3),
-/// with `error_kind` after `error` (DESIGN.md: new fields go after it).
+/// with `error_kind` after `error` (docs/design.md: new fields go after it).
 #[test]
 fn json_line_is_byte_for_byte_the_documented_one() {
     let mut r = FlowRecord::with_id(

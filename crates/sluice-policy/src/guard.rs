@@ -2,7 +2,7 @@
 //! reachable) and therefore denied in every mode unless a `cidr` allow rule
 //! lying entirely inside special space lifts it.
 //!
-//! The table is `special-addresses.tsv` (a copy of the one beside DESIGN.md),
+//! The table is `special-addresses.tsv` (the guard's table, described in docs/design.md),
 //! compiled in. IPv6 forms that embed IPv4 (mapped, compatible, NAT64, 6to4,
 //! Teredo) are judged by the IPv4 addresses they carry. IPv6 outside the
 //! global unicast block 2000::/3 that no row names is not allocated for

@@ -1,4 +1,4 @@
-//! The compiled policy and its two decision phases (DESIGN.md "Decisions"):
+//! The compiled policy and its two decision phases (docs/design.md "Decisions"):
 //! `decide` before resolution, `check_addresses` after. Both are pure
 //! functions of the compiled policy and their arguments.
 
@@ -51,7 +51,7 @@ pub enum Pending {
     CidrAllow,
 }
 
-/// Every built-in rule id (DESIGN.md "Names"): the guard, the fallbacks and
+/// Every built-in rule id (docs/design.md "Names and rule ids"): the guard, the fallbacks and
 /// the inspectors. Records, metrics and answers name these; nothing else
 /// spells them.
 pub mod ids {

@@ -14,7 +14,7 @@
 //!   records carry no announced prefix, so addresses are never grouped.
 //! - A name whose dialed address was special (`localhost`, a private zone)
 //!   also gets a `cidr` rule for that address: only a `cidr` allow inside
-//!   special space lifts the guard (DESIGN.md "Decisions").
+//!   special space lifts the guard (docs/design.md "Decisions").
 //! - Ports are listed as seen (consecutive ports written as a range).
 
 use std::{
@@ -319,7 +319,7 @@ pub fn wildcard_base(name: &str) -> Option<&str> {
     (rd != name && suffix != rd && name.ends_with(&format!(".{rd}"))).then_some(rd)
 }
 
-/// `[a-z0-9_-]{1,63}` and not reserved (DESIGN.md "Zones"): a name read
+/// `[a-z0-9_-]{1,63}` and not reserved (docs/design.md "Zones"): a name read
 /// from a record is checked before it is written back as a zone.
 fn zone_name_ok(name: &str) -> bool {
     (1..=63).contains(&name.len())

@@ -119,7 +119,7 @@ fn decide_name(p: &Policy, name: &str, port: u16) -> sluice_policy::Decision {
 }
 
 /// `localhost` means 127.0.0.1 and ::1: a cidr allow inside loopback space
-/// that covers the port lets it out (DESIGN.md "guard"), nothing else does;
+/// that covers the port lets it out (docs/design.md "Decisions"), nothing else does;
 /// and phase two checks the local addresses like any others.
 #[test]
 fn localhost_meets_the_guard_as_its_loopback_addresses() {

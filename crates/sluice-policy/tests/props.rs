@@ -3,7 +3,7 @@
 //! - host matching: `*.x` matches a name iff the name ends with `.x`
 //!   label-wise, and `x` matches only `x`, whatever the case or trailing dot;
 //! - the guard agrees with an independent table of every special range,
-//!   written out below from the IANA registries and DESIGN.md (deliberately
+//!   written out below from the IANA registries and docs/design.md (deliberately
 //!   not read from `special-addresses.tsv`), on addresses biased toward the
 //!   edges of those ranges and toward IPv6 forms that embed them;
 //! - destination parsing never panics, and a parsed name is lower-case
@@ -113,7 +113,7 @@ proptest! {
 // === the guard against an independent table ===
 
 /// IPv4 blocks that are special (not globally reachable, or multicast and
-/// reserved): IANA IPv4 Special-Purpose Address Registry and DESIGN.md.
+/// reserved): IANA IPv4 Special-Purpose Address Registry and docs/design.md.
 const V4_SPECIAL: &[(&str, u8)] = &[
     ("0.0.0.0", 8),          // "this network"
     ("10.0.0.0", 8),         // private
@@ -399,7 +399,7 @@ fn guard_agrees_with_the_table_at_every_edge() {
 
 #[test]
 fn oracle_sanity() {
-    // The hand-written table itself, on the examples DESIGN.md names.
+    // The hand-written table itself, on the examples docs/design.md names.
     for s in [
         "127.0.0.1",
         "10.1.2.3",

@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::listeners::Listeners;
 
-/// The embedded default (DESIGN.md): proxy and admin on loopback, one
+/// The embedded default (docs/design.md): proxy and admin on loopback, one
 /// report-mode zone for local clients, guard on.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 

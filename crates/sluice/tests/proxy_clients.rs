@@ -128,7 +128,7 @@ fn tls_origin() -> TlsOrigin {
     }
 }
 
-/// The embedded default policy (DESIGN.md) with its listeners moved to port 0.
+/// The embedded default policy (docs/design.md) with its listeners moved to port 0.
 fn default_like() -> String {
     let text = include_str!("../src/default.yaml");
     let moved = text

@@ -57,9 +57,50 @@ function bytes(n) {
   return n.toFixed(n < 10 ? 1 : 0) + ' ' + u[i];
 }
 
+// "3 flows", "1 flow": `n` with the word in the right number.
+function plural(n, one, many = one + 's') {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+const pad = (n) => String(n).padStart(2, '0');
+
+// The browser's time zone as a short name ("UTC", "CET", "GMT+1").
+function zoneName(d) {
+  const part = new Intl.DateTimeFormat('en-US', { timeZoneName: 'short' })
+    .formatToParts(d).find((p) => p.type === 'timeZoneName');
+  if (part) return part.value;
+  const off = -d.getTimezoneOffset();
+  return `UTC${off < 0 ? '-' : '+'}${pad(Math.floor(Math.abs(off) / 60))}:${pad(Math.abs(off) % 60)}`;
+}
+
+// An absolute local timestamp with its time zone: "2026-12-04 22:31:05 UTC".
 function time(ts) {
   const d = new Date(ts);
-  return isNaN(d) ? ts : d.toLocaleTimeString();
+  if (isNaN(d)) return ts;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} `
+    + `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zoneName(d)}`;
+}
+
+// Hours and minutes with the time zone, for chart axes: "22:31 UTC".
+function clock(ts) {
+  const d = new Date(ts);
+  return isNaN(d) ? ts : `${pad(d.getHours())}:${pad(d.getMinutes())} ${zoneName(d)}`;
+}
+
+// Axis ticks from 0 to at least `max` in even steps of 1, 2 or 5 times a
+// power of ten (of a power of 1024 for bytes), so that no two labels are
+// the same; only 0 when there is nothing to show.
+function ticks(max, binary) {
+  if (!(max > 0)) return [0];
+  const raw = max / 3;
+  const unit = binary && raw >= 1024 ? 1024 ** Math.floor(Math.log(raw) / Math.log(1024)) : 1;
+  const r = Math.max(1, raw / unit);
+  const mag = 10 ** Math.floor(Math.log10(r));
+  const f = r / mag;
+  const step = Math.max(1, unit * mag * (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10));
+  const out = [0];
+  while (out[out.length - 1] < max && out.length < 12) out.push(out[out.length - 1] + step);
+  return out;
 }
 
 function verdictClass(r) {
@@ -102,24 +143,27 @@ function matches(r, f) {
 
 function flowRow(r, fresh) {
   const tr = el('tr', { class: verdictClass(r) + (fresh ? ' fresh' : ''), 'data-id': r.id },
-    el('td', {}, time(r.ts)),
+    el('td', { title: r.ts }, time(r.ts)),
     el('td', {}, r.listener),
     el('td', { class: 'mono' }, r.src),
+    el('td', { class: 'user' }, r.user || '—'),
     el('td', {}, r.zone || '—'),
     el('td', { class: 'mono' }, destination(r)),
+    el('td', { class: 'method' }, r.method || r.qtype || '—'),
+    el('td', { class: 'num status' }, r.status ?? '—'),
     el('td', {}, verdictBadge(r)),
-    el('td', { class: 'mono', title: r.reason }, r.rule),
+    el('td', { class: 'mono rule' }, r.rule),
+    el('td', { class: 'wrap reason' }, r.reason + (r.error ? ' — ' + r.error : '')),
     el('td', { class: 'num' }, bytes(r.bytes_out)),
     el('td', { class: 'num' }, bytes(r.bytes_in)),
     el('td', { class: 'num' }, r.duration_ms));
-  tr.title = r.reason + (r.error ? ' — ' + r.error : '');
   return tr;
 }
 
 function renderFlows() {
   const body = $('#flows tbody');
   body.replaceChildren(...flows.map((r) => flowRow(r, false)));
-  $('#flow-count').textContent = `${flows.length} shown`;
+  $('#flow-count').textContent = plural(flows.length, 'flow') + ' shown';
 }
 
 async function loadFlows() {
@@ -140,7 +184,7 @@ function addFlow(r) {
   const body = $('#flows tbody');
   body.prepend(flowRow(r, true));
   while (flows.length > MAX_ROWS) { flows.pop(); body.lastElementChild?.remove(); }
-  $('#flow-count').textContent = `${flows.length} shown`;
+  $('#flow-count').textContent = plural(flows.length, 'flow') + ' shown';
 }
 
 function noteZone(zone) {
@@ -209,46 +253,105 @@ function svg(tag, attrs = {}) {
   return e;
 }
 
-async function loadTraffic() {
-  let t;
-  try { t = await api('/api/v1/traffic'); } catch (e) { return; }
-  $('#traffic-window').textContent = `last ${Math.round(t.window_seconds / 60)} min, ${t.bucket_seconds} s buckets`;
-  const zones = [...new Set(t.buckets.flatMap((b) => Object.keys(b.zones)))].sort();
-  zones.forEach((z) => noteZone(z));
-  const W = 600, H = 200, L = 48, B = 18, T = 8;
-  const n = t.buckets.length;
-  const max = Math.max(1, ...t.buckets.map((b) => Math.max(0, ...Object.values(b.zones).map((z) => z.bytes_out))));
+// One line chart: `series` are {key, color, dash, values, label}; `fmt`
+// labels the y axis; `starts` are the buckets' start times.
+function lineChart(box, starts, series, fmt, binary, aria) {
+  const W = 600, H = 180, L = 56, B = 18, T = 8;
+  const n = starts.length;
+  const max = Math.max(0, ...series.flatMap((s) => s.values));
+  const ys = ticks(max, binary);
+  const top = Math.max(1, ys[ys.length - 1]);
   const x = (i) => L + (i * (W - L - 4)) / Math.max(1, n - 1);
-  const y = (v) => T + (H - T - B) * (1 - v / max);
-  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none' });
-  for (const f of [0, 0.5, 1]) {
-    root.append(svg('line', { x1: L, x2: W, y1: y(max * f), y2: y(max * f), stroke: '#d0d7de', 'stroke-width': 1 }));
-    const label = svg('text', { x: L - 4, y: y(max * f) + 3, 'text-anchor': 'end' });
-    label.textContent = bytes(Math.round(max * f));
+  const y = (v) => T + (H - T - B) * (1 - v / top);
+  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', 'aria-label': aria });
+  for (const v of ys) {
+    root.append(svg('line', { x1: L, x2: W, y1: y(v), y2: y(v), stroke: '#d0d7de', 'stroke-width': 1 }));
+    const label = svg('text', { x: L - 4, y: y(v) + 3, 'text-anchor': 'end', class: 'y' });
+    label.textContent = fmt(v);
     root.append(label);
   }
   for (const [i, anchor] of [[0, 'start'], [n - 1, 'end']]) {
-    if (!t.buckets[i]) continue;
-    const label = svg('text', { x: x(i), y: H - 4, 'text-anchor': anchor });
-    label.textContent = time(t.buckets[i].start);
+    if (!starts[i]) continue;
+    const label = svg('text', { x: x(i), y: H - 4, 'text-anchor': anchor, class: 'x' });
+    label.textContent = clock(starts[i]);
     root.append(label);
   }
+  for (const s of series) {
+    const pts = s.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
+    const attrs = { points: pts, fill: 'none', stroke: s.color, 'stroke-width': 2, 'data-zone': s.zone, 'data-series': s.key };
+    if (s.dash) attrs['stroke-dasharray'] = '5 3';
+    root.append(svg('polyline', attrs));
+  }
+  box.replaceChildren(root);
+}
+
+async function loadTraffic() {
+  let t;
+  try { t = await api('/api/v1/traffic'); } catch (e) { return; }
+  const mins = Math.round(t.window_seconds / 60);
+  const win = `last ${plural(mins, 'minute')}, ${t.bucket_seconds} s buckets`;
+  $('#traffic-window').textContent = win;
+  $('#denials-window').textContent = win;
+  const zones = [...new Set(t.buckets.flatMap((b) => Object.keys(b.zones)))].sort();
+  zones.forEach((z) => noteZone(z));
+  const starts = t.buckets.map((b) => b.start);
+  const of = (z, k) => t.buckets.map((b) => b.zones[z]?.[k] || 0);
+  const sum = (v) => v.reduce((a, b) => a + b, 0);
+
+  const bytesSeries = [];
   const legend = $('#legend');
   legend.replaceChildren();
   for (const z of zones) {
-    const pts = t.buckets.map((b, i) => `${x(i).toFixed(1)},${y(b.zones[z]?.bytes_out || 0).toFixed(1)}`).join(' ');
-    const line = svg('polyline', { points: pts, fill: 'none', stroke: colorOf(z || '(none)'), 'stroke-width': 2, 'data-zone': z });
-    root.append(line);
-    const total = t.buckets.reduce((s, b) => s + (b.zones[z]?.bytes_out || 0), 0);
-    const item = el('span', {}, `${z || '(no zone)'} ${bytes(total)}`);
-    item.style.setProperty('--swatch', colorOf(z || '(none)'));
+    const color = colorOf(z || '(none)');
+    const out = of(z, 'bytes_out'), inn = of(z, 'bytes_in');
+    bytesSeries.push({ key: 'out', zone: z, color, values: out });
+    bytesSeries.push({ key: 'in', zone: z, color, dash: true, values: inn });
+    const item = el('span', { 'data-zone': z }, `${z || '(no zone)'} ${bytes(sum(out))} out, ${bytes(sum(inn))} in`);
+    item.style.setProperty('--swatch', color);
     legend.append(item);
   }
-  if (!zones.length) legend.append(el('span', { class: 'muted' }, 'no traffic in the window yet'));
-  $('#chart').replaceChildren(root);
+  if (zones.length) legend.append(el('span', { class: 'muted key' }, 'solid: out (to destinations) · dashed: in (to clients)'));
+  else legend.append(el('span', { class: 'muted' }, 'no traffic in the window yet'));
+  lineChart($('#chart'), starts, bytesSeries, bytes, true, 'bytes out and in over time per zone');
+
+  const denySeries = [];
+  const dlegend = $('#denials-legend');
+  dlegend.replaceChildren();
+  for (const z of zones) {
+    const values = of(z, 'denied');
+    const total = sum(values);
+    if (!total) continue;
+    const color = colorOf(z || '(none)');
+    denySeries.push({ key: 'denied', zone: z, color, values });
+    const item = el('span', { 'data-zone': z }, `${z || '(no zone)'} ${plural(total, 'denial')}`);
+    item.style.setProperty('--swatch', color);
+    dlegend.append(item);
+  }
+  if (!denySeries.length) dlegend.append(el('span', { class: 'muted' }, 'no denials in the window'));
+  lineChart($('#denials-chart'), starts, denySeries, String, false, 'denied flows over time per zone');
 }
 
 // === top destinations ===
+
+function topTable(kind, entries) {
+  const max = Math.max(1, ...entries.map((d) => d.bytes_out));
+  const table = el('table', { class: 'top ' + kind });
+  table.append(el('tr', {}, el('th', {}, kind === 'sources' ? 'source' : 'destination'),
+    el('th', { class: 'num' }, 'out'), el('th', { class: 'num' }, 'in'), el('th', { class: 'num' }, 'flows'),
+    el('th', { class: 'num' }, 'denied'), el('th', {}, '')));
+  for (const d of entries) {
+    const bar = el('div', { class: 'bar' });
+    bar.style.width = `${(100 * d.bytes_out) / max}%`;
+    table.append(el('tr', {},
+      el('td', { class: 'mono' }, d.key),
+      el('td', { class: 'num' }, bytes(d.bytes_out)),
+      el('td', { class: 'num' }, bytes(d.bytes_in)),
+      el('td', { class: 'num' }, plural(d.flows, 'flow')),
+      el('td', { class: 'num' }, d.denied ? `${d.denied} denied` : ''),
+      el('td', { class: 'wrap' }, bar)));
+  }
+  return table;
+}
 
 async function loadTop() {
   let t;
@@ -257,20 +360,9 @@ async function loadTop() {
   box.replaceChildren();
   if (!t.zones.length) { box.append(el('p', { class: 'muted' }, 'no flows in the window yet')); return; }
   for (const z of t.zones) {
-    box.append(el('h3', {}, z.zone || '(no zone)'));
-    const max = Math.max(1, ...z.destinations.map((d) => d.bytes_out));
-    const table = el('table', { class: 'top' });
-    for (const d of z.destinations) {
-      const bar = el('div', { class: 'bar' });
-      bar.style.width = `${(100 * d.bytes_out) / max}%`;
-      table.append(el('tr', {},
-        el('td', { class: 'mono' }, d.key),
-        el('td', { class: 'num' }, bytes(d.bytes_out)),
-        el('td', { class: 'num' }, `${d.flows} flows`),
-        el('td', { class: 'num' }, d.denied ? `${d.denied} denied` : ''),
-        el('td', { class: 'wrap' }, bar)));
-    }
-    box.append(table);
+    box.append(el('h3', {}, `${z.zone || '(no zone)'} · ${plural(z.totals.flows, 'flow')}`));
+    box.append(el('div', {}, el('h4', {}, 'Top sources'), topTable('sources', z.sources)),
+      el('div', {}, el('h4', {}, 'Top destinations'), topTable('destinations', z.destinations)));
   }
 }
 
@@ -280,8 +372,9 @@ async function loadDenials() {
   let d;
   try { d = await api('/api/v1/denials?limit=50'); } catch (e) { return; }
   $('#denials tbody').replaceChildren(...d.denials.map((r) => el('tr', { class: verdictClass(r) },
-    el('td', {}, time(r.ts)),
+    el('td', { title: r.ts }, time(r.ts)),
     el('td', {}, r.zone || '—'),
+    el('td', {}, r.user || '—'),
     el('td', { class: 'mono' }, r.src),
     el('td', { class: 'mono' }, destination(r)),
     el('td', { class: 'mono' }, r.rule),
@@ -293,7 +386,7 @@ async function loadRules() {
   try { r = await api('/api/v1/rules'); } catch (e) { return; }
   $('#policy').textContent = 'policy ' + r.policy_hash;
   const stale = r.rules.filter((x) => x.stale).length;
-  $('#rules-note').textContent = `${r.rules.length} rules, ${stale} stale (no hit in ${Math.round(r.stale_after_seconds / 3600)} h)`;
+  $('#rules-note').textContent = `${plural(r.rules.length, 'rule')}, ${stale} stale (no hit in ${plural(Math.round(r.stale_after_seconds / 3600), 'hour')})`;
   const rows = r.rules.map((x) => el('tr', { 'data-rule': x.id },
     el('td', { class: 'mono' }, x.id),
     el('td', {}, x.zone),
@@ -335,7 +428,7 @@ async function loadAlerts() {
   let a;
   try { a = await api('/api/v1/alerts?limit=100'); } catch (e) { return; }
   const body = $('#alerts tbody');
-  $('#alerts-note').textContent = a.alerts.length ? `${a.alerts.length} shown, newest first` : '';
+  $('#alerts-note').textContent = a.alerts.length ? `${plural(a.alerts.length, 'alert')} shown, newest first` : '';
   if (!a.alerts.length) {
     body.replaceChildren(el('tr', { class: 'empty' }, el('td', { class: 'muted', colspan: '8' }, 'none')));
     return;
