@@ -28,6 +28,7 @@ mod listeners;
 mod records;
 mod replay;
 mod run;
+mod validate;
 
 /// Sluice: an egress gateway. What is not explicitly allowed does not leave.
 #[derive(Debug, Parser)]
@@ -46,10 +47,14 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Validate a configuration: exit 0, or print every error and exit 1.
+    /// Warnings print as `file:line:column: warning: …` and exit 0.
     Validate {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Explain the decision for one request: exit 0 allow, 1 deny, 2 error.
     Check {
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => run::main(config),
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, strict } => validate::main(&config, strict),
         Command::Check {
             config,
             from,
@@ -168,25 +173,6 @@ fn load(path: &PathBuf) -> Result<Policy, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     Policy::load(&text, &path.display().to_string()).map_err(|e| e.to_string())
-}
-
-fn validate(path: &PathBuf) -> ExitCode {
-    match load(path) {
-        Ok(p) => {
-            println!(
-                "{}: ok ({} zones, {} users, policy {})",
-                path.display(),
-                p.config().zones.len(),
-                p.config().users.len(),
-                p.hash()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// Splits a check target into host and port.
