@@ -150,7 +150,7 @@ pub(crate) static RULE: Section<Rule> = Section {
     keys: &[
         key!(host: HostPattern, Applies, "`example.com` (that name only) or `*.example.com` (every name below it)."),
         key!(cidr: Cidr, Applies, "An address block, e.g. `198.51.100.0/24`."),
-        key!(ports: PortSet, Applies, "Ports: a list of numbers and `\"a-b\"` ranges, or `any`."),
+        key!(ports: PortSet, Applies, "Ports: a list of numbers and `\"a-b\"` ranges (one may stand alone: `443`), or `any`."),
         key!(id: RuleId, Applies, "Optional stable id, unique in the file; otherwise `zone/allow/N` or `zone/deny/N`."),
     ],
     not_yet: &[],
