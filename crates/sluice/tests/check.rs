@@ -277,6 +277,53 @@ fn validate_finds_what_run_rejects() {
     }
 }
 
+/// A flow-log directory the gateway's user cannot write: refused by
+/// `validate` and by `run` before binding. Root writes anywhere, so as root
+/// both run as `nobody` (setpriv); the directory is read-only to them.
+#[test]
+fn validate_and_run_refuse_an_unwritable_flow_log_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sluice-cli-tests/read-only");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let path = scratch_file(
+        "flows-read-only.yaml",
+        &format!(
+            "listen:\n  http: 127.0.0.1:0\nlog:\n  flows: {}/flows.log\nzones: []\n",
+            dir.display()
+        ),
+    );
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    let want = format!(
+        "log.flows `{}/flows.log`: directory {} is not writable",
+        dir.display(),
+        dir.display()
+    );
+    for (command, code_wanted) in [("validate", 1), ("run", 2)] {
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_sluice"),
+            ]);
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        };
+        let out = cmd.args([command, "-c"]).arg(&path).output().unwrap();
+        assert_eq!(code(&out), code_wanted, "{command}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&want), "{command}: {}", stderr(&out));
+    }
+}
+
 /// A file that loads but probably does not say what was meant: every
 /// warning printed as `file:line:column: warning: …`, exit 0, or 1 with
 /// `--strict`.
