@@ -27,8 +27,8 @@ pub mod propose;
 
 pub use dest::{DestError, Destination, parse_port};
 pub use load::{
-    ConfigError, ConfigErrors, KeyDoc, Reload, keys, parse_cidr, parse_config, restart_needed,
-    schema,
+    ConfigError, ConfigErrors, ConfigWarning, KeyDoc, Reload, keys, parse_cidr, parse_config,
+    restart_needed, schema,
 };
 pub use model::{Config, Mode, Ports};
 pub use policy::{

@@ -59,6 +59,32 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Something a file says that loads but is probably not what was meant
+/// (a wildcard over a public suffix, a rule that can never match). The
+/// policy loads with it; `sluice validate` prints it (and fails with
+/// `--strict`), `sluice run` logs it at start and on reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The file name as given.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What looks wrong and what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: warning: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
 /// Every error found in a file, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -99,9 +125,18 @@ pub(crate) enum Need {
 
 /// [`parse_config`], requiring what `need` says.
 pub(crate) fn parse(source: &str, file: &str, need: Need) -> Result<Config, ConfigErrors> {
+    parse_warned(source, file, need).map(|(c, _)| c)
+}
+
+/// [`parse`], with the warnings of a file that loads, in file order.
+pub(crate) fn parse_warned(
+    source: &str,
+    file: &str,
+    need: Need,
+) -> Result<(Config, Vec<ConfigWarning>), ConfigErrors> {
     let docs = yaml::documents(source).map_err(|e| {
         let mut cx = Cx::new(file);
-        cx.err_at(e.at, e.message);
+        cx.err_at(e.at, explain_syntax(&e.message));
         ConfigErrors(cx.errors)
     })?;
     let mut cx = Cx::new(file);
@@ -127,9 +162,39 @@ pub(crate) fn parse(source: &str, file: &str, need: Need) -> Result<Config, Conf
     let mut errors = cx.errors;
     // Stable: errors at one position keep the order they were found in.
     errors.sort_by_key(|e| (e.line, e.column));
+    let mut warnings = cx.warnings;
+    warnings.sort_by_key(|w| (w.line, w.column));
     match config {
-        Some(c) if errors.is_empty() => Ok(c),
+        Some(c) if errors.is_empty() => Ok((c, warnings)),
         _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// A YAML parser message in words a person editing the file understands,
+/// for the mistakes people make (mostly indentation), with the parser's
+/// own words kept after it; any other message as the parser said it.
+fn explain_syntax(message: &str) -> String {
+    const PLAIN: &[(&str, &str)] = &[
+        (
+            "did not find expected '-' indicator",
+            "this line is not indented like the list above it: a new item starts with `- ` in the same column as the other items, and a key of an item lines up with the key after its `- `",
+        ),
+        (
+            "did not find expected key",
+            "this line is indented differently from the keys above it: the keys of one mapping start in the same column",
+        ),
+        (
+            "mapping values are not allowed in this context",
+            "a `key:` here is indented deeper than the keys around it, or follows a value on the same line: line it up with the other keys of its mapping (and quote a value that contains `: `)",
+        ),
+        (
+            "tabs disallowed",
+            "a tab in the indentation: YAML indents with spaces only",
+        ),
+    ];
+    match PLAIN.iter().find(|(said, _)| message.contains(said)) {
+        Some((_, plain)) => format!("{plain} (YAML parser: {message})"),
+        None => message.to_owned(),
     }
 }
 
@@ -138,6 +203,7 @@ pub(crate) fn parse(source: &str, file: &str, need: Need) -> Result<Config, Conf
 pub(crate) struct Cx<'f> {
     file: &'f str,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
     /// The key being read: its section's label and its name.
     label: Label,
     /// Explicit rule ids and the line each was first used on.
@@ -169,6 +235,7 @@ impl<'f> Cx<'f> {
         Cx {
             file,
             errors: Vec::new(),
+            warnings: Vec::new(),
             label: Label::default(),
             rule_ids: HashMap::new(),
             user_refs: Vec::new(),
@@ -183,6 +250,16 @@ impl<'f> Cx<'f> {
     /// Reports an error at `at`.
     pub(crate) fn err_at(&mut self, at: Pos, msg: impl Into<String>) {
         self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line: at.line,
+            column: at.column,
+            message: msg.into(),
+        });
+    }
+
+    /// Reports a warning at `at`.
+    pub(crate) fn warn_at(&mut self, at: Pos, msg: impl Into<String>) {
+        self.warnings.push(ConfigWarning {
             file: self.file.to_owned(),
             line: at.line,
             column: at.column,

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     dest::Destination,
     guard,
-    load::{self, ConfigErrors},
+    load::{self, ConfigErrors, ConfigWarning},
     matcher::{CidrTable, HostTable},
     model::{Config, Mode, Ports, Rule},
 };
@@ -248,6 +248,8 @@ pub struct Policy {
     /// Zones that name no sources.
     sourceless: Vec<u32>,
     any_users: bool,
+    /// What the loader warned about, in file order.
+    warnings: Vec<ConfigWarning>,
 }
 
 /// A configuration that failed to load or compile.
@@ -260,8 +262,16 @@ impl Policy {
     /// [`parse_config`](crate::parse_config), the file must name `zones` (an empty or cut-short
     /// file is refused rather than loaded as a policy that denies all).
     pub fn load(source: &str, file: &str) -> Result<Policy, LoadError> {
-        let config = load::parse(source, file, load::Need::Zones)?;
-        Ok(Policy::compile(config, &hash_text(source.as_bytes())))
+        let (config, warnings) = load::parse_warned(source, file, load::Need::Zones)?;
+        let mut policy = Policy::compile(config, &hash_text(source.as_bytes()));
+        policy.warnings = warnings;
+        Ok(policy)
+    }
+
+    /// What loading the file warned about (it loaded nonetheless), in file
+    /// order; empty for a policy compiled from a model.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
     }
 
     /// Compile a validated configuration model. `hash` names this version.
@@ -328,6 +338,7 @@ impl Policy {
             sources,
             sourceless,
             any_users,
+            warnings: Vec::new(),
         }
     }
 

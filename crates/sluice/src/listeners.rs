@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use sluice_dns::GrantStore;
 use sluice_net::Gateway;
 use sluice_observe::RecordSink;
@@ -22,18 +22,10 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every listener the configuration names (at least one of the
-    /// data-path listeners is required).
+    /// Binds every listener the configuration names (`validate::runnable`
+    /// has made sure that one of the data-path listeners is named).
     pub async fn bind(config: &Config) -> Result<Listeners> {
         let l = &config.listen;
-        if l.http.is_none() && l.socks5.is_none() && l.transparent.is_none() && l.dns.is_none() {
-            bail!(
-                "no listener configured: set listen.http, listen.socks5, listen.transparent or listen.dns"
-            );
-        }
-        if l.transparent.is_some() && !cfg!(target_os = "linux") {
-            bail!("listen.transparent needs Linux (SO_ORIGINAL_DST)");
-        }
         Ok(Listeners {
             http: tcp(l.http, "the HTTP proxy").await?,
             admin: tcp(l.admin, "admin").await?,

@@ -30,6 +30,7 @@ mod password;
 mod records;
 mod replay;
 mod run;
+mod validate;
 
 /// `sluice --version`: the version and the commit it was built from
 /// (sluice-observe's build script, shared with `sluice_build_info`).
@@ -75,10 +76,14 @@ enum Command {
         log_format: log::Format,
     },
     /// Validate a configuration: exit 0, or print every error and exit 1.
+    /// Warnings print as `file:line:column: warning: …` and exit 0.
     Validate {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Explain the decision for one request: exit 0 allow, 1 deny, 2 error.
     Check {
@@ -180,7 +185,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config, log_format } => run::main(config, log_format),
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, strict } => validate::main(&config, strict),
         Command::Check {
             config,
             from,
@@ -258,25 +263,6 @@ fn load(path: &PathBuf) -> Result<Policy, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     Policy::load(&text, &path.display().to_string()).map_err(|e| e.to_string())
-}
-
-fn validate(path: &PathBuf) -> ExitCode {
-    match load(path) {
-        Ok(p) => {
-            println!(
-                "{}: ok ({} zones, {} users, policy {})",
-                path.display(),
-                p.config().zones.len(),
-                p.config().users.len(),
-                p.hash()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// Splits a check target into host and port.

@@ -43,7 +43,7 @@ pub fn main(config: Option<PathBuf>, format: crate::log::Format) -> ExitCode {
 }
 
 /// Reads, validates and compiles a policy, and reads password hash files.
-fn load(path: Option<&Path>) -> Result<Version> {
+pub fn load(path: Option<&Path>) -> Result<Version> {
     let (text, name) = match path {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
@@ -101,7 +101,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     // announced) is seen as a change; stamping after the read could take
     // a newer file's stamp for the loaded one and never reload it.
     let mut watch = FileWatch::new(path.as_deref());
-    let version = load(path.as_deref())?;
+    let version = crate::validate::load_runnable(path.as_deref())?;
+    crate::validate::log_warnings(&version);
     let config = version.policy.config().clone();
     raise_nofile(&config.limits);
 
@@ -112,7 +113,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         p => FlowTarget::File(PathBuf::from(p)),
     };
     let (sink, writer) = FlowSink::start(target, sluice_observe::DEFAULT_CAPACITY, &metrics)
-        .context("cannot open the flow log")?;
+        .with_context(|| format!("cannot open the flow log {}", config.log.flows))?;
     let dialer = Dialer::new(
         &config.dns.upstreams,
         config.dns.upstream_timeout,
@@ -324,6 +325,7 @@ fn reload(
     };
     match load(Some(path)) {
         Ok(v) => {
+            crate::validate::log_warnings(&v);
             // Keys read once at start (listeners, limits, resolver, flow
             // log, admin view sizes) keep their start values; the key table
             // in sluice-policy says which they are.

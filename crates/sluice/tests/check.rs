@@ -81,7 +81,10 @@ fn validate_refuses_a_file_without_zones() {
         assert_eq!((got[0].0, got[0].1), (1, 1), "{name}");
         assert!(got[0].2.contains(fragment), "{name}: {}", got[0].2);
     }
-    let out = validate(&scratch_file("deny-all.yaml", "zones: []\n"));
+    let out = validate(&scratch_file(
+        "deny-all.yaml",
+        "listen:\n  http: 127.0.0.1:0\nzones: []\n",
+    ));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains("ok (0 zones, 0 users"));
 }
@@ -217,6 +220,279 @@ fn validate_rejects_several_documents() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].0, got[0].1), (3, 1));
     assert!(got[0].2.contains("one YAML document"));
+}
+
+/// What `run` refuses before it binds anything, `validate` refuses too, in
+/// the same words, each naming the file (and the path at fault).
+#[test]
+fn validate_finds_what_run_rejects() {
+    let not_a_dir = scratch_file("flows-parent-is-a-file", "x\n");
+    let cases = [
+        (
+            "no-listener.yaml",
+            "zones: []\n".to_owned(),
+            "no-listener.yaml: no listener configured".to_owned(),
+        ),
+        (
+            "same-address.yaml",
+            "listen:\n  http: 127.0.0.1:3128\n  socks5: 127.0.0.1:3128\nzones: []\n".to_owned(),
+            "same-address.yaml:3:11: listen.socks5 (127.0.0.1:3128) and listen.http (127.0.0.1:3128) cannot both bind".to_owned(),
+        ),
+        (
+            "flows-missing-dir.yaml",
+            "listen:\n  http: 127.0.0.1:0\nlog:\n  flows: /nonexistent-sluice-dir/flows.log\nzones: []\n".to_owned(),
+            "flows-missing-dir.yaml: log.flows `/nonexistent-sluice-dir/flows.log`: directory /nonexistent-sluice-dir does not exist".to_owned(),
+        ),
+        (
+            "flows-not-a-dir.yaml",
+            format!(
+                "listen:\n  http: 127.0.0.1:0\nlog:\n  flows: {}/flows.log\nzones: []\n",
+                not_a_dir.display()
+            ),
+            "is not a directory".to_owned(),
+        ),
+    ];
+    for (name, text, want) in &cases {
+        let path = scratch_file(name, text);
+        let out = validate(&path);
+        assert_eq!(code(&out), 1, "{name}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains(want.as_str()),
+            "{name}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).starts_with(&path.display().to_string()),
+            "{name}: {}",
+            stderr(&out)
+        );
+        // `run` fails the same way, before binding anything.
+        let out = sluice(["run".as_ref(), "-c".as_ref(), path.as_os_str()]);
+        assert_eq!(code(&out), 2, "{name}");
+        assert!(
+            stderr(&out).contains(want.as_str()),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A flow-log directory the gateway's user cannot write: refused by
+/// `validate` and by `run` before binding. Root writes anywhere, so as root
+/// both run as `nobody` (setpriv); the directory is read-only to them.
+#[test]
+fn validate_and_run_refuse_an_unwritable_flow_log_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sluice-cli-tests/read-only");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let path = scratch_file(
+        "flows-read-only.yaml",
+        &format!(
+            "listen:\n  http: 127.0.0.1:0\nlog:\n  flows: {}/flows.log\nzones: []\n",
+            dir.display()
+        ),
+    );
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    let want = format!(
+        "log.flows `{}/flows.log`: directory {} is not writable",
+        dir.display(),
+        dir.display()
+    );
+    for (command, code_wanted) in [("validate", 1), ("run", 2)] {
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_sluice"),
+            ]);
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        };
+        let out = cmd.args([command, "-c"]).arg(&path).output().unwrap();
+        assert_eq!(code(&out), code_wanted, "{command}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&want), "{command}: {}", stderr(&out));
+    }
+}
+
+/// A file that loads but probably does not say what was meant: every
+/// warning printed as `file:line:column: warning: …`, exit 0, or 1 with
+/// `--strict`.
+#[test]
+fn validate_prints_warnings_and_fails_on_them_with_strict() {
+    let text = "listen:\n  http: 127.0.0.1:0\nzones:\n  - name: a\n    allow:\n      - host: \"*.co.uk\"\n        ports: 443\n      - host: localhost\n        ports: [8000]\n      - host: api.example.com\n        ports: \"8000-8100\"\n";
+    let path = scratch_file("warned.yaml", text);
+    let file = path.display().to_string();
+    let out = validate(&path);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ok (1 zones, 0 users"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains(", 2 warnings)"), "{}", stdout(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:6:15: warning: `*.co.uk` allows every name under the public suffix `co.uk`"
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{file}:8:15: warning: `localhost` only ever means loopback"
+        )),
+        "{lines:?}"
+    );
+    let out = sluice([
+        "validate".as_ref(),
+        "--strict".as_ref(),
+        "-c".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warnings are errors with --strict"),
+        "{}",
+        stderr(&out)
+    );
+    // Without warnings, --strict changes nothing.
+    let clean = scratch_file("clean.yaml", "listen:\n  http: 127.0.0.1:0\nzones: []\n");
+    let out = sluice([
+        "validate".as_ref(),
+        "--strict".as_ref(),
+        "-c".as_ref(),
+        clean.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+/// A host rule written as a URL says so, instead of a message about IPv6.
+#[test]
+fn validate_explains_a_url_in_a_host_rule() {
+    let path = scratch_file(
+        "url-host.yaml",
+        "listen:\n  http: 127.0.0.1:0\nzones:\n  - name: a\n    allow:\n      - host: https://api.github.com/\n        ports: [443]\n",
+    );
+    let out = validate(&path);
+    assert_eq!(code(&out), 1);
+    let got = positioned(&stderr(&out), &path.display().to_string());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0, got[0].1), (6, 15));
+    assert!(
+        got[0].2.contains("not a URL; write `host: api.github.com`"),
+        "{}",
+        got[0].2
+    );
+    assert!(!got[0].2.contains("IPv6"), "{}", got[0].2);
+}
+
+/// `sluice schema` says what `validate` says, as a real JSON Schema
+/// validator (`check-jsonschema`, PyPI) reads it: every example and a file
+/// of partial blocks and one-port lists pass both; each invalid file fails
+/// both.
+#[test]
+fn the_schema_accepts_and_rejects_what_validate_does() {
+    let schema = sluice(["schema"]);
+    assert_eq!(code(&schema), 0);
+    let schema = scratch_file("sluice.schema.json", &stdout(&schema));
+    let json_schema = |file: &Path| {
+        std::process::Command::new("check-jsonschema")
+            .arg("--schemafile")
+            .arg(&schema)
+            .arg(file)
+            .output()
+            .expect("check-jsonschema (`pip install check-jsonschema`, see .ci/run)")
+    };
+    let mut valid: Vec<_> = fs::read_dir(workspace_root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(valid.len() >= 2);
+    valid.push(scratch_file(
+        "schema-partial.yaml",
+        "listen:\n  http: 127.0.0.1:0\nlimits:\n  max_connections: 100\nadmin:\n  window: 5m\nlog:\n  flows: stdout\ndns:\n  cache_size: 10\nusers:\n  - name: u\n    password_hash: $argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\nzones:\n  - name: a\n    users: [u]\n    allow:\n      - host: a.example\n        ports: 443\n      - host: b.example\n        ports: \"8000-8100\"\n      - cidr: 198.51.100.0/24\n        ports: [\"443\", 80, \"1-2\"]\n      - host: c.example\n        ports: any\n    deny:\n      - host: d.example\n",
+    ));
+    for path in &valid {
+        let out = validate(path);
+        assert_eq!(
+            code(&out),
+            0,
+            "validate {}: {}",
+            path.display(),
+            stderr(&out)
+        );
+        let out = json_schema(path);
+        assert!(
+            out.status.success(),
+            "schema {}: {}{}",
+            path.display(),
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    let head = "listen:\n  http: 127.0.0.1:0\n";
+    for (name, body) in [
+        (
+            "allow-without-ports",
+            "zones:\n  - name: a\n    allow:\n      - host: a.example\n",
+        ),
+        ("unknown-key", "limits:\n  max_conections: 5\nzones: []\n"),
+        ("bad-enum", "mode: enforcing\nzones: []\n"),
+        (
+            "host-and-cidr",
+            "zones:\n  - name: a\n    deny:\n      - host: a.example\n        cidr: 10.0.0.0/8\n",
+        ),
+        (
+            "neither-host-nor-cidr",
+            "zones:\n  - name: a\n    deny:\n      - ports: [22]\n",
+        ),
+        ("zone-without-name", "zones:\n  - mode: open\n"),
+        ("no-zones", "mode: open\n"),
+        (
+            "port-zero",
+            "zones:\n  - name: a\n    allow:\n      - host: a.example\n        ports: [0]\n",
+        ),
+        (
+            "port-too-big",
+            "zones:\n  - name: a\n    allow:\n      - host: a.example\n        ports: 70000\n",
+        ),
+        ("user-without-hash", "users:\n  - name: u\nzones: []\n"),
+        (
+            "ports-empty",
+            "zones:\n  - name: a\n    allow:\n      - host: a.example\n        ports: []\n",
+        ),
+    ] {
+        let path = scratch_file(&format!("schema-{name}.yaml"), &format!("{head}{body}"));
+        let out = validate(&path);
+        assert_eq!(
+            code(&out),
+            1,
+            "validate must reject {name}: {}",
+            stdout(&out)
+        );
+        let out = json_schema(&path);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "the schema must reject {name}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
 }
 
 // === check ===

@@ -61,3 +61,42 @@ fn a_dns_only_gateway_starts_without_the_http_proxy() {
         "{seen:?}"
     );
 }
+
+/// The loader's warnings are logged, positioned, when the gateway starts and
+/// again when a reload loads a file that has them.
+#[test]
+fn warnings_are_logged_at_start_and_on_reload() {
+    use sluice_testkit::Sluice;
+    const T: Duration = Duration::from_secs(10);
+    let zone = |host: &str| {
+        format!(
+            "zones:\n  - name: a\n    sources: [127.0.0.0/8]\n    allow:\n      - host: \"{host}\"\n        ports: 443\n"
+        )
+    };
+    let sluice = Sluice::start(env!("CARGO_BIN_EXE_sluice"), &zone("*.com"));
+    let file = sluice.config.display().to_string();
+    assert!(
+        sluice.wait_log(
+            &format!(
+                "{file}:10:15: warning: `*.com` allows every name under the public suffix `com`"
+            ),
+            T
+        ),
+        "{:?}",
+        sluice.stderr.lock().unwrap()
+    );
+    let text = std::fs::read_to_string(&sluice.config)
+        .unwrap()
+        .replace("*.com", "localhost");
+    std::fs::write(&sluice.config, text).unwrap();
+    sluice.signal("HUP");
+    assert!(
+        sluice.wait_log(
+            &format!("{file}:10:15: warning: `localhost` only ever means loopback"),
+            T
+        ),
+        "{:?}",
+        sluice.stderr.lock().unwrap()
+    );
+    assert!(sluice.wait_log("policy reloaded", T));
+}

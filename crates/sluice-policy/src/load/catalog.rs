@@ -21,7 +21,7 @@ use super::{
         Upstreams, UserRefs,
     },
     table::{KeyDoc, Section, Table, key},
-    yaml::Node,
+    yaml::{self, Node},
 };
 use crate::model::{Admin, Config, Dns, Limits, Listen, Log, Rule, User, Zone};
 
@@ -150,7 +150,7 @@ pub(crate) static RULE: Section<Rule> = Section {
     keys: &[
         key!(host: HostPattern, Applies, "`example.com` (that name only) or `*.example.com` (every name below it)."),
         key!(cidr: Cidr, Applies, "An address block, e.g. `198.51.100.0/24`."),
-        key!(ports: PortSet, Applies, "Ports: a list of numbers and `\"a-b\"` ranges, or `any`."),
+        key!(ports: PortSet, Applies, "Ports: a list of numbers and `\"a-b\"` ranges (one may stand alone: `443`), or `any`."),
         key!(id: RuleId, Applies, "Optional stable id, unique in the file; otherwise `zone/allow/N` or `zone/deny/N`."),
     ],
     not_yet: &[],
@@ -182,6 +182,7 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
             );
         }
     }
+    check_listeners(cx, doc, &c.listen);
     if let Some(a) = c.listen.dns.filter(|a| c.dns.upstreams.contains(a)) {
         cx.err(
             doc,
@@ -195,6 +196,53 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
         );
     }
     Some(c)
+}
+
+/// Two listeners on one address (or one on a port's wildcard address and
+/// another on the same port): the second could not bind. Port 0 lets
+/// the kernel pick a free port for each, so it never clashes.
+fn check_listeners(cx: &mut Cx<'_>, doc: &Node<'_>, listen: &Listen) {
+    let Some(section) = yaml::entries(doc)
+        .and_then(|mut e| e.find(|(k, _)| yaml::scalar(k) == Some("listen")))
+        .map(|(_, v)| v)
+    else {
+        return;
+    };
+    let Some(entries) = yaml::entries(&section) else {
+        return;
+    };
+    let mut bound: Vec<(&str, std::net::SocketAddr)> = Vec::new();
+    for (k, v) in entries {
+        let Some(name) = yaml::scalar(&k) else {
+            continue;
+        };
+        let addr = match name {
+            "http" => listen.http,
+            "admin" => listen.admin,
+            "socks5" => listen.socks5,
+            "dns" => listen.dns,
+            "transparent" => listen.transparent,
+            _ => None,
+        };
+        let Some(addr) = addr.filter(|a| a.port() != 0) else {
+            continue;
+        };
+        // A wildcard address takes the port on every address.
+        let clash = |a: &std::net::SocketAddr| {
+            a.port() == addr.port()
+                && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())
+        };
+        if let Some((first, at)) = bound.iter().find(|(_, a)| clash(a)) {
+            cx.err(
+                &v,
+                format!(
+                    "listen.{name} ({addr}) and listen.{first} ({at}) cannot both bind: each listener needs its own address or port"
+                ),
+            );
+        } else if let Some(key) = LISTEN.keys.iter().find(|key| key.name == name) {
+            bound.push((key.name, addr));
+        }
+    }
 }
 
 /// Every configuration key with its reload semantics and description, in
@@ -222,6 +270,9 @@ pub fn schema() -> Json {
             "$schema".to_owned(),
             Json::from("https://json-schema.org/draft/2020-12/schema"),
         );
+        // What `sluice validate` requires of a file (`Need::Zones`); every
+        // other key has a default, so no mapping below requires its keys.
+        o.insert("required".to_owned(), Json::from(vec!["zones"]));
         o.insert("title".to_owned(), Json::from("Sluice configuration"));
         o.insert(
             "description".to_owned(),

@@ -13,7 +13,7 @@ use super::{
     catalog::{RULE, USER, ZONE},
     kinds::Kind,
     table::{Nested, Table},
-    yaml::Node,
+    yaml::{Node, Pos},
 };
 use crate::model::{Rule, User, Zone};
 
@@ -80,7 +80,11 @@ impl Kind for Zones {
         Some(out)
     }
     fn schema(&self) -> Json {
-        json!({ "type": "array", "items": ZONE.schema() })
+        let mut item = ZONE.schema();
+        if let Json::Object(o) = &mut item {
+            o.insert("required".to_owned(), json!(["name"]));
+        }
+        json!({ "type": "array", "items": item })
     }
     fn nested(&self) -> Nested {
         Nested::List(&ZONE)
@@ -108,7 +112,19 @@ impl Kind for Rules {
         Some(out)
     }
     fn schema(&self) -> Json {
-        json!({ "type": "array", "items": RULE.schema() })
+        // What `rule` checks: exactly one of `host` and `cidr`; an allow
+        // rule also needs `ports`.
+        let mut item = RULE.schema();
+        if let Json::Object(o) = &mut item {
+            o.insert(
+                "oneOf".to_owned(),
+                json!([{ "required": ["host"] }, { "required": ["cidr"] }]),
+            );
+            if self.allow {
+                o.insert("required".to_owned(), json!(["ports"]));
+            }
+        }
+        json!({ "type": "array", "items": item })
     }
     fn nested(&self) -> Nested {
         Nested::List(&RULE)
@@ -145,8 +161,39 @@ impl Rules {
             );
             ok = false;
         }
+        if let (true, Some(host), Some(at)) = (ok, &rule.host, seen.at("host")) {
+            self.warn_host(cx, host, at);
+        }
         ok.then_some(rule)
     }
+
+    /// Warns about host rules that load but cannot mean what they say.
+    fn warn_host(&self, cx: &mut Cx<'_>, host: &str, at: Pos) {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        if name == "localhost" || name.ends_with(".localhost") {
+            cx.warn_at(
+                at,
+                format!(
+                    "`{host}` only ever means loopback (127.0.0.1 and ::1), which the guard denies whatever a host rule says; to reach a local service, allow its loopback address with a `cidr` rule (e.g. `cidr: 127.0.0.1/32`)"
+                ),
+            );
+        } else if self.allow && host.starts_with("*.") && is_public_suffix(name) {
+            cx.warn_at(
+                at,
+                format!(
+                    "`{host}` allows every name under the public suffix `{name}`, which anyone can register; name the domains instead (e.g. `*.example.{name}`)"
+                ),
+            );
+        }
+    }
+}
+
+/// Whether `name` is a public suffix (`com`, `co.uk`, `github.io`) in the
+/// list compiled into the `psl` crate, rather than a registrable domain.
+fn is_public_suffix(name: &str) -> bool {
+    // `is_known`: a name under a TLD missing from the list (`*.internal`)
+    // matches only the list's implicit `*` rule.
+    psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
 }
 
 /// `users`: proxy users, each with a password hash.
@@ -204,7 +251,18 @@ impl Kind for Users {
         Some(out)
     }
     fn schema(&self) -> Json {
-        json!({ "type": "array", "items": USER.schema() })
+        let mut item = USER.schema();
+        if let Json::Object(o) = &mut item {
+            o.insert("required".to_owned(), json!(["name"]));
+            o.insert(
+                "oneOf".to_owned(),
+                json!([
+                    { "required": ["password_hash"] },
+                    { "required": ["password_hash_file"] }
+                ]),
+            );
+        }
+        json!({ "type": "array", "items": item })
     }
     fn nested(&self) -> Nested {
         Nested::List(&USER)

@@ -557,6 +557,15 @@ impl Kind for HostPattern {
     type Out = String;
     fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
         let s = Text.read(cx, n)?;
+        if let Some(host) = url_host(&s) {
+            cx.err(
+                n,
+                format!(
+                    "invalid host pattern `{s}`: a host rule takes a host name, not a URL; write `host: {host}` and put the port under `ports`"
+                ),
+            );
+            return None;
+        }
         match dest::normalize_pattern(&s) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -568,6 +577,26 @@ impl Kind for HostPattern {
     fn schema(&self) -> Json {
         string_schema()
     }
+}
+
+/// The host name inside a URL-like value (`https://api.github.com/`,
+/// `api.github.com/v3`), which a host rule cannot take; `None` for anything
+/// else, which the name parser judges.
+fn url_host(s: &str) -> Option<&str> {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((_, rest)) => (true, rest),
+        None => (false, s),
+    };
+    if !scheme && !s.contains('/') {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (!host.is_empty() && !host.contains(':')).then_some(host)
 }
 
 /// A rule's address block.
@@ -591,6 +620,16 @@ impl Kind for PortSet {
     fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Ports> {
         if yaml::plain(n) && yaml::scalar(n) == Some("any") {
             return Some(Ports::Any);
+        }
+        // `ports: 443` and `ports: "8000-8100"`: a list of one.
+        if let Some(s) = yaml::scalar(n).filter(|_| !yaml::is_null(n)) {
+            return match parse_port_item(s) {
+                Ok(r) => Some(Ports::List(vec![r])),
+                Err(msg) => {
+                    cx.err(n, msg);
+                    None
+                }
+            };
         }
         let Some(items) = yaml::items(n) else {
             cx.err(n, "expected a list of ports and \"a-b\" ranges, or `any`");
@@ -625,13 +664,16 @@ impl Kind for PortSet {
         ok.then_some(Ports::List(out))
     }
     fn schema(&self) -> Json {
+        // A port is read as written, so `443` and `"443"` are both a port.
+        let one = json!({ "oneOf": [
+            { "type": "integer", "minimum": 1, "maximum": 65535 },
+            { "type": "string", "pattern": "^[1-9][0-9]{0,4}(-[1-9][0-9]{0,4})?$" }
+        ] });
         json!({
             "oneOf": [
                 { "const": "any" },
-                { "type": "array", "minItems": 1, "items": { "oneOf": [
-                    { "type": "integer", "minimum": 1, "maximum": 65535 },
-                    { "type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$" }
-                ] } }
+                one,
+                { "type": "array", "minItems": 1, "items": one }
             ]
         })
     }

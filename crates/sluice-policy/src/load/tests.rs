@@ -286,3 +286,171 @@ fn admin_max_streams_loads_with_its_default_and_bounds_and_reloads() {
         .reload;
     assert_eq!(reload, Some(Reload::Applies));
 }
+
+/// The warnings of a file that loads, as `validate` prints them.
+fn warnings(text: &str) -> Vec<String> {
+    super::parse_warned(text, "w.yaml", Need::Zones)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .1
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn wildcards_over_public_suffixes_and_localhost_rules_warn_with_their_position() {
+    let text = "zones:\n  - name: a\n    allow:\n      - host: \"*.com\"\n        ports: [443]\n      - host: \"*.co.uk\"\n        ports: any\n      - host: localhost\n        ports: [8000]\n      - host: \"*.example.com\"\n        ports: [443]\n      - host: \"*.github.io\"\n        ports: [443]\n      - host: \"*.corp.internal\"\n        ports: [443]\n    deny:\n      - host: \"*.zip\"\n";
+    let w = warnings(text);
+    assert_eq!(w.len(), 4, "{w:#?}");
+    assert!(
+        w[0].starts_with(
+            "w.yaml:4:15: warning: `*.com` allows every name under the public suffix `com`"
+        ),
+        "{w:#?}"
+    );
+    assert!(
+        w[1].starts_with(
+            "w.yaml:6:15: warning: `*.co.uk` allows every name under the public suffix `co.uk`"
+        ),
+        "{w:#?}"
+    );
+    assert!(
+        w[2].starts_with("w.yaml:8:15: warning: `localhost` only ever means loopback"),
+        "{w:#?}"
+    );
+    assert!(w[2].contains("`cidr` rule"), "{w:#?}");
+    assert!(
+        w[3].starts_with("w.yaml:12:15: warning: `*.github.io`"),
+        "{w:#?}"
+    );
+    // A clean file has none.
+    assert!(
+        warnings(
+            "zones:\n  - name: a\n    allow:\n      - host: api.github.com\n        ports: [443]\n"
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_url_in_a_host_rule_says_to_write_the_host_name() {
+    for (url, host) in [
+        ("https://api.github.com/", "api.github.com"),
+        ("http://example.com:8080/x?y", "example.com"),
+        ("api.github.com/v3", "api.github.com"),
+    ] {
+        let text = format!(
+            "zones:\n  - name: a\n    allow:\n      - host: \"{url}\"\n        ports: [443]\n"
+        );
+        let e = parse(&text, "u.yaml", Need::Zones).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "u.yaml:4:15: invalid host pattern `{url}`: a host rule takes a host name, not a URL; write `host: {host}` and put the port under `ports`"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_bare_port_or_range_is_a_list_of_one() {
+    use crate::model::Ports;
+    for (ports, want) in [
+        ("443", (443, 443)),
+        ("\"8000-8100\"", (8000, 8100)),
+        ("\"80\"", (80, 80)),
+    ] {
+        let text = format!(
+            "zones:\n  - name: a\n    allow:\n      - host: a.example\n        ports: {ports}\n"
+        );
+        let c = parse(&text, "p.yaml", Need::Zones).unwrap_or_else(|e| panic!("{ports}: {e}"));
+        assert_eq!(c.zones[0].allow[0].ports, Some(Ports::List(vec![want])));
+    }
+    let e = parse(
+        "zones:\n  - name: a\n    allow:\n      - host: a.example\n        ports: 70000\n",
+        "p.yaml",
+        Need::Zones,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e, "p.yaml:5:16: invalid port `70000`: expected 1 to 65535");
+}
+
+#[test]
+fn two_listeners_on_one_address_are_an_error_at_the_second() {
+    let e = parse(
+        "listen:\n  http: 127.0.0.1:3128\n  socks5: 127.0.0.1:3128\n  admin: 0.0.0.0:9901\n  dns: 127.0.0.1:9901\n  transparent: 127.0.0.1:0\nadmin:\n  token_file: /t\nzones: []\n",
+        "l.yaml",
+        Need::Zones,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "l.yaml:3:11: listen.socks5 (127.0.0.1:3128) and listen.http (127.0.0.1:3128) cannot both bind: each listener needs its own address or port\n\
+         l.yaml:5:8: listen.dns (127.0.0.1:9901) and listen.admin (0.0.0.0:9901) cannot both bind: each listener needs its own address or port"
+    );
+    // Port 0 never clashes; neither do different ports.
+    parse("listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  dns: 127.0.0.1:3128\n  admin: 127.0.0.1:3129\nzones: []\n", "l.yaml", Need::Zones).unwrap();
+}
+
+#[test]
+fn the_schema_requires_what_the_loader_requires() {
+    let s = schema();
+    assert_eq!(s["required"], serde_json::json!(["zones"]));
+    let zone = &s["properties"]["zones"]["items"];
+    assert_eq!(zone["required"], serde_json::json!(["name"]));
+    assert_eq!(
+        zone["properties"]["allow"]["items"]["required"],
+        serde_json::json!(["ports"])
+    );
+    assert!(
+        zone["properties"]["deny"]["items"]
+            .get("required")
+            .is_none()
+    );
+    // Sections whose keys all have defaults require none of them.
+    for section in ["admin", "dns", "limits", "log", "listen"] {
+        assert!(
+            s["properties"][section].get("required").is_none(),
+            "{section}"
+        );
+    }
+}
+
+#[test]
+fn indentation_mistakes_are_explained_in_words_with_the_parser_message_kept() {
+    for (text, at, plain, parser) in [
+        (
+            "zones:\n  - name: a\n    allow:\n      - host: a.com\n       ports: [443]\n",
+            "5:8",
+            "not indented like the list above it",
+            "did not find expected '-' indicator",
+        ),
+        (
+            "listen:\n  http: 127.0.0.1:0\n zones: []\n",
+            "3:2",
+            "indented differently from the keys above it",
+            "did not find expected key",
+        ),
+        (
+            "zones:\n  - name: a\n     mode: open\n",
+            "3:10",
+            "indented deeper than the keys around it",
+            "mapping values are not allowed in this context",
+        ),
+        (
+            "listen:\n\thttp: 127.0.0.1:0\n",
+            "2:2",
+            "YAML indents with spaces only",
+            "tabs disallowed",
+        ),
+    ] {
+        let e = parse_config(text, "y.yaml").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("y.yaml:{at}: ")), "{e}");
+        assert!(
+            e.contains(plain) && e.contains("(YAML parser: ") && e.contains(parser),
+            "{e}"
+        );
+    }
+}
