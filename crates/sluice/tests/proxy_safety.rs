@@ -260,30 +260,25 @@ zones:
 /// guard in every mode and never reach a resolver: `.onion` (RFC 7686),
 /// `.local`, `.invalid`, `.alt`, and the private zones `internal` and
 /// `home.arpa` without a host rule naming them.
+const SPECIAL_USE: [&str; 6] = [
+    "x.onion",
+    "printer.local",
+    "a.invalid",
+    "b.alt",
+    "nas.home.arpa",
+    "x.internal",
+];
+
 #[test]
 fn special_use_names_never_reach_the_resolver() {
     let dns = ssrf_dns();
-    for name in [
-        "x.onion",
-        "printer.local",
-        "a.invalid",
-        "b.alt",
-        "nas.home.arpa",
-        "x.internal",
-    ] {
+    for name in SPECIAL_USE {
         // Were one asked, it would answer loopback: nothing leaves the host.
         dns.set_addresses(name, &["127.0.0.1"]);
     }
     for mode in ["enforce", "open", "report"] {
         let sluice = Sluice::start(BIN, &permissive(mode, dns.addr));
-        for name in [
-            "x.onion",
-            "printer.local",
-            "a.invalid",
-            "b.alt",
-            "nas.home.arpa",
-            "x.internal",
-        ] {
+        for name in SPECIAL_USE {
             let authority = format!("{name}:443");
             let r = send_raw(sluice.http, &connect_req(&authority), T);
             assert_eq!(r.status, Some(403), "{mode} {authority}: {}", show(&r));
