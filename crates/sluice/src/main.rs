@@ -2,11 +2,7 @@
 //! arguments, load files, call the policy or start the gateway, map results
 //! to exit codes.
 
-use std::{
-    net::{IpAddr, ToSocketAddrs},
-    path::PathBuf,
-    process::ExitCode,
-};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use sluice_policy::{Destination, Policy, Request, Verdict};
@@ -99,7 +95,8 @@ enum Command {
         /// Resolved address of the destination (repeatable): runs phase two.
         #[arg(long = "addr", conflicts_with = "resolve")]
         addrs: Vec<IpAddr>,
-        /// Resolve the destination with the system resolver and run phase two.
+        /// Resolve the destination as the gateway would (dns.upstreams, or the
+        /// system resolver when none) and run phase two.
         #[arg(long)]
         resolve: bool,
         /// Print the decision as JSON.
@@ -265,6 +262,26 @@ fn load(path: &PathBuf) -> Result<Policy, String> {
     Policy::load(&text, &path.display().to_string()).map_err(|e| e.to_string())
 }
 
+/// `check --resolve`: the addresses the gateway would dial, from the
+/// resolver it would ask — `dns.upstreams` (or the system resolver when
+/// none), `dns.upstream_timeout` per upstream, `limits.connect_timeout` in
+/// all; `localhost` locally — so that `check` explains the proxy exactly.
+fn resolve_as_the_gateway(policy: &Policy, dest: &Destination) -> Result<Vec<IpAddr>, String> {
+    let config = policy.config();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let dialer = sluice_net::Dialer::new(
+            &config.dns.upstreams,
+            config.dns.upstream_timeout,
+            config.limits.connect_timeout,
+        )?;
+        dialer.resolve(dest).await.map_err(|e| e.to_string())
+    })
+}
+
 /// Splits a check target into host and port.
 fn parse_target(target: &str) -> Result<(String, u16), String> {
     let (authority, default_port) = if let Some(rest) = target.strip_prefix("http://") {
@@ -345,15 +362,11 @@ fn check(
         port,
     };
     if resolve {
-        if let Some(local) = dest.name().and_then(sluice_policy::guard::local_addresses) {
-            addrs = local.to_vec();
-        } else if let Destination::Name(n) = &dest {
-            match (n.as_str(), port).to_socket_addrs() {
-                Ok(found) => addrs = found.map(|a| a.ip()).collect(),
-                Err(e) => {
-                    eprintln!("error: cannot resolve {dest}: {e}");
-                    return ExitCode::from(2);
-                }
+        match resolve_as_the_gateway(&policy, &dest) {
+            Ok(found) => addrs = found,
+            Err(e) => {
+                eprintln!("error: cannot resolve {dest}: {e}");
+                return ExitCode::from(2);
             }
         }
     }

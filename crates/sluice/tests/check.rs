@@ -901,3 +901,52 @@ fn check_says_when_a_rule_matches_the_host_but_not_the_port() {
     assert!(v.get("port_miss").is_none(), "{v}");
     assert!(!stdout(&run("unknown.example:443", false)).contains("note:"));
 }
+
+/// `check --resolve` asks the resolver the gateway would ask
+/// (`dns.upstreams`), not the system's: a name only the configured
+/// upstream knows resolves, and its address decides phase two; a silent
+/// upstream fails within `dns.upstream_timeout`, not the system's timeouts.
+#[test]
+fn check_resolve_uses_the_configured_resolver() {
+    let dns = sluice_testkit::FixtureDns::stub(&[("only-here.test", &["198.51.100.7"])]);
+    let (dead, _keep) = sluice_testkit::silent_udp();
+    let policy = |upstream: std::net::SocketAddr| {
+        format!(
+            "listen:\n  http: 127.0.0.1:0\ndns:\n  upstreams: [\"{upstream}\"]\n  upstream_timeout: 300ms\n\
+             zones:\n  - name: web\n    sources: [10.0.0.0/8]\n    allow:\n      - cidr: 198.51.100.0/24\n        ports: [443]\n"
+        )
+    };
+    let run = |upstream| {
+        let path = scratch_file("check-resolve.yaml", &policy(upstream));
+        sluice([
+            "check".as_ref(),
+            "-c".as_ref(),
+            path.as_os_str(),
+            "--from".as_ref(),
+            "10.0.0.1".as_ref(),
+            "--resolve".as_ref(),
+            "--json".as_ref(),
+            "only-here.test:443".as_ref(),
+        ])
+    };
+    let out = run(dns.addr);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["verdict"], "allow", "{v}");
+    assert!(v.to_string().contains("198.51.100.7"), "{v}");
+    assert!(dns.queries_for("only-here.test") > 0);
+
+    let t0 = std::time::Instant::now();
+    let out = run(dead);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("cannot resolve only-here.test"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
+}
