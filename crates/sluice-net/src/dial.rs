@@ -9,7 +9,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        RwLock,
+        Mutex, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -123,6 +123,30 @@ struct Upstream {
     /// `None`: the system's resolver configuration.
     addr: Option<SocketAddr>,
     resolver: TokioResolver,
+    /// How its last lookup went: `None` before any, `Some(Err(why))` when
+    /// it failed to answer (timed out or errored), for `/readyz`.
+    last: Mutex<Option<Result<(), String>>>,
+}
+
+/// What `/readyz` says of one resolver upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamHealth {
+    /// `ip:port`, or `system` for the system's resolver configuration.
+    pub upstream: String,
+    /// `up` (its last lookup got an answer, NXDOMAIN included), `down`
+    /// (its last lookup got none: it is passed over while others answer),
+    /// or `unknown` (not asked yet).
+    pub state: &'static str,
+    /// Why it is down.
+    pub error: Option<String>,
+}
+
+impl Upstream {
+    fn note(&self, outcome: Result<(), String>) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(outcome);
+        }
+    }
 }
 
 /// Answers cached per upstream.
@@ -146,6 +170,7 @@ impl Dialer {
             vec![Upstream {
                 addr: None,
                 resolver: build(builder, per_lookup)?,
+                last: Mutex::new(None),
             }]
         } else {
             upstreams
@@ -162,6 +187,7 @@ impl Dialer {
                     Ok(Upstream {
                         addr: Some(*a),
                         resolver: build(builder, per_lookup)?,
+                        last: Mutex::new(None),
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?
@@ -237,10 +263,12 @@ impl Dialer {
                 .map_or_else(|| "system resolver".to_owned(), |a| a.to_string());
             match tokio::time::timeout(per, up.resolver.lookup_ip(fqdn.as_str())).await {
                 Ok(Ok(found)) => {
+                    up.note(Ok(()));
                     self.preferred.store(i, Ordering::Relaxed);
                     return addresses(found).ok_or_else(|| failed("no addresses".to_owned()));
                 }
                 Ok(Err(e)) if e.is_no_records_found() => {
+                    up.note(Ok(()));
                     self.preferred.store(i, Ordering::Relaxed);
                     // hickory's own text is debug notation (`Query { name:
                     // Name("…") … }`): the record gets one line of ours.
@@ -254,6 +282,7 @@ impl Dialer {
                 Ok(Err(e)) => last = format!("{at}: {}", one_line(&e.to_string())),
                 Err(_) => last = format!("{at}: no answer within {}ms", per.as_millis()),
             }
+            up.note(Err(last.clone()));
         }
         if Instant::now() >= deadline {
             last = format!(
@@ -262,6 +291,28 @@ impl Dialer {
             );
         }
         Err(failed(last))
+    }
+
+    /// Each resolver upstream and how its last lookup went (`/readyz`).
+    pub fn upstream_health(&self) -> Vec<UpstreamHealth> {
+        self.resolvers
+            .iter()
+            .map(|u| {
+                let last = u.last.lock().ok().and_then(|l| l.clone());
+                let (state, error) = match last {
+                    None => ("unknown", None),
+                    Some(Ok(())) => ("up", None),
+                    Some(Err(e)) => ("down", Some(e)),
+                };
+                UpstreamHealth {
+                    upstream: u
+                        .addr
+                        .map_or_else(|| "system".to_owned(), |a| a.to_string()),
+                    state,
+                    error,
+                }
+            })
+            .collect()
     }
 
     /// Second phase plus the self check: the addresses that may be dialed.

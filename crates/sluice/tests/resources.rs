@@ -186,10 +186,32 @@ fn upstreams_that_timed_out_are_passed_over_afterwards() {
         .collect();
     let live = FixtureDns::stub(&records);
     let head = format!(
-        "dns:\n  upstreams: [{dead1}, {dead2}, {}]\n  upstream_timeout: 300ms\n",
+        "listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+         dns:\n  upstreams: [{dead1}, {dead2}, {}]\n  upstream_timeout: 300ms\n",
         live.addr
     );
     let sluice = Sluice::start(BIN, &config(&head, "\"*.up.test\""));
+    let states = |sluice: &Sluice| -> Vec<String> {
+        let (_, body) = sluice.readyz();
+        body["resolver"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|u| {
+                format!(
+                    "{} {}",
+                    u["upstream"].as_str().unwrap(),
+                    u["state"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let all = |state: &str| {
+        [dead1, dead2, live.addr]
+            .map(|a| format!("{a} {state}"))
+            .to_vec()
+    };
+    assert_eq!(states(&sluice), all("unknown"));
     let port = origin.addr.port();
     let t0 = Instant::now();
     let r = get_via(sluice.http, &format!("http://{}:{port}/", names[0]));
@@ -215,6 +237,16 @@ fn upstreams_that_timed_out_are_passed_over_afterwards() {
             "{name} took {took:?}: a silent upstream was waited for again"
         );
     }
+    // `/readyz` says which upstreams are passed over, and stays ready.
+    assert_eq!(
+        states(&sluice),
+        [
+            format!("{dead1} down"),
+            format!("{dead2} down"),
+            format!("{} up", live.addr)
+        ]
+    );
+    assert_eq!(sluice.readyz().0, Some(200));
 }
 
 // === the origin pool ===

@@ -219,6 +219,13 @@ fn readyz(gw: &Gateway, status: &Status) -> Response<Body> {
         "draining": draining,
         "policy_hash": gw.version().policy.hash().as_ref(),
         "last_reload_error": err,
+        // The dialer's resolver upstreams: one that is down is passed over
+        // while another answers; readiness does not depend on them.
+        "resolver": gw.dialer().upstream_health().into_iter().map(|u| serde_json::json!({
+            "upstream": u.upstream,
+            "state": u.state,
+            "error": u.error,
+        })).collect::<Vec<_>>(),
     });
     let code = if draining {
         StatusCode::SERVICE_UNAVAILABLE
