@@ -1,7 +1,8 @@
-//! Diagnostics on stderr in one format: `--log-format text` (lines for
-//! people, the start-up lines as `sluice: …`, which supervisors and the
-//! test harness wait for) or `json` (one object a line, start-up lines
-//! included, for log shippers). Flow records are data and go to the flow
+//! Diagnostics on stderr in one format: `--log-format text` (every line
+//! `sluice: [level: ]message key=value…`, start-up lines and tracing's
+//! events alike, without a timestamp: supervisors and journald add their
+//! own) or `json` (one object a line, start-up lines included, for log
+//! shippers). Flow records are data and go to the flow
 //! log, never here; alerts stay one JSON object a line in both formats.
 
 use std::sync::OnceLock;
@@ -9,7 +10,7 @@ use std::sync::OnceLock;
 /// The format of stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// `sluice: …` start-up lines and tracing's text lines.
+    /// `sluice: [level: ]message key=value…` lines.
     Text,
     /// One JSON object a line (`timestamp`, `level`, `fields.message`, …).
     Json,
@@ -27,10 +28,36 @@ pub fn init(format: Format) {
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
     match format {
-        Format::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        Format::Text => builder.with_ansi(false).event_format(Text).init(),
         Format::Json => builder.json().with_current_span(false).init(),
+    }
+}
+
+/// tracing's events as text lines in the start-up lines' shape: `sluice: `,
+/// the level unless it is `info`, then the message and its fields.
+struct Text;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Text
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(writer, "sluice: {level}")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }
 
@@ -51,11 +78,11 @@ pub fn warning(msg: &str) {
     }
 }
 
-/// The error `run` exits with: `error: {msg}` in text, an `error` event in
-/// JSON.
+/// The error `run` exits with: `sluice: error: {msg}` in text, an `error`
+/// event in JSON.
 pub fn fatal(msg: &str) {
     match FORMAT.get() {
         Some(Format::Json) => tracing::error!(target: "sluice", "{msg}"),
-        _ => eprintln!("error: {msg}"),
+        _ => eprintln!("sluice: error: {msg}"),
     }
 }

@@ -184,3 +184,31 @@ fn run_log_format_json_writes_only_json_lines() {
             .all(|v| v["level"].is_string() && v["timestamp"].is_string())
     );
 }
+
+/// `--log-format text` (the default) is one format too: start-up lines,
+/// configuration warnings and tracing's events (the drain) all read
+/// `sluice: [level: ]message`, with no other shape on stderr.
+#[test]
+fn run_log_format_text_writes_one_line_shape() {
+    let mut sluice = Sluice::start(
+        BIN,
+        "listen:\n  http: 127.0.0.1:0\nzones:\n  - name: web\n    sources: [127.0.0.0/8]\n    allow:\n      - host: localhost\n        ports: [80]\n",
+    );
+    sluice.signal("TERM");
+    assert_eq!(sluice.wait_exit(Duration::from_secs(20)), Some(0));
+    let lines = sluice.stderr.lock().unwrap().clone();
+    for line in &lines {
+        assert!(
+            line.starts_with("sluice: "),
+            "a line of another shape: {line:?} in {lines:#?}"
+        );
+    }
+    // A configuration warning and tracing's events are among them.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("sluice: warning: ") && l.contains("localhost")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("draining")), "{lines:#?}");
+}
