@@ -301,7 +301,7 @@ impl Gateway {
     /// is told 403, SOCKS5 `0x02`), not a resolver failure: nothing allowed
     /// it. A name some rule allowed keeps its allow and fails on the
     /// resolver's side (`error_kind: resolve`).
-    pub async fn resolve(&self, flow: &Flow) -> Result<Vec<IpAddr>, Refusal> {
+    pub async fn resolve(&self, flow: &mut Flow) -> Result<Vec<IpAddr>, Refusal> {
         let Some(dest) = &flow.dest else {
             return Err(Refusal::Internal("dial before target".into()));
         };
@@ -318,6 +318,24 @@ impl Gateway {
                         "{host} did not resolve ({msg}), so no address could fall in a cidr allow rule"
                     );
                     Err(Refusal::Denied(Box::new(d.deny_with(ids::UNRESOLVED, why))))
+                }
+                // Report mode: the same would-be denial is recorded (rule
+                // default/unresolved, enforced false); the flow still
+                // fails on the resolver's side, as nothing could be dialed.
+                Some(d)
+                    if d.pending == Pending::CidrAllow
+                        && d.verdict == Verdict::Deny
+                        && !d.enforced =>
+                {
+                    let mut would = d.deny_with(
+                        ids::UNRESOLVED,
+                        format!("{host} did not resolve, so no address could fall in a cidr allow rule (report mode: not enforced)"),
+                    );
+                    would.enforced = false;
+                    flow.apply(&would);
+                    let e = DialError::Resolve { host, msg };
+                    self.count_dial_failure(&e);
+                    Err(refusal_of(e))
                 }
                 _ => {
                     let e = DialError::Resolve { host, msg };

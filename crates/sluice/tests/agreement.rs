@@ -170,3 +170,34 @@ fn a_failure_after_an_allow_keeps_the_allow_and_says_why_in_one_line() {
         }
     }
 }
+
+/// In report mode the same flow is a would-be denial: the record says
+/// `verdict: deny`, `enforced: false`, rule `default/unresolved`, and the
+/// client gets 502 with `error_kind: resolve`, since nothing could be
+/// dialed (report mode blocks nothing by the zone's rules).
+#[test]
+fn in_report_mode_an_unresolved_name_is_a_would_be_denial() {
+    let dns = FixtureDns::start();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/quickstart.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("    mode: enforce"), "quickstart changed");
+    let text = text
+        .replace("http: 127.0.0.1:3128", "http: 127.0.0.1:0")
+        .replace("admin: 127.0.0.1:9901", "admin: 127.0.0.1:0")
+        .replace("    mode: enforce", "    mode: report");
+    let s = Sluice::start(
+        BIN,
+        &format!("dns:\n  upstreams: [\"{}\"]\n{text}", dns.addr),
+    );
+    let c = curl(&["-x", &s.proxy_url(), "http://example.com/"]);
+    assert_eq!(c.status, 502, "{c:?}");
+    let rec = record(&s, "http", "example.com", 80);
+    assert_eq!(rec["verdict"], "deny", "{rec:#}");
+    assert_eq!(rec["enforced"], false, "{rec:#}");
+    assert_eq!(rec["rule"], "default/unresolved", "{rec:#}");
+    assert_eq!(rec["error_kind"], "resolve", "{rec:#}");
+    assert_one_line(&rec);
+}
