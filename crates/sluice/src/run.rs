@@ -256,9 +256,10 @@ fn policy_line(policy: &Policy) -> String {
         })
         .collect();
     format!(
-        "policy {} with {} zones (default mode {}): {}",
+        "policy {} with {} zone{} (default mode {}): {}",
         policy.hash(),
         c.zones.len(),
+        if c.zones.len() == 1 { "" } else { "s" },
         c.mode.as_str(),
         if zones.is_empty() {
             "none, every request is denied".to_owned()
