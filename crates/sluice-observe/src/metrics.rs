@@ -710,6 +710,7 @@ mod tests {
             "sluice_dns_queries_total{",
             "sluice_alerts_total{",
             "sluice_dns_rate_limited_total",
+            "sluice_rules_expired",
         ] {
             assert!(
                 names.iter().any(|n| n.starts_with(family)),
