@@ -211,6 +211,10 @@ try {
   await page.locator('#rules tbody tr[data-rule="blocked"]', { hasText: '3' }).waitFor();
   check(true, 'rule hit counts shown');
   check(await page.locator('#rules tbody tr[data-rule="never-used"] .stale').count() === 1, 'a rule without hits is marked stale');
+  check(await page.locator('#rules tbody tr[data-rule="never-used"] .expired').count() === 1, 'an expired rule is marked expired');
+  check(await page.locator('#rules tbody tr[data-rule="never-used"] td.owner', { hasText: 'bob' }).count() === 1, 'a rule shows its owner');
+  check(await page.locator('#rules tbody tr[data-rule="origin"] .expired').count() === 0, 'a live rule is not marked expired');
+  check(/1 expired/.test(await page.locator('#rules-note').innerText()), 'the rules note counts expired rules');
   check(await page.locator('#alerts tbody tr.empty', { hasText: 'none' }).count() === 1, 'alerts panel shown (empty)');
 
   // The README's picture (docs/dashboard.png is a copy): the top of the

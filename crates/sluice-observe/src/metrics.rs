@@ -44,6 +44,7 @@ pub struct Metrics {
     config_last_reload_success: Gauge,
     config_loaded_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     policy_info: Family<HashLabel, Gauge>,
+    rules_expired: Gauge,
     rule_hits: Family<RuleLabel, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
@@ -293,6 +294,12 @@ impl Metrics {
             Unit::Seconds,
             config_loaded_timestamp.clone(),
         );
+        let rules_expired = Gauge::default();
+        registry.register(
+            "sluice_rules_expired",
+            "Rules of the running policy past their `expires` (they match nothing)",
+            rules_expired.clone(),
+        );
         let policy_info = Family::default();
         registry.register(
             "sluice_policy_info",
@@ -353,6 +360,7 @@ impl Metrics {
             config_last_reload_success,
             config_loaded_timestamp,
             policy_info,
+            rules_expired,
             rule_hits,
             dns_queries,
             alerts,
@@ -389,6 +397,8 @@ impl Metrics {
     /// first flow. Called at start and after each reload (a new zone gets
     /// its series; a removed zone's stay until restart).
     pub fn declare_zones(&self, policy: &sluice_policy::Policy, listeners: &[Listener], dns: bool) {
+        self.rules_expired
+            .set(i64::try_from(policy.expired_count()).unwrap_or(i64::MAX));
         let config = policy.config();
         for zone in &config.zones {
             let report = zone.mode.unwrap_or(config.mode) == sluice_policy::Mode::Report;
@@ -700,6 +710,7 @@ mod tests {
             "sluice_dns_queries_total{",
             "sluice_alerts_total{",
             "sluice_dns_rate_limited_total",
+            "sluice_rules_expired",
         ] {
             assert!(
                 names.iter().any(|n| n.starts_with(family)),

@@ -183,6 +183,32 @@ pub struct Rule {
     pub ports: Option<Ports>,
     /// Optional stable id, unique in the file; otherwise `zone/allow/N`.
     pub id: Option<String>,
+    /// Who answers for the rule (free text).
+    pub owner: Option<String>,
+    /// The ticket or change that asked for it (free text).
+    pub ticket: Option<String>,
+    /// When the rule stops matching (RFC 3339).
+    pub expires: Option<Expiry>,
+}
+
+/// A rule's `expires`: the instant, as written, and where it was written
+/// (for the warning once it has passed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// Unix time in milliseconds.
+    pub unix_ms: i64,
+    /// The RFC 3339 text as written.
+    pub text: String,
+    /// 1-based line of the value.
+    pub line: usize,
+    /// 1-based column of the value.
+    pub column: usize,
+}
+
+impl Serialize for Expiry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 /// A set of destination ports.

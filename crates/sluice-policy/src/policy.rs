@@ -214,7 +214,24 @@ pub struct RuleInfo<'a> {
     pub text: &'a str,
     /// Whether the id was given in the file (and so survives edits).
     pub explicit_id: bool,
+    /// Who answers for the rule, if the file says.
+    pub owner: Option<&'a str>,
+    /// The ticket that asked for it, if the file says.
+    pub ticket: Option<&'a str>,
+    /// When it stops matching (RFC 3339 as written), if ever.
+    pub expires: Option<&'a str>,
+    /// The same, unix ms.
+    #[serde(skip)]
+    pub expires_ms: Option<i64>,
+    /// Whether it had expired at the policy's time ([`Policy::at`]): it
+    /// matches nothing.
+    pub expired: bool,
+    /// Whether it expires within [`EXPIRING_SOON_MS`] of the policy's time.
+    pub expiring_soon: bool,
 }
+
+/// How close an expiry must be to be reported as coming: a week.
+pub const EXPIRING_SOON_MS: i64 = 7 * 24 * 3600 * 1000;
 
 #[derive(Debug)]
 struct CRule {
@@ -249,7 +266,17 @@ pub struct Policy {
     sourceless: Vec<u32>,
     any_users: bool,
     /// What the loader warned about, in file order.
+    load_warnings: Vec<ConfigWarning>,
+    /// The loader's warnings and those about expired and expiring rules
+    /// at `as_of`, in file order.
     warnings: Vec<ConfigWarning>,
+    /// The file name, for warnings about expiry.
+    file: Arc<str>,
+    /// The time (unix ms) expiry was judged at; `None`: never (no rule
+    /// has expired).
+    as_of: Option<i64>,
+    /// Every rule's expiry (unix ms), sorted.
+    expiries: Vec<i64>,
 }
 
 /// A configuration that failed to load or compile.
@@ -264,8 +291,120 @@ impl Policy {
     pub fn load(source: &str, file: &str) -> Result<Policy, LoadError> {
         let (config, warnings) = load::parse_warned(source, file, load::Need::Zones)?;
         let mut policy = Policy::compile(config, &hash_text(source.as_bytes()));
-        policy.warnings = warnings;
+        policy.warnings.clone_from(&warnings);
+        policy.load_warnings = warnings;
+        policy.file = file.into();
         Ok(policy)
+    }
+
+    /// [`load`](Policy::load), judging expiry at `now_ms` (unix ms): see
+    /// [`at`](Policy::at).
+    pub fn load_at(source: &str, file: &str, now_ms: i64) -> Result<Policy, LoadError> {
+        Ok(Policy::load(source, file)?.at(now_ms))
+    }
+
+    /// This policy with expiry judged at `now_ms` (unix ms): rules whose
+    /// `expires` is at or before it match nothing (they keep their ids and
+    /// stay listed), and each is warned about, as is each rule expiring
+    /// within a week. The policy reads no clock: the caller says what
+    /// time it is, and compiles again at [`next_expiry`](Policy::next_expiry).
+    pub fn at(self, now_ms: i64) -> Policy {
+        if self.expiries.is_empty() {
+            return Policy {
+                as_of: Some(now_ms),
+                ..self
+            };
+        }
+        let Policy {
+            config,
+            hash,
+            load_warnings,
+            file,
+            ..
+        } = self;
+        Policy::rebuilt(config, &hash, load_warnings, file, now_ms)
+    }
+
+    /// A copy of this policy with expiry judged at `now_ms`, as
+    /// [`at`](Policy::at) gives (for a running gateway, whose policy is
+    /// shared until the new one replaces it).
+    pub fn recompiled_at(&self, now_ms: i64) -> Policy {
+        Policy::rebuilt(
+            self.config.clone(),
+            &self.hash,
+            self.load_warnings.clone(),
+            self.file.clone(),
+            now_ms,
+        )
+    }
+
+    fn rebuilt(
+        config: Config,
+        hash: &str,
+        load_warnings: Vec<ConfigWarning>,
+        file: Arc<str>,
+        now_ms: i64,
+    ) -> Policy {
+        let mut p = Policy::compile_at(config, hash, Some(now_ms));
+        p.file = file;
+        p.warnings = load_warnings.clone();
+        p.load_warnings = load_warnings;
+        let mut extra = Vec::new();
+        for (r, rule) in p.rules_with_model() {
+            let Some(e) = &rule.expires else { continue };
+            let who = match (r.owner, r.ticket) {
+                (Some(o), Some(t)) => format!(" (owner {o}, ticket {t})"),
+                (Some(o), None) => format!(" (owner {o})"),
+                (None, Some(t)) => format!(" (ticket {t})"),
+                (None, None) => String::new(),
+            };
+            let message = if r.expired {
+                format!(
+                    "rule `{}` expired at {}{who}: it matches nothing; remove it or move `expires`",
+                    r.id, e.text
+                )
+            } else if r.expiring_soon {
+                format!("rule `{}` expires at {}{who}, within a week", r.id, e.text)
+            } else {
+                continue;
+            };
+            extra.push(ConfigWarning {
+                file: p.file.to_string(),
+                line: e.line,
+                column: e.column,
+                message,
+            });
+        }
+        p.warnings.extend(extra);
+        p.warnings.sort_by_key(|w| (w.line, w.column));
+        p
+    }
+
+    /// The time (unix ms) expiry was judged at, if it was.
+    pub fn as_of(&self) -> Option<i64> {
+        self.as_of
+    }
+
+    /// The first rule expiry after the policy's time (unix ms): when to
+    /// compile again so the rule stops matching on time.
+    pub fn next_expiry(&self) -> Option<i64> {
+        let now = self.as_of?;
+        let i = self.expiries.partition_point(|&e| e <= now);
+        self.expiries.get(i).copied()
+    }
+
+    /// Whether judging expiry at `now_ms` would give this same policy (no
+    /// rule expires between its time and `now_ms`).
+    pub fn same_at(&self, now_ms: i64) -> bool {
+        let Some(t) = self.as_of else { return false };
+        self.expiries.partition_point(|&e| e <= t)
+            == self.expiries.partition_point(|&e| e <= now_ms)
+    }
+
+    /// How many rules had expired at the policy's time.
+    pub fn expired_count(&self) -> usize {
+        self.as_of
+            .map_or(0, |t| self.expiries.partition_point(|&e| e <= t))
     }
 
     /// What loading the file warned about (it loaded nonetheless), in file
@@ -275,7 +414,13 @@ impl Policy {
     }
 
     /// Compile a validated configuration model. `hash` names this version.
+    /// No rule is expired: see [`at`](Policy::at).
     pub fn compile(config: Config, hash: &str) -> Policy {
+        Policy::compile_at(config, hash, None)
+    }
+
+    fn compile_at(config: Config, hash: &str, as_of: Option<i64>) -> Policy {
+        let mut expiries = Vec::new();
         let mut zones = Vec::with_capacity(config.zones.len());
         let mut sources = CidrTable::default();
         let mut sourceless = Vec::new();
@@ -305,6 +450,24 @@ impl Policy {
                 for (ri, r) in rules.iter().enumerate() {
                     let idx = ri as u32;
                     let allow = kind == "allow";
+                    if let Some(e) = &r.expires {
+                        expiries.push(e.unix_ms);
+                        // An expired rule keeps its place (and so its id
+                        // and every later rule's) but is in no table.
+                        if as_of.is_some_and(|t| e.unix_ms <= t) {
+                            let list = if allow { &mut cz.allow } else { &mut cz.deny };
+                            list.push(CRule {
+                                id: match &r.id {
+                                    Some(id) => id.as_str().into(),
+                                    None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
+                                },
+                                ports: r.ports.clone().unwrap_or(Ports::Any),
+                                lifts_guard: false,
+                                text: rule_text(r),
+                            });
+                            continue;
+                        }
+                    }
                     let (hosts, cidrs, list) = if allow {
                         (&mut cz.allow_hosts, &mut cz.allow_cidrs, &mut cz.allow)
                     } else {
@@ -338,7 +501,14 @@ impl Policy {
             sources,
             sourceless,
             any_users,
+            load_warnings: Vec::new(),
             warnings: Vec::new(),
+            file: "".into(),
+            as_of,
+            expiries: {
+                expiries.sort_unstable();
+                expiries
+            },
         }
     }
 
@@ -355,18 +525,36 @@ impl Policy {
     /// Every configured rule, zone by zone in file order, deny rules before
     /// allow rules (the order they are applied in).
     pub fn rules(&self) -> impl Iterator<Item = RuleInfo<'_>> {
+        self.rules_with_model().map(|(info, _)| info)
+    }
+
+    fn rules_with_model(&self) -> impl Iterator<Item = (RuleInfo<'_>, &Rule)> {
         self.zones
             .iter()
             .zip(&self.config.zones)
             .flat_map(|(cz, z)| {
                 let deny = cz.deny.iter().zip(&z.deny).map(|r| ("deny", r));
                 let allow = cz.allow.iter().zip(&z.allow).map(|r| ("allow", r));
-                deny.chain(allow).map(|(kind, (cr, r))| RuleInfo {
-                    id: &cr.id,
-                    zone: &cz.name,
-                    kind,
-                    text: &cr.text,
-                    explicit_id: r.id.is_some(),
+                deny.chain(allow).map(|(kind, (cr, r))| {
+                    let exp = r.expires.as_ref().map(|e| e.unix_ms);
+                    let (expired, expiring_soon) = match (exp, self.as_of) {
+                        (Some(e), Some(t)) => (e <= t, e > t && e - t <= EXPIRING_SOON_MS),
+                        _ => (false, false),
+                    };
+                    let info = RuleInfo {
+                        id: &cr.id,
+                        zone: &cz.name,
+                        kind,
+                        text: &cr.text,
+                        explicit_id: r.id.is_some(),
+                        owner: r.owner.as_deref(),
+                        ticket: r.ticket.as_deref(),
+                        expires: r.expires.as_ref().map(|e| e.text.as_str()),
+                        expires_ms: exp,
+                        expired,
+                        expiring_soon,
+                    };
+                    (info, r)
                 })
             })
     }
@@ -579,6 +767,12 @@ impl Policy {
             kind: "allow",
             text: &cr.text,
             explicit_id: rules.get(i as usize).is_some_and(|r| r.id.is_some()),
+            owner: None,
+            ticket: None,
+            expires: None,
+            expires_ms: None,
+            expired: false,
+            expiring_soon: false,
         })
     }
 
@@ -900,6 +1094,66 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_expired_rule_matches_nothing_and_keeps_its_id_and_the_next_ones() {
+        // 2026-01-01T00:00:00Z is 1_767_225_600 s.
+        let text = "zones:\n  - name: web\n    allow:\n      - host: a.test\n        ports: [443]\n        owner: alice\n        expires: 2026-01-01T00:00:00Z\n      - host: b.test\n        ports: [443]\n";
+        let t = 1_767_225_600_000_i64;
+        let judge = |p: &Policy, host: &str| {
+            let dest = crate::Destination::parse(host).unwrap_or_else(|e| panic!("{e:?}"));
+            let d = p.decide(&Request {
+                src: "10.0.0.1".parse().unwrap_or_else(|e| panic!("{e}")),
+                user: None,
+                dest: &dest,
+                port: 443,
+            });
+            (d.verdict, d.rule.to_string())
+        };
+        let before = Policy::load_at(text, "e.yaml", t - 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            judge(&before, "a.test"),
+            (Verdict::Allow, "web/allow/1".into())
+        );
+        assert_eq!(before.next_expiry(), Some(t));
+        assert_eq!(before.expired_count(), 0);
+        assert!(before.same_at(t - 1000) && !before.same_at(t));
+        assert!(
+            before
+                .rules()
+                .next()
+                .is_some_and(|r| r.expiring_soon && !r.expired)
+        );
+        let after = before.recompiled_at(t);
+        assert_eq!(judge(&after, "a.test"), (Verdict::Deny, "default".into()));
+        assert_eq!(
+            judge(&after, "b.test"),
+            (Verdict::Allow, "web/allow/2".into())
+        );
+        assert_eq!(after.next_expiry(), None);
+        assert_eq!(after.expired_count(), 1);
+        let ids: Vec<(String, bool, Option<&str>)> = after
+            .rules()
+            .map(|r| (r.id.to_owned(), r.expired, r.owner))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("web/allow/1".to_owned(), true, Some("alice")),
+                ("web/allow/2".to_owned(), false, None)
+            ]
+        );
+        let w: Vec<String> = after.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            w,
+            [
+                "e.yaml:7:18: warning: rule `web/allow/1` expired at 2026-01-01T00:00:00Z (owner alice): it matches nothing; remove it or move `expires`"
+            ]
+        );
+        // Without a time (a model compiled as before), nothing is expired.
+        let plain = Policy::load(text, "e.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(judge(&plain, "a.test").0, Verdict::Allow);
+    }
+
+    #[test]
     fn rule_text_writes_ports_as_the_model_serializes_them() {
         for (host, cidr, ports) in [
             (Some("a.test"), None, Some(Ports::List(vec![(443, 443)]))),
@@ -916,6 +1170,7 @@ mod tests {
                 cidr: cidr.map(|c| c.parse().unwrap_or_else(|e| panic!("{e}"))),
                 ports,
                 id: None,
+                ..Rule::default()
             };
             let target = match (&r.host, &r.cidr) {
                 (Some(h), _) => format!("host {h}"),

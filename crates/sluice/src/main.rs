@@ -259,7 +259,8 @@ fn write_out(bytes: &[u8], what: &str) -> ExitCode {
 fn load(path: &PathBuf) -> Result<Policy, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    Policy::load(&text, &path.display().to_string()).map_err(|e| e.to_string())
+    Policy::load_at(&text, &path.display().to_string(), crate::run::now_ms())
+        .map_err(|e| e.to_string())
 }
 
 /// `check --resolve`: the addresses the gateway would dial, from the

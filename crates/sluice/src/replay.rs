@@ -100,8 +100,9 @@ pub fn main(config: &PathBuf, paths: &[PathBuf], json: bool) -> ExitCode {
 fn replay(config: &PathBuf, paths: &[PathBuf]) -> Result<Report> {
     let text = std::fs::read_to_string(config)
         .with_context(|| format!("{}: cannot read", config.display()))?;
-    let policy =
-        Policy::load(&text, &config.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = config.display().to_string();
+    let now = crate::run::now_ms();
+    let mut policy = Policy::load_at(&text, &name, now).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut report = Report::default();
     let mut groups: BTreeMap<(Change, Option<String>, String, bool), Group> = BTreeMap::new();
     report.records = records::for_each(paths, |r| {
@@ -109,6 +110,16 @@ fn replay(config: &PathBuf, paths: &[PathBuf]) -> Result<Report> {
             return;
         };
         report.judged += 1;
+        // Each record is judged as the gateway would have at its `ts`:
+        // rules that had expired by then match nothing. The policy is
+        // compiled again only when a record falls on the other side of an
+        // expiry than the last one.
+        let at = parse_ts(&r.ts).unwrap_or(now);
+        if !policy.same_at(at) {
+            if let Ok(p) = Policy::load_at(&text, &name, at) {
+                policy = p;
+            }
+        }
         let req = Request {
             src: r.src.ip(),
             user: r.user.as_deref(),
@@ -155,6 +166,12 @@ fn replay(config: &PathBuf, paths: &[PathBuf]) -> Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// A record's `ts` (RFC 3339) as unix ms.
+fn parse_ts(ts: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 fn keep_smallest(set: &mut BTreeSet<String>, v: String, max: usize) {

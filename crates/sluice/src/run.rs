@@ -51,12 +51,46 @@ pub fn load(path: Option<&Path>) -> Result<Version> {
         ),
         None => (DEFAULT_CONFIG.to_owned(), "<embedded default>".to_owned()),
     };
-    let policy = Policy::load(&text, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = Policy::load_at(&text, &name, now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let users = read_users(policy.config(), path)?;
     Ok(Version {
         policy: Arc::new(policy),
         users: Arc::new(users),
     })
+}
+
+/// The wall clock as unix ms: the time a policy judges expiry at.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Compiles the running policy again at the current time once a rule's
+/// `expires` has passed, so that it stops matching on time. Not a reload:
+/// the file is not read again, and no reload counter moves.
+fn expire(gw: &Gateway, declare: &dyn Fn(&Policy)) {
+    let v = gw.version();
+    let now = now_ms();
+    if v.policy.same_at(now) {
+        return;
+    }
+    let before = v.policy.expired_count();
+    let policy = v.policy.recompiled_at(now);
+    for w in policy.warnings() {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        policy = %policy.hash(),
+        expired = policy.expired_count(),
+        newly = policy.expired_count().saturating_sub(before),
+        "rule expiry: policy compiled again"
+    );
+    declare(&policy);
+    gw.reload(Version {
+        policy: Arc::new(policy),
+        users: v.users.clone(),
+    });
 }
 
 fn read_users(config: &Config, path: Option<&Path>) -> Result<Users> {
@@ -154,7 +188,20 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        // The next rule expiry of whichever policy runs now (a reload may
+        // have brought other rules).
+        let next = gw.version().policy.next_expiry();
+        let expiry = async move {
+            match next {
+                Some(at) => {
+                    let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0) + 1;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            () = expiry => expire(&gw, &declare),
             _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP", &declare),
             _ = tick.tick() => {
                 if watch.changed() {

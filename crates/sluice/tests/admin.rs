@@ -27,7 +27,8 @@ const T: Duration = Duration::from_secs(10);
 
 /// Zone `web` for IPv4 loopback clients (enforce) and zone `lab` for `::1`
 /// (report); the origin is allowed by rule `origin`, `*.blocked.test` is
-/// denied by rule `blocked`, and `never-used` never matches.
+/// denied by rule `blocked`, and `never-used` never matches (it expired
+/// in 2020, owned by bob).
 fn policy(origin: &Origin, dns: &FixtureDns) -> String {
     let port = origin.addr.port();
     format!(
@@ -43,6 +44,9 @@ zones:
       - host: never.test
         ports: [443]
         id: never-used
+        owner: bob
+        ticket: OPS-9
+        expires: "2020-01-01T00:00:00Z"
     deny:
       - host: "*.blocked.test"
         id: blocked
@@ -652,6 +656,13 @@ fn api_endpoints_answer_with_filters() {
     assert_eq!(row("never-used")["hits"], 0);
     assert_eq!(row("never-used")["stale"], true);
     assert_eq!(row("never-used")["last_hit"], Value::Null);
+    assert_eq!(row("never-used")["owner"], "bob");
+    assert_eq!(row("never-used")["ticket"], "OPS-9");
+    assert_eq!(row("never-used")["expires"], "2020-01-01T00:00:00Z");
+    assert_eq!(row("never-used")["expired"], true);
+    assert_eq!(row("never-used")["expiring_soon"], false);
+    assert_eq!(row("origin")["expired"], false);
+    assert_eq!(row("origin")["owner"], Value::Null);
     assert_eq!(row("lab/allow/1")["zone"], "lab");
     assert_eq!(rules["rules"].as_array().unwrap().len(), 5);
     assert_eq!(rules["stale_after_seconds"], 3600);

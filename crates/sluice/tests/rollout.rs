@@ -668,3 +668,54 @@ fn learn_and_replay_read_the_real_flow_log() {
     assert_eq!(report["not_replayed"]["no_decision"], 1, "{report:#}");
     assert_eq!(report["newly_denied"], json!([]), "{report:#}");
 }
+
+#[test]
+fn replay_judges_a_rule_expiry_at_each_records_time() {
+    // ci/allow/1 expires at 02:30: the flows of 01:00 and 02:00 stay
+    // allowed, those of 03:00 and 04:00 are newly denied; ci/allow/2 keeps
+    // its id, so its flow at 13:00 is unchanged.
+    let mut v = Vec::new();
+    for h in 1..=4 {
+        v.push(rec(
+            Some("ci"),
+            CI,
+            Some("static.crates.io"),
+            Some(PUB),
+            443,
+            "allow",
+            true,
+            "ci/allow/1",
+            (7, 70),
+            h,
+        ));
+    }
+    v.push(rec(
+        Some("ci"),
+        CI,
+        Some("index.crates.io"),
+        Some(PUB),
+        443,
+        "allow",
+        true,
+        "ci/allow/2",
+        (7, 70),
+        13,
+    ));
+    let records = write_records("replay-expiry.jsonl", &v);
+    let expiring = CURRENT.replace(
+        "      - host: static.crates.io\n        ports: [443]\n",
+        "      - host: static.crates.io\n        ports: [443]\n        expires: 2026-12-01T02:30:00Z\n",
+    );
+    let config = scratch_file("replay-expiry.yaml", &expiring);
+    let (exit, report) = replay_json(&config, &records);
+    assert_eq!(exit, 1, "{report:#}");
+    assert_eq!(report["judged"], 5);
+    assert_eq!(report["unchanged"], 3);
+    assert_eq!(
+        report["newly_denied"],
+        json!([
+            {"zone": "ci", "rule": "default", "enforced": true, "flows": 2, "bytes_out": 14, "bytes_in": 140,
+             "was": ["ci/allow/1"], "examples": ["static.crates.io:443"]},
+        ])
+    );
+}

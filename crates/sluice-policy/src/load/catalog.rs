@@ -16,9 +16,9 @@ use super::{
     Cx, Need,
     items::{self, Rules, Users, Zones},
     kinds::{
-        AdminHosts, Blocked, Bool, Cidr, Count, FlowTarget, Fraction, HostPattern, Listener, Mark,
-        Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId, Sources, Text, Time,
-        Upstreams, UserRefs,
+        AdminHosts, Blocked, Bool, Cidr, Count, FlowTarget, Fraction, HostPattern, Instant,
+        Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId, Sources,
+        Text, Time, Upstreams, UserRefs,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
@@ -152,6 +152,9 @@ pub(crate) static RULE: Section<Rule> = Section {
         key!(cidr: Cidr, Applies, "An address block, e.g. `198.51.100.0/24`."),
         key!(ports: PortSet, Applies, "Ports: a list of numbers and `\"a-b\"` ranges (one may stand alone: `443`), or `any`."),
         key!(id: RuleId, Applies, "Optional stable id, unique in the file; otherwise `zone/allow/N` or `zone/deny/N`."),
+        key!(owner: Text, Applies, "Who answers for the rule (free text), shown with its expiry and staleness."),
+        key!(ticket: Text, Applies, "The ticket or change that asked for the rule (free text)."),
+        key!(expires: Instant, Applies, "When the rule stops matching, in RFC 3339 (`2026-03-31T00:00:00Z`); the rule keeps its id and is reported expired."),
     ],
     not_yet: &[],
 };

@@ -709,6 +709,35 @@ fn parse_port_item(s: &str) -> Result<(u16, u16), String> {
     Ok((p, p))
 }
 
+/// An instant in RFC 3339, e.g. `2026-03-31T00:00:00Z`.
+pub(crate) struct Instant;
+
+impl Kind for Instant {
+    type Out = crate::model::Expiry;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<crate::model::Expiry> {
+        let text = Text.read(cx, n)?;
+        let parsed =
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339);
+        let Ok(t) = parsed else {
+            cx.err(
+                n,
+                format!("invalid time `{text}`: expected RFC 3339, e.g. `2026-03-31T00:00:00Z`"),
+            );
+            return None;
+        };
+        let at = yaml::pos(n);
+        Some(crate::model::Expiry {
+            unix_ms: i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+            text,
+            line: at.line,
+            column: at.column,
+        })
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "format": "date-time" })
+    }
+}
+
 /// A rule's explicit id: unique in the file.
 pub(crate) struct RuleId;
 

@@ -454,3 +454,31 @@ fn indentation_mistakes_are_explained_in_words_with_the_parser_message_kept() {
         );
     }
 }
+
+#[test]
+fn rule_lifecycle_keys_load_and_a_bad_expiry_is_a_positioned_error() {
+    let text = "zones:\n  - name: a\n    allow:\n      - host: x.example\n        ports: [443]\n        owner: alice\n        ticket: OPS-7\n        expires: 2026-03-31T12:00:00+02:00\n";
+    let c = parse_config(text, "l.yaml").unwrap();
+    let r = &c.zones[0].allow[0];
+    assert_eq!(r.owner.as_deref(), Some("alice"));
+    assert_eq!(r.ticket.as_deref(), Some("OPS-7"));
+    let e = r.expires.as_ref().unwrap();
+    assert_eq!(e.unix_ms, 1_775_210_400_000 - 3 * 24 * 3600 * 1000);
+    assert_eq!((e.line, e.column), (8, 18));
+    for bad in [
+        "2026-03-31",
+        "2026-13-01T00:00:00Z",
+        "tomorrow",
+        "2026-03-31T00:00:00",
+    ] {
+        let err = parse_config(&text.replace("2026-03-31T12:00:00+02:00", bad), "l.yaml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "l.yaml:8:18: invalid time `{bad}`: expected RFC 3339, e.g. `2026-03-31T00:00:00Z`"
+            ),
+        );
+    }
+}

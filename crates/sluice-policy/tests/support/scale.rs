@@ -96,6 +96,7 @@ pub fn config() -> Config {
                     cidr: None,
                     ports: (!is_deny(r)).then(|| ports(r)),
                     id: None,
+                    ..Rule::default()
                 };
                 if is_deny(r) {
                     zone.deny.push(rule);

@@ -326,9 +326,19 @@ struct RuleRow<'a> {
     kind: &'a str,
     text: &'a str,
     explicit_id: bool,
+    owner: Option<&'a str>,
+    ticket: Option<&'a str>,
+    expires: Option<&'a str>,
+    expired: bool,
+    expiring_soon: bool,
     hits: u64,
     last_hit: Option<String>,
     stale: bool,
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn rules(gw: &Gateway, status: &Status, q: &Query) -> Answer {
@@ -348,6 +358,15 @@ fn rules(gw: &Gateway, status: &Status, q: &Query) -> Answer {
             kind: r.kind,
             text: r.text,
             explicit_id: r.explicit_id,
+            owner: r.owner,
+            ticket: r.ticket,
+            expires: r.expires,
+            expired: r.expired,
+            // Judged now: the policy's own time is its last compile.
+            expiring_soon: !r.expired
+                && r.expires_ms.is_some_and(|e| {
+                    e.saturating_sub(unix_ms(now)) <= sluice_policy::policy::EXPIRING_SOON_MS
+                }),
             hits: s.map_or(0, |s| s.hits),
             last_hit: last.map(rfc3339),
             stale: last.is_none_or(|t| now.duration_since(t).unwrap_or_default() > stale_after),

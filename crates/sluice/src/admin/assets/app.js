@@ -386,7 +386,17 @@ async function loadRules() {
   try { r = await api('/api/v1/rules'); } catch (e) { return; }
   $('#policy').textContent = 'policy ' + r.policy_hash;
   const stale = r.rules.filter((x) => x.stale).length;
-  $('#rules-note').textContent = `${plural(r.rules.length, 'rule')}, ${stale} stale (no hit in ${plural(Math.round(r.stale_after_seconds / 3600), 'hour')})`;
+  const expired = r.rules.filter((x) => x.expired).length;
+  const soon = r.rules.filter((x) => x.expiring_soon).length;
+  $('#rules-note').textContent = `${plural(r.rules.length, 'rule')}, ${stale} stale (no hit in ${plural(Math.round(r.stale_after_seconds / 3600), 'hour')}), ${expired} expired, ${soon} expiring within a week`;
+  // Expired rules match nothing; expiring ones stop within a week.
+  const flags = (x) => {
+    const out = [];
+    if (x.expired) out.push(el('span', { class: 'expired', title: 'past its expiry: matches nothing' }, 'expired'));
+    if (x.expiring_soon) out.push(el('span', { class: 'stale expiring', title: 'expires within a week' }, 'expiring'));
+    if (x.stale) out.push(el('span', { class: 'stale' }, 'stale'));
+    return out;
+  };
   const rows = r.rules.map((x) => el('tr', { 'data-rule': x.id },
     el('td', { class: 'mono' }, x.id),
     el('td', {}, x.zone),
@@ -394,12 +404,14 @@ async function loadRules() {
     el('td', { class: 'mono' }, x.text),
     el('td', { class: 'num' }, x.hits),
     el('td', {}, x.last_hit ? time(x.last_hit) : 'never'),
-    el('td', {}, x.stale ? el('span', { class: 'stale' }, 'stale') : '')));
+    el('td', { class: 'owner', title: x.ticket ? `ticket ${x.ticket}` : '' }, x.owner || ''),
+    el('td', { class: 'expires' }, x.expires ? time(x.expires) : ''),
+    el('td', {}, ...flags(x))));
   for (const o of r.other) {
     rows.push(el('tr', { 'data-rule': o.id, class: 'muted' },
       el('td', { class: 'mono' }, o.id), el('td', {}, '—'), el('td', {}, 'built-in'),
       el('td', {}, 'guard, fallback or earlier policy'), el('td', { class: 'num' }, o.hits),
-      el('td', {}, time(o.last_hit)), el('td', {}, '')));
+      el('td', {}, time(o.last_hit)), el('td', {}, ''), el('td', {}, ''), el('td', {}, '')));
   }
   $('#rules tbody').replaceChildren(...rows);
 }
