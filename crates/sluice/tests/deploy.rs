@@ -2,7 +2,9 @@
 //! holds a `sluice.yaml` that `sluice validate` accepts, every manifest
 //! passes `kubernetes-validate` against a current Kubernetes, the
 //! kustomization lists every file of the base, the JetStream stream covers
-//! the bus subjects, and the systemd unit passes `systemd-analyze verify`.
+//! the bus subjects, the systemd unit passes `systemd-analyze verify`, and
+//! the ConfigMap's configuration run for real opens only the probes while
+//! keepalived's check script follows `/readyz`.
 //! Tools that are not installed are skipped with a line saying so.
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +18,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice_testkit::TempDir;
+use sluice_testkit::{Sluice, TempDir};
 use util::{code, sluice, stderr, stdout, workspace_root};
 
 /// The Kubernetes version the manifests are checked against.
@@ -246,11 +248,48 @@ fn systemd_unit_is_hardened_and_verifies() {
     assert!(about_unit.is_empty(), "{err}");
 }
 
+/// Runs keepalived's check script against `admin`; its exit code.
+fn keepalived_check(admin: &str) -> i32 {
+    let script = workspace_root().join("deploy/keepalived/sluice-check.sh");
+    let out = Command::new("sh")
+        .arg(script)
+        .env("SLUICE_ADMIN", admin)
+        .output()
+        .unwrap();
+    out.status.code().unwrap_or(-1)
+}
+
+/// The ConfigMap's configuration run for real (listeners moved to loopback
+/// port 0): the probe paths answer without the token, the API does not,
+/// and keepalived's check script holds the address only while `/readyz`
+/// says ready.
 #[test]
-fn keepalived_check_asks_readyz() {
-    let root = workspace_root().join("deploy/keepalived");
-    let conf = read(&root.join("keepalived.conf"));
+fn configmap_config_serves_probes_without_token_and_check_script_follows_readyz() {
+    let conf = read(&workspace_root().join("deploy/keepalived/keepalived.conf"));
     assert!(conf.contains("/etc/keepalived/sluice-check.sh"), "{conf}");
-    let check = read(&root.join("sluice-check.sh"));
-    assert!(check.contains("/readyz"), "{check}");
+    let dir = TempDir::new("deploy-live");
+    let token = dir.path("token");
+    fs::write(&token, "a-token-for-the-test\n").unwrap();
+    let mut yaml =
+        configmap_sluice_yaml().replace("/etc/sluice-token/token", token.to_str().unwrap());
+    for port in ["3128", "1080", "5353", "9901"] {
+        yaml = yaml.replace(&format!("0.0.0.0:{port}"), "127.0.0.1:0");
+    }
+    let mut s = Sluice::start(env!("CARGO_BIN_EXE_sluice"), &yaml);
+    assert_eq!(s.admin_get("/healthz").status, Some(200));
+    assert_eq!(s.readyz().0, Some(200));
+    assert_eq!(s.admin_get("/api/v1/rules").status, Some(401));
+    let admin = s.admin.unwrap().to_string();
+    if !have("curl") {
+        eprintln!("SKIPPED keepalived check script: curl is not installed");
+        return;
+    }
+    assert_eq!(
+        keepalived_check(&admin),
+        0,
+        "ready gateway keeps the address"
+    );
+    s.signal("TERM");
+    assert!(s.wait_exit(std::time::Duration::from_secs(10)).is_some());
+    assert_ne!(keepalived_check(&admin), 0, "stopped gateway gives it up");
 }
