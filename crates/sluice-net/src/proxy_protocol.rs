@@ -9,6 +9,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use tokio::io::{AsyncRead, AsyncReadExt};
+
 /// The longest v1 line, `\r\n` included (the specification's 107 bytes).
 pub const V1_MAX: usize = 107;
 /// The v2 signature: the first 12 bytes of every v2 header.
@@ -186,6 +188,48 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, Error> {
     Ok(Parsed::Done { header, len })
 }
 
+/// Why reading a header from a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The bytes are not a valid header.
+    #[error(transparent)]
+    Header(#[from] Error),
+    /// The connection failed or closed before a whole header.
+    #[error("connection ended before a whole PROXY protocol header: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads exactly one header from `r`, never a byte past it (a v1 line a
+/// byte at a time, a v2 header by its declared length), so the bytes after
+/// it stay in the socket for the listener's protocol. At most
+/// [`MAX_HEADER`] bytes are read. The caller bounds the time.
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Header, ReadError> {
+    let mut buf = Vec::with_capacity(V1_MAX);
+    loop {
+        let want = if buf.len() >= 16 && buf.starts_with(&V2_SIG) {
+            // parse() already checked the declared length against the cap.
+            16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]))
+        } else {
+            buf.len() + 1
+        };
+        let at = buf.len();
+        buf.resize(want.min(MAX_HEADER), 0);
+        r.read_exact(&mut buf[at..]).await?;
+        if let Parsed::Done { header, .. } = parse(&buf)? {
+            return Ok(header);
+        }
+        if buf.len() >= MAX_HEADER {
+            return Err(Error::TooLong.into());
+        }
+    }
+}
+
+/// Whether the first bytes of a connection are a PROXY header's start
+/// (`PROXY ` or the v2 signature): what an untrusted client is refused for.
+pub fn starts_with_header(buf: &[u8]) -> bool {
+    buf.starts_with(b"PROXY ") || buf.starts_with(&V2_SIG)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +380,41 @@ mod tests {
         let mut long = V2_SIG.to_vec();
         long.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert_eq!(parse(&long), Err(Error::TooLong));
+    }
+
+    #[tokio::test]
+    async fn read_header_stops_at_its_end() {
+        let mut v1: &[u8] = b"PROXY TCP4 127.0.0.5 127.0.0.1 40000 8080\r\nGET /";
+        let h = read_header(&mut v1).await.unwrap();
+        assert_eq!(
+            h,
+            Header::Proxy {
+                src: sa("127.0.0.5:40000"),
+                dst: sa("127.0.0.1:8080")
+            }
+        );
+        assert_eq!(v1, b"GET /");
+        let mut buf = v2(1, 0x11, &[127, 0, 0, 5, 127, 0, 0, 1, 0, 1, 0, 2]);
+        buf.extend_from_slice(b"\x05\x01");
+        let mut r = &buf[..];
+        assert_eq!(
+            read_header(&mut r).await.unwrap(),
+            Header::Proxy {
+                src: sa("127.0.0.5:1"),
+                dst: sa("127.0.0.1:2")
+            }
+        );
+        assert_eq!(r, b"\x05\x01");
+        let mut plain: &[u8] = b"GET / HTTP/1.1\r\n";
+        assert!(matches!(
+            read_header(&mut plain).await,
+            Err(ReadError::Header(Error::Missing))
+        ));
+        let mut short: &[u8] = b"PROXY TCP4 1.2.3.4";
+        assert!(matches!(
+            read_header(&mut short).await,
+            Err(ReadError::Io(_))
+        ));
     }
 
     #[test]
