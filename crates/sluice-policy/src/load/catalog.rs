@@ -60,8 +60,8 @@ pub(crate) static LISTEN: Section<Listen> = Section {
         key!(socks5: Listener, Restart, "SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 user/password), e.g. `127.0.0.1:1080`."),
         key!(dns: Listener, Restart, "Filtering DNS forwarder, UDP and TCP on the same address, e.g. `127.0.0.1:5353`."),
         key!(transparent: Listener, Restart, "Transparent listener (Linux), the target of an nftables `redirect`; bind the gateway interface's address."),
-        key!(proxy_protocol_from: Cidrs, Restart, "Load balancer CIDRs that must send a PROXY protocol v1/v2 header on the HTTP, SOCKS5 and transparent listeners; the header's client address is the one zones see. A header from any other address is refused."),
         key!(transparent_mark: Mark, Restart, "`SO_MARK` put on every socket Sluice dials, so that a redirect ruleset can exempt Sluice's own traffic; `0x5c` or `92`."),
+        key!(proxy_protocol_from: Cidrs, Restart, "Load balancer CIDRs that must send a PROXY protocol v1/v2 header on the HTTP, SOCKS5 and transparent listeners; the header's client address is the one zones see. A header from any other address is refused."),
     ],
     not_yet: &[],
 };
