@@ -115,7 +115,7 @@ fn haproxy_send_proxy_v1_and_v2_give_the_clients_zone_and_address() {
 }
 
 #[test]
-fn trusted_address_without_a_header_is_refused_as_bad_request() {
+fn trusted_address_needs_a_header_and_v2_local_keeps_its_address() {
     let origin = Origin::start("127.0.0.1");
     let s = Sluice::start(BIN, &policy(&origin));
     // From 127.0.0.1 (trusted), a plain request: not a header.
@@ -130,6 +130,26 @@ fn trusted_address_without_a_header_is_refused_as_bad_request() {
         "{rec}"
     );
     assert_eq!(src_ip(&rec), "127.0.0.1");
+    // A v2 LOCAL header (a health check) keeps the balancer's address.
+    let mut c = TcpStream::connect(s.http).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
+    local.extend_from_slice(
+        format!(
+            "GET {}/local HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            origin.url(),
+            origin.addr
+        )
+        .as_bytes(),
+    );
+    c.write_all(&local).unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let rec = s.wait_record("v2 LOCAL", |r| {
+        r["zone"] == "local" && r["verdict"] == "allow"
+    });
+    assert_eq!(src_ip(&rec), "127.0.0.1", "{rec}");
 }
 
 /// Sends `bytes` from 127.0.0.5 to `to` and returns what came back before
