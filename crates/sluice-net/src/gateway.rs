@@ -25,6 +25,7 @@ use crate::{
     dial::{DialError, Dialed, Dialer},
     flow::Flow,
     inspect::{self, Inspection, Inspector, SniMatch, Subject},
+    proxy_protocol,
     refusal::Refusal,
     relay::{self, HelloCheck, Preread, Timeouts},
     route::{Direct, Route, Router, Via},
@@ -45,6 +46,8 @@ pub struct Gateway {
     inspectors: Vec<Arc<dyn Inspector>>,
     /// Those of `inspectors` that look at HTTP exchanges.
     http_inspectors: Vec<Arc<dyn Inspector>>,
+    /// `listen.proxy_protocol_from`, read at start.
+    proxy_from: Vec<ipnet::IpNet>,
 }
 
 // === impl Gateway ===
@@ -60,6 +63,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Gateway {
         let limits = version.policy.config().limits.clone();
+        let proxy_from = version.policy.config().listen.proxy_protocol_from.clone();
         Gateway {
             current: ArcSwap::from_pointee(version),
             dialer,
@@ -82,6 +86,7 @@ impl Gateway {
             router: Box::new(Direct::default()),
             inspectors: vec![Arc::new(SniMatch)],
             http_inspectors: Vec::new(),
+            proxy_from,
         }
     }
 
@@ -168,6 +173,58 @@ impl Gateway {
     /// checked by [`Gateway::admit`]).
     pub fn start(&self, listener: Listener, protocol: Protocol, src: SocketAddr) -> Flow {
         Flow::new(self.version(), listener, protocol, src)
+    }
+
+    /// The client of a new connection from `peer`, before any protocol
+    /// byte: from a `listen.proxy_protocol_from` address, the one its
+    /// PROXY protocol header names (read within `limits.header_timeout`;
+    /// v2 LOCAL and v1 `UNKNOWN` keep `peer`); from any other address,
+    /// `peer`, unless the connection starts with a PROXY header. `None`:
+    /// refused and recorded (`default/bad-request`); close the connection.
+    ///
+    /// `client_first`: the listener's clients speak first, so waiting for
+    /// their first bytes costs nothing (HTTP, SOCKS5); the transparent
+    /// listener checks the bytes it peeks itself.
+    pub async fn proxied_client(
+        &self,
+        listener: Listener,
+        protocol: Protocol,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        client_first: bool,
+    ) -> Option<SocketAddr> {
+        let refuse = |why: String| {
+            let flow = self.start(listener, protocol, peer);
+            self.refuse(flow, &Refusal::BadRequest(why));
+            None
+        };
+        let timeout = self.limits.header_timeout;
+        if self.proxy_trusted(peer) {
+            let read = tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await;
+            return match read {
+                Ok(Ok(proxy_protocol::Header::Proxy { src, .. })) => Some(src),
+                Ok(Ok(proxy_protocol::Header::Local)) => Some(peer),
+                Ok(Err(e)) => refuse(format!("PROXY protocol header required from {peer}: {e}")),
+                Err(_) => refuse(format!(
+                    "PROXY protocol header required from {peer}: none within {timeout:?}"
+                )),
+            };
+        }
+        if client_first {
+            let mut first = [0u8; 12];
+            let n = tokio::time::timeout(timeout, stream.peek(&mut first)).await;
+            if let Ok(Ok(n)) = n
+                && proxy_protocol::starts_with_header(&first[..n])
+            {
+                return refuse(untrusted_header(peer));
+            }
+        }
+        Some(peer)
+    }
+
+    /// Whether `peer` is in `listen.proxy_protocol_from`.
+    pub fn proxy_trusted(&self, peer: SocketAddr) -> bool {
+        self.proxy_from.iter().any(|n| n.contains(&peer.ip()))
     }
 
     /// Refuses new work once a drain has begun.
@@ -565,4 +622,10 @@ fn refusal_of(e: DialError) -> Refusal {
         DialError::Timeout(after, _) => Refusal::Timeout(after),
         DialError::NoDescriptors { msg, .. } => Refusal::NoDescriptors(msg),
     }
+}
+
+/// Why a PROXY header from an address outside `listen.proxy_protocol_from`
+/// is refused.
+pub(crate) fn untrusted_header(peer: SocketAddr) -> String {
+    format!("PROXY protocol header from {peer}, not in listen.proxy_protocol_from")
 }

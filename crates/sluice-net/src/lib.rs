@@ -20,6 +20,7 @@
 //! - `dial`: resolve once, check every address, happy eyeballs.
 //! - `relay`: byte-counting bidirectional copy with idle timeout (splice).
 //! - `tls`: ClientHello SNI parsing.
+//! - `proxy_protocol`: PROXY protocol v1/v2 header parsing (pure).
 //! - `sockopt`: `SO_ORIGINAL_DST` and `SO_MARK` behind safe wrappers.
 
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod flow;
 pub mod gateway;
 pub mod http;
 pub mod inspect;
+pub mod proxy_protocol;
 pub mod refusal;
 pub mod relay;
 pub mod route;

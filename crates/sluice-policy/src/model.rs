@@ -75,6 +75,9 @@ pub struct Listen {
     /// ruleset can exempt Sluice's own traffic (loop protection); a number
     /// such as `0x5c` or `92`. Needs `CAP_NET_ADMIN`.
     pub transparent_mark: Option<u32>,
+    /// Load balancer CIDRs that must send a PROXY protocol v1/v2 header on
+    /// the HTTP, SOCKS5 and transparent listeners; empty: none.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Filtering DNS forwarder, UDP and TCP on the same address, e.g.
     /// `127.0.0.1:5353`.
     pub dns: Option<SocketAddr>,

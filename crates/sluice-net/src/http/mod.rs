@@ -70,11 +70,15 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
 async fn connection(
     gw: Arc<Gateway>,
     pool: Arc<pool::Pool>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     slot: Arc<Slot>,
 ) {
     let _ = stream.set_nodelay(true);
+    let (l, p) = (Listener::Http, Protocol::Http);
+    let Some(peer) = gw.proxied_client(l, p, &mut stream, peer, true).await else {
+        return;
+    };
     let phase = Phase::new();
     let limits = gw.limits().clone();
     let io = Timed::new(

@@ -56,9 +56,13 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     .await;
 }
 
-async fn connection(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, slot: Arc<Slot>) {
+async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, slot: Arc<Slot>) {
     let _slot = slot;
     let _ = stream.set_nodelay(true);
+    let (l, p) = (Listener::Socks5, Protocol::Socks5);
+    let Some(peer) = gw.proxied_client(l, p, &mut stream, peer, true).await else {
+        return;
+    };
     let mut flow = gw.start(Listener::Socks5, Protocol::Socks5, peer);
     let mut hs = Handshake::new(stream, gw.limits().header_timeout);
     match negotiate(&gw, &mut hs, &mut flow).await {

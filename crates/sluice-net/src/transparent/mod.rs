@@ -72,6 +72,11 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
 async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, slot: Arc<Slot>) {
     let _slot = slot;
     let _ = stream.set_nodelay(true);
+    let (l, p) = (Listener::Transparent, Protocol::Tcp);
+    let lb = peer;
+    let Some(peer) = gw.proxied_client(l, p, &mut stream, peer, false).await else {
+        return;
+    };
     let mut flow = gw.start(Listener::Transparent, Protocol::Tcp, peer);
     // Identify: where was the client going?
     let original = match sockopt::original_dst(&stream) {
@@ -89,6 +94,10 @@ async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, s
     flow.port = Some(original.port());
     let mut first = Vec::with_capacity(2048);
     let peeked = peek(&mut stream, &mut first, gw.limits()).await;
+    if !gw.proxy_trusted(lb) && crate::proxy_protocol::starts_with_header(&first) {
+        let why = crate::gateway::untrusted_header(lb);
+        return gw.refuse(flow, &Refusal::BadRequest(why));
+    }
     match &peeked {
         Peeked::Tls(sni) => flow.sni.clone_from(sni),
         Peeked::Http { method, .. } => flow.method = Some(method.clone()),

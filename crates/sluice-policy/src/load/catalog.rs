@@ -16,7 +16,7 @@ use super::{
     Cx, Need,
     items::{self, Rules, Users, Zones},
     kinds::{
-        AdminHosts, Blocked, Bool, Cidr, Count, FlowTarget, Fraction, HostPattern, Instant,
+        AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern, Instant,
         Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId, Sources,
         Text, Time, Upstreams, UserRefs,
     },
@@ -61,6 +61,7 @@ pub(crate) static LISTEN: Section<Listen> = Section {
         key!(dns: Listener, Restart, "Filtering DNS forwarder, UDP and TCP on the same address, e.g. `127.0.0.1:5353`."),
         key!(transparent: Listener, Restart, "Transparent listener (Linux), the target of an nftables `redirect`; bind the gateway interface's address."),
         key!(transparent_mark: Mark, Restart, "`SO_MARK` put on every socket Sluice dials, so that a redirect ruleset can exempt Sluice's own traffic; `0x5c` or `92`."),
+        key!(proxy_protocol_from: Cidrs, Restart, "Load balancer CIDRs that must send a PROXY protocol v1/v2 header on the HTTP, SOCKS5 and transparent listeners; the header's client address is the one zones see. A header from any other address is refused."),
     ],
     not_yet: &[],
 };

@@ -522,6 +522,21 @@ impl Kind for Sources {
     }
 }
 
+/// A list of CIDRs that may be empty (`listen.proxy_protocol_from`).
+pub(crate) struct Cidrs;
+
+impl Kind for Cidrs {
+    type Out = Vec<IpNet>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<IpNet>> {
+        let what = cx.label();
+        let list = cx.seq(n, &what)?;
+        Some(list.filter_map(|s| cx.cidr(&s)).collect())
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "items": { "type": "string" } })
+    }
+}
+
 /// A zone's users: at least one, each defined under `users` (checked once
 /// every user is known).
 pub(crate) struct UserRefs;

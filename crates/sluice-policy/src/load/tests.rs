@@ -60,7 +60,7 @@ fn every_key_the_table_lists_is_accepted_and_every_other_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        bad.contains("expected one of: http, admin, socks5, dns, transparent, transparent_mark"),
+        bad.contains("expected one of: http, admin, socks5, dns, transparent, transparent_mark, proxy_protocol_from"),
         "{bad}"
     );
 }
@@ -96,6 +96,7 @@ listen:
   dns: 127.0.0.1:4
   transparent: 127.0.0.1:5
   transparent_mark: 0x5c
+  proxy_protocol_from: [192.0.2.0/24]
 admin:
   token_file: /run/token
   open_paths: [/metrics]
