@@ -210,7 +210,9 @@ impl Gateway {
                 )),
             };
         }
-        if client_first {
+        // With no balancer trusted, a header fails the listener's own
+        // parser anyway (a bad request): no peek on every connection.
+        if client_first && !self.proxy_from.is_empty() {
             let mut first = [0u8; 12];
             let n = tokio::time::timeout(timeout, stream.peek(&mut first)).await;
             if let Ok(Ok(n)) = n
@@ -363,48 +365,29 @@ impl Gateway {
             return Err(Refusal::Internal("dial before target".into()));
         };
         let resolved = self.until_stopped(async { Ok(self.dialer.resolve(dest).await) });
-        match resolved.await? {
-            Ok(addrs) => Ok(addrs),
-            Err(DialError::Resolve { host, msg }) => match flow.decision() {
-                Some(d)
-                    if d.pending == Pending::CidrAllow
-                        && d.verdict == Verdict::Deny
-                        && d.enforced =>
-                {
-                    let why = format!(
-                        "{host} did not resolve ({msg}), so no address could fall in a cidr allow rule"
-                    );
-                    Err(Refusal::Denied(Box::new(d.deny_with(ids::UNRESOLVED, why))))
+        let e = match resolved.await? {
+            Ok(addrs) => return Ok(addrs),
+            Err(e) => e,
+        };
+        // A name only pending on cidr allow rules that got no address was
+        // never allowed: default/unresolved. Enforced, that is the answer;
+        // in report mode it is recorded as the would-be denial and the flow
+        // still fails on the resolver's side (nothing could be dialed).
+        if let (DialError::Resolve { host, msg }, Some(d)) = (&e, flow.decision()) {
+            if d.pending == Pending::CidrAllow && d.verdict == Verdict::Deny {
+                let why = format!(
+                    "{host} did not resolve ({msg}), so no address could fall in a cidr allow rule"
+                );
+                let mut unresolved = d.deny_with(ids::UNRESOLVED, why);
+                if d.enforced {
+                    return Err(Refusal::Denied(Box::new(unresolved)));
                 }
-                // Report mode: the same would-be denial is recorded (rule
-                // default/unresolved, enforced false); the flow still
-                // fails on the resolver's side, as nothing could be dialed.
-                Some(d)
-                    if d.pending == Pending::CidrAllow
-                        && d.verdict == Verdict::Deny
-                        && !d.enforced =>
-                {
-                    let mut would = d.deny_with(
-                        ids::UNRESOLVED,
-                        format!("{host} did not resolve, so no address could fall in a cidr allow rule (report mode: not enforced)"),
-                    );
-                    would.enforced = false;
-                    flow.apply(&would);
-                    let e = DialError::Resolve { host, msg };
-                    self.count_dial_failure(&e);
-                    Err(refusal_of(e))
-                }
-                _ => {
-                    let e = DialError::Resolve { host, msg };
-                    self.count_dial_failure(&e);
-                    Err(refusal_of(e))
-                }
-            },
-            Err(e) => {
-                self.count_dial_failure(&e);
-                Err(refusal_of(e))
+                unresolved.enforced = false;
+                flow.apply(&unresolved);
             }
         }
+        self.count_dial_failure(&e);
+        Err(refusal_of(e))
     }
 
     /// `work`, unless the drain deadline passes first: then the flow is

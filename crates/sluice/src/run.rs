@@ -162,18 +162,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let has_dns = listeners.has_dns();
     metrics.declare_zones(&version.policy, &running, has_dns);
 
-    let view = Arc::new(FlowView::new(ViewLimits {
-        recent_flows: config.admin.recent_flows as usize,
-        recent_denials: config.admin.recent_denials as usize,
-        window: config.admin.window,
-        top_entries: config.admin.top_entries as usize,
-    }));
-    let recorder = Arc::new(Recorder::new(
-        metrics.clone(),
-        view.clone(),
-        sink.clone(),
-        AlertRing::new(config.admin.recent_alerts as usize),
-    ));
+    let (view, recorder) = recorder(&config, &metrics, &sink);
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if listeners.has_dns() {
@@ -190,16 +179,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     loop {
         // The next rule expiry of whichever policy runs now (a reload may
         // have brought other rules).
-        let next = gw.version().policy.next_expiry();
-        let expiry = async move {
-            match next {
-                Some(at) => {
-                    let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0) + 1;
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
+        let expiry = until_expiry(gw.version().policy.next_expiry());
         tokio::select! {
             () = expiry => expire(&gw, &declare),
             _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP", &declare),
@@ -226,6 +206,40 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     writer.close().await.context("flushing flow records")?;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// The recent-flow view and the recorder that fans each record out to
+/// metrics, the view, the flow log, detectors and the alert ring.
+fn recorder(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    sink: &FlowSink,
+) -> (Arc<FlowView>, Arc<Recorder>) {
+    let view = Arc::new(FlowView::new(ViewLimits {
+        recent_flows: config.admin.recent_flows as usize,
+        recent_denials: config.admin.recent_denials as usize,
+        window: config.admin.window,
+        top_entries: config.admin.top_entries as usize,
+    }));
+    let recorder = Arc::new(Recorder::new(
+        metrics.clone(),
+        view.clone(),
+        sink.clone(),
+        AlertRing::new(config.admin.recent_alerts as usize),
+    ));
+    (view, recorder)
+}
+
+/// Sleeps until just past the running policy's next rule expiry (`at`,
+/// unix ms), or forever when no rule expires.
+async fn until_expiry(at: Option<i64>) {
+    match at {
+        Some(at) => {
+            let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0) + 1;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// What the admin listener reads besides the gateway.
