@@ -39,7 +39,7 @@ pub use alert::{
 };
 pub use metrics::{ActiveTunnel, COMMIT, CONTENT_TYPE, DialFailure, LIMITS, Metrics};
 pub use record::{
-    ErrorKind, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id, rfc3339,
+    ErrorKind, Finding, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id, rfc3339,
 };
 pub use recorder::{Detector, RecordSink, Recorder};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};

@@ -30,6 +30,8 @@ pub enum Listener {
     Transparent,
     /// The DNS forwarder.
     Dns,
+    /// The NetFlow / IPFIX collector: flows a router, firewall or tap saw.
+    Netflow,
 }
 
 /// What the flow spoke, as far as Sluice could tell.
@@ -56,6 +58,15 @@ pub enum Protocol {
     /// A DNS query.
     #[serde(rename = "dns")]
     Dns,
+    /// A UDP flow seen by an exporter.
+    #[serde(rename = "udp")]
+    Udp,
+    /// An ICMP flow seen by an exporter.
+    #[serde(rename = "icmp")]
+    Icmp,
+    /// Another IP protocol seen by an exporter.
+    #[serde(rename = "other")]
+    Other,
 }
 
 /// Which side of a flow failed (the record's `error_kind`).
@@ -161,10 +172,46 @@ pub struct FlowRecord {
     /// Which side failed, when something did (`client`, `resolve`,
     /// `connect`, `timeout`, `upstream-closed`, `internal`).
     pub error_kind: Option<ErrorKind>,
+    /// True on the interim records a long flow writes every `log.interim`;
+    /// each record of a flow carries only the bytes since its previous one.
+    #[serde(default)]
+    pub interim: Option<bool>,
+    /// ISO 3166 code of `dst_ip`'s country, when a country database is set.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Whether the flow's first client bytes were a TLS ClientHello.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// Whether Sluice terminated the flow's TLS to inspect it.
+    #[serde(default)]
+    pub intercepted: Option<bool>,
+    /// What inspection found (type, count, keyed hash; never the secret).
+    #[serde(default)]
+    pub findings: Option<Vec<Finding>>,
+    /// The exporter that reported a `netflow` flow, `ip`.
+    #[serde(default)]
+    pub exporter: Option<String>,
+    /// Packets of a `netflow` flow (scaled by the sampling rate).
+    #[serde(default)]
+    pub packets: Option<u64>,
     /// Start and end as clock values, so that finishing a record and
     /// aggregating it never parse the text fields back (not serialized).
     #[serde(skip)]
     times: Times,
+}
+
+/// One kind of finding in a flow: the detector's name, how often it
+/// matched, and a keyed hash of the first match (so that the same secret
+/// leaving twice can be recognised without storing it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The detector (`card`, `aws`, a custom pattern's name, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// How many matches.
+    pub count: u64,
+    /// Keyed hash of the first match, hex.
+    pub hash: String,
 }
 
 /// Clock values of a record; equal whatever they hold, so that a record
@@ -193,6 +240,7 @@ impl Listener {
             Listener::Socks5 => "socks5",
             Listener::Transparent => "transparent",
             Listener::Dns => "dns",
+            Listener::Netflow => "netflow",
         }
     }
 }
@@ -210,6 +258,9 @@ impl Protocol {
             Protocol::HttpTransparent => "http-transparent",
             Protocol::Tcp => "tcp",
             Protocol::Dns => "dns",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::Other => "other",
         }
     }
 }
@@ -273,6 +324,13 @@ impl FlowRecord {
             policy_hash: String::new(),
             error: None,
             error_kind: None,
+            interim: None,
+            country: None,
+            tls: None,
+            intercepted: None,
+            findings: None,
+            exporter: None,
+            packets: None,
             times: Times {
                 start: Some(start_time),
                 end: None,

@@ -40,7 +40,8 @@ fn json_line_is_byte_for_byte_the_documented_one() {
             r#""original_dst":null,"grant":null,"method":null,"status":null,"#,
             r#""qtype":null,"answers":null,"verdict":"deny","enforced":true,"rule":"","#,
             r#""reason":"","bytes_out":0,"bytes_in":0,"route":null,"policy_hash":"","#,
-            r#""error":null,"error_kind":null}"#
+            r#""error":null,"error_kind":null,"interim":null,"country":null,"tls":null,"#,
+            r#""intercepted":null,"findings":null,"exporter":null,"packets":null}"#
         )
     );
     let odd = "q\"\\\u{8}\u{c}\n\r\t\u{0}\u{1f}é🦀";
@@ -81,7 +82,9 @@ fn json_line_is_byte_for_byte_the_documented_one() {
             r#""method":"GET","status":503,"qtype":"AAAA","answers":["1.2.3.4","x"],"#,
             r#""verdict":"allow","enforced":false,"rule":"web/allow/1","reason":"r","#,
             r#""bytes_out":18446744073709551615,"bytes_in":10,"route":"direct","#,
-            r#""policy_hash":"0123abcd","error":"e","error_kind":"upstream-closed"}"#
+            r#""policy_hash":"0123abcd","error":"e","error_kind":"upstream-closed","#,
+            r#""interim":null,"country":null,"tls":null,"intercepted":null,"#,
+            r#""findings":null,"exporter":null,"packets":null}"#
         )
     );
 }
@@ -158,6 +161,13 @@ fn json_has_every_field_in_order_with_nulls() {
         "policy_hash",
         "error",
         "error_kind",
+        "interim",
+        "country",
+        "tls",
+        "intercepted",
+        "findings",
+        "exporter",
+        "packets",
     ];
     assert_eq!(keys.len(), fields.len());
     let positions: Vec<usize> = fields
@@ -183,6 +193,9 @@ fn protocol_and_listener_spellings() {
         (Protocol::HttpTransparent, "http-transparent"),
         (Protocol::Tcp, "tcp"),
         (Protocol::Dns, "dns"),
+        (Protocol::Udp, "udp"),
+        (Protocol::Icmp, "icmp"),
+        (Protocol::Other, "other"),
     ];
     for (p, s) in cases {
         assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{s}\""));
@@ -192,6 +205,7 @@ fn protocol_and_listener_spellings() {
         (Listener::Socks5, "socks5"),
         (Listener::Transparent, "transparent"),
         (Listener::Dns, "dns"),
+        (Listener::Netflow, "netflow"),
     ];
     for (l, s) in cases {
         assert_eq!(serde_json::to_string(&l).unwrap(), format!("\"{s}\""));
