@@ -74,7 +74,8 @@ def rfc(ms):
 
 
 def js(v):
-    return "null" if v is None else json.dumps(v)
+    """A JSON value as serde_json writes it (no spaces)."""
+    return "null" if v is None else json.dumps(v, separators=(",", ":"))
 
 
 # === destinations and countries ===
@@ -124,8 +125,10 @@ class Svc:
     """A destination service: a registrable domain, its host names and the
     /24 its addresses come from."""
 
-    def __init__(self, key, domain, hosts, country, port=443, out=(2e3, 1.0), inb=(40e3, 1.3), dur=(3e3, 1.2)):
+    def __init__(self, key, domain, hosts, country, port=443, out=(2e3, 1.0), inb=(40e3, 1.3), dur=(3e3, 1.2),
+                 cdn=None):
         self.key = key
+        self.cdn = cdn
         self.domain = domain
         self.hosts = hosts
         self.country = country
@@ -138,6 +141,18 @@ class Svc:
     def ips(self, host):
         base = h32(host) % 200 + 20
         return ["%s.%d" % (self.block, base + k) for k in range(1 + h32(host, "n") % 3)]
+
+    def cnames(self, host):
+        """The CNAME chain a resolver hands back before the addresses, as
+        Sluice's records write it (`CNAME target.`)."""
+        if self.cdn == "akamai":
+            return ["CNAME %s.edgekey.net." % host, "CNAME e%d.a.akamaiedge.net." % (h32(host) % 90000)]
+        if self.cdn == "fastly":
+            return ["CNAME %s.map.fastly.net." % host.split(".")[-2]]
+        if self.cdn == "azure":
+            return ["CNAME %s-%s.trafficmanager.net." % (host.split(".")[0], hexlabel(random.Random(host), 6)),
+                    "CNAME %s.azureedge.net." % host.replace(".", "-")]
+        return []
 
     def ip(self, host, rng):
         ips = self.ips(host)
@@ -155,33 +170,34 @@ SERVICES = {}
 S("google", "google.com", ["www.google.com", "accounts.google.com", "mail.google.com", "docs.google.com", "drive.google.com", "calendar.google.com"], "US")
 S("gstatic", "gstatic.com", ["www.gstatic.com", "fonts.gstatic.com", "ssl.gstatic.com"], "US", out=(900, 0.5), inb=(30e3, 1.2))
 S("googleapis", "googleapis.com", ["fonts.googleapis.com", "www.googleapis.com", "content-autofill.googleapis.com", "safebrowsing.googleapis.com"], "US", out=(1.5e3, 0.6))
-S("office", "office.com", ["www.office.com", "outlook.office.com"], "IE", inb=(120e3, 1.2))
+S("office", "office.com", ["www.office.com", "outlook.office.com"], "IE", inb=(120e3, 1.2), cdn="azure")
 S("o365", "office365.com", ["outlook.office365.com", "substrate.office365.com"], "IE", out=(6e3, 1.2), inb=(60e3, 1.4))
 S("msol", "microsoftonline.com", ["login.microsoftonline.com"], "IE", out=(3e3, 0.5), inb=(15e3, 0.6))
 S("slack", "slack.com", ["app.slack.com", "edgeapi.slack.com", "files.slack.com", "wss-primary.slack.com"], "US", out=(3e3, 1.0), inb=(50e3, 1.4))
 S("zoom", "zoom.us", ["zoom.us", "us05web.zoom.us", "us05log.zoom.us"], "US", out=(2e3, 0.8), inb=(20e3, 1.0))
 S("notion", "notion.so", ["www.notion.so", "msgstore.www.notion.so"], "US", out=(4e3, 1.1), inb=(80e3, 1.2))
 S("figma", "figma.com", ["www.figma.com", "s3-figma-videos-production-sig.figma.com"], "US", inb=(200e3, 1.5))
-S("bbc", "bbc.co.uk", ["www.bbc.co.uk", "static.files.bbci.co.uk"], "GB", inb=(400e3, 1.0))
-S("spiegel", "spiegel.de", ["www.spiegel.de", "cdn.prod.www.spiegel.de"], "DE", inb=(500e3, 1.0))
-S("heise", "heise.de", ["www.heise.de", "heise.cloudimg.io"], "DE", inb=(300e3, 1.0))
-S("lemonde", "lemonde.fr", ["www.lemonde.fr", "img.lemde.fr"], "FR", inb=(350e3, 1.0))
-S("nytimes", "nytimes.com", ["www.nytimes.com", "static01.nyt.com"], "US", inb=(450e3, 1.0))
+S("bbc", "bbc.co.uk", ["www.bbc.co.uk", "static.files.bbci.co.uk"], "GB", inb=(400e3, 1.0), cdn="akamai")
+S("spiegel", "spiegel.de", ["www.spiegel.de", "cdn.prod.www.spiegel.de"], "DE", inb=(500e3, 1.0), cdn="akamai")
+S("heise", "heise.de", ["www.heise.de", "heise.cloudimg.io"], "DE", inb=(300e3, 1.0), cdn="akamai")
+S("lemonde", "lemonde.fr", ["www.lemonde.fr", "img.lemde.fr"], "FR", inb=(350e3, 1.0), cdn="fastly")
+S("nytimes", "nytimes.com", ["www.nytimes.com", "static01.nyt.com"], "US", inb=(450e3, 1.0), cdn="fastly")
 S("wikipedia", "wikipedia.org", ["de.wikipedia.org", "en.wikipedia.org"], "NL", inb=(120e3, 1.0))
 S("wikimedia", "wikimedia.org", ["upload.wikimedia.org", "meta.wikimedia.org"], "NL", inb=(200e3, 1.2))
-S("stackoverflow", "stackoverflow.com", ["stackoverflow.com", "cdn.sstatic.net"], "US", inb=(150e3, 1.0))
-S("linkedin", "linkedin.com", ["www.linkedin.com", "media.licdn.com"], "IE", inb=(250e3, 1.1))
-S("amazon", "amazon.de", ["www.amazon.de", "m.media-amazon.com"], "DE", inb=(300e3, 1.1))
+S("stackoverflow", "stackoverflow.com", ["stackoverflow.com", "cdn.sstatic.net"], "US", inb=(150e3, 1.0), cdn="fastly")
+S("linkedin", "linkedin.com", ["www.linkedin.com", "media.licdn.com"], "IE", inb=(250e3, 1.1), cdn="akamai")
+S("amazon", "amazon.de", ["www.amazon.de", "m.media-amazon.com"], "DE", inb=(300e3, 1.1), cdn="akamai")
 S("cloudflare", "cloudflare.com", ["cdnjs.cloudflare.com", "challenges.cloudflare.com"], "US", out=(800, 0.4), inb=(40e3, 1.2))
 S("cloudfront", "cloudfront.net", [], "US", out=(900, 0.4), inb=(150e3, 1.5))  # hash hosts
+S("googlevideo", "googlevideo.com", [], "US", out=(3e3, 0.5), inb=(40e6, 1.0), dur=(120e3, 0.8))  # hash hosts
 S("wetransfer", "wetransfer.com", ["wetransfer.com", "storm-eu.wetransfer.com"], "NL", out=(50e3, 1.5), inb=(30e3, 1.0))
 S("dropbox", "dropbox.com", ["www.dropbox.com", "content.dropboxapi.com"], "US", out=(200e3, 2.0), inb=(100e3, 1.5))
 # Developers and CI.
 S("github", "github.com", ["github.com", "api.github.com", "codeload.github.com", "collector.github.com"], "US", out=(8e3, 1.5), inb=(300e3, 1.8))
 S("ghuc", "githubusercontent.com", ["raw.githubusercontent.com", "objects.githubusercontent.com", "avatars.githubusercontent.com"], "US", inb=(400e3, 1.6))
-S("npm", "npmjs.org", ["registry.npmjs.org"], "US", out=(1.2e3, 0.4), inb=(500e3, 1.5))
+S("npm", "npmjs.org", ["registry.npmjs.org"], "US", out=(1.2e3, 0.4), inb=(500e3, 1.5), cdn="fastly")
 S("pypi", "pypi.org", ["pypi.org"], "US", out=(1.2e3, 0.4), inb=(80e3, 1.0))
-S("pyhosted", "pythonhosted.org", ["files.pythonhosted.org"], "US", out=(1.2e3, 0.4), inb=(2e6, 1.5))
+S("pyhosted", "pythonhosted.org", ["files.pythonhosted.org"], "US", out=(1.2e3, 0.4), inb=(2e6, 1.5), cdn="fastly")
 S("crates", "crates.io", ["index.crates.io", "static.crates.io"], "US", out=(1.2e3, 0.4), inb=(300e3, 1.5))
 S("rustlang", "rust-lang.org", ["static.rust-lang.org"], "US", out=(1.2e3, 0.4), inb=(30e6, 1.0))
 S("dockerio", "docker.io", ["registry-1.docker.io", "auth.docker.io"], "US", out=(2e3, 0.5), inb=(20e3, 1.0))
@@ -189,11 +205,11 @@ S("dockercom", "docker.com", ["production.cloudflare.docker.com"], "US", out=(1.
 S("yarn", "yarnpkg.com", ["registry.yarnpkg.com"], "US", out=(1.2e3, 0.4), inb=(400e3, 1.4))
 S("gitlab", "gitlab.com", ["gitlab.com"], "US", out=(8e3, 1.5), inb=(300e3, 1.6))
 # Operating systems and certificates.
-S("msupdate", "windowsupdate.com", ["download.windowsupdate.com", "ctldl.windowsupdate.com"], "IE", port=80, out=(700, 0.3), inb=(2e6, 2.0))
-S("mstelemetry", "microsoft.com", ["v10.events.data.microsoft.com", "settings-win.data.microsoft.com", "go.microsoft.com"], "IE", out=(6e3, 0.8), inb=(2e3, 0.6))
+S("msupdate", "windowsupdate.com", ["download.windowsupdate.com", "ctldl.windowsupdate.com"], "IE", port=80, out=(700, 0.3), inb=(2e6, 2.0), cdn="akamai")
+S("mstelemetry", "microsoft.com", ["v10.events.data.microsoft.com", "settings-win.data.microsoft.com", "go.microsoft.com"], "IE", out=(6e3, 0.8), inb=(2e3, 0.6), cdn="azure")
 S("digicert", "digicert.com", ["ocsp.digicert.com"], "US", port=80, out=(450, 0.1), inb=(1.8e3, 0.2), dur=(80, 0.5))
 # Servers.
-S("debian", "debian.org", ["deb.debian.org", "security.debian.org"], "NL", port=80, out=(400, 0.2), inb=(3e6, 1.8))
+S("debian", "debian.org", ["deb.debian.org", "security.debian.org"], "NL", port=80, out=(400, 0.2), inb=(3e6, 1.8), cdn="fastly")
 S("datadog", "datadoghq.eu", ["api.datadoghq.eu", "http-intake.logs.datadoghq.eu"], "DE", out=(6e3, 0.6), inb=(300, 0.2), dur=(250, 0.4))
 S("stripe", "stripe.com", ["api.stripe.com"], "US", out=(2.5e3, 0.6), inb=(4e3, 0.6), dur=(400, 0.6))
 S("sendgrid", "sendgrid.com", ["api.sendgrid.com"], "US", out=(15e3, 1.0), inb=(600, 0.3), dur=(300, 0.5))
@@ -489,15 +505,15 @@ class Source:
         if answers is None:
             if dec[0] == "allow" or not dec[1]:
                 svc = self.g.svc_of(name)
-                answers = svc.ips(name) if svc else [self.g.novel_ip(name)]
+                answers = (svc.cnames(name) + svc.ips(name)) if svc else [self.g.novel_ip(name)]
                 if qtype == "AAAA":
-                    answers = []
+                    answers = [a for a in answers if a.startswith("CNAME")]
             else:
                 answers = []
         if dec[0] == "deny" and dec[1]:
             answers = []
         q = 29 + len(name)
-        size = bytes_in if bytes_in is not None else q + 16 * len(answers) + (0 if answers else 40)
+        size = bytes_in if bytes_in is not None else q + sum(16 if a[0].isdigit() else len(a) for a in answers) + (0 if answers else 40)
         dur = max(0, int(lognorm(self.rng, 12, 1.0))) if answers else int(lognorm(self.rng, 3, 0.5))
         self.g.out.flow(z, "dns", "dns", self.src(), t, dur, host=name, ip=None, port=None, qtype=qtype,
                         answers=answers, bytes_out=q, bytes_in=size, decision=dec)
@@ -515,6 +531,8 @@ class Source:
             ip = svc.ip(host, rng) if svc else g.novel_ip(host)
         if with_dns and host and rng.random() < with_dns:
             t += self.dns(t - 40, host) + 40
+            if rng.random() < 0.4:
+                self.dns(t - 38, host, qtype="AAAA")
         dec = z.decide(host, ip, port)
         if out is None:
             out = lognorm(rng, *(svc.out if svc else (2e3, 1.0)))
@@ -557,7 +575,7 @@ class Source:
                 status = None if proto == "tls" else 502
         return g.out.flow(z, listener, proto, self.src(), t, dur, host=host, ip=ip, port=port, method=method,
                           status=status, bytes_out=int(out), bytes_in=int(inb), decision=dec, error=error,
-                          error_kind=error_kind, tls=True if port == 443 else (False if port == 80 else None),
+                          error_kind=error_kind, tls=True if port in (443, 5001, 8443) else (False if port == 80 else None),
                           sni=sni, original_dst=original_dst)
 
     def http(self, t, host, method="GET", path_bytes=None, svc=None, status=200):
@@ -618,7 +636,13 @@ class Workstation(Source):
         if r.random() < 0.35:
             self.leave_days = set(range(start, start + r.randint(2, 6)))
         self.cdn_hosts = ["d%s.cloudfront.net" % hexlabel(r, 13) for _ in range(6)]
+        self.video = ["rr%d---sn-%s%s.googlevideo.com" % (r.randint(1, 5), b32label(r, 5)[:4], hexlabel(r, 4))
+                      for _ in range(8)] if r.random() < 0.25 else []
+        # Some people use a service by address: a vendor's VPN portal, a
+        # branch office's NAS, a time-tracking box.
+        self.ip_dests = r.sample(g.office_ip_dests, r.randint(1, 2)) if r.random() < 0.35 else []
         self.big_push_days = set()
+        self.novel_seen = []
         self.no_novelty = False
 
     def reweigh(self):
@@ -672,7 +696,11 @@ class Workstation(Source):
 
     def novelty(self, t):
         g, r = self.g, self.rng
-        name = "%s%s.%s" % (r.choice(WORDS), r.choice(WORDS), r.choice(TLDS))
+        if self.novel_seen and r.random() < 0.15:
+            name = r.choice(self.novel_seen)  # back a few days later, still small
+        else:
+            name = "%s%s.%s" % (r.choice(WORDS), r.choice(WORDS), r.choice(TLDS))
+            self.novel_seen.append(name)
         host = "www." + name if r.random() < 0.6 else name
         country = r.choice(["US", "DE", "NL", "GB", "FR", "IE"]) if r.random() < 0.9 else r.choice(["JP", "BR", "SG"])
         ip = g.novel_ip(host, country)
@@ -715,6 +743,12 @@ class Workstation(Source):
                 self.activity(t)
         if self.chat_app:
             self.chat(arrive + r.randint(0, 120_000), leave)
+        for ip, port, out, inb in self.ip_dests:
+            for t in poisson_times(r, arrive, leave, 0.4):
+                self.tunnel(t, None, ip=ip, port=port, out=lognorm(r, out, 1.0), inb=lognorm(r, inb, 1.0),
+                            dur=lognorm(r, 20e3, 1.2))
+        for t in poisson_times(r, lunch, lunch_end + HOUR, 3 if self.video else 0):
+            self.tunnel(t, r.choice(self.video), with_dns=0.8)
         for t in poisson_times(r, arrive, leave, 0.12):
             self.http(t, "ocsp.digicert.com", method="POST")
         if not self.no_novelty and r.random() < 0.7:
@@ -855,6 +889,8 @@ class BackupHost(Source):
                         inb=lognorm(r, 4e3, 0.3), dur=dur, fail=0.01)
             lanes[lane] += dur + r.randint(100, 2000)
             end = max(end, lanes[lane])
+        if r.random() < 0.7:
+            self.tunnel(g.start_ms + d * DAY + r.randint(0, DAY - 1), "motd.ubuntu.com", with_dns=1.0)
         if d * DAY >= g.learn_ms:
             g.benign.append({"kind": "backup-full" if full else "backup", "src": self.ip,
                              "dst": "corp-backup.s3.eu-central-1.amazonaws.com", "start": t0, "end": end,
@@ -1057,7 +1093,7 @@ def dns_tunnel(g, a, t, base, n, minutes):
         z = g.zones[src.zone]
         dec = z.decide(name, None, None, dns=True)
         if dec[0] == "allow":
-            answers = ['TXT "%s"' % b32label(r, 40)] if qtype == "TXT" else [g.novel_ip(base)]
+            answers = ["TXT %s" % b32label(r, 40)] if qtype == "TXT" else [g.novel_ip(base)]
         else:
             answers = []
         src.dns(t1, name, qtype=qtype, answers=answers,
@@ -1110,6 +1146,8 @@ class Gen:
                 self.host_svc[h] = s
         self.novel_names = {}
         self.hosting = {}
+        self.office_ip_dests = [(self.anomaly_ip("DE"), 443, 3e3, 60e3), (self.anomaly_ip("NL"), 5001, 20e3, 5e6),
+                                (self.anomaly_ip("GB"), 8443, 2e3, 8e3)]
         self.anomaly_ips = set()
         self.benign = []
         os.makedirs(args.out, exist_ok=True)
@@ -1137,8 +1175,11 @@ class Gen:
 
     def svc_of(self, host):
         s = self.host_svc.get(host)
-        if s is None and host.endswith(".cloudfront.net"):
-            return SERVICES["cloudfront"]
+        if s is None:
+            if host.endswith(".cloudfront.net"):
+                return SERVICES["cloudfront"]
+            if host.endswith(".googlevideo.com"):
+                return SERVICES["googlevideo"]
         return s
 
     def novel_ip(self, host, country=None):
@@ -1259,8 +1300,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", default="1", help="seed (any string); the same seed gives the same files")
     p.add_argument("--weeks", type=int, default=3, help="weeks of records (default 3)")
-    p.add_argument("--scale", type=int, default=40,
-                   help="workstations in the office zone; servers scale/4, CI runners scale/6 (default 40)")
+    p.add_argument("--scale", type=int, default=60,
+                   help="workstations in the office zone; servers scale/4, CI runners scale/6 (default 60)")
     p.add_argument("--out", default="detect-data", help="output directory (created)")
     p.add_argument("--start", default="2026-01-05", help="first day, UTC (default 2026-01-05, a Monday)")
     p.add_argument("--learn-days", type=int, default=8, help="days before the first anomaly (default 8)")

@@ -5,7 +5,7 @@
 # (bench/detect-score.py). A benchmark: it reports, it never fails on a
 # number. See bench/README.md "Detection".
 #
-# Knobs: SEED [1], WEEKS [3], SCALE [40] (workstations; servers and CI
+# Knobs: SEED [1], WEEKS [3], SCALE [60] (workstations; servers and CI
 # runners scale with it), SLUICE_BIN (a binary instead of building),
 # KEEP=1 (keep the work directory), GEN_ARGS (more detect-gen.py options).
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 SEED=${SEED:-1}
 WEEKS=${WEEKS:-3}
-SCALE=${SCALE:-40}
+SCALE=${SCALE:-60}
 KEEP=${KEEP:-0}
 
 for tool in python3 /usr/bin/time; do
