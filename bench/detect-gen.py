@@ -412,14 +412,15 @@ class Out:
     def emit(self, ts, line):
         late = self.rng.random()
         emit = ts + (self.rng.randint(5_000, 240_000) if late < self.late_rate else 0)
-        self.buckets.setdefault(emit // DAY, []).append((emit, line))
+        self.buckets.setdefault(emit // DAY, []).append((emit, line + "\n"))
         self.count += 1
 
     def flush_through(self, day):
         for d in sorted(k for k in self.buckets if k <= day):
             items = self.buckets.pop(d)
             items.sort()
-            self.f.write("".join(l + "\n" for _, l in items))
+            self.f.writelines(l for _, l in items)
+            del items
 
     def close(self):
         self.flush_through(10**9)
@@ -1218,7 +1219,7 @@ class Gen:
                 a.start = t
                 a.end, _ = a.fn(a, t)
                 a.flows = self.out.flows - before
-            self.out.flush_through(d)
+            self.out.flush_through(self.start_ms // DAY + d)
             print("detect-gen: day %d/%d, %d records" % (d + 1, self.days, self.out.count), file=sys.stderr)
         self.out.close()
         return anomalies
