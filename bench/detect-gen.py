@@ -214,6 +214,7 @@ S("datadog", "datadoghq.eu", ["api.datadoghq.eu", "http-intake.logs.datadoghq.eu
 S("stripe", "stripe.com", ["api.stripe.com"], "US", out=(2.5e3, 0.6), inb=(4e3, 0.6), dur=(400, 0.6))
 S("sendgrid", "sendgrid.com", ["api.sendgrid.com"], "US", out=(15e3, 1.0), inb=(600, 0.3), dur=(300, 0.5))
 S("sentry", "sentry.io", ["o450123.ingest.sentry.io"], "US", out=(9e3, 1.0), inb=(400, 0.2), dur=(200, 0.5))
+S("twilio", "twilio.com", ["api.twilio.com"], "US", out=(1.5e3, 0.5), inb=(1.2e3, 0.4), dur=(350, 0.5))
 S("letsencrypt", "letsencrypt.org", ["acme-v02.api.letsencrypt.org"], "US", out=(3e3, 0.5), inb=(6e3, 0.5))
 S("logs", "amazonaws.com", ["corp-logs.s3.eu-central-1.amazonaws.com"], "DE", out=(20e6, 0.8), inb=(2e3, 0.3), dur=(20e3, 0.6))
 S("artifacts", "amazonaws.com", ["corp-artifacts.s3.eu-central-1.amazonaws.com"], "DE", out=(150e6, 0.8), inb=(3e3, 0.3), dur=(60e3, 0.6))
@@ -357,7 +358,9 @@ def make_zones():
         "servers", "enforce", ["10.20.0.0/24"], ["US", "DE", "NL", "IE"],
         allow=host_rules("srv", ["debian.org"], [80, 443])
         + host_rules("srv", ["datadoghq.eu", "stripe.com", "sendgrid.com", "sentry.io", "letsencrypt.org"], [443])
-        + [Rule("srv-logs-bucket", host="corp-logs.s3.eu-central-1.amazonaws.com", ports=[443])],
+        + [Rule("srv-logs-bucket", host="corp-logs.s3.eu-central-1.amazonaws.com", ports=[443]),
+           # Added with a policy change in the third week (SMS notifications).
+           Rule("srv-twilio", host="api.twilio.com", ports=[443])],
         deny=[],
     )
     ci = Zone(
@@ -645,6 +648,7 @@ class Workstation(Source):
         self.big_push_days = set()
         self.novel_seen = []
         self.no_novelty = False
+        self.first_day = 0
 
     def reweigh(self):
         self.keys = sorted(self.weights)
@@ -721,6 +725,8 @@ class Workstation(Source):
 
     def day(self, d):
         g, r = self.g, self.rng
+        if d < self.first_day:
+            return
         t0 = g.start_ms + d * DAY
         dow = g.weekday(d)
         work = dow < 5 and d not in self.leave_days and r.random() > 0.03
@@ -774,6 +780,7 @@ class Server(Source):
         self.api_rate = r.uniform(4, 20)
         self.update_at = r.uniform(6.0, 6.9)
         self.ships_logs = r.random() < 0.7
+        self.uses_twilio = "stripe" in self.apis
 
     def day(self, d):
         g, r = self.g, self.rng
@@ -789,6 +796,8 @@ class Server(Source):
             rate = self.api_rate * (0.3 + 0.7 * math.exp(-((hour - 19) / 4.0) ** 2) + 0.2 * (g.weekday(d) < 5))
             for t in poisson_times(r, t0 + hour * HOUR, t0 + (hour + 1) * HOUR, rate):
                 key = r.choice(self.apis)
+                if self.uses_twilio and t >= g.twilio_from and r.random() < 0.3:
+                    key = "twilio"  # a new, allowed vendor: new but not anomalous
                 host = SERVICES[key].hosts[0]
                 if r.random() < 0.1:
                     self.dns(t - 30, host)
@@ -1158,12 +1167,29 @@ class Gen:
         self.out.policy_hashes = [(self.start_ms + d * DAY + hr.randint(9, 17) * HOUR, "%016x" % hr.getrandbits(64))
                                   for d in (0, 4, 11, 17)]
         self.out.policy_hashes[0] = (0, self.out.policy_hashes[0][1])
+        self.twilio_from = self.out.policy_hashes[2][0] + 30 * MIN
+        self.benign_events = []
         scale = args.scale
         self.workstations = [Workstation("10.10.%d.%d" % (1 + i // 200, 10 + i % 200), self, i) for i in range(scale)]
         self.servers = [Server("10.20.0.%d" % (10 + i), self, i) for i in range(max(3, scale // 4))]
         self.n_runners = max(2, scale // 6)
         self.runners = [Runner("10.30.0.%d" % (10 + i), self, i) for i in range(self.n_runners)]
         self.backups = [BackupHost("10.40.0.10", self, 0)]
+        # Someone new starts after the learning period: a source with no history.
+        self.newcomers = []
+        join = self.learn_days + 2
+        while join < self.days and self.weekday(join) >= 5:
+            join += 1
+        if join < self.days:
+            w = Workstation("10.10.%d.%d" % (1 + scale // 200, 10 + scale % 200), self, scale)
+            w.first_day = join
+            self.newcomers.append(w)
+            self.benign_events.append({"kind": "new-source", "src": w.ip, "start": self.start_ms + join * DAY,
+                                       "note": "a new workstation's first day: every destination is new to it"})
+        if self.twilio_from < self.start_ms + self.days * DAY and any(s.uses_twilio for s in self.servers):
+            self.benign_events.append({"kind": "new-vendor", "src": "servers",
+                                       "start": self.twilio_from,
+                                       "note": "servers start calling api.twilio.com after a policy change allowed it"})
         dev = [w for w in self.workstations if w.dev] or self.workstations[:1]
         r = random.Random("%s:pushes" % args.seed)
         for w in dev[:3]:
@@ -1207,7 +1233,7 @@ class Gen:
         for a in anomalies:
             by_day.setdefault(a.day, []).append(a)
             a.source.no_novelty_days = getattr(a.source, "no_novelty_days", set()) | {a.day}
-        sources = self.workstations + self.servers + self.runners + self.backups
+        sources = self.workstations + self.newcomers + self.servers + self.runners + self.backups
         for d in range(self.days):
             for s in sources:
                 if isinstance(s, Workstation):
@@ -1245,6 +1271,7 @@ def write_labels(g, anomalies, path):
              "bytes_out": b["bytes_out"]}
             for b in sorted(g.benign, key=lambda b: b["start"])
         ],
+        "benign_events": [dict(e, start=rfc(e["start"])) for e in g.benign_events],
     }
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)

@@ -115,6 +115,7 @@ def main(argv):
         k = per_kind.setdefault(a["kind"], {"planted": 0, "right": 0, "any": 0, "late": 0, "missed": []})
         k["planted"] += 1
         right = any_kind = late = False
+        a["_first"] = None
         for x in warn:
             if x.get("src") != a["src"]:
                 continue
@@ -125,6 +126,8 @@ def main(argv):
                 any_kind = True
                 if x.get("kind") == a["kind"]:
                     right = True
+                    if a["_first"] is None or x["_t"] < a["_first"]["_t"]:
+                        a["_first"] = x
             elif x.get("kind") == a["kind"] and a["_start"] <= x["_t"] <= a["_end"] + HOUR:
                 late = True
         k["right"] += right
@@ -157,6 +160,19 @@ def main(argv):
                 continue
             (transfer_hits if x["_sev"] >= 1 else transfer_info).append((b, x))
 
+    # Benign events (a new workstation's first days, a newly allowed vendor):
+    # warning+ alerts there are false warnings too; listed apart.
+    event_hits = collections.Counter()
+    for e in labels.get("benign_events", []):
+        t0 = when(e["start"])
+        for x in warn:
+            if not (t0 <= x["_t"] <= t0 + 2 * 24 * HOUR):
+                continue
+            if e["kind"] == "new-source" and x.get("src") == e["src"]:
+                event_hits[e["kind"]] += 1
+            elif e["kind"] == "new-vendor" and dst_matches(x.get("dst"), ["twilio.com"]):
+                event_hits[e["kind"]] += 1
+
     # === report ===
     print("## sluice detect: %d alerts (%d warning or above) over %d records (%d flows)"
           % (len(alerts), len(warn), records, flows))
@@ -186,6 +202,16 @@ def main(argv):
     for sev, n in sorted(collections.Counter(x.get("severity") for x in alerts).items(), key=lambda s: SEVERITY.get(s[0], -1)):
         print("| %s | %d |" % (sev, n))
     print()
+    print("| anomaly | src | dst | start | found by | after | severity |")
+    print("|---|---|---|---|---|---:|---|")
+    for a in anomalies:
+        x = a["_first"]
+        print("| %s | %s | %s | %s | %s | %s | %s |" % (
+            a["kind"], a["src"], a["dst"] or "", a["start"][:16].replace("T", " "),
+            x.get("kind") if x else "**missed**",
+            "%.0f min" % ((x["_t"] - a["_start"]) / MIN) if x else "",
+            x.get("severity") if x else ""))
+    print()
     for kind, k in per_kind.items():
         for a in k["missed"]:
             print("missed %s: src %s dst %s from %s (%s)" % (kind, a["src"], a["dst"], a["start"], a.get("note", "")))
@@ -208,6 +234,9 @@ def main(argv):
           % (len(false), len(false) * 10000.0 / benign_flows, benign_flows))
     print("benign big transfers alerted: %d warning+ alerts on %d of %d transfers (must be 0); %d info alerts"
           % (len(transfer_hits), len({id(b) for b, _ in transfer_hits}), len(benign), len(transfer_info)))
+    if labels.get("benign_events"):
+        print("benign events alerted (warning+, first 2 days): %s"
+              % ", ".join("%s %d" % (e["kind"], event_hits[e["kind"]]) for e in labels["benign_events"]))
     if problems:
         print("unreadable alert lines: %d" % len(problems))
     return 0
