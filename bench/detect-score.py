@@ -9,7 +9,9 @@
   other, or one of the label's `dst_alt`), with `ts` from one minute before
   the anomaly's start to one hour after it. Reported twice: an alert of the
   right kind, and an alert of any kind. "late" counts anomalies found (right
-  kind) only after that hour but before the anomaly ended (plus an hour).
+  kind) only after that hour but before the anomaly ended (plus an hour);
+  "right kind, no dst" those missed where an alert of the right kind named
+  the source in time but no destination.
 - False warnings: alerts of severity `warning` or above that match no
   anomaly (same source, destination as above or none, any kind, from
   5 minutes before its start to 2 hours after its end), per 10,000 benign
@@ -26,6 +28,7 @@ does not fail).
 import collections
 import datetime
 import json
+import os
 import sys
 
 SEVERITY = {"info": 0, "warning": 1, "critical": 2}
@@ -112,14 +115,17 @@ def main(argv):
     warn = [x for x in alerts if x["_sev"] >= 1]
     per_kind = collections.OrderedDict()
     for a in anomalies:
-        k = per_kind.setdefault(a["kind"], {"planted": 0, "right": 0, "any": 0, "late": 0, "missed": []})
+        k = per_kind.setdefault(a["kind"], {"planted": 0, "right": 0, "any": 0, "late": 0, "nodst": 0, "missed": []})
         k["planted"] += 1
-        right = any_kind = late = False
+        right = any_kind = late = nodst = False
         a["_first"] = None
         for x in warn:
             if x.get("src") != a["src"]:
                 continue
             if a["_names"] and not dst_matches(x.get("dst"), a["_names"]):
+                if not x.get("dst") and x.get("kind") == a["kind"] and \
+                        a["_start"] - MIN <= x["_t"] <= a["_start"] + HOUR:
+                    nodst = True  # the right kind about the source, naming no destination
                 continue
             in_hour = a["_start"] - MIN <= x["_t"] <= a["_start"] + HOUR
             if in_hour:
@@ -133,6 +139,7 @@ def main(argv):
         k["right"] += right
         k["any"] += any_kind
         k["late"] += late and not right
+        k["nodst"] += nodst and not right
         if not right:
             k["missed"].append(a)
 
@@ -177,17 +184,18 @@ def main(argv):
     print("## sluice detect: %d alerts (%d warning or above) over %d records (%d flows)"
           % (len(alerts), len(warn), records, flows))
     print()
-    print("| kind | planted | found (right kind) | found (any kind) | found late | recall |")
-    print("|---|---:|---:|---:|---:|---:|")
-    tot = {"planted": 0, "right": 0, "any": 0, "late": 0}
+    print("| kind | planted | found (right kind) | found (any kind) | found late | right kind, no dst | recall |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    tot = {"planted": 0, "right": 0, "any": 0, "late": 0, "nodst": 0}
     for kind, k in per_kind.items():
         for f in tot:
             tot[f] += k[f]
-        print("| %s | %d | %d | %d | %d | %.0f%% |"
-              % (kind, k["planted"], k["right"], k["any"], k["late"], 100.0 * k["right"] / k["planted"]))
+        print("| %s | %d | %d | %d | %d | %d | %.0f%% |"
+              % (kind, k["planted"], k["right"], k["any"], k["late"], k["nodst"], 100.0 * k["right"] / k["planted"]))
     if tot["planted"]:
-        print("| **all** | %d | %d | %d | %d | %.0f%% |"
-              % (tot["planted"], tot["right"], tot["any"], tot["late"], 100.0 * tot["right"] / tot["planted"]))
+        print("| **all** | %d | %d | %d | %d | %d | %.0f%% |"
+              % (tot["planted"], tot["right"], tot["any"], tot["late"], tot["nodst"],
+                 100.0 * tot["right"] / tot["planted"]))
     print()
     by_kind = collections.Counter(x.get("kind") for x in false)
     by_zone = collections.Counter(x.get("zone") for x in false)
@@ -245,6 +253,8 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # `| head`: no traceback
     except Exception as e:  # a benchmark reports; it never fails the run
         print("detect-score: error: %s: %s" % (type(e).__name__, e))
     sys.exit(0)
