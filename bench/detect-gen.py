@@ -100,7 +100,15 @@ _block_next = {}
 _PREFIX_COUNTRY = {b: c for c, bs in COUNTRY_BLOCKS.items() for b in bs}
 
 
+# IPv6 /32s for the services that have AAAA records (fictional too).
+COUNTRY_BLOCKS6 = {"US": "2600:1f18", "IE": "2a05:d018", "NL": "2a02:2e0", "DE": "2a01:4f8"}
+_PREFIX6_COUNTRY = {b: c for c, b in COUNTRY_BLOCKS6.items()}
+
+
 def country_of(ip):
+    if ":" in ip:
+        a, b, _ = ip.split(":", 2)
+        return _PREFIX6_COUNTRY.get(a + ":" + b)
     a, b, _ = ip.split(".", 2)
     return _PREFIX_COUNTRY.get(a + "." + b)
 
@@ -126,9 +134,10 @@ class Svc:
     /24 its addresses come from."""
 
     def __init__(self, key, domain, hosts, country, port=443, out=(2e3, 1.0), inb=(40e3, 1.3), dur=(3e3, 1.2),
-                 cdn=None):
+                 cdn=None, v6=False):
         self.key = key
         self.cdn = cdn
+        self.v6 = v6 and country in COUNTRY_BLOCKS6
         self.domain = domain
         self.hosts = hosts
         self.country = country
@@ -154,8 +163,20 @@ class Svc:
                     "CNAME %s.azureedge.net." % host.replace(".", "-")]
         return []
 
+    def ips6(self, host):
+        if not self.v6:
+            return []
+        return [ipaddress.ip_address("%s:%x:%x::%x" % (COUNTRY_BLOCKS6[self.country], int(self.block.split(".")[-1]),
+                                                        h32(host) % 0xFFFF, 0x200e + k)).compressed
+                for k in range(1 + h32(host, "n") % 2)]  # RFC 5952 text, as Rust writes it
+
     def ip(self, host, rng):
-        ips = self.ips(host)
+        """An address the host resolves to: IPv6 for a share of flows where
+        the service has AAAA records (happy eyeballs), else IPv4."""
+        if self.v6 and rng.random() < 0.3:
+            ips = self.ips6(host)
+        else:
+            ips = self.ips(host)
         return ips[rng.randrange(len(ips))]
 
 
@@ -167,11 +188,11 @@ def S(*a, **k):
 
 SERVICES = {}
 # Office: the web as people use it.
-S("google", "google.com", ["www.google.com", "accounts.google.com", "mail.google.com", "docs.google.com", "drive.google.com", "calendar.google.com"], "US")
-S("gstatic", "gstatic.com", ["www.gstatic.com", "fonts.gstatic.com", "ssl.gstatic.com"], "US", out=(900, 0.5), inb=(30e3, 1.2))
-S("googleapis", "googleapis.com", ["fonts.googleapis.com", "www.googleapis.com", "content-autofill.googleapis.com", "safebrowsing.googleapis.com"], "US", out=(1.5e3, 0.6))
-S("office", "office.com", ["www.office.com", "outlook.office.com"], "IE", inb=(120e3, 1.2), cdn="azure")
-S("o365", "office365.com", ["outlook.office365.com", "substrate.office365.com"], "IE", out=(6e3, 1.2), inb=(60e3, 1.4))
+S("google", "google.com", ["www.google.com", "accounts.google.com", "mail.google.com", "docs.google.com", "drive.google.com", "calendar.google.com"], "US", v6=True)
+S("gstatic", "gstatic.com", ["www.gstatic.com", "fonts.gstatic.com", "ssl.gstatic.com"], "US", out=(900, 0.5), inb=(30e3, 1.2), v6=True)
+S("googleapis", "googleapis.com", ["fonts.googleapis.com", "www.googleapis.com", "content-autofill.googleapis.com", "safebrowsing.googleapis.com"], "US", out=(1.5e3, 0.6), v6=True)
+S("office", "office.com", ["www.office.com", "outlook.office.com"], "IE", inb=(120e3, 1.2), cdn="azure", v6=True)
+S("o365", "office365.com", ["outlook.office365.com", "substrate.office365.com"], "IE", out=(6e3, 1.2), inb=(60e3, 1.4), v6=True)
 S("msol", "microsoftonline.com", ["login.microsoftonline.com"], "IE", out=(3e3, 0.5), inb=(15e3, 0.6))
 S("slack", "slack.com", ["app.slack.com", "edgeapi.slack.com", "files.slack.com", "wss-primary.slack.com"], "US", out=(3e3, 1.0), inb=(50e3, 1.4))
 S("zoom", "zoom.us", ["zoom.us", "us05web.zoom.us", "us05log.zoom.us"], "US", out=(2e3, 0.8), inb=(20e3, 1.0))
@@ -182,14 +203,14 @@ S("spiegel", "spiegel.de", ["www.spiegel.de", "cdn.prod.www.spiegel.de"], "DE", 
 S("heise", "heise.de", ["www.heise.de", "heise.cloudimg.io"], "DE", inb=(300e3, 1.0), cdn="akamai")
 S("lemonde", "lemonde.fr", ["www.lemonde.fr", "img.lemde.fr"], "FR", inb=(350e3, 1.0), cdn="fastly")
 S("nytimes", "nytimes.com", ["www.nytimes.com", "static01.nyt.com"], "US", inb=(450e3, 1.0), cdn="fastly")
-S("wikipedia", "wikipedia.org", ["de.wikipedia.org", "en.wikipedia.org"], "NL", inb=(120e3, 1.0))
-S("wikimedia", "wikimedia.org", ["upload.wikimedia.org", "meta.wikimedia.org"], "NL", inb=(200e3, 1.2))
+S("wikipedia", "wikipedia.org", ["de.wikipedia.org", "en.wikipedia.org"], "NL", inb=(120e3, 1.0), v6=True)
+S("wikimedia", "wikimedia.org", ["upload.wikimedia.org", "meta.wikimedia.org"], "NL", inb=(200e3, 1.2), v6=True)
 S("stackoverflow", "stackoverflow.com", ["stackoverflow.com", "cdn.sstatic.net"], "US", inb=(150e3, 1.0), cdn="fastly")
 S("linkedin", "linkedin.com", ["www.linkedin.com", "media.licdn.com"], "IE", inb=(250e3, 1.1), cdn="akamai")
 S("amazon", "amazon.de", ["www.amazon.de", "m.media-amazon.com"], "DE", inb=(300e3, 1.1), cdn="akamai")
-S("cloudflare", "cloudflare.com", ["cdnjs.cloudflare.com", "challenges.cloudflare.com"], "US", out=(800, 0.4), inb=(40e3, 1.2))
+S("cloudflare", "cloudflare.com", ["cdnjs.cloudflare.com", "challenges.cloudflare.com"], "US", out=(800, 0.4), inb=(40e3, 1.2), v6=True)
 S("cloudfront", "cloudfront.net", [], "US", out=(900, 0.4), inb=(150e3, 1.5))  # hash hosts
-S("googlevideo", "googlevideo.com", [], "US", out=(3e3, 0.5), inb=(40e6, 1.0), dur=(120e3, 0.8))  # hash hosts
+S("googlevideo", "googlevideo.com", [], "US", out=(3e3, 0.5), inb=(40e6, 1.0), dur=(120e3, 0.8), v6=True)  # hash hosts
 S("wetransfer", "wetransfer.com", ["wetransfer.com", "storm-eu.wetransfer.com"], "NL", out=(50e3, 1.5), inb=(30e3, 1.0))
 S("dropbox", "dropbox.com", ["www.dropbox.com", "content.dropboxapi.com"], "US", out=(200e3, 2.0), inb=(100e3, 1.5))
 # Developers and CI.
@@ -511,7 +532,7 @@ class Source:
                 svc = self.g.svc_of(name)
                 answers = (svc.cnames(name) + svc.ips(name)) if svc else [self.g.novel_ip(name)]
                 if qtype == "AAAA":
-                    answers = [a for a in answers if a.startswith("CNAME")]
+                    answers = [a for a in answers if a.startswith("CNAME")] + (svc.ips6(name) if svc else [])
             else:
                 answers = []
         if dec[0] == "deny" and dec[1]:
@@ -672,7 +693,7 @@ class Workstation(Source):
             self.tunnel(t, h, svc=svc, with_dns=0.3)
         if key in NEWS and r.random() < 0.45:
             # A page's ad and tracker calls, denied by the blocklist.
-            for th in r.sample(SERVICES["trackers"].hosts, r.randint(1, 4)):
+            for th in r.sample(SERVICES["trackers"].hosts, min(8, 1 + int(r.expovariate(0.45)))):
                 t += r.randint(20, 900)
                 if r.random() < 0.5:
                     self.dns(t - 20, th)
@@ -1310,6 +1331,8 @@ def write_mmdb(g, path):
     for c, blocks in COUNTRY_BLOCKS.items():
         for b in blocks:
             by_country.setdefault(c, []).append(b + ".0.0/16")
+    for c, b in COUNTRY_BLOCKS6.items():
+        by_country.setdefault(c, []).append(b + "::/32")
     for c, nets in sorted(by_country.items()):
         w.insert_network(IPSet(nets), {"country": {"iso_code": c, "names": {"en": c}}})
     # The metadata's build_epoch is the wall clock; pin it to the data's
