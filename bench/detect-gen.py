@@ -42,6 +42,7 @@ import base64
 import bisect
 import datetime
 import hashlib
+import importlib.util
 import ipaddress
 import itertools
 import json
@@ -376,7 +377,7 @@ def make_zones():
            Rule("office-no-lateral", cidr="0.0.0.0/0", ports=[22, 23, 445, 3389])],
     )
     servers = Zone(
-        "servers", "enforce", ["10.20.0.0/24"], ["US", "DE", "NL", "IE"],
+        "servers", "enforce", ["10.20.0.0/16"], ["US", "DE", "NL", "IE"],
         allow=host_rules("srv", ["debian.org"], [80, 443])
         + host_rules("srv", ["datadoghq.eu", "stripe.com", "sendgrid.com", "sentry.io", "letsencrypt.org"], [443])
         + [Rule("srv-logs-bucket", host="corp-logs.s3.eu-central-1.amazonaws.com", ports=[443]),
@@ -385,7 +386,7 @@ def make_zones():
         deny=[],
     )
     ci = Zone(
-        "ci", "report", ["10.30.0.0/24"], ["US", "DE", "NL", "IE"],
+        "ci", "report", ["10.30.0.0/16"], ["US", "DE", "NL", "IE"],
         allow=[Rule("ci-github", host="github.com", ports=[443]), Rule("ci-github-api", host="api.github.com", ports=[443]),
                Rule("ci-github-codeload", host="codeload.github.com", ports=[443])]
         + host_rules("ci", ["crates.io", "rust-lang.org", "npmjs.org", "pypi.org", "pythonhosted.org", "docker.io", "docker.com"], [443])
@@ -413,12 +414,11 @@ class Out:
     """Collects records by the day they are written in, sorts each day by
     write time and writes it once no later record can land in it."""
 
-    def __init__(self, path, seed, start_ms, interim_ms, country_field, late_rate):
+    def __init__(self, path, seed, interim_ms, country_field, late_rate):
         self.f = open(path, "w", encoding="ascii")
         self.rng = random.Random("%s:out" % seed)
         self.next_id = self.rng.getrandbits(63)
         self.buckets = {}
-        self.start_ms = start_ms
         self.interim_ms = interim_ms
         self.country_field = country_field
         self.late_rate = late_rate
@@ -524,7 +524,9 @@ class Source:
 
     # --- building blocks ---
 
-    def dns(self, t, name, qtype="A", answers=None, allowed=None, bytes_in=None):
+    def dns(self, t, name, qtype="A", answers=None, bytes_in=None):
+        """A DNS query through the DNS listener, judged by the zone; answers
+        from the service (CNAME chain, then addresses) unless given."""
         z = self.g.zones[self.zone]
         dec = z.decide(name, None, None, dns=True)
         if answers is None:
@@ -680,7 +682,7 @@ class Workstation(Source):
         return self.keys[min(bisect.bisect_right(self.cum, x), len(self.keys) - 1)]
 
     def activity(self, t):
-        g, r = self.g, self.rng
+        r = self.rng
         key = self.pick()
         svc = SERVICES[key]
         if key == "cloudfront":
@@ -909,7 +911,6 @@ class BackupHost(Source):
         total = lognorm(r, 45e9 if full else 12e9, 0.15)
         parts = max(8, int(total / 800e6))
         self.dns(t0 - 100, "corp-backup.s3.eu-central-1.amazonaws.com")
-        t = t0
         lanes = [t0 + k * 500 for k in range(4)]  # four multipart uploads at a time
         end = t0
         for k in range(parts):
@@ -1179,10 +1180,9 @@ class Gen:
         self.hosting = {}
         self.office_ip_dests = [(self.anomaly_ip("DE"), 443, 3e3, 60e3), (self.anomaly_ip("NL"), 5001, 20e3, 5e6),
                                 (self.anomaly_ip("GB"), 8443, 2e3, 8e3)]
-        self.anomaly_ips = set()
         self.benign = []
         os.makedirs(args.out, exist_ok=True)
-        self.out = Out(os.path.join(args.out, "records.jsonl"), args.seed, self.start_ms, args.interim * SEC,
+        self.out = Out(os.path.join(args.out, "records.jsonl"), args.seed, args.interim * SEC,
                        args.country_field, args.late)
         hr = random.Random("%s:policy" % args.seed)
         self.out.policy_hashes = [(self.start_ms + d * DAY + hr.randint(9, 17) * HOUR, "%016x" % hr.getrandbits(64))
@@ -1192,9 +1192,9 @@ class Gen:
         self.benign_events = []
         scale = args.scale
         self.workstations = [Workstation("10.10.%d.%d" % (1 + i // 200, 10 + i % 200), self, i) for i in range(scale)]
-        self.servers = [Server("10.20.0.%d" % (10 + i), self, i) for i in range(max(3, scale // 4))]
+        self.servers = [Server("10.20.%d.%d" % (i // 200, 10 + i % 200), self, i) for i in range(max(3, scale // 4))]
         self.n_runners = max(2, scale // 6)
-        self.runners = [Runner("10.30.0.%d" % (10 + i), self, i) for i in range(self.n_runners)]
+        self.runners = [Runner("10.30.%d.%d" % (i // 200, 10 + i % 200), self, i) for i in range(self.n_runners)]
         self.backups = [BackupHost("10.40.0.10", self, 0)]
         # Someone new starts after the learning period: a source with no history.
         self.newcomers = []
@@ -1364,12 +1364,18 @@ def main():
     args = p.parse_args()
     if args.weeks < 1 or args.scale < 1:
         p.error("--weeks and --scale must be at least 1")
+    if args.weeks > 52 or args.scale > 2000:
+        p.error("--weeks is at most 52 and --scale at most 2000")
+    if args.learn_days < 0 or args.interim < 1 or not 0 <= args.late <= 1:
+        p.error("--learn-days must be 0 or more, --interim 1 or more, --late between 0 and 1")
+    try:
+        datetime.datetime.strptime(args.start, "%Y-%m-%d")
+    except ValueError:
+        p.error("--start must be a date, YYYY-MM-DD (got %r)" % args.start)
     if args.weeks * 7 <= args.learn_days + 1:
         print("detect-gen: warning: no day after the learning period: no anomalies planted", file=sys.stderr)
     if not args.no_mmdb:
-        try:
-            import mmdb_writer  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("mmdb_writer") is None:
             raise SystemExit("detect-gen: countries.mmdb needs PyPI mmdb-writer: `python3 -m pip install mmdb-writer` (or pass --no-mmdb)")
     g = Gen(args)
     anomalies = g.run()
