@@ -425,6 +425,7 @@ class Out:
         self.count = 0
         self.flows = 0
         self.policy_hashes = []
+        self.stalls = {}
 
     def policy_hash(self, ms):
         i = 0
@@ -433,9 +434,14 @@ class Out:
                 i = i_
         return self.policy_hashes[i][1]
 
-    def emit(self, ts, line):
+    def emit(self, ts, line, fid=0):
         late = self.rng.random()
         emit = ts + (self.rng.randint(5_000, 240_000) if late < self.late_rate else 0)
+        # A replica's sink stalls for a minute now and then: its records
+        # (a third of the traffic) reach the merged log together, late.
+        stall = self.stalls.get(ts // MIN)
+        if stall and fid % 3 == 0:
+            emit = max(emit, ts + stall)
         self.buckets.setdefault(emit // DAY, []).append((emit, line + "\n"))
         self.count += 1
 
@@ -471,7 +477,7 @@ class Out:
         n_interim = (dur - 1) // self.interim_ms if (dur > self.interim_ms and listener != "dns") else 0
         if n_interim == 0:
             self.emit(start + dur, LINE % ((rfc(start + dur), rfc(start), dur, fid) + common
-                                          + (bytes_out, bytes_in, route, ph) + tail_err + ("null", country, tls_s)))
+                                          + (bytes_out, bytes_in, route, ph) + tail_err + ("null", country, tls_s)), fid)
             return fid
         # Bytes spread over the intervals with some burstiness.
         weights = [0.2 + self.rng.random() for _ in range(n_interim + 1)]
@@ -485,9 +491,9 @@ class Out:
             left_out -= bo
             left_in -= bi
             self.emit(t, LINE % ((rfc(t), s_rfc, t - start, fid) + common
-                                 + (bo, bi, route, ph) + ("null", "null", "true", country, tls_s)))
+                                 + (bo, bi, route, ph) + ("null", "null", "true", country, tls_s)), fid)
         self.emit(start + dur, LINE % ((rfc(start + dur), s_rfc, dur, fid) + common
-                                      + (left_out, left_in, route, ph) + tail_err + ("false", country, tls_s)))
+                                      + (left_out, left_in, route, ph) + tail_err + ("false", country, tls_s)), fid)
         return fid
 
 
@@ -781,6 +787,9 @@ class Workstation(Source):
             self.tunnel(t, r.choice(self.video), with_dns=0.8)
         for t in poisson_times(r, arrive, leave, 0.12):
             self.http(t, "ocsp.digicert.com", method="POST")
+        if self.dev and r.random() < 0.05:
+            # git over ssh through SOCKS5: port 22 is closed to everyone.
+            self.tunnel(r.randint(arrive, leave), "github.com", port=22, listener="socks5")
         if not self.no_novelty and r.random() < 0.7:
             self.novelty(r.randint(arrive, leave))
         if d in self.big_push_days:
@@ -1188,6 +1197,11 @@ class Gen:
         self.out.policy_hashes = [(self.start_ms + d * DAY + hr.randint(9, 17) * HOUR, "%016x" % hr.getrandbits(64))
                                   for d in (0, 4, 11, 17)]
         self.out.policy_hashes[0] = (0, self.out.policy_hashes[0][1])
+        sr = random.Random("%s:stalls" % args.seed)
+        for d in range(self.days):
+            for _ in range(6):
+                minute = (self.start_ms + d * DAY) // MIN + sr.randrange(24 * 60)
+                self.out.stalls[minute] = sr.randint(60_000, 180_000)
         self.twilio_from = self.out.policy_hashes[2][0] + 30 * MIN
         self.benign_events = []
         scale = args.scale
