@@ -33,10 +33,10 @@ cleanup() {
 trap cleanup EXIT
 
 echo "detect.sh: generating (seed $SEED, $WEEKS weeks, scale $SCALE) into $work" >&2
-start=$(date +%s.%N)
+start=$(date +%s%N)
 # shellcheck disable=SC2086
 python3 bench/detect-gen.py --seed "$SEED" --weeks "$WEEKS" --scale "$SCALE" --out "$work" ${GEN_ARGS:-} 2>"$work/gen.err"
-gen_s=$(echo "$(date +%s.%N) - $start" | bc)
+gen_ms=$((($(date +%s%N) - start) / 1000000))
 tail -n 1 "$work/gen.err" >&2
 
 if [ -z "${SLUICE_BIN:-}" ]; then
@@ -64,8 +64,13 @@ echo "## detect benchmark"
 echo
 echo "- machine: $(nproc) CPUs, $(uname -sr); $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "- command: SEED=$SEED WEEKS=$WEEKS SCALE=$SCALE bench/detect.sh"
-printf -- '- generated %s records in %.1f s\n' "$records" "$gen_s"
+printf -- '- generated %s records in %d.%d s\n' "$records" $((gen_ms / 1000)) $((gen_ms % 1000 / 100))
 echo "- sluice detect: exit $rc, ${secs} s wall, ${rate} records/s, peak RSS $((rss_kb / 1024)) MiB"
 echo
 python3 bench/detect-score.py "$work/alerts.jsonl" "$work/labels.json" "$work/records.jsonl"
-ok=1
+if [ -s "$work/detect.err" ]; then
+  echo
+  echo "sluice detect's stderr (last lines):"
+  tail -n 5 "$work/detect.err" | sed 's/^/    /'
+fi
+[ "$rc" = 0 ] && ok=1
