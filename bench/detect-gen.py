@@ -212,8 +212,8 @@ S("amazon", "amazon.de", ["www.amazon.de", "m.media-amazon.com"], "DE", inb=(300
 S("cloudflare", "cloudflare.com", ["cdnjs.cloudflare.com", "challenges.cloudflare.com"], "US", out=(800, 0.4), inb=(40e3, 1.2), v6=True)
 S("cloudfront", "cloudfront.net", [], "US", out=(900, 0.4), inb=(150e3, 1.5))  # hash hosts
 S("googlevideo", "googlevideo.com", [], "US", out=(3e3, 0.5), inb=(40e6, 1.0), dur=(120e3, 0.8), v6=True)  # hash hosts
-S("wetransfer", "wetransfer.com", ["wetransfer.com", "storm-eu.wetransfer.com"], "NL", out=(50e3, 1.5), inb=(30e3, 1.0))
-S("dropbox", "dropbox.com", ["www.dropbox.com", "content.dropboxapi.com"], "US", out=(200e3, 2.0), inb=(100e3, 1.5))
+S("wetransfer", "wetransfer.com", ["wetransfer.com", "storm-eu.wetransfer.com"], "NL", out=(50e3, 1.2), inb=(30e3, 1.0))
+S("dropbox", "dropbox.com", ["www.dropbox.com", "content.dropboxapi.com"], "US", out=(200e3, 1.2), inb=(100e3, 1.5))
 # Developers and CI.
 S("github", "github.com", ["github.com", "api.github.com", "codeload.github.com", "collector.github.com"], "US", out=(8e3, 1.5), inb=(300e3, 1.8))
 S("ghuc", "githubusercontent.com", ["raw.githubusercontent.com", "objects.githubusercontent.com", "avatars.githubusercontent.com"], "US", inb=(400e3, 1.6))
@@ -238,7 +238,7 @@ S("sendgrid", "sendgrid.com", ["api.sendgrid.com"], "US", out=(15e3, 1.0), inb=(
 S("sentry", "sentry.io", ["o450123.ingest.sentry.io"], "US", out=(9e3, 1.0), inb=(400, 0.2), dur=(200, 0.5))
 S("twilio", "twilio.com", ["api.twilio.com"], "US", out=(1.5e3, 0.5), inb=(1.2e3, 0.4), dur=(350, 0.5))
 S("letsencrypt", "letsencrypt.org", ["acme-v02.api.letsencrypt.org"], "US", out=(3e3, 0.5), inb=(6e3, 0.5))
-S("logs", "amazonaws.com", ["corp-logs.s3.eu-central-1.amazonaws.com"], "DE", out=(20e6, 0.8), inb=(2e3, 0.3), dur=(20e3, 0.6))
+S("logs", "amazonaws.com", ["corp-logs.s3.eu-central-1.amazonaws.com"], "DE", out=(20e6, 0.4), inb=(2e3, 0.3), dur=(20e3, 0.6))
 S("artifacts", "amazonaws.com", ["corp-artifacts.s3.eu-central-1.amazonaws.com"], "DE", out=(150e6, 0.8), inb=(3e3, 0.3), dur=(60e3, 0.6))
 S("backup", "amazonaws.com", ["corp-backup.s3.eu-central-1.amazonaws.com"], "DE", out=(600e6, 0.4), inb=(40e3, 0.4), dur=(300e3, 0.3))
 # Trackers (office blocklist) and what servers try without being allowed.
@@ -708,7 +708,7 @@ class Workstation(Source):
                 self.tunnel(t, th, svc=SERVICES["trackers"])
         if key == "github" and r.random() < 0.3:
             # git push: a larger upload, seen weekly at this size.
-            self.tunnel(t + r.randint(1000, 60_000), "github.com", svc=svc, out=lognorm(r, 2e6, 1.5),
+            self.tunnel(t + r.randint(1000, 60_000), "github.com", svc=svc, out=lognorm(r, 2e6, 1.1),
                         inb=lognorm(r, 30e3, 0.8), dur=lognorm(r, 8e3, 0.8))
         if key == "o365" and r.random() < 0.05:
             self.tunnel(t + r.randint(1000, 60_000), "outlook.office365.com", svc=svc, out=lognorm(r, 3e6, 0.8),
