@@ -758,7 +758,7 @@ class Workstation(Source):
             return
         t0 = g.start_ms + d * DAY
         dow = g.weekday(d)
-        work = dow < 5 and d not in self.leave_days and r.random() > 0.03
+        work = (dow < 5 and d not in self.leave_days and r.random() > 0.03) or d in self.big_push_days
         if self.always_on:
             self.background(t0, t0 + DAY)
         if not work:
@@ -1228,9 +1228,13 @@ class Gen:
         dev = [w for w in self.workstations if w.dev] or self.workstations[:1]
         r = random.Random("%s:pushes" % args.seed)
         for w in dev[:3]:
-            w.big_push_days = {r.randint(1, max(1, self.learn_days - 2))}  # seen while learning
-            if self.days - 1 > self.learn_days:
-                w.big_push_days |= {r.randint(self.learn_days + 1, self.days - 1) for _ in range(2)}
+            # Working days: a push happens at the desk.
+            ok = [d for d in range(1, self.days) if self.weekday(d) < 5 and d not in w.leave_days]
+            learning = [d for d in ok if d < self.learn_days] or [min(1, self.days - 1)]
+            after = [d for d in ok if d > self.learn_days]
+            w.big_push_days = set(r.sample(learning, min(len(learning), r.randint(1, 2))))  # seen while learning
+            if after:
+                w.big_push_days |= set(r.sample(after, min(len(after), 2)))
 
     def weekday(self, d):
         return (self.start_weekday + d) % 7
