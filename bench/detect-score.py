@@ -225,9 +225,12 @@ def main(argv):
             print("missed %s: src %s dst %s from %s (%s)" % (kind, a["src"], a["dst"], a["start"], a.get("note", "")))
     if false:
         print("false warnings by zone: %s" % ", ".join("%s %d" % (z, n) for z, n in by_zone.most_common()))
-        for x in false[:10]:
-            print("  false: %s %s %s src %s dst %s: %s" % (x.get("ts"), x.get("severity"), x.get("kind"), x.get("src"),
-                                                       x.get("dst"), x.get("summary")))
+        shown = collections.Counter()
+        for x in false:  # the first few of each kind, so that one kind does not hide the others
+            shown[x.get("kind")] += 1
+            if shown[x.get("kind")] <= 4:
+                print("  false: %s %s %s src %s dst %s: %s" % (x.get("ts"), x.get("severity"), x.get("kind"),
+                                                           x.get("src"), x.get("dst"), x.get("summary")))
     for b, x in transfer_hits[:10]:
         print("  benign %s alerted: %s %s %s src %s dst %s" % (b["kind"], x.get("ts"), x.get("severity"), x.get("kind"),
                                                            x.get("src"), x.get("dst")))
