@@ -299,8 +299,9 @@ class Rule:
 
 
 class Zone:
-    def __init__(self, name, mode, sources, countries, allow, deny):
+    def __init__(self, name, mode, sources, countries, allow, deny, users=()):
         self.name = name
+        self.users = list(users)
         self.mode = mode
         self.sources = sources
         self.countries = countries
@@ -349,6 +350,8 @@ class Zone:
     def yaml(self):
         out = "  - name: %s\n    mode: %s\n" % (self.name, self.mode)
         out += "    sources: [%s]\n" % ", ".join(self.sources)
+        if self.users:
+            out += "    users: [%s]\n" % ", ".join(self.users)
         out += "    countries: [%s]\n" % ", ".join(self.countries)
         if self.allow:
             out += "    allow:\n" + "".join(r.yaml() for r in self.allow)
@@ -398,13 +401,30 @@ def make_zones():
         allow=[Rule("backup-bucket", host="corp-backup.s3.eu-central-1.amazonaws.com", ports=[443])],
         deny=[],
     )
-    return {z.name: z for z in (office, servers, ci, backup)}
+    contractors = Zone(
+        "contractors", "enforce", ["10.50.0.0/24"], ["US", "DE", "NL", "IE", "GB", "FR"],
+        users=CONTRACTORS,
+        allow=host_rules("ctr", ["google.com", "gstatic.com", "slack.com", "github.com", "microsoftonline.com",
+                                 "office365.com", "zoom.us"], [443])
+        # googleapis.com and githubusercontent.com are public suffixes: name the hosts.
+        + [Rule("ctr-%s" % h.replace(".", "-"), host=h, ports=[443])
+           for h in SERVICES["googleapis"].hosts + SERVICES["ghuc"].hosts]
+        + [Rule("ctr-ocsp", host="ocsp.digicert.com", ports=[80])],
+        deny=[],
+    )
+    return {z.name: z for z in (office, contractors, servers, ci, backup)}
+
+
+# External developers, authenticated at the proxy (a fixed, published
+# password: the hash only has to be valid for `sluice validate`).
+CONTRACTORS = ["ext-anna", "ext-bo", "ext-chen", "ext-dara", "ext-emil", "ext-femi"]
+CONTRACTOR_HASH = "$argon2id$v=19$m=19456,t=2,p=1$XDWqSwKieGg0tg5EzpvIrg$Fy/fs9MBeCdYF4RlQvBnKHPlpV35K9B9ztZUy0wXCQU"
 
 
 # === records ===
 
 LINE = ('{"ts":"%s","start":"%s","duration_ms":%d,"id":"%016x","listener":"%s","protocol":"%s","src":"%s",'
-        '"user":null,"zone":"%s","mode":"%s","dst_host":%s,"dst_ip":%s,"dst_port":%s,"sni":%s,"original_dst":%s,'
+        '"user":%s,"zone":"%s","mode":"%s","dst_host":%s,"dst_ip":%s,"dst_port":%s,"sni":%s,"original_dst":%s,'
         '"grant":null,"method":%s,"status":%s,"qtype":%s,"answers":%s,"verdict":"%s","enforced":%s,"rule":%s,'
         '"reason":%s,"bytes_out":%d,"bytes_in":%d,"route":%s,"policy_hash":"%s","error":%s,"error_kind":%s,'
         '"interim":%s,"country":%s,"tls":%s,"intercepted":null,"findings":null,"exporter":null,"packets":null}')
@@ -458,7 +478,7 @@ class Out:
 
     def flow(self, zone, listener, protocol, src, start, dur, host=None, ip=None, port=443, method=None, status=None,
              bytes_out=0, bytes_in=0, decision=None, error=None, error_kind=None, tls=None, sni=None,
-             original_dst=None, qtype=None, answers=None):
+             original_dst=None, qtype=None, answers=None, user=None):
         """One flow: a record, or interim records every interim_ms plus a
         closing one, each with the bytes since the previous."""
         verdict, enforced, rule, reason = decision
@@ -468,7 +488,7 @@ class Out:
         dialed = ip is not None and (verdict == "allow" or not enforced) and error_kind != "resolve"
         route = '"direct"' if dialed else "null"
         country = js(country_of(ip)) if (self.country_field and ip) else "null"
-        common = (listener, protocol, src, zone.name, zone.mode, js(host), js(ip), js(port), js(sni), js(original_dst),
+        common = (listener, protocol, src, js(user), zone.name, zone.mode, js(host), js(ip), js(port), js(sni), js(original_dst),
                   js(method), js(status), js(qtype), js(answers), verdict, "true" if enforced else "false", js(rule),
                   js(reason))
         ph = self.policy_hash(start)
@@ -515,6 +535,7 @@ def hexlabel(rng, n):
 
 class Source:
     zone = None
+    user = None
 
     def __init__(self, ip, g, idx):
         self.ip = ip
@@ -549,7 +570,7 @@ class Source:
         size = bytes_in if bytes_in is not None else q + sum(16 if a[0].isdigit() else len(a) for a in answers) + (0 if answers else 40)
         dur = max(0, int(lognorm(self.rng, 12, 1.0))) if answers else int(lognorm(self.rng, 3, 0.5))
         self.g.out.flow(z, "dns", "dns", self.src(), t, dur, host=name, ip=None, port=None, qtype=qtype,
-                        answers=answers, bytes_out=q, bytes_in=size, decision=dec)
+                        answers=answers, bytes_out=q, bytes_in=size, decision=dec, user=self.user)
         return dur
 
     def tunnel(self, t, host, svc=None, ip=None, port=443, out=None, inb=None, dur=None, listener="http",
@@ -562,7 +583,7 @@ class Source:
             svc = g.svc_of(host)
         if ip is None and host is not None:
             ip = svc.ip(host, rng) if svc else g.novel_ip(host)
-        if with_dns and host and rng.random() < with_dns:
+        if with_dns and host and self.user is None and rng.random() < with_dns:
             t += self.dns(t - 40, host) + 40
             if rng.random() < 0.4:
                 self.dns(t - 38, host, qtype="AAAA")
@@ -588,7 +609,7 @@ class Source:
             return g.out.flow(z, listener, proto, self.src(), t, int(lognorm(rng, 2, 0.5)),
                               host=host, ip=None if host else ip, port=port, method=method, status=status,
                               decision=dec, sni=None if listener == "http" else sni,
-                              original_dst=original_dst)
+                              original_dst=original_dst, user=self.user)
         error = error_kind = None
         status = 200 if listener == "http" else (200 if proto == "http-transparent" else None)
         if rng.random() < fail:
@@ -609,7 +630,7 @@ class Source:
         return g.out.flow(z, listener, proto, self.src(), t, dur, host=host, ip=ip, port=port, method=method,
                           status=status, bytes_out=int(out), bytes_in=int(inb), decision=dec, error=error,
                           error_kind=error_kind, tls=True if port in (443, 5001, 8443) else (False if port == 80 else None),
-                          sni=sni, original_dst=original_dst)
+                          sni=sni, original_dst=original_dst, user=self.user)
 
     def http(self, t, host, method="GET", path_bytes=None, svc=None, status=200):
         """An absolute-form HTTP request through the proxy."""
@@ -618,10 +639,15 @@ class Source:
         svc = svc or g.svc_of(host)
         ip = svc.ip(host, self.rng)
         dec = z.decide(host, ip, 80)
+        if dec[0] == "deny" and dec[1]:
+            g.out.flow(z, "http", "http", self.src(), t, int(lognorm(self.rng, 2, 0.5)), host=host, port=80,
+                       method=method, status=403, decision=dec, tls=False, user=self.user)
+            return
         out = lognorm(self.rng, *svc.out) if method == "POST" else 0
         inb = lognorm(self.rng, *svc.inb)
         g.out.flow(z, "http", "http", self.src(), t, int(lognorm(self.rng, *svc.dur)), host=host, ip=ip, port=80,
-                   method=method, status=status, bytes_out=int(out), bytes_in=int(inb), decision=dec, tls=False)
+                   method=method, status=status, bytes_out=int(out), bytes_in=int(inb), decision=dec, tls=False,
+                   user=self.user)
 
     def day(self, d):
         raise NotImplementedError
@@ -799,6 +825,30 @@ class Workstation(Source):
             if t - g.start_ms >= g.learn_ms:
                 g.benign.append({"kind": "dev-push", "src": self.ip, "dst": "github.com", "start": t,
                                  "end": t + int(size / 8e6 * 1000), "bytes_out": int(size)})
+
+
+class Contractor(Workstation):
+    """An external developer on a laptop in the contractors' segment, logged
+    in at the proxy: a narrower allowlist (`enforce`), so news sites and
+    everything else are ordinary denials; no DNS through Sluice."""
+
+    zone = "contractors"
+
+    def __init__(self, ip, g, idx):
+        super().__init__(ip, g, idx)
+        self.user = CONTRACTORS[idx % len(CONTRACTORS)]
+        self.always_on = False
+        self.video = []
+        self.ip_dests = []
+        self.dev = True
+        allowed = ("google", "gstatic", "googleapis", "slack", "github", "ghuc", "msol", "o365", "zoom")
+        # Mostly what the allowlist lets out; now and then something else (denied).
+        self.weights = {k: (w if k in allowed else w * 0.03) for k, w in self.weights.items()}
+        self.weights["github"] = self.weights.get("github", 0) + 6
+        self.reweigh()
+
+    def background(self, t0, t1):
+        pass  # an unmanaged laptop: no fleet telemetry
 
 
 class Server(Source):
@@ -1210,6 +1260,7 @@ class Gen:
         self.n_runners = max(2, scale // 6)
         self.runners = [Runner("10.30.%d.%d" % (i // 200, 10 + i % 200), self, i) for i in range(self.n_runners)]
         self.backups = [BackupHost("10.40.0.10", self, 0)]
+        self.contractors = [Contractor("10.50.0.%d" % (10 + i), self, i) for i in range(min(len(CONTRACTORS), max(2, scale // 20)))]
         # Someone new starts after the learning period: a source with no history.
         self.newcomers = []
         join = self.learn_days + 2
@@ -1272,7 +1323,7 @@ class Gen:
         for a in anomalies:
             by_day.setdefault(a.day, []).append(a)
             a.source.no_novelty_days = getattr(a.source, "no_novelty_days", set()) | {a.day}
-        sources = self.workstations + self.newcomers + self.servers + self.runners + self.backups
+        sources = self.workstations + self.newcomers + self.contractors + self.servers + self.runners + self.backups
         for d in range(self.days):
             for s in sources:
                 if isinstance(s, Workstation):
@@ -1327,6 +1378,9 @@ def write_config(g, path, detect_keys):
            "mode: enforce\n"]
     if detect_keys:
         out.append("detect:\n  geoip: countries.mmdb\n")
+    out.append("users:\n")
+    for u in CONTRACTORS:
+        out.append("  - name: %s\n    password_hash: \"%s\"\n" % (u, CONTRACTOR_HASH))
     out.append("zones:\n")
     for z in g.zones.values():
         y = z.yaml()
