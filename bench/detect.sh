@@ -42,6 +42,9 @@ tail -n 1 "$work/gen.err" >&2
 if [ -z "${SLUICE_BIN:-}" ]; then
   cargo build --release -q -p sluice
   SLUICE_BIN="${CARGO_TARGET_DIR:-target}/release/sluice"
+  binary="release build of $(git rev-parse --short HEAD 2>/dev/null || echo 'this tree')"
+else
+  binary="SLUICE_BIN=$SLUICE_BIN"
 fi
 records=$(wc -l <"$work/records.jsonl")
 
@@ -62,7 +65,8 @@ rate=$(awk -v n="$records" -v s="$secs" 'BEGIN { if (s > 0) printf "%d", n / s; 
 echo
 echo "## detect benchmark"
 echo
-echo "- machine: $(nproc) CPUs, $(uname -sr); $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "- machine: $(nproc) CPUs, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- sluice: $binary"
 echo "- command: SEED=$SEED WEEKS=$WEEKS SCALE=$SCALE bench/detect.sh"
 printf -- '- generated %s records in %d.%d s\n' "$records" $((gen_ms / 1000)) $((gen_ms % 1000 / 100))
 echo "- sluice detect: exit $rc, ${secs} s wall, ${rate} records/s, peak RSS $((rss_kb / 1024)) MiB"
