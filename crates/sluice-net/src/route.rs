@@ -542,3 +542,64 @@ where
     .await;
     done
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(target: &str, weight: u32) -> Hop {
+        let (host, port) = target.rsplit_once(':').unwrap();
+        Hop {
+            kind: HopKind::Http,
+            host: host.to_owned(),
+            port: port.parse().unwrap(),
+            user: None,
+            password: None,
+            weight,
+        }
+    }
+
+    fn routes(select: Select) -> Arc<RouteSet> {
+        let def = RouteDef {
+            name: "r".into(),
+            via: vec![hop("192.0.2.1:3128", 3), hop("192.0.2.2:3128", 1)],
+            select,
+            ..RouteDef::default()
+        };
+        // The health-check task is spawned but never runs: this test
+        // never yields to it.
+        Routes::new(&[def], None, Arc::new(Metrics::new()))
+            .get("r")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn weighted_turns_follow_the_weights_and_failover_the_order() {
+        let set = routes(Select::Weighted);
+        let firsts: Vec<usize> = (0..8).map(|_| set.order()[0]).collect();
+        assert_eq!(firsts.iter().filter(|&&i| i == 0).count(), 6);
+        assert_eq!(firsts.iter().filter(|&&i| i == 1).count(), 2);
+        // Every turn still lists the other hop to fall back on.
+        assert!((0..4).all(|_| set.order().len() == 2));
+        // A hop that is down is passed over; with all down, all are tried.
+        set.hops[0].health.down.store(true, Ordering::Relaxed);
+        assert!((0..4).all(|_| set.order() == [1]));
+        set.hops[1].health.down.store(true, Ordering::Relaxed);
+        assert_eq!(set.order(), [0, 1]);
+
+        let set = routes(Select::Failover);
+        assert!((0..4).all(|_| set.order() == [0, 1]));
+    }
+
+    #[tokio::test]
+    async fn failed_dials_eject_a_parent_after_three_in_a_row() {
+        let set = routes(Select::Failover);
+        let metrics = Metrics::new();
+        for _ in 0..EJECT_AFTER - 1 {
+            set.failed(&set.hops[0], &metrics);
+        }
+        assert_eq!(set.order(), [0, 1]);
+        set.failed(&set.hops[0], &metrics);
+        assert_eq!(set.order(), [1]);
+    }
+}

@@ -424,3 +424,51 @@ fn route_names_are_checked_with_positions() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn an_idle_parent_is_ejected_by_its_health_check_within_the_interval() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let pp = free_port();
+    let mut p = parent(port, pp, "");
+    let front = Sluice::start(
+        BIN,
+        &format!(
+            "routes:\n  - name: up\n    via: [http://127.0.0.1:{pp}, direct]\n    \
+             health_check: {{interval: 300ms, timeout: 100ms}}\n\
+             zones:\n  - name: apps\n    sources: [127.0.0.0/8]\n    mode: enforce\n    \
+             route: up\n    allow:\n      - cidr: 127.0.0.1/32\n        ports: [{port}]\n"
+        ),
+    );
+    let up = format!("sluice_route_up{{route=\"up\",hop=\"127.0.0.1:{pp}\"}}");
+    let direct = "sluice_route_up{route=\"up\",hop=\"direct\"}";
+    assert_eq!(front.metric(&up), 1.0);
+    assert_eq!(front.metric(direct), 1.0);
+    // No traffic at all: only the active check can notice.
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    let killed = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(3), || front.metric(&up) == 0.0),
+        "the health check did not eject the parent"
+    );
+    let took = killed.elapsed();
+    eprintln!(
+        "health check: idle parent ejected {}ms after SIGKILL (interval 300ms)",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_millis(300 + 100 + 400), "{took:?}");
+    assert!(front.wait_log("parent down: health check failed", Duration::from_secs(1)));
+    // The next hop, `direct`, carries at once.
+    let echo = tunnel_get(front.http, &format!("127.0.0.1:{port}")).expect("direct");
+    assert_eq!(echo["method"], "GET");
+    let rec = front.wait_record("direct hop", |r| r["verdict"] == "allow");
+    assert_eq!(rec["route"], "up", "{rec}");
+    assert_eq!(
+        front.metric(&format!(
+            "sluice_route_dials_total{{route=\"up\",hop=\"127.0.0.1:{pp}\",result=\"failed\"}}"
+        )),
+        0.0,
+        "an ejected parent was dialed"
+    );
+}
