@@ -51,6 +51,8 @@ pub struct Metrics {
     dns_rate_limited: Counter,
     fd_exhausted: Family<ListenerLabel, Counter>,
     pool_idle: Gauge,
+    route_up: Family<RouteLabels, Gauge>,
+    route_dials: Family<RouteDialLabels, Counter>,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -160,6 +162,21 @@ struct ResultLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HashLabel {
     hash: String,
+}
+
+/// A route and one of its hops (`direct` or the parent's `host:port`):
+/// both operator-defined, so bounded by the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    hop: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteDialLabels {
+    route: String,
+    hop: String,
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -342,6 +359,18 @@ impl Metrics {
             "Idle keep-alive origin connections in the HTTP proxy's pool",
             pool_idle.clone(),
         );
+        let route_up = Family::default();
+        registry.register(
+            "sluice_route_up",
+            "Whether a route's hop is in use (1) or ejected (0) by its health check or failed dials, by route and hop",
+            route_up.clone(),
+        );
+        let route_dials = Family::default();
+        registry.register(
+            "sluice_route_dials",
+            "Dials by route and hop, by result (`ok`, `failed`); a failed hop is followed by the route's next",
+            route_dials.clone(),
+        );
         Metrics {
             registry,
             tunnels,
@@ -367,7 +396,30 @@ impl Metrics {
             dns_rate_limited,
             fd_exhausted,
             pool_idle,
+            route_up,
+            route_dials,
         }
+    }
+
+    /// Sets `sluice_route_up{route,hop}`.
+    pub fn route_up(&self, route: &str, hop: &str, up: bool) {
+        self.route_up
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                hop: hop.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts a dial by a route's hop in `sluice_route_dials_total`.
+    pub fn route_dial(&self, route: &str, hop: &str, ok: bool) {
+        self.route_dials
+            .get_or_create(&RouteDialLabels {
+                route: route.to_owned(),
+                hop: hop.to_owned(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
     }
 
     /// Counts an accept or a dial on `listener` that failed for want of a

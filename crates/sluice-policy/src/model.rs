@@ -38,6 +38,9 @@ pub struct Config {
     pub limits: Limits,
     /// Where flow records go.
     pub log: Log,
+    /// Named ways out (`direct` is built in), chosen by `zones[].route`
+    /// or `allow[].route`.
+    pub routes: Vec<RouteDef>,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             dns: Dns::default(),
             limits: Limits::default(),
             log: Log::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -173,6 +177,9 @@ pub struct Zone {
     pub allow: Vec<Rule>,
     /// Deny rules (without `ports` they cover every port).
     pub deny: Vec<Rule>,
+    /// The route this zone's flows leave by (a name under `routes`, or
+    /// `direct`); `None`: direct.
+    pub route: Option<String>,
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.
@@ -192,6 +199,9 @@ pub struct Rule {
     pub ticket: Option<String>,
     /// When the rule stops matching (RFC 3339).
     pub expires: Option<Expiry>,
+    /// The route flows this (allow) rule lets out leave by, over the
+    /// zone's.
+    pub route: Option<String>,
 }
 
 /// A rule's `expires`: the instant, as written, and where it was written
@@ -372,6 +382,11 @@ pub struct Limits {
     /// On SIGTERM, how long open tunnels may continue.
     #[serde(with = "duration_text")]
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long `/readyz` answers 503 while the listeners
+    /// still accept, before the drain closes them (for load balancers to
+    /// notice); `0s`: close at once.
+    #[serde(with = "duration_text")]
+    pub drain_grace: Duration,
     /// Time an origin may take to send a response head once the request
     /// was fully sent to it (absolute-form requests); past it, 504.
     #[serde(with = "duration_text")]
@@ -395,6 +410,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            drain_grace: Duration::ZERO,
             response_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
             pool_max_idle_per_host: 8,
@@ -430,5 +446,136 @@ impl Default for Log {
         Log {
             flows: "stdout".to_owned(),
         }
+    }
+}
+
+/// One named way out (`routes[]`): its hops, tried in order (`failover`)
+/// or by weight (`weighted`), each checked by a TCP connect every
+/// `health_check.interval`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteDef {
+    /// `[a-z0-9_-]{1,63}`; `direct` is built in.
+    pub name: String,
+    /// The hops: `direct`, `http://host:port`, `socks5://host:port`.
+    pub via: Vec<Hop>,
+    /// The local address every connection of this route leaves from.
+    pub source: Option<IpAddr>,
+    /// The interface every connection of this route leaves by
+    /// (`SO_BINDTODEVICE`, needs `CAP_NET_RAW`).
+    pub interface: Option<String>,
+    /// How a hop is chosen.
+    pub select: Select,
+    /// The active health check of parent hops.
+    pub health_check: HealthCheck,
+}
+
+impl Default for RouteDef {
+    fn default() -> Self {
+        RouteDef {
+            name: String::new(),
+            via: Vec::new(),
+            source: None,
+            interface: None,
+            select: Select::Failover,
+            health_check: HealthCheck::default(),
+        }
+    }
+}
+
+/// How a route chooses among its hops that are up.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Select {
+    /// The first hop that is up, in the order written.
+    #[default]
+    Failover,
+    /// Hops that are up, in proportion to their `#weight=N`.
+    Weighted,
+}
+
+/// A route's active health check: a TCP connect to each parent.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HealthCheck {
+    /// How often each parent is checked.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// How long one check may take.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How a hop leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HopKind {
+    /// Straight to the destination.
+    Direct,
+    /// Through an HTTP proxy, by `CONNECT ip:port`.
+    Http,
+    /// Through a SOCKS5 proxy, by `CONNECT` to an IP address.
+    Socks5,
+}
+
+/// One hop of a route, as written: `direct`, `http://host:port` or
+/// `socks5://host:port`, with optional `user:password@` and `#weight=N`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Hop {
+    /// How it leaves.
+    pub kind: HopKind,
+    /// The parent's host (an IP address or a name), empty for `direct`.
+    pub host: String,
+    /// The parent's port, 0 for `direct`.
+    pub port: u16,
+    /// Credentials for the parent, if the URL has them.
+    pub user: Option<String>,
+    /// The password (never serialized).
+    pub password: Option<String>,
+    /// The weight under `select: weighted` (default 1).
+    pub weight: u32,
+}
+
+impl Hop {
+    /// `direct`, or `host:port` of the parent (IPv6 in brackets): what a
+    /// record names after the route.
+    pub fn target(&self) -> String {
+        match self.kind {
+            HopKind::Direct => "direct".to_owned(),
+            _ if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl std::fmt::Display for Hop {
+    /// The hop as written, with the password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.kind {
+            HopKind::Direct => return f.write_str("direct"),
+            HopKind::Http => "http",
+            HopKind::Socks5 => "socks5",
+        };
+        write!(f, "{scheme}://")?;
+        if let Some(u) = &self.user {
+            write!(f, "{u}:***@")?;
+        }
+        f.write_str(&self.target())?;
+        if self.weight != 1 {
+            write!(f, "#weight={}", self.weight)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Hop {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sluice_net::{Dialer, Gateway, Users, Version};
+use sluice_net::{Dialer, Gateway, Routes, Users, Version};
 use sluice_observe::{AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, ViewLimits};
 use sluice_policy::{Config, Policy};
 use tokio::signal::unix::{SignalKind, signal};
@@ -163,7 +163,13 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     metrics.declare_zones(&version.policy, &running, has_dns);
 
     let (view, recorder) = recorder(&config, &metrics, &sink);
-    let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
+    let routes = Routes::new(
+        &config.routes,
+        config.listen.transparent_mark,
+        metrics.clone(),
+    );
+    let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone())
+        .with_router(Arc::new(routes.clone()));
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if listeners.has_dns() {
         gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));
@@ -182,10 +188,10 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         let expiry = until_expiry(gw.version().policy.next_expiry());
         tokio::select! {
             () = expiry => expire(&gw, &declare),
-            _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP", &declare),
+            _ = hup.recv() => reload(&gw, &routes, path.as_deref(), &config, &status, "SIGHUP", &declare),
             _ = tick.tick() => {
                 if watch.changed() {
-                    reload(&gw, path.as_deref(), &config, &status, "file change", &declare);
+                    reload(&gw, &routes, path.as_deref(), &config, &status, "file change", &declare);
                 }
             }
             _ = usr1.recv() => {
@@ -200,6 +206,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         }
     }
 
+    leave(&gw, config.limits.drain_grace).await;
     drain(&gw, tasks, config.limits.drain_timeout).await;
     drop(gw);
     drop(sink);
@@ -271,6 +278,22 @@ fn admin_status(
         view,
         recorder,
     }))
+}
+
+/// Before the drain: `/readyz` answers 503 for `grace` while the
+/// listeners still accept, so that a load balancer's health checks take
+/// the replica out before its listeners close (nothing sent meanwhile is
+/// refused).
+async fn leave(gw: &Gateway, grace: Duration) {
+    if grace.is_zero() {
+        return;
+    }
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "leaving: /readyz answers 503; still accepting until the drain begins"
+    );
+    gw.drain().leave();
+    tokio::time::sleep(grace).await;
 }
 
 /// Stops accepting, waits for the listeners to stop and for open work to
@@ -373,6 +396,7 @@ fn fd_budget(limits: &sluice_policy::model::Limits) -> u64 {
 
 fn reload(
     gw: &Gateway,
+    routes: &Routes,
     path: Option<&Path>,
     started_with: &Config,
     status: &crate::admin::Status,
@@ -402,6 +426,8 @@ fn reload(
             }
             let hash = v.policy.hash().clone();
             declare(&v.policy);
+            // Routes first: the new policy may name new ones.
+            routes.update(&v.policy.config().routes);
             gw.reload(v);
             gw.metrics().reload_succeeded(&hash, SystemTime::now());
             if let Ok(mut e) = status.last_reload_error.lock() {

@@ -14,16 +14,18 @@ use serde_json::Value as Json;
 
 use super::{
     Cx, Need,
-    items::{self, Rules, Users, Zones},
+    items::{self, Routes, Rules, Users, Zones},
     kinds::{
-        AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern, Instant,
-        Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId, Sources,
-        Text, Time, Upstreams, UserRefs,
+        Address, AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern,
+        Instant, Interface, Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet,
+        RouteRef, RuleId, SelectName, Sources, Text, Time, Upstreams, UserRefs, Vias,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
 };
-use crate::model::{Admin, Config, Dns, Limits, Listen, Log, Rule, User, Zone};
+use crate::model::{
+    Admin, Config, Dns, HealthCheck, Limits, Listen, Log, RouteDef, Rule, User, Zone,
+};
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
 const ADMIN_MAX_ENTRIES: u32 = 1_000_000;
@@ -47,8 +49,9 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(dns: map &DNS, "Name resolution for dialing and the DNS forwarder."),
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
+        key!(routes: Routes, Applies, "Named ways out, chosen by `zones[].route` or `allow[].route` (`direct`, built in, is the default): hops tried in order or by weight, parents health-checked."),
     ],
-    not_yet: &["routes", "inspect", "tls", "detect", "netflow", "geoip"],
+    not_yet: &["inspect", "tls", "detect", "netflow", "geoip"],
 };
 
 pub(crate) static LISTEN: Section<Listen> = Section {
@@ -114,6 +117,7 @@ pub(crate) static LIMITS: Section<Limits> = Section {
         key!(idle_timeout: Time(Min::AboveZero), Restart, "A tunnel, or a keep-alive client connection between requests, with no traffic this long is closed."),
         key!(connect_timeout: Time(Min::AboveZero), Restart, "Time allowed to resolve a destination's name and connect to it, together."),
         key!(drain_timeout: Time(Min::AboveZero), Restart, "On SIGTERM, how long open tunnels may continue."),
+        key!(drain_grace: Time(Min::Zero), Restart, "On SIGTERM, how long `/readyz` answers 503 while the listeners still accept new connections, before the drain closes them: set it above a load balancer's health-check interval times its fall count."),
         key!(response_timeout: Time(Min::AboveZero), Applies, "Time an origin may take to send a response head once an absolute-form request was fully sent to it; past it the client gets `504`."),
         key!(pool_max_idle: Count(1, 1_000_000), Restart, "Idle keep-alive origin connections kept in total (absolute-form requests), counted against the descriptor budget."),
         key!(pool_max_idle_per_host: Count(1, 1_000_000), Restart, "Idle keep-alive origin connections kept per destination (name or address and port)."),
@@ -140,6 +144,7 @@ pub(crate) static ZONE: Section<Zone> = Section {
         key!(mode: ModeName, Applies, "This zone's mode, overriding the top-level `mode`."),
         key!(allow: Rules { allow: true }, Applies, "Allow rules (`ports` required)."),
         key!(deny: Rules { allow: false }, Applies, "Deny rules, applied first (without `ports` they cover every port)."),
+        key!(route: RouteRef, Applies, "The route this zone's flows leave by: `direct` (the default) or a name under `routes`."),
     ],
     not_yet: &[],
 };
@@ -156,6 +161,7 @@ pub(crate) static RULE: Section<Rule> = Section {
         key!(owner: Text, Applies, "Who answers for the rule (free text), shown with its expiry and staleness."),
         key!(ticket: Text, Applies, "The ticket or change that asked for the rule (free text)."),
         key!(expires: Instant, Applies, "When the rule stops matching, in RFC 3339 (`2026-03-31T00:00:00Z`); the rule keeps its id and is reported expired."),
+        key!(route: RouteRef, Applies, "Allow rules only: the route the flows it lets out leave by, over the zone's `route`."),
     ],
     not_yet: &[],
 };
@@ -172,12 +178,39 @@ pub(crate) static USER: Section<User> = Section {
     not_yet: &[],
 };
 
+/// One item of `routes`.
+pub(crate) static ROUTE: Section<RouteDef> = Section {
+    what: "a route",
+    label: "routes[]",
+    keys: &[
+        key!(name: Text, Applies, "`[a-z0-9_-]{1,63}`, named by `zones[].route` and `allow[].route`; `direct` is built in."),
+        key!(via: Vias, Applies, "Hops: `direct`, `http://host:port` (HTTP CONNECT) or `socks5://host:port`, optionally `user:password@` before the host and `#weight=N` after the port. Sluice resolves and checks the destination itself and asks a parent for the checked IP address."),
+        key!(source: Address, Applies, "The local address every connection of the route leaves from (bound before connecting), e.g. the address partners allowlisted."),
+        key!(interface: Interface, Applies, "The interface every connection of the route leaves by (`SO_BINDTODEVICE`; needs `CAP_NET_RAW`)."),
+        key!(select: SelectName, Applies, "`failover` (the first hop that is up, in order) or `weighted` (hops that are up, in proportion to `#weight=N`)."),
+        key!(health_check: map &HEALTH_CHECK, "The active check of each parent: a TCP connect every `interval`; a parent that fails it, or three dials in a row, is passed over until a check succeeds."),
+    ],
+    not_yet: &[],
+};
+
+/// A route's `health_check`.
+pub(crate) static HEALTH_CHECK: Section<HealthCheck> = Section {
+    what: "health_check",
+    label: "routes[].health_check",
+    keys: &[
+        key!(interval: Time(Min::AboveZero), Applies, "How often each parent is checked (default `5s`)."),
+        key!(timeout: Time(Min::AboveZero), Applies, "How long one check's TCP connect may take (default `2s`)."),
+    ],
+    not_yet: &[],
+};
+
 /// Reads the document into a configuration, then checks what spans
 /// sections. `None` if the document is not a mapping.
 pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option<Config> {
     let mut c = Config::default();
     let seen = cx.section_into(&ROOT, doc, &mut c)?;
     items::check_user_refs(cx, &c.users);
+    items::check_route_refs(cx, &c.routes);
     if let Some(a) = c.listen.admin {
         if !a.ip().is_loopback() && c.admin.token_file.is_none() {
             cx.err(

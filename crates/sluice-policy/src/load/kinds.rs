@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     dest, guard,
-    model::{BlockedAnswer, Mode, Ports},
+    model::{BlockedAnswer, Hop, HopKind, Mode, Ports, Select},
 };
 
 /// A kind of value: read from a node, described by a schema.
@@ -841,4 +841,225 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         ));
     }
     Ok(net)
+}
+
+/// The hops of a route: `direct`, `http://host:port`, `socks5://host:port`,
+/// each with optional `user:password@` and `#weight=N`; at least one, no
+/// hop twice.
+pub(crate) struct Vias;
+
+/// The heaviest weight a hop may have.
+const MAX_WEIGHT: u32 = 1000;
+
+impl Kind for Vias {
+    type Out = Vec<Hop>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<Hop>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut out: Vec<Hop> = Vec::new();
+        if items.is_empty() {
+            cx.err(n, format!("expected at least one hop in {what}"));
+        }
+        for item in items {
+            let item = &item;
+            let Some(s) = cx.string(item, &"a hop") else {
+                continue;
+            };
+            match parse_hop(&s) {
+                Ok(hop) => {
+                    if out
+                        .iter()
+                        .any(|h| h.kind == hop.kind && h.target() == hop.target())
+                    {
+                        cx.err(item, format!("`{}` is named twice in {what}", hop.target()));
+                    } else {
+                        out.push(hop);
+                    }
+                }
+                Err(msg) => cx.err(item, format!("{msg} in {what}")),
+            }
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "minItems": 1, "items": {
+            "type": "string",
+            "pattern": "^(direct|(http|socks5)://[^/?]+:[0-9]+)(#weight=[0-9]+)?$"
+        } })
+    }
+}
+
+/// One hop as written (see [`Vias`]).
+pub(crate) fn parse_hop(s: &str) -> Result<Hop, String> {
+    let expected = "expected `direct`, `http://host:port` or `socks5://host:port` (optionally `user:password@` before the host and `#weight=N` after the port)";
+    let (body, weight) = match s.split_once('#') {
+        Some((b, w)) => {
+            let n = w
+                .strip_prefix("weight=")
+                .and_then(decimal)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (1..=MAX_WEIGHT).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "bad weight in `{s}`: expected `#weight=N` with N from 1 to {MAX_WEIGHT}"
+                    )
+                })?;
+            (b, n)
+        }
+        None => (s, 1),
+    };
+    if body == "direct" {
+        return Ok(Hop {
+            kind: HopKind::Direct,
+            host: String::new(),
+            port: 0,
+            user: None,
+            password: None,
+            weight,
+        });
+    }
+    let (kind, rest) = if let Some(r) = body.strip_prefix("http://") {
+        (HopKind::Http, r)
+    } else if let Some(r) = body.strip_prefix("socks5://") {
+        (HopKind::Socks5, r)
+    } else if body.starts_with("https://") {
+        return Err(format!(
+            "`{s}`: TLS to a parent proxy is not supported; {expected}"
+        ));
+    } else {
+        return Err(format!("`{s}`: {expected}"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (user, password) = match userinfo {
+        Some(u) => {
+            let (name, pass) = u.split_once(':').unwrap_or((u, ""));
+            if name.is_empty() || name.len() > 255 || pass.len() > 255 {
+                return Err(format!(
+                    "`{s}`: expected `user:password@` of 1 to 255 bytes each"
+                ));
+            }
+            (Some(name.to_owned()), Some(pass.to_owned()))
+        }
+        None => (None, None),
+    };
+    let bad = || format!("`{s}`: {expected}");
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, p) = v6.split_once("]:").ok_or_else(bad)?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        (h.to_owned(), p)
+    } else {
+        let (h, p) = hostport.rsplit_once(':').ok_or_else(bad)?;
+        let name_ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !name_ok {
+            return Err(bad());
+        }
+        (h.to_ascii_lowercase(), p)
+    };
+    let port = crate::dest::parse_port(port)
+        .filter(|p| *p != 0)
+        .ok_or_else(bad)?;
+    Ok(Hop {
+        kind,
+        host,
+        port,
+        user,
+        password,
+        weight,
+    })
+}
+
+/// An IP address (a route's `source`).
+pub(crate) struct Address;
+
+impl Kind for Address {
+    type Out = std::net::IpAddr;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<std::net::IpAddr> {
+        let what = cx.label();
+        let s = cx.string(n, &what)?;
+        match s.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                cx.err(
+                    n,
+                    format!("expected an IP address for {what} (e.g. `192.0.2.10`), found `{s}`"),
+                );
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A network interface name (at most 15 bytes, no `/` or whitespace).
+pub(crate) struct Interface;
+
+impl Kind for Interface {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let what = cx.label();
+        let s = cx.string(n, &what)?;
+        let ok = (1..=15).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if !ok {
+            cx.err(
+                n,
+                format!("expected an interface name of 1 to 15 characters for {what} (e.g. `eth1`), found `{s}`"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "maxLength": 15 })
+    }
+}
+
+/// `failover` or `weighted`.
+pub(crate) struct SelectName;
+
+impl Kind for SelectName {
+    type Out = Select;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Select> {
+        match yaml::scalar(n) {
+            Some("failover") => Some(Select::Failover),
+            Some("weighted") => Some(Select::Weighted),
+            _ => {
+                cx.err(
+                    n,
+                    format!("expected `failover` or `weighted` for {}", cx.label()),
+                );
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "enum": ["failover", "weighted"] })
+    }
+}
+
+/// A route's name (`direct` or one defined under `routes`, checked once
+/// every route is known).
+pub(crate) struct RouteRef;
+
+impl Kind for RouteRef {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let what = cx.label();
+        let name = cx.string(n, &what)?;
+        cx.route_refs.push((name.clone(), yaml::pos(n)));
+        Some(name)
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
 }

@@ -126,6 +126,7 @@ limits:
   idle_timeout: 7s
   connect_timeout: 7s
   drain_timeout: 7s
+  drain_grace: 7s
   pool_max_idle: 7
   pool_max_idle_per_host: 7
   pool_idle_timeout: 7s
