@@ -568,7 +568,7 @@ impl Gateway {
         // Borrowed, and copied only when an interim record is written: a
         // short tunnel pays nothing for this.
         let snapshot = &flow;
-        let mut report = |out: u64, inn: u64| {
+        let mut report = |out: u64, inn: u64, sni: Option<&str>| {
             let (out, inn) = (base_out + out, base_in + inn);
             if (out, inn) == reported {
                 return;
@@ -577,6 +577,9 @@ impl Gateway {
             interim.bytes_out = out - reported.0;
             interim.bytes_in = inn - reported.1;
             interim.interim = Some(true);
+            if let Some(name) = sni {
+                interim.sni = Some(name.to_owned());
+            }
             reported = (out, inn);
             self.record(interim);
         };

@@ -92,13 +92,14 @@ pub struct Counters {
 
 /// Interim reports of a long tunnel: every `every`, `report` gets the
 /// bytes moved so far each way (client → destination, destination →
-/// client). The relay does no per-read work for it: a timer of its own
-/// reads the counters the directions already keep.
+/// client) and the SNI, once the hello check saw one. The relay does no
+/// per-read work for it: a timer of its own reads the counters the
+/// directions already keep.
 pub struct Interim<'a> {
     /// How often.
     pub every: Duration,
-    /// Called with the running totals; must not block.
-    pub report: &'a mut (dyn FnMut(u64, u64) + Send),
+    /// Called with the running totals and the SNI; must not block.
+    pub report: &'a mut (dyn FnMut(u64, u64, Option<&str>) + Send),
 }
 
 /// A check on the first client bytes of a tunnel (the inspectors): it gets
@@ -195,7 +196,7 @@ pub async fn relay_with(
             ErrorKind::Timeout,
         )),
         () = stop => Some(Stop::Io("stopped: drain timeout".to_owned(), ErrorKind::Internal)),
-        () = report_every(&counters, interim) => None,
+        () = report_every(&counters, &sni, interim) => None,
     };
     match ended {
         None => {}
@@ -259,7 +260,11 @@ async fn deliver(
 
 /// Calls `interim`'s report every interval with the counters' totals;
 /// never resolves (without `interim`, it only waits).
-async fn report_every(counters: &Counters, interim: Option<Interim<'_>>) {
+async fn report_every(
+    counters: &Counters,
+    sni: &std::sync::Mutex<Option<String>>,
+    interim: Option<Interim<'_>>,
+) {
     let Some(Interim { every, report }) = interim else {
         return std::future::pending().await;
     };
@@ -267,9 +272,11 @@ async fn report_every(counters: &Counters, interim: Option<Interim<'_>>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let name = sni.lock().ok().and_then(|s| s.clone());
         report(
             counters.out.load(Ordering::Relaxed),
             counters.inn.load(Ordering::Relaxed),
+            name.as_deref(),
         );
     }
 }

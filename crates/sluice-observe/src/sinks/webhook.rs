@@ -167,6 +167,45 @@ async fn post(target: &Target, body: &Arc<str>) -> Result<StatusCode, String> {
 mod tests {
     use super::*;
 
+    /// A receiver that refuses connections: the first alert is being
+    /// retried, the second waits in the queue of one, the third finds it
+    /// full and is dropped and counted at once (the caller never waits).
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", closed.local_addr().unwrap());
+        drop(closed);
+        let metrics = Arc::new(Metrics::new());
+        let hook = Webhook::start(&url, Duration::from_secs(1), 1, metrics.clone()).unwrap();
+        let a = Alert::new(
+            crate::AlertKind::Geo,
+            crate::Severity::Warning,
+            std::time::SystemTime::UNIX_EPOCH,
+            "x".into(),
+        );
+        let dropped = || {
+            metrics
+                .encode()
+                .lines()
+                .find(|l| l.starts_with(r#"sluice_alert_sink_dropped_total{sink="webhook"}"#))
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        assert_eq!(dropped().as_deref(), Some("0"));
+        hook.send(&a, "{}");
+        // Let the task take the first one off the queue.
+        for _ in 0..100 {
+            if hook.tx.capacity() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = std::time::Instant::now();
+        hook.send(&a, "{}");
+        hook.send(&a, "{}");
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(dropped().as_deref(), Some("1"));
+    }
+
     #[test]
     fn urls_parse_into_host_port_and_path() {
         let t = parse("http://hooks.example:8080/a/b?c=1").unwrap();
