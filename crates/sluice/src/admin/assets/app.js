@@ -142,7 +142,10 @@ function matches(r, f) {
 }
 
 function flowRow(r, fresh) {
-  const tr = el('tr', { class: verdictClass(r) + (fresh ? ' fresh' : ''), 'data-id': r.id },
+  // A long tunnel's interim record: the tunnel is still open, and its
+  // bytes are those since the flow's previous record.
+  const interim = r.interim === true;
+  const tr = el('tr', { class: verdictClass(r) + (fresh ? ' fresh' : '') + (interim ? ' interim' : ''), 'data-id': r.id },
     el('td', { title: r.ts }, time(r.ts)),
     el('td', {}, r.listener),
     el('td', { class: 'mono' }, r.src),
@@ -156,7 +159,8 @@ function flowRow(r, fresh) {
     el('td', { class: 'wrap reason' }, r.reason + (r.error ? ' — ' + r.error : '')),
     el('td', { class: 'num' }, bytes(r.bytes_out)),
     el('td', { class: 'num' }, bytes(r.bytes_in)),
-    el('td', { class: 'num' }, r.duration_ms));
+    el('td', { class: 'num', title: interim ? 'interim record: still open; bytes since its previous record' : '' },
+      interim ? `${r.duration_ms} (open)` : r.duration_ms));
   return tr;
 }
 
