@@ -598,17 +598,48 @@ impl Gateway {
         } else {
             None
         };
-        let r = relay::relay(
+        // Interim records: every `log.interim` of the flow's policy version
+        // (a reload applies to tunnels opened after it), a copy of the flow
+        // with the bytes since its previous record, unless none moved.
+        // `reported` is what earlier records of this flow carried.
+        let (base_out, base_in) = (flow.bytes_out, flow.bytes_in);
+        let mut reported = (0u64, 0u64);
+        let every = flow.policy().config().log.interim;
+        // Borrowed, and copied only when an interim record is written: a
+        // short tunnel pays nothing for this.
+        let snapshot = &flow;
+        let mut report = |out: u64, inn: u64, sni: Option<&str>| {
+            let (out, inn) = (base_out + out, base_in + inn);
+            if (out, inn) == reported {
+                return;
+            }
+            let mut interim = snapshot.clone();
+            interim.bytes_out = out - reported.0;
+            interim.bytes_in = inn - reported.1;
+            interim.interim = Some(true);
+            if let Some(name) = sni {
+                interim.sni = Some(name.to_owned());
+            }
+            reported = (out, inn);
+            self.record(interim);
+        };
+        let r = relay::relay_with(
             client,
             upstream,
             pre,
             check,
             self.timeouts(),
             self.drain.stopped(),
+            Some(relay::Interim {
+                every,
+                report: &mut report,
+            }),
         )
         .await;
-        flow.bytes_out += r.bytes_out;
-        flow.bytes_in += r.bytes_in;
+        // The closing record carries the rest.
+        flow.bytes_out = (base_out + r.bytes_out).saturating_sub(reported.0);
+        flow.bytes_in = (base_in + r.bytes_in).saturating_sub(reported.1);
+        flow.interim = Some(false);
         if r.sni.is_some() {
             flow.sni = r.sni;
         }

@@ -10,7 +10,25 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use crate::{Alert, AlertRing, FlowRecord, FlowSink, FlowView, Metrics};
+use tokio::sync::broadcast;
+
+use crate::{Alert, AlertRing, FlowRecord, FlowSink, FlowView, Metrics, sinks::AlertSink};
+
+/// New alerts a slow live-stream subscriber may fall behind before it
+/// skips (and is told how many it missed).
+const ALERT_BACKLOG: usize = 256;
+
+/// A new alert as the live alert stream sends it: its sequence number
+/// (the event id), the alert, and its JSON, serialized once.
+#[derive(Debug)]
+pub struct LiveAlert {
+    /// 1, 2, … in the order alerts were emitted since start.
+    pub seq: u64,
+    /// The alert as first emitted.
+    pub alert: Alert,
+    /// Its JSON, one line.
+    pub json: String,
+}
 
 /// The record stage's seam: where every listener (the proxies through
 /// `sluice-net`'s gateway, the DNS forwarder directly) hands finished flow
@@ -51,6 +69,8 @@ pub struct Recorder {
     sink: FlowSink,
     detectors: Vec<Box<dyn Detector>>,
     alerts: AlertRing,
+    alert_sinks: Vec<Box<dyn AlertSink>>,
+    live_alerts: broadcast::Sender<Arc<LiveAlert>>,
 }
 
 // === impl Recorder ===
@@ -71,7 +91,23 @@ impl Recorder {
             sink,
             detectors: Vec::new(),
             alerts,
+            alert_sinks: Vec::new(),
+            live_alerts: broadcast::channel(ALERT_BACKLOG).0,
         }
+    }
+
+    /// The same recorder with every new alert also sent to `sink` (the
+    /// webhook, syslog).
+    #[must_use]
+    pub fn with_alert_sink(mut self, sink: Box<dyn AlertSink>) -> Recorder {
+        self.alert_sinks.push(sink);
+        self
+    }
+
+    /// New alerts from now on, for the live alert stream. A subscriber
+    /// that falls more than 256 alerts behind gets `RecvError::Lagged`.
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<Arc<LiveAlert>> {
+        self.live_alerts.subscribe()
     }
 
     /// The same recorder with `detector` run on every record from now on.
@@ -91,8 +127,13 @@ impl Recorder {
     pub fn record(&self, r: FlowRecord) {
         self.metrics.record(&r);
         // Per-rule metrics only for rules with an explicit id (ids never
-        // contain `/`; positional and guard ids do).
-        if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
+        // contain `/`; positional and guard ids do); a long tunnel's
+        // interim records do not hit its rule again.
+        if !r.rule.is_empty()
+            && !r.rule.contains('/')
+            && r.rule != "default"
+            && r.interim != Some(true)
+        {
             self.metrics.rule_hit(&r.rule);
         }
         for d in &self.detectors {
@@ -108,19 +149,34 @@ impl Recorder {
     /// Takes one alert, from a detector here or from a listener that
     /// detects on its own (the DNS forwarder). A repeat within a stored
     /// alert's window only raises that alert's count. A new one is kept in
-    /// the ring, counted in `sluice_alerts_total{kind,severity}`, and
-    /// written as one JSON object on one line of stderr — the same object
-    /// the API serves, with nothing before it, for log shippers to pick up.
+    /// the ring, counted in `sluice_alerts_total{kind,severity}`, written
+    /// as one JSON object on one line of stderr — the same object the API
+    /// serves, with nothing before it, for log shippers to pick up — and
+    /// handed, serialized once, to every alert sink and the live alert
+    /// stream. Each sink only queues it (never waits).
     pub fn alert(&self, a: Alert) {
-        let Some(new) = self.alerts.push(a) else {
+        let Some((seq, new)) = self.alerts.push_seq(a) else {
             return;
         };
         self.metrics.alert(new.kind, new.severity);
-        match serde_json::to_string(&new) {
-            Ok(line) => eprintln!("{line}"),
+        let json = match serde_json::to_string(&new) {
+            Ok(line) => line,
             // A Value of our own making with string keys: cannot happen.
-            Err(e) => tracing::error!(error = %e, "cannot serialize an alert"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize an alert");
+                return;
+            }
+        };
+        eprintln!("{json}");
+        for sink in &self.alert_sinks {
+            sink.send(&new, &json);
         }
+        // No subscribers is not an error.
+        let _ = self.live_alerts.send(Arc::new(LiveAlert {
+            seq,
+            alert: new,
+            json,
+        }));
     }
 
     /// Recent alerts, for the admin API.
@@ -144,6 +200,7 @@ impl std::fmt::Debug for Recorder {
         f.debug_struct("Recorder")
             .field("detectors", &self.detectors.len())
             .field("alerts", &self.alerts)
+            .field("alert_sinks", &self.alert_sinks.len())
             .finish_non_exhaustive()
     }
 }

@@ -41,6 +41,8 @@ pub struct Config {
     /// Named ways out (`direct` is built in), chosen by `zones[].route`
     /// or `allow[].route`.
     pub routes: Vec<RouteDef>,
+    /// Detection: where alerts go.
+    pub detect: Detect,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             limits: Limits::default(),
             log: Log::default(),
             routes: Vec::new(),
+            detect: Detect::default(),
         }
     }
 }
@@ -439,12 +442,17 @@ mod duration_text {
 pub struct Log {
     /// `stdout` or a file path; JSON lines.
     pub flows: String,
+    /// How often a long tunnel writes an interim record with the bytes
+    /// since its previous record.
+    #[serde(with = "duration_text")]
+    pub interim: Duration,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
             flows: "stdout".to_owned(),
+            interim: Duration::from_secs(60),
         }
     }
 }
@@ -513,6 +521,38 @@ impl Default for HealthCheck {
     }
 }
 
+/// Detection settings: where alerts go besides the ring, the metric and
+/// stderr.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Detect {
+    /// One HTTP POST per new alert.
+    pub webhook: Webhook,
+    /// One syslog message per new alert.
+    pub syslog: Syslog,
+}
+
+/// `detect.webhook`: one alert per HTTP POST, its JSON the body.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Webhook {
+    /// `http://host[:port]/path`; unset: no webhook.
+    pub url: Option<String>,
+    /// Time allowed for one POST (connect, send, answer).
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Alerts waiting to be sent at most; more are dropped and counted.
+    pub queue: u32,
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Webhook {
+            url: None,
+            timeout: Duration::from_secs(5),
+            queue: 1000,
+        }
+    }
+}
+
 /// How a hop leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HopKind {
@@ -577,5 +617,53 @@ impl std::fmt::Display for Hop {
 impl Serialize for Hop {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
+    }
+}
+
+/// `detect.syslog`: one RFC 5424 message per alert.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Syslog {
+    /// The receiver; unset: no syslog.
+    pub address: Option<SyslogAddress>,
+}
+
+/// How syslog messages travel.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogTransport {
+    /// One datagram a message (RFC 5426).
+    Udp,
+    /// A stream with octet counting (RFC 6587).
+    Tcp,
+}
+
+/// `udp://host:port` or `tcp://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogAddress {
+    /// UDP or TCP.
+    pub transport: SyslogTransport,
+    /// A name or an address (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for SyslogAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.transport {
+            SyslogTransport::Udp => "udp",
+            SyslogTransport::Tcp => "tcp",
+        };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Serialize for SyslogAddress {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }

@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sluice_net::{Dialer, Gateway, Routes, Users, Version};
-use sluice_observe::{AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, ViewLimits};
+use sluice_observe::{
+    AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, Syslog, ViewLimits, Webhook,
+};
 use sluice_policy::{Config, Policy};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -162,7 +164,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let has_dns = listeners.has_dns();
     metrics.declare_zones(&version.policy, &running, has_dns);
 
-    let (view, recorder) = recorder(&config, &metrics, &sink);
+    let (view, recorder) = recorder(&config, &metrics, &sink)?;
     let routes = Routes::new(
         &config.routes,
         config.listen.transparent_mark,
@@ -216,26 +218,49 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 }
 
 /// The recent-flow view and the recorder that fans each record out to
-/// metrics, the view, the flow log, detectors and the alert ring.
+/// metrics, the view, the flow log, detectors and the alert ring, and each
+/// new alert to the configured alert sinks (`detect.webhook`,
+/// `detect.syslog`).
 fn recorder(
     config: &Config,
     metrics: &Arc<Metrics>,
     sink: &FlowSink,
-) -> (Arc<FlowView>, Arc<Recorder>) {
+) -> Result<(Arc<FlowView>, Arc<Recorder>)> {
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
         recent_denials: config.admin.recent_denials as usize,
         window: config.admin.window,
         top_entries: config.admin.top_entries as usize,
     }));
-    let recorder = Arc::new(Recorder::new(
+    let mut recorder = Recorder::new(
         metrics.clone(),
         view.clone(),
         sink.clone(),
         AlertRing::new(config.admin.recent_alerts as usize),
-    ));
-    (view, recorder)
+    );
+    let webhook = &config.detect.webhook;
+    if let Some(url) = &webhook.url {
+        let w = Webhook::start(
+            url,
+            webhook.timeout,
+            webhook.queue as usize,
+            metrics.clone(),
+        )?;
+        recorder = recorder.with_alert_sink(Box::new(w));
+        tracing::info!(url = %url, "alerts also go to a webhook");
+    }
+    if let Some(address) = &config.detect.syslog.address {
+        let s = Syslog::start(address, SYSLOG_QUEUE, metrics.clone())
+            .with_context(|| format!("detect.syslog.address {address}"))?;
+        recorder = recorder.with_alert_sink(Box::new(s));
+        tracing::info!(address = %address, "alerts also go to syslog");
+    }
+    Ok((view, Arc::new(recorder)))
 }
+
+/// Syslog messages waiting to be sent at most; more are dropped and
+/// counted.
+const SYSLOG_QUEUE: usize = 1000;
 
 /// Sleeps until just past the running policy's next rule expiry (`at`,
 /// unix ms), or forever when no rule expires.

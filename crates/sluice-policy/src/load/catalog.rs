@@ -4,11 +4,12 @@
 //! applies a change or a restart is needed, and what it means.
 //!
 //! The reload column is the truth about the running gateway, which reads
-//! `listen`, `limits`, `dns`, `log` and most of `admin` once at start
-//! (crates/sluice/src/run.rs builds the listeners, limiter, dialer,
-//! forwarder, flow sink and admin view from them) and takes everything in
-//! the policy itself — zones, users, modes, `tls_sni_must_match`,
-//! `admin.stale_after`, `admin.max_streams` — from the version each request loads.
+//! `listen`, `limits`, `dns`, `log.flows`, `detect`'s alert sinks and most
+//! of `admin` once at start (crates/sluice/src/run.rs builds the listeners,
+//! limiter, dialer, forwarder, flow sink, alert sinks and admin view from
+//! them) and takes everything in the policy itself — zones, users, modes,
+//! `tls_sni_must_match`, `admin.stale_after`, `admin.max_streams`,
+//! `log.interim` — from the version each request loads.
 
 use serde_json::Value as Json;
 
@@ -18,13 +19,15 @@ use super::{
     kinds::{
         Address, AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern,
         Instant, Interface, Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet,
-        RouteRef, RuleId, SelectName, Sources, Text, Time, Upstreams, UserRefs, Vias,
+        RouteRef, RuleId, SelectName, Sources, SyslogAddr, Text, Time, Upstreams, UserRefs, Vias,
+        WebhookUrl,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
 };
 use crate::model::{
-    Admin, Config, Dns, HealthCheck, Limits, Listen, Log, RouteDef, Rule, User, Zone,
+    Admin, Config, Detect, Dns, HealthCheck, Limits, Listen, Log, RouteDef, Rule, Syslog, User,
+    Webhook, Zone,
 };
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
@@ -50,8 +53,9 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
         key!(routes: Routes, Applies, "Named ways out, chosen by `zones[].route` or `allow[].route` (`direct`, built in, is the default): hops tried in order or by weight, parents health-checked."),
+        key!(detect: map &DETECT, "Detection; where alerts go."),
     ],
-    not_yet: &["inspect", "tls", "detect", "netflow", "geoip"],
+    not_yet: &["inspect", "tls", "netflow", "geoip"],
 };
 
 pub(crate) static LISTEN: Section<Listen> = Section {
@@ -129,7 +133,42 @@ pub(crate) static LIMITS: Section<Limits> = Section {
 pub(crate) static LOG: Section<Log> = Section {
     what: "log",
     label: "log",
-    keys: &[key!(flows: FlowTarget, Restart, "`stdout` or a file path; JSON lines.")],
+    keys: &[
+        key!(flows: FlowTarget, Restart, "`stdout` or a file path; JSON lines."),
+        key!(interim: Time(Min::Millis(100)), Applies, "How often a long tunnel (CONNECT, SOCKS5, transparent) writes an interim record (`interim: true`) with the bytes since its previous record; at least `100ms`. A reload applies to tunnels opened after it."),
+    ],
+    not_yet: &[],
+};
+
+// === detect: alert sinks (webhook, syslog) ===
+
+pub(crate) static DETECT: Section<Detect> = Section {
+    what: "detect",
+    label: "detect",
+    keys: &[
+        key!(webhook: map &WEBHOOK, "One HTTP POST per new alert, the alert's JSON the body."),
+        key!(syslog: map &SYSLOG, "One RFC 5424 syslog message per new alert."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static WEBHOOK: Section<Webhook> = Section {
+    what: "detect.webhook",
+    label: "detect.webhook",
+    keys: &[
+        key!(url: WebhookUrl, Restart, "`http://host[:port][/path]` that each new alert is POSTed to (JSON body); retried with backoff on failures and 5xx/429. Plain HTTP only."),
+        key!(timeout: Time(Min::AboveZero), Restart, "Time allowed for one POST: connect, send and the answer's head."),
+        key!(queue: Count(1, 1_000_000), Restart, "Alerts waiting to be POSTed at most; more are dropped and counted in `sluice_alert_sink_dropped_total{sink=\"webhook\"}`."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static SYSLOG: Section<Syslog> = Section {
+    what: "detect.syslog",
+    label: "detect.syslog",
+    keys: &[
+        key!(address: SyslogAddr, Restart, "`udp://host:port` or `tcp://host:port` (octet counting, RFC 6587) of a syslog receiver; each new alert is one RFC 5424 message, APP-NAME `sluice`, the alert's JSON as the message."),
+    ],
     not_yet: &[],
 };
 

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     dest, guard,
-    model::{BlockedAnswer, Hop, HopKind, Mode, Ports, Select},
+    model::{BlockedAnswer, Hop, HopKind, Mode, Ports, Select, SyslogAddress, SyslogTransport},
 };
 
 /// A kind of value: read from a node, described by a schema.
@@ -177,6 +177,8 @@ pub(crate) enum Min {
     AboveZero,
     /// At least this many seconds.
     Secs(u64),
+    /// At least this many milliseconds.
+    Millis(u64),
 }
 
 /// A duration: a decimal number and a unit, `ms`, `s`, `m` or `h`.
@@ -200,6 +202,10 @@ impl Kind for Time {
             }
             Min::Secs(s) if d < Duration::from_secs(s) => {
                 cx.err(n, format!("expected {what} of at least {s}s"));
+                None
+            }
+            Min::Millis(ms) if d < Duration::from_millis(ms) => {
+                cx.err(n, format!("expected {what} of at least {ms}ms"));
                 None
             }
             _ => Some(d),
@@ -317,6 +323,123 @@ impl Kind for FlowTarget {
     }
     fn schema(&self) -> Json {
         json!({ "type": "string", "minLength": 1 })
+    }
+}
+
+/// `http://host[:port][/path]`: where alerts are POSTed. Plain HTTP only
+/// (Sluice has no TLS client); a name is resolved when a POST is made.
+pub(crate) struct WebhookUrl;
+
+impl Kind for WebhookUrl {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let s = Text.read(cx, n)?;
+        let what = cx.label();
+        if s.starts_with("https://") {
+            cx.err(
+                n,
+                format!(
+                    "{what}: https is not supported (Sluice has no TLS client); use http://, e.g. to a local relay"
+                ),
+            );
+            return None;
+        }
+        match webhook_authority(&s) {
+            Some(_) => Some(s),
+            None => {
+                cx.err(
+                    n,
+                    format!(
+                        "expected `http://host[:port][/path]` for {what} (e.g. `http://127.0.0.1:8080/alerts`), found `{s}`"
+                    ),
+                );
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^http://[^/?#\\s]+(/\\S*)?$" })
+    }
+}
+
+/// The authority (`host[:port]`) of an `http://` URL with a nonempty host,
+/// a valid port if any, and no user info or whitespace.
+fn webhook_authority(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix("http://")?;
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    host_port(authority, true).map(|_| authority)
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` (the port required unless
+/// `port_optional`); the host without brackets and the port.
+fn host_port(s: &str, port_optional: bool) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        h.parse::<std::net::Ipv6Addr>().ok()?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() || (host.contains(['[', ']', ':']) && !s.starts_with('[')) {
+        return None;
+    }
+    let port = match port {
+        Some(p) => match decimal(p).and_then(|v| u16::try_from(v).ok()) {
+            Some(v) if v != 0 => Some(v),
+            _ => return None,
+        },
+        None if port_optional => None,
+        None => return None,
+    };
+    Some((host, port))
+}
+
+/// `udp://host:port` or `tcp://host:port`: where alerts go as syslog.
+pub(crate) struct SyslogAddr;
+
+impl Kind for SyslogAddr {
+    type Out = SyslogAddress;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<SyslogAddress> {
+        let s = Text.read(cx, n)?;
+        let parsed = s.split_once("://").and_then(|(scheme, rest)| {
+            let transport = match scheme {
+                "udp" => SyslogTransport::Udp,
+                "tcp" => SyslogTransport::Tcp,
+                _ => return None,
+            };
+            let (host, port) = host_port(rest, false)?;
+            Some(SyslogAddress {
+                transport,
+                host: host.to_owned(),
+                port: port?,
+            })
+        });
+        if parsed.is_none() {
+            cx.err(
+                n,
+                format!(
+                    "expected `udp://host:port` or `tcp://host:port` for {} (e.g. `udp://127.0.0.1:514`), found `{s}`",
+                    cx.label()
+                ),
+            );
+        }
+        parsed
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^(udp|tcp)://.+:[0-9]+$" })
     }
 }
 

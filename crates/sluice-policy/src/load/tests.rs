@@ -132,6 +132,13 @@ limits:
   pool_idle_timeout: 7s
 log:
   flows: /var/log/sluice/flows.jsonl
+detect:
+  webhook:
+    url: http://127.0.0.1:9/alerts
+    timeout: 7s
+    queue: 7
+  syslog:
+    address: tcp://127.0.0.1:514
 zones: []
 ";
 
@@ -186,7 +193,10 @@ fn keys_inside_lists_apply_on_reload() {
 fn mappings_say_per_key_only_when_their_keys_differ() {
     let by_path = |p: &str| keys().into_iter().find(|k| k.path == p).unwrap().reload;
     assert_eq!(by_path("listen"), Some(Reload::Restart));
-    assert_eq!(by_path("log"), Some(Reload::Restart));
+    // `log.interim` applies to tunnels opened after a reload; `log.flows` not.
+    assert_eq!(by_path("log"), None);
+    assert_eq!(by_path("log.interim"), Some(Reload::Applies));
+    assert_eq!(by_path("detect"), Some(Reload::Restart));
     // `limits.response_timeout` applies on reload; the other limits do not.
     assert_eq!(by_path("limits"), None);
     assert_eq!(by_path("limits.response_timeout"), Some(Reload::Applies));
@@ -417,6 +427,71 @@ fn the_schema_requires_what_the_loader_requires() {
             s["properties"][section].get("required").is_none(),
             "{section}"
         );
+    }
+}
+
+#[test]
+fn interim_and_alert_sink_keys_load_with_defaults_bounds_and_positions() {
+    use crate::model::SyslogTransport;
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.log.interim, std::time::Duration::from_secs(60));
+    assert_eq!(c.detect.webhook.url, None);
+    assert_eq!(c.detect.webhook.timeout, std::time::Duration::from_secs(5));
+    assert_eq!(c.detect.webhook.queue, 1000);
+    assert_eq!(c.detect.syslog.address, None);
+    let c = parse_config(
+        "log:\n  interim: 250ms\ndetect:\n  webhook: {url: 'http://hooks.example:8080/a?b=1', queue: 3}\n  syslog: {address: 'udp://[::1]:5514'}\n",
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.log.interim, std::time::Duration::from_millis(250));
+    assert_eq!(
+        c.detect.webhook.url.as_deref(),
+        Some("http://hooks.example:8080/a?b=1")
+    );
+    assert_eq!(c.detect.webhook.queue, 3);
+    let a = c.detect.syslog.address.unwrap();
+    assert_eq!(
+        (a.transport, a.host.as_str(), a.port),
+        (SyslogTransport::Udp, "::1", 5514)
+    );
+    assert_eq!(a.to_string(), "udp://[::1]:5514");
+    for (text, want) in [
+        (
+            "log:\n  interim: 50ms\n",
+            "b.yaml:2:12: expected log.interim of at least 100ms",
+        ),
+        (
+            "log:\n  interim: 60\n",
+            "b.yaml:2:12: expected a duration for log.interim such as `500ms`, `10s`, `5m` or `1h`",
+        ),
+        (
+            "detect:\n  webhook:\n    url: https://hooks.example/a\n",
+            "b.yaml:3:10: detect.webhook.url: https is not supported (Sluice has no TLS client); use http://, e.g. to a local relay",
+        ),
+        (
+            "detect:\n  webhook:\n    url: http://:80/a\n",
+            "b.yaml:3:10: expected `http://host[:port][/path]` for detect.webhook.url (e.g. `http://127.0.0.1:8080/alerts`), found `http://:80/a`",
+        ),
+        (
+            "detect:\n  webhook:\n    queue: 0\n",
+            "b.yaml:3:12: expected a number above zero for detect.webhook.queue",
+        ),
+        (
+            "detect:\n  syslog:\n    address: 127.0.0.1:514\n",
+            "b.yaml:3:14: expected `udp://host:port` or `tcp://host:port` for detect.syslog.address (e.g. `udp://127.0.0.1:514`), found `127.0.0.1:514`",
+        ),
+        (
+            "detect:\n  syslog:\n    address: tcp://127.0.0.1\n",
+            "b.yaml:3:14: expected `udp://host:port` or `tcp://host:port` for detect.syslog.address (e.g. `udp://127.0.0.1:514`), found `tcp://127.0.0.1`",
+        ),
+        (
+            "detect:\n  sysl0g: {}\n",
+            "b.yaml:2:3: unknown key `sysl0g` in detect; expected one of: webhook, syslog",
+        ),
+    ] {
+        let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+        assert_eq!(errs, want);
     }
 }
 
