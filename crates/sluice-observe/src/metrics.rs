@@ -51,6 +51,7 @@ pub struct Metrics {
     dns_rate_limited: Counter,
     fd_exhausted: Family<ListenerLabel, Counter>,
     pool_idle: Gauge,
+    detect_evictions: Counter,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -336,6 +337,12 @@ impl Metrics {
             "Accepts and dials that failed because Sluice is out of file descriptors (EMFILE, ENFILE), by listener",
             fd_exhausted.clone(),
         );
+        let detect_evictions = Counter::default();
+        registry.register(
+            "sluice_detect_evictions",
+            "Detection baselines (sources, destinations) evicted, least recently seen first, to stay within bounds",
+            detect_evictions.clone(),
+        );
         let pool_idle = Gauge::default();
         registry.register(
             "sluice_pool_idle_connections",
@@ -367,6 +374,7 @@ impl Metrics {
             dns_rate_limited,
             fd_exhausted,
             pool_idle,
+            detect_evictions,
         }
     }
 
@@ -518,6 +526,12 @@ impl Metrics {
                 verdict: verdict.as_str(),
             })
             .inc();
+    }
+
+    /// Counts `n` detection baselines evicted to stay within bounds, in
+    /// `sluice_detect_evictions_total`.
+    pub fn detect_evicted(&self, n: u64) {
+        self.detect_evictions.inc_by(n);
     }
 
     /// Counts one emitted alert in `sluice_alerts_total{kind,severity}`.

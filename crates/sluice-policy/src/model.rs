@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: Limits,
     /// Where flow records go.
     pub log: Log,
+    /// Detection: baselines and alerts (`detect:`).
+    pub detect: Detect,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             dns: Dns::default(),
             limits: Limits::default(),
             log: Log::default(),
+            detect: Detect::default(),
         }
     }
 }
@@ -173,6 +176,11 @@ pub struct Zone {
     pub allow: Vec<Rule>,
     /// Deny rules (without `ports` they cover every port).
     pub deny: Vec<Rule>,
+    /// ISO 3166 country codes this zone's traffic may go to; a flow to any
+    /// other country raises a `geo` warning. `None`: any country.
+    pub countries: Option<Vec<String>>,
+    /// `detect: off`: no detector looks at this zone's flows.
+    pub detect: Switch,
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.
@@ -429,6 +437,177 @@ impl Default for Log {
     fn default() -> Self {
         Log {
             flows: "stdout".to_owned(),
+        }
+    }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Enabled (the default).
+    #[default]
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Detection (`detect:`): where the country database and the baselines
+/// live, how long sources are learned before they are judged, and each
+/// detector's thresholds (`detect.<kind>`). Every threshold has a default
+/// that works without tuning.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Detect {
+    /// A country `.mmdb` (GeoLite2-Country layout), relative to the
+    /// configuration file's folder.
+    pub geoip: Option<PathBuf>,
+    /// Where baselines persist across restarts (relative to the
+    /// configuration file's folder); none: in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// How long a zone is observed before new destinations, beacons and
+    /// volume are judged.
+    #[serde(with = "duration_text")]
+    pub learn: Duration,
+    /// How far out of order (in event time) records may arrive.
+    #[serde(with = "duration_text")]
+    pub max_lateness: Duration,
+    /// Sources remembered at most (least recently seen evicted).
+    pub max_sources: u32,
+    /// `detect.volume`.
+    pub volume: VolumeDetect,
+    /// `detect.new-destination`.
+    pub new_destination: NewDestinationDetect,
+    /// `detect.geo`.
+    pub geo: Toggle,
+    /// `detect.beaconing`.
+    pub beaconing: BeaconingDetect,
+    /// `detect.dns-tunnel` (its thresholds are `dns.tunnel_*`).
+    pub dns_tunnel: Toggle,
+    /// `detect.denied-burst`.
+    pub denied_burst: DeniedBurstDetect,
+}
+
+impl Default for Detect {
+    fn default() -> Self {
+        Detect {
+            geoip: None,
+            state_dir: None,
+            learn: Duration::from_secs(7 * 86_400),
+            max_lateness: Duration::from_secs(300),
+            max_sources: 100_000,
+            volume: VolumeDetect::default(),
+            new_destination: NewDestinationDetect::default(),
+            geo: Toggle::default(),
+            beaconing: BeaconingDetect::default(),
+            dns_tunnel: Toggle::default(),
+            denied_burst: DeniedBurstDetect::default(),
+        }
+    }
+}
+
+/// A detector with no threshold of its own.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Toggle {
+    /// Whether it runs.
+    pub enabled: bool,
+}
+
+impl Default for Toggle {
+    fn default() -> Self {
+        Toggle { enabled: true }
+    }
+}
+
+/// `detect.volume`: bytes out per source per window against its baseline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VolumeDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// The window bytes are summed over.
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// Bytes out in a window below which nothing is raised, whatever the
+    /// baseline.
+    pub floor: u64,
+    /// How many times its baseline a window must reach.
+    pub factor: f64,
+}
+
+impl Default for VolumeDetect {
+    fn default() -> Self {
+        VolumeDetect {
+            enabled: true,
+            window: Duration::from_secs(600),
+            floor: 100_000_000,
+            factor: 4.0,
+        }
+    }
+}
+
+/// `detect.new-destination`: a destination the zone never used, once it
+/// is significant.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NewDestinationDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Bytes out to it (summed from its first flow) that make it significant.
+    pub min_bytes: u64,
+    /// Flows to it that make it significant.
+    pub min_flows: u32,
+}
+
+impl Default for NewDestinationDetect {
+    fn default() -> Self {
+        NewDestinationDetect {
+            enabled: true,
+            min_bytes: 5_000_000,
+            min_flows: 30,
+        }
+    }
+}
+
+/// `detect.beaconing`: regular small connections to one destination.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BeaconingDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Intervals in a row that must be regular.
+    pub min_repeats: u32,
+    /// Largest standard deviation of the intervals, as a share of their mean.
+    pub max_jitter: f64,
+    /// Largest mean bytes (out plus in) of one connection.
+    pub max_bytes: u64,
+}
+
+impl Default for BeaconingDetect {
+    fn default() -> Self {
+        BeaconingDetect {
+            enabled: true,
+            min_repeats: 12,
+            max_jitter: 0.1,
+            max_bytes: 100_000,
+        }
+    }
+}
+
+/// `detect.denied-burst`: many distinct denied destinations from one source.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeniedBurstDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// The sliding window.
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// Distinct denied destinations in the window that raise an alert.
+    pub min_distinct: u32,
+}
+
+impl Default for DeniedBurstDetect {
+    fn default() -> Self {
+        DeniedBurstDetect {
+            enabled: true,
+            window: Duration::from_secs(300),
+            min_distinct: 15,
         }
     }
 }

@@ -162,7 +162,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let has_dns = listeners.has_dns();
     metrics.declare_zones(&version.policy, &running, has_dns);
 
-    let (view, recorder) = recorder(&config, &metrics, &sink);
+    let live = crate::detect::live(&config, path.as_deref(), &metrics)?;
+    let (view, recorder) = recorder(&config, &metrics, &sink, &live);
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if listeners.has_dns() {
@@ -170,12 +171,16 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let gw = Arc::new(gw);
     let status = admin_status(&config, view, recorder.clone())?;
-    let declare = |policy: &Policy| metrics.declare_zones(policy, &running, has_dns);
+    let declare = |policy: &Policy| {
+        metrics.declare_zones(policy, &running, has_dns);
+        live.set_zones(sluice_detect::ZoneSettings::from_config(policy.config()));
+    };
     listeners.announce()?;
     describe_modes(&gw.version().policy);
     let tasks = listeners.serve(&gw, recorder, status.clone(), &config, grants)?;
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut save = tokio::time::interval(SAVE_EVERY);
     loop {
         // The next rule expiry of whichever policy runs now (a reload may
         // have brought other rules).
@@ -195,12 +200,14 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
                     Err(e) => tracing::error!(error = %e, "cannot reopen the flow log; still writing to the old file"),
                 }
             }
+            _ = save.tick() => save_baselines(&live).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
 
     drain(&gw, tasks, config.limits.drain_timeout).await;
+    save_baselines(&live).await;
     drop(gw);
     drop(sink);
     writer.close().await.context("flushing flow records")?;
@@ -208,12 +215,27 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// How often detection baselines are written to `detect.state_dir`.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Writes what the detectors learned since the last save (nothing without
+/// `detect.state_dir`), on the blocking pool: never on the data path.
+async fn save_baselines(live: &sluice_detect::Live) {
+    let live = live.clone();
+    match tokio::task::spawn_blocking(move || live.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save detection baselines"),
+        Err(e) => tracing::warn!(error = %e, "cannot save detection baselines"),
+    }
+}
+
 /// The recent-flow view and the recorder that fans each record out to
-/// metrics, the view, the flow log, detectors and the alert ring.
+/// metrics, the view, the flow log, the detectors and the alert ring.
 fn recorder(
     config: &Config,
     metrics: &Arc<Metrics>,
     sink: &FlowSink,
+    live: &sluice_detect::Live,
 ) -> (Arc<FlowView>, Arc<Recorder>) {
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -221,12 +243,15 @@ fn recorder(
         window: config.admin.window,
         top_entries: config.admin.top_entries as usize,
     }));
-    let recorder = Arc::new(Recorder::new(
-        metrics.clone(),
-        view.clone(),
-        sink.clone(),
-        AlertRing::new(config.admin.recent_alerts as usize),
-    ));
+    let recorder = Arc::new(
+        Recorder::new(
+            metrics.clone(),
+            view.clone(),
+            sink.clone(),
+            AlertRing::new(config.admin.recent_alerts as usize),
+        )
+        .with_detector(Box::new(live.clone())),
+    );
     (view, recorder)
 }
 
