@@ -8,14 +8,16 @@
 //!   that source's own peak for the same hour of week (from two weeks of
 //!   history; before that the same hour of day, weekday or weekend), or
 //!   its zone's when the source is new. Bytes to a destination are counted
-//!   only beyond twice the most this source ever sent it in one window, so
-//!   a nightly backup to its usual bucket stays quiet. Below
+//!   only beyond twice the most this source ever sent it in one window
+//!   (200 times, once that peak reached a twentieth of the floor: an
+//!   established upload destination), so a nightly backup to its usual
+//!   bucket or a push to a developer's git host stays quiet. Below
 //!   `detect.volume.floor` nothing is raised; `bytes_in` never counts.
 //! - `new-destination`: a registrable domain or bare address the zone never
 //!   used, once it is significant (`min_bytes` out or `min_flows` flows
 //!   within a day of its first flow).
-//! - `geo`: a destination country outside the zone's `countries`
-//!   (warning); a country new for the source but allowed, or any new
+//! - `geo`: a destination country outside the zone's `countries`, once
+//!   `detect.geo.min_bytes` went there (warning); a country new for the source but allowed, or any new
 //!   country in a zone without a list, is `info`.
 //! - `beaconing`: `min_repeats` intervals in a row between connection
 //!   starts of one source to one destination whose standard deviation is
@@ -68,6 +70,11 @@ const WEEKLY_MS: i64 = 14 * 24 * 3_600_000;
 /// connection reuse, not calling home.
 const BEACON_MIN_MS: f64 = 10_000.0;
 const BEACON_MAX_MS: f64 = 6.0 * 3_600_000.0;
+/// A destination this source once sent a twentieth of the volume floor
+/// in one window (5 MB by default) is an established upload destination…
+const ESTABLISHED_SHARE: u64 = 20;
+/// …and only bytes past this many times that peak are unusual there.
+const ESTABLISHED_FACTOR: u64 = 200;
 /// Geo lookups cached (cleared when full).
 const GEO_CACHE: usize = 65_536;
 
@@ -147,6 +154,9 @@ struct Pair {
     bytes_avg: f64,
     beacon_learned: bool,
     beacon_alerted: bool,
+    /// Bytes out while outside the zone's countries.
+    #[serde(default)]
+    geo_bytes: u64,
     new: Option<NewDst>,
 }
 
@@ -280,7 +290,7 @@ impl Engine {
         let st = &self.settings;
         let evicted = s.touch_pair(dst.hash, o.at_ms);
         self.evictions += evicted;
-        if st.geo {
+        if st.geo.enabled {
             geo(st, zone, s, o, &dst, country.as_deref(), learning, &mut out);
         }
         if st.new_destination.enabled {
@@ -468,7 +478,7 @@ fn denied_burst(st: &Settings, s: &mut SrcState, o: &Obs<'_>, dst: &Dest, out: &
 
 #[allow(clippy::too_many_arguments)]
 fn geo(
-    _st: &Settings,
+    st: &Settings,
     zone: &str,
     s: &mut SrcState,
     o: &Obs<'_>,
@@ -480,7 +490,7 @@ fn geo(
     let Some(c) = country else {
         return;
     };
-    let allowed = _st.zones.countries(zone);
+    let allowed = st.zones.countries(zone);
     let new_here = !s.countries.iter().any(|k| k == c);
     if new_here && s.countries.len() < MAX_COUNTRIES {
         s.countries.push(c.to_owned());
@@ -488,14 +498,24 @@ fn geo(
     let src = ip_string(o.src);
     match allowed {
         Some(list) if !list.iter().any(|k| k == c) => {
-            let severity = if o.bytes_out >= 10_000_000 {
+            // A page fetched from a site hosted abroad sends a few
+            // kilobytes; an upload sends more. Nothing until `min_bytes`
+            // went there (summed over the source's flows to it).
+            let Some(p) = s.pairs.get_mut(&dst.hash) else {
+                return;
+            };
+            p.geo_bytes = p.geo_bytes.saturating_add(o.bytes_out);
+            if p.geo_bytes < st.geo.min_bytes {
+                return;
+            }
+            let sent = p.geo_bytes;
+            let severity = if sent >= st.geo.min_bytes.saturating_mul(10) {
                 Severity::Critical
             } else {
                 Severity::Warning
             };
             let summary = format!(
-                "{src} sent {} bytes to {} in {c}, outside zone {zone}'s countries ({}): check the host and the destination",
-                o.bytes_out,
+                "{src} sent {sent} bytes to {} in {c}, outside zone {zone}'s countries ({}): check the host and the destination",
                 dst.name,
                 list.join(", ")
             );
@@ -506,7 +526,7 @@ fn geo(
                 Some(&dst.name),
                 Some(c),
                 summary,
-                json!({ "baseline": { "countries": list }, "observed": { "country": c, "bytes_out": o.bytes_out } }),
+                json!({ "baseline": { "countries": list, "min_bytes": st.geo.min_bytes }, "observed": { "country": c, "bytes_out": sent } }),
             ));
         }
         _ if new_here && !learning => {
@@ -654,7 +674,15 @@ fn volume(
         .iter()
         .map(|(h, b)| {
             let peak = s.pairs.get(h).map_or(0, |p| p.peak);
-            b.saturating_sub(peak.saturating_mul(2))
+            // A destination this source already uploaded to in earnest
+            // (its backup bucket, its git host) takes far more before it
+            // is unusual; any other, twice its peak.
+            let trusted = if peak >= cfg.floor / ESTABLISHED_SHARE {
+                peak.saturating_mul(ESTABLISHED_FACTOR)
+            } else {
+                peak.saturating_mul(2)
+            };
+            b.saturating_sub(trusted)
         })
         .sum();
     if excess < cfg.floor {
@@ -668,15 +696,14 @@ fn volume(
             "zone, same hour of day",
         )
     } else {
-        let overall = s.peak_hod.iter().copied().max().unwrap_or(0) / 4;
         if age >= WEEKLY_MS {
             (
-                around(&s.peak_how, how, 0, 168).max(overall),
+                around(&s.peak_how, how, 0, 168),
                 "source, same hour of week",
             )
         } else {
             (
-                around(&s.peak_hod, hod, hod / 24 * 24, 24).max(overall),
+                around(&s.peak_hod, hod, hod / 24 * 24, 24),
                 "source, same hour of day",
             )
         }

@@ -65,6 +65,9 @@ pub enum ObsError {
     /// `ts` is not an RFC 3339 time.
     #[error("`ts` is not an RFC 3339 time: {0}")]
     Time(String),
+    /// Not UTF-8.
+    #[error("not UTF-8: {0}")]
+    Utf8(String),
     /// `src` is not `ip:port`.
     #[error("`src` is not ip:port: {0}")]
     Src(String),
@@ -121,7 +124,10 @@ fn yes() -> bool {
 impl<'a> RecordLine<'a> {
     /// Parses one JSON line.
     pub fn parse(line: &'a [u8]) -> Result<RecordLine<'a>, ObsError> {
-        Ok(serde_json::from_slice(line)?)
+        // One UTF-8 check for the line instead of one per string: `sluice
+        // detect` spends most of its time here (perf: 6% in from_utf8).
+        let text = std::str::from_utf8(line).map_err(|e| ObsError::Utf8(e.to_string()))?;
+        Ok(serde_json::from_str(text)?)
     }
 
     /// The record's event time, unix milliseconds.

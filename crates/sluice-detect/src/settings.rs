@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use sluice_policy::model::{
-    BeaconingDetect, Config, DeniedBurstDetect, NewDestinationDetect, Switch, VolumeDetect,
+    BeaconingDetect, Config, DeniedBurstDetect, GeoDetect, NewDestinationDetect, Switch,
+    VolumeDetect,
 };
 
 use crate::tunnel::TunnelSettings;
@@ -21,8 +22,8 @@ pub struct Settings {
     pub volume: VolumeDetect,
     /// `detect.new-destination`.
     pub new_destination: NewDestinationDetect,
-    /// `detect.geo.enabled`.
-    pub geo: bool,
+    /// `detect.geo`.
+    pub geo: GeoDetect,
     /// `detect.beaconing`.
     pub beaconing: BeaconingDetect,
     /// `detect.dns-tunnel.enabled` with `dns.tunnel_*`.
@@ -56,7 +57,7 @@ impl Settings {
             max_sources: d.max_sources as usize,
             volume: d.volume.clone(),
             new_destination: d.new_destination.clone(),
-            geo: d.geo.enabled,
+            geo: d.geo.clone(),
             beaconing: d.beaconing.clone(),
             dns_tunnel: d.dns_tunnel.enabled.then_some(TunnelSettings {
                 threshold: config.dns.tunnel_threshold,

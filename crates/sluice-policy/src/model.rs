@@ -478,7 +478,7 @@ pub struct Detect {
     /// `detect.new-destination`.
     pub new_destination: NewDestinationDetect,
     /// `detect.geo`.
-    pub geo: Toggle,
+    pub geo: GeoDetect,
     /// `detect.beaconing`.
     pub beaconing: BeaconingDetect,
     /// `detect.dns-tunnel` (its thresholds are `dns.tunnel_*`).
@@ -497,7 +497,7 @@ impl Default for Detect {
             max_sources: 100_000,
             volume: VolumeDetect::default(),
             new_destination: NewDestinationDetect::default(),
-            geo: Toggle::default(),
+            geo: GeoDetect::default(),
             beaconing: BeaconingDetect::default(),
             dns_tunnel: Toggle::default(),
             denied_burst: DeniedBurstDetect::default(),
@@ -562,6 +562,25 @@ impl Default for NewDestinationDetect {
             enabled: true,
             min_bytes: 5_000_000,
             min_flows: 30,
+        }
+    }
+}
+
+/// `detect.geo`: destinations outside the zone's `countries`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GeoDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Bytes out from one source to one destination outside the zone's
+    /// countries before a warning (a page fetched abroad is not one).
+    pub min_bytes: u64,
+}
+
+impl Default for GeoDetect {
+    fn default() -> Self {
+        GeoDetect {
+            enabled: true,
+            min_bytes: 1_000_000,
         }
     }
 }

@@ -19,10 +19,13 @@
 //!   ([`make_certs`]).
 //! - `dns`: the one DNS test server, [`FixtureDns`], and what tunnelled
 //!   data looks like ([`random_label`]).
+//! - `geo`: country databases ([`write_mmdb`]) and [`GeoScenario`], an
+//!   upload that leaves its zone's countries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
 mod dns;
+mod geo;
 mod http;
 mod origin;
 mod sluice;
@@ -38,6 +41,7 @@ pub use clients::{
     python_requests,
 };
 pub use dns::{FixtureDns, random_label, silent_udp};
+pub use geo::{GeoScenario, write_mmdb};
 pub use http::{
     RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, read_response, send_raw,
 };

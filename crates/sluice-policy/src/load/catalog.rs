@@ -24,7 +24,7 @@ use super::{
     yaml::{self, Node},
 };
 use crate::model::{
-    Admin, BeaconingDetect, Config, DeniedBurstDetect, Detect, Dns, Limits, Listen, Log,
+    Admin, BeaconingDetect, Config, DeniedBurstDetect, Detect, Dns, GeoDetect, Limits, Listen, Log,
     NewDestinationDetect, Rule, Toggle, User, VolumeDetect, Zone,
 };
 
@@ -144,7 +144,7 @@ pub(crate) static DETECT: Section<Detect> = Section {
         key!(max_sources: Count(1, 10_000_000), Restart, "Sources whose baselines are kept; the least recently seen is evicted (`sluice_detect_evictions_total`)."),
         key!("volume" => volume: map &VOLUME, "The `volume` detector: bytes out per source per window against its baseline."),
         key!("new-destination" => new_destination: map &NEW_DESTINATION, "The `new-destination` detector: a destination the zone never used, once significant."),
-        key!("geo" => geo: map &TOGGLE, "The `geo` detector: destinations outside the zone's `countries`."),
+        key!("geo" => geo: map &GEO, "The `geo` detector: destinations outside the zone's `countries`."),
         key!("beaconing" => beaconing: map &BEACONING, "The `beaconing` detector: regular small connections to one destination."),
         key!("dns-tunnel" => dns_tunnel: map &TOGGLE, "The `dns-tunnel` detector (its thresholds are `dns.tunnel_*`)."),
         key!("denied-burst" => denied_burst: map &DENIED_BURST, "The `denied-burst` detector: many distinct denied destinations from one source."),
@@ -156,6 +156,16 @@ pub(crate) static TOGGLE: Section<Toggle> = Section {
     what: "a detector",
     label: "detect",
     keys: &[key!(enabled: Bool, Restart, "Whether the detector runs (default `true`).")],
+    not_yet: &[],
+};
+
+pub(crate) static GEO: Section<GeoDetect> = Section {
+    what: "detect.geo",
+    label: "detect.geo",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(min_bytes: Size, Restart, "Bytes out from one source to one destination outside the zone's countries before a warning (default `1MB`)."),
+    ],
     not_yet: &[],
 };
 
