@@ -131,6 +131,35 @@ limits:
   pool_idle_timeout: 7s
 log:
   flows: /var/log/sluice/flows.jsonl
+detect:
+  geoip: /var/lib/geo.mmdb
+  state_dir: /var/lib/sluice/detect
+  learn: 3d
+  max_lateness: 1m
+  max_sources: 7
+  volume:
+    enabled: false
+    window: 2m
+    floor: 7MB
+    factor: 2.5
+  new-destination:
+    enabled: false
+    min_bytes: 7KB
+    min_flows: 7
+  geo:
+    enabled: false
+    min_bytes: 7B
+  beaconing:
+    enabled: false
+    min_repeats: 7
+    max_jitter: 0.2
+    max_bytes: 7GB
+  dns-tunnel:
+    enabled: false
+  denied-burst:
+    enabled: false
+    window: 7m
+    min_distinct: 7
 zones: []
 ";
 
@@ -482,4 +511,33 @@ fn rule_lifecycle_keys_load_and_a_bad_expiry_is_a_positioned_error() {
             ),
         );
     }
+}
+
+#[test]
+fn detect_keys_load_with_defaults_and_bad_values_are_positioned_errors() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.detect.learn, std::time::Duration::from_secs(7 * 86_400));
+    assert_eq!(c.detect.max_lateness, std::time::Duration::from_secs(300));
+    let c = parse_config(
+        "detect:\n  learn: 2d\n  volume:\n    floor: 2GB\nzones:\n  - name: a\n    countries: [DE, FR, DE]\n    detect: off\n",
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.detect.learn, std::time::Duration::from_secs(2 * 86_400));
+    assert_eq!(c.detect.volume.floor, 2_000_000_000);
+    assert_eq!(
+        c.zones[0].countries.as_deref(),
+        Some(&["DE".to_owned(), "FR".to_owned()][..])
+    );
+    assert_eq!(c.zones[0].detect, crate::model::Switch::Off);
+    let text = "detect:\n  volume:\n    floor: 10\n  new-destination:\n    min_flows: 0\n  webhook: {}\nzones:\n  - name: a\n    countries: [de]\n    detect: maybe\n";
+    let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+    assert_eq!(
+        errs,
+        "b.yaml:3:12: expected an amount of bytes above zero for detect.volume.floor such as `64KB`, `100MB` or `2GB`\n\
+         b.yaml:5:16: expected a number above zero for detect.new-destination.min_flows\n\
+         b.yaml:6:3: `webhook` in detect is not supported yet by this version of Sluice\n\
+         b.yaml:9:17: expected an ISO 3166 alpha-2 country code in zones[].countries (two upper-case letters such as `DE`), found `de`\n\
+         b.yaml:10:13: expected `on` or `off` for zones[].detect"
+    );
 }
