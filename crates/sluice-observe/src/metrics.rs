@@ -55,6 +55,7 @@ pub struct Metrics {
     route_dials: Family<RouteDialLabels, Counter>,
     alert_sink_delivered: Family<SinkLabel, Counter>,
     alert_sink_dropped: Family<SinkLabel, Counter>,
+    detect_evictions: Counter,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -360,6 +361,12 @@ impl Metrics {
             "Accepts and dials that failed because Sluice is out of file descriptors (EMFILE, ENFILE), by listener",
             fd_exhausted.clone(),
         );
+        let detect_evictions = Counter::default();
+        registry.register(
+            "sluice_detect_evictions",
+            "Detection baselines (sources, destinations) evicted, least recently seen first, to stay within bounds",
+            detect_evictions.clone(),
+        );
         let pool_idle = Gauge::default();
         registry.register(
             "sluice_pool_idle_connections",
@@ -419,6 +426,7 @@ impl Metrics {
             pool_idle,
             route_up,
             route_dials,
+            detect_evictions,
         }
     }
 
@@ -607,6 +615,12 @@ impl Metrics {
                 verdict: verdict.as_str(),
             })
             .inc();
+    }
+
+    /// Counts `n` detection baselines evicted to stay within bounds, in
+    /// `sluice_detect_evictions_total`.
+    pub fn detect_evicted(&self, n: u64) {
+        self.detect_evictions.inc_by(n);
     }
 
     /// Counts one emitted alert in `sluice_alerts_total{kind,severity}`.

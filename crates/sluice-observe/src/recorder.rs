@@ -57,6 +57,10 @@ impl RecordSink for Recorder {
 /// so it keeps bounded state, takes no lock for long and never does I/O;
 /// it reasons in the record's own time, never the wall clock.
 pub trait Detector: Send + Sync {
+    /// Fills what the detector knows about `r` before anything else sees
+    /// it (the destination's `country`); cheap, like `observe`.
+    fn enrich(&self, _r: &mut FlowRecord) {}
+
     /// The alerts `r` raises (usually none). Repeats are fine: the
     /// recorder folds them into the stored alert's count.
     fn observe(&self, r: &FlowRecord) -> Vec<Alert>;
@@ -117,14 +121,18 @@ impl Recorder {
         self
     }
 
-    /// Takes one finished record: counts it (per-rule hits only for rules
-    /// with an explicit id), runs the detectors on it, and hands it to the
-    /// view and the sink.
+    /// Takes one finished record: lets the detectors fill what they know
+    /// (its `country`), counts it (per-rule hits only for rules with an
+    /// explicit id), runs the detectors on it, and hands it to the view
+    /// and the sink.
     ///
     /// The record must already be finished ([`FlowRecord::finish`]): the
     /// listener that owns a flow stamps its end time exactly once, and this
-    /// stage never changes a record.
-    pub fn record(&self, r: FlowRecord) {
+    /// stage changes no field of it but what a detector fills (`country`).
+    pub fn record(&self, mut r: FlowRecord) {
+        for d in &self.detectors {
+            d.enrich(&mut r);
+        }
         self.metrics.record(&r);
         // Per-rule metrics only for rules with an explicit id (ids never
         // contain `/`; positional and guard ids do); a long tunnel's

@@ -41,7 +41,7 @@ pub struct Config {
     /// Named ways out (`direct` is built in), chosen by `zones[].route`
     /// or `allow[].route`.
     pub routes: Vec<RouteDef>,
-    /// Detection: where alerts go.
+    /// Detection: baselines and alerts (`detect:`).
     pub detect: Detect,
 }
 
@@ -183,6 +183,11 @@ pub struct Zone {
     /// The route this zone's flows leave by (a name under `routes`, or
     /// `direct`); `None`: direct.
     pub route: Option<String>,
+    /// ISO 3166 country codes this zone's traffic may go to; a flow to any
+    /// other country raises a `geo` warning. `None`: any country.
+    pub countries: Option<Vec<String>>,
+    /// `detect: off`: no detector looks at this zone's flows.
+    pub detect: Switch,
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.
@@ -521,16 +526,6 @@ impl Default for HealthCheck {
     }
 }
 
-/// Detection settings: where alerts go besides the ring, the metric and
-/// stderr.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Detect {
-    /// One HTTP POST per new alert.
-    pub webhook: Webhook,
-    /// One syslog message per new alert.
-    pub syslog: Syslog,
-}
-
 /// `detect.webhook`: one alert per HTTP POST, its JSON the body.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Webhook {
@@ -549,6 +544,76 @@ impl Default for Webhook {
             url: None,
             timeout: Duration::from_secs(5),
             queue: 1000,
+        }
+    }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Enabled (the default).
+    #[default]
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Detection (`detect:`): where the country database and the baselines
+/// live, how long sources are learned before they are judged, and each
+/// detector's thresholds (`detect.<kind>`). Every threshold has a default
+/// that works without tuning.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Detect {
+    /// A country `.mmdb` (GeoLite2-Country layout), relative to the
+    /// configuration file's folder.
+    pub geoip: Option<PathBuf>,
+    /// Where baselines persist across restarts (relative to the
+    /// configuration file's folder); none: in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// How long a zone is observed before new destinations, beacons and
+    /// volume are judged.
+    #[serde(with = "duration_text")]
+    pub learn: Duration,
+    /// How far out of order (in event time) records may arrive.
+    #[serde(with = "duration_text")]
+    pub max_lateness: Duration,
+    /// Sources remembered at most (least recently seen evicted).
+    pub max_sources: u32,
+    /// `detect.volume`.
+    pub volume: VolumeDetect,
+    /// `detect.new-destination`.
+    pub new_destination: NewDestinationDetect,
+    /// `detect.geo`.
+    pub geo: GeoDetect,
+    /// `detect.beaconing`.
+    pub beaconing: BeaconingDetect,
+    /// `detect.dns-tunnel` (its thresholds are `dns.tunnel_*`).
+    pub dns_tunnel: Toggle,
+    /// `detect.denied-burst`.
+    pub denied_burst: DeniedBurstDetect,
+    /// One HTTP POST per new alert.
+    pub webhook: Webhook,
+    /// One syslog message per new alert.
+    pub syslog: Syslog,
+}
+
+impl Default for Detect {
+    fn default() -> Self {
+        Detect {
+            geoip: None,
+            state_dir: None,
+            learn: Duration::from_secs(7 * 86_400),
+            max_lateness: Duration::from_secs(300),
+            max_sources: 100_000,
+            volume: VolumeDetect::default(),
+            new_destination: NewDestinationDetect::default(),
+            geo: GeoDetect::default(),
+            beaconing: BeaconingDetect::default(),
+            dns_tunnel: Toggle::default(),
+            denied_burst: DeniedBurstDetect::default(),
+            webhook: Webhook::default(),
+            syslog: Syslog::default(),
         }
     }
 }
@@ -590,6 +655,45 @@ impl Hop {
             HopKind::Direct => "direct".to_owned(),
             _ if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
             _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// A detector with no threshold of its own.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Toggle {
+    /// Whether it runs.
+    pub enabled: bool,
+}
+
+impl Default for Toggle {
+    fn default() -> Self {
+        Toggle { enabled: true }
+    }
+}
+
+/// `detect.volume`: bytes out per source per window against its baseline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VolumeDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// The window bytes are summed over.
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// Bytes out in a window below which nothing is raised, whatever the
+    /// baseline.
+    pub floor: u64,
+    /// How many times its baseline a window must reach.
+    pub factor: f64,
+}
+
+impl Default for VolumeDetect {
+    fn default() -> Self {
+        VolumeDetect {
+            enabled: true,
+            window: Duration::from_secs(600),
+            floor: 100_000_000,
+            factor: 4.0,
         }
     }
 }
@@ -662,8 +766,95 @@ impl std::fmt::Display for SyslogAddress {
     }
 }
 
+/// `detect.new-destination`: a destination the zone never used, once it
+/// is significant.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NewDestinationDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Bytes out to it (summed from its first flow) that make it significant.
+    pub min_bytes: u64,
+    /// Flows to it that make it significant.
+    pub min_flows: u32,
+}
+
+impl Default for NewDestinationDetect {
+    fn default() -> Self {
+        NewDestinationDetect {
+            enabled: true,
+            min_bytes: 5_000_000,
+            min_flows: 30,
+        }
+    }
+}
+
 impl Serialize for SyslogAddress {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// `detect.geo`: destinations outside the zone's `countries`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GeoDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Bytes out from one source to one destination outside the zone's
+    /// countries before a warning (a page fetched abroad is not one).
+    pub min_bytes: u64,
+}
+
+impl Default for GeoDetect {
+    fn default() -> Self {
+        GeoDetect {
+            enabled: true,
+            min_bytes: 1_000_000,
+        }
+    }
+}
+
+/// `detect.beaconing`: regular small connections to one destination.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BeaconingDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Intervals in a row that must be regular.
+    pub min_repeats: u32,
+    /// Largest standard deviation of the intervals, as a share of their mean.
+    pub max_jitter: f64,
+    /// Largest mean bytes (out plus in) of one connection.
+    pub max_bytes: u64,
+}
+
+impl Default for BeaconingDetect {
+    fn default() -> Self {
+        BeaconingDetect {
+            enabled: true,
+            min_repeats: 12,
+            max_jitter: 0.1,
+            max_bytes: 100_000,
+        }
+    }
+}
+
+/// `detect.denied-burst`: many distinct denied destinations from one source.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeniedBurstDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// The sliding window.
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// Distinct denied destinations in the window that raise an alert.
+    pub min_distinct: u32,
+}
+
+impl Default for DeniedBurstDetect {
+    fn default() -> Self {
+        DeniedBurstDetect {
+            enabled: true,
+            window: Duration::from_secs(300),
+            min_distinct: 15,
+        }
     }
 }

@@ -21,10 +21,13 @@
 //!   data looks like ([`random_label`]).
 //! - `receivers`: what receives alerts: a [`WebhookReceiver`] and a
 //!   [`SyslogReceiver`] (UDP or TCP).
+//! - `geo`: country databases ([`write_mmdb`]) and [`GeoScenario`], an
+//!   upload that leaves its zone's countries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
 mod dns;
+mod geo;
 mod http;
 mod origin;
 mod receivers;
@@ -41,6 +44,7 @@ pub use clients::{
     python_requests,
 };
 pub use dns::{FixtureDns, random_label, silent_udp};
+pub use geo::{GeoScenario, write_mmdb};
 pub use http::{
     RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, read_response, send_raw,
 };

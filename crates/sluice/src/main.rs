@@ -18,6 +18,7 @@ use sluice_policy::{Destination, Policy, Request, Verdict};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
+mod detect;
 mod dns;
 mod learn;
 mod listeners;
@@ -137,6 +138,19 @@ enum Command {
         #[arg(required = true)]
         records: Vec<PathBuf>,
     },
+    /// Run the detectors over recorded flows in event time (each record's
+    /// `ts` is the clock; files are merged, records up to
+    /// `detect.max_lateness` out of order accepted): alerts as JSON lines
+    /// on stdout, diagnostics on stderr; exit 0, or 2 when the
+    /// configuration or a file cannot be read.
+    Detect {
+        /// The configuration (zones, `detect:`, `dns.tunnel_*`).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Flow logs (JSON lines).
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+    },
     /// Hash a proxy user's password for `users[].password_hash` (argon2id).
     ///
     /// Reads the password from the terminal without echo (asked twice), or
@@ -211,6 +225,7 @@ fn main() -> ExitCode {
             json,
             records,
         } => replay::main(&config, &records, json),
+        Command::Detect { config, records } => detect::main(&config, &records),
         Command::HashPassword => password::main(),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

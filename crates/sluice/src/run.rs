@@ -164,7 +164,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let has_dns = listeners.has_dns();
     metrics.declare_zones(&version.policy, &running, has_dns);
 
-    let (view, recorder) = recorder(&config, &metrics, &sink)?;
+    let live = crate::detect::live(&config, path.as_deref(), &metrics)?;
+    let (view, recorder) = recorder(&config, &metrics, &sink, &live)?;
     let routes = Routes::new(
         &config.routes,
         config.listen.transparent_mark,
@@ -178,12 +179,16 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     let gw = Arc::new(gw);
     let status = admin_status(&config, view, recorder.clone())?;
-    let declare = |policy: &Policy| metrics.declare_zones(policy, &running, has_dns);
+    let declare = |policy: &Policy| {
+        metrics.declare_zones(policy, &running, has_dns);
+        live.set_zones(sluice_detect::ZoneSettings::from_config(policy.config()));
+    };
     listeners.announce()?;
     describe_modes(&gw.version().policy);
     let tasks = listeners.serve(&gw, recorder, status.clone(), &config, grants)?;
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut save = tokio::time::interval(SAVE_EVERY);
     loop {
         // The next rule expiry of whichever policy runs now (a reload may
         // have brought other rules).
@@ -203,6 +208,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
                     Err(e) => tracing::error!(error = %e, "cannot reopen the flow log; still writing to the old file"),
                 }
             }
+            _ = save.tick() => save_baselines(&live).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -210,11 +216,26 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 
     leave(&gw, config.limits.drain_grace).await;
     drain(&gw, tasks, config.limits.drain_timeout).await;
+    save_baselines(&live).await;
     drop(gw);
     drop(sink);
     writer.close().await.context("flushing flow records")?;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// How often detection baselines are written to `detect.state_dir`.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Writes what the detectors learned since the last save (nothing without
+/// `detect.state_dir`), on the blocking pool: never on the data path.
+async fn save_baselines(live: &sluice_detect::Live) {
+    let live = live.clone();
+    match tokio::task::spawn_blocking(move || live.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save detection baselines"),
+        Err(e) => tracing::warn!(error = %e, "cannot save detection baselines"),
+    }
 }
 
 /// The recent-flow view and the recorder that fans each record out to
@@ -225,6 +246,7 @@ fn recorder(
     config: &Config,
     metrics: &Arc<Metrics>,
     sink: &FlowSink,
+    live: &sluice_detect::Live,
 ) -> Result<(Arc<FlowView>, Arc<Recorder>)> {
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -237,7 +259,8 @@ fn recorder(
         view.clone(),
         sink.clone(),
         AlertRing::new(config.admin.recent_alerts as usize),
-    );
+    )
+    .with_detector(Box::new(live.clone()));
     let webhook = &config.detect.webhook;
     if let Some(url) = &webhook.url {
         let w = Webhook::start(

@@ -17,17 +17,18 @@ use super::{
     Cx, Need,
     items::{self, Routes, Rules, Users, Zones},
     kinds::{
-        Address, AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern,
-        Instant, Interface, Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet,
-        RouteRef, RuleId, SelectName, Sources, SyslogAddr, Text, Time, Upstreams, UserRefs, Vias,
-        WebhookUrl,
+        Address, AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, Countries, Factor, FlowTarget,
+        Fraction, HostPattern, Instant, Interface, Listener, Mark, Min, ModeName, OnOff, OpenPaths,
+        PasswordHash, Path, PortSet, RouteRef, RuleId, SelectName, Size, Sources, SyslogAddr, Text,
+        Time, Upstreams, UserRefs, Vias, WebhookUrl,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
 };
 use crate::model::{
-    Admin, Config, Detect, Dns, HealthCheck, Limits, Listen, Log, RouteDef, Rule, Syslog, User,
-    Webhook, Zone,
+    Admin, BeaconingDetect, Config, DeniedBurstDetect, Detect, Dns, GeoDetect, HealthCheck, Limits,
+    Listen, Log, NewDestinationDetect, RouteDef, Rule, Syslog, Toggle, User, VolumeDetect, Webhook,
+    Zone,
 };
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
@@ -53,7 +54,7 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
         key!(routes: Routes, Applies, "Named ways out, chosen by `zones[].route` or `allow[].route` (`direct`, built in, is the default): hops tried in order or by weight, parents health-checked."),
-        key!(detect: map &DETECT, "Detection; where alerts go."),
+        key!(detect: map &DETECT, "Detection: baselines of normal egress and alerts (volume, new destination, country, beaconing, DNS tunnelling, denied bursts), and where alerts go."),
     ],
     not_yet: &["inspect", "tls", "netflow", "geoip"],
 };
@@ -140,18 +141,6 @@ pub(crate) static LOG: Section<Log> = Section {
     not_yet: &[],
 };
 
-// === detect: alert sinks (webhook, syslog) ===
-
-pub(crate) static DETECT: Section<Detect> = Section {
-    what: "detect",
-    label: "detect",
-    keys: &[
-        key!(webhook: map &WEBHOOK, "One HTTP POST per new alert, the alert's JSON the body."),
-        key!(syslog: map &SYSLOG, "One RFC 5424 syslog message per new alert."),
-    ],
-    not_yet: &[],
-};
-
 pub(crate) static WEBHOOK: Section<Webhook> = Section {
     what: "detect.webhook",
     label: "detect.webhook",
@@ -172,6 +161,90 @@ pub(crate) static SYSLOG: Section<Syslog> = Section {
     not_yet: &[],
 };
 
+pub(crate) static DETECT: Section<Detect> = Section {
+    what: "detect",
+    label: "detect",
+    keys: &[
+        key!(geoip: Path, Restart, "A country database (`.mmdb`, GeoLite2-Country or DB-IP Country Lite layout), relative to the configuration file's folder; fills records' `country` and feeds the `geo` detector."),
+        key!(state_dir: Path, Restart, "Folder where baselines persist across restarts (relative to the configuration file's folder); default: in memory only."),
+        key!(learn: Time(Min::Zero), Restart, "How long a zone is observed before new destinations, beacons and volume are judged (default `7d`)."),
+        key!(max_lateness: Time(Min::Zero), Restart, "How far out of order (event time) records may arrive at `sluice detect` (default `5m`)."),
+        key!(max_sources: Count(1, 10_000_000), Restart, "Sources whose baselines are kept; the least recently seen is evicted (`sluice_detect_evictions_total`)."),
+        key!("volume" => volume: map &VOLUME, "The `volume` detector: bytes out per source per window against its baseline."),
+        key!("new-destination" => new_destination: map &NEW_DESTINATION, "The `new-destination` detector: a destination the zone never used, once significant."),
+        key!("geo" => geo: map &GEO, "The `geo` detector: destinations outside the zone's `countries`."),
+        key!("beaconing" => beaconing: map &BEACONING, "The `beaconing` detector: regular small connections to one destination."),
+        key!("dns-tunnel" => dns_tunnel: map &TOGGLE, "The `dns-tunnel` detector (its thresholds are `dns.tunnel_*`)."),
+        key!("denied-burst" => denied_burst: map &DENIED_BURST, "The `denied-burst` detector: many distinct denied destinations from one source."),
+        key!(webhook: map &WEBHOOK, "One HTTP POST per new alert, the alert's JSON the body."),
+        key!(syslog: map &SYSLOG, "One RFC 5424 syslog message per new alert."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static TOGGLE: Section<Toggle> = Section {
+    what: "a detector",
+    label: "detect",
+    keys: &[key!(enabled: Bool, Restart, "Whether the detector runs (default `true`).")],
+    not_yet: &[],
+};
+
+pub(crate) static GEO: Section<GeoDetect> = Section {
+    what: "detect.geo",
+    label: "detect.geo",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(min_bytes: Size, Restart, "Bytes out from one source to one destination outside the zone's countries before a warning (default `1MB`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static VOLUME: Section<VolumeDetect> = Section {
+    what: "detect.volume",
+    label: "detect.volume",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(window: Time(Min::Secs(60)), Restart, "The window bytes out are summed over (default `10m`)."),
+        key!(floor: Size, Restart, "Bytes out in one window below which nothing is raised, whatever the baseline (default `100MB`)."),
+        key!(factor: Factor, Restart, "How many times its baseline a window must send (default `4`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static NEW_DESTINATION: Section<NewDestinationDetect> = Section {
+    what: "detect.new-destination",
+    label: "detect.new-destination",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(min_bytes: Size, Restart, "Bytes out to a new destination that make it significant (default `5MB`)."),
+        key!(min_flows: Count(1, u32::MAX), Restart, "Flows to a new destination that make it significant (default `30`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static BEACONING: Section<BeaconingDetect> = Section {
+    what: "detect.beaconing",
+    label: "detect.beaconing",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(min_repeats: Count(4, 64), Restart, "Regular intervals in a row that make a beacon (default `12`)."),
+        key!(max_jitter: Fraction, Restart, "Largest standard deviation of the intervals as a share of their mean (default `0.1`)."),
+        key!(max_bytes: Size, Restart, "Largest mean bytes (out plus in) of one beacon connection (default `100KB`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static DENIED_BURST: Section<DeniedBurstDetect> = Section {
+    what: "detect.denied-burst",
+    label: "detect.denied-burst",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(window: Time(Min::AboveZero), Restart, "The sliding window (default `5m`)."),
+        key!(min_distinct: Count(2, 10_000), Restart, "Distinct denied destinations in the window that raise an alert (default `15`)."),
+    ],
+    not_yet: &[],
+};
+
 /// One item of `zones`.
 pub(crate) static ZONE: Section<Zone> = Section {
     what: "a zone",
@@ -184,6 +257,8 @@ pub(crate) static ZONE: Section<Zone> = Section {
         key!(allow: Rules { allow: true }, Applies, "Allow rules (`ports` required)."),
         key!(deny: Rules { allow: false }, Applies, "Deny rules, applied first (without `ports` they cover every port)."),
         key!(route: RouteRef, Applies, "The route this zone's flows leave by: `direct` (the default) or a name under `routes`."),
+        key!(countries: Countries, Applies, "ISO 3166 alpha-2 codes (`[DE, FR]`) this zone's traffic may go to; a flow to another country (from `detect.geoip`) raises a `geo` warning."),
+        key!(detect: OnOff, Applies, "`off`: no detector looks at this zone's flows (default `on`)."),
     ],
     not_yet: &[],
 };

@@ -15,7 +15,9 @@ use super::{
 };
 use crate::{
     dest, guard,
-    model::{BlockedAnswer, Hop, HopKind, Mode, Ports, Select, SyslogAddress, SyslogTransport},
+    model::{
+        BlockedAnswer, Hop, HopKind, Mode, Ports, Select, Switch, SyslogAddress, SyslogTransport,
+    },
 };
 
 /// A kind of value: read from a node, described by a schema.
@@ -181,7 +183,7 @@ pub(crate) enum Min {
     Millis(u64),
 }
 
-/// A duration: a decimal number and a unit, `ms`, `s`, `m` or `h`.
+/// A duration: a decimal number and a unit, `ms`, `s`, `m`, `h` or `d`.
 pub(crate) struct Time(pub Min);
 
 impl Kind for Time {
@@ -191,7 +193,9 @@ impl Kind for Time {
         let Some(d) = yaml::scalar(n).and_then(parse_duration) else {
             cx.err(
                 n,
-                format!("expected a duration for {what} such as `500ms`, `10s`, `5m` or `1h`"),
+                format!(
+                    "expected a duration for {what} such as `500ms`, `10s`, `5m`, `1h` or `7d`"
+                ),
             );
             return None;
         };
@@ -212,7 +216,7 @@ impl Kind for Time {
         }
     }
     fn schema(&self) -> Json {
-        json!({ "type": "string", "pattern": "^[0-9]+(ms|s|m|h)$" })
+        json!({ "type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)$" })
     }
 }
 
@@ -225,9 +229,127 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "s" => n.checked_mul(1000)?,
         "m" => n.checked_mul(60_000)?,
         "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
         _ => return None,
     };
     Some(Duration::from_millis(ms))
+}
+
+/// An amount of bytes: a decimal number and a unit, `B`, `KB`, `MB` or
+/// `GB` (powers of 1000), e.g. `100MB`.
+pub(crate) struct Size;
+
+impl Kind for Size {
+    type Out = u64;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<u64> {
+        let parsed = yaml::scalar(n).and_then(parse_size).filter(|v| *v > 0);
+        if parsed.is_none() {
+            cx.err(
+                n,
+                format!(
+                    "expected an amount of bytes above zero for {} such as `64KB`, `100MB` or `2GB`",
+                    cx.label()
+                ),
+            );
+        }
+        parsed
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^[0-9]+(B|KB|MB|GB)$" })
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n = decimal(num)?;
+    let scale = match unit {
+        "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// A number of at least 1 (a factor), e.g. `4` or `2.5`.
+pub(crate) struct Factor;
+
+impl Kind for Factor {
+    type Out = f64;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<f64> {
+        let parsed = yaml::scalar(n)
+            .filter(|_| yaml::plain(n))
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|x| x.is_finite() && *x >= 1.0 && *x <= 1_000_000.0);
+        if parsed.is_none() {
+            cx.err(
+                n,
+                format!(
+                    "expected a number from 1 to 1000000 for {} (e.g. `4`)",
+                    cx.label()
+                ),
+            );
+        }
+        parsed
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "number", "minimum": 1, "maximum": 1_000_000 })
+    }
+}
+
+/// `on` or `off`.
+pub(crate) struct OnOff;
+
+impl Kind for OnOff {
+    type Out = Switch;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Switch> {
+        match yaml::scalar(n) {
+            Some("on") => Some(Switch::On),
+            Some("off") => Some(Switch::Off),
+            _ => {
+                cx.err(n, format!("expected `on` or `off` for {}", cx.label()));
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "enum": ["on", "off"] })
+    }
+}
+
+/// ISO 3166-1 alpha-2 country codes (`[DE, FR]`), upper case.
+pub(crate) struct Countries;
+
+impl Kind for Countries {
+    type Out = Vec<String>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<String>> {
+        let what = cx.label();
+        let list = cx.seq(n, &what)?;
+        let mut out = Vec::new();
+        for item in list {
+            let Some(code) = cx.string(&item, &"a country code") else {
+                continue;
+            };
+            if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+                if !out.contains(&code) {
+                    out.push(code);
+                }
+            } else {
+                cx.err(
+                    &item,
+                    format!(
+                        "expected an ISO 3166 alpha-2 country code in {what} (two upper-case letters such as `DE`), found `{code}`"
+                    ),
+                );
+            }
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        list_of(json!({ "type": "string", "pattern": "^[A-Z]{2}$" }))
+    }
 }
 
 /// A listener's `ip:port`; port 0 lets the kernel pick.

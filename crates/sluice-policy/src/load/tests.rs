@@ -139,6 +139,34 @@ detect:
     queue: 7
   syslog:
     address: tcp://127.0.0.1:514
+  geoip: /var/lib/geo.mmdb
+  state_dir: /var/lib/sluice/detect
+  learn: 3d
+  max_lateness: 1m
+  max_sources: 7
+  volume:
+    enabled: false
+    window: 2m
+    floor: 7MB
+    factor: 2.5
+  new-destination:
+    enabled: false
+    min_bytes: 7KB
+    min_flows: 7
+  geo:
+    enabled: false
+    min_bytes: 7B
+  beaconing:
+    enabled: false
+    min_repeats: 7
+    max_jitter: 0.2
+    max_bytes: 7GB
+  dns-tunnel:
+    enabled: false
+  denied-burst:
+    enabled: false
+    window: 7m
+    min_distinct: 7
 zones: []
 ";
 
@@ -463,7 +491,7 @@ fn interim_and_alert_sink_keys_load_with_defaults_bounds_and_positions() {
         ),
         (
             "log:\n  interim: 60\n",
-            "b.yaml:2:12: expected a duration for log.interim such as `500ms`, `10s`, `5m` or `1h`",
+            "b.yaml:2:12: expected a duration for log.interim such as `500ms`, `10s`, `5m`, `1h` or `7d`",
         ),
         (
             "detect:\n  webhook:\n    url: https://hooks.example/a\n",
@@ -487,7 +515,7 @@ fn interim_and_alert_sink_keys_load_with_defaults_bounds_and_positions() {
         ),
         (
             "detect:\n  sysl0g: {}\n",
-            "b.yaml:2:3: unknown key `sysl0g` in detect; expected one of: webhook, syslog",
+            "b.yaml:2:3: unknown key `sysl0g` in detect; expected one of: geoip, state_dir, learn, max_lateness, max_sources, volume, new-destination, geo, beaconing, dns-tunnel, denied-burst, webhook, syslog",
         ),
     ] {
         let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
@@ -558,4 +586,33 @@ fn rule_lifecycle_keys_load_and_a_bad_expiry_is_a_positioned_error() {
             ),
         );
     }
+}
+
+#[test]
+fn detect_keys_load_with_defaults_and_bad_values_are_positioned_errors() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.detect.learn, std::time::Duration::from_secs(7 * 86_400));
+    assert_eq!(c.detect.max_lateness, std::time::Duration::from_secs(300));
+    let c = parse_config(
+        "detect:\n  learn: 2d\n  volume:\n    floor: 2GB\nzones:\n  - name: a\n    countries: [DE, FR, DE]\n    detect: off\n",
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.detect.learn, std::time::Duration::from_secs(2 * 86_400));
+    assert_eq!(c.detect.volume.floor, 2_000_000_000);
+    assert_eq!(
+        c.zones[0].countries.as_deref(),
+        Some(&["DE".to_owned(), "FR".to_owned()][..])
+    );
+    assert_eq!(c.zones[0].detect, crate::model::Switch::Off);
+    let text = "detect:\n  volume:\n    floor: 10\n  new-destination:\n    min_flows: 0\n  webhook: {queue: 0}\nzones:\n  - name: a\n    countries: [de]\n    detect: maybe\n";
+    let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+    assert_eq!(
+        errs,
+        "b.yaml:3:12: expected an amount of bytes above zero for detect.volume.floor such as `64KB`, `100MB` or `2GB`\n\
+         b.yaml:5:16: expected a number above zero for detect.new-destination.min_flows\n\
+         b.yaml:6:20: expected a number above zero for detect.webhook.queue\n\
+         b.yaml:9:17: expected an ISO 3166 alpha-2 country code in zones[].countries (two upper-case letters such as `DE`), found `de`\n\
+         b.yaml:10:13: expected `on` or `off` for zones[].detect"
+    );
 }

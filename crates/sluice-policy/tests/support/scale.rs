@@ -90,6 +90,7 @@ pub fn config() -> Config {
                 allow: Vec::new(),
                 deny: Vec::new(),
                 route: None,
+                ..Zone::default()
             };
             for r in 0..rules_in(z) {
                 let rule = Rule {
