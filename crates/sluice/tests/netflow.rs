@@ -14,7 +14,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use serde_json::{Value, json};
-use sluice_testkit::{Sluice, TempDir, assert_fields, output_within, poll_until};
+use sluice_testkit::{FixtureDns, Sluice, TempDir, assert_fields, output_within, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const T: Duration = Duration::from_secs(20);
@@ -437,6 +437,44 @@ fn a_direct_flow_alerts_bypass_and_flows_through_the_gateway_do_not() {
     assert_eq!(
         s.metric(r#"sluice_alerts_total{kind="bypass",severity="critical"}"#),
         2.0
+    );
+}
+
+#[test]
+fn a_destination_named_by_a_dns_grant_is_judged_by_its_name() {
+    let up = FixtureDns::stub(&[("app.example.com", &["93.184.216.34"])]);
+    let yaml = format!(
+        "listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  dns: 127.0.0.1:0\n  netflow: 127.0.0.1:0\ndns:\n  upstreams: [{}]\nnetflow:\n  exporters: [127.0.0.1/32]\nzones:\n  - name: lan\n    sources: [10.0.1.0/24, 127.0.0.0/8]\n    allow:\n      - host: app.example.com\n        ports: [443]\n        id: app\n",
+        up.addr
+    );
+    let s = Sluice::start(BIN, &yaml);
+    let dns = s.dns.unwrap();
+    // The zone resolves the name through Sluice: a grant for its address.
+    let out = output_within(
+        Command::new("dig")
+            .arg(format!("@{}", dns.ip()))
+            .args(["-p", &dns.port().to_string(), "+tries=1", "+time=5"])
+            .args(["+short", "app.example.com", "A"]),
+        T,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "93.184.216.34",
+        "dig (apt-get install bind9-dnsutils)"
+    );
+    send(s.netflow.unwrap(), "grant", "127.0.0.1");
+    let recs = wait_netflow(&s, 1);
+    assert_fields(
+        &recs[0],
+        &[
+            ("src", json!("10.0.1.7:40300")),
+            ("dst_ip", json!("93.184.216.34")),
+            ("dst_host", json!("app.example.com")),
+            ("grant", json!("app.example.com")),
+            ("verdict", json!("allow")),
+            ("rule", json!("app")),
+            ("enforced", json!(false)),
+        ],
     );
 }
 

@@ -3,7 +3,7 @@
 
     packets.py SCENARIO HOST PORT [SOURCE_IP]
 
-Scenarios: v5, v9, ipfix, bypass, malformed, pcap (writes the pcap that
+Scenarios: v5, v9, ipfix, bypass, grant, malformed, pcap (writes the pcap that
 softflowd reads to HOST, which is then a file path). Each datagram goes
 out of one UDP socket (bound to SOURCE_IP when given), in order. Prints
 one line: the number of datagrams sent. The expectations live in
@@ -200,6 +200,11 @@ def scenario_bypass():
             v5rec("10.0.1.7", 40104, "151.101.1.69", 443, 6, 6, 1100),
         )
     ]
+
+
+def scenario_grant():
+    # To the address the DNS listener answered for app.example.com.
+    return [v5(v5rec("10.0.1.7", 40300, "93.184.216.34", 443, 6, 4, 400))]
 
 
 def scenario_malformed():
