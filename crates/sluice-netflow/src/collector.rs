@@ -106,8 +106,9 @@ impl Collector {
             .netflow_dropped(Drop::Malformed.as_str(), o.malformed);
         self.metrics.netflow_flows(flows.len() as u64);
         let now = SystemTime::now();
+        let exporter = exporter.to_string();
         for f in &flows {
-            match judge(&policy, self.names.as_deref(), exporter, f, now) {
+            match judge(&policy, self.names.as_deref(), &exporter, f, now) {
                 Judged::Gateway => self.metrics.netflow_gateway_flow(),
                 Judged::Record(r, alert) => {
                     self.recorder.record(*r);

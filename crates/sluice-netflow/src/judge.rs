@@ -26,13 +26,14 @@ pub enum Judged {
     Record(Box<FlowRecord>, Option<Box<Alert>>),
 }
 
-/// Judges one flow `exporter` reported, under `policy` (whose
-/// `netflow.gateways` say which addresses are gateways). `now` stands in
-/// for timestamps the exporter did not send.
+/// Judges one flow `exporter` (its address as text, made once a
+/// datagram) reported, under `policy` (whose `netflow.gateways` say which
+/// addresses are gateways). `now` stands in for timestamps the exporter
+/// did not send.
 pub fn judge(
     policy: &Policy,
     names: Option<&Names>,
-    exporter: IpAddr,
+    exporter: &str,
     f: &Flow,
     now: SystemTime,
 ) -> Judged {
@@ -46,11 +47,12 @@ pub fn judge(
     }
     // The zone's host is always `src`: a reply (from an address in no zone
     // to one in a zone) is turned around and counts as `bytes_in`.
-    let reply = policy.zone_of(src, None).is_none() && policy.zone_of(dst, None).is_some();
-    let (host, host_port, remote, remote_port) = if reply {
-        (dst, f.dst_port, src, f.src_port)
+    let (src_zone, dst_zone) = (policy.zone_of(src, None), policy.zone_of(dst, None));
+    let reply = src_zone.is_none() && dst_zone.is_some();
+    let (host, host_port, remote, remote_port, zone, remote_zone) = if reply {
+        (dst, f.dst_port, src, f.src_port, dst_zone, src_zone)
     } else {
-        (src, f.src_port, dst, f.dst_port)
+        (src, f.src_port, dst, f.dst_port, src_zone, dst_zone)
     };
     let protocol = match f.proto {
         6 => Protocol::Tcp,
@@ -62,9 +64,7 @@ pub fn judge(
     // ICMP type and code there).
     let ported = matches!(protocol, Protocol::Tcp | Protocol::Udp);
     let port = if ported { remote_port } else { 0 };
-    let zone = policy.zone_of(host, None).map(str::to_owned);
     let grant = zone
-        .as_deref()
         .and_then(|z| names?(z, remote))
         .and_then(|n| match Destination::parse(&n) {
             Ok(Destination::Name(n)) => Some(n),
@@ -108,11 +108,10 @@ pub fn judge(
         r.bytes_out = f.bytes;
     }
     r.packets = Some(f.packets);
-    r.exporter = Some(exporter.to_canonical().to_string());
+    r.exporter = Some(exporter.to_owned());
     r.finish(end);
 
-    let outside =
-        policy.zone_of(remote, None).is_none() && decision.rule.as_ref() != ids::GUARD_SPECIAL;
+    let outside = remote_zone.is_none() && decision.rule.as_ref() != ids::GUARD_SPECIAL;
     let alert = (zone.is_some() && outside && !policy.allows_bypass(&decision))
         .then(|| Box::new(bypass(&r, &decision, protocol, port, end)));
     Judged::Record(Box::new(r), alert)

@@ -182,6 +182,10 @@ pub struct Decoder {
     templates: HashMap<Key, Template>,
     domains: HashMap<(IpAddr, u32), DomainInfo>,
     pending: VecDeque<Pending>,
+    /// Whether this datagram already swept expired templates: a datagram
+    /// full of new templates against a full cache sweeps once, not once
+    /// per template.
+    swept: bool,
 }
 
 // === impl Decoder ===
@@ -194,6 +198,7 @@ impl Decoder {
             templates: HashMap::new(),
             domains: HashMap::new(),
             pending: VecDeque::new(),
+            swept: false,
         }
     }
 
@@ -217,6 +222,7 @@ impl Decoder {
         now: Instant,
         out: &mut Vec<Flow>,
     ) -> Result<Outcome, Drop> {
+        self.swept = false;
         let version = be16(pkt, 0).ok_or(Drop::Malformed)?;
         match version {
             5 => v5(pkt, out).map(|()| Outcome::default()),
@@ -354,7 +360,10 @@ impl Decoder {
             if !self.templates.contains_key(&key)
                 && self.templates.len() >= self.limits.max_templates
             {
-                self.expire(now);
+                if !self.swept {
+                    self.swept = true;
+                    self.expire(now);
+                }
                 if self.templates.len() >= self.limits.max_templates {
                     o.template_limit += 1;
                     continue;
