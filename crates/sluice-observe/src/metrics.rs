@@ -56,6 +56,16 @@ pub struct Metrics {
     alert_sink_delivered: Family<SinkLabel, Counter>,
     alert_sink_dropped: Family<SinkLabel, Counter>,
     detect_evictions: Counter,
+    netflow_packets: Counter,
+    netflow_flows: Counter,
+    netflow_dropped: Family<ReasonLabel, Counter>,
+    netflow_gateway_flows: Counter,
+    netflow_templates: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -397,6 +407,36 @@ impl Metrics {
             "Alerts an alert sink dropped (queue full, or every attempt failed), by sink",
             alert_sink_dropped.clone(),
         );
+        let netflow_packets = Counter::default();
+        registry.register(
+            "sluice_netflow_packets",
+            "NetFlow/IPFIX datagrams received by the collector (from any address)",
+            netflow_packets.clone(),
+        );
+        let netflow_flows = Counter::default();
+        registry.register(
+            "sluice_netflow_flows",
+            "Flows decoded from NetFlow/IPFIX datagrams (before gateway flows are set apart)",
+            netflow_flows.clone(),
+        );
+        let netflow_dropped = Family::default();
+        registry.register(
+            "sluice_netflow_dropped",
+            "NetFlow/IPFIX datagrams, sets and templates dropped, by reason (unknown-exporter, malformed, unknown-version, unknown-template, template-limit)",
+            netflow_dropped.clone(),
+        );
+        let netflow_gateway_flows = Counter::default();
+        registry.register(
+            "sluice_netflow_gateway_flows",
+            "Exported flows to or from a Sluice gateway (netflow.gateways): counted, not recorded again",
+            netflow_gateway_flows.clone(),
+        );
+        let netflow_templates = Gauge::default();
+        registry.register(
+            "sluice_netflow_templates",
+            "v9/IPFIX templates the collector holds now",
+            netflow_templates.clone(),
+        );
         Metrics {
             registry,
             alert_sink_delivered,
@@ -427,6 +467,11 @@ impl Metrics {
             route_up,
             route_dials,
             detect_evictions,
+            netflow_packets,
+            netflow_flows,
+            netflow_dropped,
+            netflow_gateway_flows,
+            netflow_templates,
         }
     }
 
@@ -449,6 +494,44 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" },
             })
             .inc();
+    }
+
+    /// Declares `sluice_netflow_dropped_total` for each reason, at zero.
+    pub fn declare_netflow(&self, reasons: &[&'static str]) {
+        for &reason in reasons {
+            self.netflow_dropped
+                .get_or_create_owned(&ReasonLabel { reason });
+        }
+    }
+
+    /// Counts one datagram received by the NetFlow collector.
+    pub fn netflow_packet(&self) {
+        self.netflow_packets.inc();
+    }
+
+    /// Counts flows decoded by the NetFlow collector.
+    pub fn netflow_flows(&self, n: u64) {
+        self.netflow_flows.inc_by(n);
+    }
+
+    /// Counts datagrams, sets or templates dropped for `reason`.
+    pub fn netflow_dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.netflow_dropped
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts one exported flow to or from a gateway (not recorded).
+    pub fn netflow_gateway_flow(&self) {
+        self.netflow_gateway_flows.inc();
+    }
+
+    /// Sets `sluice_netflow_templates`.
+    pub fn set_netflow_templates(&self, n: usize) {
+        self.netflow_templates
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts an accept or a dial on `listener` that failed for want of a

@@ -43,6 +43,8 @@ pub struct Config {
     pub routes: Vec<RouteDef>,
     /// Detection: baselines and alerts (`detect:`).
     pub detect: Detect,
+    /// The NetFlow / IPFIX collector (`listen.netflow`).
+    pub netflow: Netflow,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             log: Log::default(),
             routes: Vec::new(),
             detect: Detect::default(),
+            netflow: Netflow::default(),
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct Listen {
     /// Filtering DNS forwarder, UDP and TCP on the same address, e.g.
     /// `127.0.0.1:5353`.
     pub dns: Option<SocketAddr>,
+    /// NetFlow v5/v9 and IPFIX collector (UDP), e.g. `0.0.0.0:2055`.
+    pub netflow: Option<SocketAddr>,
 }
 
 /// Admin listener settings.
@@ -210,6 +215,9 @@ pub struct Rule {
     /// The route flows this (allow) rule lets out leave by, over the
     /// zone's.
     pub route: Option<String>,
+    /// Allow rules only: the zone may reach this destination without the
+    /// gateway, so a flow an exporter reports to it raises no `bypass` alert.
+    pub bypass: bool,
 }
 
 /// A rule's `expires`: the instant, as written, and where it was written
@@ -855,6 +863,38 @@ impl Default for DeniedBurstDetect {
             enabled: true,
             window: Duration::from_secs(300),
             min_distinct: 15,
+        }
+    }
+}
+
+/// The NetFlow / IPFIX collector's settings (`listen.netflow`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Netflow {
+    /// Exporters (routers, firewalls, softflowd) whose packets are taken;
+    /// packets from any other address are dropped and counted.
+    pub exporters: Vec<IpNet>,
+    /// Sluice gateways' addresses as the exporters see them: flows to and
+    /// from them are counted, not recorded (the gateway recorded them), and
+    /// flows that avoid them may raise `bypass`.
+    pub gateways: Vec<IpNet>,
+    /// Templates (v9 and IPFIX, data and options) kept at most, over every
+    /// exporter and observation domain.
+    pub max_templates: u32,
+    /// A template not refreshed for this long is forgotten.
+    #[serde(with = "duration_text")]
+    pub template_timeout: Duration,
+    /// Data sets kept while their template has not arrived yet, at most.
+    pub pending_sets: u32,
+}
+
+impl Default for Netflow {
+    fn default() -> Self {
+        Netflow {
+            exporters: Vec::new(),
+            gateways: Vec::new(),
+            max_templates: 4096,
+            template_timeout: Duration::from_secs(1800),
+            pending_sets: 256,
         }
     }
 }

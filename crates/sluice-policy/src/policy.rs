@@ -794,6 +794,32 @@ impl Policy {
         })
     }
 
+    /// Whether the allow rule that decided `decision` says its zone may
+    /// reach the destination without the gateway (`bypass: true`): the
+    /// NetFlow collector raises no `bypass` alert for such flows.
+    pub fn allows_bypass(&self, decision: &Decision) -> bool {
+        if decision.verdict != Verdict::Allow {
+            return false;
+        }
+        let Some(idx) = decision
+            .zone_idx
+            .filter(|_| decision.policy_hash == self.hash)
+        else {
+            return false;
+        };
+        let (Some(cz), Some(z)) = (
+            self.zones.get(idx as usize),
+            self.config.zones.get(idx as usize),
+        ) else {
+            return false;
+        };
+        // Expired rules keep their place in `cz.allow`: the lists align.
+        cz.allow
+            .iter()
+            .zip(&z.allow)
+            .any(|(c, r)| r.bypass && c.id == decision.rule)
+    }
+
     /// The zone a decision was made in, if this policy version made it.
     /// Decisions name zones by position, so another version's are refused.
     fn zone_of_decision(&self, decision: &Decision) -> Option<&CZone> {

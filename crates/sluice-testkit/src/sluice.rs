@@ -29,6 +29,8 @@ pub struct Sluice {
     pub transparent: Option<SocketAddr>,
     /// Where the DNS listener listens (UDP and TCP), if configured.
     pub dns: Option<SocketAddr>,
+    /// Where the NetFlow collector listens (UDP), if configured.
+    pub netflow: Option<SocketAddr>,
     /// The configuration file (rewrite it to test reloads).
     pub config: PathBuf,
     /// The flow log.
@@ -127,6 +129,9 @@ impl Sluice {
                 if let Some(a) = line.strip_prefix("sluice: DNS listening on ") {
                     let _ = tx.send(("dns", a.to_owned()));
                 }
+                if let Some(a) = line.strip_prefix("sluice: NetFlow collector listening on ") {
+                    let _ = tx.send(("netflow", a.to_owned()));
+                }
                 if let Some(a) = line.strip_prefix("sluice: admin listening on http://") {
                     let _ = tx.send(("admin", a.split('/').next().unwrap_or("").to_owned()));
                 }
@@ -137,7 +142,7 @@ impl Sluice {
             }
         });
         let (mut http, mut admin, mut socks5, mut transparent) = (None, None, None, None);
-        let mut dns = None;
+        let (mut dns, mut netflow) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -147,6 +152,7 @@ impl Sluice {
                 Ok(("socks5", a)) => socks5 = Some(a.parse().unwrap()),
                 Ok(("transparent", a)) => transparent = Some(a.parse().unwrap()),
                 Ok(("dns", a)) => dns = Some(a.parse().unwrap()),
+                Ok(("netflow", a)) => netflow = Some(a.parse().unwrap()),
                 Ok(_) => break,
                 Err(_) => panic!("sluice did not start: {:?}", stderr.lock().unwrap()),
             }
@@ -158,6 +164,7 @@ impl Sluice {
             socks5,
             transparent,
             dns,
+            netflow,
             config: config.to_path_buf(),
             flows,
             stderr,

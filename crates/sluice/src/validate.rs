@@ -71,9 +71,14 @@ pub fn log_warnings(version: &Version) {
 /// What `run` needs of a valid configuration before it binds anything.
 fn runnable(config: &Config, file: &str) -> Result<()> {
     let l = &config.listen;
-    if l.http.is_none() && l.socks5.is_none() && l.transparent.is_none() && l.dns.is_none() {
+    if l.http.is_none()
+        && l.socks5.is_none()
+        && l.transparent.is_none()
+        && l.dns.is_none()
+        && l.netflow.is_none()
+    {
         bail!(
-            "{file}: no listener configured: set listen.http, listen.socks5, listen.transparent or listen.dns"
+            "{file}: no listener configured: set listen.http, listen.socks5, listen.transparent, listen.dns or listen.netflow"
         );
     }
     if l.transparent.is_some() && !cfg!(target_os = "linux") {

@@ -27,8 +27,8 @@ use super::{
 };
 use crate::model::{
     Admin, BeaconingDetect, Config, DeniedBurstDetect, Detect, Dns, GeoDetect, HealthCheck, Limits,
-    Listen, Log, NewDestinationDetect, RouteDef, Rule, Syslog, Toggle, User, VolumeDetect, Webhook,
-    Zone,
+    Listen, Log, Netflow, NewDestinationDetect, RouteDef, Rule, Syslog, Toggle, User, VolumeDetect,
+    Webhook, Zone,
 };
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
@@ -55,8 +55,9 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(log: map &LOG, "Where flow records go."),
         key!(routes: Routes, Applies, "Named ways out, chosen by `zones[].route` or `allow[].route` (`direct`, built in, is the default): hops tried in order or by weight, parents health-checked."),
         key!(detect: map &DETECT, "Detection: baselines of normal egress and alerts (volume, new destination, country, beaconing, DNS tunnelling, denied bursts), and where alerts go."),
+        key!(netflow: map &NETFLOW, "The NetFlow v5/v9 and IPFIX collector (`listen.netflow`)."),
     ],
-    not_yet: &["inspect", "tls", "netflow", "geoip"],
+    not_yet: &["inspect", "tls", "geoip"],
 };
 
 pub(crate) static LISTEN: Section<Listen> = Section {
@@ -69,6 +70,7 @@ pub(crate) static LISTEN: Section<Listen> = Section {
         key!(dns: Listener, Restart, "Filtering DNS forwarder, UDP and TCP on the same address, e.g. `127.0.0.1:5353`."),
         key!(transparent: Listener, Restart, "Transparent listener (Linux), the target of an nftables `redirect`; bind the gateway interface's address."),
         key!(transparent_mark: Mark, Restart, "`SO_MARK` put on every socket Sluice dials, so that a redirect ruleset can exempt Sluice's own traffic; `0x5c` or `92`."),
+        key!(netflow: Listener, Restart, "NetFlow v5/v9 and IPFIX collector (UDP), e.g. `0.0.0.0:2055`; needs `netflow.exporters`."),
         key!(proxy_protocol_from: Cidrs, Restart, "Load balancer CIDRs that must send a PROXY protocol v1/v2 header on the HTTP, SOCKS5 and transparent listeners; the header's client address is the one zones see. A header from any other address is refused."),
     ],
     not_yet: &[],
@@ -245,6 +247,22 @@ pub(crate) static DENIED_BURST: Section<DeniedBurstDetect> = Section {
     not_yet: &[],
 };
 
+/// The largest template cache: a bound on the collector's memory.
+const NETFLOW_MAX_TEMPLATES: u32 = 1_000_000;
+
+pub(crate) static NETFLOW: Section<Netflow> = Section {
+    what: "netflow",
+    label: "netflow",
+    keys: &[
+        key!(exporters: Cidrs, Applies, "Exporter CIDRs (routers, firewalls, softflowd) whose packets are taken; required with `listen.netflow`. Packets from other addresses are dropped and counted."),
+        key!(gateways: Cidrs, Applies, "Sluice gateways' addresses as the exporters see them: flows to or from them are counted (`sluice_netflow_gateway_flows_total`), not recorded again; a zone's flow to an outside address that avoids them raises `bypass`."),
+        key!(max_templates: Count(1, NETFLOW_MAX_TEMPLATES), Restart, "Templates (v9 and IPFIX, data and options) kept at most over every exporter and observation domain; more are dropped and counted."),
+        key!(template_timeout: Time(Min::Secs(1)), Restart, "A template not refreshed for this long is forgotten (its data is then dropped as `unknown-template`)."),
+        key!(pending_sets: Count(1, 65_536), Restart, "Data sets kept while their template has not arrived yet (decoded when it does); past this the oldest is dropped and counted."),
+    ],
+    not_yet: &[],
+};
+
 /// One item of `zones`.
 pub(crate) static ZONE: Section<Zone> = Section {
     what: "a zone",
@@ -276,6 +294,7 @@ pub(crate) static RULE: Section<Rule> = Section {
         key!(ticket: Text, Applies, "The ticket or change that asked for the rule (free text)."),
         key!(expires: Instant, Applies, "When the rule stops matching, in RFC 3339 (`2026-03-31T00:00:00Z`); the rule keeps its id and is reported expired."),
         key!(route: RouteRef, Applies, "Allow rules only: the route the flows it lets out leave by, over the zone's `route`."),
+        key!(bypass: Bool, Applies, "Allow rules only: the zone may reach this destination without the gateway; flows exporters report to it raise no `bypass` alert."),
     ],
     not_yet: &[],
 };
@@ -334,6 +353,12 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
         }
     }
     check_listeners(cx, doc, &c.listen);
+    if c.listen.netflow.is_some() && c.netflow.exporters.is_empty() {
+        cx.err(
+            doc,
+            "listen.netflow is set but netflow.exporters is empty: name the exporters' CIDRs (packets from any other address are dropped)",
+        );
+    }
     if let Some(a) = c.listen.dns.filter(|a| c.dns.upstreams.contains(a)) {
         cx.err(
             doc,
@@ -373,6 +398,7 @@ fn check_listeners(cx: &mut Cx<'_>, doc: &Node<'_>, listen: &Listen) {
             "socks5" => listen.socks5,
             "dns" => listen.dns,
             "transparent" => listen.transparent,
+            "netflow" => listen.netflow,
             _ => None,
         };
         let Some(addr) = addr.filter(|a| a.port() != 0) else {

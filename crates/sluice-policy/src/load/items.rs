@@ -168,6 +168,13 @@ impl Rules {
             );
             ok = false;
         }
+        if let (false, Some(at)) = (self.allow, seen.at("bypass")) {
+            cx.err_at(
+                at,
+                "`bypass` is for allow rules: it says a zone may reach an allowed destination without the gateway",
+            );
+            ok = false;
+        }
         if let (true, Some(host), Some(at)) = (ok, &rule.host, seen.at("host")) {
             self.warn_host(cx, host, at);
         }

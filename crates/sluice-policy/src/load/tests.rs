@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::{
     Need, Reload,
-    catalog::{ADMIN, DNS, LIMITS, LISTEN, LOG, ROOT, RULE, USER, ZONE},
+    catalog::{ADMIN, DNS, LIMITS, LISTEN, LOG, NETFLOW, ROOT, RULE, USER, ZONE},
     keys, parse, parse_config, restart_needed, schema,
     table::MAX_KEYS,
 };
@@ -60,7 +60,7 @@ fn every_key_the_table_lists_is_accepted_and_every_other_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        bad.contains("expected one of: http, admin, socks5, dns, transparent, transparent_mark, proxy_protocol_from"),
+        bad.contains("expected one of: http, admin, socks5, dns, transparent, transparent_mark, netflow, proxy_protocol_from"),
         "{bad}"
     );
 }
@@ -78,6 +78,7 @@ fn sections_fit_the_seen_table() {
     check("dns", DNS.keys);
     check("limits", LIMITS.keys);
     check("log", LOG.keys);
+    check("netflow", NETFLOW.keys);
     check("zone", ZONE.keys);
     check("rule", RULE.keys);
     check("user", USER.keys);
@@ -96,7 +97,13 @@ listen:
   dns: 127.0.0.1:4
   transparent: 127.0.0.1:5
   transparent_mark: 0x5c
+  netflow: 127.0.0.1:6
   proxy_protocol_from: [192.0.2.0/24]
+netflow:
+  exporters: [192.0.2.0/24]
+  max_templates: 7
+  template_timeout: 7s
+  pending_sets: 7
 admin:
   token_file: /run/token
   open_paths: [/metrics]
@@ -200,6 +207,11 @@ fn policy_changes_apply_on_reload() {
     let policy = policy.replace(
         "  recent_alerts: 7\n",
         "  recent_alerts: 7\n  stale_after: 1h\n",
+    );
+    // The collector's exporters and gateways are read per datagram.
+    let policy = policy.replace(
+        "  exporters: [192.0.2.0/24]\n",
+        "  exporters: [192.0.2.0/25]\n  gateways: [10.0.9.1/32]\n",
     );
     let new = parse_config(&policy, "b.yaml").unwrap();
     assert_ne!(base, new);
