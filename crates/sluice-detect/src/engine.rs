@@ -732,8 +732,8 @@ fn volume(
     let mins = cfg.window.as_secs() / 60;
     let summary = format!(
         "{src} sent {} MB in {mins} min (baseline {} MB), mostly to {top_name}: check for exfiltration",
-        s.win_total / 1_000_000,
-        baseline / 1_000_000
+        megabytes(s.win_total),
+        megabytes(baseline)
     );
     let dst_name = (top == dst.hash).then_some(dst.name.as_str());
     out.push(alert(
@@ -745,6 +745,16 @@ fn volume(
         summary,
         json!({ "baseline": { "bytes_out": baseline, "basis": basis, "factor": cfg.factor, "floor": cfg.floor }, "observed": { "bytes_out": s.win_total, "unusual_bytes_out": excess, "window_s": cfg.window.as_secs() } }),
     ));
+}
+
+/// Bytes as megabytes for a summary: one decimal below 10 MB, whole above.
+fn megabytes(b: u64) -> String {
+    let mb = b as f64 / 1e6;
+    if mb < 10.0 {
+        format!("{mb:.1}")
+    } else {
+        format!("{mb:.0}")
+    }
 }
 
 fn beaconing(
@@ -961,6 +971,13 @@ impl SrcState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_show_small_volumes_with_a_decimal() {
+        assert_eq!(megabytes(300_092), "0.3");
+        assert_eq!(megabytes(9_950_000), "9.9");
+        assert_eq!(megabytes(1_234_567_890), "1235");
+    }
 
     #[test]
     fn slots_count_from_monday_utc() {
