@@ -94,8 +94,8 @@ HTTP_PORT=$(freeport)
 BULK_PORT=$(freeport)
 # One echo port per client so that no two columns share TIME_WAIT 4-tuples.
 declare -A ECHO
-for who in direct sluice socks5 squid tinyproxy; do ECHO[$who]=$(freeport); done
-ECHO_PORTS="${ECHO[direct]} ${ECHO[sluice]} ${ECHO[socks5]} ${ECHO[squid]} ${ECHO[tinyproxy]}"
+for who in direct sluice socks5 squid tinyproxy sluice-nodetect; do ECHO[$who]=$(freeport); done
+ECHO_PORTS="${ECHO[direct]} ${ECHO[sluice]} ${ECHO[socks5]} ${ECHO[squid]} ${ECHO[tinyproxy]} ${ECHO[sluice-nodetect]}"
 ALL_PORTS="$HTTP_PORT $BULK_PORT $ECHO_PORTS"
 
 python3 "$here/origin.py" http "$HTTP_PORT" >"$T/origin-http.log" 2>&1 &
@@ -206,7 +206,8 @@ done
 # SOCKS5 (Sluice only: squid and tinyproxy have no SOCKS5 listener).
 COLS=$ONLY
 if [[ " $ONLY " == *" sluice "* ]]; then
-    COLS=${ONLY/sluice/sluice socks5}
+    # After the word `sluice` (not inside `sluice-nodetect`).
+    COLS=$(for p in $ONLY; do if [[ $p == sluice ]]; then printf 'sluice socks5 '; else printf '%s ' "$p"; fi; done)
     curl -sf --socks5 "127.0.0.1:${PORT[socks5]}" "http://127.0.0.1:$BULK_PORT/bytes/10" -o /dev/null ||
         { echo "error: SOCKS5 through sluice fails" >&2; exit 1; }
 fi

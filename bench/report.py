@@ -13,6 +13,27 @@ import sys
 COLS = ["direct", "sluice", "squid", "tinyproxy"]
 
 
+def detection_cost(data):
+    """Detection's cost on the HTTP path when `sluice-nodetect` (the same
+    binary, its zone `detect: off`) ran beside `sluice`: the proxy's CPU
+    seconds per request over every round of measure 3, both columns."""
+    per = {}
+    for who in ("sluice", "sluice-nodetect"):
+        rs = data.get(("http", who)) or []
+        reqs = sum(d.get("requests") or 0 for d in rs)
+        cpu = sum(d.get("proxy_cpu_s") or 0 for d in rs)
+        if reqs and cpu:
+            per[who] = (cpu / reqs * 1e6, reqs, cpu)
+    if len(per) < 2:
+        return []
+    on, off = per["sluice"], per["sluice-nodetect"]
+    return ["", "## Detection on the HTTP path (sluice vs sluice-nodetect)", "",
+            "| column | requests | proxy CPU s | CPU µs per request |", "|---|---:|---:|---:|",
+            f"| sluice (detection on) | {on[1]} | {on[2]:.2f} | {on[0]:.1f} |",
+            f"| sluice-nodetect (`detect: off`) | {off[1]} | {off[2]:.2f} | {off[0]:.1f} |",
+            "", f"Detection adds {(on[0] / off[0] - 1) * 100:+.1f} % CPU per request (goal ≤ +5 %)."]
+
+
 def load(results, env):
     data = {}
     with open(results) as f:
@@ -373,6 +394,7 @@ def main():
                "client); tunnel client and echo origin: `sluice-loadgen` (compiled, one current_thread "
                "tokio process each)")
     out.append("- everything on 127.0.0.1: clients, proxy and origins share the same CPUs")
+    out.extend(detection_cost(data))
     out.append("")
     out.append("## Raw numbers\n")
     out.append("```json")

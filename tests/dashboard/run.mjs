@@ -1,7 +1,8 @@
 // Drives Sluice's dashboard in Debian's Chromium with playwright-core:
 // load the page, send traffic through the proxy, see the flows appear live,
-// filter them, use the explainer, see a DNS tunnelling burst appear live in
-// the alerts panel (from the alert stream), and save a screenshot.
+// filter them, use the explainer, see a DNS tunnelling burst and then an
+// upload to a country outside the zone's list appear live in the alerts
+// panel (from the alert stream), and save a screenshot.
 //
 // Run by `cargo test` (crates/sluice/tests/admin.rs), which starts Sluice
 // and a local origin and passes them in the environment:
@@ -9,6 +10,9 @@
 //   SLUICE_PROXY  127.0.0.1:PORT of the HTTP proxy
 //   SLUICE_ORIGIN 127.0.0.1:PORT of an origin the policy allows (rule `origin`)
 //   SLUICE_DNS    127.0.0.1:PORT of the DNS listener (zone `web` for 127.0.0.1)
+//   SLUICE_ABROAD 127.0.0.2:PORT of an origin the policy allows (rule `abroad`)
+//                 that the configured country database places outside zone
+//                 `web`'s countries (KP; the zone's list is [DE])
 //   SCREENSHOT    where to save the screenshot (and beside it NAME-readme.png,
 //                 the README's smaller one)
 //   CHROMIUM      the browser (default /usr/bin/chromium)
@@ -23,6 +27,7 @@ const admin = need('SLUICE_ADMIN');
 const [proxyHost, proxyPort] = need('SLUICE_PROXY').split(':');
 const origin = need('SLUICE_ORIGIN');
 const [dnsHost, dnsPort] = need('SLUICE_DNS').split(':');
+const abroad = need('SLUICE_ABROAD');
 const screenshot = need('SCREENSHOT');
 
 function need(name) {
@@ -244,6 +249,19 @@ try {
   check(!cells.join(' ').includes('{'), 'readable, not raw JSON');
   check(await page.locator('#alerts tbody tr.empty').count() === 0, 'the empty note is gone');
   check(await page.locator('#alerts tbody tr[data-kind="dns-tunnel"]').count() === 1, 'one row for the alert');
+
+  // An upload of 1.5 MB to an origin in KP, outside zone web's countries:
+  // a `geo` warning, shown live with its destination and country.
+  check(await viaProxy(`http://${abroad}/upload`, 'g'.repeat(1500000)) === 200, 'the upload abroad answered 200');
+  const geoRow = page.locator('#alerts tbody tr.live[data-kind="geo"][data-live="stream"]', { hasText: abroad.split(':')[0] });
+  await geoRow.waitFor();
+  check(await geoRow.isVisible(), 'the geo alert row is visible in the alerts panel');
+  const geoCells = await geoRow.locator('td').allInnerTexts();
+  check(geoCells[1] === 'warning' && geoCells[2] === 'geo' && geoCells[3] === 'web',
+    `severity, kind and zone shown: ${geoCells.slice(1, 4)}`);
+  check(geoCells[4] === '127.0.0.1' && geoCells[5] === '127.0.0.2', `source and destination shown: ${geoCells.slice(4, 6)}`);
+  check(geoCells[6].includes('in KP, outside zone web\'s countries (DE)'), `summary names the country and the list: ${geoCells[6]}`);
+  check(await page.locator('#alerts tbody tr[data-kind="geo"]').count() === 1, 'one row for the geo alert');
 
   await page.screenshot({ path: screenshot, fullPage: true });
   check(true, `screenshot saved to ${screenshot}`);

@@ -9,8 +9,9 @@
 //!   history; before that the same hour of day, weekday or weekend), or
 //!   its zone's when the source is new. Bytes to a destination are counted
 //!   only beyond twice the most this source ever sent it in one window
-//!   (200 times, once that peak reached a twentieth of the floor: an
-//!   established upload destination), so a nightly backup to its usual
+//!   (200 times, once that peak reached a twentieth of the floor at least
+//!   12 hours earlier: an established upload destination, vouched for by
+//!   an earlier transfer, never by the one being judged), so a nightly backup to its usual
 //!   bucket or a push to a developer's git host stays quiet. Below
 //!   `detect.volume.floor` nothing is raised; `bytes_in` never counts.
 //! - `new-destination`: a registrable domain or bare address the zone never
@@ -73,8 +74,12 @@ const BEACON_MAX_MS: f64 = 6.0 * 3_600_000.0;
 /// A destination this source once sent a twentieth of the volume floor
 /// in one window (5 MB by default) is an established upload destination…
 const ESTABLISHED_SHARE: u64 = 20;
-/// …and only bytes past this many times that peak are unusual there.
+/// …and only bytes past this many times that peak are unusual there…
 const ESTABLISHED_FACTOR: u64 = 200;
+/// …once that peak is this old: trust comes from an earlier transfer, not
+/// from the first minutes of the one being judged (an exfiltration's own
+/// first window would otherwise vouch for the rest of it).
+const ESTABLISHED_AGE_MS: i64 = 12 * 3_600_000;
 /// Geo lookups cached (cleared when full).
 const GEO_CACHE: usize = 65_536;
 
@@ -149,6 +154,10 @@ struct Pair {
     last_ms: i64,
     /// Most bytes out in one volume window.
     peak: u64,
+    /// Start of the window whose bytes first made this an established
+    /// upload destination (0: before this was recorded, or never).
+    #[serde(default)]
+    established_ms: i64,
     last_start: i64,
     intervals: VecDeque<u32>,
     bytes_avg: f64,
@@ -648,7 +657,7 @@ fn volume(
         .max(1);
     let w = o.at_ms.div_euclid(window_ms);
     if w > s.win {
-        s.close_window(z, window_ms);
+        s.close_window(z, window_ms, cfg.floor / ESTABLISHED_SHARE);
         s.win = w;
     }
     if o.bytes_out == 0 {
@@ -673,11 +682,16 @@ fn volume(
         .win_dsts
         .iter()
         .map(|(h, b)| {
-            let peak = s.pairs.get(h).map_or(0, |p| p.peak);
+            let (peak, since) = s
+                .pairs
+                .get(h)
+                .map_or((0, 0), |p| (p.peak, p.established_ms));
             // A destination this source already uploaded to in earnest
             // (its backup bucket, its git host) takes far more before it
             // is unusual; any other, twice its peak.
-            let trusted = if peak >= cfg.floor / ESTABLISHED_SHARE {
+            let established = peak >= cfg.floor / ESTABLISHED_SHARE
+                && o.at_ms.saturating_sub(since) >= ESTABLISHED_AGE_MS;
+            let trusted = if established {
                 peak.saturating_mul(ESTABLISHED_FACTOR)
             } else {
                 peak.saturating_mul(2)
@@ -732,8 +746,8 @@ fn volume(
     let mins = cfg.window.as_secs() / 60;
     let summary = format!(
         "{src} sent {} MB in {mins} min (baseline {} MB), mostly to {top_name}: check for exfiltration",
-        s.win_total / 1_000_000,
-        baseline / 1_000_000
+        megabytes(s.win_total),
+        megabytes(baseline)
     );
     let dst_name = (top == dst.hash).then_some(dst.name.as_str());
     out.push(alert(
@@ -745,6 +759,16 @@ fn volume(
         summary,
         json!({ "baseline": { "bytes_out": baseline, "basis": basis, "factor": cfg.factor, "floor": cfg.floor }, "observed": { "bytes_out": s.win_total, "unusual_bytes_out": excess, "window_s": cfg.window.as_secs() } }),
     ));
+}
+
+/// Bytes as megabytes for a summary: one decimal below 10 MB, whole above.
+fn megabytes(b: u64) -> String {
+    let mb = b as f64 / 1e6;
+    if mb < 10.0 {
+        format!("{mb:.1}")
+    } else {
+        format!("{mb:.0}")
+    }
 }
 
 fn beaconing(
@@ -939,15 +963,20 @@ impl SrcState {
     }
 
     /// Folds the finished window into the baselines (unless it alerted:
-    /// an exfiltration must not become normal).
-    fn close_window(&mut self, z: &mut ZoneState, window_ms: i64) {
+    /// an exfiltration must not become normal); a destination whose peak
+    /// first reaches `established` is marked with the window's start.
+    fn close_window(&mut self, z: &mut ZoneState, window_ms: i64, established: u64) {
         if self.win != i64::MIN && !self.win_alerted && self.win_total > 0 {
             let (hod, how) = slots(self.win.saturating_mul(window_ms));
             self.peak_hod[hod] = self.peak_hod[hod].max(self.win_total);
             self.peak_how[how] = self.peak_how[how].max(self.win_total);
             z.peak_hod[hod] = z.peak_hod[hod].max(self.win_total);
+            let start = self.win.saturating_mul(window_ms);
             for (h, b) in &self.win_dsts {
                 if let Some(p) = self.pairs.get_mut(h) {
+                    if p.peak < established && *b >= established {
+                        p.established_ms = start;
+                    }
                     p.peak = p.peak.max(*b);
                 }
             }
@@ -961,6 +990,13 @@ impl SrcState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_show_small_volumes_with_a_decimal() {
+        assert_eq!(megabytes(300_092), "0.3");
+        assert_eq!(megabytes(9_950_000), "9.9");
+        assert_eq!(megabytes(1_234_567_890), "1235");
+    }
 
     #[test]
     fn slots_count_from_monday_utc() {

@@ -272,3 +272,34 @@ fn volume_ignores_downloads_and_an_established_backup() {
     );
     assert_eq!(alerts[0].severity, Severity::Critical);
 }
+
+#[test]
+fn a_long_upload_is_not_vouched_for_by_its_own_first_window() {
+    let mut r = learning("10.0.0.7");
+    // After learning, a 40-minute upload to a usual site, reported every
+    // minute: 60 MB in its first (partial) window, then 110 MB a minute.
+    // Its first window makes the site look like an upload destination of
+    // this source; that must not excuse the gigabytes that follow.
+    let start = T0 + 10 * DAY + 12 * HOUR + 8 * MIN;
+    for m in 1..=40 {
+        r.push(rec(
+            "long",
+            start + m * MIN,
+            "10.0.0.7",
+            "www.example.com",
+            |v| {
+                v["bytes_out"] = json!(if m == 1 { 60_000_000u64 } else { 110_000_000 });
+                v["interim"] = json!(true);
+            },
+        ));
+    }
+    let alerts = run(&r);
+    assert_eq!(
+        kinds(&alerts),
+        [(AlertKind::Volume, Some("example.com".to_owned()))],
+        "{alerts:?}"
+    );
+    // In its second window, not after it.
+    let fired = sluice_detect::parse_ts_ms(&alerts[0].ts).unwrap();
+    assert!(fired - start <= 12 * MIN, "{alerts:?}");
+}

@@ -60,7 +60,9 @@ impl Sluice {
         }
         let log = format!("log:\n  flows: {}\n", flows.display());
         let has_log = yaml.starts_with("log:\n") || yaml.contains("\nlog:\n");
-        if !yaml.contains("log:") {
+        // A top-level `log:` key (not `detect.syslog:`).
+        let any_log = yaml.starts_with("log:") || yaml.contains("\nlog:");
+        if !any_log {
             text.push_str(&log);
             text.push_str(yaml);
         } else if has_log && !yaml.contains("flows:") {

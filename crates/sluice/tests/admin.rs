@@ -18,8 +18,8 @@ use std::{
 
 use serde_json::{Value, json};
 use sluice_testkit::{
-    FixtureDns, Origin, RawResponse, Sluice, connect_tunnel, connect_with_timeout, get_on, get_via,
-    output_within, poll_until, random_label, send_raw,
+    FixtureDns, Origin, RawResponse, Sluice, TempDir, connect_tunnel, connect_with_timeout, get_on,
+    get_via, output_within, poll_until, random_label, send_raw, write_mmdb,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -1462,7 +1462,30 @@ fn dashboard_shows_live_flows_in_chromium() {
     }
     let origin = Origin::start("127.0.0.1");
     let dns = FixtureDns::stub(&[]);
-    let s = start(&origin, &dns, "  dns: 127.0.0.1:0\n");
+    // A second origin the test's country database places abroad (KP),
+    // outside zone web's countries (DE, where it places 127.0.0.1): an
+    // upload there raises a `geo` alert the page must show.
+    let abroad = Origin::start("127.0.0.2");
+    let geo = TempDir::new("dashboard-geo");
+    let mmdb = geo.path("countries.mmdb");
+    write_mmdb(&mmdb, &[("127.0.0.1/32", "DE"), ("127.0.0.2/32", "KP")]);
+    let web = "  - name: web\n    sources: [127.0.0.0/8]\n";
+    let rule = "        id: origin\n";
+    let policy = policy(&origin, &dns)
+        .replacen(web, &format!("{web}    countries: [DE]\n"), 1)
+        .replacen(
+            rule,
+            &format!(
+                "{rule}      - cidr: 127.0.0.2/32\n        ports: [{}]\n        id: abroad\n",
+                abroad.addr.port()
+            ),
+            1,
+        );
+    let yaml = format!(
+        "listen:\n  http: \"[::]:0\"\n  admin: 127.0.0.1:0\n  dns: 127.0.0.1:0\ndetect:\n  geoip: {}\n{policy}",
+        mmdb.display()
+    );
+    let s = Sluice::start(BIN, &yaml);
     let shot = root.join("target/dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let out = output_within(
@@ -1473,6 +1496,7 @@ fn dashboard_shows_live_flows_in_chromium() {
             .env("SLUICE_PROXY", proxy_v4(&s).to_string())
             .env("SLUICE_ORIGIN", origin.addr.to_string())
             .env("SLUICE_DNS", s.dns.unwrap().to_string())
+            .env("SLUICE_ABROAD", abroad.addr.to_string())
             .env("SCREENSHOT", &shot)
             .env("CHROMIUM", &chromium),
         Duration::from_secs(180),

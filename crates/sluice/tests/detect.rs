@@ -1,20 +1,27 @@
 //! Detection (issue 12) through the real binary: live in `sluice run` (a
-//! `geo` alert from an upload leaving its zone's countries, reaching
-//! `/api/v1/alerts` with the record's `country` filled; baselines kept
-//! across a restart with `detect.state_dir`) and offline in `sluice
-//! detect` (event time, interim records counted by volume, files merged,
-//! alerts once on stdout).
+//! `geo` alert from an upload leaving its zone's countries, reaching a
+//! webhook receiver, a syslog receiver and `/api/v1/alerts` with the
+//! record's `country` filled; a slow upload's interim records raising a
+//! `volume` alert while the tunnel is still open; baselines kept across a
+//! restart with `detect.state_dir`) and offline in `sluice detect` (event
+//! time, interim records counted by volume, files merged, alerts once on
+//! stdout). The dashboard's view of the geo alert is checked in Chromium
+//! by `admin.rs` (tests/dashboard/run.mjs).
 
 // A test binary: its helpers may panic too, not only its `#[test]`s.
 #![allow(clippy::unwrap_used)]
 
 use std::{
+    io::Write,
     process::Command,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde_json::{Value, json};
-use sluice_testkit::{GeoScenario, Origin, Sluice, TempDir, curl, poll_until, write_mmdb};
+use sluice_testkit::{
+    GeoScenario, Origin, Sluice, SyslogReceiver, TempDir, WebhookReceiver, connect_tunnel, curl,
+    poll_until, read_response, write_mmdb,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const T: Duration = Duration::from_secs(10);
@@ -30,7 +37,14 @@ fn alerts(s: &Sluice, query: &str) -> Vec<Value> {
 #[test]
 fn an_upload_outside_the_zones_countries_raises_a_geo_alert() {
     let geo = GeoScenario::new();
-    let s = Sluice::start(BIN, &geo.yaml("", ""));
+    let hook = WebhookReceiver::start(&[]);
+    let syslog = SyslogReceiver::udp();
+    let sinks = format!(
+        "  webhook:\n    url: {}\n  syslog:\n    address: udp://{}\n",
+        hook.url("/alerts"),
+        syslog.addr
+    );
+    let s = Sluice::start(BIN, &geo.yaml(&sinks, ""));
     let up = geo.upload(&s, 2_000_000);
     assert_eq!(up.status, 200, "{}", up.stderr);
     assert!(
@@ -41,8 +55,6 @@ fn an_upload_outside_the_zones_countries_raises_a_geo_alert() {
     let list = alerts(&s, "kind=geo");
     assert_eq!(list.len(), 1, "{list:?}");
     let a = &list[0];
-    // README "Detection" shows this alert (`--nocapture`).
-    println!("{a}");
     assert_eq!(a["severity"], "warning", "{a}");
     assert_eq!(a["zone"], "lan");
     assert_eq!(a["src"], "127.0.0.1");
@@ -75,6 +87,155 @@ fn an_upload_outside_the_zones_countries_raises_a_geo_alert() {
         .filter(|v| v["kind"] == "geo")
         .collect();
     assert_eq!(logged, vec![a.clone()]);
+    // The webhook receiver got it, once, as one JSON POST.
+    assert!(poll_until(T, || !hook.posts().is_empty()));
+    let posts = hook.posts();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(posts[0].path, "/alerts");
+    assert_eq!(posts[0].header("content-type"), Some("application/json"));
+    // README "Detection" shows this alert as posted (`--nocapture`).
+    println!("{}", String::from_utf8_lossy(&posts[0].body));
+    let posted: Value = serde_json::from_slice(&posts[0].body).unwrap();
+    assert_eq!(&posted, a);
+    // The syslog receiver too: one RFC 5424 datagram, MSGID the kind,
+    // warning (4) in facility 4: PRI 36; the message is the alert's JSON.
+    assert!(poll_until(T, || !syslog.received().is_empty()));
+    let got = syslog.received();
+    assert_eq!(got.len(), 1);
+    let msg = String::from_utf8(got[0].clone()).unwrap();
+    let parts: Vec<&str> = msg.splitn(8, ' ').collect();
+    assert_eq!(parts.len(), 8, "{msg}");
+    assert_eq!(
+        (parts[0], parts[3], parts[5]),
+        ("<36>1", "sluice", "geo"),
+        "{msg}"
+    );
+    let logged: Value = serde_json::from_str(parts[7]).unwrap();
+    assert_eq!(&logged, a);
+}
+
+/// A slow upload through a CONNECT tunnel to the origin: `POST /upload`
+/// with `chunks` chunks of `chunk` bytes, `pause` apart, calling `during`
+/// after each chunk while the tunnel is open. Returns the origin's answer.
+fn slow_upload(
+    s: &Sluice,
+    origin: &Origin,
+    chunks: usize,
+    chunk: usize,
+    pause: Duration,
+    mut during: impl FnMut(),
+) -> Value {
+    let mut t = connect_tunnel(s.http, &origin.addr.to_string(), T).unwrap();
+    t.set_read_timeout(Some(T)).unwrap();
+    write!(
+        t,
+        "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        origin.addr,
+        chunks * chunk
+    )
+    .unwrap();
+    for _ in 0..chunks {
+        t.write_all(&vec![b'v'; chunk]).unwrap();
+        std::thread::sleep(pause);
+        during();
+    }
+    let r = read_response(&mut t, false);
+    assert_eq!(r.status, Some(200), "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[test]
+fn a_slow_upload_raises_volume_from_interim_records_before_its_tunnel_closes() {
+    let origin = Origin::start("127.0.0.1");
+    // Interim records every 200 ms; nothing to learn first, and a small
+    // floor, so that 1.6 MB over 3 s is far more than this new source's
+    // (empty) baseline.
+    let s = Sluice::start(
+        BIN,
+        "log:\n  interim: 200ms\ndetect:\n  learn: 0s\n  volume:\n    window: 1m\n    floor: 300KB\n\
+         zones:\n  - name: lan\n    sources: [127.0.0.0/8]\n    allow:\n      - cidr: 127.0.0.1/32\n        ports: any\n",
+    );
+    const CHUNKS: usize = 16;
+    const CHUNK: usize = 100_000;
+    let began = Instant::now();
+    // What the flow log and the alerts held when the alert first showed.
+    let mut seen: Option<(Value, Vec<Value>)> = None;
+    let answer = slow_upload(
+        &s,
+        &origin,
+        CHUNKS,
+        CHUNK,
+        Duration::from_millis(200),
+        || {
+            if seen.is_none() {
+                if let Some(a) = alerts(&s, "kind=volume").first() {
+                    seen = Some((a.clone(), s.records()));
+                }
+            }
+        },
+    );
+    assert_eq!(answer["body_len"], CHUNKS * CHUNK, "the origin got it all");
+    let Some((alert, then)) = seen else {
+        panic!(
+            "no volume alert while the upload ran ({:?}): {:?}",
+            began.elapsed(),
+            s.stderr.lock().unwrap()
+        )
+    };
+    // When the alert showed, the tunnel had interim records and no closing one.
+    let id = alert["flows"][0].clone();
+    assert!(
+        then.iter().any(|r| r["id"] == id && r["interim"] == true),
+        "{then:#?}"
+    );
+    assert!(
+        !then.iter().any(|r| r["id"] == id && r["interim"] == false),
+        "{then:#?}"
+    );
+    // README "Detection" shows this alert as written on stderr (`--nocapture`).
+    if let Some(line) = s
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.starts_with('{') && l.contains(r#""kind":"volume""#))
+    {
+        println!("{line}");
+    }
+    assert_eq!(alert["kind"], "volume");
+    assert_eq!(alert["zone"], "lan");
+    assert_eq!(alert["src"], "127.0.0.1");
+    assert_eq!(alert["dst"], "127.0.0.1");
+    assert!(
+        matches!(alert["severity"].as_str(), Some("warning" | "critical")),
+        "{alert}"
+    );
+    let observed = alert["evidence"]["observed"]["bytes_out"].as_u64().unwrap();
+    assert!(
+        (300_000..CHUNKS as u64 * CHUNK as u64).contains(&observed),
+        "fired part-way through: {alert}"
+    );
+    // Then the tunnel closes: its closing record comes after the alert,
+    // and the flow's records sum to what was sent (request head included).
+    let closing = s.wait_record("the closing record", |r| {
+        r["id"] == id && r["interim"] == false
+    });
+    assert!(
+        closing["ts"].as_str().unwrap() > alert["ts"].as_str().unwrap(),
+        "{closing} after {alert}"
+    );
+    let sent: u64 = s
+        .records()
+        .iter()
+        .filter(|r| r["id"] == id)
+        .map(|r| r["bytes_out"].as_u64().unwrap())
+        .sum();
+    assert!(
+        sent > (CHUNKS * CHUNK) as u64 && sent < (CHUNKS * CHUNK) as u64 + 1000,
+        "{sent}"
+    );
+    // One alert for the whole upload: the rest only raised its count.
+    assert_eq!(alerts(&s, "kind=volume").len(), 1);
 }
 
 /// Two requests to the origin and whether they raised a `new-destination` alert.
