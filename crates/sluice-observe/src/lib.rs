@@ -23,7 +23,8 @@
 //! - `alert`: [`Alert`] (docs/design.md "Alerts") and [`AlertRing`], the bounded
 //!   memory of recent alerts that folds repeats into a count.
 //! - `recorder`: [`Recorder`], the record stage's fan-out to metrics, the
-//!   view, the sink and the [`Detector`]s, and where alerts are emitted.
+//!   view, the sink, the [`Detector`]s and the [`FlowBus`], and where
+//!   alerts are emitted.
 
 mod alert;
 mod metrics;
@@ -41,7 +42,7 @@ pub use metrics::{ActiveTunnel, COMMIT, CONTENT_TYPE, DialFailure, LIMITS, Metri
 pub use record::{
     ErrorKind, Finding, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id, rfc3339,
 };
-pub use recorder::{Detector, RecordSink, Recorder};
+pub use recorder::{Detector, FlowBus, RecordSink, Recorder};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
 pub use view::{
     BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, Sequenced, TopBy, TopEntry, Totals,

@@ -1,7 +1,7 @@
 //! The record stage's fan-out: one [`Recorder`] takes every finished flow
 //! record and every alert, and hands each to the outputs that want it —
 //! metrics, the admin API's [`FlowView`], the [`FlowSink`], the detectors,
-//! and the [`AlertRing`].
+//! the [`AlertRing`] and, when configured, the flow bus ([`FlowBus`]).
 //!
 //! It runs on the data path (once per flow) and must never make it wait:
 //! every output it calls takes at most one short lock or a non-blocking
@@ -44,6 +44,18 @@ pub trait Detector: Send + Sync {
     fn observe(&self, r: &FlowRecord) -> Vec<Alert>;
 }
 
+/// The flow bus as the recorder sees it: a handle that queues a record or
+/// a new alert for publishing elsewhere (`sluice-bus` publishes to NATS
+/// JetStream) and returns at once. It never blocks and never does I/O on
+/// the caller's thread: a full queue drops and counts.
+pub trait FlowBus: Send + Sync {
+    /// Queues one finished record (shared with the view and the sink).
+    fn record(&self, r: &Arc<FlowRecord>);
+
+    /// Queues one alert, when it first fires (repeats are not published).
+    fn alert(&self, a: &Alert);
+}
+
 /// Where records and alerts go. Share it as `Arc<Recorder>`.
 pub struct Recorder {
     metrics: Arc<Metrics>,
@@ -51,6 +63,7 @@ pub struct Recorder {
     sink: FlowSink,
     detectors: Vec<Box<dyn Detector>>,
     alerts: AlertRing,
+    bus: Option<Box<dyn FlowBus>>,
 }
 
 // === impl Recorder ===
@@ -71,7 +84,16 @@ impl Recorder {
             sink,
             detectors: Vec::new(),
             alerts,
+            bus: None,
         }
+    }
+
+    /// The same recorder handing every record and every new alert to
+    /// `bus` as well.
+    #[must_use]
+    pub fn with_bus(mut self, bus: Box<dyn FlowBus>) -> Recorder {
+        self.bus = Some(bus);
+        self
     }
 
     /// The same recorder with `detector` run on every record from now on.
@@ -101,6 +123,9 @@ impl Recorder {
             }
         }
         let r = Arc::new(r);
+        if let Some(bus) = &self.bus {
+            bus.record(&r);
+        }
         self.view.push_shared(r.clone(), SystemTime::now());
         self.sink.send_shared(r);
     }
@@ -116,6 +141,9 @@ impl Recorder {
             return;
         };
         self.metrics.alert(new.kind, new.severity);
+        if let Some(bus) = &self.bus {
+            bus.alert(&new);
+        }
         match serde_json::to_string(&new) {
             Ok(line) => eprintln!("{line}"),
             // A Value of our own making with string keys: cannot happen.
@@ -143,6 +171,7 @@ impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
             .field("detectors", &self.detectors.len())
+            .field("bus", &self.bus.is_some())
             .field("alerts", &self.alerts)
             .finish_non_exhaustive()
     }

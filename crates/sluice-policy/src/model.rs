@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: Limits,
     /// Where flow records go.
     pub log: Log,
+    /// The flow bus: every record and alert published to NATS JetStream.
+    pub bus: Bus,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             dns: Dns::default(),
             limits: Limits::default(),
             log: Log::default(),
+            bus: Bus::default(),
         }
     }
 }
@@ -414,6 +417,36 @@ mod duration_text {
             s.serialize_str(&format!("{}s", ms / 1000))
         } else {
             s.serialize_str(&format!("{ms}ms"))
+        }
+    }
+}
+
+/// The flow bus (docs/design.md "Fleet"): every flow record and alert
+/// published to NATS JetStream, for followers that detect fleet-wide. Off
+/// unless `url` is set.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Bus {
+    /// `nats://host:port` or `tls://host:port`; several, comma-separated,
+    /// for a cluster. `None`: no bus.
+    pub url: Option<String>,
+    /// The JetStream stream that holds `sluice.flows.>` and
+    /// `sluice.alerts`; created if missing.
+    pub stream: String,
+    /// Flow subjects per zone: `sluice.flows.<zone>.<p>` with `p` the
+    /// source address's FNV-1a hash modulo this.
+    pub partitions: u32,
+    /// Records and alerts waiting to be published at most; more are
+    /// dropped and counted.
+    pub queue: u32,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            url: None,
+            stream: "SLUICE".to_owned(),
+            partitions: 8,
+            queue: 10_000,
         }
     }
 }

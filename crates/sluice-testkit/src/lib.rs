@@ -19,11 +19,14 @@
 //!   ([`make_certs`]).
 //! - `dns`: the one DNS test server, [`FixtureDns`], and what tunnelled
 //!   data looks like ([`random_label`]).
+//! - `nats`: a real `nats-server` with JetStream, [`NatsServer`], that a
+//!   test can kill and restart (the flow bus tests).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
 mod dns;
 mod http;
+mod nats;
 mod origin;
 mod sluice;
 
@@ -39,8 +42,10 @@ pub use clients::{
 };
 pub use dns::{FixtureDns, random_label, silent_udp};
 pub use http::{
-    RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, read_response, send_raw,
+    RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, get_via_from,
+    read_response, send_raw,
 };
+pub use nats::NatsServer;
 pub use origin::{Certs, Origin, make_certs};
 pub use sluice::{Sluice, assert_fields};
 

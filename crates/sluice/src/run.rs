@@ -140,7 +140,11 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let config = version.policy.config().clone();
     raise_nofile(&config.limits);
 
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    // The bus's families join the registry before it is shared.
+    let bus = sluice_bus::BusOptions::from_config(&config.bus)
+        .map(|o| (o, sluice_bus::BusMetrics::register(metrics.registry_mut())));
+    let metrics = Arc::new(metrics);
     metrics.policy_loaded(version.policy.hash(), SystemTime::now());
     let target = match config.log.flows.as_str() {
         "stdout" => FlowTarget::Stdout,
@@ -162,7 +166,15 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let has_dns = listeners.has_dns();
     metrics.declare_zones(&version.policy, &running, has_dns);
 
-    let (view, recorder) = recorder(&config, &metrics, &sink);
+    let (bus, publisher) = match bus {
+        Some((opts, m)) => {
+            tracing::info!(url = %opts.url, stream = %opts.stream, partitions = opts.partitions, "flow bus: publishing records and alerts");
+            let (queue, publisher) = sluice_bus::Publisher::start(opts, m);
+            (Some(queue), Some(publisher))
+        }
+        None => (None, None),
+    };
+    let (view, recorder) = recorder(&config, &metrics, &sink, bus);
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if listeners.has_dns() {
@@ -204,16 +216,24 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     drop(gw);
     drop(sink);
     writer.close().await.context("flushing flow records")?;
+    if let Some(p) = publisher {
+        p.close(BUS_CLOSE).await;
+    }
     tracing::info!("drained; exiting");
     Ok(())
 }
 
+/// How long the flow bus may take at exit to publish what it still holds.
+const BUS_CLOSE: Duration = Duration::from_secs(5);
+
 /// The recent-flow view and the recorder that fans each record out to
-/// metrics, the view, the flow log, detectors and the alert ring.
+/// metrics, the view, the flow log, detectors, the alert ring and the
+/// flow bus (when configured).
 fn recorder(
     config: &Config,
     metrics: &Arc<Metrics>,
     sink: &FlowSink,
+    bus: Option<sluice_bus::BusQueue>,
 ) -> (Arc<FlowView>, Arc<Recorder>) {
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -221,13 +241,16 @@ fn recorder(
         window: config.admin.window,
         top_entries: config.admin.top_entries as usize,
     }));
-    let recorder = Arc::new(Recorder::new(
+    let mut recorder = Recorder::new(
         metrics.clone(),
         view.clone(),
         sink.clone(),
         AlertRing::new(config.admin.recent_alerts as usize),
-    ));
-    (view, recorder)
+    );
+    if let Some(bus) = bus {
+        recorder = recorder.with_bus(Box::new(bus));
+    }
+    (view, Arc::new(recorder))
 }
 
 /// Sleeps until just past the running policy's next rule expiry (`at`,

@@ -16,14 +16,14 @@ use super::{
     Cx, Need,
     items::{self, Rules, Users, Zones},
     kinds::{
-        AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern, Instant,
-        Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId, Sources,
-        Text, Time, Upstreams, UserRefs,
+        AdminHosts, Blocked, Bool, BusUrl, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern,
+        Instant, Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId,
+        Sources, StreamName, Text, Time, Upstreams, UserRefs,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
 };
-use crate::model::{Admin, Config, Dns, Limits, Listen, Log, Rule, User, Zone};
+use crate::model::{Admin, Bus, Config, Dns, Limits, Listen, Log, Rule, User, Zone};
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
 const ADMIN_MAX_ENTRIES: u32 = 1_000_000;
@@ -47,6 +47,7 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(dns: map &DNS, "Name resolution for dialing and the DNS forwarder."),
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
+        key!(bus: map &BUS, "The flow bus: every flow record and alert published to NATS JetStream for fleet-wide detection; off unless `url` is set."),
     ],
     not_yet: &["routes", "inspect", "tls", "detect", "netflow", "geoip"],
 };
@@ -129,6 +130,21 @@ pub(crate) static LOG: Section<Log> = Section {
     not_yet: &[],
 };
 
+/// The most flow partitions: one consumer each on the followers' side.
+const BUS_MAX_PARTITIONS: u32 = 1024;
+
+pub(crate) static BUS: Section<Bus> = Section {
+    what: "bus",
+    label: "bus",
+    keys: &[
+        key!(url: BusUrl, Restart, "NATS server(s): `nats://host:port` or `tls://host:port`, comma-separated for a cluster. Required when `bus` is set."),
+        key!(stream: StreamName, Restart, "The JetStream stream holding `sluice.flows.>` and `sluice.alerts`; created if missing (`[A-Za-z0-9_-]`, at most 64)."),
+        key!(partitions: Count(1, BUS_MAX_PARTITIONS), Restart, "Flow subjects per zone, `sluice.flows.<zone>.<p>` with `p` = FNV-1a 32 of the source address's bytes modulo this; every replica and follower must agree."),
+        key!(queue: Count(1, 1_000_000), Restart, "Records and alerts waiting for the bus at most (during an outage); more are dropped and counted in `sluice_bus_dropped_total`."),
+    ],
+    not_yet: &[],
+};
+
 /// One item of `zones`.
 pub(crate) static ZONE: Section<Zone> = Section {
     what: "a zone",
@@ -177,6 +193,12 @@ pub(crate) static USER: Section<User> = Section {
 pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option<Config> {
     let mut c = Config::default();
     let seen = cx.section_into(&ROOT, doc, &mut c)?;
+    if let Some(at) = seen.at("bus").filter(|_| c.bus.url.is_none()) {
+        cx.err_at(
+            at,
+            "bus.url is required when `bus` is set: the NATS server to publish to (`nats://host:4222`)",
+        );
+    }
     items::check_user_refs(cx, &c.users);
     if let Some(a) = c.listen.admin {
         if !a.ip().is_loopback() && c.admin.token_file.is_none() {

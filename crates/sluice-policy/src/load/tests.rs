@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::{
     Need, Reload,
-    catalog::{ADMIN, DNS, LIMITS, LISTEN, LOG, ROOT, RULE, USER, ZONE},
+    catalog::{ADMIN, BUS, DNS, LIMITS, LISTEN, LOG, ROOT, RULE, USER, ZONE},
     keys, parse, parse_config, restart_needed, schema,
     table::MAX_KEYS,
 };
@@ -78,6 +78,7 @@ fn sections_fit_the_seen_table() {
     check("dns", DNS.keys);
     check("limits", LIMITS.keys);
     check("log", LOG.keys);
+    check("bus", BUS.keys);
     check("zone", ZONE.keys);
     check("rule", RULE.keys);
     check("user", USER.keys);
@@ -131,6 +132,11 @@ limits:
   pool_idle_timeout: 7s
 log:
   flows: /var/log/sluice/flows.jsonl
+bus:
+  url: nats://192.0.2.9:4222
+  stream: FLOWS
+  partitions: 3
+  queue: 7
 zones: []
 ";
 
@@ -481,5 +487,60 @@ fn rule_lifecycle_keys_load_and_a_bad_expiry_is_a_positioned_error() {
                 "l.yaml:8:18: invalid time `{bad}`: expected RFC 3339, e.g. `2026-03-31T00:00:00Z`"
             ),
         );
+    }
+}
+
+#[test]
+fn bus_loads_with_its_defaults_and_refuses_bad_values() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.bus.url, None);
+    assert_eq!(c.bus.stream, "SLUICE");
+    assert_eq!(c.bus.partitions, 8);
+    assert_eq!(c.bus.queue, 10_000);
+    let c = parse_config(
+        "bus:\n  url: nats://a:4222, tls://u:p@b:4222\n  partitions: 4\n",
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.bus.url.as_deref(),
+        Some("nats://a:4222, tls://u:p@b:4222")
+    );
+    assert_eq!(c.bus.partitions, 4);
+    for (text, want) in [
+        (
+            "bus:\n  url: http://a:4222\n",
+            "expected `nats://host:port` or `tls://host:port` (comma-separated for a cluster) for bus.url, found `http://a:4222`",
+        ),
+        ("bus:\n  url: nats://\n", "found `nats://`"),
+        ("bus:\n  url: nats://a:1,b:2\n", "found `b:2`"),
+        (
+            "bus:\n  stream: SLUICE\n",
+            "bus.url is required when `bus` is set",
+        ),
+        (
+            "bus:\n  url: nats://a\n  stream: a.b\n",
+            "expected a stream name of 1 to 64 letters, digits, `_` or `-` for bus.stream, found `a.b`",
+        ),
+        (
+            "bus:\n  url: nats://a\n  partitions: 0\n",
+            "expected a number above zero for bus.partitions",
+        ),
+        (
+            "bus:\n  url: nats://a\n  partitions: 1025\n",
+            "expected at most 1024 for bus.partitions",
+        ),
+        (
+            "bus:\n  url: nats://a\n  queue: x\n",
+            "expected a decimal whole number for bus.queue",
+        ),
+        (
+            "bus:\n  url: nats://a\n  subject: x\n",
+            "unknown key `subject` in bus; expected one of: url, stream, partitions, queue",
+        ),
+    ] {
+        let e = parse_config(text, "b.yaml").unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+        assert!(e.contains("b.yaml:"), "positioned: {e}");
     }
 }
