@@ -28,7 +28,7 @@ done
 target=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 if [[ -z ${SLUICE_BIN:-} || -z ${FOLLOW_BIN:-} ]]; then
-    (cd "$root" && cargo build --release -q -p sluice -p sluice-bus --example follow)
+    (cd "$root" && cargo build --release -q -p sluice && cargo build --release -q -p sluice-bus --example follow)
 fi
 SLUICE_BIN=${SLUICE_BIN:-$target/release/sluice}
 FOLLOW_BIN=${FOLLOW_BIN:-$target/release/examples/follow}
