@@ -121,3 +121,125 @@ async fn without_a_server_the_queue_bounds_what_waits_and_the_rest_is_dropped() 
     assert_eq!(sample(&text, "sluice_bus_dropped_total"), 1000.0, "{text}");
     assert_eq!(sample(&text, "sluice_bus_published_total"), 0.0, "{text}");
 }
+
+/// How many messages the stream holds on `subject` (a filter subject).
+async fn stored(js: &async_nats::jetstream::Context, subject: &str) -> u64 {
+    let mut stream = js.get_stream("SLUICE").await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    if subject == ">" {
+        return info.state.messages;
+    }
+    let mut c = stream
+        .get_or_create_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            "count",
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("count".into()),
+                filter_subject: subject.to_owned(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let pending = c.info().await.unwrap().num_pending;
+    stream.delete_consumer("count").await.unwrap();
+    pending
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_records_in_groups_are_each_stored_once() {
+    let nats = NatsServer::start();
+    let mut registry = Registry::default();
+    let (queue, publisher) = Publisher::start(
+        BusOptions {
+            url: nats.url(),
+            stream: "SLUICE".into(),
+            partitions: 4,
+            queue: 10_000,
+        },
+        BusMetrics::register(&mut registry),
+    );
+    // Sent in bursts so that both full groups and short ones go out.
+    for i in 0..1000 {
+        queue.record(&record(
+            Some("bulk"),
+            &format!("10.0.{}.{}:1", i / 250, i % 250),
+        ));
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(7)).await;
+        }
+    }
+    publisher.close(Duration::from_secs(10)).await;
+    let text = encoded(&registry);
+    assert_eq!(
+        sample(&text, "sluice_bus_published_total"),
+        1000.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "sluice_bus_dropped_total"), 0.0, "{text}");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    assert_eq!(stored(&js, ">").await, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
+    let mut nats = NatsServer::start();
+    let mut registry = Registry::default();
+    let (queue, publisher) = Publisher::start(
+        BusOptions {
+            url: nats.url(),
+            stream: "SLUICE".into(),
+            partitions: 4,
+            queue: 1000,
+        },
+        BusMetrics::register(&mut registry),
+    );
+    let published = |registry: &Registry| sample(&encoded(registry), "sluice_bus_published_total");
+    for i in 0..10 {
+        queue.record(&record(Some("before"), &format!("10.0.1.{i}:1")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while published(&registry) < 10.0 {
+        assert!(Instant::now() < deadline, "{}", encoded(&registry));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    nats.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&encoded(&registry), "sluice_bus_connected") != 0.0 {
+        assert!(Instant::now() < deadline, "{}", encoded(&registry));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // During the outage sends never wait; the queue keeps these.
+    let t = Instant::now();
+    for i in 0..20 {
+        queue.record(&record(Some("during"), &format!("10.0.2.{i}:1")));
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sample(&encoded(&registry), "sluice_bus_connected") != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect: {}",
+            encoded(&registry)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..30 {
+        queue.record(&record(Some("after"), &format!("10.0.3.{i}:1")));
+    }
+    publisher.close(Duration::from_secs(15)).await;
+    let text = encoded(&registry);
+    assert_eq!(sample(&text, "sluice_bus_published_total"), 60.0, "{text}");
+    assert_eq!(sample(&text, "sluice_bus_dropped_total"), 0.0, "{text}");
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    assert_eq!(stored(&js, "sluice.flows.before.*").await, 10);
+    assert_eq!(stored(&js, "sluice.flows.during.*").await, 20);
+    assert_eq!(stored(&js, "sluice.flows.after.*").await, 30);
+}
