@@ -109,10 +109,15 @@ for p in $ECHO_PORTS; do wait_port "$p" origin-echo $!; done
 
 # ---------------------------------------------------------------- proxies
 declare -A PORT PID
-start_sluice() {
-    local port admin socks
+start_sluice() { start_sluice_as sluice on; }
+# The same binary with detection off for its zone (`detect: off`): put it
+# beside `sluice` in ONLY for detection's cost in the same run, e.g.
+# ONLY="sluice sluice-nodetect".
+start_sluice-nodetect() { start_sluice_as sluice-nodetect off; }
+start_sluice_as() {
+    local name=$1 detect=$2 port admin socks
     port=$(freeport); admin=$(freeport); socks=$(freeport)
-    cat >"$T/sluice.yaml" <<EOF
+    cat >"$T/$name.yaml" <<EOF
 listen:
   http: 127.0.0.1:$port
   socks5: 127.0.0.1:$socks
@@ -121,6 +126,7 @@ zones:
   - name: bench
     sources: [127.0.0.0/8]
     mode: enforce
+    detect: $detect
     allow:
       - cidr: 127.0.0.1/32
         ports: [$(echo "$ALL_PORTS" | tr ' ' ',' | sed 's/,/, /g')]
@@ -128,12 +134,13 @@ limits:
   max_connections: 100000
   max_connections_per_source: 100000
 log:
-  flows: $T/sluice-flows.jsonl
+  flows: $T/$name-flows.jsonl
 EOF
-    RUST_LOG=warn "$SLUICE_BIN" run -c "$T/sluice.yaml" >"$T/sluice.out" 2>"$T/sluice.err" &
-    PID[sluice]=$!; pids+=($!)
-    PORT[sluice]=$port
-    wait_port "$port" sluice "${PID[sluice]}"
+    RUST_LOG=warn "$SLUICE_BIN" run -c "$T/$name.yaml" >"$T/$name.out" 2>"$T/$name.err" &
+    PID[$name]=$!; pids+=($!)
+    PORT[$name]=$port
+    wait_port "$port" "$name" "${PID[$name]}"
+    [[ $name == sluice ]] || return 0
     # The SOCKS5 listener of the same process: its own column in measures 1
     # and 2 ("socks5"), its CPU is Sluice's.
     PID[socks5]=${PID[sluice]}

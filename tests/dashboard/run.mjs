@@ -1,7 +1,7 @@
 // Drives Sluice's dashboard in Debian's Chromium with playwright-core:
 // load the page, send traffic through the proxy, see the flows appear live,
-// filter them, use the explainer, see a DNS tunnelling burst appear in the
-// alerts panel, and save a screenshot.
+// filter them, use the explainer, see a DNS tunnelling burst appear live in
+// the alerts panel (from the alert stream), and save a screenshot.
 //
 // Run by `cargo test` (crates/sluice/tests/admin.rs), which starts Sluice
 // and a local origin and passes them in the environment:
@@ -226,11 +226,15 @@ try {
   await page.setViewportSize({ width: 1400, height: 1300 });
   check(true, `README screenshot saved to ${readme}`);
 
-  // A DNS tunnelling burst: the alerts panel shows it at its next refresh.
+  // A DNS tunnelling burst: the alerts panel shows it live, from
+  // /api/v1/alerts/stream (rows from the stream are marked `live`; the
+  // panel's periodic refresh alone would not mark it).
+  await page.locator('#alerts-live.on').waitFor();
+  check(true, 'the alert stream connected');
   await tunnellingBurst('exfil-tunnel.test', 40);
-  const alert = page.locator('#alerts tbody tr[data-kind="dns-tunnel"]', { hasText: 'exfil-tunnel.test' });
+  const alert = page.locator('#alerts tbody tr.live[data-kind="dns-tunnel"][data-live="stream"]', { hasText: 'exfil-tunnel.test' });
   await alert.waitFor();
-  check(true, 'the tunnelling alert appeared in the alerts panel');
+  check(true, 'the tunnelling alert appeared live in the alerts panel');
   const cells = await alert.locator('td').allInnerTexts();
   check(cells[1] === 'critical' && cells[2] === 'dns-tunnel' && cells[3] === 'web',
     `severity, kind and zone shown: ${cells.slice(1, 4)}`);
@@ -239,6 +243,7 @@ try {
   check(Number(cells[7]) >= 1, `count shown: ${cells[7]}`);
   check(!cells.join(' ').includes('{'), 'readable, not raw JSON');
   check(await page.locator('#alerts tbody tr.empty').count() === 0, 'the empty note is gone');
+  check(await page.locator('#alerts tbody tr[data-kind="dns-tunnel"]').count() === 1, 'one row for the alert');
 
   await page.screenshot({ path: screenshot, fullPage: true });
   check(true, `screenshot saved to ${screenshot}`);

@@ -8,13 +8,13 @@
 //! 3. **decide** — the queried name against the zone's rules, ports aside;
 //!    a name no allow rule could match gets the blocked answer
 //!    (`dns.blocked_answer`); a special-use name is answered here
-//!    (`guard/special-name`: loopback for `localhost`, else NXDOMAIN). Tunnelling signals are counted here for every
-//!    query of a zone, allowed or not.
+//!    (`guard/special-name`: loopback for `localhost`, else NXDOMAIN).
 //! 4. **resolve** — the answer cache, else the upstreams.
 //! 5. **filter** — `filter::filter`: the CNAME chain against deny rules,
 //!    every address through the guard; grants for what was handed out.
 //! 6. **record** — one flow record per query, through the same recorder
-//!    as the proxies.
+//!    as the proxies; the `dns-tunnel` detector (`sluice-detect`) reads
+//!    those records, allowed or denied.
 //!
 //! Stages 1 to 4 on a cache hit are synchronous ([`Forwarder::begin`]), so
 //! the UDP loop answers hits without spawning a task.
@@ -43,7 +43,6 @@ use crate::{
     grants::GrantStore,
     query::{self, Question, Refusal, encode},
     ratelimit::RateLimiter,
-    tunnel::{TunnelDetector, TunnelSettings, TunnelSignal},
     upstream::Upstreams,
 };
 
@@ -86,7 +85,6 @@ pub struct Forwarder {
     cache: Cache,
     grants: Arc<GrantStore>,
     limiter: RateLimiter,
-    tunnel: TunnelDetector,
     ttl_max: u32,
     blocked: BlockedAnswer,
 }
@@ -131,11 +129,6 @@ impl Forwarder {
             ),
             grants,
             limiter: RateLimiter::new(dns.rate_limit_qps, Instant::now()),
-            tunnel: TunnelDetector::new(TunnelSettings {
-                threshold: dns.tunnel_threshold,
-                window: dns.tunnel_window,
-                min_queries: dns.tunnel_min_queries,
-            }),
             ttl_max: secs(dns.answer_ttl_max),
             blocked: dns.blocked_answer,
         }
@@ -189,11 +182,6 @@ impl Forwarder {
         if decision.zone.is_none() {
             let out = encode(&q.response(ResponseCode::Refused));
             return Step::Done(Some(self.done(rec, &decision, None, out, transport, &q)));
-        }
-        if let (Some(zone), Some(n)) = (&decision.zone, &name) {
-            if let Some(signal) = self.tunnel.observe(zone, n, q.qtype(), now) {
-                self.alert(&signal, src.ip(), rec.id());
-            }
         }
         let Some(name) = name else {
             return Step::Done(Some(self.blocked(rec, &decision, &q, transport)));
@@ -387,13 +375,6 @@ impl Forwarder {
         rec.finish(SystemTime::now());
         self.shared.recorder.record(rec);
         out
-    }
-
-    /// A tunnelling signal goes to the record stage as a `dns-tunnel`
-    /// alert naming the client whose query crossed the threshold.
-    fn alert(&self, signal: &TunnelSignal, src: IpAddr, flow: &str) {
-        let alert = signal.alert(src, flow, SystemTime::now());
-        self.shared.recorder.alert(alert);
     }
 }
 

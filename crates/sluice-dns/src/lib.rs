@@ -2,7 +2,8 @@
 //! zones, lets a zone resolve only the names its policy could allow, strips
 //! addresses the guard refuses from every answer (no rebinding through
 //! Sluice's own resolver), remembers what it handed out as grants, and
-//! watches for tunnelling. It asks `sluice-policy`; it never decides itself.
+//! records every query (the `dns-tunnel` detector of `sluice-detect` reads
+//! those records, live and offline). It asks `sluice-policy`; it never decides itself.
 //!
 //! # Layout
 //!
@@ -13,7 +14,6 @@
 //! - `upstream`: UDP with TCP fallback, timeouts, failover.
 //! - `grants`: (zone, address) → name, expiring, bounded.
 //! - `ratelimit`: per-source token buckets.
-//! - `tunnel`: tunnelling signals and alerts per registrable domain.
 //! - `server`: the UDP and TCP loops.
 
 pub mod cache;
@@ -23,7 +23,6 @@ pub mod grants;
 pub mod query;
 pub mod ratelimit;
 pub mod server;
-pub mod tunnel;
 pub mod upstream;
 
 pub use forward::{Forwarder, PolicySource, Shared, Transport};

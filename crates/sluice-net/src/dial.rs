@@ -9,7 +9,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        Mutex, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -371,10 +371,51 @@ impl Dialer {
         started: Instant,
     ) -> Result<Dialed, DialError> {
         let (decision, allowed) = self.vet(policy, decision, addrs, port)?;
+        self.connect(decision, &allowed, port, &Bind::default(), started)
+            .await
+    }
+
+    /// Connects straight to addresses already vetted, leaving from `bind`,
+    /// within what is left of the dial stage's deadline.
+    pub async fn connect(
+        &self,
+        decision: Decision,
+        allowed: &[IpAddr],
+        port: u16,
+        bind: &Bind,
+        started: Instant,
+    ) -> Result<Dialed, DialError> {
+        // A source address can only reach addresses of its own family.
+        let same_family: Vec<IpAddr>;
+        let allowed = match bind.source {
+            Some(src) => {
+                same_family = allowed
+                    .iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv4() == src.is_ipv4())
+                    .collect();
+                if same_family.is_empty() {
+                    return Err(DialError::Connect {
+                        addr: SocketAddr::new(allowed.first().copied().unwrap_or(src), port),
+                        msg: format!(
+                            "the route leaves from {src}, and the destination has no address of its family"
+                        ),
+                        kind: std::io::ErrorKind::AddrNotAvailable,
+                        decision: Box::new(decision),
+                    });
+                }
+                &same_family[..]
+            }
+            None => allowed,
+        };
         // One deadline for the stage: what resolution left of it.
         let left = self.connect_timeout.saturating_sub(started.elapsed());
+        let opts = SockOpts {
+            mark: self.mark,
+            bind: bind.clone(),
+        };
         let (stream, peer) =
-            match tokio::time::timeout(left, happy_eyeballs(&allowed, port, self.mark)).await {
+            match tokio::time::timeout(left, happy_eyeballs(allowed, port, &opts)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err((_, e))) if fd_exhausted(&e) => {
                     return Err(DialError::NoDescriptors {
@@ -402,6 +443,50 @@ impl Dialer {
             elapsed: started.elapsed(),
         })
     }
+
+    /// One connection to `addr` (a parent proxy), marked and bound like
+    /// every socket Sluice dials.
+    pub async fn connect_one(&self, addr: SocketAddr, bind: &Bind) -> std::io::Result<TcpStream> {
+        connect_marked(addr, self.mark, bind).await
+    }
+
+    /// The dial stage's deadline (`limits.connect_timeout`).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
+/// Where a route's connections leave from: a local address bound before
+/// connecting, and an interface (`SO_BINDTODEVICE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bind {
+    /// The local address (port chosen by the kernel).
+    pub source: Option<IpAddr>,
+    /// The interface name.
+    pub interface: Option<Arc<str>>,
+}
+
+/// One connection to `addr` with `SO_MARK` `mark` and `bind` (parents and
+/// their health checks).
+pub(crate) async fn connect_marked(
+    addr: SocketAddr,
+    mark: Option<u32>,
+    bind: &Bind,
+) -> std::io::Result<TcpStream> {
+    let opts = SockOpts {
+        mark,
+        bind: bind.clone(),
+    };
+    let s = connect_one(addr, &opts).await?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// What every outbound socket gets before it connects.
+#[derive(Clone)]
+struct SockOpts {
+    mark: Option<u32>,
+    bind: Bind,
 }
 
 /// A resolver with Sluice's options: both families, a bounded cache, one
@@ -425,15 +510,28 @@ fn addresses(found: LookupIp) -> Option<Vec<IpAddr>> {
     (!v.is_empty()).then_some(v)
 }
 
-/// One connection attempt, with the socket marked first when asked.
-async fn connect_one(a: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+/// One connection attempt, with the socket marked, bound to its interface
+/// and source address first when asked.
+async fn connect_one(a: SocketAddr, opts: &SockOpts) -> std::io::Result<TcpStream> {
     let sock = if a.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    if let Some(m) = mark {
+    if let Some(m) = opts.mark {
         crate::sockopt::set_mark(&sock, m)?;
+    }
+    if let Some(dev) = &opts.bind.interface {
+        crate::sockopt::bind_device(&sock, dev).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot leave by interface {dev}: {e}"))
+        })?;
+    }
+    if let Some(src) = opts.bind.source {
+        // The port is picked at connect, per destination, not at bind:
+        // bound sockets would otherwise share one ephemeral range.
+        crate::sockopt::bind_address_no_port(&sock);
+        sock.bind(SocketAddr::new(src, 0))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot leave from {src}: {e}")))?;
     }
     sock.connect(a).await
 }
@@ -456,12 +554,12 @@ fn interleave(addrs: &[IpAddr]) -> Vec<IpAddr> {
 async fn happy_eyeballs(
     addrs: &[IpAddr],
     port: u16,
-    mark: Option<u32>,
+    opts: &SockOpts,
 ) -> Result<(TcpStream, SocketAddr), (SocketAddr, std::io::Error)> {
     // One address (IP literals, most names): connect inline, no racing task.
     if let [ip] = addrs {
         let a = SocketAddr::new(*ip, port);
-        return connect_one(a, mark)
+        return connect_one(a, opts)
             .await
             .map(|s| (s, a))
             .map_err(|e| (a, e));
@@ -471,7 +569,8 @@ async fn happy_eyeballs(
     let mut set = JoinSet::new();
     let mut last_err = None;
     let spawn = |set: &mut JoinSet<_>, a: SocketAddr| {
-        set.spawn(async move { (a, connect_one(a, mark).await) });
+        let opts = opts.clone();
+        set.spawn(async move { (a, connect_one(a, &opts).await) });
     };
     if let Some(a) = pending.next() {
         spawn(&mut set, a);

@@ -16,7 +16,7 @@ use sluice_policy::{Decision, Destination, Mode, Policy, Verdict};
 use crate::Version;
 
 /// One flow's state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Flow {
     version: Arc<Version>,
     listener: Listener,
@@ -66,6 +66,9 @@ pub struct Flow {
     pub error: Option<String>,
     /// Which side failed.
     pub error_kind: Option<ErrorKind>,
+    /// `Some(true)` on a long tunnel's interim records, `Some(false)` on a
+    /// tunnel's closing record, `None` where it does not apply.
+    pub interim: Option<bool>,
 }
 
 // === impl Flow ===
@@ -112,6 +115,7 @@ impl Flow {
             route: None,
             error: None,
             error_kind: None,
+            interim: None,
         }
     }
 
@@ -227,6 +231,7 @@ impl Flow {
         r.policy_hash = self.policy_hash.as_deref().unwrap_or_default().to_owned();
         r.error = self.error;
         r.error_kind = self.error_kind;
+        r.interim = self.interim;
         r.finish(end);
         r
     }

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::{
     Grants, Version,
     auth::{AuthOutcome, Authenticator},
-    dial::{DialError, Dialed, Dialer},
+    dial::{Bind, DialError, Dialed, Dialer},
     flow::Flow,
     inspect::{self, Inspection, Inspector, SniMatch, Subject},
     proxy_protocol,
@@ -42,7 +42,7 @@ pub struct Gateway {
     recorder: Arc<dyn RecordSink>,
     metrics: Arc<Metrics>,
     grants: Option<Arc<dyn Grants>>,
-    router: Box<dyn Router>,
+    router: Arc<dyn Router>,
     inspectors: Vec<Arc<dyn Inspector>>,
     /// Those of `inspectors` that look at HTTP exchanges.
     http_inspectors: Vec<Arc<dyn Inspector>>,
@@ -83,7 +83,7 @@ impl Gateway {
             recorder,
             metrics,
             grants: None,
-            router: Box::new(Direct::default()),
+            router: Arc::new(Direct::default()),
             inspectors: vec![Arc::new(SniMatch)],
             http_inspectors: Vec::new(),
             proxy_from,
@@ -97,7 +97,7 @@ impl Gateway {
     }
 
     /// Chooses routes with `router` instead of [`Direct`].
-    pub fn with_router(mut self, router: Box<dyn Router>) -> Gateway {
+    pub fn with_router(mut self, router: Arc<dyn Router>) -> Gateway {
         self.router = router;
         self
     }
@@ -413,18 +413,41 @@ impl Gateway {
         let (Some(decision), Some(port)) = (flow.decision().cloned(), flow.port) else {
             return Err(Refusal::Internal("dial before decide".into()));
         };
+        // Resolved and checked here, whichever way the flow leaves: a
+        // parent is asked for a checked address, never the name. The
+        // route follows the decision on the addresses (a name's cidr rule
+        // may name its own route).
+        let (decision, allowed) = match self.dialer.vet(flow.policy(), &decision, addrs, port) {
+            Ok(v) => v,
+            Err(e) => return Err(refusal_of(e)),
+        };
+        flow.apply(&decision);
         let Route { name, via } = self.router.route(flow);
-        let result = match via {
-            Via::Direct => {
-                let dial = self
-                    .dialer
-                    .dial_addrs(flow.policy(), &decision, addrs, port, started);
-                match self.until_stopped(async { Ok(dial.await) }).await {
-                    Ok(r) => r,
-                    Err(refusal) => return Err(refusal),
+        let dial = async {
+            match via {
+                Via::Direct => {
+                    let r = self
+                        .dialer
+                        .connect(decision, &allowed, port, &Bind::default(), started)
+                        .await;
+                    Ok((r, name))
                 }
+                Via::Hops(set) => Ok(set
+                    .dial(
+                        &self.dialer,
+                        &self.metrics,
+                        decision,
+                        &allowed,
+                        port,
+                        started,
+                    )
+                    .await),
+                Via::Missing => Err(Refusal::Internal(format!(
+                    "route `{name}` is not configured in the running router"
+                ))),
             }
         };
+        let (result, name) = self.until_stopped(dial).await?;
         match result {
             Ok(Dialed {
                 stream,
@@ -470,18 +493,35 @@ impl Gateway {
         self.metrics.dial_failed(kind);
     }
 
-    /// Whether a pooled connection to `peer` may carry this flow under the
+    /// The name of the route a flow would leave by (pooled connections are
+    /// kept per route).
+    pub fn route_name(&self, flow: &Flow) -> Arc<str> {
+        self.router.route(flow).name
+    }
+
+    /// Whether a pooled connection to `peer`, made by `route` (the record's
+    /// `route` of the flow that made it), may carry this flow under the
     /// flow's policy (it may have changed since the connection was made);
     /// applies the second phase's decision when it may.
-    pub fn reuse(&self, flow: &mut Flow, peer: SocketAddr) -> bool {
+    pub fn reuse(&self, flow: &mut Flow, peer: SocketAddr, route: Arc<str>) -> bool {
         let (Some(decision), Some(port)) = (flow.decision(), flow.port) else {
             return false;
         };
         match self.dialer.vet(flow.policy(), decision, &[peer.ip()], port) {
             Ok((d, _)) => {
+                let before = flow.decision().cloned();
                 flow.apply(&d);
+                // Only a connection made by the route this flow would
+                // take now (`route` is the name or `name/parent`).
+                let now = self.router.route(flow).name;
+                if route.split('/').next() != Some(&*now) {
+                    if let Some(b) = before {
+                        flow.apply(&b);
+                    }
+                    return false;
+                }
                 flow.peer = Some(peer.ip());
-                flow.route = Some(self.router.route(flow).name);
+                flow.route = Some(route);
                 true
             }
             Err(_) => false,
@@ -558,17 +598,48 @@ impl Gateway {
         } else {
             None
         };
-        let r = relay::relay(
+        // Interim records: every `log.interim` of the flow's policy version
+        // (a reload applies to tunnels opened after it), a copy of the flow
+        // with the bytes since its previous record, unless none moved.
+        // `reported` is what earlier records of this flow carried.
+        let (base_out, base_in) = (flow.bytes_out, flow.bytes_in);
+        let mut reported = (0u64, 0u64);
+        let every = flow.policy().config().log.interim;
+        // Borrowed, and copied only when an interim record is written: a
+        // short tunnel pays nothing for this.
+        let snapshot = &flow;
+        let mut report = |out: u64, inn: u64, sni: Option<&str>| {
+            let (out, inn) = (base_out + out, base_in + inn);
+            if (out, inn) == reported {
+                return;
+            }
+            let mut interim = snapshot.clone();
+            interim.bytes_out = out - reported.0;
+            interim.bytes_in = inn - reported.1;
+            interim.interim = Some(true);
+            if let Some(name) = sni {
+                interim.sni = Some(name.to_owned());
+            }
+            reported = (out, inn);
+            self.record(interim);
+        };
+        let r = relay::relay_with(
             client,
             upstream,
             pre,
             check,
             self.timeouts(),
             self.drain.stopped(),
+            Some(relay::Interim {
+                every,
+                report: &mut report,
+            }),
         )
         .await;
-        flow.bytes_out += r.bytes_out;
-        flow.bytes_in += r.bytes_in;
+        // The closing record carries the rest.
+        flow.bytes_out = (base_out + r.bytes_out).saturating_sub(reported.0);
+        flow.bytes_in = (base_in + r.bytes_in).saturating_sub(reported.1);
+        flow.interim = Some(false);
         if r.sni.is_some() {
             flow.sni = r.sni;
         }

@@ -11,7 +11,10 @@
 //! - `refusal`: [`Refusal`], every way a flow is refused, with its side.
 //! - `inspect`: the [`Inspector`] seam (first tunnel bytes, HTTP heads and
 //!   body chunks) and its first inspector, [`inspect::SniMatch`].
-//! - `route`: the [`Router`] seam (how a dial leaves) and [`route::Direct`].
+//! - `route`: the [`Router`] seam (how a dial leaves), [`route::Direct`]
+//!   and [`route::Routes`] (the configured routes: source-pinned,
+//!   parents, failover, health).
+//! - `parent`: the client side of HTTP CONNECT and SOCKS5 parents.
 //! - `http`: the HTTP/1.1 forward proxy (CONNECT and absolute-form).
 //! - `socks5`: the SOCKS5 proxy (RFC 1928 CONNECT, RFC 1929 user/password).
 //! - `transparent`: connections redirected by nftables/iptables (Linux),
@@ -21,7 +24,8 @@
 //! - `relay`: byte-counting bidirectional copy with idle timeout (splice).
 //! - `tls`: ClientHello SNI parsing.
 //! - `proxy_protocol`: PROXY protocol v1/v2 header parsing (pure).
-//! - `sockopt`: `SO_ORIGINAL_DST` and `SO_MARK` behind safe wrappers.
+//! - `sockopt`: `SO_ORIGINAL_DST`, `SO_MARK`, `SO_BINDTODEVICE` behind
+//!   safe wrappers.
 
 pub mod auth;
 pub mod dial;
@@ -29,6 +33,7 @@ pub mod flow;
 pub mod gateway;
 pub mod http;
 pub mod inspect;
+pub mod parent;
 pub mod proxy_protocol;
 pub mod refusal;
 pub mod relay;
@@ -51,7 +56,7 @@ pub use flow::Flow;
 pub use gateway::Gateway;
 pub use inspect::{Inspection, Inspector};
 pub use refusal::{Refusal, Side};
-pub use route::{Route, Router};
+pub use route::{Route, Router, Routes};
 
 /// DNS-derived grants (docs/design.md, the DNS forwarder): addresses that a
 /// zone's clients learned from an allowed DNS answer, so that a redirected

@@ -90,6 +90,18 @@ pub struct Counters {
     last: AtomicU64,
 }
 
+/// Interim reports of a long tunnel: every `every`, `report` gets the
+/// bytes moved so far each way (client → destination, destination →
+/// client) and the SNI, once the hello check saw one. The relay does no
+/// per-read work for it: a timer of its own reads the counters the
+/// directions already keep.
+pub struct Interim<'a> {
+    /// How often.
+    pub every: Duration,
+    /// Called with the running totals and the SNI; must not block.
+    pub report: &'a mut (dyn FnMut(u64, u64, Option<&str>) + Send),
+}
+
 /// A check on the first client bytes of a tunnel (the inspectors): it gets
 /// the parsed ClientHello and may refuse the tunnel with a rule and reason.
 pub type HelloCheck = Box<dyn FnOnce(&Hello) -> Inspection + Send>;
@@ -107,6 +119,20 @@ pub async fn relay(
     check: Option<HelloCheck>,
     timeouts: Timeouts,
     stop: impl Future<Output = ()>,
+) -> Relayed {
+    relay_with(client, upstream, pre, check, timeouts, stop, None).await
+}
+
+/// [`relay`], with `interim` reports of the running byte counts while the
+/// tunnel lasts.
+pub async fn relay_with(
+    client: TcpStream,
+    upstream: TcpStream,
+    pre: Preread<'_>,
+    check: Option<HelloCheck>,
+    timeouts: Timeouts,
+    stop: impl Future<Output = ()>,
+    interim: Option<Interim<'_>>,
 ) -> Relayed {
     let Timeouts {
         idle,
@@ -170,6 +196,7 @@ pub async fn relay(
             ErrorKind::Timeout,
         )),
         () = stop => Some(Stop::Io("stopped: drain timeout".to_owned(), ErrorKind::Internal)),
+        () = report_every(&counters, &sni, interim) => None,
     };
     match ended {
         None => {}
@@ -229,6 +256,29 @@ async fn deliver(
         counters.touch(started);
     }
     Ok(())
+}
+
+/// Calls `interim`'s report every interval with the counters' totals;
+/// never resolves (without `interim`, it only waits).
+async fn report_every(
+    counters: &Counters,
+    sni: &std::sync::Mutex<Option<String>>,
+    interim: Option<Interim<'_>>,
+) {
+    let Some(Interim { every, report }) = interim else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let name = sni.lock().ok().and_then(|s| s.clone());
+        report(
+            counters.out.load(Ordering::Relaxed),
+            counters.inn.load(Ordering::Relaxed),
+            name.as_deref(),
+        );
+    }
 }
 
 /// Resolves once no byte has moved either way for `idle`.

@@ -62,6 +62,37 @@ pub fn set_mark(_s: &TcpSocket, _mark: u32) -> io::Result<()> {
     ))
 }
 
+/// Binds a socket to a network interface (`SO_BINDTODEVICE`, needs
+/// `CAP_NET_RAW`): its packets leave by that interface whatever the
+/// routing table says.
+#[cfg(target_os = "linux")]
+pub fn bind_device(s: &TcpSocket, name: &str) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(s, sockopt::BindToDevice, &std::ffi::OsString::from(name)).map_err(io::Error::from)
+}
+
+/// Not available off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn bind_device(_s: &TcpSocket, _name: &str) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_BINDTODEVICE needs Linux",
+    ))
+}
+
+/// Asks the kernel to pick a bound socket's port at connect time
+/// (`IP_BIND_ADDRESS_NO_PORT`), so that connections from one source
+/// address to different destinations may share ports. Best effort.
+#[cfg(target_os = "linux")]
+pub fn bind_address_no_port(s: &TcpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(s, sockopt::IpBindAddressNoPort, &true);
+}
+
+/// Not available off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn bind_address_no_port(_s: &TcpSocket) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

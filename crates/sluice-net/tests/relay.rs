@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use sluice_net::relay::{Preread, Timeouts, relay};
+use sluice_net::relay::{Interim, Preread, Timeouts, relay, relay_with};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -171,5 +171,62 @@ async fn a_client_leaving_mid_stream_is_the_client_side() {
             Some(sluice_observe::ErrorKind::Client),
             "{chunk}: {error}"
         );
+    }
+}
+
+/// A slow upload: the interim reports see the running totals while the
+/// tunnel is open, each at least the one before, and never more than the
+/// final counts.
+#[tokio::test]
+async fn interim_reports_carry_running_totals_while_the_tunnel_is_open() {
+    let (mut client, proxy_client) = pair().await;
+    let (proxy_up, mut origin) = pair().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut report = move |out: u64, inn: u64, sni: Option<&str>| {
+            assert_eq!(sni, None, "no hello check");
+            let _ = tx.send((out, inn));
+        };
+        relay_with(
+            proxy_client,
+            proxy_up,
+            Preread::default(),
+            None,
+            timeouts(5_000),
+            std::future::pending(),
+            Some(Interim {
+                every: Duration::from_millis(50),
+                report: &mut report,
+            }),
+        )
+        .await
+    });
+    origin.write_all(&[1u8; 300]).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        origin.read_to_end(&mut got).await.unwrap();
+        got.len()
+    });
+    let mut down = [0u8; 300];
+    client.read_exact(&mut down).await.unwrap();
+    for _ in 0..6 {
+        client.write_all(&[0u8; 1000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Reports came while the tunnel was open, with bytes already counted.
+    let (out, inn) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an interim report within 5 s")
+        .unwrap();
+    assert!(out >= 1000 && inn == 300, "{out} {inn}");
+    client.shutdown().await.unwrap();
+    assert_eq!(reader.await.unwrap(), 6000);
+    drop(client);
+    let r = task.await.unwrap();
+    assert_eq!((r.bytes_out, r.bytes_in), (6000, 300));
+    let mut last = (out, inn);
+    while let Ok((o, i)) = rx.try_recv() {
+        assert!(o >= last.0 && i >= last.1 && o <= 6000 && i <= 300);
+        last = (o, i);
     }
 }

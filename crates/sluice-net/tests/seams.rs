@@ -123,7 +123,7 @@ async fn gateway(origin_port: u16, kept: Arc<Kept>) -> SocketAddr {
     let dialer = Dialer::new(&[], Duration::from_secs(2), Duration::from_secs(2)).unwrap();
     let gw = Gateway::new(version, dialer, kept, Arc::new(Metrics::new()))
         .with_inspector(Arc::new(Dlp))
-        .with_router(Box::new(Named));
+        .with_router(std::sync::Arc::new(Named));
     let l = sluice_serve::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

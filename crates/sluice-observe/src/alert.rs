@@ -285,6 +285,11 @@ impl Alert {
 // === impl AlertFilter ===
 
 impl AlertFilter {
+    /// Whether `a` passes every condition (`since` against when it fired).
+    pub fn accepts(&self, a: &Alert) -> bool {
+        self.matches(a.fired_at().unwrap_or(UNIX_EPOCH), a)
+    }
+
     fn matches(&self, at: SystemTime, a: &Alert) -> bool {
         self.kind.is_none_or(|k| k == a.kind)
             && self.severity.is_none_or(|s| a.severity >= s)
@@ -336,7 +341,14 @@ impl AlertRing {
     ///
     /// An alert whose time cannot be read counts as fired at the epoch: it
     /// is kept, but is never a repeat of a recent one.
-    pub fn push(&self, mut alert: Alert) -> Option<Alert> {
+    pub fn push(&self, alert: Alert) -> Option<Alert> {
+        self.push_seq(alert).map(|(_, a)| a)
+    }
+
+    /// [`AlertRing::push`], with the new alert's sequence number: 1, 2, …
+    /// in the order alerts were stored since the ring was made (the live
+    /// alert stream's event id).
+    pub fn push_seq(&self, mut alert: Alert) -> Option<(u64, Alert)> {
         let at = alert.fired_at().unwrap_or(UNIX_EPOCH);
         let key = alert.key();
         let mut ring = self.lock();
@@ -375,7 +387,27 @@ impl AlertRing {
             at,
             alert: alert.clone(),
         });
-        Some(alert)
+        Some((seq + 1, alert))
+    }
+
+    /// The stored alerts with sequence numbers after `after`, oldest first
+    /// (a live stream's `Last-Event-ID` resume), as they are now (repeats
+    /// counted); and how many after `after` the ring no longer holds.
+    pub fn after(&self, after: u64) -> (Vec<(u64, Alert)>, u64) {
+        let ring = self.lock();
+        let found: Vec<(u64, Alert)> = ring
+            .slots
+            .iter()
+            .filter(|s| s.seq + 1 > after)
+            .map(|s| (s.seq + 1, s.alert.clone()))
+            .collect();
+        let first = found.first().map_or(ring.next_seq + 1, |(s, _)| *s);
+        (found, first.saturating_sub(after + 1))
+    }
+
+    /// The last sequence number given (0 before the first alert).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq
     }
 
     /// Stored alerts matching `filter`, newest first, at most `limit`.

@@ -24,7 +24,10 @@
 //!   memory of recent alerts that folds repeats into a count.
 //! - `recorder`: [`Recorder`], the record stage's fan-out to metrics, the
 //!   view, the sink, the [`Detector`]s and the [`FlowBus`], and where
-//!   alerts are emitted.
+//!   alerts are emitted: the ring, the metric, stderr, the flow bus, the
+//!   [`AlertSink`]s and the live alert stream.
+//! - `sinks`: the alert sinks, [`Webhook`] and [`Syslog`], each queueing
+//!   alerts for a task of its own.
 
 mod alert;
 mod metrics;
@@ -32,6 +35,7 @@ mod process;
 mod record;
 mod recorder;
 mod sink;
+mod sinks;
 mod view;
 
 pub use alert::{
@@ -42,8 +46,11 @@ pub use metrics::{ActiveTunnel, COMMIT, CONTENT_TYPE, DialFailure, LIMITS, Metri
 pub use record::{
     ErrorKind, Finding, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id, rfc3339,
 };
-pub use recorder::{Detector, FlowBus, RecordSink, Recorder};
+pub use recorder::{Detector, FlowBus, LiveAlert, RecordSink, Recorder};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
+pub use sinks::{
+    AlertSink, Syslog, SyslogError, Webhook, WebhookError, format_rfc5424, frame_octet_counted,
+};
 pub use view::{
     BUCKETS, FlowFilter, FlowView, OTHER, RuleStat, Sequenced, TopBy, TopEntry, Totals,
     TrafficBucket, ViewLimits, ZoneTop,

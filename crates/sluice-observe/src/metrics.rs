@@ -51,6 +51,11 @@ pub struct Metrics {
     dns_rate_limited: Counter,
     fd_exhausted: Family<ListenerLabel, Counter>,
     pool_idle: Gauge,
+    route_up: Family<RouteLabels, Gauge>,
+    route_dials: Family<RouteDialLabels, Counter>,
+    alert_sink_delivered: Family<SinkLabel, Counter>,
+    alert_sink_dropped: Family<SinkLabel, Counter>,
+    detect_evictions: Counter,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -79,6 +84,11 @@ struct DnsLabels {
 struct AlertLabels {
     kind: &'static str,
     severity: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SinkLabel {
+    sink: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -160,6 +170,21 @@ struct ResultLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HashLabel {
     hash: String,
+}
+
+/// A route and one of its hops (`direct` or the parent's `host:port`):
+/// both operator-defined, so bounded by the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    hop: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteDialLabels {
+    route: String,
+    hop: String,
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -336,14 +361,46 @@ impl Metrics {
             "Accepts and dials that failed because Sluice is out of file descriptors (EMFILE, ENFILE), by listener",
             fd_exhausted.clone(),
         );
+        let detect_evictions = Counter::default();
+        registry.register(
+            "sluice_detect_evictions",
+            "Detection baselines (sources, destinations) evicted, least recently seen first, to stay within bounds",
+            detect_evictions.clone(),
+        );
         let pool_idle = Gauge::default();
         registry.register(
             "sluice_pool_idle_connections",
             "Idle keep-alive origin connections in the HTTP proxy's pool",
             pool_idle.clone(),
         );
+        let route_up = Family::default();
+        registry.register(
+            "sluice_route_up",
+            "Whether a route's hop is in use (1) or ejected (0) by its health check or failed dials, by route and hop",
+            route_up.clone(),
+        );
+        let route_dials = Family::default();
+        registry.register(
+            "sluice_route_dials",
+            "Dials by route and hop, by result (`ok`, `failed`); a failed hop is followed by the route's next",
+            route_dials.clone(),
+        );
+        let alert_sink_delivered = Family::default();
+        registry.register(
+            "sluice_alert_sink_delivered",
+            "Alerts an alert sink delivered (webhook: a 2xx answer; syslog: sent), by sink",
+            alert_sink_delivered.clone(),
+        );
+        let alert_sink_dropped = Family::default();
+        registry.register(
+            "sluice_alert_sink_dropped",
+            "Alerts an alert sink dropped (queue full, or every attempt failed), by sink",
+            alert_sink_dropped.clone(),
+        );
         Metrics {
             registry,
+            alert_sink_delivered,
+            alert_sink_dropped,
             tunnels,
             requests,
             bytes_out,
@@ -367,7 +424,31 @@ impl Metrics {
             dns_rate_limited,
             fd_exhausted,
             pool_idle,
+            route_up,
+            route_dials,
+            detect_evictions,
         }
+    }
+
+    /// Sets `sluice_route_up{route,hop}`.
+    pub fn route_up(&self, route: &str, hop: &str, up: bool) {
+        self.route_up
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                hop: hop.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts a dial by a route's hop in `sluice_route_dials_total`.
+    pub fn route_dial(&self, route: &str, hop: &str, ok: bool) {
+        self.route_dials
+            .get_or_create(&RouteDialLabels {
+                route: route.to_owned(),
+                hop: hop.to_owned(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
     }
 
     /// Counts an accept or a dial on `listener` that failed for want of a
@@ -469,8 +550,14 @@ impl Metrics {
     /// Counts a finished flow: a tunnel in `sluice_tunnels_total`, an
     /// absolute-form request in `sluice_requests_total`, its HTTP answer's
     /// class, a failed login, and its bytes by zone. DNS queries only add
-    /// their bytes; the DNS forwarder counts queries itself.
+    /// their bytes; the DNS forwarder counts queries itself. An interim
+    /// record only adds its bytes (those since the flow's previous record):
+    /// the flow is counted once, by its closing record.
     pub fn record(&self, r: &FlowRecord) {
+        if r.interim == Some(true) {
+            self.add_bytes(r);
+            return;
+        }
         let class = r
             .status
             .filter(|_| r.listener != Listener::Dns)
@@ -490,7 +577,7 @@ impl Metrics {
         let zone = r.zone.clone().unwrap_or_default();
         let labels = FlowLabels {
             listener: r.listener.as_str(),
-            zone: zone.clone(),
+            zone,
             verdict: r.verdict.as_str(),
             enforced: r.enforced,
         };
@@ -499,7 +586,17 @@ impl Metrics {
             Protocol::Dns => 0,
             _ => self.tunnels.get_or_create(&labels).inc(),
         };
-        let zone = ZoneLabel { zone };
+        self.add_bytes(r);
+    }
+
+    /// Adds a record's bytes to `sluice_bytes_{out,in}_total{zone}`.
+    fn add_bytes(&self, r: &FlowRecord) {
+        if r.bytes_out == 0 && r.bytes_in == 0 {
+            return;
+        }
+        let zone = ZoneLabel {
+            zone: r.zone.clone().unwrap_or_default(),
+        };
         if r.bytes_out > 0 {
             self.bytes_out.get_or_create(&zone).inc_by(r.bytes_out);
         }
@@ -520,6 +617,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts `n` detection baselines evicted to stay within bounds, in
+    /// `sluice_detect_evictions_total`.
+    pub fn detect_evicted(&self, n: u64) {
+        self.detect_evictions.inc_by(n);
+    }
+
     /// Counts one emitted alert in `sluice_alerts_total{kind,severity}`.
     /// [`crate::Recorder::alert`] calls this once per new alert; repeats
     /// that only raise a stored alert's count are not counted.
@@ -529,6 +632,28 @@ impl Metrics {
                 kind: kind.as_str(),
                 severity: severity.as_str(),
             })
+            .inc();
+    }
+
+    /// Declares an alert sink's series at zero (`sink`: `webhook`, `syslog`).
+    pub fn declare_alert_sink(&self, sink: &'static str) {
+        self.alert_sink_delivered
+            .get_or_create_owned(&SinkLabel { sink });
+        self.alert_sink_dropped
+            .get_or_create_owned(&SinkLabel { sink });
+    }
+
+    /// Counts one alert `sink` delivered.
+    pub fn alert_sink_delivered(&self, sink: &'static str) {
+        self.alert_sink_delivered
+            .get_or_create(&SinkLabel { sink })
+            .inc();
+    }
+
+    /// Counts one alert `sink` dropped (queue full or delivery failed).
+    pub fn alert_sink_dropped(&self, sink: &'static str) {
+        self.alert_sink_dropped
+            .get_or_create(&SinkLabel { sink })
             .inc();
     }
 
@@ -748,6 +873,29 @@ mod tests {
             1.0
         );
         assert!(!text.contains("10.0.1.7"), "no addresses in labels");
+    }
+
+    #[test]
+    fn interim_records_add_bytes_and_never_count_the_flow() {
+        let m = Metrics::new();
+        let mut interim = flow(Protocol::Connect, "web", "allow");
+        interim.status = Some(200);
+        interim.interim = Some(true);
+        m.record(&interim);
+        m.record(&interim);
+        let mut last = interim.clone();
+        last.interim = Some(false);
+        m.record(&last);
+        let text = m.encode();
+        let conn =
+            r#"sluice_tunnels_total{listener="http",zone="web",verdict="allow",enforced="true"}"#;
+        assert_eq!(value(&text, conn), 1.0);
+        assert_eq!(
+            value(&text, r#"sluice_http_responses_total{class="2xx"}"#),
+            1.0
+        );
+        assert_eq!(value(&text, r#"sluice_bytes_out_total{zone="web"}"#), 300.0);
+        assert_eq!(value(&text, r#"sluice_bytes_in_total{zone="web"}"#), 6000.0);
     }
 
     #[test]

@@ -10,7 +10,25 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use crate::{Alert, AlertRing, FlowRecord, FlowSink, FlowView, Metrics};
+use tokio::sync::broadcast;
+
+use crate::{Alert, AlertRing, FlowRecord, FlowSink, FlowView, Metrics, sinks::AlertSink};
+
+/// New alerts a slow live-stream subscriber may fall behind before it
+/// skips (and is told how many it missed).
+const ALERT_BACKLOG: usize = 256;
+
+/// A new alert as the live alert stream sends it: its sequence number
+/// (the event id), the alert, and its JSON, serialized once.
+#[derive(Debug)]
+pub struct LiveAlert {
+    /// 1, 2, … in the order alerts were emitted since start.
+    pub seq: u64,
+    /// The alert as first emitted.
+    pub alert: Alert,
+    /// Its JSON, one line.
+    pub json: String,
+}
 
 /// The record stage's seam: where every listener (the proxies through
 /// `sluice-net`'s gateway, the DNS forwarder directly) hands finished flow
@@ -39,6 +57,10 @@ impl RecordSink for Recorder {
 /// so it keeps bounded state, takes no lock for long and never does I/O;
 /// it reasons in the record's own time, never the wall clock.
 pub trait Detector: Send + Sync {
+    /// Fills what the detector knows about `r` before anything else sees
+    /// it (the destination's `country`); cheap, like `observe`.
+    fn enrich(&self, _r: &mut FlowRecord) {}
+
     /// The alerts `r` raises (usually none). Repeats are fine: the
     /// recorder folds them into the stored alert's count.
     fn observe(&self, r: &FlowRecord) -> Vec<Alert>;
@@ -64,6 +86,8 @@ pub struct Recorder {
     detectors: Vec<Box<dyn Detector>>,
     alerts: AlertRing,
     bus: Option<Box<dyn FlowBus>>,
+    alert_sinks: Vec<Box<dyn AlertSink>>,
+    live_alerts: broadcast::Sender<Arc<LiveAlert>>,
 }
 
 // === impl Recorder ===
@@ -85,6 +109,8 @@ impl Recorder {
             detectors: Vec::new(),
             alerts,
             bus: None,
+            alert_sinks: Vec::new(),
+            live_alerts: broadcast::channel(ALERT_BACKLOG).0,
         }
     }
 
@@ -96,6 +122,20 @@ impl Recorder {
         self
     }
 
+    /// The same recorder with every new alert also sent to `sink` (the
+    /// webhook, syslog).
+    #[must_use]
+    pub fn with_alert_sink(mut self, sink: Box<dyn AlertSink>) -> Recorder {
+        self.alert_sinks.push(sink);
+        self
+    }
+
+    /// New alerts from now on, for the live alert stream. A subscriber
+    /// that falls more than 256 alerts behind gets `RecvError::Lagged`.
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<Arc<LiveAlert>> {
+        self.live_alerts.subscribe()
+    }
+
     /// The same recorder with `detector` run on every record from now on.
     #[must_use]
     pub fn with_detector(mut self, detector: Box<dyn Detector>) -> Recorder {
@@ -103,18 +143,27 @@ impl Recorder {
         self
     }
 
-    /// Takes one finished record: counts it (per-rule hits only for rules
-    /// with an explicit id), runs the detectors on it, and hands it to the
-    /// view and the sink.
+    /// Takes one finished record: lets the detectors fill what they know
+    /// (its `country`), counts it (per-rule hits only for rules with an
+    /// explicit id), runs the detectors on it, and hands it to the view
+    /// and the sink.
     ///
     /// The record must already be finished ([`FlowRecord::finish`]): the
     /// listener that owns a flow stamps its end time exactly once, and this
-    /// stage never changes a record.
-    pub fn record(&self, r: FlowRecord) {
+    /// stage changes no field of it but what a detector fills (`country`).
+    pub fn record(&self, mut r: FlowRecord) {
+        for d in &self.detectors {
+            d.enrich(&mut r);
+        }
         self.metrics.record(&r);
         // Per-rule metrics only for rules with an explicit id (ids never
-        // contain `/`; positional and guard ids do).
-        if !r.rule.is_empty() && !r.rule.contains('/') && r.rule != "default" {
+        // contain `/`; positional and guard ids do); a long tunnel's
+        // interim records do not hit its rule again.
+        if !r.rule.is_empty()
+            && !r.rule.contains('/')
+            && r.rule != "default"
+            && r.interim != Some(true)
+        {
             self.metrics.rule_hit(&r.rule);
         }
         for d in &self.detectors {
@@ -133,22 +182,37 @@ impl Recorder {
     /// Takes one alert, from a detector here or from a listener that
     /// detects on its own (the DNS forwarder). A repeat within a stored
     /// alert's window only raises that alert's count. A new one is kept in
-    /// the ring, counted in `sluice_alerts_total{kind,severity}`, and
-    /// written as one JSON object on one line of stderr — the same object
-    /// the API serves, with nothing before it, for log shippers to pick up.
+    /// the ring, counted in `sluice_alerts_total{kind,severity}`, written
+    /// as one JSON object on one line of stderr — the same object the API
+    /// serves, with nothing before it, for log shippers to pick up — and
+    /// handed, serialized once, to every alert sink and the live alert
+    /// stream. Each sink only queues it (never waits).
     pub fn alert(&self, a: Alert) {
-        let Some(new) = self.alerts.push(a) else {
+        let Some((seq, new)) = self.alerts.push_seq(a) else {
             return;
         };
         self.metrics.alert(new.kind, new.severity);
         if let Some(bus) = &self.bus {
             bus.alert(&new);
         }
-        match serde_json::to_string(&new) {
-            Ok(line) => eprintln!("{line}"),
+        let json = match serde_json::to_string(&new) {
+            Ok(line) => line,
             // A Value of our own making with string keys: cannot happen.
-            Err(e) => tracing::error!(error = %e, "cannot serialize an alert"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize an alert");
+                return;
+            }
+        };
+        eprintln!("{json}");
+        for sink in &self.alert_sinks {
+            sink.send(&new, &json);
         }
+        // No subscribers is not an error.
+        let _ = self.live_alerts.send(Arc::new(LiveAlert {
+            seq,
+            alert: new,
+            json,
+        }));
     }
 
     /// Recent alerts, for the admin API.
@@ -173,6 +237,7 @@ impl std::fmt::Debug for Recorder {
             .field("detectors", &self.detectors.len())
             .field("bus", &self.bus.is_some())
             .field("alerts", &self.alerts)
+            .field("alert_sinks", &self.alert_sinks.len())
             .finish_non_exhaustive()
     }
 }

@@ -96,7 +96,7 @@ pub struct RuleStat {
 /// Totals of one key (a zone, a source or a destination).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
-    /// Finished flows.
+    /// Finished flows (a long tunnel's interim records add bytes only).
     pub flows: u64,
     /// Of which denied (enforced or not).
     pub denied: u64,
@@ -243,7 +243,11 @@ impl FlowView {
                 at,
                 record: record.clone(),
             };
-            let denied = record.verdict != Verdict::Allow;
+            // An interim record shows in the recent flows and the live
+            // stream (a long tunnel is visible while it runs) but counts
+            // no denial and no rule hit: its closing record does.
+            let interim = record.interim == Some(true);
+            let denied = record.verdict != Verdict::Allow && !interim;
             if denied {
                 push_bounded(
                     &mut inner.denials,
@@ -252,7 +256,7 @@ impl FlowView {
                 );
             }
             push_bounded(&mut inner.recent, entry, self.limits.recent_flows);
-            if !record.rule.is_empty() {
+            if !record.rule.is_empty() && !interim {
                 let known = inner.rules.len() < MAX_RULE_IDS;
                 match inner.rules.get_mut(&record.rule) {
                     Some(s) => {
@@ -301,9 +305,12 @@ impl FlowView {
         };
         let zone = r.zone.as_deref().unwrap_or_default();
         let agg = bucket.zones.entry_ref(zone).or_default();
+        // An interim record adds its bytes (those since the flow's previous
+        // record); the flow and its denial count once, at its close.
+        let closing = u64::from(r.interim != Some(true));
         let add = |t: &mut Totals| {
-            t.flows += 1;
-            t.denied += u64::from(r.verdict != Verdict::Allow);
+            t.flows += closing;
+            t.denied += closing * u64::from(r.verdict != Verdict::Allow);
             t.bytes_out += r.bytes_out;
             t.bytes_in += r.bytes_in;
         };

@@ -208,3 +208,27 @@ fn flows_after_a_sequence_number_come_from_the_ring_oldest_first() {
     assert_eq!(missed, 2);
     assert_eq!(hosts(5), (vec![], 0));
 }
+
+#[test]
+fn interim_records_add_bytes_but_count_the_flow_and_its_rule_once() {
+    let v = FlowView::new(limits());
+    // A report-mode would-be denial that ran long: two interim records,
+    // then the closing one.
+    let mut r = flow("web", "a.test", "deny", "10.0.0.1:1", 5);
+    r.interim = Some(true);
+    v.push(&r, at(5));
+    v.push(&r, at(6));
+    r.interim = Some(false);
+    v.push(&r, at(7));
+    let top = v.top(at(8), Duration::from_secs(600), None, TopBy::Flows, 10);
+    assert_eq!(top[0].totals.flows, 1);
+    assert_eq!(top[0].totals.denied, 1);
+    assert_eq!(top[0].totals.bytes_out, 30);
+    assert_eq!(top[0].totals.bytes_in, 300);
+    assert_eq!(top[0].destinations[0].totals.flows, 1);
+    assert_eq!(top[0].sources[0].totals.bytes_out, 30);
+    assert_eq!(v.rule_stats()["web/deny/1"].hits, 1);
+    assert_eq!(v.denials(&FlowFilter::default(), 100).len(), 1);
+    // Every record shows in the recent flows (and the live stream).
+    assert_eq!(v.flows(&FlowFilter::default(), 100).len(), 3);
+}

@@ -210,6 +210,9 @@ pub(crate) struct Cx<'f> {
     rule_ids: HashMap<String, usize>,
     /// User names that zones refer to, checked against `users` at the end.
     user_refs: Vec<(String, Pos)>,
+    /// Route names that zones and rules refer to, checked against
+    /// `routes` at the end.
+    route_refs: Vec<(String, Pos)>,
 }
 
 /// How messages name the key being read: `admin.window`, `users[].name`,
@@ -239,6 +242,7 @@ impl<'f> Cx<'f> {
             label: Label::default(),
             rule_ids: HashMap::new(),
             user_refs: Vec::new(),
+            route_refs: Vec::new(),
         }
     }
 

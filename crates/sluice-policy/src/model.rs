@@ -40,6 +40,11 @@ pub struct Config {
     pub log: Log,
     /// The flow bus: every record and alert published to NATS JetStream.
     pub bus: Bus,
+    /// Named ways out (`direct` is built in), chosen by `zones[].route`
+    /// or `allow[].route`.
+    pub routes: Vec<RouteDef>,
+    /// Detection: baselines and alerts (`detect:`).
+    pub detect: Detect,
 }
 
 impl Default for Config {
@@ -57,6 +62,8 @@ impl Default for Config {
             limits: Limits::default(),
             log: Log::default(),
             bus: Bus::default(),
+            routes: Vec::new(),
+            detect: Detect::default(),
         }
     }
 }
@@ -176,6 +183,14 @@ pub struct Zone {
     pub allow: Vec<Rule>,
     /// Deny rules (without `ports` they cover every port).
     pub deny: Vec<Rule>,
+    /// The route this zone's flows leave by (a name under `routes`, or
+    /// `direct`); `None`: direct.
+    pub route: Option<String>,
+    /// ISO 3166 country codes this zone's traffic may go to; a flow to any
+    /// other country raises a `geo` warning. `None`: any country.
+    pub countries: Option<Vec<String>>,
+    /// `detect: off`: no detector looks at this zone's flows.
+    pub detect: Switch,
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.
@@ -195,6 +210,9 @@ pub struct Rule {
     pub ticket: Option<String>,
     /// When the rule stops matching (RFC 3339).
     pub expires: Option<Expiry>,
+    /// The route flows this (allow) rule lets out leave by, over the
+    /// zone's.
+    pub route: Option<String>,
 }
 
 /// A rule's `expires`: the instant, as written, and where it was written
@@ -375,6 +393,11 @@ pub struct Limits {
     /// On SIGTERM, how long open tunnels may continue.
     #[serde(with = "duration_text")]
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long `/readyz` answers 503 while the listeners
+    /// still accept, before the drain closes them (for load balancers to
+    /// notice); `0s`: close at once.
+    #[serde(with = "duration_text")]
+    pub drain_grace: Duration,
     /// Time an origin may take to send a response head once the request
     /// was fully sent to it (absolute-form requests); past it, 504.
     #[serde(with = "duration_text")]
@@ -398,6 +421,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            drain_grace: Duration::ZERO,
             response_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
             pool_max_idle_per_host: 8,
@@ -456,12 +480,419 @@ impl Default for Bus {
 pub struct Log {
     /// `stdout` or a file path; JSON lines.
     pub flows: String,
+    /// How often a long tunnel writes an interim record with the bytes
+    /// since its previous record.
+    #[serde(with = "duration_text")]
+    pub interim: Duration,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
             flows: "stdout".to_owned(),
+            interim: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One named way out (`routes[]`): its hops, tried in order (`failover`)
+/// or by weight (`weighted`), each checked by a TCP connect every
+/// `health_check.interval`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteDef {
+    /// `[a-z0-9_-]{1,63}`; `direct` is built in.
+    pub name: String,
+    /// The hops: `direct`, `http://host:port`, `socks5://host:port`.
+    pub via: Vec<Hop>,
+    /// The local address every connection of this route leaves from.
+    pub source: Option<IpAddr>,
+    /// The interface every connection of this route leaves by
+    /// (`SO_BINDTODEVICE`, needs `CAP_NET_RAW`).
+    pub interface: Option<String>,
+    /// How a hop is chosen.
+    pub select: Select,
+    /// The active health check of parent hops.
+    pub health_check: HealthCheck,
+}
+
+impl Default for RouteDef {
+    fn default() -> Self {
+        RouteDef {
+            name: String::new(),
+            via: Vec::new(),
+            source: None,
+            interface: None,
+            select: Select::Failover,
+            health_check: HealthCheck::default(),
+        }
+    }
+}
+
+/// How a route chooses among its hops that are up.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Select {
+    /// The first hop that is up, in the order written.
+    #[default]
+    Failover,
+    /// Hops that are up, in proportion to their `#weight=N`.
+    Weighted,
+}
+
+/// A route's active health check: a TCP connect to each parent.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HealthCheck {
+    /// How often each parent is checked.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// How long one check may take.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `detect.webhook`: one alert per HTTP POST, its JSON the body.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Webhook {
+    /// `http://host[:port]/path`; unset: no webhook.
+    pub url: Option<String>,
+    /// Time allowed for one POST (connect, send, answer).
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Alerts waiting to be sent at most; more are dropped and counted.
+    pub queue: u32,
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Webhook {
+            url: None,
+            timeout: Duration::from_secs(5),
+            queue: 1000,
+        }
+    }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Enabled (the default).
+    #[default]
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Detection (`detect:`): where the country database and the baselines
+/// live, how long sources are learned before they are judged, and each
+/// detector's thresholds (`detect.<kind>`). Every threshold has a default
+/// that works without tuning.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Detect {
+    /// Whether `sluice run` runs the detectors on its own flows; `false`
+    /// on replicas whose flows a follower (`sluice detect --follow`)
+    /// judges from the flow bus, so that no alert is raised twice.
+    pub embedded: bool,
+    /// A country `.mmdb` (GeoLite2-Country layout), relative to the
+    /// configuration file's folder.
+    pub geoip: Option<PathBuf>,
+    /// Where baselines persist across restarts (relative to the
+    /// configuration file's folder); none: in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// How long a zone is observed before new destinations, beacons and
+    /// volume are judged.
+    #[serde(with = "duration_text")]
+    pub learn: Duration,
+    /// How far out of order (in event time) records may arrive.
+    #[serde(with = "duration_text")]
+    pub max_lateness: Duration,
+    /// Sources remembered at most (least recently seen evicted).
+    pub max_sources: u32,
+    /// `detect.volume`.
+    pub volume: VolumeDetect,
+    /// `detect.new-destination`.
+    pub new_destination: NewDestinationDetect,
+    /// `detect.geo`.
+    pub geo: GeoDetect,
+    /// `detect.beaconing`.
+    pub beaconing: BeaconingDetect,
+    /// `detect.dns-tunnel` (its thresholds are `dns.tunnel_*`).
+    pub dns_tunnel: Toggle,
+    /// `detect.denied-burst`.
+    pub denied_burst: DeniedBurstDetect,
+    /// One HTTP POST per new alert.
+    pub webhook: Webhook,
+    /// One syslog message per new alert.
+    pub syslog: Syslog,
+}
+
+impl Default for Detect {
+    fn default() -> Self {
+        Detect {
+            embedded: true,
+            geoip: None,
+            state_dir: None,
+            learn: Duration::from_secs(7 * 86_400),
+            max_lateness: Duration::from_secs(300),
+            max_sources: 100_000,
+            volume: VolumeDetect::default(),
+            new_destination: NewDestinationDetect::default(),
+            geo: GeoDetect::default(),
+            beaconing: BeaconingDetect::default(),
+            dns_tunnel: Toggle::default(),
+            denied_burst: DeniedBurstDetect::default(),
+            webhook: Webhook::default(),
+            syslog: Syslog::default(),
+        }
+    }
+}
+
+/// How a hop leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HopKind {
+    /// Straight to the destination.
+    Direct,
+    /// Through an HTTP proxy, by `CONNECT ip:port`.
+    Http,
+    /// Through a SOCKS5 proxy, by `CONNECT` to an IP address.
+    Socks5,
+}
+
+/// One hop of a route, as written: `direct`, `http://host:port` or
+/// `socks5://host:port`, with optional `user:password@` and `#weight=N`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Hop {
+    /// How it leaves.
+    pub kind: HopKind,
+    /// The parent's host (an IP address or a name), empty for `direct`.
+    pub host: String,
+    /// The parent's port, 0 for `direct`.
+    pub port: u16,
+    /// Credentials for the parent, if the URL has them.
+    pub user: Option<String>,
+    /// The password (never serialized).
+    pub password: Option<String>,
+    /// The weight under `select: weighted` (default 1).
+    pub weight: u32,
+}
+
+impl Hop {
+    /// `direct`, or `host:port` of the parent (IPv6 in brackets): what a
+    /// record names after the route.
+    pub fn target(&self) -> String {
+        match self.kind {
+            HopKind::Direct => "direct".to_owned(),
+            _ if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// A detector with no threshold of its own.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Toggle {
+    /// Whether it runs.
+    pub enabled: bool,
+}
+
+impl Default for Toggle {
+    fn default() -> Self {
+        Toggle { enabled: true }
+    }
+}
+
+/// `detect.volume`: bytes out per source per window against its baseline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VolumeDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// The window bytes are summed over.
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// Bytes out in a window below which nothing is raised, whatever the
+    /// baseline.
+    pub floor: u64,
+    /// How many times its baseline a window must reach.
+    pub factor: f64,
+}
+
+impl Default for VolumeDetect {
+    fn default() -> Self {
+        VolumeDetect {
+            enabled: true,
+            window: Duration::from_secs(600),
+            floor: 100_000_000,
+            factor: 4.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Hop {
+    /// The hop as written, with the password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.kind {
+            HopKind::Direct => return f.write_str("direct"),
+            HopKind::Http => "http",
+            HopKind::Socks5 => "socks5",
+        };
+        write!(f, "{scheme}://")?;
+        if let Some(u) = &self.user {
+            write!(f, "{u}:***@")?;
+        }
+        f.write_str(&self.target())?;
+        if self.weight != 1 {
+            write!(f, "#weight={}", self.weight)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Hop {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// `detect.syslog`: one RFC 5424 message per alert.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Syslog {
+    /// The receiver; unset: no syslog.
+    pub address: Option<SyslogAddress>,
+}
+
+/// How syslog messages travel.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogTransport {
+    /// One datagram a message (RFC 5426).
+    Udp,
+    /// A stream with octet counting (RFC 6587).
+    Tcp,
+}
+
+/// `udp://host:port` or `tcp://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogAddress {
+    /// UDP or TCP.
+    pub transport: SyslogTransport,
+    /// A name or an address (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for SyslogAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.transport {
+            SyslogTransport::Udp => "udp",
+            SyslogTransport::Tcp => "tcp",
+        };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `detect.new-destination`: a destination the zone never used, once it
+/// is significant.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NewDestinationDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Bytes out to it (summed from its first flow) that make it significant.
+    pub min_bytes: u64,
+    /// Flows to it that make it significant.
+    pub min_flows: u32,
+}
+
+impl Default for NewDestinationDetect {
+    fn default() -> Self {
+        NewDestinationDetect {
+            enabled: true,
+            min_bytes: 5_000_000,
+            min_flows: 30,
+        }
+    }
+}
+
+impl Serialize for SyslogAddress {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `detect.geo`: destinations outside the zone's `countries`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GeoDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Bytes out from one source to one destination outside the zone's
+    /// countries before a warning (a page fetched abroad is not one).
+    pub min_bytes: u64,
+}
+
+impl Default for GeoDetect {
+    fn default() -> Self {
+        GeoDetect {
+            enabled: true,
+            min_bytes: 1_000_000,
+        }
+    }
+}
+
+/// `detect.beaconing`: regular small connections to one destination.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BeaconingDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Intervals in a row that must be regular.
+    pub min_repeats: u32,
+    /// Largest standard deviation of the intervals, as a share of their mean.
+    pub max_jitter: f64,
+    /// Largest mean bytes (out plus in) of one connection.
+    pub max_bytes: u64,
+}
+
+impl Default for BeaconingDetect {
+    fn default() -> Self {
+        BeaconingDetect {
+            enabled: true,
+            min_repeats: 12,
+            max_jitter: 0.1,
+            max_bytes: 100_000,
+        }
+    }
+}
+
+/// `detect.denied-burst`: many distinct denied destinations from one source.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeniedBurstDetect {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// The sliding window.
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// Distinct denied destinations in the window that raise an alert.
+    pub min_distinct: u32,
+}
+
+impl Default for DeniedBurstDetect {
+    fn default() -> Self {
+        DeniedBurstDetect {
+            enabled: true,
+            window: Duration::from_secs(300),
+            min_distinct: 15,
         }
     }
 }

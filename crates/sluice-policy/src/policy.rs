@@ -2,7 +2,7 @@
 //! `decide` before resolution, `check_addresses` after. Both are pure
 //! functions of the compiled policy and their arguments.
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{collections::HashMap, fmt, net::IpAddr, sync::Arc};
 
 use hashbrown::HashSet;
 use serde::{Deserialize, Serialize};
@@ -252,6 +252,10 @@ struct CZone {
     deny_hosts: HostTable,
     allow_cidrs: CidrTable,
     deny_cidrs: CidrTable,
+    /// The zone's `route`, if it names one.
+    route: Option<Arc<str>>,
+    /// Allow rules (by id) that name their own `route`.
+    rule_routes: HashMap<Arc<str>, Arc<str>>,
 }
 
 /// A compiled, immutable policy. Cheap to share behind an `Arc`.
@@ -445,6 +449,8 @@ impl Policy {
                 deny_hosts: HostTable::default(),
                 allow_cidrs: CidrTable::default(),
                 deny_cidrs: CidrTable::default(),
+                route: z.route.as_deref().map(Arc::from),
+                rule_routes: HashMap::new(),
             };
             for (kind, rules) in [("allow", &z.allow), ("deny", &z.deny)] {
                 for (ri, r) in rules.iter().enumerate() {
@@ -468,10 +474,10 @@ impl Policy {
                             continue;
                         }
                     }
-                    let (hosts, cidrs, list) = if allow {
-                        (&mut cz.allow_hosts, &mut cz.allow_cidrs, &mut cz.allow)
+                    let (hosts, cidrs) = if allow {
+                        (&mut cz.allow_hosts, &mut cz.allow_cidrs)
                     } else {
-                        (&mut cz.deny_hosts, &mut cz.deny_cidrs, &mut cz.deny)
+                        (&mut cz.deny_hosts, &mut cz.deny_cidrs)
                     };
                     if let Some(h) = &r.host {
                         hosts.insert(h, idx);
@@ -480,11 +486,16 @@ impl Policy {
                     if let Some(n) = cidr {
                         cidrs.insert(n, idx);
                     }
+                    let id: Arc<str> = match &r.id {
+                        Some(id) => id.as_str().into(),
+                        None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
+                    };
+                    if let (true, Some(route)) = (allow, &r.route) {
+                        cz.rule_routes.insert(id.clone(), route.as_str().into());
+                    }
+                    let list = if allow { &mut cz.allow } else { &mut cz.deny };
                     list.push(CRule {
-                        id: match &r.id {
-                            Some(id) => id.as_str().into(),
-                            None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
-                        },
+                        id,
                         ports: r.ports.clone().unwrap_or(Ports::Any),
                         lifts_guard: allow && cidr.is_some_and(guard::entirely_special),
                         text: rule_text(r),
@@ -578,6 +589,13 @@ impl Policy {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// The route a decision's flow leaves by: its allow rule's `route`,
+    /// else its zone's, else `None` (the built-in `direct`).
+    pub fn route_for(&self, decision: &Decision) -> Option<&Arc<str>> {
+        let z = self.zones.get(decision.zone_idx? as usize)?;
+        z.rule_routes.get(&decision.rule).or(z.route.as_ref())
     }
 
     /// The name of the zone a source (and user) belongs to, if any.

@@ -18,6 +18,9 @@ use tokio::sync::{Notify, watch};
 #[derive(Debug)]
 pub struct Drain {
     draining: AtomicBool,
+    /// Told to leave: not ready any more, still accepting (the grace
+    /// before the drain begins).
+    leaving: AtomicBool,
     work: Arc<Work>,
     begin: watch::Sender<bool>,
     stop: watch::Sender<bool>,
@@ -46,6 +49,7 @@ impl Drain {
     pub fn new() -> Drain {
         Drain {
             draining: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             work: Arc::new(Work::default()),
             begin: watch::channel(false).0,
             stop: watch::channel(false).0,
@@ -55,6 +59,18 @@ impl Drain {
     /// Whether a drain has begun (`/readyz` answers 503).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Marks the process as leaving before the drain begins: `/readyz`
+    /// answers 503 so that load balancers stop sending, while listeners
+    /// still accept what is already on its way.
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the process is leaving or draining (not ready).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::SeqCst) || self.is_draining()
     }
 
     /// Begins draining: accept loops end, listeners close idle keep-alives.

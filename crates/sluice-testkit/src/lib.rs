@@ -21,13 +21,19 @@
 //!   data looks like ([`random_label`]).
 //! - `nats`: a real `nats-server` with JetStream, [`NatsServer`], that a
 //!   test can kill and restart (the flow bus tests).
+//! - `receivers`: what receives alerts: a [`WebhookReceiver`] and a
+//!   [`SyslogReceiver`] (UDP or TCP).
+//! - `geo`: country databases ([`write_mmdb`]) and [`GeoScenario`], an
+//!   upload that leaves its zone's countries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
 mod dns;
+mod geo;
 mod http;
 mod nats;
 mod origin;
+mod receivers;
 mod sluice;
 
 use std::{
@@ -41,12 +47,14 @@ pub use clients::{
     python_requests,
 };
 pub use dns::{FixtureDns, random_label, silent_udp};
+pub use geo::{GeoScenario, write_mmdb};
 pub use http::{
     RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, get_via_from,
     read_response, send_raw,
 };
 pub use nats::NatsServer;
 pub use origin::{Certs, Origin, make_certs};
+pub use receivers::{Post, SyslogReceiver, WebhookReceiver};
 pub use sluice::{Sluice, assert_fields};
 
 /// A fresh directory under the system temp dir, removed on drop.

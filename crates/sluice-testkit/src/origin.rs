@@ -24,7 +24,8 @@ use crate::{TempDir, output_within};
 
 /// A local HTTP origin on 127.0.0.1:0 (in its own thread and runtime).
 /// `GET /bytes/N` answers N bytes; anything else answers a JSON echo of the
-/// method, path, headers and body length.
+/// method, path, headers, body length and the peer address the request
+/// came from (`peer`: what the origin saw, e.g. a pinned source address).
 pub struct Origin {
     /// Its address.
     pub addr: SocketAddr,
@@ -51,7 +52,7 @@ impl Origin {
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 loop {
-                    let Ok((s, _)) = l.accept().await else {
+                    let Ok((s, peer)) = l.accept().await else {
                         continue;
                     };
                     c.fetch_add(1, Ordering::SeqCst);
@@ -61,7 +62,7 @@ impl Origin {
                             let h = h.clone();
                             async move {
                                 h.fetch_add(1, Ordering::SeqCst);
-                                Ok::<_, Infallible>(answer(req).await)
+                                Ok::<_, Infallible>(answer(req, peer).await)
                             }
                         });
                         let _ = http1::Builder::new()
@@ -81,7 +82,7 @@ impl Origin {
     }
 }
 
-async fn answer(req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
@@ -105,7 +106,10 @@ async fn answer(req: Request<Incoming>) -> Response<Full<Bytes>> {
         .await
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
-    let v = serde_json::json!({"method": method, "uri": uri, "headers": headers, "body_len": body});
+    let v = serde_json::json!({
+        "method": method, "uri": uri, "headers": headers, "body_len": body,
+        "peer": peer.to_string(),
+    });
     Response::new(Full::new(Bytes::from(v.to_string())))
 }
 

@@ -41,7 +41,8 @@ pub struct Sluice {
 
 impl Sluice {
     /// Starts `bin run -c <file>` with `yaml` plus, unless the text already
-    /// has them, `listen:` on 127.0.0.1:0 and `log.flows` to a file.
+    /// has them, `listen:` on 127.0.0.1:0 and `log.flows` to a file (also
+    /// into a top-level `log:` mapping the text has without `flows`).
     pub fn start(bin: &str, yaml: &str) -> Sluice {
         Self::start_in(&[], bin, yaml)
     }
@@ -55,10 +56,24 @@ impl Sluice {
         if !yaml.contains("listen:") {
             text.push_str("listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n");
         }
+        let log = format!("log:\n  flows: {}\n", flows.display());
+        let has_log = yaml.starts_with("log:\n") || yaml.contains("\nlog:\n");
         if !yaml.contains("log:") {
-            text.push_str(&format!("log:\n  flows: {}\n", flows.display()));
+            text.push_str(&log);
+            text.push_str(yaml);
+        } else if has_log && !yaml.contains("flows:") {
+            // Block style, two-space indent: the flow log goes first in it.
+            let at = if yaml.starts_with("log:\n") {
+                0
+            } else {
+                yaml.find("\nlog:\n").map_or(0, |i| i + 1)
+            };
+            text.push_str(&yaml[..at]);
+            text.push_str(&log);
+            text.push_str(&yaml[at + "log:\n".len()..]);
+        } else {
+            text.push_str(yaml);
         }
-        text.push_str(yaml);
         let config = dir.path("sluice.yaml");
         std::fs::write(&config, text).unwrap();
         Self::start_file(prefix, bin, &config, flows, dir)

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sluice_net::{Dialer, Gateway, Users, Version};
+use sluice_net::{Dialer, Gateway, Routes, Users, Version};
 use sluice_observe::{AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, ViewLimits};
 use sluice_policy::{Config, Policy};
 use tokio::signal::unix::{SignalKind, signal};
@@ -174,30 +174,46 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         }
         None => (None, None),
     };
-    let (view, recorder) = recorder(&config, &metrics, &sink, bus);
-    let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
+    let live = crate::detect::live(&config, path.as_deref(), &metrics)?;
+    if !config.detect.embedded {
+        tracing::info!(
+            "detect.embedded is false: no detector here; a follower (sluice detect --follow) judges this replica's flows"
+        );
+    }
+    let (view, recorder) = recorder(&config, &metrics, &sink, &live, bus)?;
+    let routes = Routes::new(
+        &config.routes,
+        config.listen.transparent_mark,
+        metrics.clone(),
+    );
+    let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone())
+        .with_router(Arc::new(routes.clone()));
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if listeners.has_dns() {
         gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));
     }
     let gw = Arc::new(gw);
     let status = admin_status(&config, view, recorder.clone())?;
-    let declare = |policy: &Policy| metrics.declare_zones(policy, &running, has_dns);
+    let declare = |policy: &Policy| {
+        metrics.declare_zones(policy, &running, has_dns);
+        live.set_zones(sluice_detect::ZoneSettings::from_config(policy.config()));
+    };
     listeners.announce()?;
     describe_modes(&gw.version().policy);
     let tasks = listeners.serve(&gw, recorder, status.clone(), &config, grants)?;
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut save = tokio::time::interval(SAVE_EVERY);
     loop {
         // The next rule expiry of whichever policy runs now (a reload may
         // have brought other rules).
         let expiry = until_expiry(gw.version().policy.next_expiry());
         tokio::select! {
             () = expiry => expire(&gw, &declare),
-            _ = hup.recv() => reload(&gw, path.as_deref(), &config, &status, "SIGHUP", &declare),
+            _ = hup.recv() => reload(&gw, &routes, path.as_deref(), &config, &status, "SIGHUP", &declare),
             _ = tick.tick() => {
                 if watch.changed() {
-                    reload(&gw, path.as_deref(), &config, &status, "file change", &declare);
+                    reload(&gw, &routes, path.as_deref(), &config, &status, "file change", &declare);
                 }
             }
             _ = usr1.recv() => {
@@ -207,12 +223,15 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
                     Err(e) => tracing::error!(error = %e, "cannot reopen the flow log; still writing to the old file"),
                 }
             }
+            _ = save.tick() => save_baselines(&live).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
 
+    leave(&gw, config.limits.drain_grace).await;
     drain(&gw, tasks, config.limits.drain_timeout).await;
+    save_baselines(&live).await;
     drop(gw);
     drop(sink);
     writer.close().await.context("flushing flow records")?;
@@ -226,15 +245,33 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 /// How long the flow bus may take at exit to publish what it still holds.
 const BUS_CLOSE: Duration = Duration::from_secs(5);
 
+/// How often detection baselines are written to `detect.state_dir`.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Writes what the detectors learned since the last save (nothing without
+/// `detect.state_dir`), on the blocking pool: never on the data path.
+pub async fn save_baselines(live: &sluice_detect::Live) {
+    let live = live.clone();
+    match tokio::task::spawn_blocking(move || live.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save detection baselines"),
+        Err(e) => tracing::warn!(error = %e, "cannot save detection baselines"),
+    }
+}
+
 /// The recent-flow view and the recorder that fans each record out to
-/// metrics, the view, the flow log, detectors, the alert ring and the
-/// flow bus (when configured).
+/// metrics, the view, the flow log, detectors and the alert ring, and each
+/// new alert to the configured alert sinks (`detect.webhook`,
+/// `detect.syslog`); records and alerts also to the flow bus when
+/// configured. With `detect.embedded: false` no detector runs here (a
+/// follower judges this replica's flows from the bus).
 fn recorder(
     config: &Config,
     metrics: &Arc<Metrics>,
     sink: &FlowSink,
+    live: &sluice_detect::Live,
     bus: Option<sluice_bus::BusQueue>,
-) -> (Arc<FlowView>, Arc<Recorder>) {
+) -> Result<(Arc<FlowView>, Arc<Recorder>)> {
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
         recent_denials: config.admin.recent_denials as usize,
@@ -247,10 +284,16 @@ fn recorder(
         sink.clone(),
         AlertRing::new(config.admin.recent_alerts as usize),
     );
+    if config.detect.embedded {
+        recorder = recorder.with_detector(Box::new(live.clone()));
+    }
+    for sink in crate::detect::alert_sinks(config, metrics)? {
+        recorder = recorder.with_alert_sink(sink);
+    }
     if let Some(bus) = bus {
         recorder = recorder.with_bus(Box::new(bus));
     }
-    (view, Arc::new(recorder))
+    Ok((view, Arc::new(recorder)))
 }
 
 /// Sleeps until just past the running policy's next rule expiry (`at`,
@@ -294,6 +337,22 @@ fn admin_status(
         view,
         recorder,
     }))
+}
+
+/// Before the drain: `/readyz` answers 503 for `grace` while the
+/// listeners still accept, so that a load balancer's health checks take
+/// the replica out before its listeners close (nothing sent meanwhile is
+/// refused).
+async fn leave(gw: &Gateway, grace: Duration) {
+    if grace.is_zero() {
+        return;
+    }
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "leaving: /readyz answers 503; still accepting until the drain begins"
+    );
+    gw.drain().leave();
+    tokio::time::sleep(grace).await;
 }
 
 /// Stops accepting, waits for the listeners to stop and for open work to
@@ -396,6 +455,7 @@ fn fd_budget(limits: &sluice_policy::model::Limits) -> u64 {
 
 fn reload(
     gw: &Gateway,
+    routes: &Routes,
     path: Option<&Path>,
     started_with: &Config,
     status: &crate::admin::Status,
@@ -425,6 +485,8 @@ fn reload(
             }
             let hash = v.policy.hash().clone();
             declare(&v.policy);
+            // Routes first: the new policy may name new ones.
+            routes.update(&v.policy.config().routes);
             gw.reload(v);
             gw.metrics().reload_succeeded(&hash, SystemTime::now());
             if let Ok(mut e) = status.last_reload_error.lock() {

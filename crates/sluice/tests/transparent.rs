@@ -504,6 +504,56 @@ fn redirected_flows_are_judged_by_sni_host_and_original_destination() {
     assert!(lab.rule_packets("output", "meta mark") > 0);
 }
 
+/// A slow upload through the redirect: interim records every
+/// `log.interim` while the flow runs, their bytes and the closing record's
+/// summing to what the client sent and received.
+#[test]
+fn a_long_redirected_flow_writes_interim_records_that_sum_to_its_bytes() {
+    let Some(lab) = lab("log:\n  interim: 200ms\n") else {
+        return;
+    };
+    lab.load_ruleset();
+    let payload = "x".repeat(1000);
+    let seen = lab.client(&[
+        "tcp",
+        &format!("{ORIGIN}:7000"),
+        "--payload",
+        &payload,
+        "--chunks",
+        "8",
+        "--pause",
+        "0.15",
+    ]);
+    assert_eq!(seen["ok"], true, "{seen}");
+    let closing = lab.sluice.wait_record("the closing record", |r| {
+        r["listener"] == "transparent" && r["interim"] == false
+    });
+    let records: Vec<Value> = lab
+        .sluice
+        .records()
+        .into_iter()
+        .filter(|r| r["id"] == closing["id"])
+        .collect();
+    let interims = records.iter().filter(|r| r["interim"] == true).count();
+    assert!(interims >= 2, "{records:#?}");
+    assert_eq!(interims + 1, records.len(), "{records:#?}");
+    let sum = |f: &str| -> u64 { records.iter().map(|r| r[f].as_u64().unwrap()).sum() };
+    assert_eq!(
+        sum("bytes_out"),
+        seen["sent"].as_u64().unwrap(),
+        "{records:#?}"
+    );
+    assert_eq!(
+        sum("bytes_in"),
+        seen["received"].as_u64().unwrap(),
+        "{records:#?}"
+    );
+    for r in &records {
+        assert_eq!(s(&r["original_dst"]), "198.51.100.10:7000", "{r}");
+        assert_eq!(s(&r["rule"]), "origin-lift", "{r}");
+    }
+}
+
 #[test]
 fn the_ruleset_stops_every_other_way_out() {
     let Some(lab) = lab("") else { return };

@@ -55,7 +55,7 @@ pub(super) async fn forward(
     let (Some(dest), Some(port)) = (f.get().dest.clone(), f.get().port) else {
         return f.refuse(Refusal::Internal("forward before target".into()));
     };
-    let key = (dest, port);
+    let key = (dest, port, gw.route_name(f.get()));
     let mut sender = match origin(&gw, &pool, f.get(), &key, upgrade).await {
         Ok(s) => s,
         Err(r) => return f.refuse(r),
@@ -120,7 +120,8 @@ pub(super) async fn forward(
     }
     // A body that failed has left the connection mid-message: never pooled.
     if !upgrade && upload.failed().is_none() {
-        pool.checkin(key, sender, dialed_at(&flow));
+        let route = flow.route.clone().unwrap_or_else(|| key.2.clone());
+        pool.checkin(key, sender, dialed_at(&flow), route);
     }
     respond(gw, flow, resp, out_count, watch)
 }

@@ -23,11 +23,15 @@ use sluice_policy::{Destination, model::Limits};
 use super::ProxyBody;
 use crate::{Gateway, flow::Flow};
 
-pub(super) type PoolKey = (Destination, u16);
+/// Destination, port and the route's name: a connection made by one
+/// route never carries a flow of another.
+pub(super) type PoolKey = (Destination, u16, Arc<str>);
 
 struct Pooled {
     sender: SendRequest<ProxyBody>,
     peer: SocketAddr,
+    /// The record's `route` of the flow that made it.
+    route: Arc<str>,
     since: Instant,
     /// Its place in [`Idle::order`].
     seq: u64,
@@ -118,11 +122,18 @@ impl Pool {
         self.metrics.set_pool_idle(idle.len());
         drop(idle);
         let p = p?;
-        gw.reuse(flow, p.peer).then_some((p.sender, p.peer))
+        gw.reuse(flow, p.peer, p.route)
+            .then_some((p.sender, p.peer))
     }
 
     /// Returns a connection for the next request to `key`.
-    pub(super) fn checkin(&self, key: PoolKey, sender: SendRequest<ProxyBody>, peer: SocketAddr) {
+    pub(super) fn checkin(
+        &self,
+        key: PoolKey,
+        sender: SendRequest<ProxyBody>,
+        peer: SocketAddr,
+        route: Arc<str>,
+    ) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -137,6 +148,7 @@ impl Pool {
         list.push_back(Pooled {
             sender,
             peer,
+            route,
             since: Instant::now(),
             seq,
         });

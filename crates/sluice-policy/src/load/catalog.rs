@@ -4,26 +4,32 @@
 //! applies a change or a restart is needed, and what it means.
 //!
 //! The reload column is the truth about the running gateway, which reads
-//! `listen`, `limits`, `dns`, `log` and most of `admin` once at start
-//! (crates/sluice/src/run.rs builds the listeners, limiter, dialer,
-//! forwarder, flow sink and admin view from them) and takes everything in
-//! the policy itself — zones, users, modes, `tls_sni_must_match`,
-//! `admin.stale_after`, `admin.max_streams` — from the version each request loads.
+//! `listen`, `limits`, `dns`, `log.flows`, `detect`'s alert sinks and most
+//! of `admin` once at start (crates/sluice/src/run.rs builds the listeners,
+//! limiter, dialer, forwarder, flow sink, alert sinks and admin view from
+//! them) and takes everything in the policy itself — zones, users, modes,
+//! `tls_sni_must_match`, `admin.stale_after`, `admin.max_streams`,
+//! `log.interim` — from the version each request loads.
 
 use serde_json::Value as Json;
 
 use super::{
     Cx, Need,
-    items::{self, Rules, Users, Zones},
+    items::{self, Routes, Rules, Users, Zones},
     kinds::{
-        AdminHosts, Blocked, Bool, BusUrl, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern,
-        Instant, Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId,
-        Sources, StreamName, Text, Time, Upstreams, UserRefs,
+        Address, AdminHosts, Blocked, Bool, BusUrl, Cidr, Cidrs, Count, Countries, Factor,
+        FlowTarget, Fraction, HostPattern, Instant, Interface, Listener, Mark, Min, ModeName,
+        OnOff, OpenPaths, PasswordHash, Path, PortSet, RouteRef, RuleId, SelectName, Size, Sources,
+        StreamName, SyslogAddr, Text, Time, Upstreams, UserRefs, Vias, WebhookUrl,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
 };
-use crate::model::{Admin, Bus, Config, Dns, Limits, Listen, Log, Rule, User, Zone};
+use crate::model::{
+    Admin, BeaconingDetect, Bus, Config, DeniedBurstDetect, Detect, Dns, GeoDetect, HealthCheck,
+    Limits, Listen, Log, NewDestinationDetect, RouteDef, Rule, Syslog, Toggle, User, VolumeDetect,
+    Webhook, Zone,
+};
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
 const ADMIN_MAX_ENTRIES: u32 = 1_000_000;
@@ -48,8 +54,10 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
         key!(bus: map &BUS, "The flow bus: every flow record and alert published to NATS JetStream for fleet-wide detection; off unless `url` is set."),
+        key!(routes: Routes, Applies, "Named ways out, chosen by `zones[].route` or `allow[].route` (`direct`, built in, is the default): hops tried in order or by weight, parents health-checked."),
+        key!(detect: map &DETECT, "Detection: baselines of normal egress and alerts (volume, new destination, country, beaconing, DNS tunnelling, denied bursts), and where alerts go."),
     ],
-    not_yet: &["routes", "inspect", "tls", "detect", "netflow", "geoip"],
+    not_yet: &["inspect", "tls", "netflow", "geoip"],
 };
 
 pub(crate) static LISTEN: Section<Listen> = Section {
@@ -115,6 +123,7 @@ pub(crate) static LIMITS: Section<Limits> = Section {
         key!(idle_timeout: Time(Min::AboveZero), Restart, "A tunnel, or a keep-alive client connection between requests, with no traffic this long is closed."),
         key!(connect_timeout: Time(Min::AboveZero), Restart, "Time allowed to resolve a destination's name and connect to it, together."),
         key!(drain_timeout: Time(Min::AboveZero), Restart, "On SIGTERM, how long open tunnels may continue."),
+        key!(drain_grace: Time(Min::Zero), Restart, "On SIGTERM, how long `/readyz` answers 503 while the listeners still accept new connections, before the drain closes them: set it above a load balancer's health-check interval times its fall count."),
         key!(response_timeout: Time(Min::AboveZero), Applies, "Time an origin may take to send a response head once an absolute-form request was fully sent to it; past it the client gets `504`."),
         key!(pool_max_idle: Count(1, 1_000_000), Restart, "Idle keep-alive origin connections kept in total (absolute-form requests), counted against the descriptor budget."),
         key!(pool_max_idle_per_host: Count(1, 1_000_000), Restart, "Idle keep-alive origin connections kept per destination (name or address and port)."),
@@ -126,7 +135,115 @@ pub(crate) static LIMITS: Section<Limits> = Section {
 pub(crate) static LOG: Section<Log> = Section {
     what: "log",
     label: "log",
-    keys: &[key!(flows: FlowTarget, Restart, "`stdout` or a file path; JSON lines.")],
+    keys: &[
+        key!(flows: FlowTarget, Restart, "`stdout` or a file path; JSON lines."),
+        key!(interim: Time(Min::Millis(100)), Applies, "How often a long tunnel (CONNECT, SOCKS5, transparent) writes an interim record (`interim: true`) with the bytes since its previous record; at least `100ms`. A reload applies to tunnels opened after it."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static WEBHOOK: Section<Webhook> = Section {
+    what: "detect.webhook",
+    label: "detect.webhook",
+    keys: &[
+        key!(url: WebhookUrl, Restart, "`http://host[:port][/path]` that each new alert is POSTed to (JSON body); retried with backoff on failures and 5xx/429. Plain HTTP only."),
+        key!(timeout: Time(Min::AboveZero), Restart, "Time allowed for one POST: connect, send and the answer's head."),
+        key!(queue: Count(1, 1_000_000), Restart, "Alerts waiting to be POSTed at most; more are dropped and counted in `sluice_alert_sink_dropped_total{sink=\"webhook\"}`."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static SYSLOG: Section<Syslog> = Section {
+    what: "detect.syslog",
+    label: "detect.syslog",
+    keys: &[
+        key!(address: SyslogAddr, Restart, "`udp://host:port` or `tcp://host:port` (octet counting, RFC 6587) of a syslog receiver; each new alert is one RFC 5424 message, APP-NAME `sluice`, the alert's JSON as the message."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static DETECT: Section<Detect> = Section {
+    what: "detect",
+    label: "detect",
+    keys: &[
+        key!(embedded: Bool, Restart, "Whether `sluice run` runs the detectors on its own flows (default `true`); `false` on replicas whose flows a follower (`sluice detect --follow`) judges from the flow bus, so that no alert is raised twice."),
+        key!(geoip: Path, Restart, "A country database (`.mmdb`, GeoLite2-Country or DB-IP Country Lite layout), relative to the configuration file's folder; fills records' `country` and feeds the `geo` detector."),
+        key!(state_dir: Path, Restart, "Folder where baselines persist across restarts (relative to the configuration file's folder); default: in memory only."),
+        key!(learn: Time(Min::Zero), Restart, "How long a zone is observed before new destinations, beacons and volume are judged (default `7d`)."),
+        key!(max_lateness: Time(Min::Zero), Restart, "How far out of order (event time) records may arrive at `sluice detect` (default `5m`)."),
+        key!(max_sources: Count(1, 10_000_000), Restart, "Sources whose baselines are kept; the least recently seen is evicted (`sluice_detect_evictions_total`)."),
+        key!("volume" => volume: map &VOLUME, "The `volume` detector: bytes out per source per window against its baseline."),
+        key!("new-destination" => new_destination: map &NEW_DESTINATION, "The `new-destination` detector: a destination the zone never used, once significant."),
+        key!("geo" => geo: map &GEO, "The `geo` detector: destinations outside the zone's `countries`."),
+        key!("beaconing" => beaconing: map &BEACONING, "The `beaconing` detector: regular small connections to one destination."),
+        key!("dns-tunnel" => dns_tunnel: map &TOGGLE, "The `dns-tunnel` detector (its thresholds are `dns.tunnel_*`)."),
+        key!("denied-burst" => denied_burst: map &DENIED_BURST, "The `denied-burst` detector: many distinct denied destinations from one source."),
+        key!(webhook: map &WEBHOOK, "One HTTP POST per new alert, the alert's JSON the body."),
+        key!(syslog: map &SYSLOG, "One RFC 5424 syslog message per new alert."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static TOGGLE: Section<Toggle> = Section {
+    what: "a detector",
+    label: "detect",
+    keys: &[key!(enabled: Bool, Restart, "Whether the detector runs (default `true`).")],
+    not_yet: &[],
+};
+
+pub(crate) static GEO: Section<GeoDetect> = Section {
+    what: "detect.geo",
+    label: "detect.geo",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(min_bytes: Size, Restart, "Bytes out from one source to one destination outside the zone's countries before a warning (default `1MB`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static VOLUME: Section<VolumeDetect> = Section {
+    what: "detect.volume",
+    label: "detect.volume",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(window: Time(Min::Secs(60)), Restart, "The window bytes out are summed over (default `10m`)."),
+        key!(floor: Size, Restart, "Bytes out in one window below which nothing is raised, whatever the baseline (default `100MB`)."),
+        key!(factor: Factor, Restart, "How many times its baseline a window must send (default `4`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static NEW_DESTINATION: Section<NewDestinationDetect> = Section {
+    what: "detect.new-destination",
+    label: "detect.new-destination",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(min_bytes: Size, Restart, "Bytes out to a new destination that make it significant (default `5MB`)."),
+        key!(min_flows: Count(1, u32::MAX), Restart, "Flows to a new destination that make it significant (default `30`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static BEACONING: Section<BeaconingDetect> = Section {
+    what: "detect.beaconing",
+    label: "detect.beaconing",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(min_repeats: Count(4, 64), Restart, "Regular intervals in a row that make a beacon (default `12`)."),
+        key!(max_jitter: Fraction, Restart, "Largest standard deviation of the intervals as a share of their mean (default `0.1`)."),
+        key!(max_bytes: Size, Restart, "Largest mean bytes (out plus in) of one beacon connection (default `100KB`)."),
+    ],
+    not_yet: &[],
+};
+
+pub(crate) static DENIED_BURST: Section<DeniedBurstDetect> = Section {
+    what: "detect.denied-burst",
+    label: "detect.denied-burst",
+    keys: &[
+        key!(enabled: Bool, Restart, "Whether the detector runs (default `true`)."),
+        key!(window: Time(Min::AboveZero), Restart, "The sliding window (default `5m`)."),
+        key!(min_distinct: Count(2, 10_000), Restart, "Distinct denied destinations in the window that raise an alert (default `15`)."),
+    ],
     not_yet: &[],
 };
 
@@ -156,6 +273,9 @@ pub(crate) static ZONE: Section<Zone> = Section {
         key!(mode: ModeName, Applies, "This zone's mode, overriding the top-level `mode`."),
         key!(allow: Rules { allow: true }, Applies, "Allow rules (`ports` required)."),
         key!(deny: Rules { allow: false }, Applies, "Deny rules, applied first (without `ports` they cover every port)."),
+        key!(route: RouteRef, Applies, "The route this zone's flows leave by: `direct` (the default) or a name under `routes`."),
+        key!(countries: Countries, Applies, "ISO 3166 alpha-2 codes (`[DE, FR]`) this zone's traffic may go to; a flow to another country (from `detect.geoip`) raises a `geo` warning."),
+        key!(detect: OnOff, Applies, "`off`: no detector looks at this zone's flows (default `on`)."),
     ],
     not_yet: &[],
 };
@@ -172,6 +292,7 @@ pub(crate) static RULE: Section<Rule> = Section {
         key!(owner: Text, Applies, "Who answers for the rule (free text), shown with its expiry and staleness."),
         key!(ticket: Text, Applies, "The ticket or change that asked for the rule (free text)."),
         key!(expires: Instant, Applies, "When the rule stops matching, in RFC 3339 (`2026-03-31T00:00:00Z`); the rule keeps its id and is reported expired."),
+        key!(route: RouteRef, Applies, "Allow rules only: the route the flows it lets out leave by, over the zone's `route`."),
     ],
     not_yet: &[],
 };
@@ -188,6 +309,32 @@ pub(crate) static USER: Section<User> = Section {
     not_yet: &[],
 };
 
+/// One item of `routes`.
+pub(crate) static ROUTE: Section<RouteDef> = Section {
+    what: "a route",
+    label: "routes[]",
+    keys: &[
+        key!(name: Text, Applies, "`[a-z0-9_-]{1,63}`, named by `zones[].route` and `allow[].route`; `direct` is built in."),
+        key!(via: Vias, Applies, "Hops: `direct`, `http://host:port` (HTTP CONNECT) or `socks5://host:port`, optionally `user:password@` before the host and `#weight=N` after the port. Sluice resolves and checks the destination itself and asks a parent for the checked IP address."),
+        key!(source: Address, Applies, "The local address every connection of the route leaves from (bound before connecting), e.g. the address partners allowlisted."),
+        key!(interface: Interface, Applies, "The interface every connection of the route leaves by (`SO_BINDTODEVICE`; needs `CAP_NET_RAW`)."),
+        key!(select: SelectName, Applies, "`failover` (the first hop that is up, in order) or `weighted` (hops that are up, in proportion to `#weight=N`)."),
+        key!(health_check: map &HEALTH_CHECK, "The active check of each parent: a TCP connect every `interval`; a parent that fails it, or three dials in a row, is passed over until a check succeeds."),
+    ],
+    not_yet: &[],
+};
+
+/// A route's `health_check`.
+pub(crate) static HEALTH_CHECK: Section<HealthCheck> = Section {
+    what: "health_check",
+    label: "routes[].health_check",
+    keys: &[
+        key!(interval: Time(Min::AboveZero), Applies, "How often each parent is checked (default `5s`)."),
+        key!(timeout: Time(Min::AboveZero), Applies, "How long one check's TCP connect may take (default `2s`)."),
+    ],
+    not_yet: &[],
+};
+
 /// Reads the document into a configuration, then checks what spans
 /// sections. `None` if the document is not a mapping.
 pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option<Config> {
@@ -200,6 +347,7 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
         );
     }
     items::check_user_refs(cx, &c.users);
+    items::check_route_refs(cx, &c.routes);
     if let Some(a) = c.listen.admin {
         if !a.ip().is_loopback() && c.admin.token_file.is_none() {
             cx.err(

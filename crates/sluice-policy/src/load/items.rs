@@ -10,12 +10,12 @@ use serde_json::{Value as Json, json};
 
 use super::{
     Cx,
-    catalog::{RULE, USER, ZONE},
+    catalog::{ROUTE, RULE, USER, ZONE},
     kinds::Kind,
     table::{Nested, Table},
     yaml::{Node, Pos},
 };
-use crate::model::{Rule, User, Zone};
+use crate::model::{HopKind, RouteDef, Rule, Select, User, Zone};
 
 /// `zones`: network segments and identities, first match wins.
 pub(crate) struct Zones;
@@ -154,6 +154,13 @@ impl Rules {
             }
             _ => {}
         }
+        if !self.allow && seen.has("route") {
+            cx.err(
+                n,
+                "a deny rule takes no `route`: nothing it matches is dialed (put `route` on an allow rule or the zone)",
+            );
+            ok = false;
+        }
         if self.allow && ok && rule.ports.is_none() {
             cx.err(
                 n,
@@ -266,6 +273,128 @@ impl Kind for Users {
     }
     fn nested(&self) -> Nested {
         Nested::List(&USER)
+    }
+}
+
+/// `routes`: named ways out.
+pub(crate) struct Routes;
+
+impl Kind for Routes {
+    type Out = Vec<RouteDef>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<RouteDef>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut out: Vec<RouteDef> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for item in items {
+            let item = &item;
+            let mut route = RouteDef::default();
+            let Some(seen) = cx.section_into(&ROUTE, item, &mut route) else {
+                continue;
+            };
+            let Some(name_at) = seen.at("name") else {
+                cx.err(item, "a route needs a `name`");
+                continue;
+            };
+            if !seen.has("via") {
+                cx.err(item, "a route needs `via`: a list of hops (`direct`, `http://host:port`, `socks5://host:port`)");
+            }
+            if !valid_zone_name(&route.name) {
+                cx.err_at(
+                    name_at,
+                    format!(
+                        "invalid route name `{}`: expected [a-z0-9_-]{{1,63}}",
+                        route.name
+                    ),
+                );
+            } else if route.name == "direct" {
+                cx.err_at(
+                    name_at,
+                    "route name `direct` is built in (straight out, from any address); name this route otherwise",
+                );
+            }
+            if let Some(prev) = names.insert(route.name.clone(), name_at.line) {
+                cx.err_at(
+                    name_at,
+                    format!(
+                        "duplicate route `{}` (first defined on line {prev})",
+                        route.name
+                    ),
+                );
+            }
+            if let (Some(src), Some(at)) = (route.source, seen.at("source")) {
+                if src.is_unspecified() || src.is_multicast() {
+                    cx.err_at(
+                        at,
+                        format!("source {src} is not an address a connection can leave from"),
+                    );
+                }
+            }
+            if route.select == Select::Failover && route.via.iter().any(|h| h.weight != 1) {
+                if let Some(at) = seen.at("via") {
+                    cx.warn_at(
+                        at,
+                        format!(
+                            "route `{}`: `#weight` only counts under `select: weighted`",
+                            route.name
+                        ),
+                    );
+                }
+            }
+            let hc = &route.health_check;
+            if hc.timeout > hc.interval {
+                if let Some(at) = seen.at("health_check") {
+                    cx.err_at(at, format!("route `{}`: health_check.timeout ({}ms) is longer than its interval ({}ms)", route.name, hc.timeout.as_millis(), hc.interval.as_millis()));
+                }
+            }
+            if route.via.iter().all(|h| h.kind == HopKind::Direct) && seen.has("health_check") {
+                if let Some(at) = seen.at("health_check") {
+                    cx.warn_at(
+                        at,
+                        format!(
+                            "route `{}` has no parent proxy: its health_check checks nothing",
+                            route.name
+                        ),
+                    );
+                }
+            }
+            out.push(route);
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        let mut item = ROUTE.schema();
+        if let Json::Object(o) = &mut item {
+            o.insert("required".to_owned(), json!(["name", "via"]));
+        }
+        json!({ "type": "array", "items": item })
+    }
+    fn nested(&self) -> Nested {
+        Nested::List(&ROUTE)
+    }
+}
+
+/// Reports routes that zones and rules name but `routes` does not define
+/// (once all are known); `direct` is built in.
+pub(crate) fn check_route_refs(cx: &mut Cx<'_>, routes: &[RouteDef]) {
+    for (name, at) in std::mem::take(&mut cx.route_refs) {
+        if name != "direct" && !routes.iter().any(|r| r.name == name) {
+            let defined: Vec<&str> = std::iter::once("direct")
+                .chain(
+                    routes
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .filter(|n| *n != "direct"),
+                )
+                .collect();
+            cx.err_at(
+                at,
+                format!(
+                    "route `{name}` is not defined under `routes:`; expected one of: {}",
+                    defined.join(", ")
+                ),
+            );
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use super::{
 };
 use crate::{
     dest, guard,
-    model::{BlockedAnswer, Mode, Ports},
+    model::{
+        BlockedAnswer, Hop, HopKind, Mode, Ports, Select, Switch, SyslogAddress, SyslogTransport,
+    },
 };
 
 /// A kind of value: read from a node, described by a schema.
@@ -177,9 +179,11 @@ pub(crate) enum Min {
     AboveZero,
     /// At least this many seconds.
     Secs(u64),
+    /// At least this many milliseconds.
+    Millis(u64),
 }
 
-/// A duration: a decimal number and a unit, `ms`, `s`, `m` or `h`.
+/// A duration: a decimal number and a unit, `ms`, `s`, `m`, `h` or `d`.
 pub(crate) struct Time(pub Min);
 
 impl Kind for Time {
@@ -189,7 +193,9 @@ impl Kind for Time {
         let Some(d) = yaml::scalar(n).and_then(parse_duration) else {
             cx.err(
                 n,
-                format!("expected a duration for {what} such as `500ms`, `10s`, `5m` or `1h`"),
+                format!(
+                    "expected a duration for {what} such as `500ms`, `10s`, `5m`, `1h` or `7d`"
+                ),
             );
             return None;
         };
@@ -202,11 +208,15 @@ impl Kind for Time {
                 cx.err(n, format!("expected {what} of at least {s}s"));
                 None
             }
+            Min::Millis(ms) if d < Duration::from_millis(ms) => {
+                cx.err(n, format!("expected {what} of at least {ms}ms"));
+                None
+            }
             _ => Some(d),
         }
     }
     fn schema(&self) -> Json {
-        json!({ "type": "string", "pattern": "^[0-9]+(ms|s|m|h)$" })
+        json!({ "type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)$" })
     }
 }
 
@@ -219,9 +229,127 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "s" => n.checked_mul(1000)?,
         "m" => n.checked_mul(60_000)?,
         "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
         _ => return None,
     };
     Some(Duration::from_millis(ms))
+}
+
+/// An amount of bytes: a decimal number and a unit, `B`, `KB`, `MB` or
+/// `GB` (powers of 1000), e.g. `100MB`.
+pub(crate) struct Size;
+
+impl Kind for Size {
+    type Out = u64;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<u64> {
+        let parsed = yaml::scalar(n).and_then(parse_size).filter(|v| *v > 0);
+        if parsed.is_none() {
+            cx.err(
+                n,
+                format!(
+                    "expected an amount of bytes above zero for {} such as `64KB`, `100MB` or `2GB`",
+                    cx.label()
+                ),
+            );
+        }
+        parsed
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^[0-9]+(B|KB|MB|GB)$" })
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n = decimal(num)?;
+    let scale = match unit {
+        "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// A number of at least 1 (a factor), e.g. `4` or `2.5`.
+pub(crate) struct Factor;
+
+impl Kind for Factor {
+    type Out = f64;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<f64> {
+        let parsed = yaml::scalar(n)
+            .filter(|_| yaml::plain(n))
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|x| x.is_finite() && *x >= 1.0 && *x <= 1_000_000.0);
+        if parsed.is_none() {
+            cx.err(
+                n,
+                format!(
+                    "expected a number from 1 to 1000000 for {} (e.g. `4`)",
+                    cx.label()
+                ),
+            );
+        }
+        parsed
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "number", "minimum": 1, "maximum": 1_000_000 })
+    }
+}
+
+/// `on` or `off`.
+pub(crate) struct OnOff;
+
+impl Kind for OnOff {
+    type Out = Switch;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Switch> {
+        match yaml::scalar(n) {
+            Some("on") => Some(Switch::On),
+            Some("off") => Some(Switch::Off),
+            _ => {
+                cx.err(n, format!("expected `on` or `off` for {}", cx.label()));
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "enum": ["on", "off"] })
+    }
+}
+
+/// ISO 3166-1 alpha-2 country codes (`[DE, FR]`), upper case.
+pub(crate) struct Countries;
+
+impl Kind for Countries {
+    type Out = Vec<String>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<String>> {
+        let what = cx.label();
+        let list = cx.seq(n, &what)?;
+        let mut out = Vec::new();
+        for item in list {
+            let Some(code) = cx.string(&item, &"a country code") else {
+                continue;
+            };
+            if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+                if !out.contains(&code) {
+                    out.push(code);
+                }
+            } else {
+                cx.err(
+                    &item,
+                    format!(
+                        "expected an ISO 3166 alpha-2 country code in {what} (two upper-case letters such as `DE`), found `{code}`"
+                    ),
+                );
+            }
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        list_of(json!({ "type": "string", "pattern": "^[A-Z]{2}$" }))
+    }
 }
 
 /// A listener's `ip:port`; port 0 lets the kernel pick.
@@ -380,6 +508,123 @@ impl Kind for FlowTarget {
     }
     fn schema(&self) -> Json {
         json!({ "type": "string", "minLength": 1 })
+    }
+}
+
+/// `http://host[:port][/path]`: where alerts are POSTed. Plain HTTP only
+/// (Sluice has no TLS client); a name is resolved when a POST is made.
+pub(crate) struct WebhookUrl;
+
+impl Kind for WebhookUrl {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let s = Text.read(cx, n)?;
+        let what = cx.label();
+        if s.starts_with("https://") {
+            cx.err(
+                n,
+                format!(
+                    "{what}: https is not supported (Sluice has no TLS client); use http://, e.g. to a local relay"
+                ),
+            );
+            return None;
+        }
+        match webhook_authority(&s) {
+            Some(_) => Some(s),
+            None => {
+                cx.err(
+                    n,
+                    format!(
+                        "expected `http://host[:port][/path]` for {what} (e.g. `http://127.0.0.1:8080/alerts`), found `{s}`"
+                    ),
+                );
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^http://[^/?#\\s]+(/\\S*)?$" })
+    }
+}
+
+/// The authority (`host[:port]`) of an `http://` URL with a nonempty host,
+/// a valid port if any, and no user info or whitespace.
+fn webhook_authority(s: &str) -> Option<&str> {
+    let rest = s.strip_prefix("http://")?;
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    host_port(authority, true).map(|_| authority)
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` (the port required unless
+/// `port_optional`); the host without brackets and the port.
+fn host_port(s: &str, port_optional: bool) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        h.parse::<std::net::Ipv6Addr>().ok()?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() || (host.contains(['[', ']', ':']) && !s.starts_with('[')) {
+        return None;
+    }
+    let port = match port {
+        Some(p) => match decimal(p).and_then(|v| u16::try_from(v).ok()) {
+            Some(v) if v != 0 => Some(v),
+            _ => return None,
+        },
+        None if port_optional => None,
+        None => return None,
+    };
+    Some((host, port))
+}
+
+/// `udp://host:port` or `tcp://host:port`: where alerts go as syslog.
+pub(crate) struct SyslogAddr;
+
+impl Kind for SyslogAddr {
+    type Out = SyslogAddress;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<SyslogAddress> {
+        let s = Text.read(cx, n)?;
+        let parsed = s.split_once("://").and_then(|(scheme, rest)| {
+            let transport = match scheme {
+                "udp" => SyslogTransport::Udp,
+                "tcp" => SyslogTransport::Tcp,
+                _ => return None,
+            };
+            let (host, port) = host_port(rest, false)?;
+            Some(SyslogAddress {
+                transport,
+                host: host.to_owned(),
+                port: port?,
+            })
+        });
+        if parsed.is_none() {
+            cx.err(
+                n,
+                format!(
+                    "expected `udp://host:port` or `tcp://host:port` for {} (e.g. `udp://127.0.0.1:514`), found `{s}`",
+                    cx.label()
+                ),
+            );
+        }
+        parsed
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^(udp|tcp)://.+:[0-9]+$" })
     }
 }
 
@@ -904,4 +1149,225 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         ));
     }
     Ok(net)
+}
+
+/// The hops of a route: `direct`, `http://host:port`, `socks5://host:port`,
+/// each with optional `user:password@` and `#weight=N`; at least one, no
+/// hop twice.
+pub(crate) struct Vias;
+
+/// The heaviest weight a hop may have.
+const MAX_WEIGHT: u32 = 1000;
+
+impl Kind for Vias {
+    type Out = Vec<Hop>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<Hop>> {
+        let what = cx.label();
+        let items = cx.seq(n, &what)?;
+        let mut out: Vec<Hop> = Vec::new();
+        if items.is_empty() {
+            cx.err(n, format!("expected at least one hop in {what}"));
+        }
+        for item in items {
+            let item = &item;
+            let Some(s) = cx.string(item, &"a hop") else {
+                continue;
+            };
+            match parse_hop(&s) {
+                Ok(hop) => {
+                    if out
+                        .iter()
+                        .any(|h| h.kind == hop.kind && h.target() == hop.target())
+                    {
+                        cx.err(item, format!("`{}` is named twice in {what}", hop.target()));
+                    } else {
+                        out.push(hop);
+                    }
+                }
+                Err(msg) => cx.err(item, format!("{msg} in {what}")),
+            }
+        }
+        Some(out)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "minItems": 1, "items": {
+            "type": "string",
+            "pattern": "^(direct|(http|socks5)://[^/?]+:[0-9]+)(#weight=[0-9]+)?$"
+        } })
+    }
+}
+
+/// One hop as written (see [`Vias`]).
+pub(crate) fn parse_hop(s: &str) -> Result<Hop, String> {
+    let expected = "expected `direct`, `http://host:port` or `socks5://host:port` (optionally `user:password@` before the host and `#weight=N` after the port)";
+    let (body, weight) = match s.split_once('#') {
+        Some((b, w)) => {
+            let n = w
+                .strip_prefix("weight=")
+                .and_then(decimal)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (1..=MAX_WEIGHT).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "bad weight in `{s}`: expected `#weight=N` with N from 1 to {MAX_WEIGHT}"
+                    )
+                })?;
+            (b, n)
+        }
+        None => (s, 1),
+    };
+    if body == "direct" {
+        return Ok(Hop {
+            kind: HopKind::Direct,
+            host: String::new(),
+            port: 0,
+            user: None,
+            password: None,
+            weight,
+        });
+    }
+    let (kind, rest) = if let Some(r) = body.strip_prefix("http://") {
+        (HopKind::Http, r)
+    } else if let Some(r) = body.strip_prefix("socks5://") {
+        (HopKind::Socks5, r)
+    } else if body.starts_with("https://") {
+        return Err(format!(
+            "`{s}`: TLS to a parent proxy is not supported; {expected}"
+        ));
+    } else {
+        return Err(format!("`{s}`: {expected}"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (user, password) = match userinfo {
+        Some(u) => {
+            let (name, pass) = u.split_once(':').unwrap_or((u, ""));
+            if name.is_empty() || name.len() > 255 || pass.len() > 255 {
+                return Err(format!(
+                    "`{s}`: expected `user:password@` of 1 to 255 bytes each"
+                ));
+            }
+            (Some(name.to_owned()), Some(pass.to_owned()))
+        }
+        None => (None, None),
+    };
+    let bad = || format!("`{s}`: {expected}");
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, p) = v6.split_once("]:").ok_or_else(bad)?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        (h.to_owned(), p)
+    } else {
+        let (h, p) = hostport.rsplit_once(':').ok_or_else(bad)?;
+        let name_ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !name_ok {
+            return Err(bad());
+        }
+        (h.to_ascii_lowercase(), p)
+    };
+    let port = crate::dest::parse_port(port)
+        .filter(|p| *p != 0)
+        .ok_or_else(bad)?;
+    Ok(Hop {
+        kind,
+        host,
+        port,
+        user,
+        password,
+        weight,
+    })
+}
+
+/// An IP address (a route's `source`).
+pub(crate) struct Address;
+
+impl Kind for Address {
+    type Out = std::net::IpAddr;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<std::net::IpAddr> {
+        let what = cx.label();
+        let s = cx.string(n, &what)?;
+        match s.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                cx.err(
+                    n,
+                    format!("expected an IP address for {what} (e.g. `192.0.2.10`), found `{s}`"),
+                );
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A network interface name (at most 15 bytes, no `/` or whitespace).
+pub(crate) struct Interface;
+
+impl Kind for Interface {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let what = cx.label();
+        let s = cx.string(n, &what)?;
+        let ok = (1..=15).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if !ok {
+            cx.err(
+                n,
+                format!("expected an interface name of 1 to 15 characters for {what} (e.g. `eth1`), found `{s}`"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "maxLength": 15 })
+    }
+}
+
+/// `failover` or `weighted`.
+pub(crate) struct SelectName;
+
+impl Kind for SelectName {
+    type Out = Select;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Select> {
+        match yaml::scalar(n) {
+            Some("failover") => Some(Select::Failover),
+            Some("weighted") => Some(Select::Weighted),
+            _ => {
+                cx.err(
+                    n,
+                    format!("expected `failover` or `weighted` for {}", cx.label()),
+                );
+                None
+            }
+        }
+    }
+    fn schema(&self) -> Json {
+        json!({ "enum": ["failover", "weighted"] })
+    }
+}
+
+/// A route's name (`direct` or one defined under `routes`, checked once
+/// every route is known).
+pub(crate) struct RouteRef;
+
+impl Kind for RouteRef {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let what = cx.label();
+        let name = cx.string(n, &what)?;
+        cx.route_refs.push((name.clone(), yaml::pos(n)));
+        Some(name)
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
 }

@@ -262,6 +262,23 @@ impl Cx<'_> {
 ///
 /// and a mapping key walks its own section: `key!(admin: map &ADMIN, "…")`.
 macro_rules! key {
+    // A mapping whose key is not a Rust name (`new-destination`).
+    ($key:literal => $name:ident: map $table:expr, $doc:literal) => {
+        $crate::load::table::Key {
+            name: $key,
+            doc: $doc,
+            reload: None,
+            read: |cx, n, t| {
+                cx.section_into($table, n, &mut t.$name);
+            },
+            changed: |a, b, prefix, out| {
+                let prefix = format!("{prefix}{}.", $key);
+                $table.changed(&a.$name, &b.$name, &prefix, out)
+            },
+            schema: || $crate::load::table::Table::schema($table),
+            nested: || $crate::load::table::Nested::Map($table),
+        }
+    };
     ($name:ident: map $table:expr, $doc:literal) => {
         $crate::load::table::Key {
             name: stringify!($name),

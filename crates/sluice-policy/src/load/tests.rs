@@ -127,6 +127,7 @@ limits:
   idle_timeout: 7s
   connect_timeout: 7s
   drain_timeout: 7s
+  drain_grace: 7s
   pool_max_idle: 7
   pool_max_idle_per_host: 7
   pool_idle_timeout: 7s
@@ -137,6 +138,42 @@ bus:
   stream: FLOWS
   partitions: 3
   queue: 7
+detect:
+  embedded: false
+  webhook:
+    url: http://127.0.0.1:9/alerts
+    timeout: 7s
+    queue: 7
+  syslog:
+    address: tcp://127.0.0.1:514
+  geoip: /var/lib/geo.mmdb
+  state_dir: /var/lib/sluice/detect
+  learn: 3d
+  max_lateness: 1m
+  max_sources: 7
+  volume:
+    enabled: false
+    window: 2m
+    floor: 7MB
+    factor: 2.5
+  new-destination:
+    enabled: false
+    min_bytes: 7KB
+    min_flows: 7
+  geo:
+    enabled: false
+    min_bytes: 7B
+  beaconing:
+    enabled: false
+    min_repeats: 7
+    max_jitter: 0.2
+    max_bytes: 7GB
+  dns-tunnel:
+    enabled: false
+  denied-burst:
+    enabled: false
+    window: 7m
+    min_distinct: 7
 zones: []
 ";
 
@@ -191,7 +228,10 @@ fn keys_inside_lists_apply_on_reload() {
 fn mappings_say_per_key_only_when_their_keys_differ() {
     let by_path = |p: &str| keys().into_iter().find(|k| k.path == p).unwrap().reload;
     assert_eq!(by_path("listen"), Some(Reload::Restart));
-    assert_eq!(by_path("log"), Some(Reload::Restart));
+    // `log.interim` applies to tunnels opened after a reload; `log.flows` not.
+    assert_eq!(by_path("log"), None);
+    assert_eq!(by_path("log.interim"), Some(Reload::Applies));
+    assert_eq!(by_path("detect"), Some(Reload::Restart));
     // `limits.response_timeout` applies on reload; the other limits do not.
     assert_eq!(by_path("limits"), None);
     assert_eq!(by_path("limits.response_timeout"), Some(Reload::Applies));
@@ -426,6 +466,71 @@ fn the_schema_requires_what_the_loader_requires() {
 }
 
 #[test]
+fn interim_and_alert_sink_keys_load_with_defaults_bounds_and_positions() {
+    use crate::model::SyslogTransport;
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.log.interim, std::time::Duration::from_secs(60));
+    assert_eq!(c.detect.webhook.url, None);
+    assert_eq!(c.detect.webhook.timeout, std::time::Duration::from_secs(5));
+    assert_eq!(c.detect.webhook.queue, 1000);
+    assert_eq!(c.detect.syslog.address, None);
+    let c = parse_config(
+        "log:\n  interim: 250ms\ndetect:\n  webhook: {url: 'http://hooks.example:8080/a?b=1', queue: 3}\n  syslog: {address: 'udp://[::1]:5514'}\n",
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.log.interim, std::time::Duration::from_millis(250));
+    assert_eq!(
+        c.detect.webhook.url.as_deref(),
+        Some("http://hooks.example:8080/a?b=1")
+    );
+    assert_eq!(c.detect.webhook.queue, 3);
+    let a = c.detect.syslog.address.unwrap();
+    assert_eq!(
+        (a.transport, a.host.as_str(), a.port),
+        (SyslogTransport::Udp, "::1", 5514)
+    );
+    assert_eq!(a.to_string(), "udp://[::1]:5514");
+    for (text, want) in [
+        (
+            "log:\n  interim: 50ms\n",
+            "b.yaml:2:12: expected log.interim of at least 100ms",
+        ),
+        (
+            "log:\n  interim: 60\n",
+            "b.yaml:2:12: expected a duration for log.interim such as `500ms`, `10s`, `5m`, `1h` or `7d`",
+        ),
+        (
+            "detect:\n  webhook:\n    url: https://hooks.example/a\n",
+            "b.yaml:3:10: detect.webhook.url: https is not supported (Sluice has no TLS client); use http://, e.g. to a local relay",
+        ),
+        (
+            "detect:\n  webhook:\n    url: http://:80/a\n",
+            "b.yaml:3:10: expected `http://host[:port][/path]` for detect.webhook.url (e.g. `http://127.0.0.1:8080/alerts`), found `http://:80/a`",
+        ),
+        (
+            "detect:\n  webhook:\n    queue: 0\n",
+            "b.yaml:3:12: expected a number above zero for detect.webhook.queue",
+        ),
+        (
+            "detect:\n  syslog:\n    address: 127.0.0.1:514\n",
+            "b.yaml:3:14: expected `udp://host:port` or `tcp://host:port` for detect.syslog.address (e.g. `udp://127.0.0.1:514`), found `127.0.0.1:514`",
+        ),
+        (
+            "detect:\n  syslog:\n    address: tcp://127.0.0.1\n",
+            "b.yaml:3:14: expected `udp://host:port` or `tcp://host:port` for detect.syslog.address (e.g. `udp://127.0.0.1:514`), found `tcp://127.0.0.1`",
+        ),
+        (
+            "detect:\n  sysl0g: {}\n",
+            "b.yaml:2:3: unknown key `sysl0g` in detect; expected one of: embedded, geoip, state_dir, learn, max_lateness, max_sources, volume, new-destination, geo, beaconing, dns-tunnel, denied-burst, webhook, syslog",
+        ),
+    ] {
+        let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+        assert_eq!(errs, want);
+    }
+}
+
+#[test]
 fn indentation_mistakes_are_explained_in_words_with_the_parser_message_kept() {
     for (text, at, plain, parser) in [
         (
@@ -543,4 +648,43 @@ fn bus_loads_with_its_defaults_and_refuses_bad_values() {
         assert!(e.contains(want), "{text}: {e}");
         assert!(e.contains("b.yaml:"), "positioned: {e}");
     }
+}
+
+#[test]
+fn detect_keys_load_with_defaults_and_bad_values_are_positioned_errors() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.detect.learn, std::time::Duration::from_secs(7 * 86_400));
+    assert_eq!(c.detect.max_lateness, std::time::Duration::from_secs(300));
+    assert!(c.detect.embedded, "embedded detection is the default");
+    let c = parse_config("detect:\n  embedded: false\n", "a.yaml").unwrap();
+    assert!(!c.detect.embedded);
+    let e = parse_config("detect:\n  embedded: maybe\n", "b.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("b.yaml:2:13: ") && e.contains("detect.embedded"),
+        "{e}"
+    );
+    let c = parse_config(
+        "detect:\n  learn: 2d\n  volume:\n    floor: 2GB\nzones:\n  - name: a\n    countries: [DE, FR, DE]\n    detect: off\n",
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.detect.learn, std::time::Duration::from_secs(2 * 86_400));
+    assert_eq!(c.detect.volume.floor, 2_000_000_000);
+    assert_eq!(
+        c.zones[0].countries.as_deref(),
+        Some(&["DE".to_owned(), "FR".to_owned()][..])
+    );
+    assert_eq!(c.zones[0].detect, crate::model::Switch::Off);
+    let text = "detect:\n  volume:\n    floor: 10\n  new-destination:\n    min_flows: 0\n  webhook: {queue: 0}\nzones:\n  - name: a\n    countries: [de]\n    detect: maybe\n";
+    let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
+    assert_eq!(
+        errs,
+        "b.yaml:3:12: expected an amount of bytes above zero for detect.volume.floor such as `64KB`, `100MB` or `2GB`\n\
+         b.yaml:5:16: expected a number above zero for detect.new-destination.min_flows\n\
+         b.yaml:6:20: expected a number above zero for detect.webhook.queue\n\
+         b.yaml:9:17: expected an ISO 3166 alpha-2 country code in zones[].countries (two upper-case letters such as `DE`), found `de`\n\
+         b.yaml:10:13: expected `on` or `off` for zones[].detect"
+    );
 }

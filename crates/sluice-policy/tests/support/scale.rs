@@ -89,6 +89,8 @@ pub fn config() -> Config {
                 mode: None,
                 allow: Vec::new(),
                 deny: Vec::new(),
+                route: None,
+                ..Zone::default()
             };
             for r in 0..rules_in(z) {
                 let rule = Rule {

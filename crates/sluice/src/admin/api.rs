@@ -55,6 +55,7 @@ pub async fn route(at: At<'_>, req: Request<Incoming>) -> Response<Body> {
         "/api/v1/traffic" if get => traffic(status, &query),
         "/api/v1/rules" if get => rules(gw, status, &query),
         "/api/v1/alerts" if get => alerts(status, &query),
+        "/api/v1/alerts/stream" if get => alert_stream(at, &query, last_event_id(req.headers())),
         "/api/v1/config" if get => config(gw, &query),
         "/api/v1/check" if req.method() == Method::POST => check(gw, req).await,
         "/api/v1/check" => return not_allowed("POST"),
@@ -65,6 +66,7 @@ pub async fn route(at: At<'_>, req: Request<Incoming>) -> Response<Body> {
         | "/api/v1/traffic"
         | "/api/v1/rules"
         | "/api/v1/alerts"
+        | "/api/v1/alerts/stream"
         | "/api/v1/config" => {
             return not_allowed("GET, HEAD");
         }
@@ -228,17 +230,35 @@ fn stream(at: At<'_>, q: &Query, after: Option<u64>) -> Answer {
     q.only(&["zone", "verdict", "host"])?;
     let filter = q.filter(true)?;
     let max = at.gw.version().policy.config().admin.max_streams;
-    let Some(body) = at
+    let body = at
         .live
-        .stream(&at.status.view, filter, after, max, at.conn.busy())
-    else {
+        .stream(&at.status.view, filter, after, max, at.conn.busy());
+    Ok(event_stream(body, max))
+}
+
+/// New alerts as Server-Sent Events (`event: alert`), under the same
+/// `admin.max_streams` as the flow streams; `kind`, `severity` and `zone`
+/// filter as in `/api/v1/alerts`.
+fn alert_stream(at: At<'_>, q: &Query, after: Option<u64>) -> Answer {
+    q.only(&["kind", "severity", "zone"])?;
+    let filter = alert_filter(q)?;
+    let max = at.gw.version().policy.config().admin.max_streams;
+    let body = at
+        .live
+        .alert_stream(&at.status.recorder, filter, after, max, at.conn.busy());
+    Ok(event_stream(body, max))
+}
+
+/// A live stream's answer: the event stream, or 503 past `max` streams.
+fn event_stream(body: Option<super::sse::SseBody>, max: u32) -> Response<Body> {
+    let Some(body) = body else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many live streams: admin.max_streams is {max}; retry later"),
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return Ok(r);
+        return r;
     };
     let mut r = Response::new(http_body_util::BodyExt::boxed(body));
     let h = r.headers_mut();
@@ -250,7 +270,7 @@ fn stream(at: At<'_>, q: &Query, after: Option<u64>) -> Answer {
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
-    Ok(r)
+    r
 }
 
 #[derive(Serialize)]
@@ -406,6 +426,14 @@ struct Alerts {
 /// first fired (its `ts`).
 fn alerts(status: &Status, q: &Query) -> Answer {
     q.only(&["kind", "severity", "zone", "since", "limit"])?;
+    let filter = alert_filter(q)?;
+    let limit = q.number("limit", 100, 1, MAX_ALERTS as u64)? as usize;
+    let alerts = status.recorder.alerts().query(&filter, limit);
+    Ok(json(StatusCode::OK, &Alerts { alerts }))
+}
+
+/// `kind`, `severity`, `zone` and `since` of an alert query.
+fn alert_filter(q: &Query) -> Result<AlertFilter, (StatusCode, String)> {
     let kind = match q.get("kind") {
         None => None,
         Some(k) => Some(AlertKind::from_name(k).ok_or_else(|| {
@@ -426,9 +454,7 @@ fn alerts(status: &Status, q: &Query) -> Answer {
         zone: q.get("zone").map(str::to_owned),
         since: q.time("since")?,
     };
-    let limit = q.number("limit", 100, 1, MAX_ALERTS as u64)? as usize;
-    let alerts = status.recorder.alerts().query(&filter, limit);
-    Ok(json(StatusCode::OK, &Alerts { alerts }))
+    Ok(filter)
 }
 
 fn config(gw: &Gateway, q: &Query) -> Answer {

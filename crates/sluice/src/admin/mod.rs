@@ -212,7 +212,8 @@ async fn handle(at: At<'_>, local: SocketAddr, req: Request<Incoming>) -> Respon
 }
 
 fn readyz(gw: &Gateway, status: &Status) -> Response<Body> {
-    let draining = gw.drain().is_draining();
+    // Leaving (SIGTERM, during `limits.drain_grace`) is already not ready.
+    let draining = gw.drain().is_leaving();
     let err = status.last_reload_error.lock().ok().and_then(|e| e.clone());
     let body = serde_json::json!({
         "ready": !draining,

@@ -26,6 +26,12 @@
 //! records it missed with an `event: lagged` (records carry sequence
 //! numbers, so the count is exact); the encoder, if it falls behind the
 //! view, skips records the same way. Neither ever slows the record path.
+//!
+//! `/api/v1/alerts/stream` shares the cap, the body, the keep-alive and the
+//! resume rules: one `event: alert` per new alert (its JSON serialized once
+//! by the recorder, its ring sequence number the id). Alerts are rare, so
+//! each subscriber takes them from the recorder's broadcast directly,
+//! without batches.
 
 use std::{
     convert::Infallible,
@@ -40,7 +46,9 @@ use std::{
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
-use sluice_observe::{FlowFilter, FlowRecord, FlowView, Sequenced};
+use sluice_observe::{
+    AlertFilter, FlowFilter, FlowRecord, FlowView, LiveAlert, Recorder, Sequenced,
+};
 use tokio::sync::{
     broadcast::{self, error::RecvError, error::TryRecvError},
     mpsc,
@@ -130,16 +138,7 @@ impl Live {
         max: u32,
         busy: Busy,
     ) -> Option<SseBody> {
-        let max = max as usize;
-        self.open
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        let permit = Permit {
-            open: self.open.clone(),
-            _busy: busy,
-        };
+        let permit = self.permit(max, busy)?;
         let (tx, rx) = mpsc::channel(BODY_QUEUE);
         // Subscribe before reading the ring: a flow finishing in between
         // is in both, and the subscriber skips it the second time.
@@ -156,6 +155,115 @@ impl Live {
         };
         tokio::spawn(subscribe(batches, filter, tx, permit, resume, expected));
         Some(SseBody { rx })
+    }
+
+    /// Starts a subscriber for new alerts matching `filter`, under the same
+    /// `max` as the flow streams. With `after` (the client's
+    /// `Last-Event-ID`), it starts with the ring's alerts after that
+    /// sequence number, as they are now.
+    pub fn alert_stream(
+        &self,
+        recorder: &Recorder,
+        filter: AlertFilter,
+        after: Option<u64>,
+        max: u32,
+        busy: Busy,
+    ) -> Option<SseBody> {
+        let permit = self.permit(max, busy)?;
+        let (tx, rx) = mpsc::channel(BODY_QUEUE);
+        // Subscribe before reading the ring: an alert emitted in between
+        // is in both, and the subscriber skips it the second time.
+        let live = recorder.subscribe_alerts();
+        let ring = recorder.alerts();
+        let (resume, next) = match after.filter(|&a| a <= ring.last_seq()) {
+            Some(after) => {
+                let (found, missed) = ring.after(after);
+                let mut out = Vec::new();
+                if missed > 0 {
+                    out.extend_from_slice(&lagged(missed));
+                }
+                let mut next = after + 1 + missed;
+                for (seq, a) in found {
+                    if filter.accepts(&a) {
+                        if let Ok(json) = serde_json::to_string(&a) {
+                            alert_frame(&mut out, seq, &json);
+                        }
+                    }
+                    next = seq + 1;
+                }
+                (Some(Bytes::from(out)), next)
+            }
+            None => (None, 0),
+        };
+        tokio::spawn(subscribe_alerts(live, filter, tx, permit, resume, next));
+        Some(SseBody { rx })
+    }
+
+    /// One more open stream, unless `max` are open already.
+    fn permit(&self, max: u32, busy: Busy) -> Option<Permit> {
+        let max = max as usize;
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Permit {
+            open: self.open.clone(),
+            _busy: busy,
+        })
+    }
+}
+
+/// Writes one alert's event: its ring sequence number as the event id.
+fn alert_frame(out: &mut Vec<u8>, seq: u64, json: &str) {
+    let _ = std::io::Write::write_fmt(out, format_args!("id: {seq}\nevent: alert\ndata: "));
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// A subscriber of the alert stream: new alerts into frames for one
+/// response body, from sequence number `next` on (a resumed stream already
+/// sent the ring's).
+async fn subscribe_alerts(
+    mut live: broadcast::Receiver<Arc<LiveAlert>>,
+    filter: AlertFilter,
+    tx: mpsc::Sender<Bytes>,
+    permit: Permit,
+    resume: Option<Bytes>,
+    next: u64,
+) {
+    let _permit = permit;
+    if tx
+        .send(Bytes::from_static(b"retry: 2000\n: connected\n\n"))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Some(frames) = resume.filter(|f| !f.is_empty()) {
+        if tx.send(frames).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let got = tokio::select! {
+            () = tx.closed() => return,
+            got = tokio::time::timeout(KEEPALIVE, live.recv()) => got,
+        };
+        let frame = match got {
+            Err(_) => Bytes::from_static(b": keepalive\n\n"),
+            Ok(Ok(a)) if a.seq < next || !filter.accepts(&a.alert) => continue,
+            Ok(Ok(a)) => {
+                let mut out = Vec::with_capacity(a.json.len() + 40);
+                alert_frame(&mut out, a.seq, &a.json);
+                Bytes::from(out)
+            }
+            Ok(Err(RecvError::Lagged(n))) => lagged(n),
+            Ok(Err(RecvError::Closed)) => return,
+        };
+        if tx.send(frame).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -10,6 +10,7 @@ TARGET: IP:PORT or NAME:PORT (a name only through a proxy)
 --split         send the ClientHello in two writes, 0.5 s apart
 --ca FILE       trust this CA for TLS
 --payload TEXT  bytes for tcp
+--chunks N      tcp: send the payload N times, --pause seconds apart (a slow upload)
 --name NAME     query name for dns
 """
 import argparse
@@ -30,6 +31,8 @@ p.add_argument("--ca")
 p.add_argument("--payload", default="hello")
 p.add_argument("--name", default="example.test")
 p.add_argument("--timeout", type=float, default=5.0)
+p.add_argument("--chunks", type=int, default=1)
+p.add_argument("--pause", type=float, default=0.0)
 a = p.parse_args()
 host, port = a.target.rsplit(":", 1)
 port = int(port)
@@ -164,9 +167,15 @@ def http():
 
 def tcp():
     s = open_stream()
-    s.sendall(a.payload.encode())
+    for i in range(a.chunks):
+        if i and a.pause:
+            time.sleep(a.pause)
+        s.sendall(a.payload.encode())
     s.shutdown(socket.SHUT_WR)
-    out["body"] = recv_all(s).decode("latin-1")
+    data = recv_all(s)
+    out["body"] = data.decode("latin-1")
+    out["sent"] = len(a.payload.encode()) * a.chunks
+    out["received"] = len(data)
 
 
 def udp():

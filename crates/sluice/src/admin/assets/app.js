@@ -142,7 +142,10 @@ function matches(r, f) {
 }
 
 function flowRow(r, fresh) {
-  const tr = el('tr', { class: verdictClass(r) + (fresh ? ' fresh' : ''), 'data-id': r.id },
+  // A long tunnel's interim record: the tunnel is still open, and its
+  // bytes are those since the flow's previous record.
+  const interim = r.interim === true;
+  const tr = el('tr', { class: verdictClass(r) + (fresh ? ' fresh' : '') + (interim ? ' interim' : ''), 'data-id': r.id },
     el('td', { title: r.ts }, time(r.ts)),
     el('td', {}, r.listener),
     el('td', { class: 'mono' }, r.src),
@@ -156,7 +159,8 @@ function flowRow(r, fresh) {
     el('td', { class: 'wrap reason' }, r.reason + (r.error ? ' — ' + r.error : '')),
     el('td', { class: 'num' }, bytes(r.bytes_out)),
     el('td', { class: 'num' }, bytes(r.bytes_in)),
-    el('td', { class: 'num' }, r.duration_ms));
+    el('td', { class: 'num', title: interim ? 'interim record: still open; bytes since its previous record' : '' },
+      interim ? `${r.duration_ms} (open)` : r.duration_ms));
   return tr;
 }
 
@@ -436,16 +440,82 @@ function alertRow(a) {
   return tr;
 }
 
+// Ids of alerts that arrived on the live stream: marked `live` in the
+// panel (and kept marked when the periodic refresh redraws it).
+const liveAlerts = new Set();
+const MAX_ALERT_ROWS = 100;
+
+function markLive(tr, a) {
+  if (liveAlerts.has(a.id)) {
+    tr.classList.add('live');
+    tr.dataset.live = 'stream';
+  }
+  return tr;
+}
+
 async function loadAlerts() {
   let a;
-  try { a = await api('/api/v1/alerts?limit=100'); } catch (e) { return; }
+  try { a = await api('/api/v1/alerts?limit=' + MAX_ALERT_ROWS); } catch (e) { return; }
   const body = $('#alerts tbody');
   $('#alerts-note').textContent = a.alerts.length ? `${plural(a.alerts.length, 'alert')} shown, newest first` : '';
   if (!a.alerts.length) {
     body.replaceChildren(el('tr', { class: 'empty' }, el('td', { class: 'muted', colspan: '8' }, 'none')));
     return;
   }
-  body.replaceChildren(...a.alerts.map(alertRow));
+  body.replaceChildren(...a.alerts.map((x) => markLive(alertRow(x), x)));
+}
+
+// A new alert from the live stream: on top of the panel at once.
+function addAlert(a) {
+  liveAlerts.add(a.id);
+  const body = $('#alerts tbody');
+  body.querySelector('tr.empty')?.remove();
+  body.querySelector(`tr[data-id="${CSS.escape(a.id)}"]`)?.remove();
+  body.prepend(markLive(alertRow(a), a));
+  while (body.children.length > MAX_ALERT_ROWS) body.lastElementChild.remove();
+  $('#alerts-note').textContent = `${plural(body.children.length, 'alert')} shown, newest first`;
+}
+
+// New alerts as Server-Sent Events, read like the flow stream (fetch, so
+// the bearer token travels in a header).
+async function alertStream() {
+  for (;;) {
+    try {
+      const res = await fetch('/api/v1/alerts/stream', { headers: authHeaders(), signal: streamAbort?.signal });
+      if (!res.ok || !res.body) throw new Error(res.statusText);
+      $('#alerts-live').className = 'badge on';
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          handleAlertEvent(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+      }
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+    }
+    $('#alerts-live').className = 'badge off';
+    await new Promise((ok) => setTimeout(ok, 2000));
+  }
+}
+
+function handleAlertEvent(chunk) {
+  let event = 'message';
+  const data = [];
+  for (const line of chunk.split('\n')) {
+    if (line.startsWith('event:')) event = line.slice(6).trim();
+    else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
+  }
+  if (event === 'alert' && data.length) {
+    try { addAlert(JSON.parse(data.join('\n'))); } catch (e) { console.warn('bad alert event', e); }
+  } else if (event === 'lagged') {
+    loadAlerts();
+  }
 }
 
 // === explainer ===
@@ -510,11 +580,12 @@ function start() {
   $('#token-form').addEventListener('submit', () => {
     sessionStorage.setItem('sluice-token', $('#token-input').value);
     streamAbort?.abort();
-    loadFlows(); refresh(); stream();
+    loadFlows(); refresh(); stream(); alertStream();
   });
   loadFlows();
   refresh();
   stream();
+  alertStream();
   setInterval(refresh, REFRESH_MS);
 }
 

@@ -1,13 +1,15 @@
-//! Tunnelling signals per zone and registrable domain (Public Suffix List,
-//! compiled in by the `psl` crate: no network at run time).
+//! The `dns-tunnel` detector's score, per (zone, source, registrable
+//! domain) over a window of record time (moved from `sluice-dns`, where it
+//! ran on the DNS data path; it now runs on DNS flow records, live and
+//! offline alike, denied queries included).
 //!
 //! Data leaves through DNS as many unique, long, random-looking labels
 //! under one domain, often asking TXT, NULL or ANY for room in the answer.
-//! Over a window (`dns.tunnel_window`), each (zone, registrable domain)
-//! keeps the query count, the distinct subdomains, the length and Shannon
-//! entropy of the part left of the registrable domain, and the share of
-//! TXT/NULL/ANY queries. Once it has `dns.tunnel_min_queries`, a score is
-//! computed, each signal normalised to 0..1:
+//! Over a window (`dns.tunnel_window`), each key keeps the query count,
+//! the distinct subdomains, the length and Shannon entropy of the part
+//! left of the registrable domain, and the share of TXT/NULL/ANY queries.
+//! Once it has `dns.tunnel_min_queries`, a score is computed, each signal
+//! normalised to 0..1:
 //!
 //! ```text
 //! score = 0.30 * unique   (distinct subdomains / queries)
@@ -17,27 +19,22 @@
 //! ```
 //!
 //! A score at `dns.tunnel_threshold` or above raises one [`TunnelSignal`]
-//! per domain and window, which the forwarder turns into a `dns-tunnel`
-//! alert ([`TunnelSignal::alert`]) naming the client whose query crossed
-//! the threshold: severity `critical` from a score of [`CRITICAL_SCORE`]
+//! per key and window: `critical` from a score of [`CRITICAL_SCORE`]
 //! (unique long random labels asked as TXT, NULL or ANY: data coming back
 //! in the answers), `warning` below. Ordinary browsing repeats a few short
 //! names (score near 0.1); a tunnel sends unique 50-character base32 labels
-//! (0.8 with A queries, 1.0 with TXT). Memory is bounded by [`MAX_DOMAINS`];
-//! the distinct subdomains of one domain by [`MAX_SUBDOMAINS`] hashes.
+//! (0.8 with A queries, 1.0 with TXT). Memory is bounded by [`MAX_DOMAINS`]
+//! windows; the distinct subdomains of one by [`MAX_SUBDOMAINS`] hashes.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::RandomState},
-    hash::BuildHasher,
+    collections::{HashMap, HashSet},
     net::IpAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
-use hickory_proto::rr::RecordType;
 use sluice_observe::{Alert, AlertKind, Severity, ip_string};
 
-/// (zone, domain) windows tracked at most.
+/// Windows tracked at most.
 pub const MAX_DOMAINS: usize = 10_000;
 /// Distinct subdomains remembered per window (the count saturates there).
 pub const MAX_SUBDOMAINS: usize = 4_096;
@@ -60,7 +57,7 @@ pub struct TunnelSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TunnelSignal {
     /// The zone the queries came from.
-    pub zone: Arc<str>,
+    pub zone: String,
     /// The registrable domain.
     pub domain: String,
     /// The score (0..1).
@@ -83,20 +80,16 @@ pub struct TunnelSignal {
     pub odd_types: f64,
 }
 
-/// The detector: windows by (zone, registrable domain).
+/// The detector: windows by (zone, source, registrable domain).
 #[derive(Debug)]
 pub struct TunnelDetector {
     settings: TunnelSettings,
-    hasher: RandomState,
-    windows: Mutex<HashMap<WindowKey, Window>>,
+    windows: HashMap<(u64, IpAddr), Window>,
 }
-
-/// (zone, registrable domain).
-type WindowKey = (Arc<str>, Box<str>);
 
 #[derive(Debug)]
 struct Window {
-    start: Instant,
+    start_ms: i64,
     queries: u32,
     odd: u32,
     subs: HashSet<u64>,
@@ -113,43 +106,48 @@ impl TunnelDetector {
     pub fn new(settings: TunnelSettings) -> TunnelDetector {
         TunnelDetector {
             settings,
-            hasher: RandomState::new(),
-            windows: Mutex::new(HashMap::new()),
+            windows: HashMap::new(),
         }
     }
 
-    /// Counts one query of `zone` for `name` (normalised); a signal when
-    /// this query takes its domain over the threshold.
+    /// Counts one query from `src` in `zone` for `name` (normalised) of
+    /// type `qtype` at `at_ms` (record time); a signal when this query
+    /// takes its window over the threshold.
     pub fn observe(
-        &self,
-        zone: &Arc<str>,
+        &mut self,
+        zone: &str,
+        src: IpAddr,
         name: &str,
-        qtype: RecordType,
-        now: Instant,
+        qtype: &str,
+        at_ms: i64,
     ) -> Option<TunnelSignal> {
+        let name = name.trim_end_matches('.');
         let domain = psl::domain_str(name).unwrap_or(name);
         let sub = name
             .strip_suffix(domain)
             .map_or("", |s| s.trim_end_matches('.'));
-        let mut windows = self.windows.lock().ok()?;
-        let key = (zone.clone(), Box::from(domain));
-        if !windows.contains_key(&key) && windows.len() >= MAX_DOMAINS {
-            let window = self.settings.window;
-            windows.retain(|_, w| now.saturating_duration_since(w.start) < window);
-            if windows.len() >= MAX_DOMAINS {
+        let window_ms = i64::try_from(self.settings.window.as_millis()).unwrap_or(i64::MAX);
+        let key = (fnv(&[zone.as_bytes(), b"\0", domain.as_bytes()]), src);
+        if !self.windows.contains_key(&key) && self.windows.len() >= MAX_DOMAINS {
+            self.windows
+                .retain(|_, w| at_ms.saturating_sub(w.start_ms) < window_ms);
+            if self.windows.len() >= MAX_DOMAINS {
                 return None;
             }
         }
-        let w = windows.entry(key).or_insert_with(|| Window::new(now));
-        if now.saturating_duration_since(w.start) >= self.settings.window {
-            *w = Window::new(now);
+        let w = self
+            .windows
+            .entry(key)
+            .or_insert_with(|| Window::new(at_ms));
+        if at_ms.saturating_sub(w.start_ms) >= window_ms {
+            *w = Window::new(at_ms);
         }
         w.queries = w.queries.saturating_add(1);
-        if matches!(qtype, RecordType::TXT | RecordType::NULL | RecordType::ANY) {
+        if matches!(qtype, "TXT" | "NULL" | "ANY") {
             w.odd += 1;
         }
         if w.subs.len() < MAX_SUBDOMAINS {
-            w.subs.insert(self.hasher.hash_one(sub));
+            w.subs.insert(fnv(&[sub.as_bytes()]));
         }
         w.len_sum += sub.len() as u64;
         w.entropy_sum += entropy(sub);
@@ -172,12 +170,9 @@ impl TunnelDetector {
             return None;
         }
         w.alerted = true;
-        let secs = now
-            .saturating_duration_since(w.start)
-            .as_secs_f64()
-            .max(1.0);
+        let secs = (at_ms.saturating_sub(w.start_ms) as f64 / 1000.0).max(1.0);
         Some(TunnelSignal {
-            zone: zone.clone(),
+            zone: zone.to_owned(),
             domain: domain.to_owned(),
             score,
             threshold: self.settings.threshold,
@@ -211,7 +206,7 @@ impl TunnelSignal {
             self.domain, self.queries, self.unique, self.score
         );
         let mut a = Alert::new(AlertKind::DnsTunnel, severity, at, summary);
-        a.zone = Some(self.zone.to_string());
+        a.zone = Some(self.zone.clone());
         a.src = Some(src);
         a.dst = Some(self.domain.clone());
         a.evidence = serde_json::json!({
@@ -231,16 +226,16 @@ impl TunnelSignal {
 }
 
 /// `x` to three decimals: evidence a person reads.
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
 // === impl Window ===
 
 impl Window {
-    fn new(now: Instant) -> Window {
+    fn new(start_ms: i64) -> Window {
         Window {
-            start: now,
+            start_ms,
             queries: 0,
             odd: 0,
             subs: HashSet::new(),
@@ -272,4 +267,17 @@ pub fn entropy(s: &str) -> f64 {
             -p * p.log2()
         })
         .sum()
+}
+
+/// FNV-1a over `parts`: a hash that is the same in every process, so that
+/// stored baselines keep their keys across restarts.
+pub(crate) fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }

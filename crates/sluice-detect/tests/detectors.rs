@@ -1,0 +1,274 @@
+//! Each detector on synthetic flow records, in record time: what raises
+//! it and what must not (pages of a new site, a beacon the zone already
+//! had while learning, failures after an allow).
+
+// A test binary: its helpers may panic too, not only its `#[test]`s.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use sluice_detect::{Engine, RecordLine, Settings};
+use sluice_observe::{Alert, AlertKind, AlertRing, Severity};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+/// 2026-01-05T00:00:00Z, a Monday.
+const T0: i64 = 1_767_571_200_000;
+
+fn ts(ms: i64) -> String {
+    sluice_observe::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64))
+}
+
+/// A flow record (JSON) from `src` to `host` ending at `at`; `f` adjusts it.
+fn rec(id: &str, at: i64, src: &str, host: &str, f: impl FnOnce(&mut Value)) -> Value {
+    let mut v = json!({
+        "ts": ts(at), "start": ts(at - 200), "duration_ms": 200, "id": id, "listener": "http",
+        "protocol": "connect", "src": format!("{src}:40000"), "user": null, "zone": "lan",
+        "mode": "enforce", "dst_host": host, "dst_ip": "93.184.216.34", "dst_port": 443,
+        "sni": null, "original_dst": null, "grant": null, "method": null, "status": null,
+        "qtype": null, "answers": null, "verdict": "allow", "enforced": true, "rule": "lan/allow/1",
+        "reason": "r", "bytes_out": 2000, "bytes_in": 20000, "route": "direct", "policy_hash": "h",
+        "error": null, "error_kind": null, "interim": null, "country": null, "tls": true,
+        "intercepted": null, "findings": null, "exporter": null, "packets": null
+    });
+    f(&mut v);
+    v
+}
+
+/// Runs records through one engine with default settings; the alerts
+/// that would be emitted (repeats folded, as `sluice detect` does).
+fn run(records: &[Value]) -> Vec<Alert> {
+    let mut engine = Engine::new(Settings::default(), None);
+    let ring = AlertRing::new(1000);
+    let mut out = Vec::new();
+    for r in records {
+        let line = r.to_string();
+        let parsed = RecordLine::parse(line.as_bytes()).unwrap();
+        for a in engine.observe(&parsed.obs().unwrap()) {
+            if let Some(new) = ring.push(a) {
+                out.push(new);
+            }
+        }
+    }
+    out
+}
+
+/// Eight days of ordinary browsing from `src` to a few usual sites.
+fn learning(src: &str) -> Vec<Value> {
+    let sites = ["www.example.com", "mail.example.org", "cdn.example.net"];
+    (0..8 * 24)
+        .flat_map(|h| {
+            sites.iter().enumerate().map(move |(i, s)| {
+                rec(
+                    &format!("l{h}-{i}"),
+                    T0 + h * HOUR + i as i64 * MIN,
+                    src,
+                    s,
+                    |_| {},
+                )
+            })
+        })
+        .collect()
+}
+
+fn kinds(alerts: &[Alert]) -> Vec<(AlertKind, Option<String>)> {
+    alerts.iter().map(|a| (a.kind, a.dst.clone())).collect()
+}
+
+#[test]
+fn a_new_destination_alerts_when_significant_not_for_a_few_pages() {
+    let mut r = learning("10.0.0.7");
+    let after = T0 + 9 * DAY;
+    // A new news site: five small pages. Nothing.
+    for i in 0..5 {
+        r.push(rec(
+            &format!("news{i}"),
+            after + i * MIN,
+            "10.0.0.7",
+            "www.news.example.co.uk",
+            |_| {},
+        ));
+    }
+    // A new site on a private suffix (its own registrable domain), 3 MB at a time.
+    for i in 0..3 {
+        r.push(rec(
+            &format!("up{i}"),
+            after + HOUR + i * MIN,
+            "10.0.0.7",
+            "files.alice.github.io",
+            |v| {
+                v["bytes_out"] = json!(3_000_000);
+            },
+        ));
+    }
+    let alerts = run(&r);
+    assert_eq!(
+        kinds(&alerts),
+        [(
+            AlertKind::NewDestination,
+            Some("alice.github.io".to_owned())
+        )],
+        "{alerts:?}"
+    );
+    let a = &alerts[0];
+    assert_eq!(a.severity, Severity::Warning);
+    assert_eq!(
+        a.flows,
+        ["up1"],
+        "fired at the flow that made it significant"
+    );
+    assert_eq!(a.evidence["observed"]["bytes_out"], 6_000_000);
+}
+
+#[test]
+fn beaconing_is_raised_for_a_new_regular_caller_not_one_learned() {
+    let mut r = learning("10.0.0.7");
+    // The zone's update agent polls every 5 minutes from the start.
+    for i in 0..(9 * 24 * 12) {
+        r.push(rec(
+            &format!("agent{i}"),
+            T0 + i * 5 * MIN + (i % 3) * 1000,
+            "10.0.0.8",
+            "update.example.com",
+            |_| {},
+        ));
+    }
+    // After learning, a host starts calling a new destination every 60 s ± 2 s.
+    let start = T0 + 8 * DAY + 2 * HOUR;
+    for i in 0..40 {
+        let jitter = [0, 2000, -1500, 1000][i as usize % 4];
+        r.push(rec(
+            &format!("b{i}"),
+            start + i * MIN + jitter,
+            "10.0.0.7",
+            "c2.evil.example",
+            |v| {
+                v["bytes_out"] = json!(400);
+                v["bytes_in"] = json!(300);
+            },
+        ));
+    }
+    r.sort_by_key(|v| sluice_detect::parse_ts_ms(v["ts"].as_str().unwrap()).unwrap());
+    let alerts = run(&r);
+    let beacons: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::Beaconing)
+        .collect();
+    assert_eq!(beacons.len(), 1, "{alerts:?}");
+    let b = beacons[0];
+    assert_eq!(b.src.as_deref(), Some("10.0.0.7"));
+    assert_eq!(b.dst.as_deref(), Some("evil.example"));
+    let fired = sluice_detect::parse_ts_ms(&b.ts).unwrap();
+    assert!(fired - start < HOUR, "{b:?}");
+    assert!(
+        b.evidence["observed"]["jitter"].as_f64().unwrap() < 0.1,
+        "{b:?}"
+    );
+}
+
+#[test]
+fn denied_bursts_count_distinct_denials_not_failures_after_allow() {
+    let at = T0 + DAY;
+    let mut r = Vec::new();
+    // 30 allowed flows that failed to connect: not denials.
+    for i in 0..30 {
+        r.push(rec(
+            &format!("f{i}"),
+            at + i * 1000,
+            "10.0.0.9",
+            &format!("h{i}.example{i}.com"),
+            |v| {
+                v["error_kind"] = json!("connect");
+                v["error"] = json!("connection refused");
+            },
+        ));
+    }
+    // 20 denials of one domain's names: one destination.
+    for i in 0..20 {
+        r.push(rec(
+            &format!("d{i}"),
+            at + MIN + i * 1000,
+            "10.0.0.9",
+            &format!("x{i}.ads.example"),
+            |v| {
+                v["verdict"] = json!("deny");
+                v["rule"] = json!("default");
+            },
+        ));
+    }
+    assert_eq!(kinds(&run(&r)), []);
+    // 20 distinct denied addresses in two minutes: a scan.
+    for i in 0..20 {
+        r.push(rec(
+            &format!("s{i}"),
+            at + 2 * MIN + i * 5000,
+            "10.0.0.9",
+            &format!("198.51.100.{i}"),
+            |v| {
+                v["verdict"] = json!("deny");
+                v["rule"] = json!("guard/special-address");
+                v["dst_port"] = json!(445);
+            },
+        ));
+    }
+    let alerts = run(&r);
+    assert_eq!(
+        kinds(&alerts),
+        [(AlertKind::DeniedBurst, None)],
+        "{alerts:?}"
+    );
+    assert_eq!(
+        alerts[0].flows,
+        ["s13"],
+        "the 15th distinct destination (with ads.example)"
+    );
+    assert_eq!(alerts[0].evidence["observed"]["distinct"], 15);
+}
+
+#[test]
+fn volume_ignores_downloads_and_an_established_backup() {
+    let mut r = learning("10.0.0.7");
+    // A nightly 3 GB backup to its usual bucket, from the first night.
+    for d in 0..12 {
+        r.push(rec(
+            &format!("bk{d}"),
+            T0 + d * DAY + 2 * HOUR,
+            "10.0.0.7",
+            "corp.backup-bucket.example",
+            |v| {
+                v["bytes_out"] = json!(3_000_000_000u64);
+            },
+        ));
+    }
+    // A 5 GB download at noon after learning: bytes_in.
+    r.push(rec(
+        "dl",
+        T0 + 10 * DAY + 12 * HOUR,
+        "10.0.0.7",
+        "www.example.com",
+        |v| {
+            v["bytes_in"] = json!(5_000_000_000u64);
+        },
+    ));
+    r.sort_by_key(|v| sluice_detect::parse_ts_ms(v["ts"].as_str().unwrap()).unwrap());
+    assert_eq!(kinds(&run(&r)), []);
+    // But 1 GB to a usual site at noon is.
+    r.push(rec(
+        "up",
+        T0 + 12 * DAY + 12 * HOUR,
+        "10.0.0.7",
+        "www.example.com",
+        |v| {
+            v["bytes_out"] = json!(1_000_000_000u64);
+        },
+    ));
+    let alerts = run(&r);
+    assert_eq!(
+        kinds(&alerts),
+        [(AlertKind::Volume, Some("example.com".to_owned()))],
+        "{alerts:?}"
+    );
+    assert_eq!(alerts[0].severity, Severity::Critical);
+}
