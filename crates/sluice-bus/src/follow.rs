@@ -55,7 +55,8 @@ pub struct FollowOptions {
     pub durable: String,
 }
 
-/// One record read from the bus, with where it was published.
+/// One record read from the bus, with where it was published; its end
+/// time restored from `ts` ([`FlowRecord::restore_times`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Followed {
     /// The partition it came from.
@@ -247,11 +248,16 @@ impl State {
         self.last = Some(m);
         self.unacked += 1;
         match parsed {
-            Ok(record) => Ok(Followed {
-                partition: self.partition,
-                subject,
-                record,
-            }),
+            Ok(mut record) => {
+                // Its clock values are not serialized: the detectors need
+                // its end time back.
+                record.restore_times();
+                Ok(Followed {
+                    partition: self.partition,
+                    subject,
+                    record,
+                })
+            }
             Err(source) => Err(FollowError::BadRecord {
                 subject,
                 sequence,

@@ -50,7 +50,7 @@ pub use dns::{FixtureDns, random_label, silent_udp};
 pub use geo::{GeoScenario, write_mmdb};
 pub use http::{
     RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, get_via_from,
-    read_response, send_raw,
+    post_via_from, read_response, send_raw,
 };
 pub use nats::NatsServer;
 pub use origin::{Certs, Origin, make_certs};
