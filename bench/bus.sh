@@ -9,7 +9,8 @@
 # system, /proc/PID/stat) are counted; the report gives CPU µs per request
 # for each and the ratio (goal: bus on ≤ 1.05 × off). Then one follower
 # (crates/sluice-bus/examples/follow.rs, a fresh durable consumer) reads
-# every record the "on" rounds published and reports records/s.
+# every record the "on" rounds published and reports records/s, and so
+# does `sluice detect --follow` (the detectors on every record).
 #
 #   bench/bus.sh                 # ~1 minute after the build
 #   ROUNDS=5 WRK_SECONDS=8 PARTITIONS=8 bench/bus.sh
@@ -120,7 +121,26 @@ done
 echo "bus on: $recorded records, $published published, $dropped dropped" >&2
 follow=$("$FOLLOW_BIN" "nats://127.0.0.1:$nats_port" --partitions "$PARTITIONS" --durable "bench$$" --count "$published" --idle-ms 5000)
 
-python3 - "$dir/results" "$hz" "$published" "$follow" "$busy_start" "$load_start" "$recorded" "$dropped" <<'P'
+# The real follower: `sluice detect --follow` with the "on" configuration
+# (every detector at its defaults), a fresh durable consumer, stopped once
+# its CPU time has stood still for 2 s (at most 120 s); it reports records
+# and records/s from its first record to its last.
+"$SLUICE_BIN" detect -c "$dir/on.yaml" --follow "nats://127.0.0.1:$nats_port" --durable "detect$$" \
+    > "$dir/detect-alerts.jsonl" 2> "$dir/detect.err" &
+dpid=$!; pids+=($dpid)
+prev=-1; still=0; moved=0
+for _ in $(seq 1200); do
+    sleep 0.1
+    t=$(ticks "$dpid")
+    if [[ $t == "$prev" ]]; then still=$((still + 1)); else still=0; moved=$((moved + 1)); fi
+    prev=$t
+    (( moved > 1 && still >= 20 )) && break
+done
+detect_ticks=$(ticks "$dpid")
+kill -TERM "$dpid"; wait "$dpid" 2>/dev/null || true
+detect_line=$(grep -o 'followed .*' "$dir/detect.err" | tail -1)
+
+python3 - "$dir/results" "$hz" "$published" "$follow" "$busy_start" "$load_start" "$recorded" "$dropped" "$detect_line" "$detect_ticks" <<'P'
 import json, sys
 rows = [l.split() for l in open(sys.argv[1])]
 hz = int(sys.argv[2])
@@ -142,6 +162,8 @@ print()
 print(f"One follower (`examples/follow`, fresh durable consumer, all partitions): "
       f"{f['records']:,} of {int(sys.argv[3]):,} records in {f['seconds']:.2f} s = "
       f"{f['records_per_second']:,.0f} records/s; by partition {f['by_partition']}")
+print(f"`sluice detect --follow` (fresh durable consumer, all partitions, detectors at their defaults): {sys.argv[9]}; "
+      f"{int(sys.argv[10]) * 1e6 / int(sys.argv[2]) / max(int(sys.argv[3]), 1):.1f} µs CPU per record")
 print(f"Machine: {open('/proc/cpuinfo').read().count('processor')} CPUs, load average at start {sys.argv[6]}, "
       f"compiler processes at start {sys.argv[5]}")
 P

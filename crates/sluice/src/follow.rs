@@ -82,6 +82,9 @@ struct Counts {
     records: u64,
     bad: u64,
     alerts: u64,
+    /// When the first and the latest record came.
+    first: Option<Instant>,
+    last: Option<Instant>,
 }
 
 async fn follow(args: &Args<'_>) -> Result<()> {
@@ -161,6 +164,9 @@ async fn follow(args: &Args<'_>) -> Result<()> {
                 item = records.next() => match item {
                     Some(Ok(f)) => {
                         n.records += 1;
+                        let now = Instant::now();
+                        n.first.get_or_insert(now);
+                        n.last = Some(now);
                         let mut r = f.record;
                         live.enrich(&mut r);
                         for a in live.observe(&r) {
@@ -202,8 +208,17 @@ async fn follow(args: &Args<'_>) -> Result<()> {
 
     crate::run::save_baselines(&live).await;
     publisher.close(BUS_CLOSE).await;
+    let rate = match (n.first, n.last) {
+        (Some(first), Some(last)) if last > first => {
+            format!(
+                " ({:.0} records/s from the first to the last)",
+                n.records.saturating_sub(1) as f64 / (last - first).as_secs_f64()
+            )
+        }
+        _ => String::new(),
+    };
     eprintln!(
-        "sluice detect: followed {} records in {:.1} s, {} alerts{}",
+        "sluice detect: followed {} records{rate} in {:.1} s, {} alerts{}",
         n.records,
         started.elapsed().as_secs_f64(),
         n.alerts,
