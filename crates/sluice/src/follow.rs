@@ -187,12 +187,15 @@ async fn follow(args: &Args<'_>) -> Result<()> {
                             }
                         }
                     }
-                    Some(Err(e)) => {
+                    Some(Err(e @ FollowError::BadRecord { .. })) => {
                         n.bad += 1;
                         if n.bad <= MAX_DIAGNOSTICS {
                             tracing::warn!(error = %e, "flow bus: skipped a message");
                         }
                     }
+                    // The consumer's own trouble (missed heartbeats while
+                    // the server is away): the stream goes on after it.
+                    Some(Err(e)) => tracing::warn!(error = %e, "flow bus"),
                     None => {
                         tracing::warn!("flow bus: the follower's connection ended; following again");
                         tokio::time::sleep(RETRY).await;
