@@ -23,9 +23,9 @@
 //! - `alert`: [`Alert`] (docs/design.md "Alerts") and [`AlertRing`], the bounded
 //!   memory of recent alerts that folds repeats into a count.
 //! - `recorder`: [`Recorder`], the record stage's fan-out to metrics, the
-//!   view, the sink and the [`Detector`]s, and where alerts are emitted:
-//!   the ring, the metric, stderr, the [`AlertSink`]s and the live alert
-//!   stream.
+//!   view, the sink, the [`Detector`]s and the [`FlowBus`], and where
+//!   alerts are emitted: the ring, the metric, stderr, the flow bus, the
+//!   [`AlertSink`]s and the live alert stream.
 //! - `sinks`: the alert sinks, [`Webhook`] and [`Syslog`], each queueing
 //!   alerts for a task of its own.
 
@@ -46,7 +46,7 @@ pub use metrics::{ActiveTunnel, COMMIT, CONTENT_TYPE, DialFailure, LIMITS, Metri
 pub use record::{
     ErrorKind, Finding, FlowRecord, Listener, Protocol, addr_string, ip_string, next_id, rfc3339,
 };
-pub use recorder::{Detector, LiveAlert, RecordSink, Recorder};
+pub use recorder::{Detector, FlowBus, LiveAlert, RecordSink, Recorder};
 pub use sink::{DEFAULT_CAPACITY, FlowSink, FlowTarget, FlowWriter};
 pub use sinks::{
     AlertSink, Syslog, SyslogError, Webhook, WebhookError, format_rfc5424, frame_octet_counted,

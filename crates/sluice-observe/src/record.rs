@@ -383,9 +383,25 @@ impl FlowRecord {
         self.times.end = Some(end);
     }
 
-    /// When the flow ended, if this record was finished in this process.
+    /// When the flow ended, if this record was finished in this process
+    /// (or its times were restored, [`FlowRecord::restore_times`]).
     pub fn end_time(&self) -> Option<SystemTime> {
         self.times.end
+    }
+
+    /// Restores the clock values of a record read back from JSON (they are
+    /// not serialized) from its `start` and `ts`, so that it is judged like
+    /// one finished here (the flow bus's followers). Whether `ts` was RFC
+    /// 3339; a record without an end time is skipped by the detectors.
+    pub fn restore_times(&mut self) -> bool {
+        let parse = |s: &str| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .ok()
+                .map(SystemTime::from)
+        };
+        self.times.start = parse(&self.start);
+        self.times.end = parse(&self.ts);
+        self.times.end.is_some()
     }
 }
 

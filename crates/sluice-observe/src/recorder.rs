@@ -1,7 +1,7 @@
 //! The record stage's fan-out: one [`Recorder`] takes every finished flow
 //! record and every alert, and hands each to the outputs that want it —
 //! metrics, the admin API's [`FlowView`], the [`FlowSink`], the detectors,
-//! and the [`AlertRing`].
+//! the [`AlertRing`] and, when configured, the flow bus ([`FlowBus`]).
 //!
 //! It runs on the data path (once per flow) and must never make it wait:
 //! every output it calls takes at most one short lock or a non-blocking
@@ -66,6 +66,18 @@ pub trait Detector: Send + Sync {
     fn observe(&self, r: &FlowRecord) -> Vec<Alert>;
 }
 
+/// The flow bus as the recorder sees it: a handle that queues a record or
+/// a new alert for publishing elsewhere (`sluice-bus` publishes to NATS
+/// JetStream) and returns at once. It never blocks and never does I/O on
+/// the caller's thread: a full queue drops and counts.
+pub trait FlowBus: Send + Sync {
+    /// Queues one finished record (shared with the view and the sink).
+    fn record(&self, r: &Arc<FlowRecord>);
+
+    /// Queues one alert, when it first fires (repeats are not published).
+    fn alert(&self, a: &Alert);
+}
+
 /// Where records and alerts go. Share it as `Arc<Recorder>`.
 pub struct Recorder {
     metrics: Arc<Metrics>,
@@ -73,6 +85,7 @@ pub struct Recorder {
     sink: FlowSink,
     detectors: Vec<Box<dyn Detector>>,
     alerts: AlertRing,
+    bus: Option<Box<dyn FlowBus>>,
     alert_sinks: Vec<Box<dyn AlertSink>>,
     live_alerts: broadcast::Sender<Arc<LiveAlert>>,
 }
@@ -95,9 +108,18 @@ impl Recorder {
             sink,
             detectors: Vec::new(),
             alerts,
+            bus: None,
             alert_sinks: Vec::new(),
             live_alerts: broadcast::channel(ALERT_BACKLOG).0,
         }
+    }
+
+    /// The same recorder handing every record and every new alert to
+    /// `bus` as well.
+    #[must_use]
+    pub fn with_bus(mut self, bus: Box<dyn FlowBus>) -> Recorder {
+        self.bus = Some(bus);
+        self
     }
 
     /// The same recorder with every new alert also sent to `sink` (the
@@ -150,6 +172,9 @@ impl Recorder {
             }
         }
         let r = Arc::new(r);
+        if let Some(bus) = &self.bus {
+            bus.record(&r);
+        }
         self.view.push_shared(r.clone(), SystemTime::now());
         self.sink.send_shared(r);
     }
@@ -167,6 +192,9 @@ impl Recorder {
             return;
         };
         self.metrics.alert(new.kind, new.severity);
+        if let Some(bus) = &self.bus {
+            bus.alert(&new);
+        }
         let json = match serde_json::to_string(&new) {
             Ok(line) => line,
             // A Value of our own making with string keys: cannot happen.
@@ -207,6 +235,7 @@ impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
             .field("detectors", &self.detectors.len())
+            .field("bus", &self.bus.is_some())
             .field("alerts", &self.alerts)
             .field("alert_sinks", &self.alert_sinks.len())
             .finish_non_exhaustive()

@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: Limits,
     /// Where flow records go.
     pub log: Log,
+    /// The flow bus: every record and alert published to NATS JetStream.
+    pub bus: Bus,
     /// Named ways out (`direct` is built in), chosen by `zones[].route`
     /// or `allow[].route`.
     pub routes: Vec<RouteDef>,
@@ -61,6 +63,7 @@ impl Default for Config {
             dns: Dns::default(),
             limits: Limits::default(),
             log: Log::default(),
+            bus: Bus::default(),
             routes: Vec::new(),
             detect: Detect::default(),
             netflow: Netflow::default(),
@@ -450,6 +453,36 @@ mod duration_text {
     }
 }
 
+/// The flow bus (docs/design.md "Fleet"): every flow record and alert
+/// published to NATS JetStream, for followers that detect fleet-wide. Off
+/// unless `url` is set.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Bus {
+    /// `nats://host:port` or `tls://host:port`; several, comma-separated,
+    /// for a cluster. `None`: no bus.
+    pub url: Option<String>,
+    /// The JetStream stream that holds `sluice.flows.>` and
+    /// `sluice.alerts`; created if missing.
+    pub stream: String,
+    /// Flow subjects per zone: `sluice.flows.<zone>.<p>` with `p` the
+    /// source address's FNV-1a hash modulo this.
+    pub partitions: u32,
+    /// Records and alerts waiting to be published at most; more are
+    /// dropped and counted.
+    pub queue: u32,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            url: None,
+            stream: "SLUICE".to_owned(),
+            partitions: 8,
+            queue: 10_000,
+        }
+    }
+}
+
 /// Where flow records go.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Log {
@@ -573,6 +606,10 @@ pub enum Switch {
 /// that works without tuning.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Detect {
+    /// Whether `sluice run` runs the detectors on its own flows; `false`
+    /// on replicas whose flows a follower (`sluice detect --follow`)
+    /// judges from the flow bus, so that no alert is raised twice.
+    pub embedded: bool,
     /// A country `.mmdb` (GeoLite2-Country layout), relative to the
     /// configuration file's folder.
     pub geoip: Option<PathBuf>,
@@ -609,6 +646,7 @@ pub struct Detect {
 impl Default for Detect {
     fn default() -> Self {
         Detect {
+            embedded: true,
             geoip: None,
             state_dir: None,
             learn: Duration::from_secs(7 * 86_400),

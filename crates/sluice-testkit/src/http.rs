@@ -175,3 +175,55 @@ pub fn get_via(proxy: SocketAddr, url: &str) -> RawResponse {
     let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     send_raw(proxy, req.as_bytes(), Duration::from_secs(10))
 }
+
+/// [`get_via`] from a chosen loopback source address (`127.0.0.x`), so that
+/// one test can be many clients: zones and partitions see each as its own
+/// source. IPv4 proxies only.
+pub fn get_via_from(src: std::net::Ipv4Addr, proxy: SocketAddr, url: &str) -> RawResponse {
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    send_from(src, proxy, req.as_bytes())
+}
+
+/// An absolute-form `POST url` of `body` bytes through `proxy` from a
+/// chosen loopback source address, on a fresh connection (an upload: the
+/// body is the flow's `bytes_out`). IPv4 proxies only; 10 s bound.
+pub fn post_via_from(
+    src: std::net::Ipv4Addr,
+    proxy: SocketAddr,
+    url: &str,
+    body: usize,
+) -> RawResponse {
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    let mut req = format!(
+        "POST {url} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    req.resize(req.len() + body, b'u');
+    send_from(src, proxy, &req)
+}
+
+/// Connects to `proxy` from `src`, writes `request`, reads one response.
+fn send_from(src: std::net::Ipv4Addr, proxy: SocketAddr, request: &[u8]) -> RawResponse {
+    use std::{io::Write, os::fd::AsRawFd};
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let SocketAddr::V4(to) = proxy else {
+        panic!("a request from {src} needs an IPv4 proxy address, not {proxy}")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let [a, b, c, d] = src.octets();
+    bind(fd.as_raw_fd(), &SockaddrIn::new(a, b, c, d, 0)).unwrap();
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
+    let mut s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    read_response(&mut s, false)
+}

@@ -19,6 +19,8 @@
 //!   ([`make_certs`]).
 //! - `dns`: the one DNS test server, [`FixtureDns`], and what tunnelled
 //!   data looks like ([`random_label`]).
+//! - `nats`: a real `nats-server` with JetStream, [`NatsServer`], that a
+//!   test can kill and restart (the flow bus tests).
 //! - `receivers`: what receives alerts: a [`WebhookReceiver`] and a
 //!   [`SyslogReceiver`] (UDP or TCP).
 //! - `geo`: country databases ([`write_mmdb`]) and [`GeoScenario`], an
@@ -29,6 +31,7 @@ mod clients;
 mod dns;
 mod geo;
 mod http;
+mod nats;
 mod origin;
 mod receivers;
 mod sluice;
@@ -46,8 +49,10 @@ pub use clients::{
 pub use dns::{FixtureDns, random_label, silent_udp};
 pub use geo::{GeoScenario, write_mmdb};
 pub use http::{
-    RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, read_response, send_raw,
+    RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, get_via_from,
+    post_via_from, read_response, send_raw,
 };
+pub use nats::NatsServer;
 pub use origin::{Certs, Origin, make_certs};
 pub use receivers::{Post, SyslogReceiver, WebhookReceiver};
 pub use sluice::{Sluice, assert_fields};

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use sluice_detect::{Engine, GeoDb, Live, Settings, Store};
-use sluice_observe::Metrics;
+use sluice_observe::{AlertSink, Metrics, Syslog, Webhook};
 use sluice_policy::Config;
 
 /// The folder relative paths in `path` are taken from.
@@ -51,6 +51,35 @@ pub fn live(config: &Config, path: Option<&Path>, metrics: &Arc<Metrics>) -> Res
         );
     }
     Ok(live)
+}
+
+/// Syslog messages waiting to be sent at most; more are dropped and
+/// counted.
+const SYSLOG_QUEUE: usize = 1000;
+
+/// The alert sinks `detect.webhook` and `detect.syslog` configure, their
+/// tasks started (call on a tokio runtime): `sluice run`'s recorder and
+/// `sluice detect --follow` hand every new alert to each.
+pub fn alert_sinks(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<Box<dyn AlertSink>>> {
+    let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
+    let webhook = &config.detect.webhook;
+    if let Some(url) = &webhook.url {
+        let w = Webhook::start(
+            url,
+            webhook.timeout,
+            webhook.queue as usize,
+            metrics.clone(),
+        )?;
+        sinks.push(Box::new(w));
+        tracing::info!(url = %url, "alerts also go to a webhook");
+    }
+    if let Some(address) = &config.detect.syslog.address {
+        let s = Syslog::start(address, SYSLOG_QUEUE, metrics.clone())
+            .with_context(|| format!("detect.syslog.address {address}"))?;
+        sinks.push(Box::new(s));
+        tracing::info!(address = %address, "alerts also go to syslog");
+    }
+    Ok(sinks)
 }
 
 /// `sluice detect -c CONFIG RECORDS…`: alerts as JSON lines on stdout,

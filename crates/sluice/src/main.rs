@@ -20,6 +20,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod admin;
 mod detect;
 mod dns;
+mod follow;
 mod learn;
 mod listeners;
 mod log;
@@ -143,12 +144,30 @@ enum Command {
     /// `detect.max_lateness` out of order accepted): alerts as JSON lines
     /// on stdout, diagnostics on stderr; exit 0, or 2 when the
     /// configuration or a file cannot be read.
+    ///
+    /// With `--follow nats://HOST:PORT`, instead of files: every
+    /// replica's records from the flow bus (`bus.stream`,
+    /// `bus.partitions`), read with durable consumers until SIGTERM, each
+    /// new alert also published to `sluice.alerts` and sent to
+    /// `detect.webhook` and `detect.syslog`.
     Detect {
-        /// The configuration (zones, `detect:`, `dns.tunnel_*`).
+        /// The configuration (zones, `detect:`, `dns.tunnel_*`, `bus:`).
         #[arg(short, long)]
         config: PathBuf,
+        /// Follow the flow bus at this NATS URL (comma-separated for a
+        /// cluster) instead of reading files.
+        #[arg(long, value_name = "URL", conflicts_with = "records")]
+        follow: Option<String>,
+        /// With --follow: this follower's share, K of N followers (`0/1`:
+        /// every partition).
+        #[arg(long, value_name = "K/N", requires = "follow")]
+        partition: Option<sluice_bus::Partition>,
+        /// With --follow: the durable consumers' name prefix (consumers
+        /// are `<durable>-<p>`; default `sluice-detect`).
+        #[arg(long, value_name = "NAME", requires = "follow")]
+        durable: Option<String>,
         /// Flow logs (JSON lines).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "follow")]
         records: Vec<PathBuf>,
     },
     /// Hash a proxy user's password for `users[].password_hash` (argon2id).
@@ -225,7 +244,21 @@ fn main() -> ExitCode {
             json,
             records,
         } => replay::main(&config, &records, json),
-        Command::Detect { config, records } => detect::main(&config, &records),
+        Command::Detect {
+            config,
+            follow: Some(url),
+            partition,
+            durable,
+            ..
+        } => follow::main(&follow::Args {
+            config: &config,
+            url: &url,
+            partition: partition.unwrap_or(sluice_bus::Partition::ALL),
+            durable: durable.as_deref().unwrap_or("sluice-detect"),
+        }),
+        Command::Detect {
+            config, records, ..
+        } => detect::main(&config, &records),
         Command::HashPassword => password::main(),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -11,9 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sluice_net::{Dialer, Gateway, Routes, Users, Version};
-use sluice_observe::{
-    AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, Syslog, ViewLimits, Webhook,
-};
+use sluice_observe::{AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, ViewLimits};
 use sluice_policy::{Config, Policy};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -142,7 +140,11 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let config = version.policy.config().clone();
     raise_nofile(&config.limits);
 
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    // The bus's families join the registry before it is shared.
+    let bus = sluice_bus::BusOptions::from_config(&config.bus)
+        .map(|o| (o, sluice_bus::BusMetrics::register(metrics.registry_mut())));
+    let metrics = Arc::new(metrics);
     metrics.policy_loaded(version.policy.hash(), SystemTime::now());
     let target = match config.log.flows.as_str() {
         "stdout" => FlowTarget::Stdout,
@@ -164,8 +166,21 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     let has_dns = listeners.has_dns();
     metrics.declare_zones(&version.policy, &running, has_dns);
 
+    let (bus, publisher) = match bus {
+        Some((opts, m)) => {
+            tracing::info!(url = %opts.url, stream = %opts.stream, partitions = opts.partitions, "flow bus: publishing records and alerts");
+            let (queue, publisher) = sluice_bus::Publisher::start(opts, m);
+            (Some(queue), Some(publisher))
+        }
+        None => (None, None),
+    };
     let live = crate::detect::live(&config, path.as_deref(), &metrics)?;
-    let (view, recorder) = recorder(&config, &metrics, &sink, &live)?;
+    if !config.detect.embedded {
+        tracing::info!(
+            "detect.embedded is false: no detector here; a follower (sluice detect --follow) judges this replica's flows"
+        );
+    }
+    let (view, recorder) = recorder(&config, &metrics, &sink, &live, bus)?;
     let routes = Routes::new(
         &config.routes,
         config.listen.transparent_mark,
@@ -220,16 +235,22 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     drop(gw);
     drop(sink);
     writer.close().await.context("flushing flow records")?;
+    if let Some(p) = publisher {
+        p.close(BUS_CLOSE).await;
+    }
     tracing::info!("drained; exiting");
     Ok(())
 }
+
+/// How long the flow bus may take at exit to publish what it still holds.
+const BUS_CLOSE: Duration = Duration::from_secs(5);
 
 /// How often detection baselines are written to `detect.state_dir`.
 const SAVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Writes what the detectors learned since the last save (nothing without
 /// `detect.state_dir`), on the blocking pool: never on the data path.
-async fn save_baselines(live: &sluice_detect::Live) {
+pub async fn save_baselines(live: &sluice_detect::Live) {
     let live = live.clone();
     match tokio::task::spawn_blocking(move || live.save()).await {
         Ok(Ok(())) => {}
@@ -241,12 +262,15 @@ async fn save_baselines(live: &sluice_detect::Live) {
 /// The recent-flow view and the recorder that fans each record out to
 /// metrics, the view, the flow log, detectors and the alert ring, and each
 /// new alert to the configured alert sinks (`detect.webhook`,
-/// `detect.syslog`).
+/// `detect.syslog`); records and alerts also to the flow bus when
+/// configured. With `detect.embedded: false` no detector runs here (a
+/// follower judges this replica's flows from the bus).
 fn recorder(
     config: &Config,
     metrics: &Arc<Metrics>,
     sink: &FlowSink,
     live: &sluice_detect::Live,
+    bus: Option<sluice_bus::BusQueue>,
 ) -> Result<(Arc<FlowView>, Arc<Recorder>)> {
     let view = Arc::new(FlowView::new(ViewLimits {
         recent_flows: config.admin.recent_flows as usize,
@@ -259,31 +283,18 @@ fn recorder(
         view.clone(),
         sink.clone(),
         AlertRing::new(config.admin.recent_alerts as usize),
-    )
-    .with_detector(Box::new(live.clone()));
-    let webhook = &config.detect.webhook;
-    if let Some(url) = &webhook.url {
-        let w = Webhook::start(
-            url,
-            webhook.timeout,
-            webhook.queue as usize,
-            metrics.clone(),
-        )?;
-        recorder = recorder.with_alert_sink(Box::new(w));
-        tracing::info!(url = %url, "alerts also go to a webhook");
+    );
+    if config.detect.embedded {
+        recorder = recorder.with_detector(Box::new(live.clone()));
     }
-    if let Some(address) = &config.detect.syslog.address {
-        let s = Syslog::start(address, SYSLOG_QUEUE, metrics.clone())
-            .with_context(|| format!("detect.syslog.address {address}"))?;
-        recorder = recorder.with_alert_sink(Box::new(s));
-        tracing::info!(address = %address, "alerts also go to syslog");
+    for sink in crate::detect::alert_sinks(config, metrics)? {
+        recorder = recorder.with_alert_sink(sink);
+    }
+    if let Some(bus) = bus {
+        recorder = recorder.with_bus(Box::new(bus));
     }
     Ok((view, Arc::new(recorder)))
 }
-
-/// Syslog messages waiting to be sent at most; more are dropped and
-/// counted.
-const SYSLOG_QUEUE: usize = 1000;
 
 /// Sleeps until just past the running policy's next rule expiry (`at`,
 /// unix ms), or forever when no rule expires.

@@ -203,6 +203,12 @@ fn jetstream_stream_takes_the_bus_subjects() {
         stream["subjects"],
         serde_json::json!(["sluice.flows.>", "sluice.alerts"])
     );
+    // The subjects the replicas publish on and create a missing stream with.
+    assert_eq!(
+        stream["subjects"],
+        serde_json::json!(sluice_bus::STREAM_SUBJECTS)
+    );
+    assert_eq!(stream["name"], "SLUICE", "bus.stream's default");
     let job = read(&kube_dir().join("jetstream-job.yaml"));
     assert!(
         job.contains("nats stream add --config /stream/jetstream-stream.json"),

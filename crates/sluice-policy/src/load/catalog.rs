@@ -17,18 +17,18 @@ use super::{
     Cx, Need,
     items::{self, Routes, Rules, Users, Zones},
     kinds::{
-        Address, AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, Countries, Factor, FlowTarget,
-        Fraction, HostPattern, Instant, Interface, Listener, Mark, Min, ModeName, OnOff, OpenPaths,
-        PasswordHash, Path, PortSet, RouteRef, RuleId, SelectName, Size, Sources, SyslogAddr, Text,
-        Time, Upstreams, UserRefs, Vias, WebhookUrl,
+        Address, AdminHosts, Blocked, Bool, BusUrl, Cidr, Cidrs, Count, Countries, Factor,
+        FlowTarget, Fraction, HostPattern, Instant, Interface, Listener, Mark, Min, ModeName,
+        OnOff, OpenPaths, PasswordHash, Path, PortSet, RouteRef, RuleId, SelectName, Size, Sources,
+        StreamName, SyslogAddr, Text, Time, Upstreams, UserRefs, Vias, WebhookUrl,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
 };
 use crate::model::{
-    Admin, BeaconingDetect, Config, DeniedBurstDetect, Detect, Dns, GeoDetect, HealthCheck, Limits,
-    Listen, Log, Netflow, NewDestinationDetect, RouteDef, Rule, Syslog, Toggle, User, VolumeDetect,
-    Webhook, Zone,
+    Admin, BeaconingDetect, Bus, Config, DeniedBurstDetect, Detect, Dns, GeoDetect, HealthCheck,
+    Limits, Listen, Log, Netflow, NewDestinationDetect, RouteDef, Rule, Syslog, Toggle, User,
+    VolumeDetect, Webhook, Zone,
 };
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
@@ -53,6 +53,7 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(dns: map &DNS, "Name resolution for dialing and the DNS forwarder."),
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
+        key!(bus: map &BUS, "The flow bus: every flow record and alert published to NATS JetStream for fleet-wide detection; off unless `url` is set."),
         key!(routes: Routes, Applies, "Named ways out, chosen by `zones[].route` or `allow[].route` (`direct`, built in, is the default): hops tried in order or by weight, parents health-checked."),
         key!(detect: map &DETECT, "Detection: baselines of normal egress and alerts (volume, new destination, country, beaconing, DNS tunnelling, denied bursts), and where alerts go."),
         key!(netflow: map &NETFLOW, "The NetFlow v5/v9 and IPFIX collector (`listen.netflow`)."),
@@ -167,6 +168,7 @@ pub(crate) static DETECT: Section<Detect> = Section {
     what: "detect",
     label: "detect",
     keys: &[
+        key!(embedded: Bool, Restart, "Whether `sluice run` runs the detectors on its own flows (default `true`); `false` on replicas whose flows a follower (`sluice detect --follow`) judges from the flow bus, so that no alert is raised twice."),
         key!(geoip: Path, Restart, "A country database (`.mmdb`, GeoLite2-Country or DB-IP Country Lite layout), relative to the configuration file's folder; fills records' `country` and feeds the `geo` detector."),
         key!(state_dir: Path, Restart, "Folder where baselines persist across restarts (relative to the configuration file's folder); default: in memory only."),
         key!(learn: Time(Min::Zero), Restart, "How long a zone is observed before new destinations, beacons and volume are judged (default `7d`)."),
@@ -263,6 +265,21 @@ pub(crate) static NETFLOW: Section<Netflow> = Section {
     not_yet: &[],
 };
 
+/// The most flow partitions: one consumer each on the followers' side.
+const BUS_MAX_PARTITIONS: u32 = 1024;
+
+pub(crate) static BUS: Section<Bus> = Section {
+    what: "bus",
+    label: "bus",
+    keys: &[
+        key!(url: BusUrl, Restart, "NATS server(s): `nats://host:port` or `tls://host:port`, comma-separated for a cluster. Required when `bus` is set."),
+        key!(stream: StreamName, Restart, "The JetStream stream holding `sluice.flows.>` and `sluice.alerts`; created if missing (`[A-Za-z0-9_-]`, at most 64)."),
+        key!(partitions: Count(1, BUS_MAX_PARTITIONS), Restart, "Flow subjects per zone, `sluice.flows.<zone>.<p>` with `p` = FNV-1a 32 of the source address's bytes modulo this; every replica and follower must agree."),
+        key!(queue: Count(1, 1_000_000), Restart, "Records and alerts waiting for the bus at most (during an outage); more are dropped and counted in `sluice_bus_dropped_total`."),
+    ],
+    not_yet: &[],
+};
+
 /// One item of `zones`.
 pub(crate) static ZONE: Section<Zone> = Section {
     what: "a zone",
@@ -342,6 +359,12 @@ pub(crate) static HEALTH_CHECK: Section<HealthCheck> = Section {
 pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option<Config> {
     let mut c = Config::default();
     let seen = cx.section_into(&ROOT, doc, &mut c)?;
+    if let Some(at) = seen.at("bus").filter(|_| c.bus.url.is_none()) {
+        cx.err_at(
+            at,
+            "bus.url is required when `bus` is set: the NATS server to publish to (`nats://host:4222`)",
+        );
+    }
     items::check_user_refs(cx, &c.users);
     items::check_route_refs(cx, &c.routes);
     if let Some(a) = c.listen.admin {

@@ -401,6 +401,69 @@ impl Kind for Mark {
     }
 }
 
+/// NATS server URLs, comma-separated: each `nats://` or `tls://`, then a
+/// host (and port). Returned even when wrong (the error is reported), so
+/// that `bus.url` is not also reported missing.
+pub(crate) struct BusUrl;
+
+impl Kind for BusUrl {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let s = Text.read(cx, n)?;
+        let bad = s.split(',').map(str::trim).find(|u| {
+            let rest = u
+                .strip_prefix("nats://")
+                .or_else(|| u.strip_prefix("tls://"));
+            // After any `user:password@`: a host, no path, no spaces.
+            let host = rest.map(|r| r.rsplit_once('@').map_or(r, |(_, h)| h));
+            !host.is_some_and(|h| {
+                !h.is_empty() && !h.starts_with(':') && !h.contains(['/', ' ', '\t', '?', '#'])
+            })
+        });
+        if let Some(bad) = bad {
+            cx.err(
+                n,
+                format!(
+                    "expected `nats://host:port` or `tls://host:port` (comma-separated for a cluster) for {}, found `{bad}`",
+                    cx.label()
+                ),
+            );
+        }
+        Some(s)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^(nats|tls)://" })
+    }
+}
+
+/// A JetStream stream name: `[A-Za-z0-9_-]{1,64}` (NATS forbids `.`, `*`,
+/// `>`, path separators and spaces; this is the portable subset).
+pub(crate) struct StreamName;
+
+impl Kind for StreamName {
+    type Out = String;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<String> {
+        let s = Text.read(cx, n)?;
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            cx.err(
+                n,
+                format!(
+                    "expected a stream name of 1 to 64 letters, digits, `_` or `-` for {}, found `{s}`",
+                    cx.label()
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$" })
+    }
+}
+
 /// Any string (not null).
 pub(crate) struct Text;
 

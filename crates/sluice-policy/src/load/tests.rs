@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::{
     Need, Reload,
-    catalog::{ADMIN, DNS, LIMITS, LISTEN, LOG, NETFLOW, ROOT, RULE, USER, ZONE},
+    catalog::{ADMIN, BUS, DNS, LIMITS, LISTEN, LOG, NETFLOW, ROOT, RULE, USER, ZONE},
     keys, parse, parse_config, restart_needed, schema,
     table::MAX_KEYS,
 };
@@ -79,6 +79,7 @@ fn sections_fit_the_seen_table() {
     check("limits", LIMITS.keys);
     check("log", LOG.keys);
     check("netflow", NETFLOW.keys);
+    check("bus", BUS.keys);
     check("zone", ZONE.keys);
     check("rule", RULE.keys);
     check("user", USER.keys);
@@ -139,7 +140,13 @@ limits:
   pool_idle_timeout: 7s
 log:
   flows: /var/log/sluice/flows.jsonl
+bus:
+  url: nats://192.0.2.9:4222
+  stream: FLOWS
+  partitions: 3
+  queue: 7
 detect:
+  embedded: false
   webhook:
     url: http://127.0.0.1:9/alerts
     timeout: 7s
@@ -527,7 +534,7 @@ fn interim_and_alert_sink_keys_load_with_defaults_bounds_and_positions() {
         ),
         (
             "detect:\n  sysl0g: {}\n",
-            "b.yaml:2:3: unknown key `sysl0g` in detect; expected one of: geoip, state_dir, learn, max_lateness, max_sources, volume, new-destination, geo, beaconing, dns-tunnel, denied-burst, webhook, syslog",
+            "b.yaml:2:3: unknown key `sysl0g` in detect; expected one of: embedded, geoip, state_dir, learn, max_lateness, max_sources, volume, new-destination, geo, beaconing, dns-tunnel, denied-burst, webhook, syslog",
         ),
     ] {
         let errs = parse_config(text, "b.yaml").unwrap_err().to_string();
@@ -601,10 +608,75 @@ fn rule_lifecycle_keys_load_and_a_bad_expiry_is_a_positioned_error() {
 }
 
 #[test]
+fn bus_loads_with_its_defaults_and_refuses_bad_values() {
+    let c = parse_config("", "a.yaml").unwrap();
+    assert_eq!(c.bus.url, None);
+    assert_eq!(c.bus.stream, "SLUICE");
+    assert_eq!(c.bus.partitions, 8);
+    assert_eq!(c.bus.queue, 10_000);
+    let c = parse_config(
+        "bus:\n  url: nats://a:4222, tls://u:p@b:4222\n  partitions: 4\n",
+        "a.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.bus.url.as_deref(),
+        Some("nats://a:4222, tls://u:p@b:4222")
+    );
+    assert_eq!(c.bus.partitions, 4);
+    for (text, want) in [
+        (
+            "bus:\n  url: http://a:4222\n",
+            "expected `nats://host:port` or `tls://host:port` (comma-separated for a cluster) for bus.url, found `http://a:4222`",
+        ),
+        ("bus:\n  url: nats://\n", "found `nats://`"),
+        ("bus:\n  url: nats://a:1,b:2\n", "found `b:2`"),
+        (
+            "bus:\n  stream: SLUICE\n",
+            "bus.url is required when `bus` is set",
+        ),
+        (
+            "bus:\n  url: nats://a\n  stream: a.b\n",
+            "expected a stream name of 1 to 64 letters, digits, `_` or `-` for bus.stream, found `a.b`",
+        ),
+        (
+            "bus:\n  url: nats://a\n  partitions: 0\n",
+            "expected a number above zero for bus.partitions",
+        ),
+        (
+            "bus:\n  url: nats://a\n  partitions: 1025\n",
+            "expected at most 1024 for bus.partitions",
+        ),
+        (
+            "bus:\n  url: nats://a\n  queue: x\n",
+            "expected a decimal whole number for bus.queue",
+        ),
+        (
+            "bus:\n  url: nats://a\n  subject: x\n",
+            "unknown key `subject` in bus; expected one of: url, stream, partitions, queue",
+        ),
+    ] {
+        let e = parse_config(text, "b.yaml").unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+        assert!(e.contains("b.yaml:"), "positioned: {e}");
+    }
+}
+
+#[test]
 fn detect_keys_load_with_defaults_and_bad_values_are_positioned_errors() {
     let c = parse_config("", "a.yaml").unwrap();
     assert_eq!(c.detect.learn, std::time::Duration::from_secs(7 * 86_400));
     assert_eq!(c.detect.max_lateness, std::time::Duration::from_secs(300));
+    assert!(c.detect.embedded, "embedded detection is the default");
+    let c = parse_config("detect:\n  embedded: false\n", "a.yaml").unwrap();
+    assert!(!c.detect.embedded);
+    let e = parse_config("detect:\n  embedded: maybe\n", "b.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("b.yaml:2:13: ") && e.contains("detect.embedded"),
+        "{e}"
+    );
     let c = parse_config(
         "detect:\n  learn: 2d\n  volume:\n    floor: 2GB\nzones:\n  - name: a\n    countries: [DE, FR, DE]\n    detect: off\n",
         "a.yaml",

@@ -1,0 +1,570 @@
+//! The publishing side: [`BusQueue`], the recorder's non-blocking handle
+//! ([`sluice_observe::FlowBus`]), and the one task that takes what it
+//! queued and publishes it to JetStream.
+//!
+//! The data path only ever does a `try_send` of an `Arc` into a queue of
+//! `bus.queue` items: when the bus is slow or down the queue fills and
+//! further records are dropped and counted (`sluice_bus_dropped_total`),
+//! never waited for. The task takes from the queue only while connected,
+//! so an outage holds at most the queue (and a window of unacknowledged
+//! publishes) in memory; after a reconnect what the queue held is
+//! published. Messages go out in groups of up to [`GROUP`], the last one
+//! asking for JetStream's acknowledgement; each carries `Nats-Msg-Id` (the
+//! record's or alert's id), so a group sent again after a lost
+//! acknowledgement is stored once (within the stream's duplicate window).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_nats::{
+    ConnectOptions, Event,
+    connection::State,
+    jetstream::{self, message::PublishMessage, stream},
+};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
+use sluice_observe::{Alert, FlowBus, FlowRecord};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::subject::{self, ALERTS, STREAM_SUBJECTS};
+
+/// Messages published per JetStream acknowledgement: the last message of
+/// a group asks for one, the others are plain publishes. An ack per
+/// message (an inbox, a timer and a JSON reply each) cost about 13 µs of
+/// CPU per request at 8,000 requests/s (`bench/bus.sh`, +19 %); one per
+/// group costs a sixty-fourth of that.
+const GROUP: usize = 64;
+
+/// How long the task lets records gather after sending a group that was
+/// not full: under load a group then goes out as one write, not one write
+/// and two task wake-ups per record (the flow sink's writer does the same,
+/// crates/sluice-observe/src/sink.rs). A record waits at most this long.
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
+
+/// Groups awaiting acknowledgement at most: with [`GROUP`], 512 messages,
+/// which bounds what an outage holds beyond the queue.
+const GROUPS_IN_FLIGHT: usize = 8;
+
+/// Attempts per group before its messages are dropped and counted.
+const ATTEMPTS: u8 = 3;
+
+/// How long a publish may wait for its acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest wait between reconnect attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// How often a drop may be logged.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// What the publisher needs from `bus:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusOptions {
+    /// NATS server URL(s), comma-separated.
+    pub url: String,
+    /// The JetStream stream (created if missing).
+    pub stream: String,
+    /// Flow partitions per zone.
+    pub partitions: u32,
+    /// Queue capacity, in records and alerts.
+    pub queue: usize,
+}
+
+/// The bus's metric families, registered before the registry is shared.
+#[derive(Debug, Clone, Default)]
+pub struct BusMetrics {
+    published: Counter,
+    dropped: Counter,
+    connected: Gauge,
+}
+
+/// The recorder's handle: [`FlowBus`] over a bounded queue. Never waits.
+#[derive(Debug)]
+pub struct BusQueue {
+    tx: mpsc::Sender<Item>,
+    drops: Arc<Drops>,
+}
+
+/// The publishing task's control handle.
+#[derive(Debug)]
+pub struct Publisher {
+    close: Option<oneshot::Sender<Instant>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+enum Item {
+    Record(Arc<FlowRecord>),
+    Alert(Box<Alert>),
+}
+
+/// One message on its way: where, what, under which id.
+struct Pending {
+    subject: String,
+    payload: Bytes,
+    id: String,
+}
+
+/// A group's acknowledgement on its way, with the group.
+type Acked =
+    futures_util::future::BoxFuture<'static, (Result<(), jetstream::context::PublishError>, Group)>;
+
+/// Messages published together and vouched for by one acknowledgement.
+struct Group {
+    msgs: Vec<Pending>,
+    attempts: u8,
+}
+
+/// Counts drops and logs them at most once a second.
+#[derive(Debug)]
+struct Drops {
+    counter: Counter,
+    last_told: Mutex<(Option<Instant>, u64)>,
+}
+
+// === impl BusOptions ===
+
+impl BusOptions {
+    /// The options of a configuration's `bus:`, or `None` when it has no
+    /// `url` (no bus).
+    pub fn from_config(bus: &sluice_policy::model::Bus) -> Option<BusOptions> {
+        Some(BusOptions {
+            url: bus.url.clone()?,
+            stream: bus.stream.clone(),
+            partitions: bus.partitions,
+            queue: bus.queue as usize,
+        })
+    }
+}
+
+// === impl BusMetrics ===
+
+impl BusMetrics {
+    /// Registers `sluice_bus_published_total`, `sluice_bus_dropped_total`
+    /// and `sluice_bus_connected` in `registry`.
+    pub fn register(registry: &mut Registry) -> BusMetrics {
+        let m = BusMetrics::default();
+        registry.register(
+            "sluice_bus_published",
+            "Flow records and alerts the flow bus's stream acknowledged",
+            m.published.clone(),
+        );
+        registry.register(
+            "sluice_bus_dropped",
+            "Flow records and alerts not published: the bus queue was full (an outage or a slow server) or every attempt failed",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "sluice_bus_connected",
+            "1 while connected to the flow bus's NATS server, else 0",
+            m.connected.clone(),
+        );
+        m
+    }
+}
+
+// === impl BusQueue ===
+
+impl FlowBus for BusQueue {
+    fn record(&self, r: &Arc<FlowRecord>) {
+        self.send(Item::Record(r.clone()));
+    }
+
+    fn alert(&self, a: &Alert) {
+        self.send(Item::Alert(Box::new(a.clone())));
+    }
+}
+
+impl BusQueue {
+    fn send(&self, item: Item) {
+        if self.tx.try_send(item).is_err() {
+            self.drops.add(1, "queue full");
+        }
+    }
+}
+
+// === impl Publisher ===
+
+impl Publisher {
+    /// Starts connecting to `opts.url` in the background (an unreachable
+    /// server is retried for ever; it never fails the start) and the task
+    /// that publishes what the returned queue takes. Call on a tokio
+    /// runtime.
+    pub fn start(opts: BusOptions, metrics: BusMetrics) -> (BusQueue, Publisher) {
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let drops = Arc::new(Drops {
+            counter: metrics.dropped.clone(),
+            last_told: Mutex::new((None, 0)),
+        });
+        let (close, closed) = oneshot::channel();
+        let task = tokio::spawn(run(opts, metrics, rx, closed, drops.clone()));
+        (
+            BusQueue { tx, drops },
+            Publisher {
+                close: Some(close),
+                task,
+            },
+        )
+    }
+
+    /// Publishes what is queued and unacknowledged, for at most `within`,
+    /// then stops; what is left is dropped and counted. The queue takes
+    /// nothing more (later sends are dropped and counted).
+    pub async fn close(mut self, within: Duration) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(Instant::now() + within);
+        }
+        let _ = tokio::time::timeout(within + Duration::from_secs(1), &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+/// Connects (in the background), reporting the connection's state in the
+/// gauge and `connected`.
+async fn connect(
+    url: &str,
+    metrics: &BusMetrics,
+    connected: Arc<watch::Sender<bool>>,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let gauge = metrics.connected.clone();
+    ConnectOptions::new()
+        .name("sluice")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            (Duration::from_millis(100) * u32::try_from(attempts).unwrap_or(u32::MAX))
+                .min(MAX_RECONNECT_DELAY)
+        })
+        .event_callback(move |event| {
+            let gauge = gauge.clone();
+            let connected = connected.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        gauge.set(1);
+                        connected.send_replace(true);
+                        tracing::info!("flow bus: connected");
+                    }
+                    Event::Disconnected | Event::Closed => {
+                        gauge.set(0);
+                        connected.send_replace(false);
+                        tracing::warn!("flow bus: disconnected; reconnecting (records queue, then drop and count)");
+                    }
+                    other => tracing::warn!(event = %other, "flow bus"),
+                }
+            }
+        })
+        .connect(url)
+        .await
+}
+
+/// The publishing task: while connected, take from the queue in groups,
+/// publish, collect acknowledgements; retry what failed; stop on close.
+async fn run(
+    opts: BusOptions,
+    metrics: BusMetrics,
+    mut rx: mpsc::Receiver<Item>,
+    mut closed: oneshot::Receiver<Instant>,
+    drops: Arc<Drops>,
+) {
+    let (connected_tx, mut connected) = watch::channel(false);
+    let connected_tx = Arc::new(connected_tx);
+    let client = match connect(&opts.url, &metrics, connected_tx.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Only a malformed URL gets here (the loader checked the scheme).
+            tracing::error!(url = %opts.url, error = %e, "flow bus: cannot connect; records are dropped and counted");
+            drain_dropped(&mut rx, &mut closed, &drops).await;
+            return;
+        }
+    };
+    if client.connection_state() == State::Connected {
+        metrics.connected.set(1);
+        connected_tx.send_replace(true);
+    }
+    let js = jetstream::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .build(client.clone());
+    let mut stream_ready = false;
+    let mut deadline: Option<Instant> = None;
+    let mut retry: VecDeque<Group> = VecDeque::new();
+    let mut inflight: FuturesUnordered<Acked> = FuturesUnordered::new();
+    // Messages in `inflight`'s groups, for the count at close.
+    let mut inflight_msgs = 0usize;
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        if let Some(d) = deadline {
+            let done = rx.is_empty() && retry.is_empty() && inflight.is_empty();
+            if done || Instant::now() >= d {
+                break;
+            }
+        }
+        if !*connected.borrow() {
+            tokio::select! {
+                changed = connected.changed() => if changed.is_err() { break },
+                at = &mut closed, if deadline.is_none() => { deadline = Some(at.unwrap_or_else(|_| Instant::now())); rx.close(); }
+                () = sleep_until(deadline) => {}
+            }
+            continue;
+        }
+        if !stream_ready {
+            stream_ready = ensure_stream(&js, &opts.stream).await;
+            if !stream_ready {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    at = &mut closed, if deadline.is_none() => { deadline = Some(at.unwrap_or_else(|_| Instant::now())); rx.close(); }
+                }
+                continue;
+            }
+        }
+        let next = if inflight.len() >= GROUPS_IN_FLIGHT {
+            None
+        } else if let Some(g) = retry.pop_front() {
+            Some(g)
+        } else {
+            tokio::select! {
+                biased;
+                at = &mut closed, if deadline.is_none() => {
+                    deadline = Some(at.unwrap_or_else(|_| Instant::now()));
+                    rx.close();
+                    continue;
+                }
+                Some((result, g)) = inflight.next(), if !inflight.is_empty() => {
+                    inflight_msgs -= g.msgs.len();
+                    settle(result, g, &metrics, &drops, &mut retry, &mut stream_ready);
+                    continue;
+                }
+                item = rx.recv() => match item {
+                    Some(first) => {
+                        let mut g = Group { msgs: vec![pending(first, opts.partitions, &mut line)], attempts: 0 };
+                        while g.msgs.len() < GROUP {
+                            let Ok(item) = rx.try_recv() else { break };
+                            g.msgs.push(pending(item, opts.partitions, &mut line));
+                        }
+                        Some(g)
+                    }
+                    // Closed (or every handle dropped) and drained;
+                    // acknowledgements may be pending.
+                    None => {
+                        deadline.get_or_insert_with(|| Instant::now() + ACK_TIMEOUT);
+                        None
+                    }
+                },
+                () = sleep_until(deadline) => continue,
+            }
+        };
+        let Some(mut g) = next else {
+            if let Some((result, g)) = inflight.next().await {
+                inflight_msgs -= g.msgs.len();
+                settle(result, g, &metrics, &drops, &mut retry, &mut stream_ready);
+            } else if deadline.is_some() && rx.is_empty() && retry.is_empty() {
+                break;
+            }
+            continue;
+        };
+        g.attempts += 1;
+        let full = g.msgs.len() >= GROUP;
+        match send(&client, &js, &g).await {
+            Ok(ack) => {
+                inflight_msgs += g.msgs.len();
+                inflight.push(Box::pin(async move { (ack.await.map(drop), g) }));
+            }
+            Err(e) => settle(Err(e), g, &metrics, &drops, &mut retry, &mut stream_ready),
+        }
+        if !full && deadline.is_none() {
+            tokio::time::sleep(BATCH_PAUSE).await;
+        }
+    }
+    let left = rx.len() + retry.iter().map(|g| g.msgs.len()).sum::<usize>() + inflight_msgs;
+    if left > 0 {
+        drops.add(left as u64, "closing");
+    }
+    drop(client);
+}
+
+/// Publishes a group: every message but the last as a plain publish, the
+/// last as a JetStream publish whose acknowledgement vouches for the
+/// group (the stream stores one connection's messages in order). Sending
+/// the whole group again is safe: the message ids deduplicate.
+async fn send(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    g: &Group,
+) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+    let Some((last, rest)) = g.msgs.split_last() else {
+        return Err(jetstream::context::PublishError::new(
+            jetstream::context::PublishErrorKind::Other,
+        ));
+    };
+    for p in rest {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, p.id.as_str());
+        client
+            .publish_with_headers(p.subject.clone(), headers, p.payload.clone())
+            .await
+            .map_err(|e| {
+                jetstream::context::PublishError::with_source(
+                    jetstream::context::PublishErrorKind::Other,
+                    e,
+                )
+            })?;
+    }
+    let msg = PublishMessage::build()
+        .payload(last.payload.clone())
+        .message_id(&last.id);
+    js.send_publish(last.subject.clone(), msg).await
+}
+
+/// The message for a queued item: subject, the same JSON bytes the flow
+/// log writes (without its newline), and the id for deduplication.
+fn pending(item: Item, partitions: u32, line: &mut Vec<u8>) -> Pending {
+    line.clear();
+    match item {
+        Item::Record(r) => {
+            r.write_json(line);
+            Pending {
+                subject: subject::flow_subject(&r, partitions),
+                payload: Bytes::copy_from_slice(line),
+                id: r.id().to_owned(),
+            }
+        }
+        Item::Alert(a) => {
+            if let Err(e) = serde_json::to_writer(&mut *line, &a) {
+                // Cannot happen (string keys, our own values); an empty
+                // object keeps consumers parsing.
+                tracing::error!(error = %e, "flow bus: cannot serialize an alert");
+                line.clear();
+                line.extend_from_slice(b"{}");
+            }
+            Pending {
+                subject: ALERTS.to_owned(),
+                payload: Bytes::copy_from_slice(line),
+                id: format!("alert-{}", a.id),
+            }
+        }
+    }
+}
+
+/// Counts an acknowledged group, or retries a failed one (until
+/// [`ATTEMPTS`]), or drops and counts it.
+fn settle(
+    result: Result<(), jetstream::context::PublishError>,
+    g: Group,
+    metrics: &BusMetrics,
+    drops: &Drops,
+    retry: &mut VecDeque<Group>,
+    stream_ready: &mut bool,
+) {
+    match result {
+        Ok(()) => {
+            metrics.published.inc_by(g.msgs.len() as u64);
+        }
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                jetstream::context::PublishErrorKind::StreamNotFound
+            ) {
+                // The server lost the stream (a fresh store): create it again.
+                *stream_ready = false;
+            }
+            if g.attempts < ATTEMPTS {
+                retry.push_back(g);
+            } else {
+                tracing::debug!(messages = g.msgs.len(), error = %e, "flow bus: publish failed");
+                drops.add(g.msgs.len() as u64, "publish failed");
+            }
+        }
+    }
+}
+
+/// Makes sure the stream exists, creating it with the bus's subjects when
+/// missing (a deployment may create it beforehand, with its own limits and
+/// replicas: deploy/kubernetes/jetstream-stream.json). Whether it is usable.
+async fn ensure_stream(js: &jetstream::Context, name: &str) -> bool {
+    let created = js
+        .get_or_create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1 << 30,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(mut s) => {
+            let subjects = match s.info().await {
+                Ok(info) => info.config.subjects.clone(),
+                Err(_) => s.cached_info().config.subjects.clone(),
+            };
+            for want in STREAM_SUBJECTS {
+                if !subjects.iter().any(|have| have == want) {
+                    tracing::warn!(
+                        stream = name,
+                        subject = want,
+                        ?subjects,
+                        "flow bus: the stream does not hold this subject; publishes to it fail"
+                    );
+                }
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(stream = name, error = %e, "flow bus: cannot find or create the stream; retrying");
+            false
+        }
+    }
+}
+
+/// With no connection to publish on: drop (and count) everything sent
+/// until closed.
+async fn drain_dropped(
+    rx: &mut mpsc::Receiver<Item>,
+    closed: &mut oneshot::Receiver<Instant>,
+    drops: &Drops,
+) {
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(_) => drops.add(1, "no connection"),
+                None => return,
+            },
+            _ = &mut *closed => return,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+// === impl Drops ===
+
+impl Drops {
+    fn add(&self, n: u64, cause: &'static str) {
+        self.counter.inc_by(n);
+        // try_lock: whoever holds it is about to log; never wait for it.
+        let Ok(mut last) = self.last_told.try_lock() else {
+            return;
+        };
+        last.1 += n;
+        if last.0.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            let dropped = std::mem::take(&mut last.1);
+            last.0 = Some(Instant::now());
+            tracing::warn!(dropped, cause, "flow bus: records or alerts dropped");
+        }
+    }
+}

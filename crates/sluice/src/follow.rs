@@ -1,0 +1,235 @@
+//! `sluice detect -c FILE --follow nats://… [--partition K/N]`: the same
+//! detectors as `sluice run`'s embedded ones (`sluice-detect`'s `Live`,
+//! the same baselines store with `detect.state_dir`), run fleet-wide on
+//! every replica's flow records read back from the flow bus with durable
+//! consumers (`sluice_bus::follow`). Each new alert is written once: a JSON
+//! line on stdout, a message on `sluice.alerts`, and to the configured
+//! alert sinks (`detect.webhook`, `detect.syslog`).
+//!
+//! Replicas whose flows a follower judges set `detect.embedded: false`,
+//! so that no alert is raised twice. Records are judged in the order they
+//! arrive (per partition, the order they were published), like the
+//! embedded detector does; nothing here may wait on an alert sink.
+
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use sluice_bus::{BusMetrics, BusOptions, FollowError, FollowOptions, Partition, Publisher};
+use sluice_observe::{AlertRing, Detector, FlowBus, Metrics};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Alerts remembered for folding repeats (as `sluice detect` on files).
+const RING: usize = 100_000;
+
+/// How often baselines are written to `detect.state_dir`.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// How long to wait before asking again for a stream that is not there
+/// yet, or after the follower's connection ended.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How long alerts still queued for the bus may take at exit.
+const BUS_CLOSE: Duration = Duration::from_secs(5);
+
+/// Bad messages reported one by one; the rest only counted.
+const MAX_DIAGNOSTICS: u64 = 10;
+
+/// What `--follow` was given.
+#[derive(Debug, Clone)]
+pub struct Args<'a> {
+    /// The configuration file.
+    pub config: &'a Path,
+    /// The NATS server URL(s).
+    pub url: &'a str,
+    /// This follower's share of the partitions.
+    pub partition: Partition,
+    /// The durable consumers' name prefix.
+    pub durable: &'a str,
+}
+
+/// Runs until SIGTERM or SIGINT; 0, or 2 when the configuration cannot be
+/// read or the follower cannot start.
+pub fn main(args: &Args<'_>) -> ExitCode {
+    crate::log::init(crate::log::Format::Text);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(follow(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What the loop counted, for the line at exit.
+#[derive(Debug, Default)]
+struct Counts {
+    records: u64,
+    bad: u64,
+    alerts: u64,
+    /// When the first and the latest record came.
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+async fn follow(args: &Args<'_>) -> Result<()> {
+    let path = args.config;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.display().to_string();
+    let policy = sluice_policy::Policy::load_at(&text, &name, crate::run::now_ms())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = policy.config();
+    let opts = FollowOptions {
+        url: args.url.to_owned(),
+        stream: config.bus.stream.clone(),
+        partitions: config.bus.partitions,
+        partition: args.partition,
+        durable: args.durable.to_owned(),
+    };
+    // Checked before anything starts: a bad share or name is the user's.
+    if opts.partition.owned(opts.partitions).is_empty() {
+        return Err(FollowError::NoPartitions {
+            partition: opts.partition,
+            partitions: opts.partitions,
+        }
+        .into());
+    }
+
+    let mut metrics = Metrics::new();
+    let bus_metrics = BusMetrics::register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
+    let live = crate::detect::live(config, Some(path), &metrics)?;
+    let sinks = crate::detect::alert_sinks(config, &metrics)?;
+    let (bus, publisher) = Publisher::start(
+        BusOptions {
+            url: args.url.to_owned(),
+            stream: config.bus.stream.clone(),
+            partitions: config.bus.partitions,
+            queue: config.bus.queue as usize,
+        },
+        bus_metrics,
+    );
+    let ring = AlertRing::new(RING);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut save = tokio::time::interval(SAVE_EVERY);
+    let mut n = Counts::default();
+    let started = Instant::now();
+    tracing::info!(
+        url = %args.url,
+        stream = %opts.stream,
+        partitions = ?opts.partition.owned(opts.partitions),
+        share = %opts.partition,
+        durable = %opts.durable,
+        "following the flow bus"
+    );
+
+    'follow: loop {
+        let mut records = tokio::select! {
+            f = sluice_bus::follow(&opts) => match f {
+                Ok(f) => f,
+                Err(e @ (FollowError::BadDurable(_) | FollowError::NoPartitions { .. })) => return Err(e.into()),
+                Err(e) => {
+                    // No stream yet (no replica published), or no server:
+                    // wait for them rather than give up.
+                    tracing::warn!(error = %e, "flow bus: cannot follow yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => continue 'follow,
+                        _ = term.recv() => break 'follow,
+                        _ = int.recv() => break 'follow,
+                    }
+                }
+            },
+            _ = term.recv() => break 'follow,
+            _ = int.recv() => break 'follow,
+        };
+        loop {
+            tokio::select! {
+                item = records.next() => match item {
+                    Some(Ok(f)) => {
+                        n.records += 1;
+                        let now = Instant::now();
+                        n.first.get_or_insert(now);
+                        n.last = Some(now);
+                        let mut r = f.record;
+                        live.enrich(&mut r);
+                        for a in live.observe(&r) {
+                            let Some(new) = ring.push(a) else { continue };
+                            let json = match serde_json::to_string(&new) {
+                                Ok(json) => json,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot serialize an alert");
+                                    continue;
+                                }
+                            };
+                            n.alerts += 1;
+                            // stdout is line-buffered: each alert leaves now.
+                            println!("{json}");
+                            bus.alert(&new);
+                            for sink in &sinks {
+                                sink.send(&new, &json);
+                            }
+                        }
+                    }
+                    Some(Err(e @ FollowError::BadRecord { .. })) => {
+                        n.bad += 1;
+                        if n.bad <= MAX_DIAGNOSTICS {
+                            tracing::warn!(error = %e, "flow bus: skipped a message");
+                        }
+                    }
+                    // The consumer's own trouble (missed heartbeats while
+                    // the server is away): the stream goes on after it.
+                    Some(Err(e)) => tracing::warn!(error = %e, "flow bus"),
+                    None => {
+                        tracing::warn!("flow bus: the follower's connection ended; following again");
+                        tokio::time::sleep(RETRY).await;
+                        continue 'follow;
+                    }
+                },
+                _ = save.tick() => crate::run::save_baselines(&live).await,
+                _ = term.recv() => break 'follow,
+                _ = int.recv() => break 'follow,
+            }
+        }
+    }
+
+    crate::run::save_baselines(&live).await;
+    publisher.close(BUS_CLOSE).await;
+    let rate = match (n.first, n.last) {
+        (Some(first), Some(last)) if last > first => {
+            format!(
+                " ({:.0} records/s from the first to the last)",
+                n.records.saturating_sub(1) as f64 / (last - first).as_secs_f64()
+            )
+        }
+        _ => String::new(),
+    };
+    eprintln!(
+        "sluice detect: followed {} records{rate} in {:.1} s, {} alerts{}",
+        n.records,
+        started.elapsed().as_secs_f64(),
+        n.alerts,
+        if n.bad > 0 {
+            format!(" ({} messages were not flow records)", n.bad)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
