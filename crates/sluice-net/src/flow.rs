@@ -10,10 +10,10 @@ use std::{
     time::SystemTime,
 };
 
-use sluice_observe::{ErrorKind, FlowRecord, Listener, Protocol, addr_string};
+use sluice_observe::{ErrorKind, Finding, FlowRecord, Listener, Protocol, addr_string};
 use sluice_policy::{Decision, Destination, Mode, Policy, Verdict};
 
-use crate::Version;
+use crate::{Version, inspect::Notes};
 
 /// One flow's state.
 #[derive(Debug)]
@@ -66,6 +66,10 @@ pub struct Flow {
     pub error: Option<String>,
     /// Which side failed.
     pub error_kind: Option<ErrorKind>,
+    /// Inspection findings (type, count, keyed hash; never the match).
+    pub findings: Vec<Finding>,
+    /// What inspectors noted (findings, alerts, unenforced denials).
+    notes: Arc<Notes>,
 }
 
 // === impl Flow ===
@@ -112,7 +116,32 @@ impl Flow {
             route: None,
             error: None,
             error_kind: None,
+            findings: Vec::new(),
+            notes: Arc::default(),
         }
+    }
+
+    /// What inspectors note about this flow.
+    pub fn notes(&self) -> &Arc<Notes> {
+        &self.notes
+    }
+
+    /// Moves what inspectors noted into the flow: findings for the record,
+    /// a denial a `report` zone did not enforce; returns the alerts to raise.
+    pub fn take_notes(&mut self) -> Vec<sluice_observe::Alert> {
+        let n = self.notes.take();
+        if !n.findings.is_empty() {
+            self.findings.extend(n.findings);
+        }
+        if let Some((rule, reason)) = n.unenforced {
+            if self.verdict == Verdict::Allow {
+                self.verdict = Verdict::Deny;
+                self.enforced = false;
+                self.rule = rule;
+                self.reason = reason;
+            }
+        }
+        n.alerts
     }
 
     /// The policy version this flow is judged by.
@@ -148,6 +177,16 @@ impl Flow {
     /// The zone that judged it, if any.
     pub fn zone(&self) -> Option<&str> {
         self.zone.as_deref()
+    }
+
+    /// The zone, shared.
+    pub fn zone_arc(&self) -> Option<Arc<str>> {
+        self.zone.clone()
+    }
+
+    /// The zone's mode, once decided.
+    pub fn mode(&self) -> Option<Mode> {
+        self.mode
     }
 
     /// The rule that counts so far.
@@ -227,6 +266,9 @@ impl Flow {
         r.policy_hash = self.policy_hash.as_deref().unwrap_or_default().to_owned();
         r.error = self.error;
         r.error_kind = self.error_kind;
+        if !self.findings.is_empty() {
+            r.findings = Some(self.findings);
+        }
         r.finish(end);
         r
     }

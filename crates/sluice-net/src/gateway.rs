@@ -499,6 +499,10 @@ impl Gateway {
             dest: flow.dest.clone()?,
             port: flow.port?,
             peer: SocketAddr::new(flow.peer?, flow.port?),
+            zone: flow.zone_arc(),
+            report: flow.mode() == Some(sluice_policy::Mode::Report),
+            flow: Arc::from(flow.id()),
+            notes: flow.notes().clone(),
         })
     }
 
@@ -521,7 +525,41 @@ impl Gateway {
         match inspect::first_denial(&self.http_inspectors, look) {
             Inspection::Pass => Ok(()),
             Inspection::Deny { rule, reason } => Err(Refusal::Inspected { rule, reason }),
+            Inspection::Unavailable { rule, reason } => Err(Refusal::Unscanned { rule, reason }),
         }
+    }
+
+    /// The most bytes of a body going `dir` that some HTTP inspector
+    /// wants to see whole; `None`: none does (the body streams).
+    pub fn object_limit(&self, s: &Subject, dir: inspect::Direction) -> Option<u64> {
+        self.http_inspectors
+            .iter()
+            .filter_map(|i| i.wants_object(s, dir))
+            .max()
+    }
+
+    /// Runs every HTTP inspector that wants whole bodies on `obj`; the
+    /// first refusal counts.
+    pub async fn inspect_object(
+        &self,
+        s: &Subject,
+        obj: &inspect::Object<'_>,
+    ) -> Result<(), Refusal> {
+        for i in &self.http_inspectors {
+            if i.wants_object(s, obj.dir).is_none() {
+                continue;
+            }
+            match i.object(s, obj).await {
+                Inspection::Pass => {}
+                Inspection::Deny { rule, reason } => {
+                    return Err(Refusal::Inspected { rule, reason });
+                }
+                Inspection::Unavailable { rule, reason } => {
+                    return Err(Refusal::Unscanned { rule, reason });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn hello_check(&self, flow: &Flow) -> Option<HelloCheck> {
@@ -583,7 +621,10 @@ impl Gateway {
     // === stage 5: record ===
 
     /// Ends the flow: its record goes to the recorder.
-    pub fn record(&self, flow: Flow) {
+    pub fn record(&self, mut flow: Flow) {
+        for a in flow.take_notes() {
+            self.recorder.alert(a);
+        }
         self.recorder.record(flow.into_record(SystemTime::now()));
     }
 

@@ -24,6 +24,7 @@
 //! - `sockopt`: `SO_ORIGINAL_DST` and `SO_MARK` behind safe wrappers.
 
 pub mod auth;
+pub mod content;
 pub mod dial;
 pub mod flow;
 pub mod gateway;

@@ -40,6 +40,14 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
+    /// A scanner the zone relies on had no verdict (down, timed out, the
+    /// object too large) and the zone fails closed: HTTP 503.
+    Unscanned {
+        /// The rule id (`inspect/malware`, `inspect/icap`).
+        rule: std::sync::Arc<str>,
+        /// Why.
+        reason: String,
+    },
     /// The destination's name did not resolve.
     Resolve {
         /// The name.
@@ -92,7 +100,10 @@ impl Refusal {
             Refusal::BadRequest(_)
             | Refusal::InvalidDestination(_)
             | Refusal::AuthFailed { .. } => Some(Side::Client),
-            Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => None,
+            Refusal::AuthRequired(_)
+            | Refusal::Denied(_)
+            | Refusal::Inspected { .. }
+            | Refusal::Unscanned { .. } => None,
             Refusal::Resolve { .. }
             | Refusal::Connect { .. }
             | Refusal::Timeout(_)
@@ -110,7 +121,10 @@ impl Refusal {
             Refusal::BadRequest(_)
             | Refusal::InvalidDestination(_)
             | Refusal::AuthFailed { .. } => ErrorKind::Client,
-            Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => {
+            Refusal::AuthRequired(_)
+            | Refusal::Denied(_)
+            | Refusal::Inspected { .. }
+            | Refusal::Unscanned { .. } => {
                 return None;
             }
             Refusal::Resolve { .. } => ErrorKind::Resolve,
@@ -139,7 +153,7 @@ impl Refusal {
                 wait.as_secs().max(1)
             ),
             Refusal::Denied(d) => d.reason.clone(),
-            Refusal::Inspected { reason, .. } => reason.clone(),
+            Refusal::Inspected { reason, .. } | Refusal::Unscanned { reason, .. } => reason.clone(),
             Refusal::Resolve { host, msg } => format!("resolve {host}: {msg}"),
             Refusal::Connect { addr, msg, .. } => format!("connect {addr}: {msg}"),
             Refusal::Timeout(after) => {
@@ -192,7 +206,9 @@ impl Refusal {
                 flow.user = None;
             }
             Refusal::Denied(d) => flow.apply(d),
-            Refusal::Inspected { rule, reason } => flow.set_rule(rule, reason.clone()),
+            Refusal::Inspected { rule, reason } | Refusal::Unscanned { rule, reason } => {
+                flow.set_rule(rule, reason.clone());
+            }
             Refusal::AuthRequired(_) => {}
             Refusal::Connect { addr, .. } => {
                 flow.peer = Some(addr.ip());

@@ -127,8 +127,11 @@ pub async fn relay(
                     *s = Some(name.clone());
                 }
             }
-            if let Inspection::Deny { rule, reason } = check(&hello) {
-                return Err(Stop::Denied(rule, reason));
+            match check(&hello) {
+                Inspection::Pass => {}
+                Inspection::Deny { rule, reason } | Inspection::Unavailable { rule, reason } => {
+                    return Err(Stop::Denied(rule, reason));
+                }
             }
         }
         deliver(&mut uw, &first, &counters.out, &counters, started)

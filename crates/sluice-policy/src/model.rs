@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: Limits,
     /// Where flow records go.
     pub log: Log,
+    /// Content inspection: the scanners zones may use.
+    pub inspect: Inspect,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             dns: Dns::default(),
             limits: Limits::default(),
             log: Log::default(),
+            inspect: Inspect::default(),
         }
     }
 }
@@ -173,6 +176,165 @@ pub struct Zone {
     pub allow: Vec<Rule>,
     /// Deny rules (without `ports` they cover every port).
     pub deny: Vec<Rule>,
+    /// What this zone's HTTP exchanges are inspected for; nothing by default.
+    pub inspect: ZoneInspect,
+}
+
+// === inspection ===
+
+/// `inspect`: the scanners zones may use (read once at start, except the
+/// DLP patterns, which follow the policy version).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Inspect {
+    /// The clamd malware scanner.
+    pub clamd: ClamdConfig,
+    /// ICAP services.
+    pub icap: IcapConfig,
+    /// DLP custom patterns and the findings' hash key.
+    pub dlp: DlpConfig,
+}
+
+/// `inspect.clamd`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClamdConfig {
+    /// `unix:/path`, `tcp://host:port` or `host:port`; `None`: no clamd.
+    pub address: Option<String>,
+    /// Time allowed for one scan (connect, send, verdict).
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Largest object scanned, in bytes (bodies are buffered up to it).
+    pub max_size: u64,
+}
+
+impl Default for ClamdConfig {
+    fn default() -> Self {
+        ClamdConfig {
+            address: None,
+            timeout: Duration::from_secs(30),
+            max_size: 10 << 20,
+        }
+    }
+}
+
+/// `inspect.icap`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IcapConfig {
+    /// `icap://host:port/service` for requests.
+    pub reqmod: Option<String>,
+    /// `icap://host:port/service` for responses.
+    pub respmod: Option<String>,
+    /// Time allowed for one exchange.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Bytes of the body sent as the `Preview` (0: no preview).
+    pub preview: u64,
+    /// Largest body sent to the service, in bytes (bodies are buffered up to it).
+    pub max_size: u64,
+}
+
+impl Default for IcapConfig {
+    fn default() -> Self {
+        IcapConfig {
+            reqmod: None,
+            respmod: None,
+            timeout: Duration::from_secs(30),
+            preview: 4096,
+            max_size: 10 << 20,
+        }
+    }
+}
+
+/// `inspect.dlp`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DlpConfig {
+    /// Custom detectors.
+    pub patterns: Vec<DlpPattern>,
+    /// File holding the findings' hash key (at least 16 bytes); unset: a
+    /// random key per process.
+    pub hash_key_file: Option<PathBuf>,
+}
+
+/// One custom DLP detector.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DlpPattern {
+    /// The detector's name (rule `inspect/dlp/<name>`).
+    pub name: String,
+    /// A `regex` with a bounded match length.
+    pub regex: String,
+}
+
+/// The built-in DLP detectors.
+pub const DLP_DETECTORS: &[&str] = &[
+    "card", "iban", "aws", "gcp", "azure", "github", "gitlab", "slack", "stripe", "pem", "jwt",
+];
+
+/// What a zone does with a DLP detector's finding.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpAction {
+    /// Refuse the request (`403`, rule `inspect/dlp/<detector>`).
+    Block,
+    /// Pass it and raise a `dlp` alert.
+    Alert,
+    /// Pass it; the finding is in the record only.
+    Log,
+}
+
+/// What a zone does with a malware verdict.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MalwareAction {
+    /// Refuse the object (rule `inspect/malware`).
+    Block,
+    /// Pass it and raise a `malware` alert.
+    Alert,
+}
+
+/// What happens when a scanner cannot give a verdict (down, timed out,
+/// the object over its size limit).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refuse the exchange.
+    #[default]
+    Closed,
+    /// Pass it, recorded as unscanned.
+    Open,
+}
+
+/// A zone's `inspect`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ZoneInspect {
+    /// Detector → action, in file order.
+    pub dlp: DlpActions,
+    /// Scan uploads and downloads with clamd.
+    pub malware: Option<MalwareAction>,
+    /// Send requests and responses to the ICAP services.
+    pub icap: bool,
+    /// When a scanner has no verdict.
+    pub fail: FailMode,
+}
+
+impl ZoneInspect {
+    /// Whether the zone inspects anything.
+    pub fn any(&self) -> bool {
+        !self.dlp.0.is_empty() || self.malware.is_some() || self.icap
+    }
+}
+
+/// A zone's DLP detectors and actions, each with where it was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DlpActions(pub Vec<(String, DlpAction, (usize, usize))>);
+
+impl Serialize for DlpActions {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, action, _) in &self.0 {
+            m.serialize_entry(name, action)?;
+        }
+        m.end()
+    }
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.

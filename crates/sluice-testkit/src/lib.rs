@@ -19,12 +19,15 @@
 //!   ([`make_certs`]).
 //! - `dns`: the one DNS test server, [`FixtureDns`], and what tunnelled
 //!   data looks like ([`random_label`]).
+//! - `scanners`: real content scanners, [`Clamd`] (one test signature)
+//!   and [`CIcap`] (virus_scan over that clamd), and [`require`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
 mod dns;
 mod http;
 mod origin;
+mod scanners;
 mod sluice;
 
 use std::{
@@ -42,6 +45,7 @@ pub use http::{
     RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, read_response, send_raw,
 };
 pub use origin::{Certs, Origin, make_certs};
+pub use scanners::{CIcap, Clamd, require};
 pub use sluice::{Sluice, assert_fields};
 
 /// A fresh directory under the system temp dir, removed on drop.

@@ -33,6 +33,11 @@ pub(super) fn refusal(r: &Refusal, flow: &Flow) -> Response<ProxyBody> {
             ..
         } => throttled(*wait, &r.message()),
         Refusal::Denied(_) | Refusal::Inspected { .. } => denied(flow),
+        Refusal::Unscanned { .. } => {
+            let mut r = denied(flow);
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
         Refusal::Resolve { host, .. } => text(
             StatusCode::BAD_GATEWAY,
             &format!("Bad gateway: cannot resolve {host}\n"),

@@ -27,15 +27,15 @@ use sluice_observe::ErrorKind;
 use tokio::{net::TcpStream, sync::watch};
 
 use super::{
-    ProxyBody, VIA, answer,
-    body::{Counted, End, Ended, OnEnd, Watch},
+    BoxError, ProxyBody, VIA, answer,
+    body::{Counted, End, Ended, OnEnd, Watch, hold, replay},
     pool::{Pool, PoolKey},
     refused, unwrap_client,
 };
 use crate::{
     Gateway,
     flow::Flow,
-    inspect::{Direction, Subject},
+    inspect::{Direction, Object, Subject},
     refusal::Refusal,
     relay::Preread,
 };
@@ -71,7 +71,21 @@ pub(super) async fn forward(
             return f.refuse(r);
         }
     }
-    let watch = subject.and_then(|s| watch(&gw, s));
+    let watch = subject.clone().and_then(|s| watch(&gw, s));
+    let out_limit = subject
+        .as_ref()
+        .and_then(|s| gw.object_limit(s, Direction::Out));
+    let in_limit = subject
+        .as_ref()
+        .and_then(|s| gw.object_limit(s, Direction::In));
+    // What a response inspection needs of the request (kept only then).
+    let req_head = in_limit.map(|_| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
     let out_count = Arc::new(AtomicU64::new(0));
     f.out = Some(out_count.clone());
     let (upload, on_upload) = Upload::new();
@@ -82,7 +96,39 @@ pub(super) async fn forward(
         watch.clone(),
         Some(on_upload),
     );
-    let upstream_req = Request::from_parts(parts, body.boxed());
+    let body = match (out_limit, &subject) {
+        (Some(limit), Some(s)) => {
+            let idle = gw.limits().idle_timeout;
+            let held = match hold(body.boxed(), limit, idle).await {
+                Ok(h) => h,
+                Err(e) => {
+                    let r = if let Some((rule, reason)) =
+                        watch.as_ref().and_then(|w| w.denied.lock().ok()?.take())
+                    {
+                        Refusal::Inspected { rule, reason }
+                    } else {
+                        Refusal::BadRequest(format!("request body: {e}"))
+                    };
+                    return f.refuse(r);
+                }
+            };
+            let obj = Object {
+                dir: Direction::Out,
+                method: &parts.method,
+                uri: &parts.uri,
+                request_headers: &parts.headers,
+                response: None,
+                body: &held.bytes,
+                complete: held.rest.is_none(),
+            };
+            if let Err(r) = gw.inspect_object(s, &obj).await {
+                return f.refuse(r);
+            }
+            replay(held)
+        }
+        _ => body.boxed(),
+    };
+    let upstream_req = Request::from_parts(parts, body);
     if sender.ready().await.is_err() {
         return f.refuse(Refusal::UpstreamClosed(
             "origin closed the connection".into(),
@@ -122,8 +168,16 @@ pub(super) async fn forward(
     if !upgrade && upload.failed().is_none() {
         pool.checkin(key, sender, dialed_at(&flow));
     }
-    respond(gw, flow, resp, out_count, watch)
+    let held = match (in_limit, subject, req_head) {
+        (Some(limit), Some(s), Some(head)) => Some((limit, s, head)),
+        _ => None,
+    };
+    respond(gw, flow, resp, out_count, watch, held).await
 }
+
+/// A response held whole for inspection: the limit, the subject, and the
+/// request's method, URI and headers.
+type HeldResponse = (u64, Arc<Subject>, (hyper::Method, Uri, HeaderMap));
 
 /// A flow between its decision and its response head: recorded if the
 /// exchange is dropped before then.
@@ -297,12 +351,15 @@ fn rewrite_request(parts: &mut hyper::http::request::Parts, upgrade: bool) -> Re
 }
 
 /// The origin's response for the client, recorded when its body ends.
-fn respond(
+/// With `held`, the body is read whole (up to the limit) and inspected
+/// before the head goes to the client, so a refusal replaces the answer.
+async fn respond(
     gw: Arc<Gateway>,
     mut flow: Flow,
     resp: Response<Incoming>,
     out_count: Arc<AtomicU64>,
     watch: Option<Watch>,
+    held: Option<HeldResponse>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     if let Some(s) = gw.http_subject(&flow) {
@@ -310,6 +367,34 @@ fn respond(
             return refused(&gw, flow, r);
         }
     }
+    let body: ProxyBody = match held {
+        None => body.map_err(BoxError::from).boxed(),
+        Some((limit, s, (method, uri, req_headers))) => {
+            let idle = gw.limits().idle_timeout;
+            let h = match hold(body.map_err(BoxError::from).boxed(), limit, idle).await {
+                Ok(h) => h,
+                Err(e) => {
+                    flow.bytes_out = out_count.load(Ordering::Relaxed);
+                    let r = Refusal::UpstreamClosed(format!("response body: {e}"));
+                    return refused(&gw, flow, r);
+                }
+            };
+            let obj = Object {
+                dir: Direction::In,
+                method: &method,
+                uri: &uri,
+                request_headers: &req_headers,
+                response: Some((parts.status, &parts.headers)),
+                body: &h.bytes,
+                complete: h.rest.is_none(),
+            };
+            if let Err(r) = gw.inspect_object(&s, &obj).await {
+                flow.bytes_out = out_count.load(Ordering::Relaxed);
+                return refused(&gw, flow, r);
+            }
+            replay(h)
+        }
+    };
     strip_hop_by_hop(&mut parts.headers, false);
     parts
         .headers

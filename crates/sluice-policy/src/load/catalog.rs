@@ -14,6 +14,7 @@ use serde_json::Value as Json;
 
 use super::{
     Cx, Need,
+    inspect::{INSPECT, ZONE_INSPECT},
     items::{self, Rules, Users, Zones},
     kinds::{
         AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern, Instant,
@@ -47,8 +48,9 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(dns: map &DNS, "Name resolution for dialing and the DNS forwarder."),
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
+        key!(inspect: map &INSPECT, "Content inspection: the clamd and ICAP scanners and DLP patterns that zones' `inspect` use."),
     ],
-    not_yet: &["routes", "inspect", "tls", "detect", "netflow", "geoip"],
+    not_yet: &["routes", "tls", "detect", "netflow", "geoip"],
 };
 
 pub(crate) static LISTEN: Section<Listen> = Section {
@@ -140,6 +142,7 @@ pub(crate) static ZONE: Section<Zone> = Section {
         key!(mode: ModeName, Applies, "This zone's mode, overriding the top-level `mode`."),
         key!(allow: Rules { allow: true }, Applies, "Allow rules (`ports` required)."),
         key!(deny: Rules { allow: false }, Applies, "Deny rules, applied first (without `ports` they cover every port)."),
+        key!(inspect: map &ZONE_INSPECT, "What this zone's HTTP exchanges are inspected for: DLP detectors, malware, ICAP, and what happens when a scanner has no verdict."),
     ],
     not_yet: &[],
 };
@@ -178,6 +181,7 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
     let mut c = Config::default();
     let seen = cx.section_into(&ROOT, doc, &mut c)?;
     items::check_user_refs(cx, &c.users);
+    super::inspect::check(cx, doc, &c);
     if let Some(a) = c.listen.admin {
         if !a.ip().is_loopback() && c.admin.token_file.is_none() {
             cx.err(
