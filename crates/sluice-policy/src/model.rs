@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: Limits,
     /// Where flow records go.
     pub log: Log,
+    /// `inspect`: what inspection needs at start (the interception CA).
+    pub inspect: Inspect,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             dns: Dns::default(),
             limits: Limits::default(),
             log: Log::default(),
+            inspect: Inspect::default(),
         }
     }
 }
@@ -173,6 +176,70 @@ pub struct Zone {
     pub allow: Vec<Rule>,
     /// Deny rules (without `ports` they cover every port).
     pub deny: Vec<Rule>,
+    /// `inspect`: what this zone's flows are inspected for.
+    pub inspect: ZoneInspect,
+    /// `require_tls`: tunnels must start with a TLS ClientHello and
+    /// plaintext absolute-form HTTP is denied (`inspect/require-tls`).
+    pub require_tls: bool,
+}
+
+/// A zone's `inspect` mapping.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ZoneInspect {
+    /// `tls`: host patterns (as a `host` rule's) whose TLS is intercepted.
+    pub tls: Vec<String>,
+    /// Where the zone's `inspect` key is, for errors that span sections.
+    #[serde(skip)]
+    pub line: usize,
+    /// Its column.
+    #[serde(skip)]
+    pub column: usize,
+}
+
+/// The top-level `inspect` mapping (read once at start).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Inspect {
+    /// `ca`: the interception CA.
+    pub ca: InspectCa,
+    /// `extra_roots`: PEM files of CAs trusted for upstream certificates
+    /// besides the system roots.
+    pub extra_roots: Vec<FileRef>,
+}
+
+/// `inspect.ca`: the CA that signs the leaf certificates of intercepted
+/// destinations.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct InspectCa {
+    /// `cert_file`: the CA certificate (PEM).
+    pub cert_file: Option<FileRef>,
+    /// `key_file`: its private key (PEM, PKCS#8).
+    pub key_file: Option<FileRef>,
+}
+
+/// A file the configuration names, with where it names it (the binary
+/// reads it and reports problems at that position). Relative paths are
+/// relative to the configuration file's folder. Two are equal when their
+/// paths are.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    /// The path as written.
+    pub path: PathBuf,
+    /// Line of the value.
+    pub line: usize,
+    /// Column of the value.
+    pub column: usize,
+}
+
+impl PartialEq for FileRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Serialize for FileRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.path.serialize(s)
+    }
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.
@@ -192,6 +259,8 @@ pub struct Rule {
     pub ticket: Option<String>,
     /// When the rule stops matching (RFC 3339).
     pub expires: Option<Expiry>,
+    /// `require_tls` on an allow rule: what it allows must be TLS.
+    pub require_tls: bool,
 }
 
 /// A rule's `expires`: the instant, as written, and where it was written

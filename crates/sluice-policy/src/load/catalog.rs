@@ -16,14 +16,16 @@ use super::{
     Cx, Need,
     items::{self, Rules, Users, Zones},
     kinds::{
-        AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FlowTarget, Fraction, HostPattern, Instant,
-        Listener, Mark, Min, ModeName, OpenPaths, PasswordHash, Path, PortSet, RuleId, Sources,
-        Text, Time, Upstreams, UserRefs,
+        AdminHosts, Blocked, Bool, Cidr, Cidrs, Count, FilePath, FilePaths, FlowTarget, Fraction,
+        HostPattern, HostPatterns, Instant, Listener, Mark, Min, ModeName, OpenPaths, PasswordHash,
+        Path, PortSet, RuleId, Sources, Text, Time, Upstreams, UserRefs,
     },
     table::{KeyDoc, Section, Table, key},
     yaml::{self, Node},
 };
-use crate::model::{Admin, Config, Dns, Limits, Listen, Log, Rule, User, Zone};
+use crate::model::{
+    Admin, Config, Dns, Inspect, InspectCa, Limits, Listen, Log, Rule, User, Zone, ZoneInspect,
+};
 
 /// The largest admin ring or top-list size: a bound on the admin's memory.
 const ADMIN_MAX_ENTRIES: u32 = 1_000_000;
@@ -47,8 +49,41 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(dns: map &DNS, "Name resolution for dialing and the DNS forwarder."),
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
+        key!(inspect: map &INSPECT, "What inspection needs, read at start: the TLS interception CA and extra upstream roots."),
     ],
-    not_yet: &["routes", "inspect", "tls", "detect", "netflow", "geoip"],
+    not_yet: &["routes", "tls", "detect", "netflow", "geoip"],
+};
+
+// === inspect (TLS interception; DLP, clamd and ICAP keys join these) ===
+
+pub(crate) static INSPECT: Section<Inspect> = Section {
+    what: "inspect",
+    label: "inspect",
+    keys: &[
+        key!(ca: map &INSPECT_CA, "The CA that signs leaf certificates for intercepted destinations (`sluice ca init` makes one); needed by any zone's `inspect.tls`."),
+        key!(extra_roots: FilePaths, Restart, "PEM files of CAs trusted for upstream certificates of intercepted flows, besides the system roots (relative to the configuration file)."),
+    ],
+    not_yet: &["clamd", "icap", "dlp"],
+};
+
+pub(crate) static INSPECT_CA: Section<InspectCa> = Section {
+    what: "inspect.ca",
+    label: "inspect.ca",
+    keys: &[
+        key!(cert_file: FilePath, Restart, "The CA certificate, PEM (relative to the configuration file)."),
+        key!(key_file: FilePath, Restart, "The CA private key, PEM PKCS#8 (relative to the configuration file); keep it 0600."),
+    ],
+    not_yet: &[],
+};
+
+/// A zone's `inspect` mapping.
+pub(crate) static ZONE_INSPECT: Section<ZoneInspect> = Section {
+    what: "a zone's inspect",
+    label: "zones[].inspect",
+    keys: &[
+        key!(tls: HostPatterns, Applies, "Destinations whose TLS is intercepted (host patterns as in `host` rules, matched on the CONNECT or SOCKS5 host and the ClientHello SNI); needs `inspect.ca`."),
+    ],
+    not_yet: &["dlp", "malware", "icap", "fail"],
 };
 
 pub(crate) static LISTEN: Section<Listen> = Section {
@@ -140,6 +175,8 @@ pub(crate) static ZONE: Section<Zone> = Section {
         key!(mode: ModeName, Applies, "This zone's mode, overriding the top-level `mode`."),
         key!(allow: Rules { allow: true }, Applies, "Allow rules (`ports` required)."),
         key!(deny: Rules { allow: false }, Applies, "Deny rules, applied first (without `ports` they cover every port)."),
+        key!(inspect: map &ZONE_INSPECT, "What this zone's flows are inspected for."),
+        key!(require_tls: Bool, Applies, "Deny plaintext absolute-form HTTP and tunnels whose first client bytes are not a TLS ClientHello (`inspect/require-tls`; recorded, not enforced, in `report` mode)."),
     ],
     not_yet: &[],
 };
@@ -156,6 +193,7 @@ pub(crate) static RULE: Section<Rule> = Section {
         key!(owner: Text, Applies, "Who answers for the rule (free text), shown with its expiry and staleness."),
         key!(ticket: Text, Applies, "The ticket or change that asked for the rule (free text)."),
         key!(expires: Instant, Applies, "When the rule stops matching, in RFC 3339 (`2026-03-31T00:00:00Z`); the rule keeps its id and is reported expired."),
+        key!(require_tls: Bool, Applies, "On an allow rule: what it allows must be TLS, as the zone's `require_tls` (`inspect/require-tls`)."),
     ],
     not_yet: &[],
 };
@@ -187,6 +225,7 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
         }
     }
     check_listeners(cx, doc, &c.listen);
+    check_inspect(cx, doc, &c);
     if let Some(a) = c.listen.dns.filter(|a| c.dns.upstreams.contains(a)) {
         cx.err(
             doc,
@@ -200,6 +239,49 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
         );
     }
     Some(c)
+}
+
+/// `inspect.ca` is both files or neither, and a zone's `inspect.tls`
+/// needs it (the files themselves are read by the binary).
+fn check_inspect(cx: &mut Cx<'_>, doc: &Node<'_>, c: &Config) {
+    let ca = &c.inspect.ca;
+    let have_ca = match (&ca.cert_file, &ca.key_file) {
+        (Some(_), Some(_)) => true,
+        (None, None) => false,
+        (Some(f), None) | (None, Some(f)) => {
+            cx.err_at(
+                yaml::Pos {
+                    line: f.line,
+                    column: f.column,
+                },
+                "inspect.ca needs both `cert_file` and `key_file`",
+            );
+            true
+        }
+    };
+    if have_ca {
+        return;
+    }
+    for z in c.zones.iter().filter(|z| !z.inspect.tls.is_empty()) {
+        let at = yaml::Pos {
+            line: z.inspect.line,
+            column: z.inspect.column,
+        };
+        if at.line == 0 {
+            cx.err(
+                doc,
+                format!("zone `{}`: inspect.tls needs inspect.ca", z.name),
+            );
+        } else {
+            cx.err_at(
+                at,
+                format!(
+                    "zone `{}`: inspect.tls intercepts TLS, which needs a CA: set inspect.ca.cert_file and inspect.ca.key_file (`sluice ca init --out DIR` makes them)",
+                    z.name
+                ),
+            );
+        }
+    }
 }
 
 /// Two listeners on one address (or one on a port's wildcard address and
