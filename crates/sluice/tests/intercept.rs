@@ -373,3 +373,57 @@ fn require_tls_in_a_report_zone_is_recorded_not_enforced() {
         ],
     );
 }
+
+/// Reads an intercepted response to the end of the connection: Sluice
+/// closes an intercepted connection (TLS close_notify, then FIN) after a
+/// request that said `Connection: close`, as any HTTP/1.1 server must.
+const READ_TO_EOF_PY: &str = r#"
+import socket, ssl, sys, time
+proxy, port, target, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.create_connection((proxy, port), timeout=10)
+s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+ctx = ssl.create_default_context(cafile=ca)
+t = ctx.wrap_socket(s, server_hostname=target.split(":")[0])
+t.sendall(("GET /eof HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % target).encode())
+started, data = time.time(), b""
+while True:
+    try:
+        d = t.recv(65536)
+    except ssl.SSLEOFError:
+        d = b""
+    if not d:
+        break
+    data += d
+print("%.2f" % (time.time() - started))
+print(data.decode("latin-1"))
+"#;
+
+#[test]
+fn an_intercepted_connection_closes_after_connection_close() {
+    let t = setup("");
+    let dir = TempDir::new("eof");
+    let script = dir.path("eof.py");
+    std::fs::write(&script, READ_TO_EOF_PY).unwrap();
+    let target = format!("origin.test:{}", t.good.port);
+    let o = output_within(
+        Command::new("python3")
+            .arg(&script)
+            .arg(t.s.http.ip().to_string())
+            .arg(t.s.http.port().to_string())
+            .arg(&target)
+            .arg(&t.ca),
+        Duration::from_secs(20),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let secs: f64 = out.lines().next().unwrap().parse().unwrap();
+    assert!(secs < 5.0, "the connection stayed open {secs}s: {out}");
+    assert!(out.contains("hello tls /eof"), "{out}");
+}
