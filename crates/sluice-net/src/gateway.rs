@@ -98,8 +98,8 @@ impl Gateway {
     /// Intercepts the TLS of destinations that zones list under
     /// `inspect.tls` with `interceptor` (without one, nothing is).
     pub fn with_interceptor(mut self, interceptor: Arc<Interceptor>) -> Gateway {
-        self.interceptor = Some(interceptor);
-        self
+        self.interceptor = Some(interceptor.clone());
+        self.with_inspector(interceptor)
     }
 
     /// The interceptor, when `inspect.ca` is configured.
@@ -516,6 +516,7 @@ impl Gateway {
             dest: flow.dest.clone()?,
             port: flow.port?,
             peer: SocketAddr::new(flow.peer?, flow.port?),
+            decision: flow.decision().cloned(),
         })
     }
 
@@ -536,7 +537,7 @@ impl Gateway {
     /// Runs every HTTP inspector on a head; the first denial counts.
     pub fn inspect(&self, look: impl FnMut(&dyn Inspector) -> Inspection) -> Result<(), Refusal> {
         match inspect::first_denial(&self.http_inspectors, look) {
-            Inspection::Pass => Ok(()),
+            Inspection::Pass | Inspection::Intercept { .. } => Ok(()),
             Inspection::Deny { rule, reason } => Err(Refusal::Inspected { rule, reason }),
         }
     }
@@ -609,39 +610,6 @@ impl Gateway {
         (self.interceptor.is_some() && p.intercepts_zone(d)) || p.requires_tls(d)
     }
 
-    /// The name to intercept this tunnel for, if its zone lists the
-    /// CONNECT/SOCKS5 host or the ClientHello's SNI: the SNI if there is
-    /// one, else the host. Only a complete ClientHello is intercepted.
-    fn intercept_name(&self, flow: &Flow, hello: &Hello) -> Option<String> {
-        self.interceptor.as_ref()?;
-        let Hello::ClientHello { sni } = hello else {
-            return None;
-        };
-        let d = flow.decision()?;
-        let p = flow.policy();
-        let sni = sni.as_deref().and_then(|s| Destination::parse(s).ok());
-        let sni_name = match &sni {
-            Some(Destination::Name(n)) => Some(n.as_str()),
-            _ => None,
-        };
-        let host = match &flow.dest {
-            Some(Destination::Name(n)) => Some(n.as_str()),
-            _ => None,
-        };
-        let listed = [sni_name, host]
-            .into_iter()
-            .flatten()
-            .any(|n| p.intercepts(d, n));
-        if !listed {
-            return None;
-        }
-        match (sni_name, host, &flow.dest) {
-            (Some(s), _, _) | (None, Some(s), _) => Some(s.to_owned()),
-            (None, None, Some(Destination::Ip(ip))) => Some(ip.to_string()),
-            _ => None,
-        }
-    }
-
     /// Relays a dialed flow until it ends, then records it. With `inspect`,
     /// the inspectors see the client's first bytes before any is
     /// forwarded (the transparent listener passes the bytes it peeked in
@@ -677,26 +645,26 @@ impl Gateway {
                 flow.bytes_out += first.len() as u64;
                 return self.refuse(flow, &r);
             }
-            if inspect
-                && let Some(check) = self.hello_check(&flow)
-                && let Inspection::Deny { rule, reason } = check(&hello)
-            {
-                flow.set_rule(&rule, reason);
-                return self.record(flow);
-            }
-            if let (Some(name), Some(ic)) = (self.intercept_name(&flow, &hello), &self.interceptor)
-            {
-                let flow = intercept::run(
-                    self.clone(),
-                    ic.clone(),
-                    flow,
-                    client,
-                    first,
-                    upstream,
-                    name,
-                )
-                .await;
-                return self.record(flow);
+            // The inspectors' verdict (the transparent listener judged the
+            // SNI itself: there only a request to intercept counts).
+            let verdict = match self.hello_check(&flow) {
+                Some(check) => check(&hello),
+                None => Inspection::Pass,
+            };
+            match verdict {
+                Inspection::Deny { rule, reason } if inspect => {
+                    flow.set_rule(&rule, reason);
+                    return self.record(flow);
+                }
+                Inspection::Intercept { name } if self.interceptor.is_some() => {
+                    if let Some(ic) = self.interceptor.clone() {
+                        let flow =
+                            intercept::run(self.clone(), ic, flow, client, first, upstream, name)
+                                .await;
+                        return self.record(flow);
+                    }
+                }
+                _ => {}
             }
             let pre = Preread {
                 out: &first,

@@ -2,8 +2,9 @@
 //! configured inspector on a tunnel's first client bytes (parsed as a TLS
 //! ClientHello when they are one) and on each absolute-form HTTP request
 //! and response head and body chunk. An inspector passes, denies with a
-//! rule and reason (the flow ends and its record says so), or — later —
-//! asks for interception. DLP, malware scanning, ICAP and TLS interception
+//! rule and reason (the flow ends and its record says so), or, on a
+//! tunnel's first bytes, asks for interception (`crate::intercept`'s
+//! `Interceptor` is the inspector that does). DLP, malware scanning, ICAP and TLS interception
 //! are inspectors; the first one is [`SniMatch`], the domain-fronting
 //! check (docs/design.md "Decisions", domain fronting, `tls_sni_must_match`).
 //!
@@ -32,6 +33,13 @@ pub enum Inspection {
         /// One line a person can act on.
         reason: String,
     },
+    /// Terminate the client's TLS presenting a certificate for `name`
+    /// and inspect what the tunnel carries (first bytes only; elsewhere
+    /// it counts as [`Inspection::Pass`]). A denial by any inspector wins.
+    Intercept {
+        /// The server name to present (the SNI, else the tunnel's host).
+        name: String,
+    },
 }
 
 /// Which way a body chunk is going.
@@ -59,6 +67,9 @@ pub struct Subject {
     pub port: u16,
     /// The address dialed.
     pub peer: SocketAddr,
+    /// The decision that let the flow through (its zone says what to
+    /// inspect).
+    pub decision: Option<sluice_policy::Decision>,
 }
 
 /// Looks inside flows. Every method has a passing default, so an
@@ -104,17 +115,23 @@ pub trait Inspector: Send + Sync {
     }
 }
 
-/// Runs `look` over `inspectors` until one denies.
+/// Runs `look` over `inspectors` until one denies; without a denial, the
+/// first request for interception, else a pass.
 pub(crate) fn first_denial<'a>(
     inspectors: impl IntoIterator<Item = &'a Arc<dyn Inspector>>,
     mut look: impl FnMut(&dyn Inspector) -> Inspection,
 ) -> Inspection {
+    let mut verdict = Inspection::Pass;
     for i in inspectors {
-        if let deny @ Inspection::Deny { .. } = look(&**i) {
-            return deny;
+        match look(&**i) {
+            deny @ Inspection::Deny { .. } => return deny,
+            intercept @ Inspection::Intercept { .. } if verdict == Inspection::Pass => {
+                verdict = intercept;
+            }
+            _ => {}
         }
     }
-    Inspection::Pass
+    verdict
 }
 
 // === impl SniMatch ===

@@ -53,7 +53,16 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{Gateway, flow::Flow, http::forward_fixed, refusal::Refusal};
+use sluice_policy::Destination;
+
+use crate::{
+    Gateway,
+    flow::Flow,
+    http::forward_fixed,
+    inspect::{Inspection, Inspector, Subject},
+    refusal::Refusal,
+    tls::Hello,
+};
 
 /// Leaf certificates cached at most (one per host name).
 pub const LEAF_CACHE: u64 = 1_000;
@@ -261,6 +270,53 @@ impl Interceptor {
         self.leaves.run_pending_tasks();
         self.leaves.entry_count()
     }
+}
+
+// === impl Inspector for Interceptor ===
+
+/// The interceptor is the inspector that asks for interception: on a
+/// tunnel of a zone with `inspect.tls`, a complete ClientHello whose SNI,
+/// or a tunnel whose CONNECT/SOCKS5 host, the zone lists.
+impl Inspector for Interceptor {
+    fn wants_first_bytes(&self, s: &Subject) -> bool {
+        s.decision
+            .as_ref()
+            .is_some_and(|d| s.policy.intercepts_zone(d))
+    }
+
+    fn first_bytes(&self, s: &Subject, hello: &Hello) -> Inspection {
+        match intercept_name(s, hello) {
+            Some(name) => Inspection::Intercept { name },
+            None => Inspection::Pass,
+        }
+    }
+}
+
+/// The name to intercept a tunnel as, if its zone lists the tunnel's host
+/// or its SNI: the SNI if there is one, else the host. Only a complete
+/// ClientHello is intercepted; addresses are never listed.
+fn intercept_name(s: &Subject, hello: &Hello) -> Option<String> {
+    let Hello::ClientHello { sni } = hello else {
+        return None;
+    };
+    let d = s.decision.as_ref()?;
+    let sni = sni.as_deref().and_then(|n| Destination::parse(n).ok());
+    let sni_name = match &sni {
+        Some(Destination::Name(n)) => Some(n.as_str()),
+        _ => None,
+    };
+    let host = match &s.dest {
+        Destination::Name(n) => Some(n.as_str()),
+        Destination::Ip(_) => None,
+    };
+    let listed = [sni_name, host]
+        .into_iter()
+        .flatten()
+        .any(|n| s.policy.intercepts(d, n));
+    if !listed {
+        return None;
+    }
+    sni_name.or(host).map(str::to_owned)
 }
 
 /// A positive 16-byte serial number derived from `seed`.
@@ -600,6 +656,74 @@ impl AsyncWrite for ClientIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The interception decision on first bytes, as every listener's
+    /// tunnel asks it (the transparent listener with the bytes it peeked).
+    #[test]
+    fn only_listed_names_with_a_complete_client_hello_are_intercepted() {
+        let yaml = "inspect:\n  ca:\n    cert_file: c.pem\n    key_file: c.key\n\
+                    zones:\n  - name: a\n    sources: [10.0.0.0/8]\n    mode: open\n    \
+                    inspect:\n      tls: [\"*.pastebin.com\"]\n  - name: b\n    sources: [0.0.0.0/0]\n    mode: open\n";
+        let policy = Arc::new(sluice_policy::Policy::load(yaml, "t.yaml").unwrap());
+        let (cert, key) = new_ca("t").unwrap();
+        let ic = Interceptor::new(cert.as_bytes(), key.as_bytes(), Vec::new()).unwrap();
+        let subject = |src: &str, dest: &str| {
+            let dest = Destination::parse(dest).unwrap();
+            let d = policy.decide(&sluice_policy::Request {
+                src: src.parse().unwrap(),
+                user: None,
+                dest: &dest,
+                port: 443,
+            });
+            Subject {
+                policy: policy.clone(),
+                src: src.parse().unwrap(),
+                user: None,
+                dest,
+                port: 443,
+                peer: "192.0.2.1:443".parse().unwrap(),
+                decision: Some(d),
+            }
+        };
+        let hello = |sni: Option<&str>| Hello::ClientHello {
+            sni: sni.map(str::to_owned),
+        };
+        let s = subject("10.1.1.1", "x.pastebin.com");
+        assert!(ic.wants_first_bytes(&s));
+        assert_eq!(
+            ic.first_bytes(&s, &hello(Some("x.pastebin.com"))),
+            Inspection::Intercept {
+                name: "x.pastebin.com".into()
+            }
+        );
+        // The host is listed: no SNI still intercepts, as the host.
+        assert_eq!(
+            ic.first_bytes(&s, &hello(None)),
+            Inspection::Intercept {
+                name: "x.pastebin.com".into()
+            }
+        );
+        assert_eq!(ic.first_bytes(&s, &Hello::NotTls), Inspection::Pass);
+        assert_eq!(ic.first_bytes(&s, &Hello::Incomplete(9)), Inspection::Pass);
+        // Not listed (`*.` is below the name, not the name).
+        let s = subject("10.1.1.1", "pastebin.com");
+        assert_eq!(
+            ic.first_bytes(&s, &hello(Some("pastebin.com"))),
+            Inspection::Pass
+        );
+        // An address tunnel (transparent, or CONNECT to an IP) by its SNI.
+        let s = subject("10.1.1.1", "192.0.2.1");
+        assert_eq!(
+            ic.first_bytes(&s, &hello(Some("a.pastebin.com"))),
+            Inspection::Intercept {
+                name: "a.pastebin.com".into()
+            }
+        );
+        assert_eq!(ic.first_bytes(&s, &hello(None)), Inspection::Pass);
+        // Another zone lists nothing: not even asked.
+        let s = subject("192.0.2.9", "x.pastebin.com");
+        assert!(!ic.wants_first_bytes(&s));
+    }
 
     #[test]
     fn a_new_ca_signs_leaves_that_verify_and_a_foreign_key_is_refused() {

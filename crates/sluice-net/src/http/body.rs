@@ -102,7 +102,7 @@ impl<B: Body> Counted<B> {
         match inspect::first_denial(w.inspectors.iter(), |i| {
             i.body_chunk(&w.subject, self.dir, chunk)
         }) {
-            Inspection::Pass => None,
+            Inspection::Pass | Inspection::Intercept { .. } => None,
             Inspection::Deny { rule, reason } => {
                 if let Ok(mut d) = w.denied.lock() {
                     d.get_or_insert_with(|| (rule.clone(), reason.clone()));
