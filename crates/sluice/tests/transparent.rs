@@ -476,7 +476,7 @@ fn redirected_flows_are_judged_by_sni_host_and_original_destination() {
 
     // Split ClientHello (two writes, 0.5 s apart): still read whole.
     let (seen, rec) = lab.exchange(&["tls", &tls_to(ORIGIN), "--sni", "allowed.test", "--split"]);
-    assert_eq!(seen["sni"], "allowed.test", "{seen}");
+    assert_eq!(seen["body"]["sni"], "allowed.test", "{seen}");
     assert_eq!(rec["sni"], "allowed.test");
     assert_eq!(rec["rule"], "allowed-name");
 
@@ -1054,7 +1054,7 @@ fn the_ruleset_is_scoped_to_the_lan_and_needs_no_forwarding() {
     assert_eq!(seen["body"], "echo 198.51.100.10:7000 ping", "{seen}");
     assert_eq!(rec["rule"], "origin-lift", "{rec}");
     let (seen, rec) = lab.exchange(&["tls", "198.51.100.10:443", "--sni", "allowed.test"]);
-    assert_eq!(seen["sni"], "allowed.test", "{seen}");
+    assert_eq!(seen["body"]["sni"], "allowed.test", "{seen}");
     assert_eq!(rec["verdict"], "allow", "{rec}");
 
     // A LAN client that connects to the listener itself is reset at once.

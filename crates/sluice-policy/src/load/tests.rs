@@ -131,6 +131,11 @@ limits:
   pool_idle_timeout: 7s
 log:
   flows: /var/log/sluice/flows.jsonl
+inspect:
+  ca:
+    cert_file: /etc/sluice/ca.pem
+    key_file: /etc/sluice/ca.key
+  extra_roots: [/etc/sluice/roots.pem]
 zones: []
 ";
 
