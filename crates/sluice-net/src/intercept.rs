@@ -401,6 +401,7 @@ pub(crate) async fn run(
     // The destination first: a certificate that does not verify is known
     // before anything is said to the client.
     let origin = upstream_tls(&ic, upstream, &host, limits.connect_timeout).await;
+    let origin_failed = origin.as_ref().err().cloned();
     let server = match ic.server_config(&host) {
         Ok(c) => c,
         Err(e) => {
@@ -496,6 +497,10 @@ pub(crate) async fn run(
         }
     };
     tally.apply_to(&mut flow);
+    // The destination failed whether or not a request came to be answered.
+    if let Some(r) = origin_failed {
+        r.apply(&mut flow);
+    }
     if let (None, Some((e, kind))) = (&flow.error, ended) {
         flow.error = Some(e);
         flow.error_kind = Some(kind);

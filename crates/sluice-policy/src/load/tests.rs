@@ -488,3 +488,35 @@ fn rule_lifecycle_keys_load_and_a_bad_expiry_is_a_positioned_error() {
         );
     }
 }
+
+#[test]
+fn inspect_tls_needs_a_ca_and_require_tls_is_for_allow_rules() {
+    let e = parse_config(
+        "zones:\n  - name: a\n    inspect:\n      tls: [x.test]\n    deny:\n      - host: y.test\n        require_tls: true\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("t.yaml:4:7: zone `a`: inspect.tls intercepts TLS, which needs a CA"),
+        "{e}"
+    );
+    assert!(
+        e.contains("t.yaml:7:22: `require_tls` is for allow rules"),
+        "{e}"
+    );
+    let c = parse_config(
+        "inspect:\n  ca:\n    cert_file: c.pem\n    key_file: c.key\nzones:\n  - name: a\n    require_tls: true\n    inspect:\n      tls: [\"*.x.test\"]\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert!(c.zones[0].require_tls);
+    assert_eq!(c.zones[0].inspect.tls, ["*.x.test"]);
+    let e = parse_config(
+        "inspect:\n  ca:\n    cert_file: c.pem\nzones: []\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("t.yaml:3:16: inspect.ca needs both"), "{e}");
+}
