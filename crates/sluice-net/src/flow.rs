@@ -70,6 +70,14 @@ pub struct Flow {
     pub findings: Vec<Finding>,
     /// What inspectors noted (findings, alerts, unenforced denials).
     notes: Arc<Notes>,
+    /// Whether the client's first bytes were a TLS ClientHello (`None`:
+    /// no client byte was looked at).
+    pub tls: Option<bool>,
+    /// Whether Sluice terminated the client's TLS (interception).
+    pub intercepted: Option<bool>,
+    /// Set on a request flow inside an intercepted tunnel: its end folds
+    /// into the tunnel's one record instead of writing its own.
+    pub(crate) tally: Option<std::sync::Arc<crate::intercept::Tally>>,
 }
 
 // === impl Flow ===
@@ -118,6 +126,9 @@ impl Flow {
             error_kind: None,
             findings: Vec::new(),
             notes: Arc::default(),
+            tls: None,
+            intercepted: None,
+            tally: None,
         }
     }
 
@@ -142,6 +153,27 @@ impl Flow {
             }
         }
         n.alerts
+    }
+
+    /// A request flow inside this (intercepted) tunnel flow: the same
+    /// version, client, destination and decision; its end is folded into
+    /// `tally`, not recorded on its own.
+    pub(crate) fn child(&self, tally: std::sync::Arc<crate::intercept::Tally>) -> Flow {
+        let mut f = Flow::new(self.version.clone(), self.listener, self.protocol, self.src);
+        f.id.clone_from(&self.id);
+        f.user.clone_from(&self.user);
+        f.dest.clone_from(&self.dest);
+        f.port = self.port;
+        f.peer = self.peer;
+        f.sni.clone_from(&self.sni);
+        f.route.clone_from(&self.route);
+        if let Some(d) = &self.decision {
+            f.apply(d);
+        }
+        f.tls = Some(true);
+        f.intercepted = Some(true);
+        f.tally = Some(tally);
+        f
     }
 
     /// The policy version this flow is judged by.
@@ -225,6 +257,26 @@ impl Flow {
         self.reason = reason;
     }
 
+    /// A denial recorded but not enforced: a `report` zone's would-be
+    /// denial by a built-in rule (`inspect/require-tls`).
+    pub fn set_unenforced(&mut self, rule: &str, reason: String) {
+        self.verdict = Verdict::Deny;
+        self.enforced = false;
+        self.rule = Arc::from(rule);
+        self.reason = reason;
+    }
+
+    /// Whether the flow stands denied and enforced (by a decision or an
+    /// inspector).
+    pub fn denied(&self) -> bool {
+        self.verdict == Verdict::Deny && self.enforced
+    }
+
+    /// Whether the flow stands denied but not enforced (a `report` zone).
+    pub fn unenforced(&self) -> bool {
+        self.verdict == Verdict::Deny && !self.enforced
+    }
+
     /// Forgets the zone (a refusal that no zone judged: failed logins).
     pub fn clear_zone(&mut self) {
         self.zone = None;
@@ -269,6 +321,8 @@ impl Flow {
         if !self.findings.is_empty() {
             r.findings = Some(self.findings);
         }
+        r.tls = self.tls;
+        r.intercepted = self.intercepted;
         r.finish(end);
         r
     }

@@ -2,10 +2,11 @@
 //! configured inspector on a tunnel's first client bytes (parsed as a TLS
 //! ClientHello when they are one) and on each absolute-form HTTP request
 //! and response head and body chunk. An inspector passes, denies with a
-//! rule and reason (the flow ends and its record says so), or — later —
-//! asks for interception. DLP, malware scanning, ICAP and TLS interception
-//! are inspectors; the first one is [`SniMatch`], the domain-fronting
-//! check (docs/design.md "Decisions", domain fronting, `tls_sni_must_match`).
+//! rule and reason (the flow ends and its record says so), or, on a
+//! tunnel's first bytes, asks for interception (`crate::intercept`'s
+//! `Interceptor` is the inspector that does). DLP, malware scanning, ICAP
+//! and TLS interception are inspectors; the first one is [`SniMatch`], the
+//! domain-fronting check (docs/design.md "Decisions", domain fronting, `tls_sni_must_match`).
 //!
 //! Inspectors run on the data path: they must not block (hand slow work to
 //! a task) and must bound what they buffer.
@@ -57,12 +58,20 @@ pub enum Inspection {
         /// One line a person can act on.
         reason: String,
     },
+    /// Terminate the client's TLS presenting a certificate for `name`
+    /// and inspect what the tunnel carries (first bytes only; elsewhere
+    /// it counts as [`Inspection::Pass`]). A denial by any inspector wins.
+    Intercept {
+        /// The server name to present (the SNI, else the tunnel's host).
+        name: String,
+    },
 }
 
 impl Inspection {
-    /// Whether the flow may go on.
+    /// Whether the flow may go on (an interception request is not a
+    /// refusal).
     pub fn passes(&self) -> bool {
-        matches!(self, Inspection::Pass)
+        matches!(self, Inspection::Pass | Inspection::Intercept { .. })
     }
 }
 
@@ -100,6 +109,9 @@ pub struct Subject {
     pub flow: Arc<str>,
     /// What inspectors noted about the flow.
     pub notes: Arc<Notes>,
+    /// The decision that let the flow through (its zone says what to
+    /// inspect).
+    pub decision: Option<sluice_policy::Decision>,
 }
 
 /// What inspectors noted about a flow while it ran, beside their verdicts:
@@ -261,18 +273,25 @@ pub trait Inspector: Send + Sync {
     }
 }
 
-/// Runs `look` over `inspectors` until one denies.
+/// Runs `look` over `inspectors` until one denies; without a denial, the
+/// first request for interception, else a pass.
 pub(crate) fn first_denial<'a>(
     inspectors: impl IntoIterator<Item = &'a Arc<dyn Inspector>>,
     mut look: impl FnMut(&dyn Inspector) -> Inspection,
 ) -> Inspection {
+    let mut verdict = Inspection::Pass;
     for i in inspectors {
-        let v = look(&**i);
-        if !v.passes() {
-            return v;
+        match look(&**i) {
+            intercept @ Inspection::Intercept { .. } => {
+                if verdict == Inspection::Pass {
+                    verdict = intercept;
+                }
+            }
+            Inspection::Pass => {}
+            refusal => return refusal,
         }
     }
-    Inspection::Pass
+    verdict
 }
 
 // === impl SniMatch ===

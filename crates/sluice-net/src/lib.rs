@@ -30,6 +30,7 @@ pub mod flow;
 pub mod gateway;
 pub mod http;
 pub mod inspect;
+pub mod intercept;
 pub mod proxy_protocol;
 pub mod refusal;
 pub mod relay;

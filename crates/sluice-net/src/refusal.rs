@@ -71,6 +71,10 @@ pub enum Refusal {
     NoResponse(Duration),
     /// The destination closed or failed after the connection was made.
     UpstreamClosed(String),
+    /// An intercepted destination's certificate did not verify against
+    /// the system roots and `inspect.extra_roots`
+    /// (`inspect/upstream-certificate`; HTTP 502).
+    UpstreamCertificate(String),
     /// Sluice is draining and takes no new work.
     Draining,
     /// Sluice failed on its own account.
@@ -108,7 +112,8 @@ impl Refusal {
             | Refusal::Connect { .. }
             | Refusal::Timeout(_)
             | Refusal::NoResponse(_)
-            | Refusal::UpstreamClosed(_) => Some(Side::Upstream),
+            | Refusal::UpstreamClosed(_)
+            | Refusal::UpstreamCertificate(_) => Some(Side::Upstream),
             Refusal::Draining | Refusal::Internal(_) | Refusal::NoDescriptors(_) => {
                 Some(Side::Internal)
             }
@@ -130,7 +135,9 @@ impl Refusal {
             Refusal::Resolve { .. } => ErrorKind::Resolve,
             Refusal::Connect { .. } => ErrorKind::Connect,
             Refusal::Timeout(_) | Refusal::NoResponse(_) => ErrorKind::Timeout,
-            Refusal::UpstreamClosed(_) => ErrorKind::UpstreamClosed,
+            Refusal::UpstreamClosed(_) | Refusal::UpstreamCertificate(_) => {
+                ErrorKind::UpstreamClosed
+            }
             Refusal::Draining | Refusal::Internal(_) | Refusal::NoDescriptors(_) => {
                 ErrorKind::Internal
             }
@@ -164,6 +171,7 @@ impl Refusal {
                 after.as_millis()
             ),
             Refusal::UpstreamClosed(why) => format!("origin: {why}"),
+            Refusal::UpstreamCertificate(why) => format!("origin certificate: {why}"),
             Refusal::Draining => "draining".to_owned(),
             Refusal::Internal(why) => format!("internal: {why}"),
             Refusal::NoDescriptors(why) => format!(
@@ -208,6 +216,10 @@ impl Refusal {
             Refusal::Denied(d) => flow.apply(d),
             Refusal::Inspected { rule, reason } | Refusal::Unscanned { rule, reason } => {
                 flow.set_rule(rule, reason.clone());
+            }
+            Refusal::UpstreamCertificate(_) => {
+                flow.set_rule(ids::INSPECT_UPSTREAM_CERTIFICATE, self.message());
+                flow.error = Some(self.message());
             }
             Refusal::AuthRequired(_) => {}
             Refusal::Connect { addr, .. } => {

@@ -58,6 +58,9 @@ pub struct Relayed {
     pub sni: Option<String>,
     /// The rule and reason of the hello check's refusal.
     pub denied: Option<(std::sync::Arc<str>, String)>,
+    /// Whether the client's first bytes were a TLS ClientHello (`None`:
+    /// not looked at, without a check).
+    pub tls: Option<bool>,
 }
 
 /// Bytes already read from either side before the relay began (a
@@ -118,17 +121,21 @@ pub async fn relay(
     let (ur, mut uw) = upstream.into_split();
     let mut result = Relayed::default();
     let sni = std::sync::Mutex::new(None);
+    let tls = std::sync::Mutex::new(None);
     let up = async {
         let mut first = pre.out.to_vec();
         if let Some(check) = check {
             let hello = read_hello(&mut cr, &mut first, hello_timeout).await;
+            if let Ok(mut t) = tls.lock() {
+                *t = Some(matches!(hello, Hello::ClientHello { .. }));
+            }
             if let Hello::ClientHello { sni: Some(name) } = &hello {
                 if let Ok(mut s) = sni.lock() {
                     *s = Some(name.clone());
                 }
             }
             match check(&hello) {
-                Inspection::Pass => {}
+                Inspection::Pass | Inspection::Intercept { .. } => {}
                 Inspection::Deny { rule, reason } | Inspection::Unavailable { rule, reason } => {
                     return Err(Stop::Denied(rule, reason));
                 }
@@ -185,6 +192,7 @@ pub async fn relay(
     result.bytes_out = counters.out.load(Ordering::Relaxed);
     result.bytes_in = counters.inn.load(Ordering::Relaxed);
     result.sni = sni.lock().ok().and_then(|mut s| s.take());
+    result.tls = tls.lock().ok().and_then(|mut t| t.take());
     result
 }
 

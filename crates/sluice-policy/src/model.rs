@@ -38,7 +38,7 @@ pub struct Config {
     pub limits: Limits,
     /// Where flow records go.
     pub log: Log,
-    /// Content inspection: the scanners zones may use.
+    /// `inspect`: the scanners zones may use and the interception CA.
     pub inspect: Inspect,
 }
 
@@ -176,16 +176,24 @@ pub struct Zone {
     pub allow: Vec<Rule>,
     /// Deny rules (without `ports` they cover every port).
     pub deny: Vec<Rule>,
-    /// What this zone's HTTP exchanges are inspected for; nothing by default.
+    /// `inspect`: what this zone's flows are inspected for; nothing by default.
     pub inspect: ZoneInspect,
+    /// `require_tls`: tunnels must start with a TLS ClientHello and
+    /// plaintext absolute-form HTTP is denied (`inspect/require-tls`).
+    pub require_tls: bool,
 }
 
 // === inspection ===
 
-/// `inspect`: the scanners zones may use (read once at start, except the
-/// DLP patterns, which follow the policy version).
+/// `inspect`: the scanners zones may use and the interception CA (read
+/// once at start, except the DLP patterns, which follow the policy version).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Inspect {
+    /// `ca`: the interception CA.
+    pub ca: InspectCa,
+    /// `extra_roots`: PEM files of CAs trusted for upstream certificates
+    /// besides the system roots.
+    pub extra_roots: Vec<FileRef>,
     /// The clamd malware scanner.
     pub clamd: ClamdConfig,
     /// ICAP services.
@@ -305,6 +313,8 @@ pub enum FailMode {
 /// A zone's `inspect`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ZoneInspect {
+    /// `tls`: host patterns (as a `host` rule's) whose TLS is intercepted.
+    pub tls: Vec<String>,
     /// Detector → action, in file order.
     pub dlp: DlpActions,
     /// Scan uploads and downloads with clamd.
@@ -313,10 +323,17 @@ pub struct ZoneInspect {
     pub icap: bool,
     /// When a scanner has no verdict.
     pub fail: FailMode,
+    /// Where the zone's `inspect` key is, for errors that span sections.
+    #[serde(skip)]
+    pub line: usize,
+    /// Its column.
+    #[serde(skip)]
+    pub column: usize,
 }
 
 impl ZoneInspect {
-    /// Whether the zone inspects anything.
+    /// Whether the zone inspects content (DLP, clamd or ICAP); `tls` alone
+    /// only decides which tunnels are decrypted.
     pub fn any(&self) -> bool {
         !self.dlp.0.is_empty() || self.malware.is_some() || self.icap
     }
@@ -337,6 +354,42 @@ impl Serialize for DlpActions {
     }
 }
 
+/// `inspect.ca`: the CA that signs the leaf certificates of intercepted
+/// destinations.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct InspectCa {
+    /// `cert_file`: the CA certificate (PEM).
+    pub cert_file: Option<FileRef>,
+    /// `key_file`: its private key (PEM, PKCS#8).
+    pub key_file: Option<FileRef>,
+}
+
+/// A file the configuration names, with where it names it (the binary
+/// reads it and reports problems at that position). Relative paths are
+/// relative to the configuration file's folder. Two are equal when their
+/// paths are.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    /// The path as written.
+    pub path: PathBuf,
+    /// Line of the value.
+    pub line: usize,
+    /// Column of the value.
+    pub column: usize,
+}
+
+impl PartialEq for FileRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Serialize for FileRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.path.serialize(s)
+    }
+}
+
 /// One allow or deny rule: exactly one of `host` and `cidr`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Rule {
@@ -354,6 +407,8 @@ pub struct Rule {
     pub ticket: Option<String>,
     /// When the rule stops matching (RFC 3339).
     pub expires: Option<Expiry>,
+    /// `require_tls` on an allow rule: what it allows must be TLS.
+    pub require_tls: bool,
 }
 
 /// A rule's `expires`: the instant, as written, and where it was written

@@ -239,6 +239,8 @@ struct CRule {
     ports: Ports,
     lifts_guard: bool,
     text: String,
+    /// An allow rule's `require_tls`.
+    require_tls: bool,
 }
 
 #[derive(Debug)]
@@ -252,6 +254,9 @@ struct CZone {
     deny_hosts: HostTable,
     allow_cidrs: CidrTable,
     deny_cidrs: CidrTable,
+    /// `inspect.tls`: names whose TLS is intercepted.
+    intercept: HostTable,
+    require_tls: bool,
 }
 
 /// A compiled, immutable policy. Cheap to share behind an `Arc`.
@@ -445,7 +450,12 @@ impl Policy {
                 deny_hosts: HostTable::default(),
                 allow_cidrs: CidrTable::default(),
                 deny_cidrs: CidrTable::default(),
+                intercept: HostTable::default(),
+                require_tls: z.require_tls,
             };
+            for (i, h) in z.inspect.tls.iter().enumerate() {
+                cz.intercept.insert(h, i as u32);
+            }
             for (kind, rules) in [("allow", &z.allow), ("deny", &z.deny)] {
                 for (ri, r) in rules.iter().enumerate() {
                     let idx = ri as u32;
@@ -464,6 +474,7 @@ impl Policy {
                                 ports: r.ports.clone().unwrap_or(Ports::Any),
                                 lifts_guard: false,
                                 text: rule_text(r),
+                                require_tls: r.require_tls,
                             });
                             continue;
                         }
@@ -488,6 +499,7 @@ impl Policy {
                         ports: r.ports.clone().unwrap_or(Ports::Any),
                         lifts_guard: allow && cidr.is_some_and(guard::entirely_special),
                         text: rule_text(r),
+                        require_tls: allow && r.require_tls,
                     });
                 }
             }
@@ -578,6 +590,30 @@ impl Policy {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether the zone that made `d` lists `name` under `inspect.tls`:
+    /// its TLS is to be intercepted. Names only; an address never matches.
+    pub fn intercepts(&self, d: &Decision, name: &str) -> bool {
+        self.zone_of_decision(d)
+            .is_some_and(|z| !z.intercept.is_empty() && z.intercept.first(name, |_| true).is_some())
+    }
+
+    /// Whether the zone that made `d` intercepts any destination.
+    pub fn intercepts_zone(&self, d: &Decision) -> bool {
+        self.zone_of_decision(d)
+            .is_some_and(|z| !z.intercept.is_empty())
+    }
+
+    /// Whether the flow `d` judges must be TLS: its zone says
+    /// `require_tls`, or the allow rule that decided does.
+    pub fn requires_tls(&self, d: &Decision) -> bool {
+        let Some(z) = self.zone_of_decision(d) else {
+            return false;
+        };
+        z.require_tls
+            || (d.verdict == Verdict::Allow
+                && z.allow.iter().any(|r| r.require_tls && r.id == d.rule))
     }
 
     /// The name of the zone a source (and user) belongs to, if any.

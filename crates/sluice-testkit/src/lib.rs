@@ -38,13 +38,13 @@ use std::{
 
 pub use clients::{
     CLIENT_TIMEOUT, Curl, KillOnDrop, argon2_hash, client_command, curl, header_in, output_within,
-    python_requests,
+    python_requests, spawn_with_port,
 };
 pub use dns::{FixtureDns, random_label, silent_udp};
 pub use http::{
     RawResponse, connect_tunnel, connect_with_timeout, get_on, get_via, read_response, send_raw,
 };
-pub use origin::{Certs, Origin, make_certs};
+pub use origin::{Certs, Origin, TlsOrigin, make_certs};
 pub use scanners::{CIcap, Clamd, require};
 pub use sluice::{Sluice, assert_fields};
 

@@ -163,7 +163,11 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     metrics.declare_zones(&version.policy, &running, has_dns);
 
     let (view, recorder) = recorder(&config, &metrics, &sink);
+    let interceptor = crate::ca::interceptor(&config, path.as_deref())?;
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone());
+    if let Some(ic) = interceptor {
+        gw = gw.with_interceptor(ic);
+    }
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if listeners.has_dns() {
         gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));

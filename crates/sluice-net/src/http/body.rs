@@ -127,7 +127,7 @@ impl<B: Body> Counted<B> {
                 v
             };
             match v {
-                Inspection::Pass => out = released,
+                Inspection::Pass | Inspection::Intercept { .. } => out = released,
                 Inspection::Deny { rule, reason } | Inspection::Unavailable { rule, reason } => {
                     return Err(self.denied(rule, reason));
                 }
@@ -165,7 +165,7 @@ impl<B: Body> Counted<B> {
         match inspect::first_denial(w.inspectors.iter(), |i| {
             i.body_chunk(&w.subject, self.dir, chunk)
         }) {
-            Inspection::Pass => None,
+            Inspection::Pass | Inspection::Intercept { .. } => None,
             Inspection::Deny { rule, reason } | Inspection::Unavailable { rule, reason } => {
                 Some(self.denied(rule, reason))
             }

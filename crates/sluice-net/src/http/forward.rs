@@ -40,14 +40,74 @@ use crate::{
     relay::Preread,
 };
 
+/// An origin connection shared by the requests of one intercepted
+/// tunnel: already dialed and TLS-wrapped for one host and port.
+pub(crate) type Fixed = Arc<tokio::sync::Mutex<SendRequest<ProxyBody>>>;
+
+/// Where a request goes.
+enum Upstream {
+    /// A pooled keep-alive connection to the URI's host, or a new one.
+    Pool(Arc<Pool>),
+    /// The intercepted tunnel's own verified TLS connection.
+    Fixed(Fixed),
+}
+
+/// The connection a request is sent on.
+enum Sender {
+    Owned(SendRequest<ProxyBody>),
+    /// Held until the response head: HTTP/1.1 carries one at a time.
+    Shared(tokio::sync::OwnedMutexGuard<SendRequest<ProxyBody>>),
+}
+
+impl std::ops::Deref for Sender {
+    type Target = SendRequest<ProxyBody>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Sender::Owned(s) => s,
+            Sender::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Sender::Owned(s) => s,
+            Sender::Shared(s) => &mut *s,
+        }
+    }
+}
+
 /// Forwards one absolute-form request whose flow passed the decision.
 pub(super) async fn forward(
     gw: Arc<Gateway>,
     pool: Arc<Pool>,
     flow: Flow,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    exchange(gw, Upstream::Pool(pool), flow, req).await
+}
+
+/// Forwards one decrypted request of an intercepted tunnel over the
+/// tunnel's own verified connection to its destination (origin-form: the
+/// client's `Host` header stays). The same path as absolute-form requests:
+/// heads and bodies go past the same inspectors. No upgrades.
+pub(crate) async fn forward_fixed(
+    gw: Arc<Gateway>,
+    origin: Fixed,
+    flow: Flow,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    exchange(gw, Upstream::Fixed(origin), flow, req).await
+}
+
+async fn exchange(
+    gw: Arc<Gateway>,
+    upstream: Upstream,
+    flow: Flow,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let upgrade = wants_upgrade(req.headers());
+    let upgrade = matches!(upstream, Upstream::Pool(_)) && wants_upgrade(req.headers());
     // Until the response head arrives, this future is all that holds the
     // flow: hyper drops it when the client leaves, and the drain deadline
     // drops the connection. The guard records the flow either way.
@@ -56,10 +116,19 @@ pub(super) async fn forward(
         return f.refuse(Refusal::Internal("forward before target".into()));
     };
     let key = (dest, port);
-    let mut sender = match origin(&gw, &pool, f.get(), &key, upgrade).await {
-        Ok(s) => s,
-        Err(r) => return f.refuse(r),
+    let mut sender = match &upstream {
+        Upstream::Pool(pool) => match origin(&gw, pool, f.get(), &key, upgrade).await {
+            Ok(s) => Sender::Owned(s),
+            Err(r) => return f.refuse(r),
+        },
+        Upstream::Fixed(c) => Sender::Shared(c.clone().lock_owned().await),
     };
+    // The address's rule is known now (a `cidr` allow's `require_tls`).
+    if matches!(upstream, Upstream::Pool(_)) {
+        if let Err(r) = gw.require_tls(f.get(), false) {
+            return f.refuse(r);
+        }
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if let Err(r) = rewrite_request(&mut parts, upgrade) {
@@ -165,7 +234,9 @@ pub(super) async fn forward(
         return switch(gw, flow, client_upgrade, resp);
     }
     // A body that failed has left the connection mid-message: never pooled.
-    if !upgrade && upload.failed().is_none() {
+    if let (false, None, Upstream::Pool(pool), Sender::Owned(sender)) =
+        (upgrade, upload.failed(), upstream, sender)
+    {
         pool.checkin(key, sender, dialed_at(&flow));
     }
     let held = match (in_limit, subject, req_head) {
@@ -340,7 +411,10 @@ fn rewrite_request(parts: &mut hyper::http::request::Parts, upgrade: bool) -> Re
         .parse::<Uri>()
         .map_err(|_| Refusal::BadRequest("invalid request path".into()))?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    if let Ok(v) = HeaderValue::from_str(&authority) {
+    // An origin-form request (intercepted) keeps the client's `Host`.
+    if !authority.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&authority)
+    {
         parts.headers.insert(header::HOST, v);
     }
     parts

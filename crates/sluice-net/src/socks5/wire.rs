@@ -288,6 +288,7 @@ pub fn reply_for(r: &Refusal) -> Reply {
         },
         Refusal::BadRequest(_)
         | Refusal::UpstreamClosed(_)
+        | Refusal::UpstreamCertificate(_)
         | Refusal::Draining
         | Refusal::Internal(_)
         | Refusal::NoDescriptors(_) => Reply::GeneralFailure,

@@ -98,6 +98,8 @@ async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, s
         let why = crate::gateway::untrusted_header(lb);
         return gw.refuse(flow, &Refusal::BadRequest(why));
     }
+    // The peek read the first bytes anyway: whether they were a ClientHello.
+    flow.tls = Some(matches!(peeked, Peeked::Tls(_)));
     match &peeked {
         Peeked::Tls(sni) => flow.sni.clone_from(sni),
         Peeked::Http { method, .. } => flow.method = Some(method.clone()),

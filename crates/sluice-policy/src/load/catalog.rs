@@ -48,7 +48,7 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(dns: map &DNS, "Name resolution for dialing and the DNS forwarder."),
         key!(limits: map &LIMITS, "Connection limits and timeouts."),
         key!(log: map &LOG, "Where flow records go."),
-        key!(inspect: map &INSPECT, "Content inspection: the clamd and ICAP scanners and DLP patterns that zones' `inspect` use."),
+        key!(inspect: map &INSPECT, "Inspection: the TLS interception CA and extra upstream roots, the clamd and ICAP scanners and DLP patterns that zones' `inspect` use."),
     ],
     not_yet: &["routes", "tls", "detect", "netflow", "geoip"],
 };
@@ -142,7 +142,8 @@ pub(crate) static ZONE: Section<Zone> = Section {
         key!(mode: ModeName, Applies, "This zone's mode, overriding the top-level `mode`."),
         key!(allow: Rules { allow: true }, Applies, "Allow rules (`ports` required)."),
         key!(deny: Rules { allow: false }, Applies, "Deny rules, applied first (without `ports` they cover every port)."),
-        key!(inspect: map &ZONE_INSPECT, "What this zone's HTTP exchanges are inspected for: DLP detectors, malware, ICAP, and what happens when a scanner has no verdict."),
+        key!(inspect: map &ZONE_INSPECT, "What this zone's flows are inspected for: TLS interception of listed destinations, DLP detectors, malware, ICAP, and what happens when a scanner has no verdict."),
+        key!(require_tls: Bool, Applies, "Deny plaintext absolute-form HTTP and tunnels whose first client bytes are not a TLS ClientHello (`inspect/require-tls`; recorded, not enforced, in `report` mode)."),
     ],
     not_yet: &[],
 };
@@ -159,6 +160,7 @@ pub(crate) static RULE: Section<Rule> = Section {
         key!(owner: Text, Applies, "Who answers for the rule (free text), shown with its expiry and staleness."),
         key!(ticket: Text, Applies, "The ticket or change that asked for the rule (free text)."),
         key!(expires: Instant, Applies, "When the rule stops matching, in RFC 3339 (`2026-03-31T00:00:00Z`); the rule keeps its id and is reported expired."),
+        key!(require_tls: Bool, Applies, "On an allow rule: what it allows must be TLS, as the zone's `require_tls` (`inspect/require-tls`)."),
     ],
     not_yet: &[],
 };

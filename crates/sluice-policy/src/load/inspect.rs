@@ -11,13 +11,13 @@ use serde_json::{Value as Json, json};
 
 use super::{
     Cx,
-    kinds::{Bool, Kind, Min, Path, Text, Time},
+    kinds::{Bool, FilePath, FilePaths, HostPatterns, Kind, Min, Path, Text, Time},
     table::{Nested, Section, Table, key},
     yaml::{self, Node},
 };
 use crate::model::{
     ClamdConfig, Config, DLP_DETECTORS, DlpAction, DlpActions, DlpConfig, DlpPattern, FailMode,
-    IcapConfig, Inspect, MalwareAction, ZoneInspect,
+    IcapConfig, Inspect, InspectCa, MalwareAction, ZoneInspect,
 };
 
 /// The longest match a custom pattern may have, in bytes (what a body
@@ -31,11 +31,23 @@ pub(crate) static INSPECT: Section<Inspect> = Section {
     what: "inspect",
     label: "inspect",
     keys: &[
+        key!(ca: map &INSPECT_CA, "The CA that signs leaf certificates for intercepted destinations (`sluice ca init` makes one); needed by any zone's `inspect.tls`."),
+        key!(extra_roots: FilePaths, Restart, "PEM files of CAs trusted for upstream certificates of intercepted flows, besides the system roots (relative to the configuration file)."),
         key!(clamd: map &CLAMD, "The clamd malware scanner that zones with `inspect.malware` use."),
         key!(icap: map &ICAP, "ICAP services (RFC 3507) that zones with `inspect.icap: true` use."),
         key!(dlp: map &DLP, "Custom DLP detectors and the findings' hash key."),
     ],
-    not_yet: &["ca", "extra_roots"],
+    not_yet: &[],
+};
+
+pub(crate) static INSPECT_CA: Section<InspectCa> = Section {
+    what: "inspect.ca",
+    label: "inspect.ca",
+    keys: &[
+        key!(cert_file: FilePath, Restart, "The CA certificate, PEM (relative to the configuration file)."),
+        key!(key_file: FilePath, Restart, "The CA private key, PEM PKCS#8 (relative to the configuration file); keep it 0600."),
+    ],
+    not_yet: &[],
 };
 
 pub(crate) static CLAMD: Section<ClamdConfig> = Section {
@@ -86,17 +98,19 @@ pub(crate) static ZONE_INSPECT: Section<ZoneInspect> = Section {
     what: "a zone's inspect",
     label: "zones[].inspect",
     keys: &[
+        key!(tls: HostPatterns, Applies, "Destinations whose TLS is intercepted (host patterns as in `host` rules, matched on the CONNECT or SOCKS5 host and the ClientHello SNI); needs `inspect.ca`. Decrypted HTTP goes through the zone's `dlp`, `malware` and `icap` like plaintext HTTP."),
         key!(dlp: DetectorActions, Applies, "DLP detector → `block`, `alert` or `log`: built-ins `card`, `iban`, `aws`, `gcp`, `azure`, `github`, `gitlab`, `slack`, `stripe`, `pem`, `jwt`, and the names of `inspect.dlp.patterns`."),
         key!(malware: Malware, Applies, "Scan uploads and downloads with clamd: `block` or `alert` on a verdict."),
         key!(icap: Bool, Applies, "Send requests to `inspect.icap.reqmod` and responses to `inspect.icap.respmod`."),
         key!(fail: Fail, Applies, "When clamd or ICAP has no verdict (down, timed out, object over `max_size`): `closed` (refuse, the default) or `open` (pass, recorded `unscanned`)."),
     ],
-    not_yet: &["tls", "require_tls"],
+    not_yet: &[],
 };
 
 /// Checks what spans sections: a zone's detectors exist, the scanners a
-/// zone uses are configured.
+/// zone uses are configured, interception has its CA.
 pub(crate) fn check(cx: &mut Cx<'_>, doc: &Node<'_>, c: &Config) {
+    check_ca(cx, doc, c);
     let custom: HashSet<&str> = c
         .inspect
         .dlp
@@ -136,6 +150,49 @@ pub(crate) fn check(cx: &mut Cx<'_>, doc: &Node<'_>, c: &Config) {
                 doc,
                 format!(
                     "zone `{}` sets inspect.icap but neither inspect.icap.reqmod nor inspect.icap.respmod is set",
+                    z.name
+                ),
+            );
+        }
+    }
+}
+
+/// `inspect.ca` is both files or neither, and a zone's `inspect.tls`
+/// needs it (the files themselves are read by the binary).
+fn check_ca(cx: &mut Cx<'_>, doc: &Node<'_>, c: &Config) {
+    let ca = &c.inspect.ca;
+    let have_ca = match (&ca.cert_file, &ca.key_file) {
+        (Some(_), Some(_)) => true,
+        (None, None) => false,
+        (Some(f), None) | (None, Some(f)) => {
+            cx.err_at(
+                yaml::Pos {
+                    line: f.line,
+                    column: f.column,
+                },
+                "inspect.ca needs both `cert_file` and `key_file`",
+            );
+            true
+        }
+    };
+    if have_ca {
+        return;
+    }
+    for z in c.zones.iter().filter(|z| !z.inspect.tls.is_empty()) {
+        let at = yaml::Pos {
+            line: z.inspect.line,
+            column: z.inspect.column,
+        };
+        if at.line == 0 {
+            cx.err(
+                doc,
+                format!("zone `{}`: inspect.tls needs inspect.ca", z.name),
+            );
+        } else {
+            cx.err_at(
+                at,
+                format!(
+                    "zone `{}`: inspect.tls intercepts TLS, which needs a CA: set inspect.ca.cert_file and inspect.ca.key_file (`sluice ca init --out DIR` makes them)",
                     z.name
                 ),
             );

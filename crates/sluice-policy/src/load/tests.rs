@@ -82,6 +82,7 @@ fn sections_fit_the_seen_table() {
     check("rule", RULE.keys);
     check("user", USER.keys);
     check("inspect", super::inspect::INSPECT.keys);
+    check("inspect.ca", super::inspect::INSPECT_CA.keys);
     check("inspect.clamd", super::inspect::CLAMD.keys);
     check("inspect.icap", super::inspect::ICAP.keys);
     check("inspect.dlp", super::inspect::DLP.keys);
@@ -139,6 +140,10 @@ limits:
 log:
   flows: /var/log/sluice/flows.jsonl
 inspect:
+  ca:
+    cert_file: /etc/sluice/ca.pem
+    key_file: /etc/sluice/ca.key
+  extra_roots: [/etc/sluice/roots.pem]
   clamd:
     address: unix:/run/clamd.ctl
     timeout: 7s
@@ -578,8 +583,36 @@ zones:
         "{e}"
     );
     assert!(e.contains("sets inspect.icap but neither"), "{e}");
-    let e = parse_config("inspect:\n  ca: x\n", "i.yaml")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("not supported yet"), "{e}");
+}
+
+#[test]
+fn inspect_tls_needs_a_ca_and_require_tls_is_for_allow_rules() {
+    let e = parse_config(
+        "zones:\n  - name: a\n    inspect:\n      tls: [x.test]\n    deny:\n      - host: y.test\n        require_tls: true\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("t.yaml:4:7: zone `a`: inspect.tls intercepts TLS, which needs a CA"),
+        "{e}"
+    );
+    assert!(
+        e.contains("t.yaml:7:22: `require_tls` is for allow rules"),
+        "{e}"
+    );
+    let c = parse_config(
+        "inspect:\n  ca:\n    cert_file: c.pem\n    key_file: c.key\nzones:\n  - name: a\n    require_tls: true\n    inspect:\n      tls: [\"*.x.test\"]\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert!(c.zones[0].require_tls);
+    assert_eq!(c.zones[0].inspect.tls, ["*.x.test"]);
+    let e = parse_config(
+        "inspect:\n  ca:\n    cert_file: c.pem\nzones: []\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("t.yaml:3:16: inspect.ca needs both"), "{e}");
 }

@@ -89,7 +89,7 @@ pub fn config() -> Config {
                 mode: None,
                 allow: Vec::new(),
                 deny: Vec::new(),
-                inspect: Default::default(),
+                ..Zone::default()
             };
             for r in 0..rules_in(z) {
                 let rule = Rule {
