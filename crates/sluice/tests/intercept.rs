@@ -19,8 +19,8 @@ use std::{
 
 use serde_json::Value;
 use sluice_testkit::{
-    FixtureDns, Origin, Sluice, TempDir, TlsOrigin, assert_fields, connect_tunnel, curl,
-    output_within, python_requests,
+    CIcap, Clamd, FixtureDns, Origin, Sluice, TempDir, TlsOrigin, assert_fields, client_command,
+    connect_tunnel, curl, output_within, poll_until, python_requests,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -49,6 +49,13 @@ struct Setup {
 }
 
 fn setup(extra_zone: &str) -> Setup {
+    setup_inspecting(extra_zone, "", "")
+}
+
+/// As [`setup`], with `zone_inspect` added under the zone's `inspect`
+/// (indented six spaces) and `top_inspect` under the top-level `inspect`
+/// (indented two).
+fn setup_inspecting(extra_zone: &str, zone_inspect: &str, top_inspect: &str) -> Setup {
     let dir = TempDir::new("intercept");
     let (ca, key) = ca_init(&dir);
     let good = TlsOrigin::start("DNS:origin.test,DNS:other.test");
@@ -61,9 +68,9 @@ fn setup(extra_zone: &str) -> Setup {
     let yaml = format!(
         "listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
          dns:\n  upstreams: [\"{dns}\"]\n\
-         inspect:\n  ca:\n    cert_file: {ca}\n    key_file: {key}\n  extra_roots: [{roots}]\n\
+         inspect:\n  ca:\n    cert_file: {ca}\n    key_file: {key}\n  extra_roots: [{roots}]\n{top_inspect}\
          zones:\n  - name: local\n    sources: [127.0.0.0/8]\n    mode: enforce\n{extra_zone}\
-         \x20   inspect:\n      tls: [origin.test, \"*.bad.test\", bad.test]\n\
+         \x20   inspect:\n      tls: [origin.test, \"*.bad.test\", bad.test]\n{zone_inspect}\
          \x20   allow:\n      - host: \"*.test\"\n        ports: any\n      \
          - cidr: 127.0.0.1/32\n        ports: any\n",
         dns = dns.addr,
@@ -426,4 +433,386 @@ fn an_intercepted_connection_closes_after_connection_close() {
     let secs: f64 = out.lines().next().unwrap().parse().unwrap();
     assert!(secs < 5.0, "the connection stayed open {secs}s: {out}");
     assert!(out.contains("hello tls /eof"), "{out}");
+}
+
+// === content inspection inside intercepted tunnels ===
+
+/// A GitHub token shape (`ghp_` and 36 characters).
+const GH_TOKEN: &str = "ghp_Zq8xW3vR1tY6uI0oP9aS2dF5gH7jK4lM3nB8";
+/// An AWS access key id (AWS's documented example).
+const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+
+/// Python `requests` over one session through `HTTPS_PROXY`, trusting
+/// only the CA in argv[1]: a clean POST, the token in a POST body, the
+/// token in a header twice, a clean POST again. One JSON list of outcomes.
+const REQUESTS_POST_PY: &str = r#"
+import json, sys, requests
+ca, url, token = sys.argv[1:4]
+s = requests.Session()
+out = []
+for kind in ("clean", "body", "header", "header", "again"):
+    try:
+        if kind == "body":
+            r = s.post(url, data={"note": "hi", "token": token}, verify=ca, timeout=10)
+        elif kind == "header":
+            r = s.get(url, headers={"Authorization": "token " + token}, verify=ca, timeout=10)
+        else:
+            r = s.post(url, data=b"nothing secret here", verify=ca, timeout=10)
+        out.append({"kind": kind, "status": r.status_code,
+                    "rule": r.headers.get("Sluice-Rule"), "body": r.text[:300]})
+    except Exception as e:
+        out.append({"kind": kind, "error": repr(e)})
+print(json.dumps(out))
+"#;
+
+/// Asserts that neither the flow log, stderr nor an alert holds `secret`.
+fn assert_never_logged(s: &Sluice, secret: &str) {
+    let flows = std::fs::read_to_string(&s.flows).unwrap_or_default();
+    assert!(!flows.is_empty());
+    assert!(!flows.contains(secret), "the flow log holds the secret");
+    let err = s.stderr.lock().unwrap().join("\n");
+    assert!(!err.contains(secret), "stderr holds the secret");
+    let alerts = s.admin_get("/api/v1/alerts").text();
+    assert!(!alerts.contains(secret), "an alert holds the secret");
+}
+
+fn finding<'a>(rec: &'a Value, kind: &str) -> &'a Value {
+    rec["findings"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["type"] == kind))
+        .unwrap_or_else(|| panic!("no `{kind}` finding in {rec:#}"))
+}
+
+fn alerts_of(s: &Sluice, kind: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_slice(&s.admin_get("/api/v1/alerts").body).unwrap();
+    let list = v
+        .get("alerts")
+        .and_then(Value::as_array)
+        .or_else(|| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.into_iter().filter(|a| a["kind"] == kind).collect()
+}
+
+/// Intercepted tunnels' records that `pred` picks, once there are `n`.
+fn intercepted_records(s: &Sluice, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut got = Vec::new();
+    let ok = poll_until(Duration::from_secs(10), || {
+        got = s
+            .records()
+            .into_iter()
+            .filter(|r| r["intercepted"] == true && pred(r))
+            .collect();
+        got.len() >= n
+    });
+    assert!(ok, "{n} records wanted, got {got:#?}");
+    got
+}
+
+#[test]
+fn dlp_blocks_a_token_inside_intercepted_connect_and_socks5_tunnels() {
+    let t = setup_inspecting("", "      dlp: {github: block, aws: alert}\n", "");
+    let url = format!("https://origin.test:{}/upload", t.good.port);
+    let ca = cacert(&t.ca);
+
+    // curl through CONNECT, the token in the body: 403 naming the rule,
+    // and nothing of the request reached the origin.
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        "--data",
+        &format!("token={GH_TOKEN}"),
+        &url,
+    ]);
+    assert_eq!((c.exit, c.status), (0, 403), "{c:?}");
+    assert_eq!(
+        c.header("sluice-rule").as_deref(),
+        Some("inspect/dlp/github")
+    );
+    assert!(!t.good.saw(GH_TOKEN), "the token reached the origin");
+    let rec = t.s.wait_record("the blocked curl upload", |r| {
+        r["intercepted"] == true && r["rule"] == "inspect/dlp/github"
+    });
+    assert_fields(
+        &rec,
+        &[
+            ("listener", "http".into()),
+            ("protocol", "connect".into()),
+            ("dst_host", "origin.test".into()),
+            ("tls", true.into()),
+            ("verdict", "deny".into()),
+            ("enforced", true.into()),
+            ("method", "POST".into()),
+            ("status", 403.into()),
+        ],
+    );
+    let f = finding(&rec, "github");
+    assert_eq!(f["count"], 1);
+    assert_eq!(f["hash"].as_str().unwrap().len(), 32, "{f}");
+
+    // Python requests on one session: clean passes, the token in a body
+    // and in a header is refused, and the session goes on afterwards (a
+    // body cut short closes its tunnel: the session opens another).
+    let dir = TempDir::new("requests-post");
+    let script = dir.path("post.py");
+    std::fs::write(&script, REQUESTS_POST_PY).unwrap();
+    let o = output_within(
+        client_command("python3")
+            .arg(&script)
+            .arg(&t.ca)
+            .arg(&url)
+            .arg(GH_TOKEN)
+            .env("HTTPS_PROXY", t.s.proxy_url()),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let got: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got[0]["status"], 200, "{got:#?}");
+    assert_eq!(got[0]["body"], "got 19");
+    for blocked in &got[1..4] {
+        assert_eq!(blocked["status"], 403, "{got:#?}");
+        assert_eq!(blocked["rule"], "inspect/dlp/github", "{got:#?}");
+    }
+    assert_eq!(got[4]["status"], 200, "{got:#?}");
+    assert_eq!(got[4]["body"], "got 19");
+    assert!(!t.good.saw(GH_TOKEN), "the token reached the origin");
+
+    // SOCKS5: the same inspection.
+    let socks = format!("socks5h://{}", t.s.socks5.unwrap());
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &socks,
+        "-H",
+        &format!("X-Api-Key: {GH_TOKEN}"),
+        &url,
+    ]);
+    assert_eq!((c.exit, c.status), (0, 403), "{c:?}");
+    let rec = t.s.wait_record("the blocked socks5 request", |r| {
+        r["listener"] == "socks5" && r["rule"] == "inspect/dlp/github"
+    });
+    assert_eq!(rec["intercepted"], true);
+    assert_eq!(finding(&rec, "github")["count"], 1);
+
+    // `alert` passes, with the finding and a dlp alert.
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        "--data",
+        &format!("key={AWS_KEY}"),
+        &url,
+    ]);
+    assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+    assert!(t.good.saw(AWS_KEY), "an alert-only finding must pass");
+    let rec = t.s.wait_record("the aws alert", |r| {
+        r["intercepted"] == true && r["findings"].to_string().contains("\"aws\"")
+    });
+    assert_fields(&rec, &[("verdict", "allow".into()), ("status", 200.into())]);
+    assert!(
+        poll_until(Duration::from_secs(10), || !alerts_of(&t.s, "dlp")
+            .is_empty()),
+        "no dlp alert"
+    );
+
+    // The session's second tunnel (two header blocks, then a clean POST)
+    // has both blocks folded into one github finding of count 2.
+    let recs = intercepted_records(&t.s, 1, |r| {
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3 HTTP requests")
+    });
+    assert_fields(
+        &recs[0],
+        &[
+            ("rule", "inspect/dlp/github".into()),
+            ("verdict", "deny".into()),
+        ],
+    );
+    assert_eq!(finding(&recs[0], "github")["count"], 2, "{:#}", recs[0]);
+    // An unlisted destination is spliced untouched: not decrypted, so not
+    // inspected (the client trusts only the origin's CA).
+    let c = curl(&[
+        "--cacert",
+        &cacert(&t.good.certs.ca),
+        "-x",
+        &t.s.proxy_url(),
+        "--data",
+        &format!("token={GH_TOKEN}"),
+        &format!("https://other.test:{}/spliced", t.good.port),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+    assert!(t.good.saw("POST /spliced"));
+    let rec = tunnel_record(&t.s, "other.test", "http");
+    assert_fields(
+        &rec,
+        &[
+            ("intercepted", Value::Null),
+            ("findings", Value::Null),
+            ("verdict", "allow".into()),
+        ],
+    );
+    assert_never_logged(&t.s, GH_TOKEN);
+    assert_never_logged(&t.s, AWS_KEY);
+}
+
+#[test]
+fn clamd_blocks_downloads_and_uploads_inside_an_intercepted_tunnel_and_fails_closed() {
+    let mut clamd = Clamd::start();
+    let t = setup_inspecting(
+        "",
+        "      malware: block\n",
+        &format!(
+            "  clamd:\n    address: {}\n    timeout: 5s\n    max_size: 1MiB\n",
+            clamd.address()
+        ),
+    );
+    let mut evil = vec![b'x'; 64 * 1024];
+    evil.extend_from_slice(Clamd::MARKER.as_bytes());
+    t.good.set_download(&evil);
+    let ca = cacert(&t.ca);
+    let base = format!("https://origin.test:{}", t.good.port);
+
+    // A clean download passes.
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        &format!("{base}/x"),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+    // The infected download is replaced by the refusal.
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        &format!("{base}/download"),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 403), "{c:?}");
+    assert_eq!(c.header("sluice-rule").as_deref(), Some("inspect/malware"));
+    assert!(
+        !c.body_text().contains(Clamd::MARKER),
+        "the client got the infected file"
+    );
+    let rec = t.s.wait_record("the infected download", |r| {
+        r["intercepted"] == true && r["rule"] == "inspect/malware"
+    });
+    assert_fields(
+        &rec,
+        &[
+            ("verdict", "deny".into()),
+            ("method", "GET".into()),
+            ("status", 403.into()),
+        ],
+    );
+    assert_eq!(finding(&rec, "malware")["count"], 1);
+    assert!(
+        poll_until(Duration::from_secs(10), || !alerts_of(&t.s, "malware")
+            .is_empty()),
+        "no malware alert"
+    );
+    // An infected upload never reaches the origin.
+    let up = t.s.dir.path("evil.bin");
+    std::fs::write(&up, &evil).unwrap();
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        "--data-binary",
+        &format!("@{}", up.display()),
+        &format!("{base}/up"),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 403), "{c:?}");
+    assert!(
+        !t.good.saw(Clamd::MARKER),
+        "the infected upload got through"
+    );
+
+    // clamd down: the zone fails closed (503), recorded unscanned.
+    clamd.stop();
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        "--data",
+        "clean",
+        &format!("{base}/late"),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 503), "{c:?}");
+    assert_eq!(c.header("sluice-rule").as_deref(), Some("inspect/malware"));
+    let rec = t.s.wait_record("the unscanned upload", |r| {
+        r["intercepted"] == true && r["findings"].to_string().contains("unscanned")
+    });
+    assert_fields(&rec, &[("verdict", "deny".into())]);
+}
+
+#[test]
+fn icap_reqmod_and_respmod_see_decrypted_requests() {
+    let clamd = Clamd::start();
+    let icap = CIcap::start(&clamd);
+    let t = setup_inspecting(
+        "",
+        "      icap: true\n",
+        &format!(
+            "  icap:\n    reqmod: {}\n    respmod: {}\n    timeout: 5s\n    preview: 1KiB\n",
+            icap.url("avscan"),
+            icap.url("avscan")
+        ),
+    );
+    let mut evil = vec![b'y'; 8 * 1024];
+    evil.extend_from_slice(Clamd::MARKER.as_bytes());
+    t.good.set_download(&evil);
+    let ca = cacert(&t.ca);
+    let base = format!("https://origin.test:{}", t.good.port);
+
+    // Clean both ways: 204 from the service, the exchange passes.
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        "--data",
+        "clean",
+        &format!("{base}/ok"),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+    assert_eq!(c.body_text(), "got 5");
+    // REQMOD refuses the infected upload; the origin never gets it.
+    let up = t.s.dir.path("evil.bin");
+    std::fs::write(&up, &evil).unwrap();
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        "--data-binary",
+        &format!("@{}", up.display()),
+        &format!("{base}/up"),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 403), "{c:?}");
+    assert_eq!(c.header("sluice-rule").as_deref(), Some("inspect/icap"));
+    assert!(!t.good.saw(Clamd::MARKER));
+    // RESPMOD refuses the infected download.
+    let c = curl(&[
+        "--cacert",
+        &ca,
+        "-x",
+        &t.s.proxy_url(),
+        &format!("{base}/download"),
+    ]);
+    assert_eq!((c.exit, c.status), (0, 403), "{c:?}");
+    assert_eq!(c.header("sluice-rule").as_deref(), Some("inspect/icap"));
+    assert!(!c.body_text().contains(Clamd::MARKER));
+    let recs = intercepted_records(&t.s, 2, |r| r["rule"] == "inspect/icap");
+    assert!(recs.iter().any(|r| r["method"] == "POST"), "{recs:#?}");
+    assert!(recs.iter().any(|r| r["method"] == "GET"), "{recs:#?}");
 }

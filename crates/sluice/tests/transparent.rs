@@ -539,7 +539,9 @@ fn a_listed_sni_is_intercepted_on_the_transparent_listener() {
             certs.ca.display()
         ) + &POLICY.replace(
             zone,
-            &format!("{zone}    inspect:\n      tls: [allowed.test]\n"),
+            &format!(
+                "{zone}    inspect:\n      tls: [allowed.test]\n      dlp: {{github: block}}\n"
+            ),
         )
     });
     let Some(lab) = lab else { return };
@@ -585,6 +587,42 @@ fn a_listed_sni_is_intercepted_on_the_transparent_listener() {
     assert_eq!(rec["intercepted"], true, "{rec}");
     assert_eq!(rec["tls"], true, "{rec}");
     assert_eq!(rec["status"], 200, "{rec}");
+    // The decrypted requests go through the zone's content inspection: a
+    // token in a header is refused with the DLP rule, recorded as a
+    // finding of the intercepted flow, and never written anywhere.
+    let token = "ghp_Zq8xW3vR1tY6uI0oP9aS2dF5gH7jK4lM3nB8";
+    let before = lab.sluice.records().len();
+    let auth = format!("Authorization: token {token}");
+    let mut cmd = lab.ns.exec(&lab.ns.client);
+    cmd.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        &ca_arg,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-H",
+        &auth,
+        "https://allowed.test/",
+    ]);
+    let out = output_within(Command::new(cmd[0]).args(&cmd[1..]), CMD_TIMEOUT);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(head.contains("sluice-rule: inspect/dlp/github"), "{head}");
+    let rec = lab.sluice.wait_records(before + 1)[before].clone();
+    assert_eq!(rec["intercepted"], true, "{rec}");
+    assert_eq!(s(&rec["rule"]), "inspect/dlp/github", "{rec}");
+    assert_eq!(rec["findings"][0]["type"], "github", "{rec}");
+    let flows = std::fs::read_to_string(&lab.sluice.flows).unwrap();
+    assert!(!flows.contains(token), "the flow log holds the token");
+    let err = lab.sluice.stderr.lock().unwrap().join("\n");
+    assert!(!err.contains(token), "stderr holds the token");
     // Plain HTTP on the same listener says tls: false, not intercepted.
     let (_, rec) = lab.exchange(&["http", &format!("{ORIGIN}:80"), "--host", "allowed.test"]);
     assert_eq!(rec["tls"], false, "{rec}");

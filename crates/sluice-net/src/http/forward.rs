@@ -108,6 +108,7 @@ async fn exchange(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let upgrade = matches!(upstream, Upstream::Pool(_)) && wants_upgrade(req.headers());
+    let fixed = matches!(upstream, Upstream::Fixed(_));
     // Until the response head arrives, this future is all that holds the
     // flow: hyper drops it when the client leaves, and the drain deadline
     // drops the connection. The guard records the flow either way.
@@ -199,16 +200,19 @@ async fn exchange(
     };
     let upstream_req = Request::from_parts(parts, body);
     if sender.ready().await.is_err() {
-        return f.refuse(Refusal::UpstreamClosed(
-            "origin closed the connection".into(),
-        ));
+        return closing(
+            fixed,
+            f.refuse(Refusal::UpstreamClosed(
+                "origin closed the connection".into(),
+            )),
+        );
     }
     let timeout = f.get().policy().config().limits.response_timeout;
     let sent = tokio::select! {
         r = sender.send_request(upstream_req) => r,
         // Dropping the exchange and its sender closes the origin
         // connection: it is never pooled with a response still owed.
-        () = upload.sent_then(timeout) => return f.refuse(Refusal::NoResponse(timeout)),
+        () = upload.sent_then(timeout) => return closing(fixed, f.refuse(Refusal::NoResponse(timeout))),
     };
     let resp = match sent {
         Ok(r) => r,
@@ -225,7 +229,8 @@ async fn exchange(
             } else {
                 Refusal::UpstreamClosed(format!("the origin did not answer: {e}"))
             };
-            return f.refuse(r);
+            // The origin got part of a request: its connection is done.
+            return closing(fixed, f.refuse(r));
         }
     };
     let mut flow = f.take();
@@ -243,7 +248,21 @@ async fn exchange(
         (Some(limit), Some(s), Some(head)) => Some((limit, s, head)),
         _ => None,
     };
-    respond(gw, flow, resp, out_count, watch, held).await
+    respond(gw, flow, resp, out_count, watch, held, fixed).await
+}
+
+/// The answer, closing the client's connection after it when `fixed`: an
+/// intercepted tunnel has one origin connection, and a request refused
+/// after part of it went there (a body cut short by DLP, a response left
+/// unread) leaves that connection mid-message. The client's next request
+/// opens a new tunnel, with a new origin connection, instead of finding
+/// this one broken.
+fn closing(fixed: bool, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if fixed {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// A response held whole for inspection: the limit, the subject, and the
@@ -434,11 +453,13 @@ async fn respond(
     out_count: Arc<AtomicU64>,
     watch: Option<Watch>,
     held: Option<HeldResponse>,
+    fixed: bool,
 ) -> Response<ProxyBody> {
+    // A refused response is left unread on the origin connection.
     let (mut parts, body) = resp.into_parts();
     if let Some(s) = gw.http_subject(&flow) {
         if let Err(r) = gw.inspect(|i| i.response_head(&s, &parts)) {
-            return refused(&gw, flow, r);
+            return closing(fixed, refused(&gw, flow, r));
         }
     }
     let body: ProxyBody = match held {
@@ -450,7 +471,7 @@ async fn respond(
                 Err(e) => {
                     flow.bytes_out = out_count.load(Ordering::Relaxed);
                     let r = Refusal::UpstreamClosed(format!("response body: {e}"));
-                    return refused(&gw, flow, r);
+                    return closing(fixed, refused(&gw, flow, r));
                 }
             };
             let obj = Object {
@@ -464,7 +485,7 @@ async fn respond(
             };
             if let Err(r) = gw.inspect_object(&s, &obj).await {
                 flow.bytes_out = out_count.load(Ordering::Relaxed);
-                return refused(&gw, flow, r);
+                return closing(fixed, refused(&gw, flow, r));
             }
             replay(h)
         }
