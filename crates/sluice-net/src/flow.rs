@@ -155,7 +155,8 @@ impl Flow {
         n.alerts
     }
 
-    /// A request flow inside this (intercepted) tunnel flow: the same
+    /// A request flow inside this tunnel flow (intercepted, or plain HTTP
+    /// served for inspection): the same
     /// version, client, destination and decision; its end is folded into
     /// `tally`, not recorded on its own.
     pub(crate) fn child(&self, tally: std::sync::Arc<crate::intercept::Tally>) -> Flow {
@@ -170,8 +171,8 @@ impl Flow {
         if let Some(d) = &self.decision {
             f.apply(d);
         }
-        f.tls = Some(true);
-        f.intercepted = Some(true);
+        f.tls = self.tls;
+        f.intercepted = self.intercepted;
         f.tally = Some(tally);
         f
     }

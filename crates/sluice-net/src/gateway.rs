@@ -529,6 +529,18 @@ impl Gateway {
         &self.http_inspectors
     }
 
+    /// Whether some HTTP inspector looks at this flow's content (its heads
+    /// and bodies): the zone asks for DLP, malware scanning or ICAP.
+    pub fn inspects_content(&self, flow: &Flow) -> bool {
+        self.http_subject(flow).is_some_and(|s| {
+            self.http_inspectors.iter().any(|i| {
+                i.wants_bodies(&s)
+                    || i.wants_object(&s, inspect::Direction::Out).is_some()
+                    || i.wants_object(&s, inspect::Direction::In).is_some()
+            })
+        })
+    }
+
     /// What HTTP inspectors know of this flow; `None` when no inspector
     /// looks at HTTP (nothing is built per request then).
     pub fn http_subject(&self, flow: &Flow) -> Option<Subject> {
@@ -666,6 +678,18 @@ impl Gateway {
     ) {
         let _active = self.drain.active();
         let _gauge = self.metrics.active_tunnel(flow.listener());
+        // Plain HTTP caught by the transparent listener, in a zone that
+        // inspects content: served request by request, so that each meets
+        // the inspection an absolute-form request does.
+        if flow.protocol == Protocol::HttpTransparent && self.inspects_content(&flow) {
+            if let Err(r) = self.require_tls(&mut flow, false) {
+                flow.bytes_out += pre.out.len() as u64;
+                return self.refuse(flow, &r);
+            }
+            let first = pre.out.to_vec();
+            let flow = intercept::serve_plain(self.clone(), flow, client, first, upstream).await;
+            return self.record(flow);
+        }
         let peeked = flow.listener() == Listener::Transparent;
         if (inspect || peeked) && self.hello_first(&flow) {
             let mut first = pre.out.to_vec();

@@ -330,8 +330,11 @@ fn serial(seed: &[u8]) -> SerialNumber {
 // === the intercepted tunnel ===
 
 /// What the requests of one intercepted tunnel add to its record.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tally {
+    /// What the connection's requests went through (`intercepted`,
+    /// `inspected`), for the record's reason.
+    label: &'static str,
     inner: Mutex<TallyInner>,
 }
 
@@ -350,6 +353,13 @@ struct TallyInner {
 }
 
 impl Tally {
+    fn new(label: &'static str) -> Tally {
+        Tally {
+            label,
+            inner: Mutex::default(),
+        }
+    }
+
     /// A request flow ended: what the tunnel's record keeps of it.
     pub(crate) fn fold(&self, f: Flow) {
         let Ok(mut t) = self.inner.lock() else {
@@ -382,9 +392,10 @@ impl Tally {
         };
         flow.method = t.method.take();
         flow.status = t.status;
+        let label = self.label;
         flow.note = Some(match t.requests {
-            1 => "intercepted: 1 HTTP request".to_owned(),
-            n => format!("intercepted: {n} HTTP requests"),
+            1 => format!("{label}: 1 HTTP request"),
+            n => format!("{label}: {n} HTTP requests"),
         });
         if let Some((rule, reason)) = t.denied.take() {
             flow.set_rule(&rule, reason);
@@ -417,7 +428,6 @@ pub(crate) async fn run(
     // The destination first: a certificate that does not verify is known
     // before anything is said to the client.
     let origin = upstream_tls(&ic, upstream, &host, limits.connect_timeout).await;
-    let origin_failed = origin.as_ref().err().cloned();
     let server = match ic.server_config(&host) {
         Ok(c) => c,
         Err(e) => {
@@ -460,7 +470,51 @@ pub(crate) async fn run(
             return flow;
         }
     };
-    let tally = Arc::new(Tally::default());
+    serve_requests(gw, flow, tls, origin, activity, "intercepted").await
+}
+
+/// Serves the plain HTTP of a transparent flow (`http-transparent`) whose
+/// zone inspects content, over its dialed destination connection, so that
+/// each request meets the same inspection as an absolute-form one; the
+/// client's first bytes, already read, go first. Returns the flow to
+/// record.
+pub(crate) async fn serve_plain(
+    gw: Arc<Gateway>,
+    flow: Flow,
+    client: TcpStream,
+    first: Vec<u8>,
+    upstream: TcpStream,
+) -> Flow {
+    let origin = http1_origin(upstream).await;
+    let activity = Arc::new(Activity::new());
+    let io = ClientIo {
+        pre: first,
+        pos: 0,
+        io: client,
+        activity: activity.clone(),
+    };
+    serve_requests(gw, flow, io, origin, activity, "inspected").await
+}
+
+/// Serves the client's HTTP/1.1 requests on `io` until the connection
+/// ends, each forwarded over `origin` (the flow's one destination
+/// connection) by the absolute-form code path; each request's flow folds
+/// into `flow` through a [`Tally`]. `label` names what happened in the
+/// record's reason (`intercepted: 2 HTTP requests`).
+async fn serve_requests<I>(
+    gw: Arc<Gateway>,
+    flow: Flow,
+    io: I,
+    origin: Result<client_http1::SendRequest<crate::http::ProxyBody>, Refusal>,
+    activity: Arc<Activity>,
+    label: &'static str,
+) -> Flow
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = gw.limits().clone();
+    let origin_failed = origin.as_ref().err().cloned();
+    let tally = Arc::new(Tally::new(label));
     let template = Arc::new(Mutex::new(flow));
     let svc = {
         let (gw, tally, template) = (gw.clone(), tally.clone(), template.clone());
@@ -491,7 +545,7 @@ pub(crate) async fn run(
         .keep_alive(true);
     // Boxed so that it can be dropped (with the service and its hold on
     // the tunnel's flow) before the flow is taken back.
-    let mut conn = Box::pin(b.serve_connection(TokioIo::new(tls), svc));
+    let mut conn = Box::pin(b.serve_connection(TokioIo::new(io), svc));
     let idle = limits.idle_timeout;
     let ended = tokio::select! {
         r = conn.as_mut() => r.err().map(|e| (format!("client side: {e}"), ErrorKind::Client)),
@@ -559,10 +613,20 @@ async fn upstream_tls(
         }
         Err(_) => return Err(Refusal::Timeout(timeout)),
     };
+    http1_origin(tls).await
+}
+
+/// An HTTP/1.1 client on a destination connection.
+async fn http1_origin<I>(
+    io: I,
+) -> Result<client_http1::SendRequest<crate::http::ProxyBody>, Refusal>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut b = client_http1::Builder::new();
     b.max_buf_size(1024 * 1024);
     let (sender, conn) = b
-        .handshake::<_, crate::http::ProxyBody>(TokioIo::new(tls))
+        .handshake::<_, crate::http::ProxyBody>(TokioIo::new(io))
         .await
         .map_err(|e| Refusal::UpstreamClosed(format!("origin handshake failed: {e}")))?;
     tokio::spawn(async move {

@@ -623,10 +623,48 @@ fn a_listed_sni_is_intercepted_on_the_transparent_listener() {
     assert!(!flows.contains(token), "the flow log holds the token");
     let err = lab.sluice.stderr.lock().unwrap().join("\n");
     assert!(!err.contains(token), "stderr holds the token");
-    // Plain HTTP on the same listener says tls: false, not intercepted.
-    let (_, rec) = lab.exchange(&["http", &format!("{ORIGIN}:80"), "--host", "allowed.test"]);
+    // Plain HTTP on the same listener says tls: false, not intercepted; in
+    // this zone (it asks for DLP) it is served request by request.
+    let (seen, rec) = lab.exchange(&["http", &format!("{ORIGIN}:80"), "--host", "allowed.test"]);
     assert_eq!(rec["tls"], false, "{rec}");
     assert!(rec["intercepted"].is_null(), "{rec}");
+    assert_eq!(s(&rec["protocol"]), "http-transparent", "{rec}");
+    assert_eq!(rec["status"], 200, "{rec} {seen}");
+    assert!(
+        s(&rec["reason"]).contains("inspected: 1 HTTP request"),
+        "{rec}"
+    );
+    // ... so its content is inspected too: the token in a header is
+    // refused before the request reaches the origin.
+    let before = lab.sluice.records().len();
+    let resolve80 = format!("allowed.test:80:{ORIGIN}");
+    let mut cmd = lab.ns.exec(&lab.ns.client);
+    cmd.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--resolve",
+        &resolve80,
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-H",
+        &auth,
+        "http://allowed.test/plain",
+    ]);
+    let out = output_within(Command::new(cmd[0]).args(&cmd[1..]), CMD_TIMEOUT);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(head.contains("sluice-rule: inspect/dlp/github"), "{head}");
+    let rec = lab.sluice.wait_records(before + 1)[before].clone();
+    assert_eq!(s(&rec["protocol"]), "http-transparent", "{rec}");
+    assert_eq!(s(&rec["rule"]), "inspect/dlp/github", "{rec}");
+    assert_eq!(rec["findings"][0]["type"], "github", "{rec}");
+    assert_eq!(rec["status"], 403, "{rec}");
+    let flows = std::fs::read_to_string(&lab.sluice.flows).unwrap();
+    assert!(!flows.contains(token), "the flow log holds the token");
 }
 
 #[test]

@@ -28,7 +28,9 @@
 //! redirect is recorded (`default/not-redirected`) and reset. A ClientHello that is not well-formed is denied
 //! in enforce mode (report and open zones judge it as `tcp`). Only the first
 //! request of a plain HTTP connection is judged: later requests on it reach
-//! the same, already checked, address.
+//! the same, already checked, address. In a zone that inspects content the
+//! gateway serves such a connection request by request so that each meets
+//! that inspection (`Gateway::tunnel`); elsewhere it is spliced.
 
 mod judge;
 
