@@ -10,10 +10,10 @@ use std::{
     time::SystemTime,
 };
 
-use sluice_observe::{ErrorKind, FlowRecord, Listener, Protocol, addr_string};
+use sluice_observe::{ErrorKind, Finding, FlowRecord, Listener, Protocol, addr_string};
 use sluice_policy::{Decision, Destination, Mode, Policy, Verdict};
 
-use crate::Version;
+use crate::{Version, inspect::Notes};
 
 /// One flow's state.
 #[derive(Debug, Clone)]
@@ -69,6 +69,18 @@ pub struct Flow {
     /// `Some(true)` on a long tunnel's interim records, `Some(false)` on a
     /// tunnel's closing record, `None` where it does not apply.
     pub interim: Option<bool>,
+    /// Inspection findings (type, count, keyed hash; never the match).
+    pub findings: Vec<Finding>,
+    /// What inspectors noted (findings, alerts, unenforced denials).
+    notes: Arc<Notes>,
+    /// Whether the client's first bytes were a TLS ClientHello (`None`:
+    /// no client byte was looked at).
+    pub tls: Option<bool>,
+    /// Whether Sluice terminated the client's TLS (interception).
+    pub intercepted: Option<bool>,
+    /// Set on a request flow inside an intercepted tunnel: its end folds
+    /// into the tunnel's one record instead of writing its own.
+    pub(crate) tally: Option<std::sync::Arc<crate::intercept::Tally>>,
 }
 
 // === impl Flow ===
@@ -116,7 +128,57 @@ impl Flow {
             error: None,
             error_kind: None,
             interim: None,
+            findings: Vec::new(),
+            notes: Arc::default(),
+            tls: None,
+            intercepted: None,
+            tally: None,
         }
+    }
+
+    /// What inspectors note about this flow.
+    pub fn notes(&self) -> &Arc<Notes> {
+        &self.notes
+    }
+
+    /// Moves what inspectors noted into the flow: findings for the record,
+    /// a denial a `report` zone did not enforce; returns the alerts to raise.
+    pub fn take_notes(&mut self) -> Vec<sluice_observe::Alert> {
+        let n = self.notes.take();
+        if !n.findings.is_empty() {
+            self.findings.extend(n.findings);
+        }
+        if let Some((rule, reason)) = n.unenforced {
+            if self.verdict == Verdict::Allow {
+                self.verdict = Verdict::Deny;
+                self.enforced = false;
+                self.rule = rule;
+                self.reason = reason;
+            }
+        }
+        n.alerts
+    }
+
+    /// A request flow inside this tunnel flow (intercepted, or plain HTTP
+    /// served for inspection): the same
+    /// version, client, destination and decision; its end is folded into
+    /// `tally`, not recorded on its own.
+    pub(crate) fn child(&self, tally: std::sync::Arc<crate::intercept::Tally>) -> Flow {
+        let mut f = Flow::new(self.version.clone(), self.listener, self.protocol, self.src);
+        f.id.clone_from(&self.id);
+        f.user.clone_from(&self.user);
+        f.dest.clone_from(&self.dest);
+        f.port = self.port;
+        f.peer = self.peer;
+        f.sni.clone_from(&self.sni);
+        f.route.clone_from(&self.route);
+        if let Some(d) = &self.decision {
+            f.apply(d);
+        }
+        f.tls = self.tls;
+        f.intercepted = self.intercepted;
+        f.tally = Some(tally);
+        f
     }
 
     /// The policy version this flow is judged by.
@@ -154,6 +216,16 @@ impl Flow {
         self.zone.as_deref()
     }
 
+    /// The zone, shared.
+    pub fn zone_arc(&self) -> Option<Arc<str>> {
+        self.zone.clone()
+    }
+
+    /// The zone's mode, once decided.
+    pub fn mode(&self) -> Option<Mode> {
+        self.mode
+    }
+
     /// The rule that counts so far.
     pub fn rule(&self) -> &str {
         &self.rule
@@ -188,6 +260,26 @@ impl Flow {
         self.enforced = true;
         self.rule = Arc::from(rule);
         self.reason = reason;
+    }
+
+    /// A denial recorded but not enforced: a `report` zone's would-be
+    /// denial by a built-in rule (`inspect/require-tls`).
+    pub fn set_unenforced(&mut self, rule: &str, reason: String) {
+        self.verdict = Verdict::Deny;
+        self.enforced = false;
+        self.rule = Arc::from(rule);
+        self.reason = reason;
+    }
+
+    /// Whether the flow stands denied and enforced (by a decision or an
+    /// inspector).
+    pub fn denied(&self) -> bool {
+        self.verdict == Verdict::Deny && self.enforced
+    }
+
+    /// Whether the flow stands denied but not enforced (a `report` zone).
+    pub fn unenforced(&self) -> bool {
+        self.verdict == Verdict::Deny && !self.enforced
     }
 
     /// Forgets the zone (a refusal that no zone judged: failed logins).
@@ -232,6 +324,11 @@ impl Flow {
         r.error = self.error;
         r.error_kind = self.error_kind;
         r.interim = self.interim;
+        if !self.findings.is_empty() {
+            r.findings = Some(self.findings);
+        }
+        r.tls = self.tls;
+        r.intercepted = self.intercepted;
         r.finish(end);
         r
     }

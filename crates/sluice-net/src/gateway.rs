@@ -14,7 +14,7 @@ use std::{
 use arc_swap::ArcSwap;
 use sluice_observe::{DialFailure, Listener, Metrics, Protocol, RecordSink};
 use sluice_policy::{
-    Decision, Destination, Pending, Request as PolicyRequest, Verdict, ids, model::Limits,
+    Decision, Destination, Mode, Pending, Request as PolicyRequest, Verdict, ids, model::Limits,
 };
 use sluice_serve::{ConnLimiter, Drain};
 use tokio::net::TcpStream;
@@ -25,10 +25,12 @@ use crate::{
     dial::{Bind, DialError, Dialed, Dialer},
     flow::Flow,
     inspect::{self, Inspection, Inspector, SniMatch, Subject},
+    intercept::{self, Interceptor},
     proxy_protocol,
     refusal::Refusal,
     relay::{self, HelloCheck, Preread, Timeouts},
     route::{Direct, Route, Router, Via},
+    tls::{Hello, parse_client_hello},
 };
 
 /// The stages and what they share.
@@ -48,6 +50,8 @@ pub struct Gateway {
     http_inspectors: Vec<Arc<dyn Inspector>>,
     /// `listen.proxy_protocol_from`, read at start.
     proxy_from: Vec<ipnet::IpNet>,
+    /// TLS interception (`inspect.ca`), when configured.
+    interceptor: Option<Arc<Interceptor>>,
 }
 
 // === impl Gateway ===
@@ -87,7 +91,20 @@ impl Gateway {
             inspectors: vec![Arc::new(SniMatch)],
             http_inspectors: Vec::new(),
             proxy_from,
+            interceptor: None,
         }
+    }
+
+    /// Intercepts the TLS of destinations that zones list under
+    /// `inspect.tls` with `interceptor` (without one, nothing is).
+    pub fn with_interceptor(mut self, interceptor: Arc<Interceptor>) -> Gateway {
+        self.interceptor = Some(interceptor.clone());
+        self.with_inspector(interceptor)
+    }
+
+    /// The interceptor, when `inspect.ca` is configured.
+    pub fn interceptor(&self) -> Option<&Arc<Interceptor>> {
+        self.interceptor.as_ref()
     }
 
     /// Judges `tcp` flows by DNS-derived grants from now on.
@@ -539,12 +556,29 @@ impl Gateway {
             dest: flow.dest.clone()?,
             port: flow.port?,
             peer: SocketAddr::new(flow.peer?, flow.port?),
+            zone: flow.zone_arc(),
+            report: flow.mode() == Some(sluice_policy::Mode::Report),
+            flow: Arc::from(flow.id()),
+            notes: flow.notes().clone(),
+            decision: flow.decision().cloned(),
         })
     }
 
     /// The inspectors that look at HTTP exchanges (heads and bodies).
     pub fn http_inspectors(&self) -> &[Arc<dyn Inspector>] {
         &self.http_inspectors
+    }
+
+    /// Whether some HTTP inspector looks at this flow's content (its heads
+    /// and bodies): the zone asks for DLP, malware scanning or ICAP.
+    pub fn inspects_content(&self, flow: &Flow) -> bool {
+        self.http_subject(flow).is_some_and(|s| {
+            self.http_inspectors.iter().any(|i| {
+                i.wants_bodies(&s)
+                    || i.wants_object(&s, inspect::Direction::Out).is_some()
+                    || i.wants_object(&s, inspect::Direction::In).is_some()
+            })
+        })
     }
 
     /// What HTTP inspectors know of this flow; `None` when no inspector
@@ -559,9 +593,43 @@ impl Gateway {
     /// Runs every HTTP inspector on a head; the first denial counts.
     pub fn inspect(&self, look: impl FnMut(&dyn Inspector) -> Inspection) -> Result<(), Refusal> {
         match inspect::first_denial(&self.http_inspectors, look) {
-            Inspection::Pass => Ok(()),
+            Inspection::Pass | Inspection::Intercept { .. } => Ok(()),
             Inspection::Deny { rule, reason } => Err(Refusal::Inspected { rule, reason }),
+            Inspection::Unavailable { rule, reason } => Err(Refusal::Unscanned { rule, reason }),
         }
+    }
+
+    /// The most bytes of a body going `dir` that some HTTP inspector
+    /// wants to see whole; `None`: none does (the body streams).
+    pub fn object_limit(&self, s: &Subject, dir: inspect::Direction) -> Option<u64> {
+        self.http_inspectors
+            .iter()
+            .filter_map(|i| i.wants_object(s, dir))
+            .max()
+    }
+
+    /// Runs every HTTP inspector that wants whole bodies on `obj`; the
+    /// first refusal counts.
+    pub async fn inspect_object(
+        &self,
+        s: &Subject,
+        obj: &inspect::Object<'_>,
+    ) -> Result<(), Refusal> {
+        for i in &self.http_inspectors {
+            if i.wants_object(s, obj.dir).is_none() {
+                continue;
+            }
+            match i.object(s, obj).await {
+                Inspection::Pass | Inspection::Intercept { .. } => {}
+                Inspection::Deny { rule, reason } => {
+                    return Err(Refusal::Inspected { rule, reason });
+                }
+                Inspection::Unavailable { rule, reason } => {
+                    return Err(Refusal::Unscanned { rule, reason });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn hello_check(&self, flow: &Flow) -> Option<HelloCheck> {
@@ -580,24 +648,148 @@ impl Gateway {
         }))
     }
 
+    /// `require_tls` (the zone's, or the deciding allow rule's): a flow
+    /// that is not TLS (`tls` false) is refused with `inspect/require-tls`,
+    /// or, in a `report` zone, recorded as the would-be denial and let on.
+    pub fn require_tls(&self, flow: &mut Flow, tls: bool) -> Result<(), Refusal> {
+        if tls {
+            return Ok(());
+        }
+        let Some(d) = flow.decision() else {
+            return Ok(());
+        };
+        if !flow.policy().requires_tls(d) {
+            return Ok(());
+        }
+        let who = if flow
+            .policy()
+            .config()
+            .zones
+            .iter()
+            .any(|z| Some(z.name.as_str()) == d.zone.as_deref() && z.require_tls)
+        {
+            format!("zone {}", d.zone.as_deref().unwrap_or("-"))
+        } else {
+            format!("allow rule {}", d.rule)
+        };
+        let what = if flow.protocol == Protocol::Http {
+            "a plaintext HTTP request"
+        } else {
+            "a tunnel whose first client bytes are not a TLS ClientHello"
+        };
+        let reason = format!("{who} requires TLS: {what}");
+        if d.mode == Some(Mode::Report) {
+            flow.set_unenforced(ids::INSPECT_REQUIRE_TLS, reason);
+            return Ok(());
+        }
+        Err(Refusal::Inspected {
+            rule: Arc::from(ids::INSPECT_REQUIRE_TLS),
+            reason,
+        })
+    }
+
+    /// Whether a tunnel's first bytes must be judged before the relay
+    /// starts (not by the relay's own hello check, which lets the
+    /// destination's bytes flow meanwhile): the zone intercepts some
+    /// destinations, or requires TLS.
+    fn hello_first(&self, flow: &Flow) -> bool {
+        let Some(d) = flow.decision() else {
+            return false;
+        };
+        let p = flow.policy();
+        (self.interceptor.is_some() && p.intercepts_zone(d)) || p.requires_tls(d)
+    }
+
     /// Relays a dialed flow until it ends, then records it. With `inspect`,
     /// the inspectors see the client's first bytes before any is
-    /// forwarded. Holds the drain's active count and the tunnel gauge.
+    /// forwarded (the transparent listener passes the bytes it peeked in
+    /// `pre` instead). Where the zone intercepts TLS or requires it, the
+    /// first bytes are judged before the relay starts: a listed
+    /// destination is intercepted (`crate::intercept`), a flow that must
+    /// be TLS and is not is refused. Holds the drain's active count and the
+    /// tunnel gauge.
     pub async fn tunnel(
-        &self,
+        self: &Arc<Self>,
         mut flow: Flow,
-        client: TcpStream,
+        mut client: TcpStream,
         upstream: TcpStream,
         pre: Preread<'_>,
         inspect: bool,
     ) {
         let _active = self.drain.active();
         let _gauge = self.metrics.active_tunnel(flow.listener());
+        // Plain HTTP caught by the transparent listener, in a zone that
+        // inspects content: served request by request, so that each meets
+        // the inspection an absolute-form request does.
+        if flow.protocol == Protocol::HttpTransparent && self.inspects_content(&flow) {
+            if let Err(r) = self.require_tls(&mut flow, false) {
+                flow.bytes_out += pre.out.len() as u64;
+                return self.refuse(flow, &r);
+            }
+            let first = pre.out.to_vec();
+            let flow = intercept::serve_plain(self.clone(), flow, client, first, upstream).await;
+            return self.record(flow);
+        }
+        let peeked = flow.listener() == Listener::Transparent;
+        if (inspect || peeked) && self.hello_first(&flow) {
+            let mut first = pre.out.to_vec();
+            let hello = if inspect {
+                relay::read_hello(&mut client, &mut first, self.limits.header_timeout).await
+            } else {
+                parse_client_hello(&first)
+            };
+            flow.tls = Some(matches!(hello, Hello::ClientHello { .. }));
+            if let Hello::ClientHello { sni: Some(s) } = &hello {
+                flow.sni = Some(s.clone());
+            }
+            let tls = flow.tls == Some(true);
+            if let Err(r) = self.require_tls(&mut flow, tls) {
+                flow.bytes_out += first.len() as u64;
+                return self.refuse(flow, &r);
+            }
+            // The inspectors' verdict (the transparent listener judged the
+            // SNI itself: there only a request to intercept counts).
+            let verdict = match self.hello_check(&flow) {
+                Some(check) => check(&hello),
+                None => Inspection::Pass,
+            };
+            match verdict {
+                Inspection::Deny { rule, reason } if inspect => {
+                    flow.set_rule(&rule, reason);
+                    return self.record(flow);
+                }
+                Inspection::Intercept { name } if self.interceptor.is_some() => {
+                    if let Some(ic) = self.interceptor.clone() {
+                        let flow =
+                            intercept::run(self.clone(), ic, flow, client, first, upstream, name)
+                                .await;
+                        return self.record(flow);
+                    }
+                }
+                _ => {}
+            }
+            let pre = Preread {
+                out: &first,
+                inn: pre.inn,
+            };
+            return self.relay(flow, client, upstream, pre, None).await;
+        }
         let check = if inspect {
             self.hello_check(&flow)
         } else {
             None
         };
+        self.relay(flow, client, upstream, pre, check).await;
+    }
+
+    async fn relay(
+        &self,
+        mut flow: Flow,
+        client: TcpStream,
+        upstream: TcpStream,
+        pre: Preread<'_>,
+        check: Option<HelloCheck>,
+    ) {
         // Interim records: every `log.interim` of the flow's policy version
         // (a reload applies to tunnels opened after it), a copy of the flow
         // with the bytes since its previous record, unless none moved.
@@ -643,6 +835,9 @@ impl Gateway {
         if r.sni.is_some() {
             flow.sni = r.sni;
         }
+        if r.tls.is_some() {
+            flow.tls = r.tls;
+        }
         flow.error = r.error;
         flow.error_kind = r.error_kind;
         if let Some((rule, reason)) = r.denied {
@@ -654,7 +849,15 @@ impl Gateway {
     // === stage 5: record ===
 
     /// Ends the flow: its record goes to the recorder.
-    pub fn record(&self, flow: Flow) {
+    pub fn record(&self, mut flow: Flow) {
+        for a in flow.take_notes() {
+            self.recorder.alert(a);
+        }
+        // A request inside an intercepted tunnel: the tunnel records (its
+        // findings and denials folded in; its alerts are raised above, now).
+        if let Some(tally) = flow.tally.take() {
+            return tally.fold(flow);
+        }
         self.recorder.record(flow.into_record(SystemTime::now()));
     }
 

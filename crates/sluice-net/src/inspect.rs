@@ -2,20 +2,38 @@
 //! configured inspector on a tunnel's first client bytes (parsed as a TLS
 //! ClientHello when they are one) and on each absolute-form HTTP request
 //! and response head and body chunk. An inspector passes, denies with a
-//! rule and reason (the flow ends and its record says so), or — later —
-//! asks for interception. DLP, malware scanning, ICAP and TLS interception
-//! are inspectors; the first one is [`SniMatch`], the domain-fronting
-//! check (docs/design.md "Decisions", domain fronting, `tls_sni_must_match`).
+//! rule and reason (the flow ends and its record says so), or, on a
+//! tunnel's first bytes, asks for interception (`crate::intercept`'s
+//! `Interceptor` is the inspector that does). DLP, malware scanning, ICAP
+//! and TLS interception are inspectors; the first one is [`SniMatch`], the
+//! domain-fronting check (docs/design.md "Decisions", domain fronting, `tls_sni_must_match`).
 //!
 //! Inspectors run on the data path: they must not block (hand slow work to
 //! a task) and must bound what they buffer.
+//!
+//! HTTP inspection has three points (`http/forward.rs` calls them, for
+//! absolute-form requests and for whatever else is forwarded through it):
+//! the heads ([`Inspector::request_head`], [`Inspector::response_head`]),
+//! a body as a stream ([`Inspector::body_scanner`]: each chunk scanned
+//! before any of it is forwarded, the scanner holding back what a match
+//! spanning the next chunk needs), and a body as one object
+//! ([`Inspector::wants_object`], [`Inspector::object`]: held whole up to a
+//! size, then judged asynchronously — malware scanners, ICAP). What
+//! inspectors note beside their verdict — findings, alerts, a denial a
+//! `report` zone does not enforce — goes into the flow's [`Notes`].
 
 use std::{
+    future::Future,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    pin::Pin,
+    sync::{Arc, Mutex},
 };
 
-use hyper::http::{request, response};
+use hyper::{
+    HeaderMap, Method, StatusCode, Uri,
+    http::{request, response},
+};
+use sluice_observe::{Alert, Finding};
 use sluice_policy::{Destination, Policy, Request as PolicyRequest, ids};
 
 use crate::tls::Hello;
@@ -32,6 +50,29 @@ pub enum Inspection {
         /// One line a person can act on.
         reason: String,
     },
+    /// End the flow because a scanner the zone relies on could not give a
+    /// verdict and the zone fails closed (HTTP 503).
+    Unavailable {
+        /// The rule id (`inspect/malware`, `inspect/icap`).
+        rule: Arc<str>,
+        /// One line a person can act on.
+        reason: String,
+    },
+    /// Terminate the client's TLS presenting a certificate for `name`
+    /// and inspect what the tunnel carries (first bytes only; elsewhere
+    /// it counts as [`Inspection::Pass`]). A denial by any inspector wins.
+    Intercept {
+        /// The server name to present (the SNI, else the tunnel's host).
+        name: String,
+    },
+}
+
+impl Inspection {
+    /// Whether the flow may go on (an interception request is not a
+    /// refusal).
+    pub fn passes(&self) -> bool {
+        matches!(self, Inspection::Pass | Inspection::Intercept { .. })
+    }
 }
 
 /// Which way a body chunk is going.
@@ -59,6 +100,108 @@ pub struct Subject {
     pub port: u16,
     /// The address dialed.
     pub peer: SocketAddr,
+    /// The zone that judged the flow.
+    pub zone: Option<Arc<str>>,
+    /// Whether the zone is in `report` mode: inspectors note would-be
+    /// denials instead of denying.
+    pub report: bool,
+    /// The flow's record id (for alerts).
+    pub flow: Arc<str>,
+    /// What inspectors noted about the flow.
+    pub notes: Arc<Notes>,
+    /// The decision that let the flow through (its zone says what to
+    /// inspect).
+    pub decision: Option<sluice_policy::Decision>,
+}
+
+/// What inspectors noted about a flow while it ran, beside their verdicts:
+/// findings for its record, alerts to raise, and the first denial that a
+/// `report` zone did not enforce. The gateway takes them when it records
+/// the flow.
+#[derive(Debug, Default)]
+pub struct Notes(Mutex<Noted>);
+
+/// The contents of [`Notes`].
+#[derive(Debug, Default)]
+pub struct Noted {
+    /// Findings, one per type (counts added up).
+    pub findings: Vec<Finding>,
+    /// Alerts to raise.
+    pub alerts: Vec<Alert>,
+    /// A denial recorded with `enforced: false`.
+    pub unenforced: Option<(Arc<str>, String)>,
+}
+
+impl Notes {
+    /// Adds `count` matches of `kind` (the first hash stays).
+    pub fn finding(&self, kind: &str, count: u64, hash: &str) {
+        let Ok(mut n) = self.0.lock() else {
+            return;
+        };
+        match n.findings.iter_mut().find(|f| f.kind == kind) {
+            Some(f) => f.count += count,
+            None => n.findings.push(Finding {
+                kind: kind.to_owned(),
+                count,
+                hash: hash.to_owned(),
+            }),
+        }
+    }
+
+    /// An alert to raise when the flow is recorded.
+    pub fn alert(&self, a: Alert) {
+        if let Ok(mut n) = self.0.lock() {
+            n.alerts.push(a);
+        }
+    }
+
+    /// A denial that a `report` zone records but does not enforce.
+    pub fn unenforced(&self, rule: Arc<str>, reason: String) {
+        if let Ok(mut n) = self.0.lock() {
+            n.unenforced.get_or_insert((rule, reason));
+        }
+    }
+
+    /// Everything noted, emptied.
+    pub fn take(&self) -> Noted {
+        self.0
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
+    }
+}
+
+/// A boxed future an inspector returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A stateful scanner of one HTTP body, chunk by chunk.
+pub trait BodyScanner: Send + Sync {
+    /// Scans `chunk` after everything before it; returns the verdict and
+    /// the bytes that may be forwarded now (scanned, and beyond what a
+    /// match continuing into the next chunk could need).
+    fn push(&mut self, chunk: &[u8]) -> (Inspection, Vec<u8>);
+    /// The body ended: the bytes still held back (already scanned).
+    fn finish(&mut self) -> (Inspection, Vec<u8>);
+}
+
+/// A whole HTTP body and the heads around it, for [`Inspector::object`].
+#[derive(Debug)]
+pub struct Object<'a> {
+    /// Which body: the request's (`Out`) or the response's (`In`).
+    pub dir: Direction,
+    /// The request's method.
+    pub method: &'a Method,
+    /// The request's URI (absolute form).
+    pub uri: &'a Uri,
+    /// The request's headers, as forwarded.
+    pub request_headers: &'a HeaderMap,
+    /// The response's status and headers, for `In`.
+    pub response: Option<(StatusCode, &'a HeaderMap)>,
+    /// The body, or its first bytes when `complete` is false.
+    pub body: &'a [u8],
+    /// Whether `body` is all of it (false: it was larger than the most
+    /// this inspector asked for).
+    pub complete: bool,
 }
 
 /// Looks inside flows. Every method has a passing default, so an
@@ -102,19 +245,53 @@ pub trait Inspector: Send + Sync {
     fn body_chunk(&self, _subject: &Subject, _dir: Direction, _chunk: &[u8]) -> Inspection {
         Inspection::Pass
     }
+
+    /// A scanner for the body going `dir` that holds back what it has not
+    /// finished judging; `None`: this inspector does not stream bodies.
+    fn body_scanner(
+        &self,
+        _subject: &Arc<Subject>,
+        _dir: Direction,
+    ) -> Option<Box<dyn BodyScanner>> {
+        None
+    }
+
+    /// The most bytes of the body going `dir` this inspector wants to see
+    /// whole before any of it is forwarded; `None`: it does not. The body
+    /// is held up to that size (bounded memory per exchange).
+    fn wants_object(&self, _subject: &Subject, _dir: Direction) -> Option<u64> {
+        None
+    }
+
+    /// A whole body (see [`Inspector::wants_object`]).
+    fn object<'a>(
+        &'a self,
+        _subject: &'a Subject,
+        _obj: &'a Object<'a>,
+    ) -> BoxFuture<'a, Inspection> {
+        Box::pin(async { Inspection::Pass })
+    }
 }
 
-/// Runs `look` over `inspectors` until one denies.
+/// Runs `look` over `inspectors` until one denies; without a denial, the
+/// first request for interception, else a pass.
 pub(crate) fn first_denial<'a>(
     inspectors: impl IntoIterator<Item = &'a Arc<dyn Inspector>>,
     mut look: impl FnMut(&dyn Inspector) -> Inspection,
 ) -> Inspection {
+    let mut verdict = Inspection::Pass;
     for i in inspectors {
-        if let deny @ Inspection::Deny { .. } = look(&**i) {
-            return deny;
+        match look(&**i) {
+            intercept @ Inspection::Intercept { .. } => {
+                if verdict == Inspection::Pass {
+                    verdict = intercept;
+                }
+            }
+            Inspection::Pass => {}
+            refusal => return refusal,
         }
     }
-    Inspection::Pass
+    verdict
 }
 
 // === impl SniMatch ===

@@ -28,11 +28,13 @@
 //!   safe wrappers.
 
 pub mod auth;
+pub mod content;
 pub mod dial;
 pub mod flow;
 pub mod gateway;
 pub mod http;
 pub mod inspect;
+pub mod intercept;
 pub mod parent;
 pub mod proxy_protocol;
 pub mod refusal;

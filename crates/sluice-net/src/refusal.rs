@@ -40,6 +40,14 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
+    /// A scanner the zone relies on had no verdict (down, timed out, the
+    /// object too large) and the zone fails closed: HTTP 503.
+    Unscanned {
+        /// The rule id (`inspect/malware`, `inspect/icap`).
+        rule: std::sync::Arc<str>,
+        /// Why.
+        reason: String,
+    },
     /// The destination's name did not resolve.
     Resolve {
         /// The name.
@@ -63,6 +71,10 @@ pub enum Refusal {
     NoResponse(Duration),
     /// The destination closed or failed after the connection was made.
     UpstreamClosed(String),
+    /// An intercepted destination's certificate did not verify against
+    /// the system roots and `inspect.extra_roots`
+    /// (`inspect/upstream-certificate`; HTTP 502).
+    UpstreamCertificate(String),
     /// Sluice is draining and takes no new work.
     Draining,
     /// Sluice failed on its own account.
@@ -92,12 +104,16 @@ impl Refusal {
             Refusal::BadRequest(_)
             | Refusal::InvalidDestination(_)
             | Refusal::AuthFailed { .. } => Some(Side::Client),
-            Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => None,
+            Refusal::AuthRequired(_)
+            | Refusal::Denied(_)
+            | Refusal::Inspected { .. }
+            | Refusal::Unscanned { .. } => None,
             Refusal::Resolve { .. }
             | Refusal::Connect { .. }
             | Refusal::Timeout(_)
             | Refusal::NoResponse(_)
-            | Refusal::UpstreamClosed(_) => Some(Side::Upstream),
+            | Refusal::UpstreamClosed(_)
+            | Refusal::UpstreamCertificate(_) => Some(Side::Upstream),
             Refusal::Draining | Refusal::Internal(_) | Refusal::NoDescriptors(_) => {
                 Some(Side::Internal)
             }
@@ -110,13 +126,18 @@ impl Refusal {
             Refusal::BadRequest(_)
             | Refusal::InvalidDestination(_)
             | Refusal::AuthFailed { .. } => ErrorKind::Client,
-            Refusal::AuthRequired(_) | Refusal::Denied(_) | Refusal::Inspected { .. } => {
+            Refusal::AuthRequired(_)
+            | Refusal::Denied(_)
+            | Refusal::Inspected { .. }
+            | Refusal::Unscanned { .. } => {
                 return None;
             }
             Refusal::Resolve { .. } => ErrorKind::Resolve,
             Refusal::Connect { .. } => ErrorKind::Connect,
             Refusal::Timeout(_) | Refusal::NoResponse(_) => ErrorKind::Timeout,
-            Refusal::UpstreamClosed(_) => ErrorKind::UpstreamClosed,
+            Refusal::UpstreamClosed(_) | Refusal::UpstreamCertificate(_) => {
+                ErrorKind::UpstreamClosed
+            }
             Refusal::Draining | Refusal::Internal(_) | Refusal::NoDescriptors(_) => {
                 ErrorKind::Internal
             }
@@ -139,7 +160,7 @@ impl Refusal {
                 wait.as_secs().max(1)
             ),
             Refusal::Denied(d) => d.reason.clone(),
-            Refusal::Inspected { reason, .. } => reason.clone(),
+            Refusal::Inspected { reason, .. } | Refusal::Unscanned { reason, .. } => reason.clone(),
             Refusal::Resolve { host, msg } => format!("resolve {host}: {msg}"),
             Refusal::Connect { addr, msg, .. } => format!("connect {addr}: {msg}"),
             Refusal::Timeout(after) => {
@@ -150,6 +171,7 @@ impl Refusal {
                 after.as_millis()
             ),
             Refusal::UpstreamClosed(why) => format!("origin: {why}"),
+            Refusal::UpstreamCertificate(why) => format!("origin certificate: {why}"),
             Refusal::Draining => "draining".to_owned(),
             Refusal::Internal(why) => format!("internal: {why}"),
             Refusal::NoDescriptors(why) => format!(
@@ -192,7 +214,13 @@ impl Refusal {
                 flow.user = None;
             }
             Refusal::Denied(d) => flow.apply(d),
-            Refusal::Inspected { rule, reason } => flow.set_rule(rule, reason.clone()),
+            Refusal::Inspected { rule, reason } | Refusal::Unscanned { rule, reason } => {
+                flow.set_rule(rule, reason.clone());
+            }
+            Refusal::UpstreamCertificate(_) => {
+                flow.set_rule(ids::INSPECT_UPSTREAM_CERTIFICATE, self.message());
+                flow.error = Some(self.message());
+            }
             Refusal::AuthRequired(_) => {}
             Refusal::Connect { addr, .. } => {
                 flow.peer = Some(addr.ip());

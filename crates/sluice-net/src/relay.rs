@@ -58,6 +58,9 @@ pub struct Relayed {
     pub sni: Option<String>,
     /// The rule and reason of the hello check's refusal.
     pub denied: Option<(std::sync::Arc<str>, String)>,
+    /// Whether the client's first bytes were a TLS ClientHello (`None`:
+    /// not looked at, without a check).
+    pub tls: Option<bool>,
 }
 
 /// Bytes already read from either side before the relay began (a
@@ -144,17 +147,24 @@ pub async fn relay_with(
     let (ur, mut uw) = upstream.into_split();
     let mut result = Relayed::default();
     let sni = std::sync::Mutex::new(None);
+    let tls = std::sync::Mutex::new(None);
     let up = async {
         let mut first = pre.out.to_vec();
         if let Some(check) = check {
             let hello = read_hello(&mut cr, &mut first, hello_timeout).await;
+            if let Ok(mut t) = tls.lock() {
+                *t = Some(matches!(hello, Hello::ClientHello { .. }));
+            }
             if let Hello::ClientHello { sni: Some(name) } = &hello {
                 if let Ok(mut s) = sni.lock() {
                     *s = Some(name.clone());
                 }
             }
-            if let Inspection::Deny { rule, reason } = check(&hello) {
-                return Err(Stop::Denied(rule, reason));
+            match check(&hello) {
+                Inspection::Pass | Inspection::Intercept { .. } => {}
+                Inspection::Deny { rule, reason } | Inspection::Unavailable { rule, reason } => {
+                    return Err(Stop::Denied(rule, reason));
+                }
             }
         }
         deliver(&mut uw, &first, &counters.out, &counters, started)
@@ -209,6 +219,7 @@ pub async fn relay_with(
     result.bytes_out = counters.out.load(Ordering::Relaxed);
     result.bytes_in = counters.inn.load(Ordering::Relaxed);
     result.sni = sni.lock().ok().and_then(|mut s| s.take());
+    result.tls = tls.lock().ok().and_then(|mut t| t.take());
     result
 }
 

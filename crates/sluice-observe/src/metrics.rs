@@ -61,11 +61,30 @@ pub struct Metrics {
     netflow_dropped: Family<ReasonLabel, Counter>,
     netflow_gateway_flows: Counter,
     netflow_templates: Gauge,
+    inspect_scans: Family<ScanLabels, Counter>,
+    inspect_scanner_up: Family<ScannerLabel, Gauge>,
+    inspect_findings: Family<FindingLabel, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ScanLabels {
+    scanner: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ScannerLabel {
+    scanner: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FindingLabel {
+    r#type: String,
 }
 
 /// One open tunnel in `sluice_active_tunnels`; it leaves the gauge when
@@ -437,7 +456,28 @@ impl Metrics {
             "v9/IPFIX templates the collector holds now",
             netflow_templates.clone(),
         );
+        let inspect_scans = Family::default();
+        registry.register(
+            "sluice_inspect_scans",
+            "Objects sent to a content scanner (clamd, icap) by result: clean, found, error, unscanned",
+            inspect_scans.clone(),
+        );
+        let inspect_scanner_up = Family::default();
+        registry.register(
+            "sluice_inspect_scanner_up",
+            "Whether a content scanner (clamd, icap) answered its last exchange or probe (1) or not (0)",
+            inspect_scanner_up.clone(),
+        );
+        let inspect_findings = Family::default();
+        registry.register(
+            "sluice_inspect_findings",
+            "Inspection findings in flow records by type (DLP detector, malware, unscanned)",
+            inspect_findings.clone(),
+        );
         Metrics {
+            inspect_scans,
+            inspect_scanner_up,
+            inspect_findings,
             registry,
             alert_sink_delivered,
             alert_sink_dropped,
@@ -542,6 +582,20 @@ impl Metrics {
                 listener: listener.as_str(),
             })
             .inc();
+    }
+
+    /// Counts one object sent to `scanner` with `result`.
+    pub fn inspect_scan(&self, scanner: &'static str, result: &'static str) {
+        self.inspect_scans
+            .get_or_create(&ScanLabels { scanner, result })
+            .inc();
+    }
+
+    /// Sets whether `scanner` answers.
+    pub fn inspect_scanner_up(&self, scanner: &'static str, up: bool) {
+        self.inspect_scanner_up
+            .get_or_create(&ScannerLabel { scanner })
+            .set(i64::from(up));
     }
 
     /// Sets `sluice_pool_idle_connections`.
@@ -669,6 +723,13 @@ impl Metrics {
             Protocol::Dns => 0,
             _ => self.tunnels.get_or_create(&labels).inc(),
         };
+        for f in r.findings.iter().flatten() {
+            self.inspect_findings
+                .get_or_create(&FindingLabel {
+                    r#type: f.kind.clone(),
+                })
+                .inc_by(f.count);
+        }
         self.add_bytes(r);
     }
 

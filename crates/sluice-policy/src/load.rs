@@ -22,6 +22,7 @@
 //!   their items (duplicates, zones that can never be selected).
 
 mod catalog;
+mod inspect;
 mod items;
 mod kinds;
 mod table;

@@ -47,6 +47,8 @@ pub struct Config {
     pub detect: Detect,
     /// The NetFlow / IPFIX collector (`listen.netflow`).
     pub netflow: Netflow,
+    /// `inspect`: the scanners zones may use and the interception CA.
+    pub inspect: Inspect,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             routes: Vec::new(),
             detect: Detect::default(),
             netflow: Netflow::default(),
+            inspect: Inspect::default(),
         }
     }
 }
@@ -196,6 +199,218 @@ pub struct Zone {
     pub countries: Option<Vec<String>>,
     /// `detect: off`: no detector looks at this zone's flows.
     pub detect: Switch,
+    /// `inspect`: what this zone's flows are inspected for; nothing by default.
+    pub inspect: ZoneInspect,
+    /// `require_tls`: tunnels must start with a TLS ClientHello and
+    /// plaintext absolute-form HTTP is denied (`inspect/require-tls`).
+    pub require_tls: bool,
+}
+
+// === inspection ===
+
+/// `inspect`: the scanners zones may use and the interception CA (read
+/// once at start, except the DLP patterns, which follow the policy version).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Inspect {
+    /// `ca`: the interception CA.
+    pub ca: InspectCa,
+    /// `extra_roots`: PEM files of CAs trusted for upstream certificates
+    /// besides the system roots.
+    pub extra_roots: Vec<FileRef>,
+    /// The clamd malware scanner.
+    pub clamd: ClamdConfig,
+    /// ICAP services.
+    pub icap: IcapConfig,
+    /// DLP custom patterns and the findings' hash key.
+    pub dlp: DlpConfig,
+}
+
+/// `inspect.clamd`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClamdConfig {
+    /// `unix:/path`, `tcp://host:port` or `host:port`; `None`: no clamd.
+    pub address: Option<String>,
+    /// Time allowed for one scan (connect, send, verdict).
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Largest object scanned, in bytes (bodies are buffered up to it).
+    pub max_size: u64,
+}
+
+impl Default for ClamdConfig {
+    fn default() -> Self {
+        ClamdConfig {
+            address: None,
+            timeout: Duration::from_secs(30),
+            max_size: 10 << 20,
+        }
+    }
+}
+
+/// `inspect.icap`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IcapConfig {
+    /// `icap://host:port/service` for requests.
+    pub reqmod: Option<String>,
+    /// `icap://host:port/service` for responses.
+    pub respmod: Option<String>,
+    /// Time allowed for one exchange.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Bytes of the body sent as the `Preview` (0: no preview).
+    pub preview: u64,
+    /// Largest body sent to the service, in bytes (bodies are buffered up to it).
+    pub max_size: u64,
+}
+
+impl Default for IcapConfig {
+    fn default() -> Self {
+        IcapConfig {
+            reqmod: None,
+            respmod: None,
+            timeout: Duration::from_secs(30),
+            preview: 4096,
+            max_size: 10 << 20,
+        }
+    }
+}
+
+/// `inspect.dlp`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DlpConfig {
+    /// Custom detectors.
+    pub patterns: Vec<DlpPattern>,
+    /// File holding the findings' hash key (at least 16 bytes); unset: a
+    /// random key per process.
+    pub hash_key_file: Option<PathBuf>,
+}
+
+/// One custom DLP detector.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DlpPattern {
+    /// The detector's name (rule `inspect/dlp/<name>`).
+    pub name: String,
+    /// A `regex` with a bounded match length.
+    pub regex: String,
+}
+
+/// The built-in DLP detectors.
+pub const DLP_DETECTORS: &[&str] = &[
+    "card", "iban", "aws", "gcp", "azure", "github", "gitlab", "slack", "stripe", "pem", "jwt",
+];
+
+/// What a zone does with a DLP detector's finding.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpAction {
+    /// Refuse the request (`403`, rule `inspect/dlp/<detector>`).
+    Block,
+    /// Pass it and raise a `dlp` alert.
+    Alert,
+    /// Pass it; the finding is in the record only.
+    Log,
+}
+
+/// What a zone does with a malware verdict.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MalwareAction {
+    /// Refuse the object (rule `inspect/malware`).
+    Block,
+    /// Pass it and raise a `malware` alert.
+    Alert,
+}
+
+/// What happens when a scanner cannot give a verdict (down, timed out,
+/// the object over its size limit).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refuse the exchange.
+    #[default]
+    Closed,
+    /// Pass it, recorded as unscanned.
+    Open,
+}
+
+/// A zone's `inspect`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ZoneInspect {
+    /// `tls`: host patterns (as a `host` rule's) whose TLS is intercepted.
+    pub tls: Vec<String>,
+    /// Detector → action, in file order.
+    pub dlp: DlpActions,
+    /// Scan uploads and downloads with clamd.
+    pub malware: Option<MalwareAction>,
+    /// Send requests and responses to the ICAP services.
+    pub icap: bool,
+    /// When a scanner has no verdict.
+    pub fail: FailMode,
+    /// Where the zone's `inspect` key is, for errors that span sections.
+    #[serde(skip)]
+    pub line: usize,
+    /// Its column.
+    #[serde(skip)]
+    pub column: usize,
+}
+
+impl ZoneInspect {
+    /// Whether the zone inspects content (DLP, clamd or ICAP); `tls` alone
+    /// only decides which tunnels are decrypted.
+    pub fn any(&self) -> bool {
+        !self.dlp.0.is_empty() || self.malware.is_some() || self.icap
+    }
+}
+
+/// A zone's DLP detectors and actions, each with where it was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DlpActions(pub Vec<(String, DlpAction, (usize, usize))>);
+
+impl Serialize for DlpActions {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, action, _) in &self.0 {
+            m.serialize_entry(name, action)?;
+        }
+        m.end()
+    }
+}
+
+/// `inspect.ca`: the CA that signs the leaf certificates of intercepted
+/// destinations.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct InspectCa {
+    /// `cert_file`: the CA certificate (PEM).
+    pub cert_file: Option<FileRef>,
+    /// `key_file`: its private key (PEM, PKCS#8).
+    pub key_file: Option<FileRef>,
+}
+
+/// A file the configuration names, with where it names it (the binary
+/// reads it and reports problems at that position). Relative paths are
+/// relative to the configuration file's folder. Two are equal when their
+/// paths are.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    /// The path as written.
+    pub path: PathBuf,
+    /// Line of the value.
+    pub line: usize,
+    /// Column of the value.
+    pub column: usize,
+}
+
+impl PartialEq for FileRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Serialize for FileRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.path.serialize(s)
+    }
 }
 
 /// One allow or deny rule: exactly one of `host` and `cidr`.
@@ -221,6 +436,8 @@ pub struct Rule {
     /// Allow rules only: the zone may reach this destination without the
     /// gateway, so a flow an exporter reports to it raises no `bypass` alert.
     pub bypass: bool,
+    /// `require_tls` on an allow rule: what it allows must be TLS.
+    pub require_tls: bool,
 }
 
 /// A rule's `expires`: the instant, as written, and where it was written

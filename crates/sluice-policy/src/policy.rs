@@ -239,6 +239,8 @@ struct CRule {
     ports: Ports,
     lifts_guard: bool,
     text: String,
+    /// An allow rule's `require_tls`.
+    require_tls: bool,
 }
 
 #[derive(Debug)]
@@ -256,6 +258,9 @@ struct CZone {
     route: Option<Arc<str>>,
     /// Allow rules (by id) that name their own `route`.
     rule_routes: HashMap<Arc<str>, Arc<str>>,
+    /// `inspect.tls`: names whose TLS is intercepted.
+    intercept: HostTable,
+    require_tls: bool,
 }
 
 /// A compiled, immutable policy. Cheap to share behind an `Arc`.
@@ -451,7 +456,12 @@ impl Policy {
                 deny_cidrs: CidrTable::default(),
                 route: z.route.as_deref().map(Arc::from),
                 rule_routes: HashMap::new(),
+                intercept: HostTable::default(),
+                require_tls: z.require_tls,
             };
+            for (i, h) in z.inspect.tls.iter().enumerate() {
+                cz.intercept.insert(h, i as u32);
+            }
             for (kind, rules) in [("allow", &z.allow), ("deny", &z.deny)] {
                 for (ri, r) in rules.iter().enumerate() {
                     let idx = ri as u32;
@@ -470,6 +480,7 @@ impl Policy {
                                 ports: r.ports.clone().unwrap_or(Ports::Any),
                                 lifts_guard: false,
                                 text: rule_text(r),
+                                require_tls: r.require_tls,
                             });
                             continue;
                         }
@@ -499,6 +510,7 @@ impl Policy {
                         ports: r.ports.clone().unwrap_or(Ports::Any),
                         lifts_guard: allow && cidr.is_some_and(guard::entirely_special),
                         text: rule_text(r),
+                        require_tls: allow && r.require_tls,
                     });
                 }
             }
@@ -596,6 +608,30 @@ impl Policy {
     pub fn route_for(&self, decision: &Decision) -> Option<&Arc<str>> {
         let z = self.zones.get(decision.zone_idx? as usize)?;
         z.rule_routes.get(&decision.rule).or(z.route.as_ref())
+    }
+
+    /// Whether the zone that made `d` lists `name` under `inspect.tls`:
+    /// its TLS is to be intercepted. Names only; an address never matches.
+    pub fn intercepts(&self, d: &Decision, name: &str) -> bool {
+        self.zone_of_decision(d)
+            .is_some_and(|z| !z.intercept.is_empty() && z.intercept.first(name, |_| true).is_some())
+    }
+
+    /// Whether the zone that made `d` intercepts any destination.
+    pub fn intercepts_zone(&self, d: &Decision) -> bool {
+        self.zone_of_decision(d)
+            .is_some_and(|z| !z.intercept.is_empty())
+    }
+
+    /// Whether the flow `d` judges must be TLS: its zone says
+    /// `require_tls`, or the allow rule that decided does.
+    pub fn requires_tls(&self, d: &Decision) -> bool {
+        let Some(z) = self.zone_of_decision(d) else {
+            return false;
+        };
+        z.require_tls
+            || (d.verdict == Verdict::Allow
+                && z.allow.iter().any(|r| r.require_tls && r.id == d.rule))
     }
 
     /// The name of the zone a source (and user) belongs to, if any.

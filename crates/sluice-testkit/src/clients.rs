@@ -5,6 +5,7 @@
 //! test instead of hanging it.
 
 use std::{
+    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -84,6 +85,35 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `cmd` and waits (bounded) for a stdout line that `port_of` turns
+/// into a port number: servers bind port 0 and print where they listen.
+pub fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (KillOnDrop, u16) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(p) = port_of(&line) {
+                    let _ = tx.send(p);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let bg = KillOnDrop(child);
+    let port = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("{cmd:?} did not print its port"));
+    (bg, port)
 }
 
 // === curl ===

@@ -25,6 +25,8 @@
 //!   [`SyslogReceiver`] (UDP or TCP).
 //! - `geo`: country databases ([`write_mmdb`]) and [`GeoScenario`], an
 //!   upload that leaves its zone's countries.
+//! - `scanners`: real content scanners, [`Clamd`] (one test signature)
+//!   and [`CIcap`] (virus_scan over that clamd), and [`require`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
@@ -34,6 +36,7 @@ mod http;
 mod nats;
 mod origin;
 mod receivers;
+mod scanners;
 mod sluice;
 
 use std::{
@@ -44,7 +47,7 @@ use std::{
 
 pub use clients::{
     CLIENT_TIMEOUT, Curl, KillOnDrop, argon2_hash, client_command, curl, header_in, output_within,
-    python_requests,
+    python_requests, spawn_with_port,
 };
 pub use dns::{FixtureDns, random_label, silent_udp};
 pub use geo::{GeoScenario, write_mmdb};
@@ -53,8 +56,9 @@ pub use http::{
     post_via_from, read_response, send_raw,
 };
 pub use nats::NatsServer;
-pub use origin::{Certs, Origin, make_certs};
+pub use origin::{Certs, Origin, TlsOrigin, make_certs};
 pub use receivers::{Post, SyslogReceiver, WebhookReceiver};
+pub use scanners::{CIcap, Clamd, require};
 pub use sluice::{Sluice, assert_fields};
 
 /// A fresh directory under the system temp dir, removed on drop.

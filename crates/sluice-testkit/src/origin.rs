@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 
-use crate::{TempDir, output_within};
+use crate::{KillOnDrop, TempDir, output_within, spawn_with_port};
 
 /// A local HTTP origin on 127.0.0.1:0 (in its own thread and runtime).
 /// `GET /bytes/N` answers N bytes; anything else answers a JSON echo of the
@@ -206,5 +206,113 @@ pub fn make_certs(dir: &TempDir, sans: &str) -> Certs {
         ca: p("ca.pem"),
         cert: p("server.pem"),
         key: p("server.key"),
+    }
+}
+
+/// A TLS origin on `ip`: Python's http.server wrapped in `ssl`, answering
+/// `GET /PATH` with `hello tls /PATH`. The TLS handshake runs in the
+/// per-connection thread, so a tunnel that never sends a ClientHello does
+/// not stall other connections.
+const TLS_ORIGIN_PY: &str = r#"
+import http.server, os, socket, ssl, sys, threading
+ip, cert, key, seen_path, download_path = sys.argv[1:6]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+lock = threading.Lock()
+def keep(data):
+    with lock, open(seen_path, "ab") as f:
+        f.write(data)
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        keep(("GET %s\n%s\n" % (self.path, self.headers)).encode("latin-1"))
+        if self.path == "/download" and os.path.exists(download_path):
+            with open(download_path, "rb") as f:
+                return self.answer(f.read())
+        self.answer(("hello tls " + self.path).encode())
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n)
+        keep(("POST %s\n%s\n" % (self.path, self.headers)).encode("latin-1") + body + b"\n")
+        self.answer(("got %d" % len(body)).encode())
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    daemon_threads = True
+    def finish_request(self, request, client_address):
+        request.settimeout(10)
+        try:
+            request = ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
+srv = S((ip, 0), H)
+print("port", srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+/// A TLS origin (Python, HTTP/1.1) on 127.0.0.1:0: `GET /download`
+/// answers the bytes given to [`TlsOrigin::set_download`], any other GET
+/// `hello tls <path>`, a POST `got <body length>`; what reached it (request
+/// lines, headers, bodies) is kept for [`TlsOrigin::saw`].
+pub struct TlsOrigin {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _proc: KillOnDrop,
+    dir: TempDir,
+    /// Its test CA and certificate.
+    pub certs: Certs,
+}
+
+impl TlsOrigin {
+    /// Starts one on 127.0.0.1:0 with a certificate for `sans` (see
+    /// [`make_certs`]) from a CA of its own.
+    pub fn start(sans: &str) -> TlsOrigin {
+        let dir = TempDir::new("tls");
+        let certs = make_certs(&dir, sans);
+        let script = dir.path("tls_origin.py");
+        std::fs::write(&script, TLS_ORIGIN_PY).unwrap();
+        let (proc, port) = spawn_with_port(
+            Command::new("python3")
+                .arg("-u")
+                .arg(&script)
+                .arg("127.0.0.1")
+                .arg(&certs.cert)
+                .arg(&certs.key)
+                .arg(dir.path("seen"))
+                .arg(dir.path("download")),
+            |l| l.strip_prefix("port ")?.trim().parse().ok(),
+        );
+        TlsOrigin {
+            port,
+            _proc: proc,
+            dir,
+            certs,
+        }
+    }
+
+    /// Serves `bytes` at `GET /download` from now on.
+    pub fn set_download(&self, bytes: &[u8]) {
+        std::fs::write(self.dir.path("download"), bytes).unwrap();
+    }
+
+    /// Whether `needle` reached the origin (in a request line, a header or
+    /// a body).
+    pub fn saw(&self, needle: &str) -> bool {
+        let seen = std::fs::read(self.dir.path("seen")).unwrap_or_default();
+        seen.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    /// Requests that reached it.
+    pub fn requests(&self) -> usize {
+        let seen = std::fs::read_to_string(self.dir.path("seen")).unwrap_or_default();
+        seen.lines()
+            .filter(|l| l.starts_with("GET /") || l.starts_with("POST /"))
+            .count()
     }
 }

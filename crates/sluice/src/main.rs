@@ -18,6 +18,7 @@ use sluice_policy::{Destination, Policy, Request, Verdict};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
+mod ca;
 mod detect;
 mod dns;
 mod follow;
@@ -175,6 +176,11 @@ enum Command {
     /// Reads the password from the terminal without echo (asked twice), or
     /// one line from stdin when it is not a terminal; prints the PHC string.
     HashPassword,
+    /// The CA that TLS interception signs leaf certificates with.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -182,6 +188,21 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. `sluice man > sluice.1`.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Write a new CA (ECDSA P-256, ten years) for `inspect.ca`: its
+    /// certificate and its key (0600) in DIR, never over existing files;
+    /// prints how to make clients trust it.
+    Init {
+        /// Directory for `sluice-ca.pem` and `sluice-ca.key` (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Sluice interception CA")]
+        name: String,
+    },
 }
 
 const RUN_HELP: &str = "\
@@ -260,6 +281,9 @@ fn main() -> ExitCode {
             config, records, ..
         } => detect::main(&config, &records),
         Command::HashPassword => password::main(),
+        Command::Ca {
+            command: CaCommand::Init { out, name },
+        } => ca::init(&out, &name),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into memory first: clap_complete panics on a failed write

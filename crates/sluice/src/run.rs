@@ -188,12 +188,19 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     );
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone())
         .with_router(Arc::new(routes.clone()));
+    let interceptor = crate::ca::interceptor(&config, path.as_deref())?;
+    if let Some(ic) = interceptor {
+        gw = gw.with_interceptor(ic);
+    }
     let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
     if listeners.has_dns() {
         gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));
     }
+    let content = content(&config, path.as_deref(), &metrics)?;
+    gw = gw.with_inspector(content.clone());
+    spawn_probes(&content, &config);
     let gw = Arc::new(gw);
-    let status = admin_status(&config, view, recorder.clone())?;
+    let status = admin_status(&config, view, recorder.clone(), content)?;
     let declare = |policy: &Policy| {
         metrics.declare_zones(policy, &running, has_dns);
         live.set_zones(sluice_detect::ZoneSettings::from_config(policy.config()));
@@ -308,11 +315,59 @@ async fn until_expiry(at: Option<i64>) {
     }
 }
 
+/// The content inspector (DLP, clamd, ICAP) from `inspect`, with the
+/// findings' hash key from `inspect.dlp.hash_key_file` (relative to the
+/// configuration file), or a random one for this process.
+fn content(
+    config: &Config,
+    path: Option<&Path>,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<sluice_net::content::Content>> {
+    let key = match &config.inspect.dlp.hash_key_file {
+        Some(f) => {
+            let f = path
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."))
+                .join(f);
+            let bytes = std::fs::read(&f).with_context(|| {
+                format!("cannot read inspect.dlp.hash_key_file {}", f.display())
+            })?;
+            sluice_inspect::HashKey::from_bytes(&bytes)
+                .with_context(|| format!("inspect.dlp.hash_key_file {}", f.display()))?
+        }
+        None => sluice_inspect::HashKey::random(),
+    };
+    let c = sluice_net::content::Content::new(&config.inspect, key, metrics.clone())
+        .map_err(|e| anyhow::anyhow!("inspect: {e}"))?;
+    Ok(Arc::new(c))
+}
+
+/// Asks clamd and the ICAP services every few seconds whether they answer
+/// (`/readyz`, `sluice_inspect_scanner_up`), when any is configured.
+fn spawn_probes(content: &Arc<sluice_net::content::Content>, config: &Config) {
+    let i = &config.inspect;
+    if i.clamd.address.is_none() && i.icap.reqmod.is_none() && i.icap.respmod.is_none() {
+        return;
+    }
+    let c = content.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PROBE_EVERY);
+        loop {
+            every.tick().await;
+            c.probe().await;
+        }
+    });
+}
+
+/// How often scanners are probed.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// What the admin listener reads besides the gateway.
 fn admin_status(
     config: &Config,
     view: Arc<FlowView>,
     recorder: Arc<Recorder>,
+    content: Arc<sluice_net::content::Content>,
 ) -> Result<Arc<crate::admin::Status>> {
     let token = match &config.admin.token_file {
         Some(f) => Some(
@@ -336,6 +391,7 @@ fn admin_status(
         },
         view,
         recorder,
+        content,
     }))
 }
 

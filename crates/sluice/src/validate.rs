@@ -58,6 +58,8 @@ pub fn load_runnable(path: Option<&Path>) -> Result<Version> {
         |p| p.display().to_string(),
     );
     runnable(version.policy.config(), &file)?;
+    // The interception CA and extra roots read and checked, as run will.
+    crate::ca::interceptor(version.policy.config(), path)?;
     Ok(version)
 }
 

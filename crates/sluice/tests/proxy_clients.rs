@@ -11,19 +11,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use sluice_testkit::{
-    CLIENT_TIMEOUT, Certs, Curl, FixtureDns, KillOnDrop, Origin, Sluice, TempDir, argon2_hash,
-    assert_fields, client_command as client, curl, header_in, make_certs, output_within,
-    python_requests,
+    CLIENT_TIMEOUT, Curl, FixtureDns, Origin, Sluice, TempDir, TlsOrigin, argon2_hash,
+    assert_fields, client_command as client, curl, header_in, output_within, python_requests,
+    spawn_with_port,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -36,96 +36,8 @@ fn record_by_id(s: &Sluice, id: &str) -> Value {
     s.wait_record(id, |r| r["id"] == id)
 }
 
-/// Starts `cmd` and waits (bounded) for a stdout line that `port_of` turns
-/// into a port number: servers bind port 0 and print where they listen.
-fn spawn_with_port(cmd: &mut Command, port_of: fn(&str) -> Option<u16>) -> (KillOnDrop, u16) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(p) = port_of(&line) {
-                    let _ = tx.send(p);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let bg = KillOnDrop(child);
-    let port = rx
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap_or_else(|_| panic!("{cmd:?} did not print its port"));
-    (bg, port)
-}
-
-/// A TLS origin on `ip`: Python's http.server wrapped in `ssl`, answering
-/// `GET /PATH` with `hello tls /PATH`. The TLS handshake runs in the
-/// per-connection thread, so a tunnel that never sends a ClientHello does
-/// not stall other connections.
-const TLS_ORIGIN_PY: &str = r#"
-import http.server, socket, ssl, sys
-ip, cert, key = sys.argv[1], sys.argv[2], sys.argv[3]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = ("hello tls " + self.path).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    daemon_threads = True
-    def finish_request(self, request, client_address):
-        request.settimeout(10)
-        try:
-            request = ctx.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        super().finish_request(request, client_address)
-srv = S((ip, 0), H)
-print("port", srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-
-struct TlsOrigin {
-    port: u16,
-    _proc: KillOnDrop,
-    _dir: TempDir,
-    certs: Certs,
-}
-
 fn tls_origin() -> TlsOrigin {
-    let dir = TempDir::new("tls");
-    let certs = make_certs(&dir, "DNS:origin.test,DNS:other.test,IP:127.0.0.1,IP:::1");
-    let script = dir.path("tls_origin.py");
-    std::fs::write(&script, TLS_ORIGIN_PY).unwrap();
-    let (proc, port) = spawn_with_port(
-        Command::new("python3")
-            .arg("-u")
-            .arg(&script)
-            .arg("127.0.0.1")
-            .arg(&certs.cert)
-            .arg(&certs.key),
-        |l| l.strip_prefix("port ")?.trim().parse().ok(),
-    );
-    TlsOrigin {
-        port,
-        _proc: proc,
-        _dir: dir,
-        certs,
-    }
+    TlsOrigin::start("DNS:origin.test,DNS:other.test,IP:127.0.0.1,IP:::1")
 }
 
 /// The embedded default policy (docs/design.md) with its listeners moved to port 0.

@@ -232,6 +232,16 @@ fn lab(extra_listen: &str) -> Option<Lab> {
 
 /// `lab` with the transparent listener bound to `transparent`.
 fn lab_with(extra_listen: &str, transparent: &str) -> Option<Lab> {
+    lab_policy(extra_listen, transparent, |_, _| POLICY.to_owned())
+}
+
+/// `lab_with` with the policy `policy` writes, given the origin's test CA
+/// and the lab's directory.
+fn lab_policy(
+    extra_listen: &str,
+    transparent: &str,
+    policy: impl FnOnce(&Certs, &TempDir) -> String,
+) -> Option<Lab> {
     let ns = match Netns::create() {
         Ok(ns) => ns,
         Err(why) => {
@@ -277,9 +287,10 @@ fn lab_with(extra_listen: &str, transparent: &str) -> Option<Lab> {
     assert_eq!(line.trim(), "ready", "origin did not start");
 
     // `Sluice::start_in` adds `log.flows` (to its own directory).
+    let policy = policy(&certs, &dir);
     let yaml = format!(
         "listen:\n  http: {GW_LAN}:0\n  transparent: \"{transparent}\"\n  transparent_mark: {MARK}\n\
-         {extra_listen}{POLICY}"
+         {extra_listen}{policy}"
     );
     let sluice = Sluice::start_in(&ns.exec(&ns.gw), BIN, &yaml);
     assert!(sluice.transparent.is_some(), "no transparent listener line");
@@ -333,7 +344,12 @@ impl Lab {
 
     /// Runs client.py in the client namespace and returns its JSON.
     fn client(&self, args: &[&str]) -> Value {
-        let ca = self.certs.ca.display().to_string();
+        self.client_trusting(args, &self.certs.ca)
+    }
+
+    /// `client`, trusting the CA in `ca` for TLS.
+    fn client_trusting(&self, args: &[&str], ca: &Path) -> Value {
+        let ca = ca.display().to_string();
         let script = netns_dir().join("client.py").display().to_string();
         let mut cmd = self.ns.exec(&self.ns.client);
         cmd.extend(["python3", &script]);
@@ -552,6 +568,153 @@ fn a_long_redirected_flow_writes_interim_records_that_sum_to_its_bytes() {
         assert_eq!(s(&r["original_dst"]), "198.51.100.10:7000", "{r}");
         assert_eq!(s(&r["rule"]), "origin-lift", "{r}");
     }
+}
+
+#[test]
+fn a_listed_sni_is_intercepted_on_the_transparent_listener() {
+    let ca = std::cell::RefCell::new(PathBuf::new());
+    let lab = lab_policy("", &format!("{GW_LAN}:0"), |certs, dir| {
+        let out = dir.path("sluice-ca");
+        let o = output_within(
+            Command::new(BIN).args(["ca", "init", "--out"]).arg(&out),
+            CMD_TIMEOUT,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        *ca.borrow_mut() = out.join("sluice-ca.pem");
+        let zone = "    sources: [192.0.2.0/24, \"2001:db8:1::/64\"]\n";
+        format!(
+            "inspect:\n  ca:\n    cert_file: {}\n    key_file: {}\n  extra_roots: [{}]\n",
+            out.join("sluice-ca.pem").display(),
+            out.join("sluice-ca.key").display(),
+            certs.ca.display()
+        ) + &POLICY.replace(
+            zone,
+            &format!(
+                "{zone}    inspect:\n      tls: [allowed.test]\n      dlp: {{github: block}}\n"
+            ),
+        )
+    });
+    let Some(lab) = lab else { return };
+    lab.load_ruleset();
+    let ca = ca.into_inner();
+    // curl in the client namespace, trusting only Sluice's CA: the leaf
+    // it saw is Sluice's. It never names a proxy.
+    let before = lab.sluice.records().len();
+    let mut cmd = lab.ns.exec(&lab.ns.client);
+    let ca_arg = ca.display().to_string();
+    let resolve = format!("allowed.test:443:{ORIGIN}");
+    cmd.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        &ca_arg,
+        "--resolve",
+        &resolve,
+        "https://allowed.test/",
+    ]);
+    let out = output_within(Command::new(cmd[0]).args(&cmd[1..]), CMD_TIMEOUT);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(body.trim()).unwrap();
+    let rec = lab.sluice.wait_records(before + 1)[before].clone();
+    assert_eq!(seen["sni"], "allowed.test", "{seen}");
+    assert_eq!(seen["host"], "allowed.test", "{seen}");
+    for (k, v) in [
+        ("listener", "transparent"),
+        ("protocol", "tls"),
+        ("verdict", "allow"),
+        ("sni", "allowed.test"),
+        ("method", "GET"),
+    ] {
+        assert_eq!(s(&rec[k]), v, "{k} in {rec}");
+    }
+    assert_eq!(rec["intercepted"], true, "{rec}");
+    assert_eq!(rec["tls"], true, "{rec}");
+    assert_eq!(rec["status"], 200, "{rec}");
+    // The decrypted requests go through the zone's content inspection: a
+    // token in a header is refused with the DLP rule, recorded as a
+    // finding of the intercepted flow, and never written anywhere.
+    let token = "ghp_Zq8xW3vR1tY6uI0oP9aS2dF5gH7jK4lM3nB8";
+    let before = lab.sluice.records().len();
+    let auth = format!("Authorization: token {token}");
+    let mut cmd = lab.ns.exec(&lab.ns.client);
+    cmd.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        &ca_arg,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-H",
+        &auth,
+        "https://allowed.test/",
+    ]);
+    let out = output_within(Command::new(cmd[0]).args(&cmd[1..]), CMD_TIMEOUT);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(head.contains("sluice-rule: inspect/dlp/github"), "{head}");
+    let rec = lab.sluice.wait_records(before + 1)[before].clone();
+    assert_eq!(rec["intercepted"], true, "{rec}");
+    assert_eq!(s(&rec["rule"]), "inspect/dlp/github", "{rec}");
+    assert_eq!(rec["findings"][0]["type"], "github", "{rec}");
+    let flows = std::fs::read_to_string(&lab.sluice.flows).unwrap();
+    assert!(!flows.contains(token), "the flow log holds the token");
+    let err = lab.sluice.stderr.lock().unwrap().join("\n");
+    assert!(!err.contains(token), "stderr holds the token");
+    // Plain HTTP on the same listener says tls: false, not intercepted; in
+    // this zone (it asks for DLP) it is served request by request.
+    let (seen, rec) = lab.exchange(&["http", &format!("{ORIGIN}:80"), "--host", "allowed.test"]);
+    assert_eq!(rec["tls"], false, "{rec}");
+    assert!(rec["intercepted"].is_null(), "{rec}");
+    assert_eq!(s(&rec["protocol"]), "http-transparent", "{rec}");
+    assert_eq!(rec["status"], 200, "{rec} {seen}");
+    assert!(
+        s(&rec["reason"]).contains("inspected: 1 HTTP request"),
+        "{rec}"
+    );
+    // ... so its content is inspected too: the token in a header is
+    // refused before the request reaches the origin.
+    let before = lab.sluice.records().len();
+    let resolve80 = format!("allowed.test:80:{ORIGIN}");
+    let mut cmd = lab.ns.exec(&lab.ns.client);
+    cmd.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--resolve",
+        &resolve80,
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-H",
+        &auth,
+        "http://allowed.test/plain",
+    ]);
+    let out = output_within(Command::new(cmd[0]).args(&cmd[1..]), CMD_TIMEOUT);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(head.contains("sluice-rule: inspect/dlp/github"), "{head}");
+    let rec = lab.sluice.wait_records(before + 1)[before].clone();
+    assert_eq!(s(&rec["protocol"]), "http-transparent", "{rec}");
+    assert_eq!(s(&rec["rule"]), "inspect/dlp/github", "{rec}");
+    assert_eq!(rec["findings"][0]["type"], "github", "{rec}");
+    assert_eq!(rec["status"], 403, "{rec}");
+    let flows = std::fs::read_to_string(&lab.sluice.flows).unwrap();
+    assert!(!flows.contains(token), "the flow log holds the token");
 }
 
 #[test]

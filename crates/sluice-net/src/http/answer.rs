@@ -33,6 +33,11 @@ pub(super) fn refusal(r: &Refusal, flow: &Flow) -> Response<ProxyBody> {
             ..
         } => throttled(*wait, &r.message()),
         Refusal::Denied(_) | Refusal::Inspected { .. } => denied(flow),
+        Refusal::Unscanned { .. } => {
+            let mut r = denied(flow);
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
         Refusal::Resolve { host, .. } => text(
             StatusCode::BAD_GATEWAY,
             &format!("Bad gateway: cannot resolve {host}\n"),
@@ -52,6 +57,15 @@ pub(super) fn refusal(r: &Refusal, flow: &Flow) -> Response<ProxyBody> {
         Refusal::UpstreamClosed(why) => {
             text(StatusCode::BAD_GATEWAY, &format!("Bad gateway: {why}\n"))
         }
+        Refusal::UpstreamCertificate(why) => text(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "Bad gateway: the origin's certificate did not verify, so Sluice did not send \
+                 the request.\nrule: {}\nreason: {why}\nrequest id: {}\n",
+                ids::INSPECT_UPSTREAM_CERTIFICATE,
+                flow.id()
+            ),
+        ),
         Refusal::Draining => close(text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sluice is draining; retry on another replica.\n",

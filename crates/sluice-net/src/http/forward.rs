@@ -27,27 +27,88 @@ use sluice_observe::ErrorKind;
 use tokio::{net::TcpStream, sync::watch};
 
 use super::{
-    ProxyBody, VIA, answer,
-    body::{Counted, End, Ended, OnEnd, Watch},
+    BoxError, ProxyBody, VIA, answer,
+    body::{Counted, End, Ended, OnEnd, Watch, hold, replay},
     pool::{Pool, PoolKey},
     refused, unwrap_client,
 };
 use crate::{
     Gateway,
     flow::Flow,
-    inspect::{Direction, Subject},
+    inspect::{Direction, Object, Subject},
     refusal::Refusal,
     relay::Preread,
 };
+
+/// An origin connection shared by the requests of one intercepted
+/// tunnel: already dialed and TLS-wrapped for one host and port.
+pub(crate) type Fixed = Arc<tokio::sync::Mutex<SendRequest<ProxyBody>>>;
+
+/// Where a request goes.
+enum Upstream {
+    /// A pooled keep-alive connection to the URI's host, or a new one.
+    Pool(Arc<Pool>),
+    /// The intercepted tunnel's own verified TLS connection.
+    Fixed(Fixed),
+}
+
+/// The connection a request is sent on.
+enum Sender {
+    Owned(SendRequest<ProxyBody>),
+    /// Held until the response head: HTTP/1.1 carries one at a time.
+    Shared(tokio::sync::OwnedMutexGuard<SendRequest<ProxyBody>>),
+}
+
+impl std::ops::Deref for Sender {
+    type Target = SendRequest<ProxyBody>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Sender::Owned(s) => s,
+            Sender::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Sender::Owned(s) => s,
+            Sender::Shared(s) => &mut *s,
+        }
+    }
+}
 
 /// Forwards one absolute-form request whose flow passed the decision.
 pub(super) async fn forward(
     gw: Arc<Gateway>,
     pool: Arc<Pool>,
     flow: Flow,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    exchange(gw, Upstream::Pool(pool), flow, req).await
+}
+
+/// Forwards one decrypted request of an intercepted tunnel over the
+/// tunnel's own verified connection to its destination (origin-form: the
+/// client's `Host` header stays). The same path as absolute-form requests:
+/// heads and bodies go past the same inspectors. No upgrades.
+pub(crate) async fn forward_fixed(
+    gw: Arc<Gateway>,
+    origin: Fixed,
+    flow: Flow,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    exchange(gw, Upstream::Fixed(origin), flow, req).await
+}
+
+async fn exchange(
+    gw: Arc<Gateway>,
+    upstream: Upstream,
+    flow: Flow,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let upgrade = wants_upgrade(req.headers());
+    let upgrade = matches!(upstream, Upstream::Pool(_)) && wants_upgrade(req.headers());
+    let fixed = matches!(upstream, Upstream::Fixed(_));
     // Until the response head arrives, this future is all that holds the
     // flow: hyper drops it when the client leaves, and the drain deadline
     // drops the connection. The guard records the flow either way.
@@ -56,10 +117,19 @@ pub(super) async fn forward(
         return f.refuse(Refusal::Internal("forward before target".into()));
     };
     let key = (dest, port, gw.route_name(f.get()));
-    let mut sender = match origin(&gw, &pool, f.get(), &key, upgrade).await {
-        Ok(s) => s,
-        Err(r) => return f.refuse(r),
+    let mut sender = match &upstream {
+        Upstream::Pool(pool) => match origin(&gw, pool, f.get(), &key, upgrade).await {
+            Ok(s) => Sender::Owned(s),
+            Err(r) => return f.refuse(r),
+        },
+        Upstream::Fixed(c) => Sender::Shared(c.clone().lock_owned().await),
     };
+    // The address's rule is known now (a `cidr` allow's `require_tls`).
+    if matches!(upstream, Upstream::Pool(_)) {
+        if let Err(r) = gw.require_tls(f.get(), false) {
+            return f.refuse(r);
+        }
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if let Err(r) = rewrite_request(&mut parts, upgrade) {
@@ -71,7 +141,21 @@ pub(super) async fn forward(
             return f.refuse(r);
         }
     }
-    let watch = subject.and_then(|s| watch(&gw, s));
+    let watch = subject.clone().and_then(|s| watch(&gw, s));
+    let out_limit = subject
+        .as_ref()
+        .and_then(|s| gw.object_limit(s, Direction::Out));
+    let in_limit = subject
+        .as_ref()
+        .and_then(|s| gw.object_limit(s, Direction::In));
+    // What a response inspection needs of the request (kept only then).
+    let req_head = in_limit.map(|_| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
     let out_count = Arc::new(AtomicU64::new(0));
     f.out = Some(out_count.clone());
     let (upload, on_upload) = Upload::new();
@@ -82,18 +166,53 @@ pub(super) async fn forward(
         watch.clone(),
         Some(on_upload),
     );
-    let upstream_req = Request::from_parts(parts, body.boxed());
+    let body = match (out_limit, &subject) {
+        (Some(limit), Some(s)) => {
+            let idle = gw.limits().idle_timeout;
+            let held = match hold(body.boxed(), limit, idle).await {
+                Ok(h) => h,
+                Err(e) => {
+                    let r = if let Some((rule, reason)) =
+                        watch.as_ref().and_then(|w| w.denied.lock().ok()?.take())
+                    {
+                        Refusal::Inspected { rule, reason }
+                    } else {
+                        Refusal::BadRequest(format!("request body: {e}"))
+                    };
+                    return f.refuse(r);
+                }
+            };
+            let obj = Object {
+                dir: Direction::Out,
+                method: &parts.method,
+                uri: &parts.uri,
+                request_headers: &parts.headers,
+                response: None,
+                body: &held.bytes,
+                complete: held.rest.is_none(),
+            };
+            if let Err(r) = gw.inspect_object(s, &obj).await {
+                return f.refuse(r);
+            }
+            replay(held)
+        }
+        _ => body.boxed(),
+    };
+    let upstream_req = Request::from_parts(parts, body);
     if sender.ready().await.is_err() {
-        return f.refuse(Refusal::UpstreamClosed(
-            "origin closed the connection".into(),
-        ));
+        return closing(
+            fixed,
+            f.refuse(Refusal::UpstreamClosed(
+                "origin closed the connection".into(),
+            )),
+        );
     }
     let timeout = f.get().policy().config().limits.response_timeout;
     let sent = tokio::select! {
         r = sender.send_request(upstream_req) => r,
         // Dropping the exchange and its sender closes the origin
         // connection: it is never pooled with a response still owed.
-        () = upload.sent_then(timeout) => return f.refuse(Refusal::NoResponse(timeout)),
+        () = upload.sent_then(timeout) => return closing(fixed, f.refuse(Refusal::NoResponse(timeout))),
     };
     let resp = match sent {
         Ok(r) => r,
@@ -110,7 +229,8 @@ pub(super) async fn forward(
             } else {
                 Refusal::UpstreamClosed(format!("the origin did not answer: {e}"))
             };
-            return f.refuse(r);
+            // The origin got part of a request: its connection is done.
+            return closing(fixed, f.refuse(r));
         }
     };
     let mut flow = f.take();
@@ -119,12 +239,36 @@ pub(super) async fn forward(
         return switch(gw, flow, client_upgrade, resp);
     }
     // A body that failed has left the connection mid-message: never pooled.
-    if !upgrade && upload.failed().is_none() {
+    if let (false, None, Upstream::Pool(pool), Sender::Owned(sender)) =
+        (upgrade, upload.failed(), upstream, sender)
+    {
         let route = flow.route.clone().unwrap_or_else(|| key.2.clone());
         pool.checkin(key, sender, dialed_at(&flow), route);
     }
-    respond(gw, flow, resp, out_count, watch)
+    let held = match (in_limit, subject, req_head) {
+        (Some(limit), Some(s), Some(head)) => Some((limit, s, head)),
+        _ => None,
+    };
+    respond(gw, flow, resp, out_count, watch, held, fixed).await
 }
+
+/// The answer, closing the client's connection after it when `fixed`: an
+/// intercepted tunnel has one origin connection, and a request refused
+/// after part of it went there (a body cut short by DLP, a response left
+/// unread) leaves that connection mid-message. The client's next request
+/// opens a new tunnel, with a new origin connection, instead of finding
+/// this one broken.
+fn closing(fixed: bool, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if fixed {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A response held whole for inspection: the limit, the subject, and the
+/// request's method, URI and headers.
+type HeldResponse = (u64, Arc<Subject>, (hyper::Method, Uri, HeaderMap));
 
 /// A flow between its decision and its response head: recorded if the
 /// exchange is dropped before then.
@@ -287,7 +431,10 @@ fn rewrite_request(parts: &mut hyper::http::request::Parts, upgrade: bool) -> Re
         .parse::<Uri>()
         .map_err(|_| Refusal::BadRequest("invalid request path".into()))?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    if let Ok(v) = HeaderValue::from_str(&authority) {
+    // An origin-form request (intercepted) keeps the client's `Host`.
+    if !authority.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&authority)
+    {
         parts.headers.insert(header::HOST, v);
     }
     parts
@@ -298,19 +445,52 @@ fn rewrite_request(parts: &mut hyper::http::request::Parts, upgrade: bool) -> Re
 }
 
 /// The origin's response for the client, recorded when its body ends.
-fn respond(
+/// With `held`, the body is read whole (up to the limit) and inspected
+/// before the head goes to the client, so a refusal replaces the answer.
+async fn respond(
     gw: Arc<Gateway>,
     mut flow: Flow,
     resp: Response<Incoming>,
     out_count: Arc<AtomicU64>,
     watch: Option<Watch>,
+    held: Option<HeldResponse>,
+    fixed: bool,
 ) -> Response<ProxyBody> {
+    // A refused response is left unread on the origin connection.
     let (mut parts, body) = resp.into_parts();
     if let Some(s) = gw.http_subject(&flow) {
         if let Err(r) = gw.inspect(|i| i.response_head(&s, &parts)) {
-            return refused(&gw, flow, r);
+            return closing(fixed, refused(&gw, flow, r));
         }
     }
+    let body: ProxyBody = match held {
+        None => body.map_err(BoxError::from).boxed(),
+        Some((limit, s, (method, uri, req_headers))) => {
+            let idle = gw.limits().idle_timeout;
+            let h = match hold(body.map_err(BoxError::from).boxed(), limit, idle).await {
+                Ok(h) => h,
+                Err(e) => {
+                    flow.bytes_out = out_count.load(Ordering::Relaxed);
+                    let r = Refusal::UpstreamClosed(format!("response body: {e}"));
+                    return closing(fixed, refused(&gw, flow, r));
+                }
+            };
+            let obj = Object {
+                dir: Direction::In,
+                method: &method,
+                uri: &uri,
+                request_headers: &req_headers,
+                response: Some((parts.status, &parts.headers)),
+                body: &h.bytes,
+                complete: h.rest.is_none(),
+            };
+            if let Err(r) = gw.inspect_object(&s, &obj).await {
+                flow.bytes_out = out_count.load(Ordering::Relaxed);
+                return closing(fixed, refused(&gw, flow, r));
+            }
+            replay(h)
+        }
+    };
     strip_hop_by_hop(&mut parts.headers, false);
     parts
         .headers

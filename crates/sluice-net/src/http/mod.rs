@@ -48,7 +48,9 @@ use crate::{
 /// Boxed errors of bodies passing through (hyper's, or an inspector's).
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
+
+pub(crate) use forward::forward_fixed;
 
 const VIA: &str = "1.1 sluice";
 
@@ -162,8 +164,17 @@ async fn handle(
     };
     let mut flow = gw.start(Listener::Http, protocol, peer);
     flow.method = Some(req.method().as_str().to_owned());
+    if !is_connect {
+        // Plaintext on the wire: an absolute-form request is never TLS.
+        flow.tls = Some(false);
+    }
     if let Err(r) = prepare(&gw, &mut flow, &req, is_connect, both_lengths).await {
         return refused(&gw, flow, r);
+    }
+    if !is_connect {
+        if let Err(r) = gw.require_tls(&mut flow, false) {
+            return refused(&gw, flow, r);
+        }
     }
     if is_connect {
         connect(gw, flow, slot, req).await
@@ -200,6 +211,20 @@ async fn prepare(
         .and_then(|v| v.to_str().ok());
     gw.identify_header(flow, auth).await?;
     gw.decide(flow)
+}
+
+/// A refused request inside an intercepted tunnel (its record folds into
+/// the tunnel's).
+pub(crate) fn refused_answer(gw: &Gateway, flow: Flow, r: Refusal) -> Response<ProxyBody> {
+    refused(gw, flow, r)
+}
+
+/// `500` for a request Sluice could not handle on its own account.
+pub(crate) fn internal_error() -> Response<ProxyBody> {
+    answer::text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Sluice failed on its own account; see its log.\n",
+    )
 }
 
 /// A refused flow: its answer, and its record with the status answered.

@@ -274,6 +274,7 @@ pub fn reply_for(r: &Refusal) -> Reply {
         Refusal::Resolve { .. } => Reply::HostUnreachable,
         Refusal::Denied(_)
         | Refusal::Inspected { .. }
+        | Refusal::Unscanned { .. }
         | Refusal::AuthRequired(_)
         | Refusal::AuthFailed { .. }
         | Refusal::InvalidDestination(_) => Reply::NotAllowed,
@@ -287,6 +288,7 @@ pub fn reply_for(r: &Refusal) -> Reply {
         },
         Refusal::BadRequest(_)
         | Refusal::UpstreamClosed(_)
+        | Refusal::UpstreamCertificate(_)
         | Refusal::Draining
         | Refusal::Internal(_)
         | Refusal::NoDescriptors(_) => Reply::GeneralFailure,

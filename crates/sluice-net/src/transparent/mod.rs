@@ -28,7 +28,9 @@
 //! redirect is recorded (`default/not-redirected`) and reset. A ClientHello that is not well-formed is denied
 //! in enforce mode (report and open zones judge it as `tcp`). Only the first
 //! request of a plain HTTP connection is judged: later requests on it reach
-//! the same, already checked, address.
+//! the same, already checked, address. In a zone that inspects content the
+//! gateway serves such a connection request by request so that each meets
+//! that inspection (`Gateway::tunnel`); elsewhere it is spliced.
 
 mod judge;
 
@@ -98,6 +100,8 @@ async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, s
         let why = crate::gateway::untrusted_header(lb);
         return gw.refuse(flow, &Refusal::BadRequest(why));
     }
+    // The peek read the first bytes anyway: whether they were a ClientHello.
+    flow.tls = Some(matches!(peeked, Peeked::Tls(_)));
     match &peeked {
         Peeked::Tls(sni) => flow.sni.clone_from(sni),
         Peeked::Http { method, .. } => flow.method = Some(method.clone()),

@@ -15,6 +15,7 @@ use serde_json::Value as Json;
 
 use super::{
     Cx, Need,
+    inspect::{INSPECT, ZONE_INSPECT},
     items::{self, Routes, Rules, Users, Zones},
     kinds::{
         Address, AdminHosts, Blocked, Bool, BusUrl, Cidr, Cidrs, Count, Countries, Factor,
@@ -57,8 +58,9 @@ pub(crate) static ROOT: Section<Config> = Section {
         key!(routes: Routes, Applies, "Named ways out, chosen by `zones[].route` or `allow[].route` (`direct`, built in, is the default): hops tried in order or by weight, parents health-checked."),
         key!(detect: map &DETECT, "Detection: baselines of normal egress and alerts (volume, new destination, country, beaconing, DNS tunnelling, denied bursts), and where alerts go."),
         key!(netflow: map &NETFLOW, "The NetFlow v5/v9 and IPFIX collector (`listen.netflow`)."),
+        key!(inspect: map &INSPECT, "Inspection: the TLS interception CA and extra upstream roots, the clamd and ICAP scanners and DLP patterns that zones' `inspect` use."),
     ],
-    not_yet: &["inspect", "tls", "geoip"],
+    not_yet: &["tls", "geoip"],
 };
 
 pub(crate) static LISTEN: Section<Listen> = Section {
@@ -294,6 +296,8 @@ pub(crate) static ZONE: Section<Zone> = Section {
         key!(route: RouteRef, Applies, "The route this zone's flows leave by: `direct` (the default) or a name under `routes`."),
         key!(countries: Countries, Applies, "ISO 3166 alpha-2 codes (`[DE, FR]`) this zone's traffic may go to; a flow to another country (from `detect.geoip`) raises a `geo` warning."),
         key!(detect: OnOff, Applies, "`off`: no detector looks at this zone's flows (default `on`)."),
+        key!(inspect: map &ZONE_INSPECT, "What this zone's flows are inspected for: TLS interception of listed destinations, DLP detectors, malware, ICAP, and what happens when a scanner has no verdict."),
+        key!(require_tls: Bool, Applies, "Deny plaintext absolute-form HTTP and tunnels whose first client bytes are not a TLS ClientHello (`inspect/require-tls`; recorded, not enforced, in `report` mode)."),
     ],
     not_yet: &[],
 };
@@ -312,6 +316,7 @@ pub(crate) static RULE: Section<Rule> = Section {
         key!(expires: Instant, Applies, "When the rule stops matching, in RFC 3339 (`2026-03-31T00:00:00Z`); the rule keeps its id and is reported expired."),
         key!(route: RouteRef, Applies, "Allow rules only: the route the flows it lets out leave by, over the zone's `route`."),
         key!(bypass: Bool, Applies, "Allow rules only: the zone may reach this destination without the gateway; flows exporters report to it raise no `bypass` alert."),
+        key!(require_tls: Bool, Applies, "On an allow rule: what it allows must be TLS, as the zone's `require_tls` (`inspect/require-tls`)."),
     ],
     not_yet: &[],
 };
@@ -367,6 +372,7 @@ pub(crate) fn read_config(cx: &mut Cx<'_>, doc: &Node<'_>, need: Need) -> Option
     }
     items::check_user_refs(cx, &c.users);
     items::check_route_refs(cx, &c.routes);
+    super::inspect::check(cx, doc, &c);
     if let Some(a) = c.listen.admin {
         if !a.ip().is_loopback() && c.admin.token_file.is_none() {
             cx.err(

@@ -37,6 +37,10 @@ impl Kind for Zones {
                 cx.err(item, "a zone needs a `name`");
                 continue;
             };
+            if let Some(at) = seen.at("inspect") {
+                zone.inspect.line = at.line;
+                zone.inspect.column = at.column;
+            }
             if !valid_zone_name(&zone.name) {
                 cx.err_at(
                     name_at,
@@ -160,6 +164,15 @@ impl Rules {
                 "a deny rule takes no `route`: nothing it matches is dialed (put `route` on an allow rule or the zone)",
             );
             ok = false;
+        }
+        if !self.allow && rule.require_tls {
+            if let Some(at) = seen.at("require_tls") {
+                cx.err_at(
+                    at,
+                    "`require_tls` is for allow rules (and zones): a deny rule lets nothing out",
+                );
+                ok = false;
+            }
         }
         if self.allow && ok && rule.ports.is_none() {
             cx.err(

@@ -491,6 +491,60 @@ impl Kind for Path {
     }
 }
 
+/// A file the binary reads, kept with its position so that problems
+/// reading it are reported where it is named.
+pub(crate) struct FilePath;
+
+impl Kind for FilePath {
+    type Out = crate::model::FileRef;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<crate::model::FileRef> {
+        let s = Text.read(cx, n)?;
+        if s.is_empty() {
+            cx.err(n, format!("expected a file path for {}", cx.label()));
+            return None;
+        }
+        let at = yaml::pos(n);
+        Some(crate::model::FileRef {
+            path: PathBuf::from(s),
+            line: at.line,
+            column: at.column,
+        })
+    }
+    fn schema(&self) -> Json {
+        string_schema()
+    }
+}
+
+/// A list of files the binary reads (`inspect.extra_roots`).
+pub(crate) struct FilePaths;
+
+impl Kind for FilePaths {
+    type Out = Vec<crate::model::FileRef>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<crate::model::FileRef>> {
+        let what = cx.label();
+        let list = cx.seq(n, &what)?;
+        Some(list.filter_map(|f| FilePath.read(cx, &f)).collect())
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "items": { "type": "string" } })
+    }
+}
+
+/// A list of host patterns, as `host` rules take them (`inspect.tls`).
+pub(crate) struct HostPatterns;
+
+impl Kind for HostPatterns {
+    type Out = Vec<String>;
+    fn read(&self, cx: &mut Cx<'_>, n: &Node<'_>) -> Option<Vec<String>> {
+        let what = cx.label();
+        let list = cx.seq(n, &what)?;
+        Some(list.filter_map(|h| HostPattern.read(cx, &h)).collect())
+    }
+    fn schema(&self) -> Json {
+        json!({ "type": "array", "items": { "type": "string" } })
+    }
+}
+
 /// Where flow records go: `stdout` or a file path.
 pub(crate) struct FlowTarget;
 

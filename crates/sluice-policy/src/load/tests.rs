@@ -83,9 +83,17 @@ fn sections_fit_the_seen_table() {
     check("zone", ZONE.keys);
     check("rule", RULE.keys);
     check("user", USER.keys);
+    check("inspect", super::inspect::INSPECT.keys);
+    check("inspect.ca", super::inspect::INSPECT_CA.keys);
+    check("inspect.clamd", super::inspect::CLAMD.keys);
+    check("inspect.icap", super::inspect::ICAP.keys);
+    check("inspect.dlp", super::inspect::DLP.keys);
+    check("a DLP pattern", super::inspect::PATTERN.keys);
+    check("zone inspect", super::inspect::ZONE_INSPECT.keys);
     for k in keys() {
+        // `inspect.dlp.patterns[].name` is the deepest.
         let depth = k.path.matches('.').count();
-        assert!(depth <= 2, "{}", k.path);
+        assert!(depth <= 3, "{}", k.path);
     }
 }
 
@@ -181,6 +189,23 @@ detect:
     enabled: false
     window: 7m
     min_distinct: 7
+inspect:
+  ca:
+    cert_file: /etc/sluice/ca.pem
+    key_file: /etc/sluice/ca.key
+  extra_roots: [/etc/sluice/roots.pem]
+  clamd:
+    address: unix:/run/clamd.ctl
+    timeout: 7s
+    max_size: 7MiB
+  icap:
+    reqmod: icap://127.0.0.1:1344/req
+    respmod: icap://127.0.0.1:1344/resp
+    timeout: 7s
+    preview: 7B
+    max_size: 7MiB
+  dlp:
+    hash_key_file: /run/sluice-dlp-key
 zones: []
 ";
 
@@ -699,4 +724,112 @@ fn detect_keys_load_with_defaults_and_bad_values_are_positioned_errors() {
          b.yaml:9:17: expected an ISO 3166 alpha-2 country code in zones[].countries (two upper-case letters such as `DE`), found `de`\n\
          b.yaml:10:13: expected `on` or `off` for zones[].detect"
     );
+}
+
+#[test]
+fn inspect_keys_are_read_and_checked_across_sections() {
+    let good = "
+inspect:
+  clamd: {address: 'tcp://127.0.0.1:3310', max_size: 2MiB}
+  icap: {reqmod: 'icap://av.local/req', preview: 0B}
+  dlp:
+    patterns:
+      - {name: employee, regex: 'EMP-[0-9]{6}'}
+zones:
+  - name: web
+    sources: [10.0.0.0/8]
+    inspect:
+      dlp: {aws: block, employee: alert, card: log}
+      malware: alert
+      icap: true
+      fail: open
+";
+    let c = parse_config(good, "i.yaml").unwrap();
+    assert_eq!(c.inspect.clamd.max_size, 2 << 20);
+    assert_eq!(c.inspect.icap.preview, 0);
+    let z = &c.zones[0].inspect;
+    assert_eq!(z.dlp.0.len(), 3);
+    assert_eq!(z.fail, crate::model::FailMode::Open);
+    assert!(z.any());
+    assert!(
+        !c.zones.is_empty()
+            && parse_config("zones: []\n", "i.yaml")
+                .unwrap()
+                .zones
+                .is_empty()
+    );
+
+    let bad = "
+inspect:
+  clamd: {address: nowhere, max_size: 10}
+  icap: {reqmod: 'http://x/'}
+  dlp:
+    patterns:
+      - {name: card, regex: 'x'}
+      - {name: wide, regex: 'a+'}
+zones:
+  - name: web
+    sources: [10.0.0.0/8]
+    inspect:
+      dlp: {aws: block, awz: block, wide: maybe}
+      malware: quarantine
+      fail: sometimes
+";
+    let e = parse_config(bad, "i.yaml").unwrap_err().to_string();
+    for want in [
+        "i.yaml:3:20: expected `unix:/path`, `tcp://host:port` or `host:port`",
+        "expected a size for inspect.clamd.max_size",
+        "expected `icap://host[:port]/service` for inspect.icap.reqmod",
+        "DLP pattern name `card` is a built-in detector's",
+        "DLP pattern `wide`: matches of unbounded or excessive length",
+        "i.yaml:13:25: unknown DLP detector `awz` in zone `web`",
+        "expected `block`, `alert` or `log` for detector `wide`",
+        "expected `block` or `alert` for zones[].inspect.malware",
+        "expected `closed` or `open` for zones[].inspect.fail",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let e = parse_config(
+        "zones:\n  - name: web\n    inspect: {malware: block, icap: true}\n",
+        "i.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("sets inspect.malware but inspect.clamd.address is not set"),
+        "{e}"
+    );
+    assert!(e.contains("sets inspect.icap but neither"), "{e}");
+}
+
+#[test]
+fn inspect_tls_needs_a_ca_and_require_tls_is_for_allow_rules() {
+    let e = parse_config(
+        "zones:\n  - name: a\n    inspect:\n      tls: [x.test]\n    deny:\n      - host: y.test\n        require_tls: true\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("t.yaml:4:7: zone `a`: inspect.tls intercepts TLS, which needs a CA"),
+        "{e}"
+    );
+    assert!(
+        e.contains("t.yaml:7:22: `require_tls` is for allow rules"),
+        "{e}"
+    );
+    let c = parse_config(
+        "inspect:\n  ca:\n    cert_file: c.pem\n    key_file: c.key\nzones:\n  - name: a\n    require_tls: true\n    inspect:\n      tls: [\"*.x.test\"]\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert!(c.zones[0].require_tls);
+    assert_eq!(c.zones[0].inspect.tls, ["*.x.test"]);
+    let e = parse_config(
+        "inspect:\n  ca:\n    cert_file: c.pem\nzones: []\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("t.yaml:3:16: inspect.ca needs both"), "{e}");
 }

@@ -55,6 +55,8 @@ pub struct Status {
     pub view: Arc<FlowView>,
     /// The record stage's fan-out, for its recent alerts.
     pub recorder: Arc<sluice_observe::Recorder>,
+    /// The content inspector, for its scanners' state.
+    pub content: Arc<sluice_net::content::Content>,
 }
 
 /// The admin thread's nice value: the lowest CPU priority.
@@ -226,6 +228,15 @@ fn readyz(gw: &Gateway, status: &Status) -> Response<Body> {
             "upstream": u.upstream,
             "state": u.state,
             "error": u.error,
+        })).collect::<Vec<_>>(),
+        // clamd and ICAP as last seen (probed every 5 s and on each scan).
+        // A scanner that is down fails its zones' inspected exchanges
+        // closed (503) or open, per zone; the gateway stays ready for the
+        // rest.
+        "scanners": status.content.health().into_iter().map(|s| serde_json::json!({
+            "scanner": s.scanner,
+            "state": s.state,
+            "error": s.error,
         })).collect::<Vec<_>>(),
     });
     let code = if draining {

@@ -1,0 +1,677 @@
+//! DLP detectors: the built-in ones (payment cards, IBAN, cloud and SaaS
+//! credentials, PEM private keys, JWTs) and custom patterns, compiled once
+//! into a [`Dlp`] and run over request heads ([`Dlp::scan`]) and over
+//! bodies in chunks ([`Stream`]).
+//!
+//! Every pattern is a `regex` (finite automata, linear time: no
+//! backtracking on untrusted input) with a bounded match length; the
+//! longest of them is the window a [`Stream`] holds back, so that a match
+//! spanning two chunks is still found and none of its bytes is released
+//! before it was scanned. A pattern whose length is unbounded (`+`, `*`)
+//! is refused when the configuration is loaded.
+//!
+//! Findings carry a detector name, a count and a keyed hash
+//! (HMAC-SHA256 under [`HashKey`]) of the first match — never the match.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use sha2::Sha256;
+
+/// The longest match a pattern may have, in bytes: the most a body stream
+/// holds back.
+pub const MAX_PATTERN_BYTES: usize = 8192;
+
+/// The built-in detectors, in the order findings list them.
+pub const BUILT_IN: &[&str] = &[
+    "card", "iban", "aws", "gcp", "azure", "github", "gitlab", "slack", "stripe", "pem", "jwt",
+];
+
+/// Each built-in detector's pattern and the check a match must pass.
+const PATTERNS: &[(&str, &str, Check)] = &[
+    (
+        "card",
+        r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)",
+        Check::Card,
+    ),
+    (
+        "iban",
+        r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)",
+        Check::Iban,
+    ),
+    (
+        "aws",
+        r"(?-u:\b)(?:(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)|(?i:aws_?secret_?access_?key)[\x22']?[ \t]{0,4}[:=][ \t]{0,4}[\x22']?[A-Za-z0-9/+]{40}(?-u:\b))",
+        Check::None,
+    ),
+    (
+        "gcp",
+        r#""private_key"[ \t]{0,8}:[ \t]{0,8}"-----BEGIN (?:RSA )?PRIVATE KEY-----"#,
+        Check::None,
+    ),
+    (
+        "azure",
+        r"(?:AccountKey|SharedAccessKey)=[A-Za-z0-9+/]{20,100}={0,2}",
+        Check::None,
+    ),
+    (
+        "github",
+        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
+        Check::None,
+    ),
+    ("gitlab", r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,64}", Check::None),
+    (
+        "slack",
+        r"(?-u:\b)xox[abpr]-[0-9]{6,16}-[A-Za-z0-9-]{6,64}",
+        Check::None,
+    ),
+    (
+        "stripe",
+        r"(?-u:\b)[rs]k_live_[A-Za-z0-9]{24,99}(?-u:\b)",
+        Check::None,
+    ),
+    (
+        "pem",
+        r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY-----",
+        Check::None,
+    ),
+    (
+        "jwt",
+        r"(?-u:\b)eyJ[A-Za-z0-9_-]{8,1024}\.eyJ[A-Za-z0-9_-]{4,2048}\.[A-Za-z0-9_-]{16,512}",
+        Check::Jwt,
+    ),
+];
+
+/// What a match must pass besides its pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    None,
+    /// 13–19 digits, a known issuer range, and the Luhn checksum.
+    Card,
+    /// ISO 13616 mod-97.
+    Iban,
+    /// The first segment decodes to a JSON header naming `alg`.
+    Jwt,
+}
+
+/// Why a DLP set could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DlpError {
+    /// A custom pattern is not a valid regex.
+    #[error("pattern `{name}`: {msg}")]
+    Regex {
+        /// The pattern's name.
+        name: String,
+        /// What the regex parser said.
+        msg: String,
+    },
+    /// A custom pattern can match without bound, so no window holds it.
+    #[error(
+        "pattern `{name}`: matches of unbounded or excessive length (at most {MAX_PATTERN_BYTES} bytes; use bounded repetition such as {{1,64}} instead of + or *)"
+    )]
+    Unbounded {
+        /// The pattern's name.
+        name: String,
+    },
+    /// A custom pattern reuses a built-in detector's name or another's.
+    #[error("pattern `{0}`: the name is already taken (built-in detectors: {list})", list = BUILT_IN.join(", "))]
+    Duplicate(String),
+    /// The hash key file is too short to be a key.
+    #[error("the hash key must hold at least 16 bytes")]
+    ShortKey,
+}
+
+/// The key of the findings' keyed hash: the same secret hashes the same
+/// under one key, so repeats can be told apart from new secrets without
+/// anything that reveals them.
+#[derive(Clone)]
+pub struct HashKey(Arc<[u8]>);
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(..)")
+    }
+}
+
+impl HashKey {
+    /// A key from a file's contents (surrounding whitespace trimmed).
+    pub fn from_bytes(b: &[u8]) -> Result<HashKey, DlpError> {
+        let b = b.trim_ascii();
+        if b.len() < 16 {
+            return Err(DlpError::ShortKey);
+        }
+        Ok(HashKey(Arc::from(b)))
+    }
+
+    /// A random key for this process: hashes are then comparable only
+    /// within one run.
+    pub fn random() -> HashKey {
+        let mut k = [0u8; 32];
+        if getrandom::getrandom(&mut k).is_err() {
+            // No OS randomness: fall back on what varies per process.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            k[..16].copy_from_slice(&t.to_le_bytes());
+            k[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        HashKey(Arc::from(&k[..]))
+    }
+
+    /// Keyed hash of `data`: HMAC-SHA256, the first 16 bytes in hex.
+    pub fn hash(&self, data: &[u8]) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+            return String::new();
+        };
+        mac.update(data);
+        let out = mac.finalize().into_bytes();
+        out.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// One detector.
+#[derive(Debug)]
+struct Detector {
+    name: Arc<str>,
+    re: Regex,
+    check: Check,
+    /// Its longest match, in bytes.
+    max_len: usize,
+}
+
+/// A compiled set of detectors: the built-ins, then custom patterns.
+#[derive(Debug)]
+pub struct Dlp {
+    set: RegexSet,
+    detectors: Vec<Detector>,
+    key: HashKey,
+}
+
+/// Which detectors to run: one flag per detector of a [`Dlp`], by index.
+pub type Enabled = [bool];
+
+/// One detector's findings in a scan: how many matches, and the keyed hash
+/// of the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The detector.
+    pub detector: Arc<str>,
+    /// Its index in the [`Dlp`].
+    pub index: usize,
+    /// Matches found.
+    pub count: u64,
+    /// Keyed hash of the first match, hex.
+    pub hash: String,
+}
+
+// === impl Dlp ===
+
+impl Dlp {
+    /// The built-ins and `custom` patterns (name, regex), hashing with `key`.
+    pub fn new(custom: &[(String, String)], key: HashKey) -> Result<Dlp, DlpError> {
+        let mut detectors = Vec::new();
+        for (name, pat, check) in PATTERNS {
+            let (re, max_len) = compile(name, pat)?;
+            detectors.push(Detector {
+                name: Arc::from(*name),
+                re,
+                check: *check,
+                max_len,
+            });
+        }
+        for (name, pat) in custom {
+            if detectors.iter().any(|d| &*d.name == name) {
+                return Err(DlpError::Duplicate(name.clone()));
+            }
+            let (re, max_len) = compile(name, pat)?;
+            detectors.push(Detector {
+                name: Arc::from(name.as_str()),
+                re,
+                check: Check::None,
+                max_len,
+            });
+        }
+        let set = RegexSetBuilder::new(detectors.iter().map(|d| d.re.as_str()))
+            .size_limit(64 << 20)
+            .build()
+            .map_err(|e| DlpError::Regex {
+                name: "(set)".into(),
+                msg: e.to_string(),
+            })?;
+        Ok(Dlp {
+            set,
+            detectors,
+            key,
+        })
+    }
+
+    /// Checks one custom pattern as [`Dlp::new`] would (for the loader).
+    pub fn check_pattern(name: &str, pat: &str) -> Result<(), DlpError> {
+        compile(name, pat).map(|_| ())
+    }
+
+    /// The detectors' names, by index.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.detectors.iter().map(|d| &*d.name)
+    }
+
+    /// The index of detector `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.detectors.iter().position(|d| &*d.name == name)
+    }
+
+    /// How many detectors.
+    pub fn len(&self) -> usize {
+        self.detectors.len()
+    }
+
+    /// Whether there are none (never: the built-ins are always there).
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
+
+    /// The bytes a stream over `enabled` detectors holds back: the
+    /// longest match less one.
+    pub fn window(&self, enabled: &Enabled) -> usize {
+        self.detectors
+            .iter()
+            .zip(enabled)
+            .filter(|(_, on)| **on)
+            .map(|(d, _)| d.max_len)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1)
+    }
+
+    /// Scans `data` whole (a request line and headers).
+    pub fn scan(&self, data: &[u8], enabled: &Enabled) -> Vec<Finding> {
+        let mut acc = Acc::default();
+        self.scan_into(data, 0, 0, enabled, &mut acc);
+        acc.findings
+    }
+
+    /// A stream over a body, with `enabled` detectors.
+    pub fn stream(self: &Arc<Self>, enabled: Arc<Enabled>) -> Stream {
+        Stream {
+            window: self.window(&enabled),
+            dlp: self.clone(),
+            enabled,
+            buf: Vec::new(),
+            base: 0,
+            acc: Acc::default(),
+        }
+    }
+
+    /// Scans `buf`, which starts at stream offset `base`; matches that end
+    /// at or before `skip` bytes into `buf` were counted already.
+    fn scan_into(&self, buf: &[u8], base: u64, skip: usize, enabled: &Enabled, acc: &mut Acc) {
+        let hits = self.set.matches(buf);
+        if !hits.matched_any() {
+            return;
+        }
+        for i in hits.iter() {
+            if !enabled.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some(d) = self.detectors.get(i) else {
+                continue;
+            };
+            for m in d.re.find_iter(buf) {
+                if m.end() <= skip {
+                    continue;
+                }
+                let start = base + m.start() as u64;
+                if acc.last_start.iter().any(|(j, s)| *j == i && *s >= start) {
+                    continue;
+                }
+                let Some(norm) = valid(d.check, m.as_bytes()) else {
+                    continue;
+                };
+                acc.last_start.retain(|(j, _)| *j != i);
+                acc.last_start.push((i, start));
+                match acc.findings.iter_mut().find(|f| f.index == i) {
+                    Some(f) => f.count += 1,
+                    None => acc.findings.push(Finding {
+                        detector: d.name.clone(),
+                        index: i,
+                        count: 1,
+                        hash: self.key.hash(&norm),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Compiles one pattern and measures its longest match.
+fn compile(name: &str, pat: &str) -> Result<(Regex, usize), DlpError> {
+    let bad = |msg: String| DlpError::Regex {
+        name: name.to_owned(),
+        msg,
+    };
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pat)
+        .map_err(|e| bad(e.to_string()))?;
+    let max_len = match hir.properties().maximum_len() {
+        Some(n) if n <= MAX_PATTERN_BYTES => n.max(1),
+        _ => {
+            return Err(DlpError::Unbounded {
+                name: name.to_owned(),
+            });
+        }
+    };
+    if hir.properties().minimum_len() == Some(0) {
+        return Err(bad("the pattern matches the empty string".into()));
+    }
+    let re = RegexBuilder::new(pat)
+        .size_limit(16 << 20)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((re, max_len))
+}
+
+/// A match that passes its detector's check, normalized for hashing.
+fn valid(check: Check, m: &[u8]) -> Option<Vec<u8>> {
+    match check {
+        Check::None => Some(m.to_vec()),
+        Check::Card => {
+            let digits: Vec<u8> = m.iter().copied().filter(u8::is_ascii_digit).collect();
+            (card_issuer(&digits) && luhn(&digits)).then_some(digits)
+        }
+        Check::Iban => {
+            let s: Vec<u8> = m.iter().copied().filter(|b| *b != b' ').collect();
+            ((15..=34).contains(&s.len()) && iban_ok(&s)).then_some(s)
+        }
+        Check::Jwt => {
+            let head = m.split(|b| *b == b'.').next()?;
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(head.strip_suffix(b"=").unwrap_or(head))
+                .ok()?;
+            let has_alg = json.windows(5).any(|w| w == b"\"alg\"");
+            (json.first() == Some(&b'{') && has_alg).then(|| m.to_vec())
+        }
+    }
+}
+
+/// The Luhn checksum over ASCII digits.
+pub fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    !digits.is_empty() && sum % 10 == 0
+}
+
+/// A card number's length and issuer range (IIN): Visa, Mastercard,
+/// American Express, Discover, JCB, Diners Club, UnionPay.
+fn card_issuer(d: &[u8]) -> bool {
+    let n = d.len();
+    let prefix = |k: usize| -> u32 {
+        d.iter()
+            .take(k)
+            .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'))
+    };
+    if !(13..=19).contains(&n) {
+        return false;
+    }
+    let (p1, p2, p3, p4, p6) = (prefix(1), prefix(2), prefix(3), prefix(4), prefix(6));
+    (p1 == 4 && matches!(n, 13 | 16 | 19))
+        || ((51..=55).contains(&p2) || (2221..=2720).contains(&p4)) && n == 16
+        || matches!(p2, 34 | 37) && n == 15
+        || (p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) || (622126..=622925).contains(&p6))
+            && (16..=19).contains(&n)
+        || (3528..=3589).contains(&p4) && (16..=19).contains(&n)
+        || ((300..=305).contains(&p3) || p2 == 36 || p2 == 38) && (14..=19).contains(&n)
+        || p2 == 62 && (16..=19).contains(&n)
+}
+
+/// ISO 13616: letters to numbers, the first four characters moved to the
+/// end, the whole modulo 97 is 1.
+pub fn iban_ok(s: &[u8]) -> bool {
+    if s.len() < 5 {
+        return false;
+    }
+    let mut rem = 0u32;
+    for &c in s[4..].iter().chain(&s[..4]) {
+        let v = match c {
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'A'..=b'Z' => u32::from(c - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// What a scan gathered.
+#[derive(Debug, Default)]
+struct Acc {
+    findings: Vec<Finding>,
+    /// Per detector, where its last counted match started (a match seen
+    /// again, longer, after more data came is not counted twice).
+    last_start: Vec<(usize, u64)>,
+}
+
+/// A body scanned in chunks with bounded memory: it holds back the last
+/// `window` bytes it was given until more data (or the end) shows that no
+/// match spans them.
+#[derive(Debug)]
+pub struct Stream {
+    dlp: Arc<Dlp>,
+    enabled: Arc<Enabled>,
+    window: usize,
+    /// Held-back bytes (at most `window`), then the new chunk while it is
+    /// scanned.
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    acc: Acc,
+}
+
+/// What one chunk of a stream gave.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Bytes scanned and released: they may be forwarded.
+    pub release: Vec<u8>,
+    /// Detectors (indices) that found their first match in this step.
+    pub new: Vec<usize>,
+}
+
+impl Stream {
+    /// Scans `chunk` after all earlier data.
+    pub fn push(&mut self, chunk: &[u8]) -> Step {
+        let skip = self.buf.len();
+        self.buf.extend_from_slice(chunk);
+        let before = self.acc.findings.len();
+        self.dlp
+            .scan_into(&self.buf, self.base, skip, &self.enabled, &mut self.acc);
+        let keep = self.window.min(self.buf.len());
+        let cut = self.buf.len() - keep;
+        let tail = self.buf.split_off(cut);
+        let release = std::mem::replace(&mut self.buf, tail);
+        self.base += cut as u64;
+        Step {
+            release,
+            new: self.acc.findings[before..]
+                .iter()
+                .map(|f| f.index)
+                .collect(),
+        }
+    }
+
+    /// The end of the body: the held-back bytes, already scanned.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.base += self.buf.len() as u64;
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Everything found so far.
+    pub fn findings(&self) -> &[Finding] {
+        &self.acc.findings
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn dlp() -> Arc<Dlp> {
+        Arc::new(
+            Dlp::new(
+                &[("employee".into(), r"EMP-[0-9]{6}".into())],
+                HashKey::from_bytes(b"0123456789abcdef0123").unwrap(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn found(text: &str) -> Vec<String> {
+        let d = dlp();
+        let all = vec![true; d.len()];
+        d.scan(text.as_bytes(), &all)
+            .into_iter()
+            .map(|f| f.detector.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn true_positives() {
+        let cases = [
+            ("card", "pay 4111 1111 1111 1111 now"),
+            ("card", "amex 378282246310005."),
+            ("card", "mc 5555-5555-5555-4444"),
+            ("iban", "to DE89 3704 0044 0532 0130 00 please"),
+            ("iban", "GB82WEST12345698765432"),
+            ("aws", "key=AKIAIOSFODNN7EXAMPLE;"),
+            ("aws", "ASIAY34FZKBOKMUTVV7A"),
+            (
+                "aws",
+                "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            ),
+            (
+                "gcp",
+                r#"{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMII"#,
+            ),
+            (
+                "azure",
+                "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4==;",
+            ),
+            (
+                "azure",
+                "Endpoint=sb://x/;SharedAccessKeyName=r;SharedAccessKey=abcdefghijklmnopqrstuvwxyz0123=",
+            ),
+            ("github", "token ghp_abcdefghijklmnopqrstuvwxyz0123456789 x"),
+            ("github", "gho_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
+            ("gitlab", "glpat-abcdefghij0123456789"),
+            ("slack", "xoxb-123456789012-abcdefABCDEF"),
+            ("stripe", "sk_live_abcdefghijklmnopqrstuvwx"),
+            ("stripe", "rk_live_abcdefghijklmnopqrstuvwx"),
+            ("pem", "-----BEGIN RSA PRIVATE KEY-----\nMIIE"),
+            ("pem", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+            (
+                "jwt",
+                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            ),
+            ("employee", "id EMP-123456"),
+        ];
+        for (want, text) in cases {
+            assert!(found(text).contains(&want.to_owned()), "{want} in {text}");
+        }
+    }
+
+    #[test]
+    fn near_misses() {
+        let cases = [
+            "pay 4111 1111 1111 1112 now", // fails Luhn
+            "id 9111111111111111",         // passes no issuer range? (9…)
+            "DE89 3704 0044 0532 0130 01", // wrong check digits
+            "key=AKIBIOSFODNN7EXAMPLE;",   // wrong prefix
+            "AKIAIOSFODNN7EXAMPL",         // too short
+            "ghx_abcdefghijklmnopqrstuvwxyz0123456789",
+            "ghp_short",
+            "glpat-short",
+            "xoxz-123456789012-abcdef",
+            "sk_test_abcdefghijklmnopqrstuvwx",
+            "-----BEGIN PUBLIC KEY-----",
+            "eyJub3QiOiJhIGp3dCJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "AccountKey=short",
+            r#""private_key_id": "abc""#,
+            "EMP-12345",
+        ];
+        for text in cases {
+            assert!(found(text).is_empty(), "{text}: {:?}", found(text));
+        }
+    }
+
+    #[test]
+    fn luhn_and_iban() {
+        assert!(luhn(b"4111111111111111"));
+        assert!(!luhn(b"4111111111111112"));
+        assert!(iban_ok(b"GB82WEST12345698765432"));
+        assert!(!iban_ok(b"GB83WEST12345698765432"));
+    }
+
+    #[test]
+    fn a_match_across_chunks_is_found_and_held_back() {
+        let d = dlp();
+        let all: Arc<Enabled> = vec![true; d.len()].into();
+        let mut s = d.stream(all);
+        let secret = b"AKIAIOSFODNN7EXAMPLE";
+        let mut first = vec![b'x'; 10_000];
+        first.push(b' ');
+        first.extend_from_slice(&secret[..8]);
+        let a = s.push(&first);
+        assert!(a.new.is_empty());
+        // The secret's first bytes are not released before the rest came.
+        assert!(!a.release.windows(8).any(|w| w == &secret[..8]));
+        let mut second = secret[8..].to_vec();
+        second.extend_from_slice(b" and more");
+        let b = s.push(&second);
+        assert_eq!(b.new, vec![d.index("aws").unwrap()]);
+        let rest = s.finish();
+        assert_eq!(
+            a.release.len() + b.release.len() + rest.len(),
+            first.len() + second.len()
+        );
+        assert_eq!(s.findings()[0].count, 1);
+    }
+
+    #[test]
+    fn counts_and_hash_never_hold_the_secret() {
+        let d = dlp();
+        let all = vec![true; d.len()];
+        let f = d.scan(b"AKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLE", &all);
+        assert_eq!(f[0].count, 2);
+        assert_eq!(f[0].hash.len(), 32);
+        assert!(!f[0].hash.contains("AKIA"));
+    }
+
+    #[test]
+    fn custom_patterns_must_be_bounded() {
+        assert!(matches!(
+            Dlp::check_pattern("x", "a+"),
+            Err(DlpError::Unbounded { .. })
+        ));
+        assert!(matches!(
+            Dlp::check_pattern("x", "(unclosed"),
+            Err(DlpError::Regex { .. })
+        ));
+        assert!(Dlp::check_pattern("x", "SECRET-[0-9]{4}").is_ok());
+    }
+}
