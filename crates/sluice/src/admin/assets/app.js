@@ -228,15 +228,22 @@ async function stream() {
   }
 }
 
-function handleEvent(chunk) {
+// One Server-Sent Events message: its event name and its data lines
+// joined (the flow and alert streams both use this).
+function parseSse(chunk) {
   let event = 'message';
   const data = [];
   for (const line of chunk.split('\n')) {
     if (line.startsWith('event:')) event = line.slice(6).trim();
     else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
   }
-  if (event === 'flow' && data.length) {
-    try { addFlow(JSON.parse(data.join('\n'))); } catch (e) { console.warn('bad event', e); }
+  return { event, data: data.length ? data.join('\n') : null };
+}
+
+function handleEvent(chunk) {
+  const { event, data } = parseSse(chunk);
+  if (event === 'flow' && data !== null) {
+    try { addFlow(JSON.parse(data)); } catch (e) { console.warn('bad event', e); }
   } else if (event === 'lagged') {
     loadFlows();
   }
@@ -505,14 +512,9 @@ async function alertStream() {
 }
 
 function handleAlertEvent(chunk) {
-  let event = 'message';
-  const data = [];
-  for (const line of chunk.split('\n')) {
-    if (line.startsWith('event:')) event = line.slice(6).trim();
-    else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
-  }
-  if (event === 'alert' && data.length) {
-    try { addAlert(JSON.parse(data.join('\n'))); } catch (e) { console.warn('bad alert event', e); }
+  const { event, data } = parseSse(chunk);
+  if (event === 'alert' && data !== null) {
+    try { addAlert(JSON.parse(data)); } catch (e) { console.warn('bad alert event', e); }
   } else if (event === 'lagged') {
     loadAlerts();
   }
