@@ -10,15 +10,33 @@
 //! before it was scanned. A pattern whose length is unbounded (`+`, `*`)
 //! is refused when the configuration is loaded.
 //!
+//! A regex over every byte is what made the first scanner slow (about
+//! 200-350 MiB/s per core), so the regexes only decide, anchored at the
+//! few places a match may start: for the literal-prefixed built-ins, where
+//! one of their prefixes (extracted from the regex) occurs, found by one
+//! Aho-Corasick automaton; for card numbers and IBANs, which have no
+//! literal prefix, inside runs of their class bytes long enough to hold a
+//! match, found by a skip loop over a 256-entry table. Custom patterns use
+//! the regex's own search (and its literal prefilter). What is found is
+//! exactly what the first scanner found (`reference`, the differential
+//! tests); the figures are in README "Inspection".
+//!
 //! Findings carry a detector name, a count and a keyed hash
 //! (HMAC-SHA256 under [`HashKey`]) of the first match — never the match.
 
 use std::sync::Arc;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::{Anchored, Input, meta};
 use sha2::Sha256;
+
+#[cfg(test)]
+mod differential;
+#[doc(hidden)]
+pub mod reference;
 
 /// The longest match a pattern may have, in bytes: the most a body stream
 /// holds back.
@@ -175,17 +193,64 @@ impl HashKey {
 #[derive(Debug)]
 struct Detector {
     name: Arc<str>,
-    re: Regex,
     check: Check,
     /// Its longest match, in bytes.
     max_len: usize,
+    /// How its matches are found.
+    engine: Engine,
+}
+
+/// How a detector's matches are found. Every engine yields exactly the
+/// matches `regex::bytes::Regex::find_iter` would over the same buffer
+/// (the differential tests hold it to that): the fast ones only decide
+/// where a match may start, and the regex, anchored there, decides.
+#[derive(Debug)]
+enum Engine {
+    /// The regex anchored at candidate starts found by a hand-written pass
+    /// (patterns with no literal prefix: card numbers, IBANs).
+    Run {
+        re: meta::Regex,
+        run: Run,
+        /// Its shortest match: shorter runs cannot hold one.
+        min_len: usize,
+    },
+    /// The regex anchored where one of its literal prefixes occurs (found
+    /// by the shared [`Literals`] automaton).
+    Literal { re: meta::Regex },
+    /// The regex's own search, with its own literal prefilter (custom
+    /// patterns).
+    Search { re: Regex },
+}
+
+/// The prefix-less built-ins' candidate windows: maximal runs of bytes of
+/// one class, where a match must lie whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Digits, spaces and dashes; a match starts at a digit after a
+    /// non-word byte.
+    Card,
+    /// `A-Z`, digits and spaces; a match starts with two letters and two
+    /// digits after a non-word byte.
+    Iban,
+}
+
+/// The literal prefixes of the literal-prefixed built-ins, in one
+/// automaton (Teddy on x86-64), and which detector owns each.
+#[derive(Debug)]
+struct Literals {
+    ac: AhoCorasick,
+    /// Per pattern of `ac`: its bytes and its detector.
+    owner: Vec<(Vec<u8>, usize)>,
 }
 
 /// A compiled set of detectors: the built-ins, then custom patterns.
 #[derive(Debug)]
 pub struct Dlp {
-    set: RegexSet,
     detectors: Vec<Detector>,
+    literals: Option<Literals>,
+    /// Custom patterns as one set, when there are several: one pass says
+    /// which of them to run.
+    custom_set: Option<(RegexSet, Vec<usize>)>,
     key: HashKey,
 }
 
@@ -206,50 +271,106 @@ pub struct Finding {
     pub hash: String,
 }
 
+/// A pattern read and measured.
+struct Compiled {
+    hir: regex_syntax::hir::Hir,
+    max_len: usize,
+    min_len: usize,
+}
+
 // === impl Dlp ===
 
 impl Dlp {
     /// The built-ins and `custom` patterns (name, regex), hashing with `key`.
     pub fn new(custom: &[(String, String)], key: HashKey) -> Result<Dlp, DlpError> {
         let mut detectors = Vec::new();
+        let mut owner = Vec::new();
         for (name, pat, check) in PATTERNS {
-            let (re, max_len) = compile(name, pat)?;
+            let c = compile(name, pat)?;
+            let re = anchored_regex(name, pat)?;
+            let run = match *check {
+                Check::Card => Some(Run::Card),
+                Check::Iban => Some(Run::Iban),
+                Check::None | Check::Jwt => None,
+            };
+            let engine = match (run, prefixes(&c.hir)) {
+                (Some(run), _) => Engine::Run {
+                    re,
+                    run,
+                    min_len: c.min_len,
+                },
+                (None, Some(lits)) => {
+                    owner.extend(lits.into_iter().map(|l| (l, detectors.len())));
+                    Engine::Literal { re }
+                }
+                // A built-in always has a finite prefix set (a unit test
+                // says so); were it not, the plain search still finds all.
+                (None, None) => Engine::Search {
+                    re: search_regex(name, pat)?,
+                },
+            };
             detectors.push(Detector {
                 name: Arc::from(*name),
-                re,
                 check: *check,
-                max_len,
+                max_len: c.max_len,
+                engine,
             });
         }
+        let mut customs = Vec::new();
         for (name, pat) in custom {
             if detectors.iter().any(|d| &*d.name == name) {
                 return Err(DlpError::Duplicate(name.clone()));
             }
-            let (re, max_len) = compile(name, pat)?;
+            let c = compile(name, pat)?;
+            customs.push(detectors.len());
             detectors.push(Detector {
                 name: Arc::from(name.as_str()),
-                re,
                 check: Check::None,
-                max_len,
+                max_len: c.max_len,
+                engine: Engine::Search {
+                    re: search_regex(name, pat)?,
+                },
             });
         }
-        let set = RegexSetBuilder::new(detectors.iter().map(|d| d.re.as_str()))
-            .size_limit(64 << 20)
-            .build()
-            .map_err(|e| DlpError::Regex {
-                name: "(set)".into(),
-                msg: e.to_string(),
-            })?;
+        let custom_set = if customs.len() > 1 {
+            let pats = customs.iter().filter_map(|&i| match &detectors[i].engine {
+                Engine::Search { re } => Some(re.as_str()),
+                _ => None,
+            });
+            let set = RegexSetBuilder::new(pats)
+                .size_limit(64 << 20)
+                .build()
+                .map_err(|e| DlpError::Regex {
+                    name: "(set)".into(),
+                    msg: e.to_string(),
+                })?;
+            Some((set, customs))
+        } else {
+            None
+        };
+        let literals = if owner.is_empty() {
+            None
+        } else {
+            let ac = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(owner.iter().map(|(l, _)| l))
+                .map_err(|e| DlpError::Regex {
+                    name: "(literals)".into(),
+                    msg: e.to_string(),
+                })?;
+            Some(Literals { ac, owner })
+        };
         Ok(Dlp {
-            set,
             detectors,
+            literals,
+            custom_set,
             key,
         })
     }
 
     /// Checks one custom pattern as [`Dlp::new`] would (for the loader).
     pub fn check_pattern(name: &str, pat: &str) -> Result<(), DlpError> {
-        compile(name, pat).map(|_| ())
+        compile(name, pat).and_then(|_| search_regex(name, pat).map(|_| ()))
     }
 
     /// The detectors' names, by index.
@@ -307,46 +428,318 @@ impl Dlp {
     /// Scans `buf`, which starts at stream offset `base`; matches that end
     /// at or before `skip` bytes into `buf` were counted already.
     fn scan_into(&self, buf: &[u8], base: u64, skip: usize, enabled: &Enabled, acc: &mut Acc) {
-        let hits = self.set.matches(buf);
-        if !hits.matched_any() {
-            return;
+        let on = |i: usize| enabled.get(i).copied().unwrap_or(false);
+        // (detector, start) of every place a literal-prefixed detector's
+        // match may start; empty on benign data.
+        let mut starts: Vec<(usize, usize)> = Vec::new();
+        if let Some(lits) = &self.literals {
+            lits.candidates(buf, &on, &mut starts);
+            starts.sort_unstable();
+            starts.dedup();
         }
-        for i in hits.iter() {
-            if !enabled.get(i).copied().unwrap_or(false) {
+        // Which custom patterns match at all, when there are several.
+        let custom_hits = self
+            .custom_set
+            .as_ref()
+            .and_then(|(set, idx)| idx.iter().any(|&i| on(i)).then(|| (set.matches(buf), idx)));
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        for (i, d) in self.detectors.iter().enumerate() {
+            if !on(i) {
                 continue;
             }
-            let Some(d) = self.detectors.get(i) else {
+            found.clear();
+            match &d.engine {
+                Engine::Run { re, run, min_len } => {
+                    run_matches(buf, *run, *min_len, re, d.max_len, &mut found);
+                }
+                Engine::Literal { re } => {
+                    let lo = starts.partition_point(|(j, _)| *j < i);
+                    let hi = starts.partition_point(|(j, _)| *j <= i);
+                    let mut cursor = 0;
+                    for &(_, at) in &starts[lo..hi] {
+                        if at < cursor {
+                            continue;
+                        }
+                        if let Some(m) = anchored(re, buf, at, d.max_len) {
+                            cursor = m.1;
+                            found.push(m);
+                        }
+                    }
+                }
+                Engine::Search { re } => {
+                    if let Some((hits, idx)) = &custom_hits
+                        && let Some(k) = idx.iter().position(|&j| j == i)
+                        && !hits.matched(k)
+                    {
+                        continue;
+                    }
+                    found.extend(re.find_iter(buf).map(|m| (m.start(), m.end())));
+                }
+            }
+            self.count(i, d, buf, base, skip, &found, acc);
+        }
+    }
+
+    /// Counts detector `i`'s matches in `buf` (in `find_iter` order) that
+    /// were not counted before and pass its check.
+    #[allow(clippy::too_many_arguments)]
+    fn count(
+        &self,
+        i: usize,
+        d: &Detector,
+        buf: &[u8],
+        base: u64,
+        skip: usize,
+        found: &[(usize, usize)],
+        acc: &mut Acc,
+    ) {
+        for &(s, e) in found {
+            if e <= skip {
+                continue;
+            }
+            let start = base + s as u64;
+            if acc.last_start.iter().any(|(j, st)| *j == i && *st >= start) {
+                continue;
+            }
+            let Some(norm) = buf.get(s..e).and_then(|m| valid(d.check, m)) else {
                 continue;
             };
-            for m in d.re.find_iter(buf) {
-                if m.end() <= skip {
-                    continue;
-                }
-                let start = base + m.start() as u64;
-                if acc.last_start.iter().any(|(j, s)| *j == i && *s >= start) {
-                    continue;
-                }
-                let Some(norm) = valid(d.check, m.as_bytes()) else {
-                    continue;
-                };
-                acc.last_start.retain(|(j, _)| *j != i);
-                acc.last_start.push((i, start));
-                match acc.findings.iter_mut().find(|f| f.index == i) {
-                    Some(f) => f.count += 1,
-                    None => acc.findings.push(Finding {
-                        detector: d.name.clone(),
-                        index: i,
-                        count: 1,
-                        hash: self.key.hash(&norm),
-                    }),
-                }
+            acc.last_start.retain(|(j, _)| *j != i);
+            acc.last_start.push((i, start));
+            match acc.findings.iter_mut().find(|f| f.index == i) {
+                Some(f) => f.count += 1,
+                None => acc.findings.push(Finding {
+                    detector: d.name.clone(),
+                    index: i,
+                    count: 1,
+                    hash: self.key.hash(&norm),
+                }),
             }
         }
     }
 }
 
-/// Compiles one pattern and measures its longest match.
-fn compile(name: &str, pat: &str) -> Result<(Regex, usize), DlpError> {
+// === impl Literals ===
+
+impl Literals {
+    /// Every (detector, position) where one of an enabled detector's
+    /// literals starts in `buf`. The automaton reports the leftmost
+    /// occurrence of any literal; the search resumes one byte later (not
+    /// after the occurrence), and at each position every literal is tried,
+    /// so that literals of several detectors at one place, or overlapping,
+    /// are all seen.
+    fn candidates(&self, buf: &[u8], on: &impl Fn(usize) -> bool, out: &mut Vec<(usize, usize)>) {
+        let mut at = 0;
+        while at < buf.len() {
+            let input = aho_corasick::Input::new(buf).range(at..);
+            let Some(m) = self.ac.find(input) else {
+                break;
+            };
+            let p = m.start();
+            let rest = &buf[p..];
+            for (lit, det) in &self.owner {
+                if on(*det) && rest.starts_with(lit) {
+                    out.push((*det, p));
+                }
+            }
+            at = p + 1;
+        }
+    }
+}
+
+/// The anchored match of `re` at `at`, if any, with the whole of `hay` as
+/// context for look-around (`\b`). The span stops `max_len` bytes on: no
+/// match is longer, and look-around still sees past the span's end.
+fn anchored(re: &meta::Regex, hay: &[u8], at: usize, max_len: usize) -> Option<(usize, usize)> {
+    let end = hay.len().min(at.saturating_add(max_len));
+    let input = Input::new(hay).range(at..end).anchored(Anchored::Yes);
+    re.search(&input).map(|m| (m.start(), m.end()))
+}
+
+/// The `find_iter` matches of a prefix-less built-in in `hay`. A match
+/// lies whole inside a maximal run of its class bytes at least `min_len`
+/// long, so only such runs are looked at: a skip loop probes the last
+/// byte of each `min_len` window (one byte in `min_len` on text without
+/// long runs); inside a run, the regex is anchored at each place its
+/// match may start, from left to right past the previous match, which is
+/// what `find_iter`'s leftmost-first search yields.
+fn run_matches(
+    hay: &[u8],
+    run: Run,
+    min_len: usize,
+    re: &meta::Regex,
+    max_len: usize,
+    out: &mut Vec<(usize, usize)>,
+) {
+    let class = match run {
+        Run::Card => &CARD_CLASS,
+        Run::Iban => &IBAN_CLASS,
+    };
+    let min = min_len.max(1);
+    let n = hay.len();
+    let mut i = 0;
+    while i + min <= n {
+        let last = i + min - 1;
+        if !class[usize::from(hay[last])] {
+            i = last + 1;
+            continue;
+        }
+        let mut j = last;
+        let mut whole = true;
+        while j > i {
+            j -= 1;
+            if !class[usize::from(hay[j])] {
+                whole = false;
+                break;
+            }
+        }
+        if !whole {
+            i = j + 1;
+            continue;
+        }
+        // A run from `i` (hay[i - 1] is outside the class or ended the
+        // last run); find its end.
+        let mut e = last + 1;
+        while e < n && class[usize::from(hay[e])] {
+            e += 1;
+        }
+        run_starts(hay, i, e, run, min, re, max_len, out);
+        i = e + 1;
+    }
+}
+
+/// The matches inside the run `hay[s..e]`.
+#[allow(clippy::too_many_arguments)]
+fn run_starts(
+    hay: &[u8],
+    s: usize,
+    e: usize,
+    run: Run,
+    min: usize,
+    re: &meta::Regex,
+    max_len: usize,
+    out: &mut Vec<(usize, usize)>,
+) {
+    let mut cursor = s;
+    // Past `e - min` no match fits before the run's end.
+    for k in s..=e.saturating_sub(min) {
+        if k < cursor {
+            continue;
+        }
+        let after_non_word = k == 0 || !is_word(hay[k - 1]);
+        let may_start = after_non_word
+            && match (run, hay.get(k..k + 4)) {
+                (Run::Card, _) => hay[k].is_ascii_digit(),
+                (Run::Iban, Some(&[a, b, c, d])) => {
+                    a.is_ascii_uppercase()
+                        && b.is_ascii_uppercase()
+                        && c.is_ascii_digit()
+                        && d.is_ascii_digit()
+                }
+                (Run::Iban, _) => false,
+            };
+        if !may_start {
+            continue;
+        }
+        if let Some(m) = anchored(re, hay, k, max_len) {
+            cursor = m.1;
+            out.push(m);
+        }
+    }
+}
+
+/// An ASCII word byte, as `(?-u:\b)` sees it.
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// A 256-entry class table: digits, and upper-case letters if `upper`,
+/// and the `extra` bytes.
+const fn class_table(upper: bool, extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = b'0';
+    while b <= b'9' {
+        t[b as usize] = true;
+        b += 1;
+    }
+    let mut b = b'A';
+    while upper && b <= b'Z' {
+        t[b as usize] = true;
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// The bytes a card number match is made of.
+static CARD_CLASS: [bool; 256] = class_table(false, b" -");
+/// The bytes an IBAN match is made of.
+static IBAN_CLASS: [bool; 256] = class_table(true, b" ");
+
+/// Literals one of which every match of `hir` starts with, if there are
+/// few and none is empty (then an occurrence of one is where a match may
+/// start). Case-insensitive names expand to many literals: they are cut to
+/// their first bytes (a prefix of a prefix is still one) until at most
+/// [`MAX_LITERALS`] remain.
+fn prefixes(hir: &regex_syntax::hir::Hir) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(hir);
+    let lits = seq.literals()?;
+    if lits.is_empty() || lits.iter().any(|l| l.as_bytes().is_empty()) {
+        return None;
+    }
+    let longest = lits.iter().map(|l| l.as_bytes().len()).max()?;
+    (MIN_LITERAL..=longest).rev().find_map(|n| {
+        let mut out: Vec<Vec<u8>> = lits
+            .iter()
+            .map(|l| l.as_bytes()[..l.as_bytes().len().min(n)].to_vec())
+            .collect();
+        out.sort();
+        out.dedup();
+        (out.len() <= MAX_LITERALS).then_some(out)
+    })
+}
+
+/// The most literals a built-in may bring to the automaton.
+const MAX_LITERALS: usize = 24;
+/// The shortest literal worth a prefilter: shorter ones hit too often.
+const MIN_LITERAL: usize = 3;
+
+/// The regex of a built-in for anchored searches: the settings of
+/// `regex::bytes::Regex` (no UTF-8 requirement), so that it matches
+/// exactly what that would.
+fn anchored_regex(name: &str, pat: &str) -> Result<meta::Regex, DlpError> {
+    meta::Regex::builder()
+        .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+        .configure(
+            meta::Config::new()
+                .utf8_empty(false)
+                .nfa_size_limit(Some(16 << 20)),
+        )
+        .build(pat)
+        .map_err(|e| DlpError::Regex {
+            name: name.to_owned(),
+            msg: e.to_string(),
+        })
+}
+
+/// The regex of a detector searched whole (custom patterns).
+fn search_regex(name: &str, pat: &str) -> Result<Regex, DlpError> {
+    RegexBuilder::new(pat)
+        .size_limit(16 << 20)
+        .build()
+        .map_err(|e| DlpError::Regex {
+            name: name.to_owned(),
+            msg: e.to_string(),
+        })
+}
+
+/// Reads one pattern and measures its shortest and longest match.
+fn compile(name: &str, pat: &str) -> Result<Compiled, DlpError> {
     let bad = |msg: String| DlpError::Regex {
         name: name.to_owned(),
         msg,
@@ -364,14 +757,17 @@ fn compile(name: &str, pat: &str) -> Result<(Regex, usize), DlpError> {
             });
         }
     };
-    if hir.properties().minimum_len() == Some(0) {
-        return Err(bad("the pattern matches the empty string".into()));
-    }
-    let re = RegexBuilder::new(pat)
-        .size_limit(16 << 20)
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
-    Ok((re, max_len))
+    let min_len = match hir.properties().minimum_len() {
+        Some(0) => return Err(bad("the pattern matches the empty string".into())),
+        Some(n) => n,
+        // A pattern that matches nothing.
+        None => 1,
+    };
+    Ok(Compiled {
+        hir,
+        max_len,
+        min_len,
+    })
 }
 
 /// A match that passes its detector's check, normalized for hashing.
