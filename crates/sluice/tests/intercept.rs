@@ -56,6 +56,11 @@ fn setup(extra_zone: &str) -> Setup {
 /// (indented six spaces) and `top_inspect` under the top-level `inspect`
 /// (indented two).
 fn setup_inspecting(extra_zone: &str, zone_inspect: &str, top_inspect: &str) -> Setup {
+    setup_in_mode("enforce", extra_zone, zone_inspect, top_inspect)
+}
+
+/// As [`setup_inspecting`], the zone in `mode` (`enforce` or `report`).
+fn setup_in_mode(mode: &str, extra_zone: &str, zone_inspect: &str, top_inspect: &str) -> Setup {
     let dir = TempDir::new("intercept");
     let (ca, key) = ca_init(&dir);
     let good = TlsOrigin::start("DNS:origin.test,DNS:other.test");
@@ -69,7 +74,7 @@ fn setup_inspecting(extra_zone: &str, zone_inspect: &str, top_inspect: &str) -> 
         "listen:\n  http: 127.0.0.1:0\n  socks5: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
          dns:\n  upstreams: [\"{dns}\"]\n\
          inspect:\n  ca:\n    cert_file: {ca}\n    key_file: {key}\n  extra_roots: [{roots}]\n{top_inspect}\
-         zones:\n  - name: local\n    sources: [127.0.0.0/8]\n    mode: enforce\n{extra_zone}\
+         zones:\n  - name: local\n    sources: [127.0.0.0/8]\n    mode: {mode}\n{extra_zone}\
          \x20   inspect:\n      tls: [origin.test, \"*.bad.test\", bad.test]\n{zone_inspect}\
          \x20   allow:\n      - host: \"*.test\"\n        ports: any\n      \
          - cidr: 127.0.0.1/32\n        ports: any\n",
@@ -815,4 +820,96 @@ fn icap_reqmod_and_respmod_see_decrypted_requests() {
     let recs = intercepted_records(&t.s, 2, |r| r["rule"] == "inspect/icap");
     assert!(recs.iter().any(|r| r["method"] == "POST"), "{recs:#?}");
     assert!(recs.iter().any(|r| r["method"] == "GET"), "{recs:#?}");
+}
+
+#[test]
+fn a_report_zone_lets_a_blocked_secret_through_an_intercepted_tunnel_and_records_it() {
+    let t = setup_in_mode("report", "", "      dlp: {github: block}\n", "");
+    let url = format!("https://origin.test:{}/upload", t.good.port);
+    let c = curl(&[
+        "--cacert",
+        &cacert(&t.ca),
+        "-x",
+        &t.s.proxy_url(),
+        "--data",
+        &format!("token={GH_TOKEN}"),
+        &url,
+    ]);
+    // Decrypted, scanned, found, and passed on: the origin got the token.
+    assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+    assert_eq!(c.body_text(), format!("got {}", 6 + GH_TOKEN.len()));
+    assert!(t.good.saw(GH_TOKEN), "report mode must not block");
+    let rec = t.s.wait_record("the reported upload", |r| {
+        r["intercepted"] == true && r["rule"] == "inspect/dlp/github"
+    });
+    assert_fields(
+        &rec,
+        &[
+            ("dst_host", "origin.test".into()),
+            ("tls", true.into()),
+            ("verdict", "deny".into()),
+            ("enforced", false.into()),
+            ("method", "POST".into()),
+            ("status", 200.into()),
+        ],
+    );
+    let f = finding(&rec, "github");
+    assert_eq!(f["count"], 1);
+    assert_eq!(f["hash"].as_str().unwrap().len(), 32, "{f}");
+    assert_never_logged(&t.s, GH_TOKEN);
+}
+
+/// An ICAP address where nothing listens (a port bound, then freed).
+fn dead_icap() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("icap://127.0.0.1:{port}/reqmod")
+}
+
+#[test]
+fn icap_down_inside_an_intercepted_tunnel_fails_closed_or_open_as_the_zone_says() {
+    let top = format!("  icap:\n    reqmod: {}\n    timeout: 2s\n", dead_icap());
+    for fail in ["closed", "open"] {
+        let t = setup_inspecting("", &format!("      icap: true\n      fail: {fail}\n"), &top);
+        let c = curl(&[
+            "--cacert",
+            &cacert(&t.ca),
+            "-x",
+            &t.s.proxy_url(),
+            "--data",
+            "unscanned-upload-body",
+            &format!("https://origin.test:{}/up", t.good.port),
+        ]);
+        let rec = t.s.wait_record("the upload", |r| {
+            r["intercepted"] == true && r["method"] == "POST"
+        });
+        assert_eq!(finding(&rec, "unscanned")["count"], 1, "{rec:#}");
+        assert_fields(
+            &rec,
+            &[("tls", true.into()), ("dst_host", "origin.test".into())],
+        );
+        if fail == "closed" {
+            assert_eq!((c.exit, c.status), (0, 503), "{c:?}");
+            assert_eq!(c.header("sluice-rule").as_deref(), Some("inspect/icap"));
+            assert!(
+                !t.good.saw("unscanned-upload-body"),
+                "an unscanned body got through a fail-closed zone"
+            );
+            assert_fields(
+                &rec,
+                &[
+                    ("verdict", "deny".into()),
+                    ("enforced", true.into()),
+                    ("rule", "inspect/icap".into()),
+                    ("status", 503.into()),
+                ],
+            );
+        } else {
+            assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
+            assert_eq!(c.body_text(), "got 21");
+            assert!(t.good.saw("unscanned-upload-body"));
+            assert_fields(&rec, &[("verdict", "allow".into()), ("status", 200.into())]);
+        }
+    }
 }
