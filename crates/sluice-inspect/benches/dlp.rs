@@ -78,7 +78,7 @@ fn scan(c: &mut Criterion) {
                 for ch in data.chunks(CHUNK) {
                     std::hint::black_box(s.push(ch));
                 }
-                s.finish()
+                s.finish().release
             })
         });
         g.bench_function(format!("reference/{name}"), |b| {

@@ -394,7 +394,8 @@ impl Dlp {
     }
 
     /// The bytes a stream over `enabled` detectors holds back: the
-    /// longest match less one.
+    /// longest match and the context on both sides of it that look-around
+    /// may read ([`CONTEXT`]).
     pub fn window(&self, enabled: &Enabled) -> usize {
         self.detectors
             .iter()
@@ -403,13 +404,13 @@ impl Dlp {
             .map(|(d, _)| d.max_len)
             .max()
             .unwrap_or(1)
-            .saturating_sub(1)
+            + 2 * CONTEXT
     }
 
     /// Scans `data` whole (a request line and headers).
     pub fn scan(&self, data: &[u8], enabled: &Enabled) -> Vec<Finding> {
         let mut acc = Acc::default();
-        self.scan_into(data, 0, 0, enabled, &mut acc);
+        self.scan_into(data, 0, true, enabled, &mut acc);
         acc.findings
     }
 
@@ -425,15 +426,34 @@ impl Dlp {
         }
     }
 
-    /// Scans `buf`, which starts at stream offset `base`; matches that end
-    /// at or before `skip` bytes into `buf` were counted already.
-    fn scan_into(&self, buf: &[u8], base: u64, skip: usize, enabled: &Enabled, acc: &mut Acc) {
+    /// Scans `buf`, which starts at stream offset `base` and ends the
+    /// stream if `last`. Each detector's search goes on where it stopped
+    /// (`acc.resume`) and counts a match only once the bytes that decide
+    /// it were seen: a match starting in the last `max_len + CONTEXT`
+    /// bytes of a buffer that is not the last may still grow, or lose its
+    /// `\b`, so the search stops before it and takes it up with the next
+    /// buffer. Then what a stream finds does not depend on where its
+    /// chunks were cut: it is what `find_iter` finds over the whole body.
+    fn scan_into(&self, buf: &[u8], base: u64, last: bool, enabled: &Enabled, acc: &mut Acc) {
         let on = |i: usize| enabled.get(i).copied().unwrap_or(false);
+        acc.resume.resize(self.detectors.len(), 0);
+        // Where detector `i` takes up its search, in `buf`.
+        let from = |resume: &[u64], i: usize| -> usize {
+            let r = resume.get(i).copied().unwrap_or(0).saturating_sub(base);
+            usize::try_from(r).unwrap_or(usize::MAX).min(buf.len())
+        };
         // (detector, start) of every place a literal-prefixed detector's
         // match may start; empty on benign data.
         let mut starts: Vec<(usize, usize)> = Vec::new();
         if let Some(lits) = &self.literals {
-            lits.candidates(buf, &on, &mut starts);
+            let lo = lits
+                .owner
+                .iter()
+                .filter(|(_, i)| on(*i))
+                .map(|(_, i)| from(&acc.resume, *i))
+                .min()
+                .unwrap_or(buf.len());
+            lits.candidates(buf, lo, &on, &mut starts);
             starts.sort_unstable();
             starts.dedup();
         }
@@ -447,15 +467,22 @@ impl Dlp {
             if !on(i) {
                 continue;
             }
+            let at = from(&acc.resume, i);
+            // Starts before `decided` are settled by the bytes in `buf`.
+            let decided = if last {
+                buf.len() + 1
+            } else {
+                buf.len().saturating_sub(d.max_len + CONTEXT)
+            };
             found.clear();
             match &d.engine {
                 Engine::Run { re, run, min_len } => {
-                    run_matches(buf, *run, *min_len, re, d.max_len, &mut found);
+                    run_matches(buf, at, *run, *min_len, re, d.max_len, &mut found);
                 }
                 Engine::Literal { re } => {
                     let lo = starts.partition_point(|(j, _)| *j < i);
                     let hi = starts.partition_point(|(j, _)| *j <= i);
-                    let mut cursor = 0;
+                    let mut cursor = at;
                     for &(_, at) in &starts[lo..hi] {
                         if at < cursor {
                             continue;
@@ -473,48 +500,48 @@ impl Dlp {
                     {
                         continue;
                     }
-                    found.extend(re.find_iter(buf).map(|m| (m.start(), m.end())));
+                    // `find_at` sees the bytes before `at` for look-behind,
+                    // as `find_iter` does after a match.
+                    let mut pos = at;
+                    while pos < buf.len()
+                        && let Some(m) = re.find_at(buf, pos)
+                    {
+                        if m.start() >= decided {
+                            break;
+                        }
+                        found.push((m.start(), m.end()));
+                        pos = m.end().max(m.start() + 1);
+                    }
                 }
             }
-            self.count(i, d, buf, base, skip, &found, acc);
+            let mut next = at;
+            for &(s, e) in &found {
+                if s >= decided {
+                    break;
+                }
+                next = e;
+                self.count(i, d, &buf[s..e], acc);
+            }
+            let resume = next.max(decided.min(buf.len()));
+            if let Some(r) = acc.resume.get_mut(i) {
+                *r = base + resume as u64;
+            }
         }
     }
 
-    /// Counts detector `i`'s matches in `buf` (in `find_iter` order) that
-    /// were not counted before and pass its check.
-    #[allow(clippy::too_many_arguments)]
-    fn count(
-        &self,
-        i: usize,
-        d: &Detector,
-        buf: &[u8],
-        base: u64,
-        skip: usize,
-        found: &[(usize, usize)],
-        acc: &mut Acc,
-    ) {
-        for &(s, e) in found {
-            if e <= skip {
-                continue;
-            }
-            let start = base + s as u64;
-            if acc.last_start.iter().any(|(j, st)| *j == i && *st >= start) {
-                continue;
-            }
-            let Some(norm) = buf.get(s..e).and_then(|m| valid(d.check, m)) else {
-                continue;
-            };
-            acc.last_start.retain(|(j, _)| *j != i);
-            acc.last_start.push((i, start));
-            match acc.findings.iter_mut().find(|f| f.index == i) {
-                Some(f) => f.count += 1,
-                None => acc.findings.push(Finding {
-                    detector: d.name.clone(),
-                    index: i,
-                    count: 1,
-                    hash: self.key.hash(&norm),
-                }),
-            }
+    /// Counts detector `i`'s match `m` if it passes its check.
+    fn count(&self, i: usize, d: &Detector, m: &[u8], acc: &mut Acc) {
+        let Some(norm) = valid(d.check, m) else {
+            return;
+        };
+        match acc.findings.iter_mut().find(|f| f.index == i) {
+            Some(f) => f.count += 1,
+            None => acc.findings.push(Finding {
+                detector: d.name.clone(),
+                index: i,
+                count: 1,
+                hash: self.key.hash(&norm),
+            }),
         }
     }
 }
@@ -528,8 +555,14 @@ impl Literals {
     /// after the occurrence), and at each position every literal is tried,
     /// so that literals of several detectors at one place, or overlapping,
     /// are all seen.
-    fn candidates(&self, buf: &[u8], on: &impl Fn(usize) -> bool, out: &mut Vec<(usize, usize)>) {
-        let mut at = 0;
+    fn candidates(
+        &self,
+        buf: &[u8],
+        from: usize,
+        on: &impl Fn(usize) -> bool,
+        out: &mut Vec<(usize, usize)>,
+    ) {
+        let mut at = from;
         while at < buf.len() {
             let input = aho_corasick::Input::new(buf).range(at..);
             let Some(m) = self.ac.find(input) else {
@@ -565,6 +598,7 @@ fn anchored(re: &meta::Regex, hay: &[u8], at: usize, max_len: usize) -> Option<(
 /// what `find_iter`'s leftmost-first search yields.
 fn run_matches(
     hay: &[u8],
+    from: usize,
     run: Run,
     min_len: usize,
     re: &meta::Regex,
@@ -577,7 +611,9 @@ fn run_matches(
     };
     let min = min_len.max(1);
     let n = hay.len();
-    let mut i = 0;
+    // A match from `from` on has `min` class bytes from its start: a run
+    // that began earlier is seen from `from`, which is enough.
+    let mut i = from;
     while i + min <= n {
         let last = i + min - 1;
         if !class[usize::from(hay[last])] {
@@ -854,18 +890,25 @@ pub fn iban_ok(s: &[u8]) -> bool {
     rem == 1
 }
 
+/// Bytes of context look-around may read on either side of a match: one
+/// for `(?-u:\b)`, up to four (a UTF-8 character) for Unicode `\b` in a
+/// custom pattern.
+const CONTEXT: usize = 4;
+
 /// What a scan gathered.
 #[derive(Debug, Default)]
 struct Acc {
     findings: Vec<Finding>,
-    /// Per detector, where its last counted match started (a match seen
-    /// again, longer, after more data came is not counted twice).
-    last_start: Vec<(usize, u64)>,
+    /// Per detector, the stream offset where its search goes on: past its
+    /// last match, or where the bytes seen stopped settling a start.
+    resume: Vec<u64>,
 }
 
 /// A body scanned in chunks with bounded memory: it holds back the last
-/// `window` bytes it was given until more data (or the end) shows that no
-/// match spans them.
+/// `window` bytes it was given until more data (or the end) settles
+/// whether a match starts in them; a match is counted when it is settled,
+/// so a detector may show up one chunk later, or at [`Stream::finish`],
+/// before any of its bytes was released.
 #[derive(Debug)]
 pub struct Stream {
     dlp: Arc<Dlp>,
@@ -891,11 +934,10 @@ pub struct Step {
 impl Stream {
     /// Scans `chunk` after all earlier data.
     pub fn push(&mut self, chunk: &[u8]) -> Step {
-        let skip = self.buf.len();
         self.buf.extend_from_slice(chunk);
         let before = self.acc.findings.len();
         self.dlp
-            .scan_into(&self.buf, self.base, skip, &self.enabled, &mut self.acc);
+            .scan_into(&self.buf, self.base, false, &self.enabled, &mut self.acc);
         let keep = self.window.min(self.buf.len());
         let cut = self.buf.len() - keep;
         let tail = self.buf.split_off(cut);
@@ -910,10 +952,20 @@ impl Stream {
         }
     }
 
-    /// The end of the body: the held-back bytes, already scanned.
-    pub fn finish(&mut self) -> Vec<u8> {
+    /// The end of the body: the held-back bytes, scanned to the end
+    /// (matches in them are settled now), and what they gave.
+    pub fn finish(&mut self) -> Step {
+        let before = self.acc.findings.len();
+        self.dlp
+            .scan_into(&self.buf, self.base, true, &self.enabled, &mut self.acc);
         self.base += self.buf.len() as u64;
-        std::mem::take(&mut self.buf)
+        Step {
+            release: std::mem::take(&mut self.buf),
+            new: self.acc.findings[before..]
+                .iter()
+                .map(|f| f.index)
+                .collect(),
+        }
     }
 
     /// Everything found so far.
@@ -1039,13 +1091,34 @@ mod tests {
         let mut second = secret[8..].to_vec();
         second.extend_from_slice(b" and more");
         let b = s.push(&second);
-        assert_eq!(b.new, vec![d.index("aws").unwrap()]);
+        assert!(!b.release.windows(8).any(|w| w == &secret[..8]));
+        // Settled once the bytes after it are seen: here, at the end.
         let rest = s.finish();
+        let aws = d.index("aws").unwrap();
+        assert!(b.new.contains(&aws) || rest.new.contains(&aws));
         assert_eq!(
-            a.release.len() + b.release.len() + rest.len(),
+            a.release.len() + b.release.len() + rest.release.len(),
             first.len() + second.len()
         );
         assert_eq!(s.findings()[0].count, 1);
+    }
+
+    /// Streamed findings do not depend on where the chunks are cut: a
+    /// match is counted only once the bytes after it are seen.
+    #[test]
+    fn a_cut_right_after_a_would_be_match_changes_nothing() {
+        let d = dlp();
+        let all: Arc<Enabled> = vec![true; d.len()].into();
+        // Not an AWS id: word bytes follow it, so no `\b`.
+        let data = b"id AKIAIOSFODNN7EXAMPLEXYZ and a GitLab token glpat-abcdefghij0123456789xyz";
+        assert_eq!(d.scan(data, &all).len(), 1);
+        for cut in [23, 72] {
+            let mut s = d.stream(all.clone());
+            s.push(&data[..cut]);
+            s.push(&data[cut..]);
+            s.finish();
+            assert_eq!(s.findings(), &d.scan(data, &all)[..], "cut at {cut}");
+        }
     }
 
     #[test]

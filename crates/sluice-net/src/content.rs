@@ -614,7 +614,13 @@ impl BodyScanner for DlpScanner {
     }
 
     fn finish(&mut self) -> (Inspection, Vec<u8>) {
-        (Inspection::Pass, self.stream.finish())
+        // The held-back tail is settled only now: a secret at the very
+        // end of the body is found here, before its bytes go on.
+        let step = self.stream.finish();
+        match self.note(&step.new) {
+            Inspection::Pass => (Inspection::Pass, step.release),
+            v => (v, Vec::new()),
+        }
     }
 }
 
