@@ -7,6 +7,10 @@
 #   bench/inspect.sh                  # build Sluice (release), run, print a Markdown table
 #   SLUICE_BIN=path bench/inspect.sh  # use that binary, skip the build
 #
+# The upload rows also give Sluice's own CPU seconds (from /proc), and the
+# DLP rate per core from the difference: on a small machine the client and
+# the origin share the cores, so MB/s alone understates the proxy.
+#
 # Knobs (environment), defaults in brackets: UPLOAD_MIB [1024] MiB per
 # upload; REQUESTS [200] small requests per scanner measure.
 # The scanner alone (no sockets): cargo bench -p sluice-inspect --bench dlp
@@ -166,16 +170,22 @@ zones:
     inspect: {icap: true}
 EOF
 "$SLUICE_BIN" run -c "$work/sluice.yaml" 2>"$work/sluice.err" & pids+=($!)
+sluice_pid=$!
 for _ in $(seq 1 100); do grep -q "listening" "$work/sluice.err" 2>/dev/null && break; sleep 0.1; done
 proxy="http://127.0.0.1:$proxy_port"
 url="http://127.0.0.1:$origin_port/upload"
 
-upload() { # source-address -> MB/s
-    local t0 t1
+# Sluice's CPU time so far (user + system), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$sluice_pid/stat"; }
+tck=$(getconf CLK_TCK)
+upload() { # source-address -> "MB/s <Sluice CPU seconds>"
+    local t0 t1 c0 c1
+    c0=$(cpu_ticks)
     t0=$(date +%s.%N)
     python3 "$work/gen.py" "$UPLOAD_MIB" | curl -sS -o /dev/null --interface "$1" -x "$proxy" -X POST -T - "$url"
     t1=$(date +%s.%N)
-    python3 -c "print('%.0f' % ($UPLOAD_MIB * 1.048576 / ($t1 - $t0)))"
+    c1=$(cpu_ticks)
+    python3 -c "print('%.0f %.2f' % ($UPLOAD_MIB * 1.048576 / ($t1 - $t0), ($c1 - $c0) / $tck))"
 }
 small() { # source-address -> ms per request
     # One keep-alive connection from that source, each request written in
@@ -214,8 +224,12 @@ EOF
 }
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-plain_up=$(upload 127.0.0.1)
-dlp_up=$(upload 127.0.0.2)
+read -r plain_up plain_cpu < <(upload 127.0.0.1)
+read -r dlp_up dlp_cpu < <(upload 127.0.0.2)
+# What DLP costs Sluice per byte, whatever the client and origin (which
+# share the machine) allow: the upload's CPU seconds with DLP less
+# without, as a rate per core.
+dlp_rate=$(python3 -c "d = $dlp_cpu - $plain_cpu; print('%.2f GB/s' % ($UPLOAD_MIB * 1.048576e-3 / d) if d > 0 else 'n/a')")
 plain_ms=$(small 127.0.0.1)
 clamd_ms=$(small 127.0.0.3)
 icap_ms=$(small 127.0.0.4)
@@ -224,6 +238,8 @@ echo "| measure | result |"
 echo "|---|---|"
 echo "| ${UPLOAD_MIB} MiB upload, zone without inspection | $plain_up MB/s |"
 echo "| ${UPLOAD_MIB} MiB upload, every DLP detector (block) | $dlp_up MB/s |"
+echo "| Sluice CPU for that upload, without / with DLP | ${plain_cpu} s / ${dlp_cpu} s |"
+echo "| DLP in Sluice per core (upload size / added CPU) | $dlp_rate |"
 echo "| 1 KiB POST, no inspection (keep-alive, mean of $REQUESTS) | $plain_ms ms |"
 echo "| 1 KiB POST, clamd INSTREAM | $clamd_ms ms |"
 echo "| 1 KiB POST, ICAP REQMOD (c-icap virus_scan → clamd) | $icap_ms ms |"
