@@ -7,7 +7,9 @@
 //!
 //! - `dlp`: [`Dlp`] (built-in detectors and custom patterns, compiled
 //!   once), [`dlp::Stream`] (a body in chunks, bounded memory, matches
-//!   across chunk boundaries found), [`HashKey`] (the findings' keyed hash).
+//!   across chunk boundaries found), [`HashKey`] (the findings' keyed hash);
+//!   `dlp::reference`, the first, full-scan scanner, kept only as what the
+//!   differential tests and the bench compare with.
 //! - `clamd`: [`Clamd`], `INSTREAM` and `PING` over a unix socket or TCP.
 //! - `icap`: [`icap::Service`], RFC 3507 `REQMOD` / `RESPMOD` with preview,
 //!   `204` and a connection pool.
