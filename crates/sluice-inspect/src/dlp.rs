@@ -520,7 +520,9 @@ impl Dlp {
                     break;
                 }
                 next = e;
-                self.count(i, d, &buf[s..e], acc);
+                if let Some(m) = buf.get(s..e) {
+                    self.count(i, d, m, acc);
+                }
             }
             let resume = next.max(decided.min(buf.len()));
             if let Some(r) = acc.resume.get_mut(i) {
