@@ -494,15 +494,16 @@ impl Dlp {
                     }
                 }
                 Engine::Search { re } => {
-                    if let Some((hits, idx)) = &custom_hits
-                        && let Some(k) = idx.iter().position(|&j| j == i)
-                        && !hits.matched(k)
-                    {
-                        continue;
-                    }
+                    // No match in `buf` at all: nothing to search, but the
+                    // resume point below still moves on with the buffer.
+                    let none = custom_hits.as_ref().is_some_and(|(hits, idx)| {
+                        idx.iter()
+                            .position(|&j| j == i)
+                            .is_some_and(|k| !hits.matched(k))
+                    });
                     // `find_at` sees the bytes before `at` for look-behind,
                     // as `find_iter` does after a match.
-                    let mut pos = at;
+                    let mut pos = if none { buf.len() } else { at };
                     while pos < buf.len()
                         && let Some(m) = re.find_at(buf, pos)
                     {

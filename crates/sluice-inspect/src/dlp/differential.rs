@@ -248,7 +248,9 @@ fn whole_scans_agree_on_random_documents() {
 
 #[test]
 fn streams_agree_with_a_cut_at_every_offset() {
-    let (fast, slow) = pair(&[("employee", r"EMP-[0-9]{6}")]);
+    // `uword`: a Unicode `\b`, which reads a whole UTF-8 character on
+    // either side (é, ſ in the glue).
+    let (fast, slow) = pair(&[("employee", r"EMP-[0-9]{6}"), ("uword", r"\b\w[0-9]{5}\b")]);
     let mut rng = Rng(0x5eed_0002);
     let all: Arc<Enabled> = vec![true; fast.len()].into();
     // Each piece alone with word and non-word neighbours, then short
@@ -289,6 +291,7 @@ fn long_streams_agree_in_random_chunks() {
     let (fast, slow) = pair(&[
         ("employee", r"EMP-[0-9]{6}"),
         ("code", r"(?i)bluebird-[0-9]{4}"),
+        ("uword", r"\b\w[0-9]{5}\b"),
     ]);
     let mut rng = Rng(0x5eed_0003);
     for round in 0..6 {
