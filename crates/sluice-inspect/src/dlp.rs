@@ -439,7 +439,14 @@ impl Dlp {
         acc.resume.resize(self.detectors.len(), 0);
         // Where detector `i` takes up its search, in `buf`.
         let from = |resume: &[u64], i: usize| -> usize {
-            let r = resume.get(i).copied().unwrap_or(0).saturating_sub(base);
+            let r = resume.get(i).copied().unwrap_or(0);
+            // Every search moves its resume point on with the buffer, at
+            // least CONTEXT bytes past the released ones.
+            debug_assert!(
+                base == 0 || r >= base + CONTEXT as u64,
+                "stale resume point"
+            );
+            let r = r.saturating_sub(base);
             usize::try_from(r).unwrap_or(usize::MAX).min(buf.len())
         };
         // (detector, start) of every place a literal-prefixed detector's
