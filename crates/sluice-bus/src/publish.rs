@@ -12,10 +12,20 @@
 //! asking for JetStream's acknowledgement; each carries `Nats-Msg-Id` (the
 //! record's or alert's id), so a group sent again after a lost
 //! acknowledgement is stored once (within the stream's duplicate window).
+//!
+//! A group is counted published only when its acknowledgement came and
+//! the whole group went over one connection: the stream stores one
+//! connection's messages in order, so the last message's acknowledgement
+//! vouches for the others. A reconnect while a group was on its way (the
+//! client drops what the old connection had buffered, and sends the rest
+//! on the new one) makes the acknowledgement vouch for nothing: the group
+//! is sent again, and the message ids keep the retry from doubling any
+//! record. A group that never gets its acknowledgement is counted
+//! dropped; none is lost without being counted.
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -101,7 +111,7 @@ pub struct Publisher {
 
 #[derive(Debug)]
 enum Item {
-    Record(Arc<FlowRecord>),
+    Record(Arc<FlowRecord>, Bytes),
     Alert(Box<Alert>),
 }
 
@@ -113,13 +123,24 @@ struct Pending {
 }
 
 /// A group's acknowledgement on its way, with the group.
-type Acked =
-    futures_util::future::BoxFuture<'static, (Result<(), jetstream::context::PublishError>, Group)>;
+type Acked = futures_util::future::BoxFuture<'static, (Result<(), Failed>, Group)>;
+
+/// Why a group was not (yet) stored for sure.
+#[derive(Debug)]
+enum Failed {
+    /// The publish or its acknowledgement failed.
+    Publish(jetstream::context::PublishError),
+    /// The client reconnected between the group's first message and its
+    /// acknowledgement: the messages the old connection held may be lost.
+    Reconnected,
+}
 
 /// Messages published together and vouched for by one acknowledgement.
 struct Group {
     msgs: Vec<Pending>,
     attempts: u8,
+    /// The client's connection count when this attempt began.
+    connects: u64,
 }
 
 /// Counts drops and logs them at most once a second.
@@ -173,8 +194,8 @@ impl BusMetrics {
 // === impl BusQueue ===
 
 impl FlowBus for BusQueue {
-    fn record(&self, r: &Arc<FlowRecord>) {
-        self.send(Item::Record(r.clone()));
+    fn record(&self, r: &Arc<FlowRecord>, json: &Bytes) {
+        self.send(Item::Record(r.clone(), json.clone()));
     }
 
     fn alert(&self, a: &Alert) {
@@ -289,6 +310,7 @@ async fn run(
         metrics.connected.set(1);
         connected_tx.send_replace(true);
     }
+    let stats = client.statistics();
     let js = jetstream::ContextBuilder::new()
         .timeout(ACK_TIMEOUT)
         .build(client.clone());
@@ -343,7 +365,7 @@ async fn run(
                 }
                 item = rx.recv() => match item {
                     Some(first) => {
-                        let mut g = Group { msgs: vec![pending(first, opts.partitions, &mut line)], attempts: 0 };
+                        let mut g = Group { msgs: vec![pending(first, opts.partitions, &mut line)], attempts: 0, connects: 0 };
                         while g.msgs.len() < GROUP {
                             let Ok(item) = rx.try_recv() else { break };
                             g.msgs.push(pending(item, opts.partitions, &mut line));
@@ -371,12 +393,32 @@ async fn run(
         };
         g.attempts += 1;
         let full = g.msgs.len() >= GROUP;
+        // Read before the first message leaves: a reconnect counted later
+        // than this may have split the group (see the module's doc).
+        g.connects = stats.connects.load(Ordering::Relaxed);
         match send(&client, &js, &g).await {
             Ok(ack) => {
                 inflight_msgs += g.msgs.len();
-                inflight.push(Box::pin(async move { (ack.await.map(drop), g) }));
+                let stats = stats.clone();
+                inflight.push(Box::pin(async move {
+                    let result = match ack.await {
+                        Ok(_) if stats.connects.load(Ordering::Relaxed) != g.connects => {
+                            Err(Failed::Reconnected)
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(Failed::Publish(e)),
+                    };
+                    (result, g)
+                }));
             }
-            Err(e) => settle(Err(e), g, &metrics, &drops, &mut retry, &mut stream_ready),
+            Err(e) => settle(
+                Err(Failed::Publish(e)),
+                g,
+                &metrics,
+                &drops,
+                &mut retry,
+                &mut stream_ready,
+            ),
         }
         if !full && deadline.is_none() {
             tokio::time::sleep(BATCH_PAUSE).await;
@@ -423,18 +465,16 @@ async fn send(
 }
 
 /// The message for a queued item: subject, the same JSON bytes the flow
-/// log writes (without its newline), and the id for deduplication.
+/// log writes (without its newline; the recorder serialized them once),
+/// and the id for deduplication.
 fn pending(item: Item, partitions: u32, line: &mut Vec<u8>) -> Pending {
     line.clear();
     match item {
-        Item::Record(r) => {
-            r.write_json(line);
-            Pending {
-                subject: subject::flow_subject(&r, partitions),
-                payload: Bytes::copy_from_slice(line),
-                id: r.id().to_owned(),
-            }
-        }
+        Item::Record(r, json) => Pending {
+            subject: subject::flow_subject(&r, partitions),
+            payload: json,
+            id: r.id().to_owned(),
+        },
         Item::Alert(a) => {
             if let Err(e) = serde_json::to_writer(&mut *line, &a) {
                 // Cannot happen (string keys, our own values); an empty
@@ -455,7 +495,7 @@ fn pending(item: Item, partitions: u32, line: &mut Vec<u8>) -> Pending {
 /// Counts an acknowledged group, or retries a failed one (until
 /// [`ATTEMPTS`]), or drops and counts it.
 fn settle(
-    result: Result<(), jetstream::context::PublishError>,
+    result: Result<(), Failed>,
     g: Group,
     metrics: &BusMetrics,
     drops: &Drops,
@@ -467,17 +507,19 @@ fn settle(
             metrics.published.inc_by(g.msgs.len() as u64);
         }
         Err(e) => {
-            if matches!(
-                e.kind(),
-                jetstream::context::PublishErrorKind::StreamNotFound
-            ) {
+            if let Failed::Publish(e) = &e
+                && matches!(
+                    e.kind(),
+                    jetstream::context::PublishErrorKind::StreamNotFound
+                )
+            {
                 // The server lost the stream (a fresh store): create it again.
                 *stream_ready = false;
             }
             if g.attempts < ATTEMPTS {
                 retry.push_back(g);
             } else {
-                tracing::debug!(messages = g.msgs.len(), error = %e, "flow bus: publish failed");
+                tracing::debug!(messages = g.msgs.len(), error = ?e, "flow bus: publish failed");
                 drops.add(g.msgs.len() as u64, "publish failed");
             }
         }

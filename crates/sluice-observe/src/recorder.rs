@@ -10,6 +10,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::{Alert, AlertRing, FlowRecord, FlowSink, FlowView, Metrics, sinks::AlertSink};
@@ -71,8 +72,10 @@ pub trait Detector: Send + Sync {
 /// JetStream) and returns at once. It never blocks and never does I/O on
 /// the caller's thread: a full queue drops and counts.
 pub trait FlowBus: Send + Sync {
-    /// Queues one finished record (shared with the view and the sink).
-    fn record(&self, r: &Arc<FlowRecord>);
+    /// Queues one finished record (shared with the view) and its JSON
+    /// ([`FlowRecord::json`], shared with the flow log's sink: serialized
+    /// once).
+    fn record(&self, r: &Arc<FlowRecord>, json: &Bytes);
 
     /// Queues one alert, when it first fires (repeats are not published).
     fn alert(&self, a: &Alert);
@@ -171,12 +174,16 @@ impl Recorder {
                 self.alert(a);
             }
         }
+        // Serialized once, here: the flow log and the bus write the same
+        // bytes (with the bus on, a second encoding per record was most of
+        // its cost, bench/bus.sh).
+        let json = r.json();
         let r = Arc::new(r);
         if let Some(bus) = &self.bus {
-            bus.record(&r);
+            bus.record(&r, &json);
         }
-        self.view.push_shared(r.clone(), SystemTime::now());
-        self.sink.send_shared(r);
+        self.view.push_shared(r, SystemTime::now());
+        self.sink.send_json(json);
     }
 
     /// Takes one alert, from a detector here or from a listener that
