@@ -84,6 +84,8 @@ pub struct FlowWriter {
 enum Msg {
     /// One record's JSON, without its newline.
     Record(Bytes),
+    /// Whole lines (newlines included) of this many records.
+    Lines(Bytes, u64),
     Reopen(oneshot::Sender<io::Result<u64>>),
     Close(oneshot::Sender<io::Result<u64>>),
 }
@@ -169,6 +171,16 @@ impl FlowSink {
             Err(TrySendError::Closed(_)) => self.drops.add(1, "writer closed"),
         }
     }
+
+    /// Queues `n` records' JSON lines (each ending in a newline) as one
+    /// slot and one write; dropped and counted together. Never waits.
+    pub fn send_lines(&self, lines: Bytes, n: u64) {
+        match self.tx.try_send(Msg::Lines(lines, n)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.drops.add(n, "queue full"),
+            Err(TrySendError::Closed(_)) => self.drops.add(n, "writer closed"),
+        }
+    }
 }
 
 // === impl FlowWriter ===
@@ -228,6 +240,12 @@ fn run<O: Open>(mut rx: mpsc::Receiver<Msg>, mut output: Output<O>, drops: &Drop
                 Msg::Record(json) => {
                     if let Err(e) = output.write(&json) {
                         drops.add(1, "write failed");
+                        log_write_error(&mut last_error, &output.target, &e);
+                    }
+                }
+                Msg::Lines(lines, n) => {
+                    if let Err(e) = output.out.write_all(&lines) {
+                        drops.add(n, "write failed");
                         log_write_error(&mut last_error, &output.target, &e);
                     }
                 }
