@@ -10,29 +10,37 @@
 # for each and the ratio (goal: bus on ≤ 1.05 × off). Then one follower
 # (crates/sluice-bus/examples/follow.rs, a fresh durable consumer) reads
 # every record the "on" rounds published and reports records/s, and so
-# does `sluice detect --follow` (the detectors on every record).
+# does `sluice detect --follow` (the detectors on every record). Last,
+# publishing alone (crates/sluice-bus/examples/publish.rs): the "on"
+# flow log's records fed at PUBLISH_RATE a second for 10 s into nothing
+# and into the bus, in one process, whose CPU (ns per thread from
+# schedstat) gives the bus's µs per record — the steady figure, which the
+# HTTP rounds' noise on a shared machine can hide.
 #
 #   bench/bus.sh                 # ~1 minute after the build
-#   ROUNDS=5 WRK_SECONDS=8 PARTITIONS=8 bench/bus.sh
+#   ROUNDS=5 WRK_SECONDS=8 PARTITIONS=8 PUBLISH_RATE=8000 bench/bus.sh
 #
 # Needs wrk, python3, nats-server (apt-get install wrk nats-server).
-# SLUICE_BIN / FOLLOW_BIN: use those binaries instead of release builds.
+# SLUICE_BIN / FOLLOW_BIN / PUBLISH_BIN: use those binaries instead of
+# release builds.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=${ROUNDS:-3}
 WRK_SECONDS=${WRK_SECONDS:-5}
 PARTITIONS=${PARTITIONS:-8}
+PUBLISH_RATE=${PUBLISH_RATE:-8000}
 NATS=${NATS:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 for t in wrk python3 "$NATS"; do
     command -v "$t" >/dev/null || { echo "error: $t is missing (apt-get install wrk python3 nats-server)" >&2; exit 2; }
 done
 target=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-if [[ -z ${SLUICE_BIN:-} || -z ${FOLLOW_BIN:-} ]]; then
-    (cd "$root" && cargo build --release -q -p sluice && cargo build --release -q -p sluice-bus --example follow)
+if [[ -z ${SLUICE_BIN:-} || -z ${FOLLOW_BIN:-} || -z ${PUBLISH_BIN:-} ]]; then
+    (cd "$root" && cargo build --release -q -p sluice && cargo build --release -q -p sluice-bus --example follow --example publish)
 fi
 SLUICE_BIN=${SLUICE_BIN:-$target/release/sluice}
 FOLLOW_BIN=${FOLLOW_BIN:-$target/release/examples/follow}
+PUBLISH_BIN=${PUBLISH_BIN:-$target/release/examples/publish}
 
 dir=$(mktemp -d /tmp/sluice-bench-bus.XXXXXX)
 pids=()
@@ -82,7 +90,9 @@ off_pid=$spid; off_port=$sport
 start on "bus:
   url: nats://127.0.0.1:$nats_port
   partitions: $PARTITIONS
-  queue: 100000"
+  queue: 100000
+detect:
+  max_lateness: 1s"
 on_pid=$spid; on_port=$sport; on_admin=$sadmin
 
 cat > "$dir/w.lua" <<W
@@ -122,7 +132,8 @@ echo "bus on: $recorded records, $published published, $dropped dropped" >&2
 follow=$("$FOLLOW_BIN" "nats://127.0.0.1:$nats_port" --partitions "$PARTITIONS" --durable "bench$$" --count "$published" --idle-ms 5000)
 
 # The real follower: `sluice detect --follow` with the "on" configuration
-# (every detector at its defaults), a fresh durable consumer, stopped once
+# (every detector at its defaults but `max_lateness: 1s`, so that it judges
+# records as it reads them rather than at exit), a fresh durable consumer, stopped once
 # its CPU time has stood still for 2 s (at most 120 s); it reports records
 # and records/s from its first record to its last.
 "$SLUICE_BIN" detect -c "$dir/on.yaml" --follow "nats://127.0.0.1:$nats_port" --durable "detect$$" \
@@ -140,7 +151,10 @@ detect_ticks=$(ticks "$dpid")
 kill -TERM "$dpid"; wait "$dpid" 2>/dev/null || true
 detect_line=$(grep -o 'followed .*' "$dir/detect.err" | tail -1)
 
-python3 - "$dir/results" "$hz" "$published" "$follow" "$busy_start" "$load_start" "$recorded" "$dropped" "$detect_line" "$detect_ticks" <<'P'
+# Publishing alone, off and on in one process (a stream of its own ids).
+publish=$("$PUBLISH_BIN" "nats://127.0.0.1:$nats_port" "$dir/flows-on.jsonl" --rate "$PUBLISH_RATE" --seconds 10 --partitions "$PARTITIONS" 2> "$dir/publish.err")
+
+python3 - "$dir/results" "$hz" "$published" "$follow" "$busy_start" "$load_start" "$recorded" "$dropped" "$detect_line" "$detect_ticks" "$publish" <<'P'
 import json, sys
 rows = [l.split() for l in open(sys.argv[1])]
 hz = int(sys.argv[2])
@@ -164,6 +178,10 @@ print(f"One follower (`examples/follow`, fresh durable consumer, all partitions)
       f"{f['records_per_second']:,.0f} records/s; by partition {f['by_partition']}")
 print(f"`sluice detect --follow` (fresh durable consumer, all partitions, detectors at their defaults): {sys.argv[9]}; "
       f"{int(sys.argv[10]) * 1e6 / int(sys.argv[2]) / max(int(sys.argv[3]), 1):.1f} µs CPU per record")
+pub = json.loads(sys.argv[11])
+print(f"Publishing alone (`examples/publish`, {pub['records']:,} records at {pub['rate']:,}/s, {pub['published']:,} acknowledged): "
+      f"{pub['off_us_per_record']:.2f} µs CPU per record fed into nothing, {pub['on_us_per_record']:.2f} into the bus: "
+      f"{pub['bus_us_per_record']:.2f} µs per record, {100 * pub['bus_us_per_record'] / off[1]:.1f} % of bus-off CPU per request")
 print(f"Machine: {open('/proc/cpuinfo').read().count('processor')} CPUs, load average at start {sys.argv[6]}, "
       f"compiler processes at start {sys.argv[5]}")
 P

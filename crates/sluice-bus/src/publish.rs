@@ -12,15 +12,25 @@
 //! asking for JetStream's acknowledgement; each carries `Nats-Msg-Id` (the
 //! record's or alert's id), so a group sent again after a lost
 //! acknowledgement is stored once (within the stream's duplicate window).
+//!
+//! A group is counted published only when its acknowledgement came and
+//! the whole group went over one connection: the stream stores one
+//! connection's messages in order, so the last message's acknowledgement
+//! vouches for the others. A reconnect while a group was on its way (the
+//! client drops what the old connection had buffered, and sends the rest
+//! on the new one) makes the acknowledgement vouch for nothing: the group
+//! is sent again, and the message ids keep the retry from doubling any
+//! record. A group that never gets its acknowledgement is counted
+//! dropped; none is lost without being counted.
 
 use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use async_nats::{
-    ConnectOptions, Event,
+    ConnectOptions, Event, Subject,
     connection::State,
     jetstream::{self, message::PublishMessage, stream},
 };
@@ -38,17 +48,24 @@ use crate::subject::{self, ALERTS, STREAM_SUBJECTS};
 /// Messages published per JetStream acknowledgement: the last message of
 /// a group asks for one, the others are plain publishes. An ack per
 /// message (an inbox, a timer and a JSON reply each) cost about 13 µs of
-/// CPU per request at 8,000 requests/s (`bench/bus.sh`, +19 %); one per
-/// group costs a sixty-fourth of that.
-const GROUP: usize = 64;
+/// CPU per request at 8,000 requests/s (`bench/bus.sh`, +19 %). Groups of
+/// 256 with a 20 ms pause cost 4.2 µs a record at 8,000 records/s where
+/// groups of 64 with a 5 ms pause cost 5.1-6.3 µs
+/// (`examples/publish.rs`, bench/README.md).
+const GROUP: usize = 256;
 
 /// How long the task lets records gather after sending a group that was
 /// not full: under load a group then goes out as one write, not one write
 /// and two task wake-ups per record (the flow sink's writer does the same,
-/// crates/sluice-observe/src/sink.rs). A record waits at most this long.
-const BATCH_PAUSE: Duration = Duration::from_millis(5);
+/// crates/sluice-observe/src/sink.rs). A record waits at most this long:
+/// at 8,000 records/s a pause gathers 160, fewer wake-ups than 5 ms did.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
-/// Groups awaiting acknowledgement at most: with [`GROUP`], 512 messages,
+/// Subjects remembered (zones × partitions); past this the memory is
+/// cleared and starts again.
+const SUBJECTS: usize = 4096;
+
+/// Groups awaiting acknowledgement at most: with [`GROUP`], 2,048 messages,
 /// which bounds what an outage holds beyond the queue.
 const GROUPS_IN_FLIGHT: usize = 8;
 
@@ -101,25 +118,70 @@ pub struct Publisher {
 
 #[derive(Debug)]
 enum Item {
-    Record(Arc<FlowRecord>),
+    Record(Arc<FlowRecord>, Bytes),
     Alert(Box<Alert>),
 }
 
 /// One message on its way: where, what, under which id.
 struct Pending {
-    subject: String,
+    subject: Subject,
     payload: Bytes,
     id: String,
 }
 
 /// A group's acknowledgement on its way, with the group.
-type Acked =
-    futures_util::future::BoxFuture<'static, (Result<(), jetstream::context::PublishError>, Group)>;
+type Acked = futures_util::future::BoxFuture<'static, (Result<(), Failed>, Group)>;
+
+/// Why a group was not (yet) stored for sure.
+#[derive(Debug)]
+enum Failed {
+    /// The publish or its acknowledgement failed.
+    Publish(jetstream::context::PublishError),
+    /// The client reconnected between the group's first message and its
+    /// acknowledgement: the messages the old connection held may be lost.
+    Reconnected,
+}
 
 /// Messages published together and vouched for by one acknowledgement.
 struct Group {
     msgs: Vec<Pending>,
     attempts: u8,
+    /// The client's connection count when this attempt began.
+    connects: u64,
+}
+
+/// Flow subjects already made, by zone and partition: a record's subject
+/// is then a hash lookup and a reference count, not a `format!` and an
+/// allocation.
+#[derive(Debug, Default)]
+struct Subjects {
+    /// By zone (`default` for none), then by partition.
+    made: HashMap<Box<str>, Vec<Option<Subject>>>,
+    count: usize,
+}
+
+// === impl Subjects ===
+
+impl Subjects {
+    fn of(&mut self, r: &FlowRecord, partitions: u32) -> Subject {
+        let zone = r.zone.as_deref().unwrap_or(subject::NO_ZONE);
+        let p = subject::partition_of(r.src.ip(), partitions) as usize;
+        if let Some(Some(s)) = self.made.get(zone).and_then(|by_p| by_p.get(p)) {
+            return s.clone();
+        }
+        if self.count >= SUBJECTS {
+            self.made.clear();
+            self.count = 0;
+        }
+        let s = Subject::from(subject::flow_subject(r, partitions));
+        let by_p = self.made.entry(Box::from(zone)).or_default();
+        if by_p.len() <= p {
+            by_p.resize(p + 1, None);
+        }
+        by_p[p] = Some(s.clone());
+        self.count += 1;
+        s
+    }
 }
 
 /// Counts drops and logs them at most once a second.
@@ -173,8 +235,8 @@ impl BusMetrics {
 // === impl BusQueue ===
 
 impl FlowBus for BusQueue {
-    fn record(&self, r: &Arc<FlowRecord>) {
-        self.send(Item::Record(r.clone()));
+    fn record(&self, r: &Arc<FlowRecord>, json: &Bytes) {
+        self.send(Item::Record(r.clone(), json.clone()));
     }
 
     fn alert(&self, a: &Alert) {
@@ -289,6 +351,7 @@ async fn run(
         metrics.connected.set(1);
         connected_tx.send_replace(true);
     }
+    let stats = client.statistics();
     let js = jetstream::ContextBuilder::new()
         .timeout(ACK_TIMEOUT)
         .build(client.clone());
@@ -299,6 +362,7 @@ async fn run(
     // Messages in `inflight`'s groups, for the count at close.
     let mut inflight_msgs = 0usize;
     let mut line = Vec::with_capacity(1024);
+    let mut subjects = Subjects::default();
     loop {
         if let Some(d) = deadline {
             let done = rx.is_empty() && retry.is_empty() && inflight.is_empty();
@@ -343,12 +407,13 @@ async fn run(
                 }
                 item = rx.recv() => match item {
                     Some(first) => {
-                        let mut g = Group { msgs: vec![pending(first, opts.partitions, &mut line)], attempts: 0 };
-                        while g.msgs.len() < GROUP {
+                        let mut msgs = Vec::with_capacity(GROUP.min(rx.len() + 1));
+                        msgs.push(pending(first, opts.partitions, &mut subjects, &mut line));
+                        while msgs.len() < GROUP {
                             let Ok(item) = rx.try_recv() else { break };
-                            g.msgs.push(pending(item, opts.partitions, &mut line));
+                            msgs.push(pending(item, opts.partitions, &mut subjects, &mut line));
                         }
-                        Some(g)
+                        Some(Group { msgs, attempts: 0, connects: 0 })
                     }
                     // Closed (or every handle dropped) and drained;
                     // acknowledgements may be pending.
@@ -371,12 +436,32 @@ async fn run(
         };
         g.attempts += 1;
         let full = g.msgs.len() >= GROUP;
+        // Read before the first message leaves: a reconnect counted later
+        // than this may have split the group (see the module's doc).
+        g.connects = stats.connects.load(Ordering::Relaxed);
         match send(&client, &js, &g).await {
             Ok(ack) => {
                 inflight_msgs += g.msgs.len();
-                inflight.push(Box::pin(async move { (ack.await.map(drop), g) }));
+                let stats = stats.clone();
+                inflight.push(Box::pin(async move {
+                    let result = match ack.await {
+                        Ok(_) if stats.connects.load(Ordering::Relaxed) != g.connects => {
+                            Err(Failed::Reconnected)
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(Failed::Publish(e)),
+                    };
+                    (result, g)
+                }));
             }
-            Err(e) => settle(Err(e), g, &metrics, &drops, &mut retry, &mut stream_ready),
+            Err(e) => settle(
+                Err(Failed::Publish(e)),
+                g,
+                &metrics,
+                &drops,
+                &mut retry,
+                &mut stream_ready,
+            ),
         }
         if !full && deadline.is_none() {
             tokio::time::sleep(BATCH_PAUSE).await;
@@ -423,18 +508,16 @@ async fn send(
 }
 
 /// The message for a queued item: subject, the same JSON bytes the flow
-/// log writes (without its newline), and the id for deduplication.
-fn pending(item: Item, partitions: u32, line: &mut Vec<u8>) -> Pending {
+/// log writes (without its newline; the recorder serialized them once),
+/// and the id for deduplication.
+fn pending(item: Item, partitions: u32, subjects: &mut Subjects, line: &mut Vec<u8>) -> Pending {
     line.clear();
     match item {
-        Item::Record(r) => {
-            r.write_json(line);
-            Pending {
-                subject: subject::flow_subject(&r, partitions),
-                payload: Bytes::copy_from_slice(line),
-                id: r.id().to_owned(),
-            }
-        }
+        Item::Record(r, json) => Pending {
+            subject: subjects.of(&r, partitions),
+            payload: json,
+            id: r.id().to_owned(),
+        },
         Item::Alert(a) => {
             if let Err(e) = serde_json::to_writer(&mut *line, &a) {
                 // Cannot happen (string keys, our own values); an empty
@@ -444,7 +527,7 @@ fn pending(item: Item, partitions: u32, line: &mut Vec<u8>) -> Pending {
                 line.extend_from_slice(b"{}");
             }
             Pending {
-                subject: ALERTS.to_owned(),
+                subject: Subject::from_static(ALERTS),
                 payload: Bytes::copy_from_slice(line),
                 id: format!("alert-{}", a.id),
             }
@@ -455,7 +538,7 @@ fn pending(item: Item, partitions: u32, line: &mut Vec<u8>) -> Pending {
 /// Counts an acknowledged group, or retries a failed one (until
 /// [`ATTEMPTS`]), or drops and counts it.
 fn settle(
-    result: Result<(), jetstream::context::PublishError>,
+    result: Result<(), Failed>,
     g: Group,
     metrics: &BusMetrics,
     drops: &Drops,
@@ -467,17 +550,19 @@ fn settle(
             metrics.published.inc_by(g.msgs.len() as u64);
         }
         Err(e) => {
-            if matches!(
-                e.kind(),
-                jetstream::context::PublishErrorKind::StreamNotFound
-            ) {
+            if let Failed::Publish(e) = &e
+                && matches!(
+                    e.kind(),
+                    jetstream::context::PublishErrorKind::StreamNotFound
+                )
+            {
                 // The server lost the stream (a fresh store): create it again.
                 *stream_ready = false;
             }
             if g.attempts < ATTEMPTS {
                 retry.push_back(g);
             } else {
-                tracing::debug!(messages = g.msgs.len(), error = %e, "flow bus: publish failed");
+                tracing::debug!(messages = g.msgs.len(), error = ?e, "flow bus: publish failed");
                 drops.add(g.msgs.len() as u64, "publish failed");
             }
         }

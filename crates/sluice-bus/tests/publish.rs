@@ -23,6 +23,11 @@ fn record(zone: Option<&str>, src: &str) -> Arc<FlowRecord> {
     Arc::new(r)
 }
 
+/// What the recorder does: the record with its JSON, serialized once.
+fn send(queue: &impl FlowBus, r: &Arc<FlowRecord>) {
+    queue.record(r, &r.json());
+}
+
 fn encoded(registry: &Registry) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
@@ -58,8 +63,8 @@ async fn records_and_alerts_land_on_their_subjects_as_the_flow_log_writes_them()
         "10.0.1.7 sent 3 GiB to example.net".into(),
     );
     alert.src = Some("10.0.1.7".into());
-    queue.record(&web);
-    queue.record(&nozone);
+    send(&queue, &web);
+    send(&queue, &nozone);
     queue.alert(&alert);
     publisher.close(Duration::from_secs(10)).await;
     let text = encoded(&registry);
@@ -103,7 +108,10 @@ async fn without_a_server_the_queue_bounds_what_waits_and_the_rest_is_dropped() 
     );
     let t = Instant::now();
     for i in 0..1000 {
-        queue.record(&record(Some("web"), &format!("10.0.1.{}:1", i % 250)));
+        send(
+            &queue,
+            &record(Some("web"), &format!("10.0.1.{}:1", i % 250)),
+        );
     }
     let took = t.elapsed();
     assert!(
@@ -160,10 +168,10 @@ async fn a_thousand_records_in_groups_are_each_stored_once() {
     );
     // Sent in bursts so that both full groups and short ones go out.
     for i in 0..1000 {
-        queue.record(&record(
-            Some("bulk"),
-            &format!("10.0.{}.{}:1", i / 250, i % 250),
-        ));
+        send(
+            &queue,
+            &record(Some("bulk"), &format!("10.0.{}.{}:1", i / 250, i % 250)),
+        );
         if i % 100 == 0 {
             tokio::time::sleep(Duration::from_millis(7)).await;
         }
@@ -195,7 +203,7 @@ async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
     );
     let published = |registry: &Registry| sample(&encoded(registry), "sluice_bus_published_total");
     for i in 0..10 {
-        queue.record(&record(Some("before"), &format!("10.0.1.{i}:1")));
+        send(&queue, &record(Some("before"), &format!("10.0.1.{i}:1")));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while published(&registry) < 10.0 {
@@ -212,7 +220,7 @@ async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
     // During the outage sends never wait; the queue keeps these.
     let t = Instant::now();
     for i in 0..20 {
-        queue.record(&record(Some("during"), &format!("10.0.2.{i}:1")));
+        send(&queue, &record(Some("during"), &format!("10.0.2.{i}:1")));
     }
     assert!(
         t.elapsed() < Duration::from_millis(100),
@@ -231,7 +239,7 @@ async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for i in 0..30 {
-        queue.record(&record(Some("after"), &format!("10.0.3.{i}:1")));
+        send(&queue, &record(Some("after"), &format!("10.0.3.{i}:1")));
     }
     publisher.close(Duration::from_secs(15)).await;
     let text = encoded(&registry);
@@ -242,4 +250,96 @@ async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
     assert_eq!(stored(&js, "sluice.flows.before.*").await, 10);
     assert_eq!(stored(&js, "sluice.flows.during.*").await, 20);
     assert_eq!(stored(&js, "sluice.flows.after.*").await, 30);
+}
+
+/// The stream's messages on `sluice.flows.>`, and how many distinct
+/// record ids they hold.
+async fn stored_ids(js: &async_nats::jetstream::Context) -> (usize, usize) {
+    let stream = js.get_stream("SLUICE").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: "sluice.flows.>".into(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut n = 0;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1_000_000)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), batch.next()).await {
+        let m = m.unwrap();
+        let r: FlowRecord = serde_json::from_slice(&m.payload).unwrap();
+        ids.insert(r.id().to_owned());
+        n += 1;
+    }
+    (n, ids.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_stream_loses_no_record_counted_as_published() {
+    let mut nats = NatsServer::start();
+    let mut registry = Registry::default();
+    let (queue, publisher) = Publisher::start(
+        BusOptions {
+            url: nats.url(),
+            stream: "SLUICE".into(),
+            partitions: 4,
+            queue: 100_000,
+        },
+        BusMetrics::register(&mut registry),
+    );
+    let queue = Arc::new(queue);
+    // A steady stream of records for about 3 s, in bursts of 50 so that
+    // groups are in every state (being written, written and unacknowledged,
+    // acknowledged) when the server dies.
+    const TOTAL: usize = 15_000;
+    let sender = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                send(
+                    &*queue,
+                    &record(
+                        Some("kill"),
+                        &format!("10.1.{}.{}:1", i / 250 % 250, i % 250),
+                    ),
+                );
+                if i % 50 == 49 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        nats.kill();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        nats.restart();
+    }
+    sender.await.unwrap();
+    drop(queue);
+    publisher.close(Duration::from_secs(30)).await;
+    let text = encoded(&registry);
+    let published = sample(&text, "sluice_bus_published_total") as usize;
+    let dropped = sample(&text, "sluice_bus_dropped_total") as usize;
+    // Every record is accounted for: published or counted dropped.
+    assert_eq!(published + dropped, TOTAL, "{text}");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let (messages, distinct) = stored_ids(&js).await;
+    // A retry never doubles a record…
+    assert_eq!(messages, distinct, "{text}");
+    // …and what was counted published is there.
+    assert!(
+        distinct >= published,
+        "{published} counted published, {distinct} stored, {dropped} dropped"
+    );
+    eprintln!("{published} published, {dropped} dropped, {distinct} stored of {TOTAL}");
 }

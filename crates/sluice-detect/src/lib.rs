@@ -27,11 +27,14 @@
 //! - `store`: [`Store`], baselines in redb across restarts.
 //! - `live`: [`Live`], the engine behind `sluice run`'s recorder.
 //! - `replay`: flow logs merged in event time for `sluice detect`.
+//! - `reorder`: [`Reorder`], the same event-time order for records that
+//!   arrive live (`sluice detect --follow`).
 
 mod engine;
 mod geo;
 mod live;
 mod obs;
+mod reorder;
 pub mod replay;
 mod settings;
 mod store;
@@ -41,5 +44,6 @@ pub use engine::Engine;
 pub use geo::{GeoDb, GeoError};
 pub use live::Live;
 pub use obs::{Obs, ObsError, RecordLine, parse_ts_ms};
+pub use reorder::Reorder;
 pub use settings::{Settings, ZoneSettings};
 pub use store::{Store, StoreError};

@@ -107,16 +107,22 @@ impl Collector {
         self.metrics.netflow_flows(flows.len() as u64);
         let now = SystemTime::now();
         let exporter = exporter.to_string();
+        // The datagram's records go to the record stage together (one
+        // write to the flow log), then its bypass alerts.
+        let mut records = Vec::with_capacity(flows.len());
+        let mut alerts = Vec::new();
         for f in &flows {
             match judge(&policy, self.names.as_deref(), &exporter, f, now) {
                 Judged::Gateway => self.metrics.netflow_gateway_flow(),
                 Judged::Record(r, alert) => {
-                    self.recorder.record(*r);
-                    if let Some(a) = alert {
-                        self.recorder.alert(*a);
-                    }
+                    records.push(*r);
+                    alerts.extend(alert);
                 }
             }
+        }
+        self.recorder.record_batch(records);
+        for a in alerts {
+            self.recorder.alert(*a);
         }
     }
 

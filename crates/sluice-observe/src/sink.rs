@@ -17,6 +17,10 @@
 //! The writer is a dedicated thread with blocking `std::io` rather than a
 //! tokio task: file writes block anyway, and one thread with a `BufWriter`
 //! is cheaper than a blocking-pool hop per write.
+//!
+//! The queue carries each record's JSON ([`FlowRecord::json`]), not the
+//! record: the recorder serializes a record once and shares the bytes with
+//! the flow bus, which publishes the same JSON.
 
 use std::{
     fs::{File, OpenOptions},
@@ -30,6 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -77,7 +82,10 @@ pub struct FlowWriter {
 
 #[derive(Debug)]
 enum Msg {
-    Record(Arc<FlowRecord>),
+    /// One record's JSON, without its newline.
+    Record(Bytes),
+    /// Whole lines (newlines included) of this many records.
+    Lines(Bytes, u64),
     Reopen(oneshot::Sender<io::Result<u64>>),
     Close(oneshot::Sender<io::Result<u64>>),
 }
@@ -149,17 +157,28 @@ impl FlowSink {
 
     /// Queues `record` for writing, or drops and counts it when the queue
     /// is full or the writer has closed. Never waits.
-    pub fn send(&self, record: FlowRecord) {
-        self.send_shared(Arc::new(record));
+    pub fn send(&self, record: &FlowRecord) {
+        self.send_json(record.json());
     }
 
-    /// [`FlowSink::send`] for a record that is also kept elsewhere (the
-    /// admin view): no copy.
-    pub fn send_shared(&self, record: Arc<FlowRecord>) {
-        match self.tx.try_send(Msg::Record(record)) {
+    /// Queues one record's JSON ([`FlowRecord::json`], no newline) for
+    /// writing: the recorder serializes once and shares the bytes with the
+    /// flow bus. Drops and counts like [`FlowSink::send`]; never waits.
+    pub fn send_json(&self, json: Bytes) {
+        match self.tx.try_send(Msg::Record(json)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.drops.add(1, "queue full"),
             Err(TrySendError::Closed(_)) => self.drops.add(1, "writer closed"),
+        }
+    }
+
+    /// Queues `n` records' JSON lines (each ending in a newline) as one
+    /// slot and one write; dropped and counted together. Never waits.
+    pub fn send_lines(&self, lines: Bytes, n: u64) {
+        match self.tx.try_send(Msg::Lines(lines, n)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.drops.add(n, "queue full"),
+            Err(TrySendError::Closed(_)) => self.drops.add(n, "writer closed"),
         }
     }
 }
@@ -212,16 +231,21 @@ fn spawn_writer<O: Open>(
 /// The writer thread: write what is queued, flush when the queue is
 /// momentarily empty, stop when it is closed and drained.
 fn run<O: Open>(mut rx: mpsc::Receiver<Msg>, mut output: Output<O>, drops: &Drops) {
-    let mut line = Vec::with_capacity(1024);
     let mut last_error = None;
     let mut closing = None;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(record) => {
-                    if let Err(e) = output.write(&record, &mut line) {
+                Msg::Record(json) => {
+                    if let Err(e) = output.write(&json) {
                         drops.add(1, "write failed");
+                        log_write_error(&mut last_error, &output.target, &e);
+                    }
+                }
+                Msg::Lines(lines, n) => {
+                    if let Err(e) = output.out.write_all(&lines) {
+                        drops.add(n, "write failed");
                         log_write_error(&mut last_error, &output.target, &e);
                     }
                 }
@@ -292,11 +316,11 @@ impl<O: Open> Output<O> {
         })
     }
 
-    fn write(&mut self, record: &FlowRecord, line: &mut Vec<u8>) -> io::Result<()> {
-        line.clear();
-        record.write_json(line);
-        line.push(b'\n');
-        self.out.write_all(line)
+    /// One line: the JSON and its newline, into the buffer (a write(2)
+    /// only when the buffer is full).
+    fn write(&mut self, json: &[u8]) -> io::Result<()> {
+        self.out.write_all(json)?;
+        self.out.write_all(b"\n")
     }
 
     /// Opens the path again and retires the old file; the number of
@@ -438,9 +462,9 @@ mod tests {
         // Nothing consumes yet: the first record fills the queue.
         let (sink, rx) = FlowSink::queue(1, &metrics);
         let kept = record();
-        sink.send(kept.clone());
-        sink.send(record());
-        sink.send(record());
+        sink.send(&kept);
+        sink.send(&record());
+        sink.send(&record());
         assert_eq!(metrics.flow_records_dropped.get(), 2);
 
         let writer = spawn_writer(
@@ -459,7 +483,7 @@ mod tests {
         assert_eq!(lines, vec![kept]);
 
         // After close, records are dropped and counted too.
-        sink.send(record());
+        sink.send(&record());
         assert_eq!(metrics.flow_records_dropped.get(), 3);
         std::fs::remove_file(&path).unwrap();
     }
@@ -520,7 +544,7 @@ mod tests {
         let (sink, rx) = FlowSink::queue(16, &metrics);
         let writer = spawn_writer(files.clone(), rx, sink.tx.clone(), sink.drops.clone()).unwrap();
         for _ in 0..3 {
-            sink.send(record());
+            sink.send(&record());
         }
         // The three records sit in the buffer the full file cannot take.
         let lost = writer.reopen().await.unwrap();
@@ -529,8 +553,8 @@ mod tests {
         assert_eq!(*files.opened.lock().unwrap(), 2);
 
         let after = record();
-        sink.send(after.clone());
-        sink.send(after.clone());
+        sink.send(&after);
+        sink.send(&after);
         writer.close().await.unwrap();
         let text = String::from_utf8(files.good.lock().unwrap().clone()).unwrap();
         let lines: Vec<FlowRecord> = text

@@ -60,7 +60,7 @@ async fn writes_records_in_order_and_close_flushes_them_all() {
     let (sink, writer) = FlowSink::start(FlowTarget::File(path.clone()), 20_000, &metrics).unwrap();
     let sent: Vec<FlowRecord> = (0..10_000).map(record).collect();
     for r in &sent {
-        sink.clone().send(r.clone());
+        sink.clone().send(r);
     }
     writer.close().await.unwrap();
     assert_eq!(read(&path), sent);
@@ -81,14 +81,14 @@ async fn reopen_after_rename_writes_to_a_new_file_and_loses_nothing() {
 
     let before: Vec<FlowRecord> = (0..100).map(record).collect();
     for r in &before {
-        sink.send(r.clone());
+        sink.send(r);
     }
     // What logrotate does: rename, then signal.
     fs::rename(&path, &rotated).unwrap();
     writer.reopen().await.unwrap();
     let after: Vec<FlowRecord> = (100..200).map(record).collect();
     for r in &after {
-        sink.send(r.clone());
+        sink.send(r);
     }
     writer.close().await.unwrap();
 

@@ -7,9 +7,19 @@
 //! alert sinks (`detect.webhook`, `detect.syslog`).
 //!
 //! Replicas whose flows a follower judges set `detect.embedded: false`,
-//! so that no alert is raised twice. Records are judged in the order they
-//! arrive (per partition, the order they were published), like the
-//! embedded detector does; nothing here may wait on an alert sink.
+//! so that no alert is raised twice. Records are judged in event time,
+//! like `sluice detect` on files: two replicas publish into one partition
+//! and a replica back from a bus outage publishes late, so records wait in
+//! a [`Reorder`] buffer until `detect.max_lateness` has passed in event
+//! time (or in quiet wall time) and come out earliest first; records later
+//! than that are dropped and counted. Nothing here may wait on an alert
+//! sink.
+//!
+//! The price: an alert comes up to `detect.max_lateness` after its record
+//! (set it lower for quicker alerts, as long as it covers the replicas'
+//! disorder), and the records in the buffer when the follower dies (not a
+//! SIGTERM, which judges them all) are not judged: their messages were
+//! acknowledged when they entered it.
 
 use std::{
     path::Path,
@@ -21,7 +31,8 @@ use std::{
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use sluice_bus::{BusMetrics, BusOptions, FollowError, FollowOptions, Partition, Publisher};
-use sluice_observe::{AlertRing, Detector, FlowBus, Metrics};
+use sluice_detect::Reorder;
+use sluice_observe::{AlertRing, Detector, FlowBus, FlowRecord, Metrics};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Alerts remembered for folding repeats (as `sluice detect` on files).
@@ -39,6 +50,13 @@ const BUS_CLOSE: Duration = Duration::from_secs(5);
 
 /// Bad messages reported one by one; the rest only counted.
 const MAX_DIAGNOSTICS: u64 = 10;
+
+/// Records the event-time buffer holds at most (about 1 KiB each); beyond
+/// that the earliest is judged before its time.
+const REORDER_CAP: usize = 200_000;
+
+/// How often a quiet follower looks whether buffered records are due.
+const REORDER_TICK: Duration = Duration::from_millis(250);
 
 /// What `--follow` was given.
 #[derive(Debug, Clone)]
@@ -82,6 +100,8 @@ struct Counts {
     records: u64,
     bad: u64,
     alerts: u64,
+    /// Records without a readable `ts` (not judged).
+    untimed: u64,
     /// When the first and the latest record came.
     first: Option<Instant>,
     last: Option<Instant>,
@@ -125,7 +145,15 @@ async fn follow(args: &Args<'_>) -> Result<()> {
         },
         bus_metrics,
     );
-    let ring = AlertRing::new(RING);
+    let judge = Judge {
+        live: &live,
+        ring: AlertRing::new(RING),
+        bus: &bus,
+        sinks: &sinks,
+    };
+    let lateness = i64::try_from(config.detect.max_lateness.as_millis()).unwrap_or(i64::MAX);
+    let mut order: Reorder<FlowRecord> = Reorder::new(lateness, REORDER_CAP);
+    let mut tick = tokio::time::interval(REORDER_TICK);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut save = tokio::time::interval(SAVE_EVERY);
@@ -167,24 +195,14 @@ async fn follow(args: &Args<'_>) -> Result<()> {
                         let now = Instant::now();
                         n.first.get_or_insert(now);
                         n.last = Some(now);
-                        let mut r = f.record;
-                        live.enrich(&mut r);
-                        for a in live.observe(&r) {
-                            let Some(new) = ring.push(a) else { continue };
-                            let json = match serde_json::to_string(&new) {
-                                Ok(json) => json,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot serialize an alert");
-                                    continue;
-                                }
-                            };
-                            n.alerts += 1;
-                            // stdout is line-buffered: each alert leaves now.
-                            println!("{json}");
-                            bus.alert(&new);
-                            for sink in &sinks {
-                                sink.send(&new, &json);
+                        match event_ms(&f.record) {
+                            Some(at) => {
+                                order.push(at, f.record);
                             }
+                            None => n.untimed += 1,
+                        }
+                        while let Some(r) = order.pop_ready(0) {
+                            judge.record(r, &mut n);
                         }
                     }
                     Some(Err(e @ FollowError::BadRecord { .. })) => {
@@ -202,6 +220,12 @@ async fn follow(args: &Args<'_>) -> Result<()> {
                         continue 'follow;
                     }
                 },
+                _ = tick.tick() => {
+                    let idle = n.last.map_or(0, |t| i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX));
+                    while let Some(r) = order.pop_ready(idle) {
+                        judge.record(r, &mut n);
+                    }
+                }
                 _ = save.tick() => crate::run::save_baselines(&live).await,
                 _ = term.recv() => break 'follow,
                 _ = int.recv() => break 'follow,
@@ -209,6 +233,10 @@ async fn follow(args: &Args<'_>) -> Result<()> {
         }
     }
 
+    // What waits in the buffer is judged before exit, earliest first.
+    while let Some(r) = order.pop() {
+        judge.record(r, &mut n);
+    }
     crate::run::save_baselines(&live).await;
     publisher.close(BUS_CLOSE).await;
     let rate = match (n.first, n.last) {
@@ -220,16 +248,72 @@ async fn follow(args: &Args<'_>) -> Result<()> {
         }
         _ => String::new(),
     };
+    let mut skipped = Vec::new();
+    if n.bad > 0 {
+        skipped.push(format!("{} messages were not flow records", n.bad));
+    }
+    if n.untimed > 0 {
+        skipped.push(format!("{} records had no RFC 3339 ts", n.untimed));
+    }
+    if order.late() > 0 {
+        skipped.push(format!(
+            "{} records arrived more than max_lateness after later ones and were skipped",
+            order.late()
+        ));
+    }
     eprintln!(
         "sluice detect: followed {} records{rate} in {:.1} s, {} alerts{}",
         n.records,
         started.elapsed().as_secs_f64(),
         n.alerts,
-        if n.bad > 0 {
-            format!(" ({} messages were not flow records)", n.bad)
-        } else {
+        if skipped.is_empty() {
             String::new()
+        } else {
+            format!(" ({})", skipped.join("; "))
         }
     );
     Ok(())
+}
+
+/// A record's event time (its end, `ts`), in ms since the epoch.
+fn event_ms(r: &FlowRecord) -> Option<i64> {
+    let end = r.end_time()?;
+    let ms = end.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    i64::try_from(ms).ok()
+}
+
+/// Where a record in its turn goes: the detectors, and each new alert to
+/// stdout, the bus and the sinks.
+struct Judge<'a> {
+    live: &'a sluice_detect::Live,
+    ring: AlertRing,
+    bus: &'a sluice_bus::BusQueue,
+    sinks: &'a [Box<dyn sluice_observe::AlertSink>],
+}
+
+// === impl Judge ===
+
+impl Judge<'_> {
+    fn record(&self, mut r: FlowRecord, n: &mut Counts) {
+        self.live.enrich(&mut r);
+        for a in self.live.observe(&r) {
+            let Some(new) = self.ring.push(a) else {
+                continue;
+            };
+            let json = match serde_json::to_string(&new) {
+                Ok(json) => json,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serialize an alert");
+                    continue;
+                }
+            };
+            n.alerts += 1;
+            // stdout is line-buffered: each alert leaves now.
+            println!("{json}");
+            self.bus.alert(&new);
+            for sink in self.sinks {
+                sink.send(&new, &json);
+            }
+        }
+    }
 }

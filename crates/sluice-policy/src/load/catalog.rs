@@ -174,7 +174,7 @@ pub(crate) static DETECT: Section<Detect> = Section {
         key!(geoip: Path, Restart, "A country database (`.mmdb`, GeoLite2-Country or DB-IP Country Lite layout), relative to the configuration file's folder; fills records' `country` and feeds the `geo` detector."),
         key!(state_dir: Path, Restart, "Folder where baselines persist across restarts (relative to the configuration file's folder); default: in memory only."),
         key!(learn: Time(Min::Zero), Restart, "How long a zone is observed before new destinations, beacons and volume are judged (default `7d`)."),
-        key!(max_lateness: Time(Min::Zero), Restart, "How far out of order (event time) records may arrive at `sluice detect` (default `5m`)."),
+        key!(max_lateness: Time(Min::Zero), Restart, "How far out of order (event time) records may arrive at `sluice detect`, on files and `--follow` (a follower's alerts wait this long; default `5m`)."),
         key!(max_sources: Count(1, 10_000_000), Restart, "Sources whose baselines are kept; the least recently seen is evicted (`sluice_detect_evictions_total`)."),
         key!("volume" => volume: map &VOLUME, "The `volume` detector: bytes out per source per window against its baseline."),
         key!("new-destination" => new_destination: map &NEW_DESTINATION, "The `new-destination` detector: a destination the zone never used, once significant."),
