@@ -1,15 +1,17 @@
 //! CONNECT without hyper's connection machinery: the first head of a new
 //! client connection is read here; a plain `CONNECT host:port HTTP/1.1` is
-//! answered and relayed in the connection's own task, and everything else
-//! (other methods, HTTP/1.0, a head with a body's framing, anything
-//! httparse or `http` rejects, a head past `limits.max_header_bytes`, a
-//! timeout, a drain) goes to hyper exactly as before, with the bytes read
-//! so far handed over through [`Timed`](crate::timed::Timed).
+//! answered here and its tunnel spawned as a task of its own, and
+//! everything else (other methods, HTTP/1.0, a head with a body's framing,
+//! anything httparse or `http` rejects, a head past
+//! `limits.max_header_bytes`, a timeout, a drain) goes to hyper exactly as
+//! before, with the bytes read so far handed over through
+//! [`Timed`](crate::timed::Timed).
 //!
 //! Why: with hyper, a tunnel costs a dispatcher, an upgrade (a oneshot
-//! channel and a boxed socket), a second task and a second read of the
-//! client socket. Measured with `bench/ab-tunnels.sh` (bench/README.md,
-//! "A/B of the performance changes"): see the figures there.
+//! channel and a boxed socket) and hyper's buffers and its second read of
+//! the client socket. Measured with `bench/ab-tunnels.sh` and
+//! `bench/client.py idle`: the figures are in bench/README.md ("A/B of
+//! the performance changes").
 //!
 //! Nothing the slow path checks is skipped: the same `prepare` (admit,
 //! framing rules, the one target parser, identify, decide), `dial`,
@@ -24,6 +26,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::{Method, Request, Response, Version, header};
 use sluice_observe::{ErrorKind, Listener, Protocol};
+use sluice_serve::Slot;
 use tokio::{
     io::AsyncWriteExt,
     net::TcpStream,
@@ -31,7 +34,7 @@ use tokio::{
 };
 
 use super::{ProxyBody, answer};
-use crate::{Gateway, relay::Preread};
+use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
 
 /// The first read's buffer: a CONNECT head from curl is ~110 bytes, a
 /// browser's ~300; it grows up to `limits.max_header_bytes`.
@@ -157,39 +160,47 @@ pub(super) async fn serve(
     gw: Arc<Gateway>,
     mut stream: TcpStream,
     peer: SocketAddr,
+    slot: Arc<Slot>,
     head: Head,
 ) -> Option<(TcpStream, Bytes)> {
     let Head { req, buf, len } = head;
-    let mut flow = gw.start(Listener::Http, Protocol::Connect, peer);
-    flow.method = Some(Method::CONNECT.as_str().to_owned());
-    let refusal = match super::prepare(&gw, &mut flow, &req, true, false).await {
-        Ok(()) => match gw.dial(&mut flow).await {
-            Ok(upstream) => {
-                flow.status = Some(200);
-                let mut ok = Response::new(answer::empty());
-                answer::add_id(&mut ok, flow.id());
-                if write_answer(&mut stream, ok, false).await.is_err() {
-                    // The client left before its tunnel began (hyper's path
-                    // records this as a failed upgrade).
-                    flow.error = Some("upgrade failed".into());
-                    flow.error_kind = Some(ErrorKind::Client);
-                    gw.record(flow);
-                    return None;
-                }
-                // Only the client's early bytes outlive the head: an idle
-                // tunnel holds no read buffer.
-                let early = buf[len..].to_vec();
-                drop(buf);
+    // Boxed: the stages before the tunnel (identify, decide, dial) have
+    // large futures; inline, they would size this task for the tunnel's
+    // whole life (measured: 22.5 against 9.2 KiB per idle tunnel).
+    let (flow, refusal) = match Box::pin(stages(&gw, peer, &req)).await {
+        Ok((mut flow, upstream)) => {
+            flow.status = Some(200);
+            let mut ok = Response::new(answer::empty());
+            answer::add_id(&mut ok, flow.id());
+            if write_answer(&mut stream, ok, false).await.is_err() {
+                // The client left before its tunnel began (hyper's path
+                // records this as a failed upgrade).
+                flow.error = Some("upgrade failed".into());
+                flow.error_kind = Some(ErrorKind::Client);
+                gw.record(flow);
+                return None;
+            }
+            // Only the client's early bytes outlive the head: an idle
+            // tunnel holds no read buffer. The tunnel gets a task of its
+            // own, as on hyper's path: run in this one it cost 22.5
+            // against 9.2 KiB per idle tunnel (bench/client.py idle),
+            // this task's other states sizing it for the tunnel's life.
+            let early = buf[len..].to_vec();
+            drop((buf, req));
+            // Held from before the spawn: a drain never sees this tunnel
+            // as gone before it began.
+            let active = gw.drain().active();
+            tokio::spawn(async move {
+                let _held = (slot, active);
                 let pre = Preread {
                     out: &early,
                     inn: &[],
                 };
                 gw.tunnel(flow, stream, upstream, pre, true).await;
-                return None;
-            }
-            Err(r) => r,
-        },
-        Err(r) => r,
+            });
+            return None;
+        }
+        Err(refused) => refused,
     };
     let resp = super::refused(&gw, flow, refusal);
     let close = resp
@@ -202,6 +213,24 @@ pub(super) async fn serve(
         return None;
     }
     Some((stream, Bytes::copy_from_slice(&buf[len..])))
+}
+
+/// The stages before the tunnel, as hyper's path runs them: a dialed
+/// flow, or the flow and why it was refused.
+async fn stages(
+    gw: &Gateway,
+    peer: SocketAddr,
+    req: &Request<()>,
+) -> Result<(Flow, TcpStream), (Flow, Refusal)> {
+    let mut flow = gw.start(Listener::Http, Protocol::Connect, peer);
+    flow.method = Some(Method::CONNECT.as_str().to_owned());
+    if let Err(r) = super::prepare(gw, &mut flow, req, true, false).await {
+        return Err((flow, r));
+    }
+    match gw.dial(&mut flow).await {
+        Ok(upstream) => Ok((flow, upstream)),
+        Err(r) => Err((flow, r)),
+    }
 }
 
 /// Whether the request's `Connection` header asks to close after the

@@ -96,7 +96,7 @@ async fn connection(
     let (stream, pre, since) = match fast_connect::first_head(&gw, &stream, started).await {
         fast_connect::First::Hyper(pre) => (stream, pre, started),
         fast_connect::First::Connect(head) => {
-            match fast_connect::serve(gw.clone(), stream, peer, head).await {
+            match fast_connect::serve(gw.clone(), stream, peer, slot.clone(), head).await {
                 None => return,
                 // Refused, and kept alive: the next request is hyper's,
                 // awaited like any request after an answer.
