@@ -727,7 +727,16 @@ impl Gateway {
                 return self.refuse(flow, &r);
             }
             let first = pre.out.to_vec();
-            let flow = intercept::serve_plain(self.clone(), flow, client, first, upstream).await;
+            // Boxed, as `intercept::run` below: inline, these rarely taken
+            // paths would size every tunnel's future, idle ones included.
+            let flow = Box::pin(intercept::serve_plain(
+                self.clone(),
+                flow,
+                client,
+                first,
+                upstream,
+            ))
+            .await;
             return self.record(flow);
         }
         let peeked = flow.listener() == Listener::Transparent;
@@ -760,9 +769,16 @@ impl Gateway {
                 }
                 Inspection::Intercept { name } if self.interceptor.is_some() => {
                     if let Some(ic) = self.interceptor.clone() {
-                        let flow =
-                            intercept::run(self.clone(), ic, flow, client, first, upstream, name)
-                                .await;
+                        let flow = Box::pin(intercept::run(
+                            self.clone(),
+                            ic,
+                            flow,
+                            client,
+                            first,
+                            upstream,
+                            name,
+                        ))
+                        .await;
                         return self.record(flow);
                     }
                 }

@@ -93,6 +93,22 @@ pub fn bind_address_no_port(s: &TcpSocket) {
 #[cfg(not(target_os = "linux"))]
 pub fn bind_address_no_port(_s: &TcpSocket) {}
 
+/// Sets `TCP_NODELAY` on a listening socket, which Linux copies into every
+/// socket it accepts: one `setsockopt` per listener instead of one per
+/// connection. `false` where that is not so (the caller sets it on each
+/// accepted socket then).
+#[cfg(target_os = "linux")]
+pub(crate) fn listener_nodelay(l: &tokio::net::TcpListener) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(l, sockopt::TcpNoDelay, &true).is_ok()
+}
+
+/// Not inherited elsewhere (or not known to be).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn listener_nodelay(_: &tokio::net::TcpListener) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +122,17 @@ mod tests {
         // Without conntrack NAT the answer is an error or the local address.
         if let Ok(a) = original_dst(&s) {
             assert_eq!(a, addr);
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_nodelay() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inherited = listener_nodelay(&l);
+        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        if inherited {
+            assert!(s.nodelay().unwrap(), "TCP_NODELAY not inherited");
         }
     }
 }

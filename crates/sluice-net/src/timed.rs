@@ -25,6 +25,7 @@ use std::{
 };
 
 use crate::http::framing::HeadScan;
+use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -87,26 +88,40 @@ pub(crate) struct Timed {
     timer: Pin<Box<Sleep>>,
     /// Heads as written, for what hyper's parser normalizes away.
     scan: HeadScan,
+    /// Bytes read from the socket before hyper took it over (the CONNECT
+    /// fast path's look at the first head): read before the socket.
+    pre: Bytes,
 }
 
 impl Timed {
-    pub(crate) fn new(io: TcpStream, phase: Arc<Phase>, header: Duration, idle: Duration) -> Timed {
-        let now = Instant::now();
+    /// A connection whose phase began at `since` (its accept, for the first
+    /// head), with `pre` already read from the socket.
+    pub(crate) fn new(
+        io: TcpStream,
+        phase: Arc<Phase>,
+        (header, idle): (Duration, Duration),
+        since: Instant,
+        pre: Bytes,
+    ) -> Timed {
+        let seen = phase.0.load(Ordering::Relaxed);
+        let deadline = since + if seen == HEAD { header } else { idle };
         Timed {
             io,
             phase,
             header,
             idle,
-            seen: HEAD,
-            since: now,
-            timer: Box::pin(sleep_until(now + header)),
+            seen,
+            since,
+            timer: Box::pin(sleep_until(deadline)),
             scan: HeadScan::default(),
+            pre,
         }
     }
 
-    /// The socket, for a tunnel after an upgrade.
-    pub(crate) fn into_inner(self) -> TcpStream {
-        self.io
+    /// The socket, for a tunnel after an upgrade, with any bytes read
+    /// before hyper took it that hyper has not read yet.
+    pub(crate) fn into_inner(self) -> (TcpStream, Bytes) {
+        (self.io, self.pre)
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -204,6 +219,14 @@ impl AsyncRead for Timed {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let chunk = self.pre.split_to(n);
+            buf.put_slice(&chunk);
+            self.scan_heads(&chunk);
+            self.track(n > 0);
+            return Poll::Ready(Ok(()));
+        }
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 let got = buf.filled().len() > before;

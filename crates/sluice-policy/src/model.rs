@@ -649,7 +649,11 @@ impl Default for Limits {
             drain_grace: Duration::ZERO,
             response_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
-            pool_max_idle_per_host: 8,
+            // 8 closed three in four connections when 32 clients shared one
+            // origin (every response came back to a full list): a new
+            // origin connection for ~30 % of keep-alive requests, measured
+            // with bench/ab-http.sh (bench/README.md, issue 17).
+            pool_max_idle_per_host: 64,
             pool_idle_timeout: Duration::from_secs(60),
         }
     }

@@ -303,6 +303,83 @@ fn broken_chunked_request_bodies_get_400_a_client_record_and_a_closed_origin_con
     assert_eq!(origin.accepted.load(Ordering::SeqCst), cases.len());
 }
 
+// === CONNECT fast path ===
+
+/// A CONNECT is served without hyper (`http::fast_connect`): the client's
+/// bytes sent with the head reach the origin, a refused CONNECT answers
+/// like hyper did (rule headers, length, date) and leaves the connection to
+/// hyper for the next request, and a CONNECT that is not plain HTTP/1.1
+/// still gets the slow path's answer.
+#[test]
+fn connect_fast_path_keeps_early_bytes_and_hands_the_rest_to_hyper() {
+    let origin = Origin::start("127.0.0.1");
+    let port = origin.addr.port();
+    let sluice = Sluice::start(BIN, &allowing(&[port], ""));
+
+    // Head and tunnel bytes in one write: the GET goes through the tunnel.
+    let mut c = connect_with_timeout(sluice.http, T);
+    let get = "GET /bytes/7 HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n";
+    write!(
+        c,
+        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n{get}"
+    )
+    .unwrap();
+    let ok = read_response(&mut c, true);
+    assert_eq!(ok.status, Some(200), "{:?}", ok.headers);
+    assert!(ok.header("date").is_some(), "{:?}", ok.headers);
+    assert!(ok.header("content-length").is_none(), "{:?}", ok.headers);
+    let id = ok.header("sluice-request-id").unwrap().to_owned();
+    let inner = read_response(&mut c, false);
+    assert_eq!(inner.status, Some(200));
+    assert_eq!(inner.body, vec![b'x'; 7]);
+    drop(c);
+    let rec = sluice.wait_record(&id, |r| r["id"] == id.as_str() && r["interim"] == false);
+    assert_fields(
+        &rec,
+        &[
+            ("protocol", "connect".into()),
+            ("status", 200.into()),
+            ("bytes_out", json!(get.len())),
+        ],
+    );
+
+    // Refused (a port no rule allows), then the same connection goes on.
+    let mut c = connect_with_timeout(sluice.http, T);
+    write!(
+        c,
+        "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n"
+    )
+    .unwrap();
+    let denied = read_response(&mut c, true);
+    assert_eq!(denied.status, Some(403), "{:?}", denied.headers);
+    assert!(
+        denied.header("sluice-rule").is_some(),
+        "{:?}",
+        denied.headers
+    );
+    assert!(
+        denied.text().starts_with("Sluice denied this request."),
+        "{}",
+        denied.text()
+    );
+    write!(
+        c,
+        "GET {}/bytes/3 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n",
+        origin.url()
+    )
+    .unwrap();
+    let next = read_response(&mut c, false);
+    assert_eq!(next.status, Some(200), "{:?}", next.headers);
+    assert_eq!(next.body, b"xxx");
+
+    // HTTP/1.0 takes the slow path: hyper answers in HTTP/1.0.
+    let mut c = connect_with_timeout(sluice.http, T);
+    write!(c, "CONNECT 127.0.0.1:{port} HTTP/1.0\r\n\r\n").unwrap();
+    let mut line = [0u8; 12];
+    c.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"HTTP/1.0 200", "{}", String::from_utf8_lossy(&line));
+}
+
 // === drain ===
 
 #[test]

@@ -11,6 +11,8 @@
 //!
 //! # Layout
 //!
+//! - `fast_connect`: the first head of a connection; a plain CONNECT is
+//!   served there without hyper, everything else goes on to hyper.
 //! - `answer`: refusals as HTTP answers.
 //! - `forward`: absolute-form requests and WebSocket upgrades.
 //! - `pool`: keep-alive origin connections.
@@ -20,6 +22,7 @@
 
 mod answer;
 mod body;
+mod fast_connect;
 mod forward;
 pub mod framing;
 mod pool;
@@ -35,7 +38,10 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_observe::{ErrorKind, Listener, Protocol};
 use sluice_serve::Slot;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
 
 use crate::{
     Gateway,
@@ -59,12 +65,13 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let pool = pool::Pool::start(gw.limits(), gw.metrics().clone());
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
     let exhausted = gw.fd_exhausted_hook(Listener::Http);
+    let nodelay = crate::sockopt::listener_nodelay(&listener);
     sluice_serve::run_tcp_with(
         listener,
         limiter,
         drain,
         exhausted,
-        move |stream, peer, slot| connection(gw.clone(), pool.clone(), stream, peer, slot),
+        move |stream, peer, slot| connection(gw.clone(), pool.clone(), stream, peer, slot, nodelay),
     )
     .await;
 }
@@ -75,19 +82,55 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     slot: Arc<Slot>,
+    nodelay_inherited: bool,
 ) {
-    let _ = stream.set_nodelay(true);
+    let started = Instant::now();
+    if !nodelay_inherited {
+        let _ = stream.set_nodelay(true);
+    }
     let (l, p) = (Listener::Http, Protocol::Http);
     let Some(peer) = gw.proxied_client(l, p, &mut stream, peer, true).await else {
         return;
     };
     let phase = Phase::new();
+    let (stream, pre, since) = match fast_connect::first_head(&gw, &stream, started).await {
+        fast_connect::First::Hyper(pre) => (stream, pre, started),
+        fast_connect::First::Connect(head) => {
+            match fast_connect::serve(gw.clone(), stream, peer, slot.clone(), head).await {
+                None => return,
+                // Refused, and kept alive: the next request is hyper's,
+                // awaited like any request after an answer.
+                Some((stream, rest)) => {
+                    phase.end_request();
+                    (stream, rest, Instant::now())
+                }
+            }
+        }
+    };
+    // Boxed: hyper's connection state would otherwise be part of every
+    // fast-path tunnel's future (and of its memory while idle).
+    Box::pin(with_hyper(gw, pool, stream, peer, slot, phase, since, pre)).await;
+}
+
+/// The rest of a connection through hyper, `pre` already read from it.
+#[allow(clippy::too_many_arguments)]
+async fn with_hyper(
+    gw: Arc<Gateway>,
+    pool: Arc<pool::Pool>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+    phase: Arc<Phase>,
+    since: Instant,
+    pre: Bytes,
+) {
     let limits = gw.limits().clone();
     let io = Timed::new(
         stream,
         phase.clone(),
-        limits.header_timeout,
-        limits.idle_timeout,
+        (limits.header_timeout, limits.idle_timeout),
+        since,
+        pre,
     );
     let svc_gw = gw.clone();
     let svc = service_fn(move |req| {
@@ -184,10 +227,10 @@ async fn handle(
 }
 
 /// Admit, check framing, target, identify, decide.
-async fn prepare(
+async fn prepare<B>(
     gw: &Gateway,
     flow: &mut Flow,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     is_connect: bool,
     both_lengths: bool,
 ) -> Result<(), Refusal> {
@@ -279,12 +322,14 @@ async fn connect(
 /// read ahead (only those, not its whole read buffer).
 fn unwrap_client(u: Upgraded) -> Option<(TcpStream, Vec<u8>)> {
     let parts = u.downcast::<TokioIo<Timed>>().ok()?;
-    let pre = parts.read_buf.to_vec();
-    Some((parts.io.into_inner().into_inner(), pre))
+    let (stream, unread) = parts.io.into_inner().into_inner();
+    let mut pre = parts.read_buf.to_vec();
+    pre.extend_from_slice(&unread);
+    Some((stream, pre))
 }
 
 /// Rejects framing that request smuggling relies on.
-fn framing_problem(req: &Request<Incoming>, is_connect: bool) -> Option<&'static str> {
+fn framing_problem<B>(req: &Request<B>, is_connect: bool) -> Option<&'static str> {
     let h = req.headers();
     let cl: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
     let te = h.contains_key(header::TRANSFER_ENCODING);
@@ -325,7 +370,7 @@ fn framing_problem(req: &Request<Incoming>, is_connect: bool) -> Option<&'static
 }
 
 /// Host and port from a CONNECT authority or an absolute-form URI.
-fn target(req: &Request<Incoming>, is_connect: bool) -> Result<(String, u16), String> {
+fn target<B>(req: &Request<B>, is_connect: bool) -> Result<(String, u16), String> {
     let uri = req.uri();
     if is_connect {
         // Authority form only (RFC 9110 §9.3.6): no scheme, no path.

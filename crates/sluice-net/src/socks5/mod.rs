@@ -46,19 +46,28 @@ use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
     let exhausted = gw.fd_exhausted_hook(Listener::Socks5);
+    let nodelay = crate::sockopt::listener_nodelay(&listener);
     sluice_serve::run_tcp_with(
         listener,
         limiter,
         drain,
         exhausted,
-        move |stream, peer, slot| connection(gw.clone(), stream, peer, slot),
+        move |stream, peer, slot| connection(gw.clone(), stream, peer, slot, nodelay),
     )
     .await;
 }
 
-async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, slot: Arc<Slot>) {
+async fn connection(
+    gw: Arc<Gateway>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+    nodelay_inherited: bool,
+) {
     let _slot = slot;
-    let _ = stream.set_nodelay(true);
+    if !nodelay_inherited {
+        let _ = stream.set_nodelay(true);
+    }
     let (l, p) = (Listener::Socks5, Protocol::Socks5);
     let Some(peer) = gw.proxied_client(l, p, &mut stream, peer, true).await else {
         return;

@@ -1,0 +1,347 @@
+//! CONNECT without hyper's connection machinery: the first head of a new
+//! client connection is read here; a plain `CONNECT host:port HTTP/1.1` is
+//! answered here and its tunnel spawned as a task of its own, and
+//! everything else (other methods, HTTP/1.0, a head with a body's framing,
+//! anything httparse or `http` rejects, a head past
+//! `limits.max_header_bytes`, a timeout, a drain) goes to hyper exactly as
+//! before, with the bytes read so far handed over through
+//! [`Timed`](crate::timed::Timed).
+//!
+//! Why: with hyper, a tunnel costs a dispatcher, an upgrade (a oneshot
+//! channel and a boxed socket) and hyper's buffers and its second read of
+//! the client socket. Measured with `bench/ab-tunnels.sh` and
+//! `bench/client.py idle`: the figures are in bench/README.md ("A/B of
+//! the performance changes").
+//!
+//! Nothing the slow path checks is skipped: the same `prepare` (admit,
+//! framing rules, the one target parser, identify, decide), `dial`,
+//! `Refusal` answers (the same `answer` module, written by
+//! [`write_answer`]), the same `Gateway::tunnel` (inspectors, TLS
+//! interception, `require_tls`, interim records, routes) and records. The
+//! PROXY protocol header was read before (`Gateway::proxied_client`).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{Method, Request, Response, Version, header};
+use sluice_observe::{ErrorKind, Listener, Protocol};
+use sluice_serve::Slot;
+use tokio::{
+    io::AsyncWriteExt,
+    net::TcpStream,
+    time::{Instant, timeout_at},
+};
+
+use super::{ProxyBody, answer};
+use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
+
+/// The first read's buffer: a CONNECT head from curl is ~110 bytes, a
+/// browser's ~300; it grows up to `limits.max_header_bytes`.
+const FIRST_READ: usize = 1024;
+
+/// Header slots for httparse: more headers than this go to hyper (which
+/// allows 128), so a long head is judged by the same parser as before.
+const HEADERS: usize = 32;
+
+/// What the first bytes of a connection were. Not boxed: a value moved
+/// once per connection, where a box would be one allocation more per tunnel.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum First {
+    /// A complete CONNECT head the fast path serves.
+    Connect(Head),
+    /// Anything else: hyper's, with these bytes already read.
+    Hyper(Bytes),
+}
+
+/// A parsed CONNECT head, and the bytes read with it.
+pub(super) struct Head {
+    req: Request<()>,
+    buf: Vec<u8>,
+    /// Where the head ends in `buf` (after it: the client's first tunnel
+    /// bytes, sent without waiting for the answer).
+    len: usize,
+}
+
+/// Reads the first head of a connection accepted at `started`, until it is
+/// a complete CONNECT head or plainly something for hyper.
+pub(super) async fn first_head(gw: &Gateway, stream: &TcpStream, started: Instant) -> First {
+    let limits = gw.limits();
+    let max = limits.max_header_bytes as usize;
+    let deadline = started + limits.header_timeout;
+    let began = gw.drain().began();
+    tokio::pin!(began);
+    let mut buf = Vec::with_capacity(FIRST_READ);
+    loop {
+        let read = async {
+            loop {
+                stream.readable().await?;
+                match stream.try_read_buf(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            }
+        };
+        // A drain, a timeout, an error or the end of the stream: hyper's
+        // (with `Timed` at the same deadline), so the outcome is the one it
+        // always was.
+        let n = tokio::select! {
+            biased;
+            () = &mut began => 0,
+            r = timeout_at(deadline, read) => r.ok().and_then(Result::ok).unwrap_or(0),
+        };
+        if n == 0 {
+            return First::Hyper(buf.into());
+        }
+        match parse(&buf, max) {
+            Parsed::Connect(req, len) => return First::Connect(Head { req, buf, len }),
+            Parsed::Partial if buf.len() <= max => buf.reserve(FIRST_READ),
+            Parsed::Partial | Parsed::Other => return First::Hyper(buf.into()),
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // As `First`.
+enum Parsed {
+    Connect(Request<()>, usize),
+    Partial,
+    Other,
+}
+
+/// A CONNECT head the fast path may serve; `Other` for anything hyper
+/// should see.
+fn parse(buf: &[u8], max: usize) -> Parsed {
+    const PREFIX: &[u8] = b"CONNECT ";
+    let k = buf.len().min(PREFIX.len());
+    if buf[..k] != PREFIX[..k] {
+        return Parsed::Other;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let len = match head.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // Too long, too many headers, malformed: hyper answers as before.
+        _ => return Parsed::Other,
+    };
+    if head.version != Some(1) {
+        return Parsed::Other;
+    }
+    let Some(target) = head.path else {
+        return Parsed::Other;
+    };
+    // hyper builds the request from the same httparse output with the same
+    // `http` types; what they reject, hyper rejects too (400).
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target)
+        .version(Version::HTTP_11);
+    for h in head.headers.iter() {
+        // A body's framing on a CONNECT is refused; hyper's parser first
+        // judges the values (and hides a length sent with an encoding), so
+        // such heads keep taking the slow path and its `HeadScan`.
+        if h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return Parsed::Other;
+        }
+        req = req.header(h.name, h.value);
+    }
+    match req.body(()) {
+        Ok(req) => Parsed::Connect(req, len),
+        Err(_) => Parsed::Other,
+    }
+}
+
+/// Serves one CONNECT through the stages: answered `200` and relayed here,
+/// or refused. Gives the socket back (with the bytes after the head) when
+/// the connection goes on with hyper: a refusal that keeps it alive.
+pub(super) async fn serve(
+    gw: Arc<Gateway>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+    head: Head,
+) -> Option<(TcpStream, Bytes)> {
+    let Head { req, buf, len } = head;
+    // Boxed: the stages before the tunnel (identify, decide, dial) have
+    // large futures; inline, they would size this task for the tunnel's
+    // whole life (measured: 22.5 against 9.2 KiB per idle tunnel).
+    let (flow, refusal) = match Box::pin(stages(&gw, peer, &req)).await {
+        Ok((mut flow, upstream)) => {
+            flow.status = Some(200);
+            let mut ok = Response::new(answer::empty());
+            answer::add_id(&mut ok, flow.id());
+            if write_answer(&mut stream, ok, false).await.is_err() {
+                // The client left before its tunnel began (hyper's path
+                // records this as a failed upgrade).
+                flow.error = Some("upgrade failed".into());
+                flow.error_kind = Some(ErrorKind::Client);
+                gw.record(flow);
+                return None;
+            }
+            // Only the client's early bytes outlive the head: an idle
+            // tunnel holds no read buffer. The tunnel gets a task of its
+            // own, as on hyper's path: run in this one it cost 22.5
+            // against 9.2 KiB per idle tunnel (bench/client.py idle),
+            // this task's other states sizing it for the tunnel's life.
+            let early = buf[len..].to_vec();
+            drop((buf, req));
+            // Held from before the spawn: a drain never sees this tunnel
+            // as gone before it began.
+            let active = gw.drain().active();
+            tokio::spawn(async move {
+                let _held = (slot, active);
+                let pre = Preread {
+                    out: &early,
+                    inn: &[],
+                };
+                gw.tunnel(flow, stream, upstream, pre, true).await;
+            });
+            return None;
+        }
+        Err(refused) => refused,
+    };
+    let resp = super::refused(&gw, flow, refusal);
+    let close = resp
+        .headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+        || wants_close(&req);
+    if write_answer(&mut stream, resp, close).await.is_err() || close {
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    Some((stream, Bytes::copy_from_slice(&buf[len..])))
+}
+
+/// The stages before the tunnel, as hyper's path runs them: a dialed
+/// flow, or the flow and why it was refused.
+async fn stages(
+    gw: &Gateway,
+    peer: SocketAddr,
+    req: &Request<()>,
+) -> Result<(Flow, TcpStream), (Flow, Refusal)> {
+    let mut flow = gw.start(Listener::Http, Protocol::Connect, peer);
+    flow.method = Some(Method::CONNECT.as_str().to_owned());
+    if let Err(r) = super::prepare(gw, &mut flow, req, true, false).await {
+        return Err((flow, r));
+    }
+    match gw.dial(&mut flow).await {
+        Ok(upstream) => Ok((flow, upstream)),
+        Err(r) => Err((flow, r)),
+    }
+}
+
+/// Whether the request's `Connection` header asks to close after the
+/// answer.
+fn wants_close(req: &Request<()>) -> bool {
+    req.headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// Writes an answer as hyper would: status line, headers, `date`, and
+/// the body with its `content-length` (none on a `2xx` to CONNECT, which
+/// has no body: RFC 9110 §9.3.6); `connection: close` when `close`.
+async fn write_answer(
+    stream: &mut TcpStream,
+    resp: Response<ProxyBody>,
+    close: bool,
+) -> std::io::Result<()> {
+    let (parts, body) = resp.into_parts();
+    // Every answer's body is a `Full` (answer.rs): this never waits.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let status = parts.status;
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close && !parts.headers.contains_key(header::CONNECTION) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !status.is_success() {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+    stream.write_all(&out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(buf: &[u8]) -> &'static str {
+        match parse(buf, 8192) {
+            Parsed::Connect(..) => "connect",
+            Parsed::Partial => "partial",
+            Parsed::Other => "other",
+        }
+    }
+
+    #[test]
+    fn only_plain_http11_connect_heads_take_the_fast_path() {
+        assert_eq!(
+            kind(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n"),
+            "connect"
+        );
+        assert_eq!(kind(b"CONN"), "partial");
+        assert_eq!(kind(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a"), "partial");
+        assert_eq!(kind(b"GET http://a.test/ HTTP/1.1\r\n\r\n"), "other");
+        assert_eq!(kind(b"G"), "other");
+        assert_eq!(kind(b"connect a.test:443 HTTP/1.1\r\n\r\n"), "other");
+        assert_eq!(kind(b"CONNECT a.test:443 HTTP/1.0\r\n\r\n"), "other");
+        assert_eq!(
+            kind(b"CONNECT a.test:443 HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(
+            kind(b"CONNECT a.test:443 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "other"
+        );
+        assert_eq!(kind(b"CONNECT a test:443 HTTP/1.1\r\n\r\n"), "other");
+        assert_eq!(kind(b"CONNECT \x01:443 HTTP/1.1\r\n\r\n"), "other");
+        // Past the size bound: hyper's 431.
+        let long = format!(
+            "CONNECT a.test:443 HTTP/1.1\r\nX: {}\r\n\r\n",
+            "y".repeat(9000)
+        );
+        assert_eq!(kind(long.as_bytes()), "other");
+        // More headers than the fast path's slots: hyper's.
+        let many: String = (0..40).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let head = format!("CONNECT a.test:443 HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(kind(head.as_bytes()), "other");
+    }
+
+    #[test]
+    fn connection_close_is_a_token_of_the_header() {
+        let req = |v: &str| {
+            Request::builder()
+                .method(Method::CONNECT)
+                .uri("a.test:443")
+                .header("connection", v)
+                .body(())
+                .unwrap()
+        };
+        assert!(wants_close(&req("close")));
+        assert!(wants_close(&req("keep-alive, Close")));
+        assert!(!wants_close(&req("keep-alive")));
+    }
+}
