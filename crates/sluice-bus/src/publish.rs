@@ -78,6 +78,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait between reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// The name of the thread the publishing task runs on.
+const BUS_THREAD: &str = "sluice-bus";
+
 /// How often a drop may be logged.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -109,11 +112,16 @@ pub struct BusQueue {
     drops: Arc<Drops>,
 }
 
-/// The publishing task's control handle.
+/// The publishing task's control handle. The task and the NATS client's
+/// connection task run on a thread of their own (a single-threaded tokio
+/// runtime, [`BUS_THREAD`]).
 #[derive(Debug)]
 pub struct Publisher {
     close: Option<oneshot::Sender<Instant>>,
-    task: tokio::task::JoinHandle<()>,
+    /// Stops the bus thread's runtime at once (close's last resort).
+    abort: Option<oneshot::Sender<()>>,
+    /// Fires when the publishing task has ended.
+    done: Option<oneshot::Receiver<()>>,
 }
 
 #[derive(Debug)]
@@ -259,6 +267,16 @@ impl Publisher {
     /// server is retried for ever; it never fails the start) and the task
     /// that publishes what the returned queue takes. Call on a tokio
     /// runtime.
+    ///
+    /// The task runs on a thread of its own with a single-threaded
+    /// runtime, and so does the client's connection task (it is spawned on
+    /// the runtime that connects): handing a message to the client then
+    /// wakes no other thread, and a group goes out as one write after the
+    /// publishing task yields. On the data path's runtime the two tasks
+    /// woke each other across worker threads up to once every 16 messages
+    /// (the client's receive chunk), 1,800 futex and 800 eventfd calls a
+    /// second at 8,000 records/s (`strace -c -f`, examples/publish.rs).
+    /// If the thread cannot be made, the task runs on the caller's runtime.
     pub fn start(opts: BusOptions, metrics: BusMetrics) -> (BusQueue, Publisher) {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let drops = Arc::new(Drops {
@@ -266,12 +284,53 @@ impl Publisher {
             last_told: Mutex::new((None, 0)),
         });
         let (close, closed) = oneshot::channel();
-        let task = tokio::spawn(run(opts, metrics, rx, closed, drops.clone()));
+        let (abort, aborted) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel();
+        let task = {
+            let drops = drops.clone();
+            async move {
+                tokio::select! {
+                    () = run(opts, metrics, rx, closed, drops) => {}
+                    Ok(()) = aborted => {}
+                }
+                let _ = done_tx.send(());
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(rt) => {
+                let (task_tx, task_rx) = std::sync::mpsc::channel();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name(BUS_THREAD.into())
+                        .spawn(move || {
+                            if let Ok(task) = task_rx.recv() {
+                                rt.block_on(task);
+                            }
+                        });
+                match spawned {
+                    Ok(_) => {
+                        let _ = task_tx.send(task);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "flow bus: no thread of its own; publishing on the data path's runtime");
+                        tokio::spawn(task);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flow bus: no runtime of its own; publishing on the data path's runtime");
+                tokio::spawn(task);
+            }
+        }
         (
             BusQueue { tx, drops },
             Publisher {
                 close: Some(close),
-                task,
+                abort: Some(abort),
+                done: Some(done),
             },
         )
     }
@@ -283,8 +342,12 @@ impl Publisher {
         if let Some(close) = self.close.take() {
             let _ = close.send(Instant::now() + within);
         }
-        let _ = tokio::time::timeout(within + Duration::from_secs(1), &mut self.task).await;
-        self.task.abort();
+        if let Some(done) = self.done.take() {
+            let _ = tokio::time::timeout(within + Duration::from_secs(1), done).await;
+        }
+        if let Some(abort) = self.abort.take() {
+            let _ = abort.send(());
+        }
     }
 }
 
