@@ -50,22 +50,26 @@ use crate::subject::{self, ALERTS, STREAM_SUBJECTS};
 /// message (an inbox, a timer and a JSON reply each) cost about 13 µs of
 /// CPU per request at 8,000 requests/s (`bench/bus.sh`, +19 %). Groups of
 /// 256 with a 20 ms pause cost 4.2 µs a record at 8,000 records/s where
-/// groups of 64 with a 5 ms pause cost 5.1-6.3 µs
-/// (`examples/publish.rs`, bench/README.md).
-const GROUP: usize = 256;
+/// groups of 64 with a 5 ms pause cost 5.1-6.3 µs; on the publisher's own
+/// thread, groups of 512 with a 50 ms pause cost that thread 2.5-2.6 µs a
+/// record where 256 and 20 ms cost it 3.1-3.6 (`examples/publish.rs`,
+/// alternated, bench/README.md).
+const GROUP: usize = 512;
 
 /// How long the task lets records gather after sending a group that was
 /// not full: under load a group then goes out as one write, not one write
 /// and two task wake-ups per record (the flow sink's writer does the same,
 /// crates/sluice-observe/src/sink.rs). A record waits at most this long:
-/// at 8,000 records/s a pause gathers 160, fewer wake-ups than 5 ms did.
-const BATCH_PAUSE: Duration = Duration::from_millis(20);
+/// at 8,000 records/s a pause gathers 400. Followers judge in event time
+/// (`detect.max_lateness`, seconds), so 50 ms more in transit changes no
+/// verdict.
+const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// Subjects remembered (zones × partitions); past this the memory is
 /// cleared and starts again.
 const SUBJECTS: usize = 4096;
 
-/// Groups awaiting acknowledgement at most: with [`GROUP`], 2,048 messages,
+/// Groups awaiting acknowledgement at most: with [`GROUP`], 4,096 messages,
 /// which bounds what an outage holds beyond the queue.
 const GROUPS_IN_FLIGHT: usize = 8;
 
