@@ -181,7 +181,9 @@ print(f"`sluice detect --follow` (fresh durable consumer, all partitions, detect
 pub = json.loads(sys.argv[11])
 print(f"Publishing alone (`examples/publish`, {pub['records']:,} records at {pub['rate']:,}/s, {pub['published']:,} acknowledged): "
       f"{pub['off_us_per_record']:.2f} µs CPU per record fed into nothing, {pub['on_us_per_record']:.2f} into the bus: "
-      f"{pub['bus_us_per_record']:.2f} µs per record, {100 * pub['bus_us_per_record'] / off[1]:.1f} % of bus-off CPU per request")
+      f"{pub['bus_us_per_record']:.2f} µs per record, {100 * pub['bus_us_per_record'] / off[1]:.1f} % of bus-off CPU per request; "
+      f"the publisher's own thread {pub['bus_thread_us_per_record']:.2f} µs per record, "
+      f"{100 * pub['bus_thread_us_per_record'] / off[1]:.1f} %")
 print(f"Machine: {open('/proc/cpuinfo').read().count('processor')} CPUs, load average at start {sys.argv[6]}, "
       f"compiler processes at start {sys.argv[5]}")
 P

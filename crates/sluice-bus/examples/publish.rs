@@ -14,7 +14,9 @@
 //! nothing (the pacing alone) and once into the bus, each run closed by
 //! waiting for every acknowledgement; it prints one JSON line with the
 //! process's CPU (user + system, every thread) per record of each run and
-//! their difference, what publishing costs.
+//! their difference, what publishing costs; and the CPU per record of
+//! the publisher's own thread alone (`bus_thread_us_per_record`, without
+//! the recorder's side), which the load of other processes moves less.
 
 use std::{
     process::ExitCode,
@@ -29,6 +31,9 @@ use sluice_observe::{FlowBus, FlowRecord, Metrics};
 /// The allocator of the `sluice` binary, so that the figure is its own.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The publisher's thread (`sluice_bus::publish`).
+const BUS_THREAD: &str = "sluice-bus";
 
 fn main() -> ExitCode {
     match run() {
@@ -70,14 +75,20 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// CPU time of the whole process so far (every thread), in µs, from
-/// each thread's `schedstat` (nanoseconds on the CPU).
-fn cpu_us() -> f64 {
+/// CPU time of the whole process so far (every thread, or only the
+/// threads named `only`), in µs, from each thread's `schedstat`
+/// (nanoseconds on the CPU).
+fn cpu_us(only: Option<&str>) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return f64::NAN;
     };
     let mut ns = 0u64;
     for t in tasks.flatten() {
+        if let Some(name) = only
+            && std::fs::read_to_string(t.path().join("comm")).map_or(true, |c| c.trim_end() != name)
+        {
+            continue;
+        }
         if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
             ns += s
                 .split_whitespace()
@@ -118,7 +129,7 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let off = feed(&records, a.rate, None).await;
+        let (off, _) = feed(&records, a.rate, None).await;
         let mut metrics = Metrics::new();
         let bus = BusMetrics::register(metrics.registry_mut());
         let (queue, publisher) = Publisher::start(
@@ -132,18 +143,19 @@ fn run() -> Result<(), String> {
         );
         // Connected and the stream made before the clock starts.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let on = feed(&records, a.rate, Some((queue, publisher))).await;
+        let (on, thread) = feed(&records, a.rate, Some((queue, publisher))).await;
         let text = metrics.encode();
         let published = text
             .lines()
             .find_map(|l| l.strip_prefix("sluice_bus_published_total "))
             .unwrap_or("?");
         println!(
-            "{{\"records\":{total},\"rate\":{},\"published\":{published},\"off_us_per_record\":{:.3},\"on_us_per_record\":{:.3},\"bus_us_per_record\":{:.3}}}",
+            "{{\"records\":{total},\"rate\":{},\"published\":{published},\"off_us_per_record\":{:.3},\"on_us_per_record\":{:.3},\"bus_us_per_record\":{:.3},\"bus_thread_us_per_record\":{:.3}}}",
             a.rate,
             off / total as f64,
             on / total as f64,
-            (on - off) / total as f64
+            (on - off) / total as f64,
+            thread / total as f64
         );
     });
     Ok(())
@@ -151,16 +163,18 @@ fn run() -> Result<(), String> {
 
 /// Feeds `records` at `rate` a second (a tick a millisecond) into the
 /// bus if there is one, then closes it (every acknowledgement in); the
-/// process's CPU time meanwhile, in µs.
+/// process's CPU time meanwhile, and that of the publisher's own thread
+/// until the close (it ends with it), in µs.
 async fn feed(
     records: &[(Arc<FlowRecord>, Bytes)],
     rate: u64,
     bus: Option<(sluice_bus::BusQueue, Publisher)>,
-) -> f64 {
+) -> (f64, f64) {
     let per_tick = (rate / 1000).max(1) as usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let start = cpu_us();
+    let start = cpu_us(None);
+    let thread_start = cpu_us(Some(BUS_THREAD));
     let t = Instant::now();
     let mut seen = 0usize;
     for chunk in records.chunks(per_tick) {
@@ -172,7 +186,9 @@ async fn feed(
             }
         }
     }
+    let mut thread = 0.0;
     if let Some((queue, publisher)) = bus {
+        thread = cpu_us(Some(BUS_THREAD)) - thread_start;
         drop(queue);
         publisher.close(Duration::from_secs(30)).await;
     }
@@ -182,5 +198,5 @@ async fn feed(
         records.len(),
         t.elapsed().as_secs_f64()
     );
-    cpu_us() - start
+    (cpu_us(None) - start, thread)
 }

@@ -50,22 +50,26 @@ use crate::subject::{self, ALERTS, STREAM_SUBJECTS};
 /// message (an inbox, a timer and a JSON reply each) cost about 13 µs of
 /// CPU per request at 8,000 requests/s (`bench/bus.sh`, +19 %). Groups of
 /// 256 with a 20 ms pause cost 4.2 µs a record at 8,000 records/s where
-/// groups of 64 with a 5 ms pause cost 5.1-6.3 µs
-/// (`examples/publish.rs`, bench/README.md).
-const GROUP: usize = 256;
+/// groups of 64 with a 5 ms pause cost 5.1-6.3 µs; on the publisher's own
+/// thread, groups of 512 with a 50 ms pause cost that thread 2.5-2.6 µs a
+/// record where 256 and 20 ms cost it 3.1-3.6 (`examples/publish.rs`,
+/// alternated, bench/README.md).
+const GROUP: usize = 512;
 
 /// How long the task lets records gather after sending a group that was
 /// not full: under load a group then goes out as one write, not one write
 /// and two task wake-ups per record (the flow sink's writer does the same,
 /// crates/sluice-observe/src/sink.rs). A record waits at most this long:
-/// at 8,000 records/s a pause gathers 160, fewer wake-ups than 5 ms did.
-const BATCH_PAUSE: Duration = Duration::from_millis(20);
+/// at 8,000 records/s a pause gathers 400. Followers judge in event time
+/// (`detect.max_lateness`, seconds), so 50 ms more in transit changes no
+/// verdict.
+const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// Subjects remembered (zones × partitions); past this the memory is
 /// cleared and starts again.
 const SUBJECTS: usize = 4096;
 
-/// Groups awaiting acknowledgement at most: with [`GROUP`], 2,048 messages,
+/// Groups awaiting acknowledgement at most: with [`GROUP`], 4,096 messages,
 /// which bounds what an outage holds beyond the queue.
 const GROUPS_IN_FLIGHT: usize = 8;
 
@@ -77,6 +81,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest wait between reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// The name of the thread the publishing task runs on.
+const BUS_THREAD: &str = "sluice-bus";
 
 /// How often a drop may be logged.
 const LOG_EVERY: Duration = Duration::from_secs(1);
@@ -109,11 +116,16 @@ pub struct BusQueue {
     drops: Arc<Drops>,
 }
 
-/// The publishing task's control handle.
+/// The publishing task's control handle. The task and the NATS client's
+/// connection task run on a thread of their own (a single-threaded tokio
+/// runtime, [`BUS_THREAD`]).
 #[derive(Debug)]
 pub struct Publisher {
     close: Option<oneshot::Sender<Instant>>,
-    task: tokio::task::JoinHandle<()>,
+    /// Stops the bus thread's runtime at once (close's last resort).
+    abort: Option<oneshot::Sender<()>>,
+    /// Fires when the publishing task has ended.
+    done: Option<oneshot::Receiver<()>>,
 }
 
 #[derive(Debug)]
@@ -259,6 +271,16 @@ impl Publisher {
     /// server is retried for ever; it never fails the start) and the task
     /// that publishes what the returned queue takes. Call on a tokio
     /// runtime.
+    ///
+    /// The task runs on a thread of its own with a single-threaded
+    /// runtime, and so does the client's connection task (it is spawned on
+    /// the runtime that connects): handing a message to the client then
+    /// wakes no other thread, and a group goes out as one write after the
+    /// publishing task yields. On the data path's runtime the two tasks
+    /// woke each other across worker threads up to once every 16 messages
+    /// (the client's receive chunk), 1,800 futex and 800 eventfd calls a
+    /// second at 8,000 records/s (`strace -c -f`, examples/publish.rs).
+    /// If the thread cannot be made, the task runs on the caller's runtime.
     pub fn start(opts: BusOptions, metrics: BusMetrics) -> (BusQueue, Publisher) {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let drops = Arc::new(Drops {
@@ -266,12 +288,53 @@ impl Publisher {
             last_told: Mutex::new((None, 0)),
         });
         let (close, closed) = oneshot::channel();
-        let task = tokio::spawn(run(opts, metrics, rx, closed, drops.clone()));
+        let (abort, aborted) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel();
+        let task = {
+            let drops = drops.clone();
+            async move {
+                tokio::select! {
+                    () = run(opts, metrics, rx, closed, drops) => {}
+                    Ok(()) = aborted => {}
+                }
+                let _ = done_tx.send(());
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(rt) => {
+                let (task_tx, task_rx) = std::sync::mpsc::channel();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name(BUS_THREAD.into())
+                        .spawn(move || {
+                            if let Ok(task) = task_rx.recv() {
+                                rt.block_on(task);
+                            }
+                        });
+                match spawned {
+                    Ok(_) => {
+                        let _ = task_tx.send(task);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "flow bus: no thread of its own; publishing on the data path's runtime");
+                        tokio::spawn(task);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flow bus: no runtime of its own; publishing on the data path's runtime");
+                tokio::spawn(task);
+            }
+        }
         (
             BusQueue { tx, drops },
             Publisher {
                 close: Some(close),
-                task,
+                abort: Some(abort),
+                done: Some(done),
             },
         )
     }
@@ -283,8 +346,12 @@ impl Publisher {
         if let Some(close) = self.close.take() {
             let _ = close.send(Instant::now() + within);
         }
-        let _ = tokio::time::timeout(within + Duration::from_secs(1), &mut self.task).await;
-        self.task.abort();
+        if let Some(done) = self.done.take() {
+            let _ = tokio::time::timeout(within + Duration::from_secs(1), done).await;
+        }
+        if let Some(abort) = self.abort.take() {
+            let _ = abort.send(());
+        }
     }
 }
 
