@@ -440,7 +440,7 @@ async fn run(
         if !*connected.borrow() {
             tokio::select! {
                 changed = connected.changed() => if changed.is_err() { break },
-                at = &mut closed, if deadline.is_none() => { deadline = Some(at.unwrap_or_else(|_| Instant::now())); rx.close(); }
+                at = &mut closed, if deadline.is_none() => deadline = Some(begin_close(at, &mut rx)),
                 () = sleep_until(deadline) => {}
             }
             continue;
@@ -450,7 +450,7 @@ async fn run(
             if !stream_ready {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    at = &mut closed, if deadline.is_none() => { deadline = Some(at.unwrap_or_else(|_| Instant::now())); rx.close(); }
+                    at = &mut closed, if deadline.is_none() => deadline = Some(begin_close(at, &mut rx)),
                 }
                 continue;
             }
@@ -463,8 +463,7 @@ async fn run(
             tokio::select! {
                 biased;
                 at = &mut closed, if deadline.is_none() => {
-                    deadline = Some(at.unwrap_or_else(|_| Instant::now()));
-                    rx.close();
+                    deadline = Some(begin_close(at, &mut rx));
                     continue;
                 }
                 Some((result, g)) = inflight.next(), if !inflight.is_empty() => {
@@ -473,15 +472,7 @@ async fn run(
                     continue;
                 }
                 item = rx.recv() => match item {
-                    Some(first) => {
-                        let mut msgs = Vec::with_capacity(GROUP.min(rx.len() + 1));
-                        msgs.push(pending(first, opts.partitions, &mut subjects, &mut line));
-                        while msgs.len() < GROUP {
-                            let Ok(item) = rx.try_recv() else { break };
-                            msgs.push(pending(item, opts.partitions, &mut subjects, &mut line));
-                        }
-                        Some(Group { msgs, attempts: 0, connects: 0 })
-                    }
+                    Some(first) => Some(gather(first, &mut rx, opts.partitions, &mut subjects, &mut line)),
                     // Closed (or every handle dropped) and drained;
                     // acknowledgements may be pending.
                     None => {
@@ -509,17 +500,7 @@ async fn run(
         match send(&client, &js, &g).await {
             Ok(ack) => {
                 inflight_msgs += g.msgs.len();
-                let stats = stats.clone();
-                inflight.push(Box::pin(async move {
-                    let result = match ack.await {
-                        Ok(_) if stats.connects.load(Ordering::Relaxed) != g.connects => {
-                            Err(Failed::Reconnected)
-                        }
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(Failed::Publish(e)),
-                    };
-                    (result, g)
-                }));
+                inflight.push(acked(ack, stats.clone(), g));
             }
             Err(e) => settle(
                 Err(Failed::Publish(e)),
@@ -539,6 +520,59 @@ async fn run(
         drops.add(left as u64, "closing");
     }
     drop(client);
+}
+
+/// Starts closing at the instant the closer gave (now if it went away):
+/// the queue takes no more records; what it holds is still published
+/// until that deadline.
+fn begin_close(
+    at: Result<Instant, oneshot::error::RecvError>,
+    rx: &mut mpsc::Receiver<Item>,
+) -> Instant {
+    rx.close();
+    at.unwrap_or_else(|_| Instant::now())
+}
+
+/// A group of up to [`GROUP`] messages: `first` and what the queue holds
+/// now, without waiting for more.
+fn gather(
+    first: Item,
+    rx: &mut mpsc::Receiver<Item>,
+    partitions: u32,
+    subjects: &mut Subjects,
+    line: &mut Vec<u8>,
+) -> Group {
+    let mut msgs = Vec::with_capacity(GROUP.min(rx.len() + 1));
+    msgs.push(pending(first, partitions, subjects, line));
+    while msgs.len() < GROUP {
+        let Ok(item) = rx.try_recv() else { break };
+        msgs.push(pending(item, partitions, subjects, line));
+    }
+    Group {
+        msgs,
+        attempts: 0,
+        connects: 0,
+    }
+}
+
+/// The group's outcome once its acknowledgement comes: a reconnect
+/// counted after the group left (`g.connects`) may have lost part of it,
+/// so the group is sent again (see the module's doc).
+fn acked(
+    ack: jetstream::context::PublishAckFuture,
+    stats: Arc<async_nats::Statistics>,
+    g: Group,
+) -> Acked {
+    Box::pin(async move {
+        let result = match ack.await {
+            Ok(_) if stats.connects.load(Ordering::Relaxed) != g.connects => {
+                Err(Failed::Reconnected)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failed::Publish(e)),
+        };
+        (result, g)
+    })
 }
 
 /// Publishes a group: every message but the last as a plain publish, the
