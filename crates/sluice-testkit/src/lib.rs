@@ -59,7 +59,7 @@ pub use nats::NatsServer;
 pub use origin::{Certs, Origin, TlsOrigin, make_certs};
 pub use receivers::{Post, SyslogReceiver, WebhookReceiver};
 pub use scanners::{CIcap, Clamd, require};
-pub use sluice::{Sluice, assert_fields};
+pub use sluice::{Sluice, assert_fields, finding};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);

@@ -269,6 +269,29 @@ impl Sluice {
         send_raw(admin, req.as_bytes(), Duration::from_secs(5))
     }
 
+    /// The alerts `/api/v1/alerts?QUERY` lists now (`kind=dlp`, say).
+    pub fn alerts(&self, query: &str) -> Vec<serde_json::Value> {
+        let r = self.admin_get(&format!("/api/v1/alerts?{query}"));
+        assert_eq!(r.status, Some(200), "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("alerts are JSON");
+        v["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("no `alerts` list in {v}"))
+    }
+
+    /// Asserts that neither the flow log (which must hold records),
+    /// stderr nor an alert holds `secret`.
+    pub fn assert_never_logged(&self, secret: &str) {
+        let flows = std::fs::read_to_string(&self.flows).unwrap_or_default();
+        assert!(!flows.is_empty(), "the flow log is empty");
+        assert!(!flows.contains(secret), "the flow log holds the secret");
+        let err = self.stderr.lock().unwrap().join("\n");
+        assert!(!err.contains(secret), "stderr holds the secret");
+        let alerts = self.admin_get("/api/v1/alerts").text();
+        assert!(!alerts.contains(secret), "an alert holds the secret");
+    }
+
     /// `/readyz` as JSON, with its status code.
     pub fn readyz(&self) -> (Option<u16>, serde_json::Value) {
         let r = self.admin_get("/readyz");
@@ -310,4 +333,12 @@ pub fn assert_fields(rec: &serde_json::Value, want: &[(&str, serde_json::Value)]
     for (k, v) in want {
         assert_eq!(&rec[*k], v, "field {k} of {rec:#}");
     }
+}
+
+/// The record's finding of type `kind` (`findings: [{type, count, hash}]`).
+pub fn finding<'a>(rec: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    rec["findings"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["type"] == kind))
+        .unwrap_or_else(|| panic!("no `{kind}` finding in {rec:#}"))
 }

@@ -26,14 +26,6 @@ use sluice_testkit::{
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const T: Duration = Duration::from_secs(10);
 
-/// The alerts `/api/v1/alerts` lists now.
-fn alerts(s: &Sluice, query: &str) -> Vec<Value> {
-    let r = s.admin_get(&format!("/api/v1/alerts?{query}"));
-    assert_eq!(r.status, Some(200), "{}", r.text());
-    let v: Value = serde_json::from_slice(&r.body).unwrap();
-    v["alerts"].as_array().unwrap().clone()
-}
-
 #[test]
 fn an_upload_outside_the_zones_countries_raises_a_geo_alert() {
     let geo = GeoScenario::new();
@@ -48,11 +40,11 @@ fn an_upload_outside_the_zones_countries_raises_a_geo_alert() {
     let up = geo.upload(&s, 2_000_000);
     assert_eq!(up.status, 200, "{}", up.stderr);
     assert!(
-        poll_until(T, || !alerts(&s, "kind=geo").is_empty()),
+        poll_until(T, || !s.alerts("kind=geo").is_empty()),
         "{:?}",
         s.stderr.lock().unwrap()
     );
-    let list = alerts(&s, "kind=geo");
+    let list = s.alerts("kind=geo");
     assert_eq!(list.len(), 1, "{list:?}");
     let a = &list[0];
     assert_eq!(a["severity"], "warning", "{a}");
@@ -168,7 +160,7 @@ fn a_slow_upload_raises_volume_from_interim_records_before_its_tunnel_closes() {
         Duration::from_millis(200),
         || {
             if seen.is_none() {
-                if let Some(a) = alerts(&s, "kind=volume").first() {
+                if let Some(a) = s.alerts("kind=volume").first() {
                     seen = Some((a.clone(), s.records()));
                 }
             }
@@ -235,7 +227,7 @@ fn a_slow_upload_raises_volume_from_interim_records_before_its_tunnel_closes() {
         "{sent}"
     );
     // One alert for the whole upload: the rest only raised its count.
-    assert_eq!(alerts(&s, "kind=volume").len(), 1);
+    assert_eq!(s.alerts("kind=volume").len(), 1);
 }
 
 /// Two requests to the origin and whether they raised a `new-destination` alert.
@@ -246,7 +238,7 @@ fn two_requests_alert(s: &Sluice, origin: &Origin) -> bool {
     }
     s.wait_records(2);
     // Records reach the detectors before the flow log.
-    !alerts(s, "kind=new-destination").is_empty()
+    !s.alerts("kind=new-destination").is_empty()
 }
 
 #[test]
@@ -277,7 +269,7 @@ fn with_state_dir_a_restart_keeps_the_baseline() {
     assert!(
         !two_requests_alert(&again, &origin),
         "no repeated new-destination alert: {:?}",
-        alerts(&again, "")
+        again.alerts("")
     );
     // Without the store the same restart forgets, and alerts again.
     let forgetful = Sluice::start(BIN, &yaml(None));

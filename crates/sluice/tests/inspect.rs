@@ -21,9 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_testkit::{
-    CIcap, Clamd, RawResponse, Sluice, TempDir, assert_fields, curl, poll_until, read_response,
+    CIcap, Clamd, RawResponse, Sluice, TempDir, assert_fields, curl, finding, poll_until,
+    read_response,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -195,34 +196,6 @@ zones:
     )
 }
 
-/// Asserts that neither the flow log nor stderr holds `secret`.
-fn assert_never_logged(sluice: &Sluice, secret: &str) {
-    let flows = std::fs::read_to_string(&sluice.flows).unwrap_or_default();
-    assert!(!flows.contains(secret), "the flow log holds the secret");
-    let err = sluice.stderr.lock().unwrap().join("\n");
-    assert!(!err.contains(secret), "stderr holds the secret");
-    let alerts = sluice.admin_get("/api/v1/alerts").text();
-    assert!(!alerts.contains(secret), "an alert holds the secret");
-}
-
-fn finding<'a>(rec: &'a Value, kind: &str) -> &'a Value {
-    rec["findings"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["type"] == kind))
-        .unwrap_or_else(|| panic!("no `{kind}` finding in {rec:#}"))
-}
-
-fn alerts(sluice: &Sluice, kind: &str) -> Vec<Value> {
-    let v: Value = serde_json::from_slice(&sluice.admin_get("/api/v1/alerts").body).unwrap();
-    let list = v
-        .get("alerts")
-        .and_then(Value::as_array)
-        .or_else(|| v.as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.into_iter().filter(|a| a["kind"] == kind).collect()
-}
-
 // === DLP ===
 
 #[test]
@@ -262,10 +235,10 @@ fn dlp_blocks_a_secret_split_across_chunks_before_the_origin_gets_it() {
         "no complete request reached the origin"
     );
     assert!(
-        poll_until(T, || !alerts(&sluice, "dlp").is_empty()),
+        poll_until(T, || !sluice.alerts("kind=dlp").is_empty()),
         "no dlp alert"
     );
-    assert_never_logged(&sluice, AWS_KEY);
+    sluice.assert_never_logged(AWS_KEY);
 }
 
 #[test]
@@ -283,7 +256,7 @@ fn dlp_in_a_header_blocks_before_anything_leaves() {
     );
     let rec = sluice.wait_record("the blocked request", |r| r["rule"] == "inspect/dlp/github");
     assert_eq!(finding(&rec, "github")["count"], 1);
-    assert_never_logged(&sluice, GH_TOKEN);
+    sluice.assert_never_logged(GH_TOKEN);
     // Near misses pass: a token-like string with a wrong prefix.
     let near = "Authorization: token ghx_abcdefghijklmnopqrstuvwxyz0123456789\r\n";
     let r = upload_in_parts(sluice.http, &origin.url("/api"), near, &[b"hello"]);
@@ -315,7 +288,8 @@ fn dlp_alert_and_log_pass_with_findings_and_custom_patterns() {
     // Two detectors alerted; one source and destination fold into one
     // alert counted twice. `log` raises none.
     let count = || -> u64 {
-        alerts(&sluice, "dlp")
+        sluice
+            .alerts("kind=dlp")
             .iter()
             .map(|a| a["count"].as_u64().unwrap_or(0))
             .sum()
@@ -323,11 +297,11 @@ fn dlp_alert_and_log_pass_with_findings_and_custom_patterns() {
     assert!(
         poll_until(T, || count() >= 2),
         "no dlp alerts: {:?}",
-        alerts(&sluice, "dlp")
+        sluice.alerts("kind=dlp")
     );
-    assert_eq!(count(), 2, "{:?}", alerts(&sluice, "dlp"));
-    assert_never_logged(&sluice, JWT);
-    assert_never_logged(&sluice, "4111 1111");
+    assert_eq!(count(), 2, "{:?}", sluice.alerts("kind=dlp"));
+    sluice.assert_never_logged(JWT);
+    sluice.assert_never_logged("4111 1111");
     assert!(sluice.metric("sluice_inspect_findings_total{type=\"card\"}") >= 2.0);
 }
 
@@ -476,7 +450,7 @@ fn clamd_blocks_infected_uploads_and_downloads_and_fails_closed_when_down() {
         "the client got the infected file"
     );
     assert!(
-        poll_until(T, || !alerts(&sluice, "malware").is_empty()),
+        poll_until(T, || !sluice.alerts("kind=malware").is_empty()),
         "no malware alert"
     );
 
@@ -550,7 +524,7 @@ fn icap_reqmod_and_respmod_block_allow_preview_and_fail_closed() {
     assert_eq!(r.header("sluice-rule"), Some("inspect/icap"));
     assert_eq!(origin.requests.load(Ordering::SeqCst), hits);
     assert!(
-        poll_until(T, || !alerts(&sluice, "dlp").is_empty()),
+        poll_until(T, || !sluice.alerts("kind=dlp").is_empty()),
         "no dlp alert for REQMOD"
     );
     // RESPMOD: the infected download is refused.
@@ -559,7 +533,7 @@ fn icap_reqmod_and_respmod_block_allow_preview_and_fail_closed() {
     assert_eq!(c.header("sluice-rule").as_deref(), Some("inspect/icap"));
     assert!(!c.body_text().contains(Clamd::MARKER));
     assert!(
-        poll_until(T, || !alerts(&sluice, "malware").is_empty()),
+        poll_until(T, || !sluice.alerts("kind=malware").is_empty()),
         "no malware alert for RESPMOD"
     );
 

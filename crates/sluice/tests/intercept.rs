@@ -20,7 +20,7 @@ use std::{
 use serde_json::Value;
 use sluice_testkit::{
     CIcap, Clamd, FixtureDns, Origin, Sluice, TempDir, TlsOrigin, assert_fields, client_command,
-    connect_tunnel, curl, output_within, poll_until, python_requests,
+    connect_tunnel, curl, finding, output_within, poll_until, python_requests,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -470,35 +470,6 @@ for kind in ("clean", "body", "header", "header", "again"):
 print(json.dumps(out))
 "#;
 
-/// Asserts that neither the flow log, stderr nor an alert holds `secret`.
-fn assert_never_logged(s: &Sluice, secret: &str) {
-    let flows = std::fs::read_to_string(&s.flows).unwrap_or_default();
-    assert!(!flows.is_empty());
-    assert!(!flows.contains(secret), "the flow log holds the secret");
-    let err = s.stderr.lock().unwrap().join("\n");
-    assert!(!err.contains(secret), "stderr holds the secret");
-    let alerts = s.admin_get("/api/v1/alerts").text();
-    assert!(!alerts.contains(secret), "an alert holds the secret");
-}
-
-fn finding<'a>(rec: &'a Value, kind: &str) -> &'a Value {
-    rec["findings"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["type"] == kind))
-        .unwrap_or_else(|| panic!("no `{kind}` finding in {rec:#}"))
-}
-
-fn alerts_of(s: &Sluice, kind: &str) -> Vec<Value> {
-    let v: Value = serde_json::from_slice(&s.admin_get("/api/v1/alerts").body).unwrap();
-    let list = v
-        .get("alerts")
-        .and_then(Value::as_array)
-        .or_else(|| v.as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.into_iter().filter(|a| a["kind"] == kind).collect()
-}
-
 /// Intercepted tunnels' records that `pred` picks, once there are `n`.
 fn intercepted_records(s: &Sluice, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
     let mut got = Vec::new();
@@ -619,7 +590,9 @@ fn dlp_blocks_a_token_inside_intercepted_connect_and_socks5_tunnels() {
     });
     assert_fields(&rec, &[("verdict", "allow".into()), ("status", 200.into())]);
     assert!(
-        poll_until(Duration::from_secs(10), || !alerts_of(&t.s, "dlp")
+        poll_until(Duration::from_secs(10), || !t
+            .s
+            .alerts("kind=dlp")
             .is_empty()),
         "no dlp alert"
     );
@@ -662,8 +635,8 @@ fn dlp_blocks_a_token_inside_intercepted_connect_and_socks5_tunnels() {
             ("verdict", "allow".into()),
         ],
     );
-    assert_never_logged(&t.s, GH_TOKEN);
-    assert_never_logged(&t.s, AWS_KEY);
+    t.s.assert_never_logged(GH_TOKEN);
+    t.s.assert_never_logged(AWS_KEY);
 }
 
 #[test]
@@ -719,7 +692,9 @@ fn clamd_blocks_downloads_and_uploads_inside_an_intercepted_tunnel_and_fails_clo
     );
     assert_eq!(finding(&rec, "malware")["count"], 1);
     assert!(
-        poll_until(Duration::from_secs(10), || !alerts_of(&t.s, "malware")
+        poll_until(Duration::from_secs(10), || !t
+            .s
+            .alerts("kind=malware")
             .is_empty()),
         "no malware alert"
     );
@@ -856,7 +831,7 @@ fn a_report_zone_lets_a_blocked_secret_through_an_intercepted_tunnel_and_records
     let f = finding(&rec, "github");
     assert_eq!(f["count"], 1);
     assert_eq!(f["hash"].as_str().unwrap().len(), 32, "{f}");
-    assert_never_logged(&t.s, GH_TOKEN);
+    t.s.assert_never_logged(GH_TOKEN);
 }
 
 /// An ICAP address where nothing listens (a port bound, then freed).

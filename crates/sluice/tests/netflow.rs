@@ -99,13 +99,6 @@ fn dropped(s: &Sluice, reason: &str) -> f64 {
     ))
 }
 
-fn alerts(s: &Sluice) -> Vec<Value> {
-    let r = s.admin_get("/api/v1/alerts?kind=bypass");
-    assert_eq!(r.status, Some(200), "{}", r.text());
-    let v: Value = serde_json::from_str(&r.text()).unwrap();
-    v["alerts"].as_array().unwrap().clone()
-}
-
 #[test]
 fn v5_flows_become_records_with_the_flows_own_times_and_replies_as_bytes_in() {
     let s = sluice("");
@@ -400,7 +393,7 @@ fn a_direct_flow_alerts_bypass_and_flows_through_the_gateway_do_not() {
     );
     let mut got = Vec::new();
     assert!(poll_until(T, || {
-        got = alerts(&s);
+        got = s.alerts("kind=bypass");
         got.len() >= 3
     }));
     let by_dst = |dst: &str| {
