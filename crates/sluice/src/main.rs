@@ -476,7 +476,12 @@ fn print_decision(
         println!("{}", decision_json(dest, port, d, check));
         return;
     }
-    println!("{dest}:{port}: {d}");
+    // An IPv6 address is bracketed so that its port reads apart from it.
+    if dest.contains(':') {
+        println!("[{dest}]:{port}: {d}");
+    } else {
+        println!("{dest}:{port}: {d}");
+    }
     if d.pending != sluice_policy::Pending::Nothing {
         println!("  pending: phase two (addresses) not run; pass --addr or --resolve");
     }

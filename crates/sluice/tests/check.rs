@@ -869,6 +869,22 @@ fn check_text_output_names_the_pending_phase() {
 }
 
 #[test]
+fn check_text_output_brackets_an_ipv6_destination() {
+    let config = fixture("check.yaml");
+    let out = sluice([
+        "check",
+        "-c",
+        config.to_str().unwrap(),
+        "--from",
+        "10.0.1.5",
+        "[::1]:8443",
+    ]);
+    assert_eq!(code(&out), 1);
+    let text = stdout(&out);
+    assert!(text.starts_with("[::1]:8443: deny "), "{text}");
+}
+
+#[test]
 fn check_says_when_a_rule_matches_the_host_but_not_the_port() {
     let config = fixture("check.yaml");
     let run = |target: &str, json: bool| {
