@@ -609,6 +609,37 @@ fn malformed_requests_get_4xx_or_close_and_the_proxy_lives_on() {
             Outcome::Refused,
         ),
         (
+            // A port the `http` crate cannot read must not become port 80.
+            "absolute-form with a port above 65535",
+            format!(
+                "GET http://{}:{}/ HTTP/1.1\r\nHost: {o}\r\n\r\n",
+                o.ip(),
+                u32::from(o.port()) + 65536
+            )
+            .into_bytes(),
+            Outcome::Explained("invalid port"),
+        ),
+        (
+            "absolute-form with letters after the port",
+            format!(
+                "GET http://{}:{}x/ HTTP/1.1\r\nHost: {o}\r\n\r\n",
+                o.ip(),
+                o.port()
+            )
+            .into_bytes(),
+            Outcome::Explained("invalid port"),
+        ),
+        (
+            "CONNECT with a port above 65535",
+            format!(
+                "CONNECT {}:{} HTTP/1.1\r\nHost: {o}\r\n\r\n",
+                o.ip(),
+                u32::from(o.port()) + 65536
+            )
+            .into_bytes(),
+            Outcome::Explained("invalid port"),
+        ),
+        (
             "CONNECT with userinfo",
             format!("CONNECT user@{o} HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
             Outcome::Refused,

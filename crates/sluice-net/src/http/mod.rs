@@ -383,8 +383,8 @@ fn target<B>(req: &Request<B>, is_connect: bool) -> Result<(String, u16), String
         if auth.as_str().contains('@') {
             return Err("CONNECT needs host:port as its target, without user@".into());
         }
-        let port = match auth.port() {
-            Some(p) => port_of(p.as_str())?,
+        let port = match port_text(auth.as_str()) {
+            Some(p) => port_of(p)?,
             None => return Err("CONNECT needs an explicit port".into()),
         };
         return Ok((auth.host().to_owned(), port));
@@ -402,12 +402,21 @@ fn target<B>(req: &Request<B>, is_connect: bool) -> Result<(String, u16), String
         Some("https") => return Err("send https:// URLs through CONNECT (use HTTPS_PROXY)".into()),
         _ => return Err("only http:// URLs are proxied in absolute form".into()),
     };
-    let port = match auth.port() {
-        Some(p) => port_of(p.as_str())?,
-        None if auth.as_str().ends_with(':') => return Err("empty port in the URL".into()),
+    let port = match port_text(auth.as_str()) {
+        Some("") => return Err("empty port in the URL".into()),
+        Some(p) => port_of(p)?,
         None => default_port,
     };
     Ok((auth.host().to_owned(), port))
+}
+
+/// The port text of an authority (`host:port`, `[v6]:port`), if it has a
+/// `:` after its host. Read from the text, not from `http`'s
+/// `Authority::port`: that one answers `None` for a port it cannot parse
+/// (`:65536`, `:80x`), which would send the request to the default port.
+fn port_text(auth: &str) -> Option<&str> {
+    let after_host = auth.rfind(']').map_or(auth, |i| &auth[i + 1..]);
+    after_host.rfind(':').map(|i| &after_host[i + 1..])
 }
 
 /// A target's port: `1*5DIGIT`, 1 to 65535 (no sign, no space).
