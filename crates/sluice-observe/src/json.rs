@@ -181,19 +181,24 @@ fn opt_plain(out: &mut Vec<u8>, s: Option<&'static str>) {
     }
 }
 
-/// `n` in decimal, as serde_json (itoa) writes it.
+/// `n` in decimal, as serde_json (itoa) writes it. Digit by digit with
+/// `push`: a short `extend_from_slice` is a call to memmove, which was
+/// 2.6 % of NetFlow ingest for the ports, octets and counts (perf).
 pub(crate) fn u64_text(out: &mut Vec<u8>, mut n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    loop {
+    while n > 0 {
         i -= 1;
         buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
-    out.extend_from_slice(&buf[i..]);
+    for &d in &buf[i..] {
+        out.push(d);
+    }
 }
 
 fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
