@@ -303,3 +303,98 @@ fn a_long_upload_is_not_vouched_for_by_its_own_first_window() {
     let fired = sluice_detect::parse_ts_ms(&alerts[0].ts).unwrap();
     assert!(fired - start <= 12 * MIN, "{alerts:?}");
 }
+
+/// The live detector given records in batches (`observe_batch`, one lock
+/// a batch, as a NetFlow datagram's records reach it) raises exactly the
+/// alerts it raises given the same records one at a time: a new
+/// destination, a volume upload, a denied burst and a beacon among
+/// ordinary traffic from two sources, in batches of 30 and of 7.
+#[test]
+fn batched_records_raise_the_same_alerts_as_single_ones() {
+    use sluice_observe::{Detector, FlowRecord, Metrics};
+    use std::sync::Arc;
+
+    let mut r = learning("10.0.0.7");
+    r.extend(learning("10.0.0.8"));
+    let after = T0 + 9 * DAY;
+    for i in 0..3 {
+        r.push(rec(
+            &format!("up{i}"),
+            after + HOUR + i * MIN,
+            "10.0.0.7",
+            "files.alice.github.io",
+            |v| v["bytes_out"] = json!(3_000_000),
+        ));
+    }
+    for i in 0..6 {
+        r.push(rec(
+            &format!("vol{i}"),
+            after + 2 * HOUR + i * MIN,
+            "10.0.0.8",
+            "www.example.com",
+            |v| v["bytes_out"] = json!(400_000_000),
+        ));
+    }
+    for i in 0..20 {
+        r.push(rec(
+            &format!("s{i}"),
+            after + 3 * HOUR + i * 5000,
+            "10.0.0.8",
+            &format!("198.51.100.{i}"),
+            |v| {
+                v["verdict"] = json!("deny");
+                v["rule"] = json!("guard/special-address");
+            },
+        ));
+    }
+    for i in 0..20 {
+        r.push(rec(
+            &format!("b{i}"),
+            after + 4 * HOUR + i * 5 * MIN,
+            "10.0.0.7",
+            "c2.example.biz",
+            |v| v["bytes_out"] = json!(300),
+        ));
+    }
+    r.sort_by_key(|v| v["ts"].as_str().unwrap().to_owned());
+    let records: Vec<FlowRecord> = r
+        .iter()
+        .map(|v| {
+            let mut f: FlowRecord = serde_json::from_value(v.clone()).unwrap();
+            assert!(f.restore_times());
+            f
+        })
+        .collect();
+    let live = || {
+        let metrics = Arc::new(Metrics::new());
+        sluice_detect::Live::new(Settings::default(), None, None, metrics)
+            .unwrap()
+            .0
+    };
+    // Alerts without their ids (fresh for each alert).
+    let plain = |alerts: Vec<Alert>| -> Vec<Value> {
+        alerts
+            .into_iter()
+            .map(|a| {
+                let mut v = serde_json::to_value(a).unwrap();
+                v["id"] = Value::Null;
+                v
+            })
+            .collect()
+    };
+    let one = live();
+    let single: Vec<Alert> = records.iter().flat_map(|f| one.observe(f)).collect();
+    let single = plain(single);
+    let kinds: Vec<&str> = single.iter().filter_map(|a| a["kind"].as_str()).collect();
+    for k in ["new-destination", "volume", "denied-burst", "beaconing"] {
+        assert!(kinds.contains(&k), "the scenario raises {k}: {kinds:?}");
+    }
+    for size in [30, 7] {
+        let batched = live();
+        let mut out = Vec::new();
+        for chunk in records.chunks(size) {
+            batched.observe_batch(chunk, &mut out);
+        }
+        assert_eq!(plain(out), single, "batches of {size}");
+    }
+}

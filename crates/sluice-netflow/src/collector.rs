@@ -16,7 +16,7 @@ use sluice_serve::{Datagram, Drain, run_udp};
 use tokio::net::UdpSocket;
 
 use crate::{
-    judge::{Judged, Names, judge},
+    judge::{Decisions, Judged, Names, judge_cached},
     wire::{Decoder, Drop, Flow, Limits},
 };
 
@@ -29,7 +29,7 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// The NetFlow / IPFIX collector.
 pub struct Collector {
-    decoder: Mutex<Decoder>,
+    state: Mutex<State>,
     policy: Arc<PolicyNow>,
     names: Option<Arc<Names>>,
     recorder: Arc<dyn RecordSink>,
@@ -50,7 +50,11 @@ impl Collector {
         let reasons = Drop::ALL.map(Drop::as_str);
         metrics.declare_netflow(&reasons);
         Collector {
-            decoder: Mutex::new(Decoder::new(limits)),
+            state: Mutex::new(State {
+                decoder: Decoder::new(limits),
+                decisions: Decisions::default(),
+                flows: Vec::new(),
+            }),
             policy,
             names: None,
             recorder,
@@ -81,15 +85,17 @@ impl Collector {
                 .netflow_dropped(Drop::UnknownExporter.as_str(), 1);
             return;
         }
-        let mut flows: Vec<Flow> = Vec::new();
-        let decoded = {
-            let Ok(mut d) = self.decoder.lock() else {
-                return;
-            };
-            let r = d.decode(exporter, pkt, Instant::now(), &mut flows);
-            self.metrics.set_netflow_templates(d.templates());
-            r
+        let Ok(mut guard) = self.state.lock() else {
+            return;
         };
+        let State {
+            decoder,
+            decisions,
+            flows,
+        } = &mut *guard;
+        flows.clear();
+        let decoded = decoder.decode(exporter, pkt, Instant::now(), flows);
+        self.metrics.set_netflow_templates(decoder.templates());
         let o = match decoded {
             Ok(o) => o,
             Err(why) => {
@@ -107,18 +113,25 @@ impl Collector {
         self.metrics.netflow_flows(flows.len() as u64);
         let now = SystemTime::now();
         let exporter = exporter.to_string();
+        let decisions = decisions.for_policy(&policy);
         // The datagram's records go to the record stage together (one
         // write to the flow log), then its bypass alerts.
         let mut records = Vec::with_capacity(flows.len());
         let mut alerts = Vec::new();
-        for f in &flows {
-            match judge(&policy, self.names.as_deref(), &exporter, f, now) {
-                Judged::Gateway => self.metrics.netflow_gateway_flow(),
+        let mut gateway = 0;
+        for f in flows.iter() {
+            let names = self.names.as_deref();
+            match judge_cached(&policy, names, &exporter, f, now, Some(decisions)) {
+                Judged::Gateway => gateway += 1,
                 Judged::Record(r, alert) => {
                     records.push(*r);
                     alerts.extend(alert);
                 }
             }
+        }
+        drop(guard);
+        for _ in 0..gateway {
+            self.metrics.netflow_gateway_flow();
         }
         self.recorder.record_batch(records);
         for a in alerts {
@@ -134,6 +147,16 @@ impl Collector {
         })
         .await;
     }
+}
+
+/// What the receive loop keeps between datagrams, under one lock taken
+/// once a datagram.
+struct State {
+    decoder: Decoder,
+    decisions: Decisions,
+    /// The decoded flows of the datagram at hand (reused: no allocation a
+    /// datagram).
+    flows: Vec<Flow>,
 }
 
 impl std::fmt::Debug for Collector {

@@ -24,5 +24,5 @@ mod judge;
 pub mod wire;
 
 pub use collector::{Collector, PolicyNow};
-pub use judge::{Judged, Names, judge};
+pub use judge::{Decisions, Judged, Names, judge, judge_cached};
 pub use wire::{Decoder, Drop, Flow, Limits, Outcome};

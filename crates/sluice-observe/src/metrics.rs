@@ -733,6 +733,78 @@ impl Metrics {
         self.add_bytes(r);
     }
 
+    /// [`Metrics::record`] for records that arrived together (the flows
+    /// of one NetFlow datagram): the same counts, summed here first so
+    /// that each label set is looked up once a batch instead of once a
+    /// record (each lookup builds a label with an owned zone name and
+    /// takes the family's lock). Records with an HTTP status, findings,
+    /// a failed login or an interim flag go through [`Metrics::record`].
+    pub fn record_batch<'r>(&self, rs: impl IntoIterator<Item = &'r FlowRecord>) {
+        /// (listener, zone, verdict, enforced, is a request) → flows.
+        type Flows<'a> = Vec<((Listener, Option<&'a str>, &'static str, bool, bool), u64)>;
+        let mut flows: Flows<'r> = Vec::new();
+        // zone → (bytes out, bytes in)
+        let mut bytes: Vec<(Option<&'r str>, u64, u64)> = Vec::new();
+        for r in rs {
+            if r.interim.is_some()
+                || r.status.is_some()
+                || r.findings.is_some()
+                || r.rule == sluice_policy::ids::AUTH_FAILED
+            {
+                self.record(r);
+                continue;
+            }
+            let zone = r.zone.as_deref();
+            if r.protocol != Protocol::Dns {
+                let key = (
+                    r.listener,
+                    zone,
+                    r.verdict.as_str(),
+                    r.enforced,
+                    r.protocol == Protocol::Http,
+                );
+                match flows.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, n)) => *n += 1,
+                    None => flows.push((key, 1)),
+                }
+            }
+            if r.bytes_out > 0 || r.bytes_in > 0 {
+                match bytes.iter_mut().find(|(z, _, _)| *z == zone) {
+                    Some((_, o, i)) => {
+                        *o += r.bytes_out;
+                        *i += r.bytes_in;
+                    }
+                    None => bytes.push((zone, r.bytes_out, r.bytes_in)),
+                }
+            }
+        }
+        for ((listener, zone, verdict, enforced, request), n) in flows {
+            let labels = FlowLabels {
+                listener: listener.as_str(),
+                zone: zone.unwrap_or_default().to_owned(),
+                verdict,
+                enforced,
+            };
+            let family = if request {
+                &self.requests
+            } else {
+                &self.tunnels
+            };
+            family.get_or_create(&labels).inc_by(n);
+        }
+        for (zone, out, inb) in bytes {
+            let zone = ZoneLabel {
+                zone: zone.unwrap_or_default().to_owned(),
+            };
+            if out > 0 {
+                self.bytes_out.get_or_create(&zone).inc_by(out);
+            }
+            if inb > 0 {
+                self.bytes_in.get_or_create(&zone).inc_by(inb);
+            }
+        }
+    }
+
     /// Adds a record's bytes to `sluice_bytes_{out,in}_total{zone}`.
     fn add_bytes(&self, r: &FlowRecord) {
         if r.bytes_out == 0 && r.bytes_in == 0 {
