@@ -68,19 +68,7 @@ pub(crate) fn write_record(r: &FlowRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"qtype\":");
     opt_string(out, r.qtype.as_deref());
     out.extend_from_slice(b",\"answers\":");
-    match &r.answers {
-        Some(answers) => {
-            out.push(b'[');
-            for (i, a) in answers.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                string(out, a);
-            }
-            out.push(b']');
-        }
-        None => null(out),
-    }
+    opt_array(out, r.answers.as_deref(), |out, a| string(out, a));
     out.extend_from_slice(b",\"verdict\":\"");
     out.extend_from_slice(r.verdict.as_str().as_bytes());
     out.extend_from_slice(b"\",\"enforced\":");
@@ -110,24 +98,27 @@ pub(crate) fn write_record(r: &FlowRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"intercepted\":");
     opt_bool(out, r.intercepted);
     out.extend_from_slice(b",\"findings\":");
-    match &r.findings {
-        Some(findings) => {
-            out.push(b'[');
-            for (i, f) in findings.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                finding(out, f);
-            }
-            out.push(b']');
-        }
-        None => null(out),
-    }
+    opt_array(out, r.findings.as_deref(), finding);
     out.extend_from_slice(b",\"exporter\":");
     opt_string(out, r.exporter.as_deref());
     out.extend_from_slice(b",\"packets\":");
     opt_u64(out, r.packets);
     out.push(b'}');
+}
+
+/// `[item,…]` with each item written by `each`, or `null`.
+fn opt_array<T>(out: &mut Vec<u8>, items: Option<&[T]>, each: impl Fn(&mut Vec<u8>, &T)) {
+    let Some(items) = items else {
+        return null(out);
+    };
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        each(out, item);
+    }
+    out.push(b']');
 }
 
 fn finding(out: &mut Vec<u8>, f: &Finding) {

@@ -850,17 +850,7 @@ fn check_exits_2_on_usage_errors() {
 
 #[test]
 fn check_text_output_names_the_pending_phase() {
-    let config = fixture("check.yaml");
-    let out = sluice([
-        "check",
-        "-c",
-        config.to_str().unwrap(),
-        "--from",
-        "10.0.1.5",
-        "unknown.example:443",
-    ]);
-    assert_eq!(code(&out), 1);
-    let text = stdout(&out);
+    let text = check_text_denied("unknown.example:443");
     assert!(
         text.starts_with("unknown.example:443: deny zone=web mode=enforce rule=default"),
         "{text}"
@@ -870,6 +860,13 @@ fn check_text_output_names_the_pending_phase() {
 
 #[test]
 fn check_text_output_brackets_an_ipv6_destination() {
+    let text = check_text_denied("[::1]:8443");
+    assert!(text.starts_with("[::1]:8443: deny "), "{text}");
+}
+
+/// `sluice check`'s text output for `target` from 10.0.1.5 in
+/// check.yaml, which must deny it (exit 1).
+fn check_text_denied(target: &str) -> String {
     let config = fixture("check.yaml");
     let out = sluice([
         "check",
@@ -877,11 +874,10 @@ fn check_text_output_brackets_an_ipv6_destination() {
         config.to_str().unwrap(),
         "--from",
         "10.0.1.5",
-        "[::1]:8443",
+        target,
     ]);
-    assert_eq!(code(&out), 1);
-    let text = stdout(&out);
-    assert!(text.starts_with("[::1]:8443: deny "), "{text}");
+    assert_eq!(code(&out), 1, "{target}");
+    stdout(&out)
 }
 
 #[test]
