@@ -83,6 +83,13 @@ pub struct Flow {
     pub(crate) tally: Option<std::sync::Arc<crate::intercept::Tally>>,
 }
 
+/// The rule of a flow not decided yet, shared (an `Arc::from("")` per
+/// flow was an allocation per request).
+fn no_rule() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
 // === impl Flow ===
 
 impl Flow {
@@ -117,7 +124,7 @@ impl Flow {
             enforced: true,
             zone: None,
             mode: None,
-            rule: Arc::from(""),
+            rule: no_rule(),
             reason: String::new(),
             policy_hash: None,
             decision: None,
@@ -252,6 +259,19 @@ impl Flow {
         self.reason.clone_from(&d.reason);
         self.policy_hash = Some(d.policy_hash.clone());
         self.decision = Some(d.clone());
+    }
+
+    /// [`Flow::apply`] of an owned decision (no copy of it), returning
+    /// the decision it replaces.
+    pub fn apply_owned(&mut self, d: Decision) -> Option<Decision> {
+        self.verdict = d.verdict;
+        self.enforced = d.enforced;
+        self.zone.clone_from(&d.zone);
+        self.mode = d.mode;
+        self.rule = d.rule.clone();
+        self.reason.clone_from(&d.reason);
+        self.policy_hash = Some(d.policy_hash.clone());
+        self.decision.replace(d)
     }
 
     /// An enforced denial by a built-in rule (bad request, inspection).

@@ -350,13 +350,16 @@ impl Gateway {
     /// Applies a phase-one decision made elsewhere (the transparent
     /// listener judges by SNI, Host or grant) with the same outcome rules.
     pub fn settle(&self, flow: &mut Flow, d: Decision) -> Result<(), Refusal> {
-        flow.apply(&d);
         if d.auth_required {
+            flow.apply(&d);
             return Err(Refusal::AuthRequired(d.reason));
         }
         if !d.passes() && d.pending == Pending::Nothing {
+            flow.apply(&d);
             return Err(Refusal::Denied(Box::new(d)));
         }
+        // Passing: moved into the flow, not copied.
+        flow.apply_owned(d);
         Ok(())
     }
 
@@ -526,14 +529,16 @@ impl Gateway {
         };
         match self.dialer.vet(flow.policy(), decision, &[peer.ip()], port) {
             Ok((d, _)) => {
-                let before = flow.decision().cloned();
-                flow.apply(&d);
+                // Moved in, and the one it replaces moved back out if the
+                // route differs: no copy of either (this runs per pooled
+                // request).
+                let before = flow.apply_owned(d);
                 // Only a connection made by the route this flow would
                 // take now (`route` is the name or `name/parent`).
                 let now = self.router.route(flow).name;
                 if route.split('/').next() != Some(&*now) {
                     if let Some(b) = before {
-                        flow.apply(&b);
+                        flow.apply_owned(b);
                     }
                     return false;
                 }

@@ -3,10 +3,10 @@
 //! and `Sluice-Request-Id`, and the small bodies every answer uses.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::{
     Response, StatusCode,
-    header::{self, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
 };
 use sluice_policy::ids;
 
@@ -156,11 +156,17 @@ fn header_value(s: &str) -> HeaderValue {
 
 /// Names the flow's record in the answer (`Sluice-Request-Id`).
 pub(super) fn add_id<B>(resp: &mut Response<B>, id: &str) {
-    if let Ok(v) = HeaderValue::from_str(id) {
-        if !id.is_empty() {
-            resp.headers_mut().insert("sluice-request-id", v);
-        }
+    if let Some(v) = id_header(id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
     }
+}
+
+/// The `Sluice-Request-Id` header.
+pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("sluice-request-id");
+
+/// A flow id as the `Sluice-Request-Id` value (`None` when empty).
+pub(super) fn id_header(id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(id).ok().filter(|_| !id.is_empty())
 }
 
 /// A plain-text answer.
@@ -180,7 +186,9 @@ pub(super) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
 
 /// An empty body.
 pub(super) fn empty() -> ProxyBody {
-    Full::new(Bytes::new())
+    // `Empty` has no size: boxing it allocates nothing (an empty `Full`
+    // did, once per answer without a body).
+    Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed()
 }
