@@ -60,8 +60,10 @@ pub const FIRST_BYTES_WAIT: Duration = Duration::from_millis(1000);
 /// Accepts redirected clients on `listener` until a drain begins.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
+    let cores = gw.cores().cloned();
     let exhausted = gw.fd_exhausted_hook(Listener::Transparent);
-    sluice_serve::run_tcp_with(
+    sluice_serve::run_tcp_cores(
+        cores.as_deref(),
         listener,
         limiter,
         drain,
