@@ -1,22 +1,23 @@
 //! Per-core serving: one thread a core, each running a current-thread tokio
-//! runtime, and each TCP listener served on every core through a socket of
-//! its own in one `SO_REUSEPORT` group, so that a connection, and what it
-//! spawns (a tunnel), stays on the thread that accepted it: no work
-//! stealing, no wake-up from another thread, no lock of a shared run
-//! queue. The kernel spreads new connections over the group's sockets by
-//! their addresses.
+//! runtime, and each TCP listener accepted on every core, so that a
+//! connection, and what it spawns (a tunnel), stays on the thread that
+//! accepted it: no work stealing, no wake-up from another thread, no lock
+//! of a shared run queue.
 //!
-//! The caller still binds (port 0 works): [`run_tcp_cores`] sets
-//! `SO_REUSEPORT` on the socket it is given and binds the others to the
-//! address that socket resolved to. Before the first socket is given, a
-//! second process binding the same port fails as it always did (the first
-//! bind is exclusive); a process of the same user that sets `SO_REUSEPORT`
-//! itself could join the group afterwards, as with any such server.
+//! Every core accepts from the one socket the caller bound (port 0 works),
+//! each through a descriptor of its own (`dup`) registered with its own
+//! reactor: a new connection goes to whichever core takes it first, so a
+//! core that is busy or descheduled leaves it to the other. One
+//! `SO_REUSEPORT` socket a core was built and measured first: the kernel
+//! then hashes each connection to one core's queue, where it waits out
+//! that core's time slice even when the other core is idle. On this 2-vCPU
+//! machine, shared with the load generator, that was worse at p99 in two
+//! of three sittings against tokio's multi-thread runtime; the shared
+//! socket was better in CPU per tunnel, rate and p99 (bench/README.md,
+//! "A/B of each change"). The price is an `accept` that finds nothing
+//! when both cores wake for one connection.
 //!
 //! Everything shared stays shared: one connection limiter, one drain.
-//!
-//! Measured with `bench/ab-tunnels.sh` against the multi-thread runtime:
-//! the figures are in bench/README.md ("A/B of each change").
 
 use std::{
     future::Future,
@@ -27,12 +28,12 @@ use std::{
 };
 
 use tokio::{
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpListener, TcpStream},
     runtime::Handle,
     sync::oneshot,
 };
 
-use crate::{BACKLOG, ConnLimiter, Drain, Slot, run_tcp_with};
+use crate::{ConnLimiter, Drain, Slot, run_tcp_with};
 
 /// How long a core's runtime waits for blocking work (a password check)
 /// when the process stops.
@@ -104,12 +105,10 @@ impl Drop for Cores {
 }
 
 /// [`run_tcp_with`] on every core of `cores` (on the calling runtime
-/// without them): `listener` and one more socket a further core, bound to
-/// `listener`'s address in one `SO_REUSEPORT` group, each accepting on
-/// its own core; returns when every core's loop has ended (the drain
-/// began). When the group cannot be made (no `SO_REUSEPORT`, the address
-/// taken meanwhile), the sockets that could be made serve, at least
-/// `listener` itself on one core.
+/// without them): each core accepts from `listener` through a descriptor
+/// of its own; returns when every core's loop has ended (the drain
+/// began). A core whose descriptor cannot be made (none left) does not
+/// accept; at least one core always does.
 pub async fn run_tcp_cores<H, Fut>(
     cores: Option<&Cores>,
     listener: TcpListener,
@@ -124,7 +123,7 @@ pub async fn run_tcp_cores<H, Fut>(
     let Some(cores) = cores else {
         return run_tcp_with(listener, limiter, drain, on_fd_exhausted, handler).await;
     };
-    let sockets = group(listener, cores.len());
+    let sockets = descriptors(listener, cores.len());
     let mut loops = Vec::new();
     for (socket, core) in sockets.into_iter().zip(&cores.handles) {
         let (limiter, drain) = (limiter.clone(), drain.clone());
@@ -162,9 +161,9 @@ async fn pacemaker() {
     }
 }
 
-/// `first` and `n - 1` more listening sockets in one `SO_REUSEPORT` group
-/// on its address, as std sockets (not registered with any runtime yet).
-fn group(first: TcpListener, n: usize) -> Vec<std::net::TcpListener> {
+/// `first`, and `n - 1` more descriptors of the same socket, as std
+/// listeners (not registered with any runtime yet).
+fn descriptors(first: TcpListener, n: usize) -> Vec<std::net::TcpListener> {
     let first = match first.into_std() {
         Ok(l) => l,
         Err(e) => {
@@ -172,50 +171,18 @@ fn group(first: TcpListener, n: usize) -> Vec<std::net::TcpListener> {
             return Vec::new();
         }
     };
-    let mut group = Vec::with_capacity(n);
-    if n > 1 {
-        if let Err(e) = join_group(&first, n - 1, &mut group) {
-            tracing::warn!(
-                error = %e,
-                listener = ?first.local_addr().ok(),
-                cores = group.len() + 1,
-                "cannot make a SO_REUSEPORT group for every core; fewer cores accept on this listener"
-            );
+    let mut all = Vec::with_capacity(n);
+    for _ in 1..n {
+        match first.try_clone() {
+            Ok(d) => all.push(d),
+            Err(e) => {
+                tracing::warn!(error = %e, listener = ?first.local_addr().ok(), "fewer cores accept on this listener");
+                break;
+            }
         }
     }
-    group.insert(0, first);
-    group
-}
-
-/// Puts `first` in a `SO_REUSEPORT` group and binds `more` sockets to it
-/// (with `first`'s `TCP_NODELAY`, which accepted sockets inherit), into
-/// `out`.
-fn join_group(
-    first: &std::net::TcpListener,
-    more: usize,
-    out: &mut Vec<std::net::TcpListener>,
-) -> io::Result<()> {
-    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-    setsockopt(first, sockopt::ReusePort, &true).map_err(io::Error::from)?;
-    let nodelay = getsockopt(first, sockopt::TcpNoDelay).unwrap_or(false);
-    let addr = first.local_addr()?;
-    for _ in 0..more {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        if nodelay {
-            socket.set_nodelay(true)?;
-        }
-        socket.bind(addr)?;
-        // `listen` registers with the calling runtime: taken back out so
-        // that the socket's core registers it with its own.
-        out.push(socket.listen(BACKLOG)?.into_std()?);
-    }
-    Ok(())
+    all.insert(0, first);
+    all
 }
 
 #[cfg(test)]
@@ -224,10 +191,11 @@ mod tests {
     use std::{collections::HashSet, sync::Mutex as StdMutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A listener bound to port 0 is served on two cores: clients reach
-    /// both (the kernel spreads them), each connection is handled on the
-    /// core thread that accepted it, the shared limiter counts them all,
-    /// and the loops end when the drain begins.
+    /// A listener bound to port 0 is served on two cores: while one core
+    /// is busy the other accepts, each connection is handled on the core
+    /// thread that accepted it (and what it spawns stays there), the
+    /// shared limiter counts them all, and the loops end when the drain
+    /// begins.
     #[tokio::test]
     async fn serves_a_port_0_listener_on_every_core() {
         let cores = Cores::start(2).unwrap();
@@ -237,6 +205,12 @@ mod tests {
         let limiter = ConnLimiter::new(1000, 1000);
         let threads = Arc::new(StdMutex::new(HashSet::new()));
         let seen = threads.clone();
+        // The first connection blocks its core's thread (a test-only
+        // stand-in for a core that is busy) until a second one arrives,
+        // which only the other core can then accept.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let first_two = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (entered, mut blocked) = tokio::sync::mpsc::unbounded_channel::<()>();
         let server = {
             let (cores, limiter, drain) = (cores.clone(), limiter.clone(), drain.clone());
             tokio::spawn(async move {
@@ -248,7 +222,16 @@ mod tests {
                     || {},
                     move |mut s: TcpStream, _, _slot| {
                         let seen = seen.clone();
+                        let (barrier, first_two) = (barrier.clone(), first_two.clone());
+                        let entered = entered.clone();
                         async move {
+                            let k = first_two.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            if k == 0 {
+                                let _ = entered.send(());
+                            }
+                            if k < 2 {
+                                barrier.wait();
+                            }
                             let name = std::thread::current().name().map(str::to_owned);
                             let mut b = [0u8; 1];
                             if s.read_exact(&mut b).await.is_ok() {
@@ -275,8 +258,23 @@ mod tests {
                 .await;
             })
         };
+        let within = Duration::from_secs(5);
         let mut held = Vec::new();
-        for i in 0..64u8 {
+        let mut c0 = TcpStream::connect(at).await.unwrap();
+        c0.write_all(&[200]).await.unwrap();
+        tokio::time::timeout(within, blocked.recv()).await.unwrap();
+        let mut c1 = TcpStream::connect(at).await.unwrap();
+        c1.write_all(&[201]).await.unwrap();
+        for (c, i) in [(&mut c0, 200), (&mut c1, 201)] {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(within, c.read_exact(&mut b))
+                .await
+                .expect("the other core did not accept while one was busy")
+                .unwrap();
+            assert_eq!(b[0], i);
+        }
+        held.extend([c0, c1]);
+        for i in 0..62u8 {
             let mut c = TcpStream::connect(at).await.unwrap();
             c.write_all(&[i]).await.unwrap();
             let mut b = [0u8; 1];
@@ -290,22 +288,23 @@ mod tests {
             .iter()
             .map(|n| Some((*n).to_owned()))
             .collect();
-        assert_eq!(names, expected, "64 clients did not reach both cores");
+        assert_eq!(names, expected, "the clients did not reach both cores");
         drain.begin();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()
             .unwrap();
-        // The address is free again once every core's socket is closed.
         drop(held);
         assert!(drain.wait_idle(Duration::from_secs(5)).await);
         assert_eq!(limiter.open(), 0);
+        // Every core's descriptor of the socket is closed: the address is
+        // free again.
         std::net::TcpListener::bind(at).unwrap();
         cores.stop();
     }
 
-    /// A second server on the same port still fails to bind, as it did
-    /// before listeners joined a group: the first bind stays exclusive.
+    /// A second server on the same port still fails to bind while the
+    /// cores serve it.
     #[tokio::test]
     async fn another_bind_of_the_port_fails() {
         let cores = Cores::start(2).unwrap();
@@ -319,8 +318,7 @@ mod tests {
                 run_tcp_cores(Some(&cores), l, limiter, drain, || {}, |_s, _, _| async {}).await;
             })
         };
-        // Served (so the group was made): the handler takes the
-        // connection and closes it.
+        // Served: the handler takes the connection and closes it.
         let mut c = TcpStream::connect(at).await.unwrap();
         let mut b = Vec::new();
         c.read_to_end(&mut b).await.unwrap();

@@ -15,8 +15,8 @@
 //!
 //! - `tcp`: [`bind`], [`run_tcp`] (admission by the caps, accept backoff).
 //! - `cores`: [`Cores`], a current-thread runtime a core, and
-//!   [`run_tcp_cores`], a TCP listener served on each through its own
-//!   `SO_REUSEPORT` socket.
+//!   [`run_tcp_cores`], a TCP listener accepted on each through a
+//!   descriptor of its own.
 //! - `udp`: [`run_udp`] (inline answers, bounded work in flight).
 //! - `limits`: [`ConnLimiter`], caps in total and per source address.
 //! - `drain`: [`Drain`], begin / stop / wait for idle.

@@ -254,8 +254,8 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
 }
 
 /// How many per-core runtimes serve the proxy listeners: one a CPU the
-/// process may use. Measured against tokio's multi-thread runtime with
-/// `bench/ab-tunnels.sh` (bench/README.md, "A/B of each change").
+/// process may use (`sluice_serve::cores` says why, with the A/B against
+/// tokio's multi-thread runtime).
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

@@ -42,7 +42,8 @@ pub use wire::*;
 
 use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
 
-/// Accepts SOCKS5 clients on `listener` until a drain begins.
+/// Accepts SOCKS5 clients on `listener` until a drain begins (on every
+/// core of `gw.cores()`, when it has them).
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
     let cores = gw.cores().cloned();
