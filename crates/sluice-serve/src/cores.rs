@@ -14,7 +14,7 @@
 //! machine, shared with the load generator, that was worse at p99 in two
 //! of three sittings against tokio's multi-thread runtime; the shared
 //! socket was better in CPU per tunnel, rate and p99 (bench/README.md,
-//! "A/B of each change"). The price is an `accept` that finds nothing
+//! "Per-core runtimes and syscalls per tunnel"). The price is an `accept` that finds nothing
 //! when both cores wake for one connection.
 //!
 //! Everything shared stays shared: one connection limiter, one drain.
@@ -108,7 +108,7 @@ impl Drop for Cores {
 /// without them): each core accepts from `listener` through a descriptor
 /// of its own; returns when every core's loop has ended (the drain
 /// began). A core whose descriptor cannot be made (none left) does not
-/// accept; at least one core always does.
+/// accept; the others do (logged).
 pub async fn run_tcp_cores<H, Fut>(
     cores: Option<&Cores>,
     listener: TcpListener,
