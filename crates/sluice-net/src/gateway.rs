@@ -16,7 +16,7 @@ use sluice_observe::{DialFailure, Listener, Metrics, Protocol, RecordSink};
 use sluice_policy::{
     Decision, Destination, Mode, Pending, Request as PolicyRequest, Verdict, ids, model::Limits,
 };
-use sluice_serve::{ConnLimiter, Drain};
+use sluice_serve::{ConnLimiter, Cores, Drain};
 use tokio::net::TcpStream;
 
 use crate::{
@@ -52,6 +52,9 @@ pub struct Gateway {
     proxy_from: Vec<ipnet::IpNet>,
     /// TLS interception (`inspect.ca`), when configured.
     interceptor: Option<Arc<Interceptor>>,
+    /// The per-core runtimes the proxy listeners serve on (without them,
+    /// on the runtime that calls their `serve`).
+    cores: Option<Arc<Cores>>,
 }
 
 // === impl Gateway ===
@@ -92,6 +95,7 @@ impl Gateway {
             http_inspectors: Vec::new(),
             proxy_from,
             interceptor: None,
+            cores: None,
         }
     }
 
@@ -111,6 +115,19 @@ impl Gateway {
     pub fn with_grants(mut self, grants: Arc<dyn Grants>) -> Gateway {
         self.grants = Some(grants);
         self
+    }
+
+    /// Serves the proxy listeners (HTTP, SOCKS5, transparent) on `cores`:
+    /// each accepts on every core, and a connection stays on the core that
+    /// accepted it (`sluice_serve::cores`).
+    pub fn with_cores(mut self, cores: Arc<Cores>) -> Gateway {
+        self.cores = Some(cores);
+        self
+    }
+
+    /// The per-core runtimes, when the listeners serve on them.
+    pub fn cores(&self) -> Option<&Arc<Cores>> {
+        self.cores.as_ref()
     }
 
     /// Chooses routes with `router` instead of [`Direct`].
@@ -161,7 +178,7 @@ impl Gateway {
 
     /// What an accept loop calls when `accept` fails for want of a file
     /// descriptor: counts it in `sluice_fd_exhausted_total{listener}`.
-    pub fn fd_exhausted_hook(&self, listener: Listener) -> impl Fn() + Send + 'static {
+    pub fn fd_exhausted_hook(&self, listener: Listener) -> impl Fn() + Clone + Send + 'static {
         let metrics = self.metrics.clone();
         move || metrics.fd_exhausted(listener)
     }

@@ -23,7 +23,8 @@
 use std::{
     future::Future,
     io,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU8, AtomicU64, Ordering},
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -148,6 +149,7 @@ pub async fn relay_with(
     let mut result = Relayed::default();
     let sni = std::sync::Mutex::new(None);
     let tls = std::sync::Mutex::new(None);
+    let ends = Ends::default();
     let up = async {
         let mut first = pre.out.to_vec();
         if let Some(check) = check {
@@ -173,7 +175,7 @@ pub async fn relay_with(
         // Free the peeked bytes now rather than at the tunnel's end.
         drop(first);
         // A failed read is the client's, a failed write the destination's.
-        pump(cr, &mut uw, &counters.out, &counters, started)
+        pump(cr, &mut uw, &counters.out, &counters, &ends, started)
             .await
             .map_err(|e| e.stop(CLIENT, DESTINATION))
     };
@@ -181,7 +183,7 @@ pub async fn relay_with(
         deliver(&mut cw, pre.inn, &counters.inn, &counters, started)
             .await
             .map_err(|e| Stop::Io(format!("client side: {e}"), ErrorKind::Client))?;
-        pump(ur, &mut cw, &counters.inn, &counters, started)
+        pump(ur, &mut cw, &counters.inn, &counters, &ends, started)
             .await
             .map_err(|e| e.stop(DESTINATION, CLIENT))
     };
@@ -208,6 +210,13 @@ pub async fn relay_with(
         () = stop => Some(Stop::Io("stopped: drain timeout".to_owned(), ErrorKind::Internal)),
         () = report_every(&counters, &sni, interim) => None,
     };
+    if ended.is_none() {
+        // Both sides ended cleanly, the last one without a `shutdown`
+        // (`Ends`): the descriptors' close sends its FIN. `forget` keeps the
+        // write halves from shutting down on drop as well.
+        cw.forget();
+        uw.forget();
+    }
     match ended {
         None => {}
         Some(Stop::Denied(rule, reason)) => result.denied = Some((rule, reason)),
@@ -337,6 +346,21 @@ pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
     }
 }
 
+/// How many directions of a tunnel have seen their source's end. The
+/// first to end shuts its sink down (the half-close goes on to the other
+/// side, which may still answer); the second does not: the relay ends with
+/// it and closing the sockets sends the FIN, one `shutdown(2)` fewer per
+/// tunnel (`strace -c`, bench/README.md).
+#[derive(Debug, Default)]
+pub(crate) struct Ends(AtomicU8);
+
+impl Ends {
+    /// Counts one direction's end; whether its sink needs a `shutdown`.
+    pub(crate) fn ended_first(&self) -> bool {
+        self.0.fetch_add(1, Ordering::AcqRel) == 0
+    }
+}
+
 impl Counters {
     pub(crate) fn touch(&self, started: Instant) {
         self.last
@@ -344,25 +368,49 @@ impl Counters {
     }
 }
 
+/// One read into `buf`'s spare room if the socket has data now; `None`
+/// when it would block. Through `AsyncRead` rather than `try_read_buf`:
+/// tokio's `poll_read` clears the socket's readiness after a read that did
+/// not fill the buffer (with edge-triggered epoll the receive queue was
+/// drained), so the next wait goes to epoll at once instead of through a
+/// read that fails with EAGAIN: one `recvfrom` fewer per tunnel (`strace
+/// -c`, bench/README.md).
+async fn read_now(r: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+    let mut read = std::pin::pin!(r.read_buf(buf));
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match read.as_mut().poll(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 async fn pump(
-    r: OwnedReadHalf,
+    mut r: OwnedReadHalf,
     w: &mut OwnedWriteHalf,
     count: &AtomicU64,
     counters: &Counters,
+    ends: &Ends,
     started: Instant,
 ) -> Result<(), PumpError> {
     #[cfg(target_os = "linux")]
     let mut tried_splice = false;
     loop {
         r.readable().await.map_err(PumpError::Read)?;
-        // Allocated only while data moves (not zeroed: `try_read_buf` fills
+        // Allocated only while data moves (not zeroed: `read_buf` fills
         // spare capacity); freed when the socket would block.
         let mut buf: Vec<u8> = Vec::with_capacity(BUF);
         loop {
             buf.clear();
-            match r.try_read_buf(&mut buf) {
+            let Some(read) = read_now(&mut r, &mut buf).await else {
+                break;
+            };
+            match read {
                 Ok(0) => {
-                    let _ = w.shutdown().await;
+                    if ends.ended_first() {
+                        let _ = w.shutdown().await;
+                    }
                     return Ok(());
                 }
                 Ok(n) => {
@@ -379,13 +427,12 @@ async fn pump(
                             // Boxed: inline, its state would make every
                             // tunnel's future larger, idle ones included.
                             return Box::pin(crate::splice::pump(
-                                pipe, &r, w, count, counters, started,
+                                pipe, &r, w, count, counters, ends, started,
                             ))
                             .await;
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(PumpError::Read(e)),
             }
         }

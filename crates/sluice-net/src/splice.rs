@@ -27,7 +27,7 @@ use tokio::{
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
 };
 
-use crate::relay::{Counters, PumpError};
+use crate::relay::{Counters, Ends, PumpError};
 
 /// The pipe size asked for while fewer than [`BIG_PIPES`] pipes are open
 /// (the kernel rounds it to pages and caps it at
@@ -105,13 +105,14 @@ fn would_block(e: Errno) -> io::Error {
 }
 
 /// Moves everything `r` sends to `w` through the pipe until `r` ends
-/// (then shuts `w` down) or an error.
+/// (then shuts `w` down if it ended first: `relay::Ends`) or an error.
 pub(crate) async fn pump(
     pipe: Pipe,
     r: &OwnedReadHalf,
     w: &mut OwnedWriteHalf,
     count: &AtomicU64,
     counters: &Counters,
+    ends: &Ends,
     started: Instant,
 ) -> Result<(), PumpError> {
     let (pr, pw) = (&pipe.r, &pipe.w);
@@ -131,7 +132,9 @@ pub(crate) async fn pump(
             splice(rs.as_fd(), None, pw.as_fd(), None, cap, flags).map_err(would_block)
         }) {
             Ok(0) => {
-                let _ = w.shutdown().await;
+                if ends.ended_first() {
+                    let _ = w.shutdown().await;
+                }
                 return Ok(());
             }
             Ok(n) => n,

@@ -14,15 +14,20 @@
 //! # Layout
 //!
 //! - `tcp`: [`bind`], [`run_tcp`] (admission by the caps, accept backoff).
+//! - `cores`: [`Cores`], a current-thread runtime a core, and
+//!   [`run_tcp_cores`], a TCP listener accepted on each through a
+//!   descriptor of its own.
 //! - `udp`: [`run_udp`] (inline answers, bounded work in flight).
 //! - `limits`: [`ConnLimiter`], caps in total and per source address.
 //! - `drain`: [`Drain`], begin / stop / wait for idle.
 
+pub mod cores;
 pub mod drain;
 pub mod limits;
 pub mod tcp;
 pub mod udp;
 
+pub use cores::{Cores, run_tcp_cores};
 pub use drain::{Active, Drain};
 pub use limits::{ConnLimiter, Slot};
 pub use tcp::{BACKLOG, bind, fd_exhausted, run_tcp, run_tcp_with};

@@ -110,7 +110,10 @@ pub async fn run_tcp_with<H, Fut>(
                 let slot = Arc::new(slot);
                 let work = handler(stream, peer, slot.clone());
                 tokio::spawn(async move {
-                    let _held = (active, slot);
+                    // The slot goes first: once the drain sees no active
+                    // work, the limiter counts none either (the handler
+                    // may run on another thread: `cores`).
+                    let _held = (slot, active);
                     work.await;
                 });
             }

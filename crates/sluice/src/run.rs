@@ -186,8 +186,11 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         config.listen.transparent_mark,
         metrics.clone(),
     );
+    let cores =
+        sluice_serve::Cores::start(cores()).context("cannot start the per-core runtimes")?;
     let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone())
-        .with_router(Arc::new(routes.clone()));
+        .with_router(Arc::new(routes.clone()))
+        .with_cores(cores.clone());
     let interceptor = crate::ca::interceptor(&config, path.as_deref())?;
     if let Some(ic) = interceptor {
         gw = gw.with_interceptor(ic);
@@ -239,6 +242,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     leave(&gw, config.limits.drain_grace).await;
     drain(&gw, tasks, config.limits.drain_timeout).await;
     save_baselines(&live).await;
+    cores.stop();
     drop(gw);
     drop(sink);
     writer.close().await.context("flushing flow records")?;
@@ -247,6 +251,13 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// How many per-core runtimes serve the proxy listeners: one a CPU the
+/// process may use (`sluice_serve::cores` says why, with the A/B against
+/// tokio's multi-thread runtime).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// How long the flow bus may take at exit to publish what it still holds.

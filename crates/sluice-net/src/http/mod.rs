@@ -60,13 +60,16 @@ pub(crate) use forward::forward_fixed;
 
 const VIA: &str = "1.1 sluice";
 
-/// Accepts proxy clients on `listener` until a drain begins.
+/// Accepts proxy clients on `listener` until a drain begins (on every
+/// core of `gw.cores()`, when it has them).
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let pool = pool::Pool::start(gw.limits(), gw.metrics().clone());
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
+    let cores = gw.cores().cloned();
     let exhausted = gw.fd_exhausted_hook(Listener::Http);
     let nodelay = crate::sockopt::listener_nodelay(&listener);
-    sluice_serve::run_tcp_with(
+    sluice_serve::run_tcp_cores(
+        cores.as_deref(),
         listener,
         limiter,
         drain,

@@ -42,12 +42,15 @@ pub use wire::*;
 
 use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
 
-/// Accepts SOCKS5 clients on `listener` until a drain begins.
+/// Accepts SOCKS5 clients on `listener` until a drain begins (on every
+/// core of `gw.cores()`, when it has them).
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
+    let cores = gw.cores().cloned();
     let exhausted = gw.fd_exhausted_hook(Listener::Socks5);
     let nodelay = crate::sockopt::listener_nodelay(&listener);
-    sluice_serve::run_tcp_with(
+    sluice_serve::run_tcp_cores(
+        cores.as_deref(),
         listener,
         limiter,
         drain,

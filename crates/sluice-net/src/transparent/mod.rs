@@ -57,11 +57,14 @@ use crate::{Gateway, flow::Flow, refusal::Refusal, relay, relay::Preread, sockop
 /// first (SMTP, FTP) pay this once per connection.
 pub const FIRST_BYTES_WAIT: Duration = Duration::from_millis(1000);
 
-/// Accepts redirected clients on `listener` until a drain begins.
+/// Accepts redirected clients on `listener` until a drain begins (on
+/// every core of `gw.cores()`, when it has them).
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let (limiter, drain) = (gw.limiter().clone(), gw.drain().clone());
+    let cores = gw.cores().cloned();
     let exhausted = gw.fd_exhausted_hook(Listener::Transparent);
-    sluice_serve::run_tcp_with(
+    sluice_serve::run_tcp_cores(
+        cores.as_deref(),
         listener,
         limiter,
         drain,
