@@ -251,19 +251,19 @@ impl Flow {
     /// Takes a decision's zone, mode, verdict, rule, reason and policy
     /// version. Later phases apply theirs again: the last one counts.
     pub fn apply(&mut self, d: &Decision) {
-        self.verdict = d.verdict;
-        self.enforced = d.enforced;
-        self.zone.clone_from(&d.zone);
-        self.mode = d.mode;
-        self.rule = d.rule.clone();
-        self.reason.clone_from(&d.reason);
-        self.policy_hash = Some(d.policy_hash.clone());
+        self.take_fields(d);
         self.decision = Some(d.clone());
     }
 
     /// [`Flow::apply`] of an owned decision (no copy of it), returning
     /// the decision it replaces.
     pub fn apply_owned(&mut self, d: Decision) -> Option<Decision> {
+        self.take_fields(&d);
+        self.decision.replace(d)
+    }
+
+    /// The decision's fields the record carries.
+    fn take_fields(&mut self, d: &Decision) {
         self.verdict = d.verdict;
         self.enforced = d.enforced;
         self.zone.clone_from(&d.zone);
@@ -271,7 +271,6 @@ impl Flow {
         self.rule = d.rule.clone();
         self.reason.clone_from(&d.reason);
         self.policy_hash = Some(d.policy_hash.clone());
-        self.decision.replace(d)
     }
 
     /// An enforced denial by a built-in rule (bad request, inspection).

@@ -678,21 +678,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             h.remove(n);
         }
     }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
+    for n in HOP_BY_HOP {
         if !(keep_upgrade && (n == header::UPGRADE || n == header::CONNECTION)) {
             h.remove(n);
         }
     }
-    h.remove(PROXY_CONNECTION);
-    h.remove(KEEP_ALIVE);
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -704,16 +694,20 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// A header that [`strip_hop_by_hop`] removes whatever `Connection` names
 /// (`Connection` itself included: the names it lists are removed too).
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        PROXY_CONNECTION,
-        KEEP_ALIVE,
-    ]
-    .contains(n)
+    HOP_BY_HOP.contains(n)
 }
+
+/// The headers that never cross the proxy (RFC 9110 §7.6.1, plus the
+/// proxy's own credentials and the legacy `Proxy-Connection` and
+/// `Keep-Alive`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    PROXY_CONNECTION,
+    KEEP_ALIVE,
+];
