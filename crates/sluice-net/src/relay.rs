@@ -154,20 +154,7 @@ pub async fn relay_with(
         let mut first = pre.out.to_vec();
         if let Some(check) = check {
             let hello = read_hello(&mut cr, &mut first, hello_timeout).await;
-            if let Ok(mut t) = tls.lock() {
-                *t = Some(matches!(hello, Hello::ClientHello { .. }));
-            }
-            if let Hello::ClientHello { sni: Some(name) } = &hello {
-                if let Ok(mut s) = sni.lock() {
-                    *s = Some(name.clone());
-                }
-            }
-            match check(&hello) {
-                Inspection::Pass | Inspection::Intercept { .. } => {}
-                Inspection::Deny { rule, reason } | Inspection::Unavailable { rule, reason } => {
-                    return Err(Stop::Denied(rule, reason));
-                }
-            }
+            judge_hello(&hello, check, &tls, &sni)?;
         }
         deliver(&mut uw, &first, &counters.out, &counters, started)
             .await
@@ -230,6 +217,30 @@ pub async fn relay_with(
     result.sni = sni.lock().ok().and_then(|mut s| s.take());
     result.tls = tls.lock().ok().and_then(|mut t| t.take());
     result
+}
+
+/// Notes what the client's first bytes were (TLS or not, the SNI) and
+/// asks the hello check whether the tunnel may go on.
+fn judge_hello(
+    hello: &Hello,
+    check: HelloCheck,
+    tls: &std::sync::Mutex<Option<bool>>,
+    sni: &std::sync::Mutex<Option<String>>,
+) -> Result<(), Stop> {
+    if let Ok(mut t) = tls.lock() {
+        *t = Some(matches!(hello, Hello::ClientHello { .. }));
+    }
+    if let Hello::ClientHello { sni: Some(name) } = hello {
+        if let Ok(mut s) = sni.lock() {
+            *s = Some(name.clone());
+        }
+    }
+    match check(hello) {
+        Inspection::Pass | Inspection::Intercept { .. } => Ok(()),
+        Inspection::Deny { rule, reason } | Inspection::Unavailable { rule, reason } => {
+            Err(Stop::Denied(rule, reason))
+        }
+    }
 }
 
 enum Stop {

@@ -158,90 +158,27 @@ async fn exchange(
     });
     let out_count = Arc::new(AtomicU64::new(0));
     f.out = Some(out_count.clone());
-    // A request without a body (most GETs) has nothing to count, watch or
-    // hold: no upload channel, no counting wrapper (a watch channel, two
-    // boxes and a mutex fewer per request). Its response deadline runs
-    // from now, as it would from the empty body's end.
-    let bodyless = body.is_end_stream() && !upgrade && watch.is_none() && out_limit.is_none();
-    let (upload, body) = if bodyless {
-        (Upload::done(), answer::empty())
-    } else {
-        let (upload, on_upload) = Upload::new();
-        let body = Counted::new(
-            body,
-            out_count.clone(),
-            Direction::Out,
-            watch.clone(),
-            Some(on_upload),
-        );
-        (upload, body.boxed())
-    };
-    let body = match (out_limit, &subject) {
-        (Some(limit), Some(s)) => {
-            let idle = gw.limits().idle_timeout;
-            let held = match hold(body, limit, idle).await {
-                Ok(h) => h,
-                Err(e) => {
-                    let r = if let Some((rule, reason)) =
-                        watch.as_ref().and_then(|w| w.denied.lock().ok()?.take())
-                    {
-                        Refusal::Inspected { rule, reason }
-                    } else {
-                        Refusal::BadRequest(format!("request body: {e}"))
-                    };
-                    return f.refuse(r);
-                }
-            };
-            let obj = Object {
-                dir: Direction::Out,
-                method: &parts.method,
-                uri: &parts.uri,
-                request_headers: &parts.headers,
-                response: None,
-                body: &held.bytes,
-                complete: held.rest.is_none(),
-            };
-            if let Err(r) = gw.inspect_object(s, &obj).await {
-                return f.refuse(r);
-            }
-            replay(held)
-        }
-        _ => body,
+    let (upload, body) = match request_body(
+        &gw,
+        body,
+        &parts,
+        upgrade,
+        &out_count,
+        watch.as_ref(),
+        out_limit.zip(subject.as_ref()),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return f.refuse(r),
     };
     let upstream_req = Request::from_parts(parts, body);
-    if sender.ready().await.is_err() {
-        return closing(
-            fixed,
-            f.refuse(Refusal::UpstreamClosed(
-                "origin closed the connection".into(),
-            )),
-        );
-    }
     let timeout = f.get().policy().config().limits.response_timeout;
-    let sent = tokio::select! {
-        r = sender.send_request(upstream_req) => r,
-        // Dropping the exchange and its sender closes the origin
-        // connection: it is never pooled with a response still owed.
-        () = upload.sent_then(timeout) => return closing(fixed, f.refuse(Refusal::NoResponse(timeout))),
-    };
-    let resp = match sent {
+    let resp = match send(&mut sender, upstream_req, &upload, watch.as_ref(), timeout).await {
         Ok(r) => r,
-        Err(e) => {
-            let r = if let Some((rule, reason)) =
-                watch.as_ref().and_then(|w| w.denied.lock().ok()?.take())
-            {
-                Refusal::Inspected { rule, reason }
-            } else if let Some(why) = upload.failed() {
-                // The client's body framing failed (hyper's strict chunked
-                // decoder): the client's fault, answered 400; the origin
-                // connection got a truncated body and is dropped.
-                Refusal::BadRequest(format!("request {why}"))
-            } else {
-                Refusal::UpstreamClosed(format!("the origin did not answer: {e}"))
-            };
-            // The origin got part of a request: its connection is done.
-            return closing(fixed, f.refuse(r));
-        }
+        // The origin got part of a request, or none and closed: its
+        // connection is done.
+        Err(r) => return closing(fixed, f.refuse(r)),
     };
     let mut flow = f.take();
     flow.status = Some(resp.status().as_u16());
@@ -260,6 +197,95 @@ async fn exchange(
         _ => None,
     };
     respond(gw, flow, resp, out_count, watch, held, fixed).await
+}
+
+/// Sends the request on `sender` and waits for the response head, at most
+/// `timeout` after the request body was sent. Dropping the exchange and
+/// its sender on a refusal closes the origin connection: it is never
+/// pooled with a response still owed or a request cut short.
+async fn send(
+    sender: &mut Sender,
+    req: Request<ProxyBody>,
+    upload: &Upload,
+    watch: Option<&Watch>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Refusal> {
+    if sender.ready().await.is_err() {
+        return Err(Refusal::UpstreamClosed(
+            "origin closed the connection".into(),
+        ));
+    }
+    let sent = tokio::select! {
+        r = sender.send_request(req) => r,
+        () = upload.sent_then(timeout) => return Err(Refusal::NoResponse(timeout)),
+    };
+    sent.map_err(|e| {
+        if let Some(r) = watched_denial(watch) {
+            r
+        } else if let Some(why) = upload.failed() {
+            // The client's body framing failed (hyper's strict chunked
+            // decoder): the client's fault, answered 400; the origin
+            // connection got a truncated body and is dropped.
+            Refusal::BadRequest(format!("request {why}"))
+        } else {
+            Refusal::UpstreamClosed(format!("the origin did not answer: {e}"))
+        }
+    })
+}
+
+/// The request body as it goes to the origin, with what tells when it has
+/// been sent. A request without a body (most GETs) has nothing to count,
+/// watch or hold: no upload channel, no counting wrapper (a watch channel,
+/// two boxes and a mutex fewer per request), and its response deadline
+/// runs from now, as it would from the empty body's end. Otherwise the
+/// body is counted into `out_count` and watched; with `held` (an object
+/// limit and the subject) it is first held up to the limit and inspected
+/// whole.
+async fn request_body(
+    gw: &Gateway,
+    body: Incoming,
+    parts: &hyper::http::request::Parts,
+    upgrade: bool,
+    out_count: &Arc<AtomicU64>,
+    watch: Option<&Watch>,
+    held: Option<(u64, &Arc<Subject>)>,
+) -> Result<(Upload, ProxyBody), Refusal> {
+    if body.is_end_stream() && !upgrade && watch.is_none() && held.is_none() {
+        return Ok((Upload::done(), answer::empty()));
+    }
+    let (upload, on_upload) = Upload::new();
+    let body = Counted::new(
+        body,
+        out_count.clone(),
+        Direction::Out,
+        watch.cloned(),
+        Some(on_upload),
+    )
+    .boxed();
+    let Some((limit, s)) = held else {
+        return Ok((upload, body));
+    };
+    let idle = gw.limits().idle_timeout;
+    let held = hold(body, limit, idle).await.map_err(|e| {
+        watched_denial(watch).unwrap_or_else(|| Refusal::BadRequest(format!("request body: {e}")))
+    })?;
+    let obj = Object {
+        dir: Direction::Out,
+        method: &parts.method,
+        uri: &parts.uri,
+        request_headers: &parts.headers,
+        response: None,
+        body: &held.bytes,
+        complete: held.rest.is_none(),
+    };
+    gw.inspect_object(s, &obj).await?;
+    Ok((upload, replay(held)))
+}
+
+/// The denial a body inspector raised while the body streamed, if any.
+fn watched_denial(watch: Option<&Watch>) -> Option<Refusal> {
+    let (rule, reason) = watch?.denied.lock().ok()?.take()?;
+    Some(Refusal::Inspected { rule, reason })
 }
 
 /// The answer, closing the client's connection after it when `fixed`: an
