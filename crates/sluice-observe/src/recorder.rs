@@ -450,6 +450,95 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `single` and `batched` counted the same metrics and hold the same
+    /// view (rings, rule stats, traffic, top list) and alerts.
+    fn assert_same_outputs(single: &Recorder, batched: &Recorder) {
+        // Sorted: a family's label sets are encoded in hash order.
+        let counted = |rec: &Recorder| -> Vec<String> {
+            let mut v: Vec<String> = rec
+                .metrics()
+                .encode()
+                .lines()
+                .filter(|l| {
+                    [
+                        "sluice_tunnels",
+                        "sluice_requests",
+                        "sluice_bytes",
+                        "sluice_http",
+                        "sluice_rule_hits",
+                        "sluice_alerts",
+                    ]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+                })
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(!counted(single).is_empty());
+        assert_eq!(counted(single), counted(batched));
+        let ids = |rec: &Recorder| -> Vec<String> {
+            let f = crate::FlowFilter::default();
+            let mut v: Vec<String> = rec
+                .view()
+                .flows(&f, 100)
+                .iter()
+                .map(|r| r.id().to_owned())
+                .collect();
+            v.extend(
+                rec.view()
+                    .denials(&f, 100)
+                    .iter()
+                    .map(|r| r.id().to_owned()),
+            );
+            v
+        };
+        assert_eq!(ids(single), ids(batched));
+        let mut a: Vec<_> = single
+            .view()
+            .rule_stats()
+            .into_iter()
+            .map(|(k, v)| (k, v.hits))
+            .collect();
+        let mut b: Vec<_> = batched
+            .view()
+            .rule_stats()
+            .into_iter()
+            .map(|(k, v)| (k, v.hits))
+            .collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        let now = SystemTime::now();
+        let traffic = |rec: &Recorder| -> Vec<_> {
+            rec.view()
+                .traffic(now)
+                .into_iter()
+                .map(|b| b.zones)
+                .collect()
+        };
+        assert_eq!(traffic(single), traffic(batched));
+        let top = |rec: &Recorder| {
+            rec.view().top(
+                now,
+                Duration::from_secs(3600),
+                None,
+                crate::TopBy::Bytes,
+                10,
+            )
+        };
+        assert_eq!(top(single), top(batched));
+        let alerts = |rec: &Recorder| -> Vec<(Option<String>, u64, Vec<String>)> {
+            rec.alerts()
+                .query(&AlertFilter::default(), 100)
+                .into_iter()
+                .map(|a| (a.src.clone(), a.count, a.flows.clone()))
+                .collect()
+        };
+        assert_eq!(alerts(single), alerts(batched));
+    }
+
     /// A batch leaves exactly what the same records one at a time leave:
     /// metrics (flows by listener, zone, verdict and enforcement; bytes by
     /// zone; HTTP classes; rule hits), the view's rings, rule stats,
@@ -489,90 +578,7 @@ mod tests {
         for chunk in rs.chunks(30) {
             batched.record_batch(chunk.to_vec());
         }
-        // Sorted: a family's label sets are encoded in hash order.
-        let counted = |rec: &Recorder| -> Vec<String> {
-            let mut v: Vec<String> = rec
-                .metrics()
-                .encode()
-                .lines()
-                .filter(|l| {
-                    [
-                        "sluice_tunnels",
-                        "sluice_requests",
-                        "sluice_bytes",
-                        "sluice_http",
-                        "sluice_rule_hits",
-                        "sluice_alerts",
-                    ]
-                    .iter()
-                    .any(|p| l.starts_with(p))
-                })
-                .map(str::to_owned)
-                .collect();
-            v.sort();
-            v
-        };
-        assert!(!counted(&single).is_empty());
-        assert_eq!(counted(&single), counted(&batched));
-        let ids = |rec: &Recorder| -> Vec<String> {
-            let f = crate::FlowFilter::default();
-            let mut v: Vec<String> = rec
-                .view()
-                .flows(&f, 100)
-                .iter()
-                .map(|r| r.id().to_owned())
-                .collect();
-            v.extend(
-                rec.view()
-                    .denials(&f, 100)
-                    .iter()
-                    .map(|r| r.id().to_owned()),
-            );
-            v
-        };
-        assert_eq!(ids(&single), ids(&batched));
-        let mut a: Vec<_> = single
-            .view()
-            .rule_stats()
-            .into_iter()
-            .map(|(k, v)| (k, v.hits))
-            .collect();
-        let mut b: Vec<_> = batched
-            .view()
-            .rule_stats()
-            .into_iter()
-            .map(|(k, v)| (k, v.hits))
-            .collect();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b);
-        let now = SystemTime::now();
-        let traffic = |rec: &Recorder| -> Vec<_> {
-            rec.view()
-                .traffic(now)
-                .into_iter()
-                .map(|b| b.zones)
-                .collect()
-        };
-        assert_eq!(traffic(&single), traffic(&batched));
-        let top = |rec: &Recorder| {
-            rec.view().top(
-                now,
-                Duration::from_secs(3600),
-                None,
-                crate::TopBy::Bytes,
-                10,
-            )
-        };
-        assert_eq!(top(&single), top(&batched));
-        let alerts = |rec: &Recorder| -> Vec<(Option<String>, u64, Vec<String>)> {
-            rec.alerts()
-                .query(&AlertFilter::default(), 100)
-                .into_iter()
-                .map(|a| (a.src.clone(), a.count, a.flows.clone()))
-                .collect()
-        };
-        assert_eq!(alerts(&single), alerts(&batched));
+        assert_same_outputs(&single, &batched);
         drop((single, batched));
         w1.close().await.unwrap();
         w2.close().await.unwrap();

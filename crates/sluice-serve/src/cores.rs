@@ -220,7 +220,7 @@ mod tests {
                     limiter,
                     drain,
                     || {},
-                    move |mut s: TcpStream, _, _slot| {
+                    move |s: TcpStream, _, _slot| {
                         let seen = seen.clone();
                         let (barrier, first_two) = (barrier.clone(), first_two.clone());
                         let entered = entered.clone();
@@ -232,26 +232,7 @@ mod tests {
                             if k < 2 {
                                 barrier.wait();
                             }
-                            let name = std::thread::current().name().map(str::to_owned);
-                            let mut b = [0u8; 1];
-                            if s.read_exact(&mut b).await.is_ok() {
-                                // The tunnel-like task spawned here stays on
-                                // this core too.
-                                let there = tokio::spawn(async {
-                                    std::thread::current().name().map(str::to_owned)
-                                })
-                                .await
-                                .ok()
-                                .flatten();
-                                assert_eq!(name, there);
-                                if let Ok(mut seen) = seen.lock() {
-                                    seen.insert(name);
-                                }
-                                let _ = s.write_all(&b).await;
-                                // Held (with its slot) until the client
-                                // closes.
-                                let _ = s.read(&mut b).await;
-                            }
+                            echo_on_this_core(s, &seen).await;
                         }
                     },
                 )
@@ -301,6 +282,27 @@ mod tests {
         // free again.
         std::net::TcpListener::bind(at).unwrap();
         cores.stop();
+    }
+
+    /// Echoes one byte back and holds the connection (with its slot) until
+    /// the client closes; notes the core thread it ran on in `seen`, after
+    /// checking that a task it spawns (as a tunnel is) runs there too.
+    async fn echo_on_this_core(mut s: TcpStream, seen: &StdMutex<HashSet<Option<String>>>) {
+        let name = std::thread::current().name().map(str::to_owned);
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).await.is_err() {
+            return;
+        }
+        let there = tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+            .await
+            .ok()
+            .flatten();
+        assert_eq!(name, there);
+        if let Ok(mut seen) = seen.lock() {
+            seen.insert(name);
+        }
+        let _ = s.write_all(&b).await;
+        let _ = s.read(&mut b).await;
     }
 
     /// A second server on the same port still fails to bind while the
