@@ -276,9 +276,11 @@ fn idle_pooled_connections_are_closed_by_a_timer() {
     assert_eq!(pool_idle(&sluice), 0.0);
 }
 
-/// A pooled connection rests unpolled (the exchange that takes it drives
-/// it): an origin that closed it while it was idle is noticed at the next
-/// checkout, and the next request gets a new connection, not an error.
+/// An origin that closes an idle pooled connection (without saying so in
+/// its answer) costs the next request nothing: it gets a new connection,
+/// not an error. (It guards the pool against keeping connections nobody
+/// watches: a design where pooled connections rest unpolled was tried,
+/// bench/README.md "Keep-alive, third round".)
 #[test]
 fn an_idle_connection_the_origin_closed_is_not_reused() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -29,7 +29,7 @@ use tokio::{net::TcpStream, sync::watch};
 use super::{
     BoxError, ProxyBody, VIA, answer,
     body::{Counted, End, Ended, OnEnd, Watch, hold, replay},
-    pool::{Drive, Home, Origin, Pool, PoolKey, Returning},
+    pool::{Pool, PoolKey},
     refused, unwrap_client,
 };
 use crate::{
@@ -54,22 +54,26 @@ enum Upstream {
 
 /// The connection a request is sent on.
 enum Sender {
-    /// This exchange's own: pooled or new, driven by this task.
-    Owned(Origin),
+    Owned(SendRequest<ProxyBody>),
     /// Held until the response head: HTTP/1.1 carries one at a time.
     Shared(tokio::sync::OwnedMutexGuard<SendRequest<ProxyBody>>),
 }
 
-impl Sender {
-    /// The handle to send on, and the connection to drive meanwhile (when
-    /// it is this task's to drive).
-    fn split(&mut self) -> (&mut SendRequest<ProxyBody>, Option<Drive<'_>>) {
+impl std::ops::Deref for Sender {
+    type Target = SendRequest<ProxyBody>;
+    fn deref(&self) -> &Self::Target {
         match self {
-            Sender::Owned(o) => {
-                let (tx, drive) = o.split();
-                (tx, Some(drive))
-            }
-            Sender::Shared(s) => (&mut *s, None),
+            Sender::Owned(s) => s,
+            Sender::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Sender::Owned(s) => s,
+            Sender::Shared(s) => &mut *s,
         }
     }
 }
@@ -181,32 +185,13 @@ async fn exchange(
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return switch(gw, flow, client_upgrade, resp);
     }
-    // The intercepted tunnel's connection stays locked until `respond`
-    // has the head (and a held body) as before.
-    let mut _locked = None;
-    let resp = match (upstream, sender) {
-        (Upstream::Pool(pool), Sender::Owned(origin)) => {
-            // The connection goes with the body and back to the pool at
-            // its end. A body that failed has left the connection
-            // mid-message: never pooled.
-            let home = (!upgrade && upload.failed().is_none()).then(|| Home {
-                pool,
-                route: flow.route.clone().unwrap_or_else(|| key.2.clone()),
-                key,
-                peer: dialed_at(&flow),
-            });
-            resp.map(|b| {
-                Returning::new(b, origin, home)
-                    .map_err(BoxError::from)
-                    .boxed()
-            })
-        }
-        // The intercepted tunnel's connection has its own task.
-        (_, sender) => {
-            _locked = Some(sender);
-            resp.map(|b| b.map_err(BoxError::from).boxed())
-        }
-    };
+    // A body that failed has left the connection mid-message: never pooled.
+    if let (false, None, Upstream::Pool(pool), Sender::Owned(sender)) =
+        (upgrade, upload.failed(), upstream, sender)
+    {
+        let route = flow.route.clone().unwrap_or_else(|| key.2.clone());
+        pool.checkin(key, sender, dialed_at(&flow), route);
+    }
     let held = match (in_limit, subject, req_head) {
         (Some(limit), Some(s), Some(head)) => Some((limit, s, head)),
         _ => None,
@@ -225,19 +210,15 @@ async fn send(
     watch: Option<&Watch>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, Refusal> {
-    let (tx, drive) = sender.split();
-    let exchange = async {
-        if tx.ready().await.is_err() {
-            return Err(Refusal::UpstreamClosed(
-                "origin closed the connection".into(),
-            ));
-        }
-        tokio::select! {
-            r = tx.send_request(req) => Ok(r),
-            () = upload.sent_then(timeout) => Err(Refusal::NoResponse(timeout)),
-        }
+    if sender.ready().await.is_err() {
+        return Err(Refusal::UpstreamClosed(
+            "origin closed the connection".into(),
+        ));
+    }
+    let sent = tokio::select! {
+        r = sender.send_request(req) => r,
+        () = upload.sent_then(timeout) => return Err(Refusal::NoResponse(timeout)),
     };
-    let sent = driving(drive, exchange).await?;
     sent.map_err(|e| {
         if let Some(r) = watched_denial(watch) {
             r
@@ -250,27 +231,6 @@ async fn send(
             Refusal::UpstreamClosed(format!("the origin did not answer: {e}"))
         }
     })
-}
-
-/// Runs `fut` while driving the origin connection it waits on, when that
-/// is this task's to drive: `fut`, then the connection (it takes the
-/// request, writes it, reads what the origin answered), then `fut` again,
-/// so that a response already read completes `fut` in the same poll.
-async fn driving<F: std::future::Future>(mut drive: Option<Drive<'_>>, fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return std::task::Poll::Ready(v);
-        }
-        match &mut drive {
-            Some(d) => {
-                d.poll(cx);
-                fut.as_mut().poll(cx)
-            }
-            None => std::task::Poll::Pending,
-        }
-    })
-    .await
 }
 
 /// The request body as it goes to the origin, with what tells when it has
@@ -473,33 +433,33 @@ async fn origin(
     flow: &mut Flow,
     key: &PoolKey,
     upgrade: bool,
-) -> Result<Origin, Refusal> {
+) -> Result<SendRequest<ProxyBody>, Refusal> {
     if !upgrade {
-        if let Some((origin, _)) = pool.checkout(key, gw, flow) {
-            return Ok(origin);
+        if let Some((sender, _)) = pool.checkout(key, gw, flow) {
+            return Ok(sender);
         }
     }
     let stream = gw.dial(flow).await?;
-    handshake(stream, upgrade).await
+    handshake(stream).await
 }
 
-/// hyper's client connection over `stream`. Driven by the exchanges that
-/// use it ([`Origin`]), except for a WebSocket upgrade's: that one gets a
-/// task of its own, which hands over the socket after a `101`.
-async fn handshake(stream: TcpStream, upgrade: bool) -> Result<Origin, Refusal> {
+async fn handshake(stream: TcpStream) -> Result<SendRequest<ProxyBody>, Refusal> {
     let mut b = client_http1::Builder::new();
     b.max_buf_size(1024 * 1024);
     let (sender, conn) = b
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
         .map_err(|e| Refusal::UpstreamClosed(format!("origin handshake failed: {e}")))?;
-    if !upgrade {
-        return Ok(Origin::inline(sender, conn));
-    }
+    // A task per origin connection. Driving the connection in the
+    // exchange's own task instead (the response body carrying it back to
+    // the pool, commit 59bf582) took the cross-core wake-ups out (4.66 ->
+    // 4.27 syscalls per keep-alive request) but cost more CPU per request:
+    // 64 against 55 µs with both builds serving at once (bench/README.md,
+    // "Keep-alive, third round").
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    Ok(Origin::spawned(sender))
+    Ok(sender)
 }
 
 /// The inspectors that want this flow's bodies, if any.
@@ -562,7 +522,7 @@ fn origin_form(uri: &Uri) -> Result<Uri, Refusal> {
 async fn respond(
     gw: Arc<Gateway>,
     mut flow: Flow,
-    resp: Response<ProxyBody>,
+    resp: Response<Incoming>,
     out_count: Arc<AtomicU64>,
     watch: Option<Watch>,
     held: Option<HeldResponse>,
@@ -576,10 +536,10 @@ async fn respond(
         }
     }
     let body: ProxyBody = match held {
-        None => body,
+        None => body.map_err(BoxError::from).boxed(),
         Some((limit, s, (method, uri, req_headers))) => {
             let idle = gw.limits().idle_timeout;
-            let h = match hold(body, limit, idle).await {
+            let h = match hold(body.map_err(BoxError::from).boxed(), limit, idle).await {
                 Ok(h) => h,
                 Err(e) => {
                     flow.bytes_out = out_count.load(Ordering::Relaxed);
