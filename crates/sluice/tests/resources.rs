@@ -276,6 +276,54 @@ fn idle_pooled_connections_are_closed_by_a_timer() {
     assert_eq!(pool_idle(&sluice), 0.0);
 }
 
+/// An origin that closes an idle pooled connection (without saying so in
+/// its answer) costs the next request nothing: it gets a new connection,
+/// not an error. (It guards the pool against keeping connections nobody
+/// watches: a design where pooled connections rest unpolled was tried,
+/// bench/README.md "Keep-alive, third round".)
+#[test]
+fn an_idle_connection_the_origin_closed_is_not_reused() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            a.fetch_add(1, Ordering::SeqCst);
+            // One answer that says nothing about closing, then a close.
+            s.set_read_timeout(Some(T)).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let sluice = Sluice::start(BIN, &config("", "unused.test"));
+    let url = format!("http://{addr}/");
+    let r = get_via(sluice.http, &url);
+    assert_eq!(r.status, Some(200), "{}", r.text());
+    // Pooled, and closed by the origin behind the pool's back.
+    assert!(poll_until(T, || pool_idle(&sluice) == 1.0));
+    std::thread::sleep(Duration::from_millis(200));
+    for n in 2..=3 {
+        let r = get_via(sluice.http, &url);
+        assert_eq!(r.status, Some(200), "request {n}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), n, "a new connection each");
+    }
+    let recs = sluice.wait_records(3);
+    for r in recs.iter().filter(|r| r["protocol"] == "http") {
+        assert_eq!(r["error"], Value::Null, "{r}");
+        assert_eq!(r["bytes_in"], 2, "{r}");
+    }
+}
+
 /// Past `limits.pool_max_idle` the oldest idle connection (of any
 /// destination) is closed; past `limits.pool_max_idle_per_host` the oldest
 /// of that destination.
