@@ -4,10 +4,10 @@ spends its CPU on TLS interception with a new leaf certificate per
 connection and on DLP scans of large uploads.
 
   heavy.py --proxy PORT --tls-port PORT --sink-port PORT --ca FILE
-           [--src 127.0.0.2] [--tls-workers 2] [--dlp-workers 1]
+           [--src 127.0.0.2] [--tls-src SRC] [--tls-workers 2] [--dlp-workers 1]
            [--upload-mib 32] [--seconds 10]
 
-- A TLS worker loops: TCP to the proxy from --src, `CONNECT
+- A TLS worker loops: TCP to the proxy from --tls-src (default --src), `CONNECT
   127.0.0.1:TLS_PORT`, a TLS handshake with SNI `h<N>-<run>.hol.test`
   (a name never used before, so the proxy mints and signs a leaf for every
   connection: its cache never hits) trusting only --ca (the proxy's
@@ -47,11 +47,11 @@ def read_head(s):
     return buf
 
 
-def connect(args):
+def connect(args, src=None):
     s = socket.socket()
     s.settimeout(TIMEOUT)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.bind((args.src, 0))
+    s.bind((src or args.src, 0))
     s.connect(("127.0.0.1", args.proxy))
     return s
 
@@ -82,7 +82,7 @@ def tls_worker(args, end, names, ctx, tally):
     while time.monotonic() < end:
         name = names()
         try:
-            s = connect(args)
+            s = connect(args, args.tls_src)
             s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
             head = read_head(s)
             if b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
@@ -134,6 +134,7 @@ def main():
     p.add_argument("--sink-port", type=int, required=True)
     p.add_argument("--ca", required=True)
     p.add_argument("--src", default="127.0.0.2")
+    p.add_argument("--tls-src", default=None)
     p.add_argument("--tls-workers", type=int, default=2)
     p.add_argument("--dlp-workers", type=int, default=1)
     p.add_argument("--upload-mib", type=int, default=32)

@@ -18,7 +18,9 @@
 # (open loop, `sluice-loadgen tunnels --rate`); KEEP [64] held tunnels
 # and PING_RATE [200] one-byte echoes a second through them (`--keep`,
 # opened afresh each phase); TLS_WORKERS [2],
-# DLP_WORKERS [1], UPLOAD_MIB [32] for bench/heavy.py.
+# DLP_WORKERS [1], UPLOAD_MIB [32] for bench/heavy.py; TLS_SRC
+# [127.0.0.2] the source of the intercepted connections (127.0.0.3: a
+# zone that intercepts and inspects nothing else).
 #
 # Cheap tunnels come from 127.0.0.1 (a zone without inspection) to an echo
 # origin (sluice-loadgen echo); the heavy load from 127.0.0.2 (a zone
@@ -40,6 +42,7 @@ PHASES=${PHASES:-quiet tls dlp both}
 RATE=${RATE:-200}
 KEEP=${KEEP:-64} PING_RATE=${PING_RATE:-200}
 TLS_WORKERS=${TLS_WORKERS:-2} DLP_WORKERS=${DLP_WORKERS:-1} UPLOAD_MIB=${UPLOAD_MIB:-32}
+TLS_SRC=${TLS_SRC:-127.0.0.2}
 for tool in haproxy openssl python3; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install -y $tool)" >&2; exit 2; }
 done
@@ -131,6 +134,11 @@ zones:
     inspect:
       tls: ["*.hol.test"]
       dlp: {card: block, iban: block, aws: block, gcp: block, azure: block, github: block, gitlab: block, slack: block, stripe: block, pem: block, jwt: block}
+  - name: tls-only
+    sources: [127.0.0.3/32]
+    allow: [{cidr: 127.0.0.1/32, ports: [$TLS]}]
+    inspect:
+      tls: ["*.hol.test"]
 limits:
   max_connections: 100000
   max_connections_per_source: 100000
@@ -156,7 +164,7 @@ heavy_args() { # PHASE
 }
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "A = $LABEL_A ($A), B = $LABEL_B ($B); $RATE new tunnels/s and $PING_RATE echoes/s through $KEEP held tunnels, $PHASE_SECONDS s a phase; heavy: $TLS_WORKERS TLS workers, $DLP_WORKERS DLP workers x $UPLOAD_MIB MiB"
+echo "A = $LABEL_A ($A), B = $LABEL_B ($B); $RATE new tunnels/s and $PING_RATE echoes/s through $KEEP held tunnels, $PHASE_SECONDS s a phase; heavy: $TLS_WORKERS TLS workers from $TLS_SRC, $DLP_WORKERS DLP workers x $UPLOAD_MIB MiB"
 echo
 echo "| round | build | phase | new: ok/err | p50 ms | p99 ms | max ms | held: ok/err | p50 ms | p99 ms | max ms | TLS handshakes/s | DLP MiB/s | heavy err | Sluice CPU s | load |"
 echo "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -169,7 +177,7 @@ for round in $(seq "$ROUNDS"); do
             if [[ $phase != quiet ]]; then
                 # shellcheck disable=SC2046
                 python3 "$here/heavy.py" --proxy "${PORT[$who]}" --tls-port "$TLS" --sink-port "$SINK" \
-                    --ca "$T/ca/sluice-ca.pem" --upload-mib "$UPLOAD_MIB" \
+                    --ca "$T/ca/sluice-ca.pem" --upload-mib "$UPLOAD_MIB" --tls-src "$TLS_SRC" \
                     --seconds "$((PHASE_SECONDS + 2))" $(heavy_args "$phase") >"$T/heavy.json" 2>"$T/heavy.err" &
                 heavy_pid=$!
                 sleep 1
