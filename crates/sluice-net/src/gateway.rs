@@ -813,17 +813,15 @@ impl Gateway {
         self.relay(flow, client, upstream, pre, check).await;
     }
 
-    /// Runs `work`, the whole of a flow served request by request (an
-    /// intercepted tunnel, or plain HTTP a transparent zone inspects), on
-    /// the inspection pool when the gateway serves on cores and the
-    /// flow's zone inspects content (DLP, clamd or ICAP), with its two
-    /// sockets registered there (`sluice_serve::cores` says why: a core
-    /// would hold its other connections for every long poll of a scan);
-    /// in place otherwise. Interception alone stays on the core: a
-    /// handshake's polls are short, and moving it measured mixed in
-    /// bench/hol.sh (lower median, higher p99 for the core's other
-    /// tunnels, fewer handshakes a second; bench/README.md).
-    /// `None`: the pool dropped it (it stopped, or the work panicked).
+    /// Runs `work`, the whole of a CPU-heavy flow (an intercepted tunnel,
+    /// or plain HTTP a transparent zone inspects), on the inspection pool
+    /// when the gateway serves on cores, with its two sockets registered
+    /// there (`sluice_serve::cores` says why: a core would hold its other
+    /// connections for every long poll of it); in place without cores.
+    /// Interception alone goes too: with it on the pool, the median
+    /// echo through a core's other tunnels was lower in 5 of 6 rounds
+    /// (bench/hol.sh, sittings 3 and 4 in bench/README.md). `None`: the pool dropped it
+    /// (it stopped, or the work panicked).
     async fn heavy<F, Fut>(
         &self,
         mut flow: Flow,
@@ -835,7 +833,7 @@ impl Gateway {
         F: FnOnce(Flow, TcpStream, TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = Flow> + Send + 'static,
     {
-        let Some(cores) = self.cores.as_ref().filter(|_| self.inspects_content(&flow)) else {
+        let Some(cores) = &self.cores else {
             return Some(work(flow, client, upstream).await);
         };
         let moved = |e: std::io::Error| {
