@@ -14,7 +14,10 @@ pub const USAGE: &str = "\
 usage:
   sluice-loadgen tunnels --proxy HOST:PORT|direct --target HOST:PORT
                          [--concurrency 32] [--count 5000] [--seconds 15] [--socks5]
-      New tunnels per second; one JSON object on stdout.
+                         [--rate PER_SECOND] [--keep N]
+      New tunnels per second (or a steady PER_SECOND of them, open loop);
+      with --keep, N tunnels held open and one byte echoed through them in
+      turn, PER_SECOND a second. One JSON object on stdout.
   sluice-loadgen echo PORT [PORT...]
       TCP echo on each port, bound to $ORIGIN_HOST (default 127.0.0.1);
       prints \"ready\" once every port listens, runs until killed.";
@@ -69,6 +72,8 @@ fn parse_tunnels(mut args: impl Iterator<Item = String>) -> Result<Config, Usage
     let (mut proxy, mut target) = (None, None);
     let (mut concurrency, mut count, mut seconds) = (32usize, 5000usize, 15.0f64);
     let mut socks5 = false;
+    let mut rate = None;
+    let mut keep = None;
     while let Some(flag) = args.next() {
         if flag == "--socks5" {
             socks5 = true;
@@ -83,6 +88,8 @@ fn parse_tunnels(mut args: impl Iterator<Item = String>) -> Result<Config, Usage
             "--concurrency" => concurrency = number(&flag, &value)?,
             "--count" => count = number(&flag, &value)?,
             "--seconds" => seconds = number(&flag, &value)?,
+            "--rate" => rate = Some(number::<f64>(&flag, &value)?),
+            "--keep" => keep = Some(number::<usize>(&flag, &value)?),
             _ => return Err(usage(format!("unknown option {flag:?}"))),
         }
     }
@@ -93,6 +100,12 @@ fn parse_tunnels(mut args: impl Iterator<Item = String>) -> Result<Config, Usage
     }
     if !(seconds.is_finite() && seconds >= 0.0) {
         return Err(usage(format!("--seconds {seconds} is not a duration")));
+    }
+    if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(usage("--rate must be a positive number"));
+    }
+    if keep == Some(0) || (keep.is_some() && rate.is_none()) {
+        return Err(usage("--keep needs a count of at least 1 and a --rate"));
     }
     let (host, port) = split_host_port(&target)?;
     let target = Target {
@@ -122,6 +135,8 @@ fn parse_tunnels(mut args: impl Iterator<Item = String>) -> Result<Config, Usage
         concurrency,
         count,
         duration: Duration::from_secs_f64(seconds),
+        rate,
+        keep,
     })
 }
 
@@ -170,10 +185,11 @@ mod tests {
         assert_eq!((c.concurrency, c.count), (32, 5000));
         assert_eq!(c.duration, Duration::from_secs(15));
         assert_eq!(c.target.host, "127.0.0.1");
+        assert_eq!((c.rate, c.keep), (None, None));
 
         let Mode::Tunnels(c) = parse(args(
             "tunnels --proxy 127.0.0.1:1080 --socks5 --target 127.0.0.1:7 \
-             --concurrency 4 --count 10 --seconds 0.5",
+             --concurrency 4 --count 10 --seconds 0.5 --rate 250 --keep 8",
         ))
         .unwrap() else {
             panic!("not tunnels")
@@ -181,6 +197,7 @@ mod tests {
         assert!(matches!(c.via, Via::Socks5 { ip, .. } if ip == std::net::Ipv4Addr::LOCALHOST));
         assert_eq!((c.concurrency, c.count), (4, 10));
         assert_eq!(c.duration, Duration::from_millis(500));
+        assert_eq!((c.rate, c.keep), (Some(250.0), Some(8)));
     }
 
     #[test]
@@ -206,6 +223,18 @@ mod tests {
             .is_err(),
             "SOCKS5 requests are IPv4 only"
         );
+        for bad in ["10 --keep 0", "1 --keep x"] {
+            let line = format!("tunnels --proxy direct --target 127.0.0.1:7 --rate {bad}");
+            assert!(parse(args(&line)).is_err(), "--rate {bad}");
+        }
+        assert!(
+            parse(args("tunnels --proxy direct --target 127.0.0.1:7 --keep 4")).is_err(),
+            "--keep without --rate"
+        );
+        for bad in ["0", "-1", "inf", "x"] {
+            let line = format!("tunnels --proxy direct --target 127.0.0.1:7 --rate {bad}");
+            assert!(parse(args(&line)).is_err(), "--rate {bad}");
+        }
         assert!(parse(args("echo")).is_err());
         assert!(parse(args("echo 70000")).is_err());
         assert!(parse(args("")).is_err());

@@ -6,6 +6,18 @@
 //! the budget of `count` tunnels and `duration`; a tunnel not usable within
 //! 10 s is an error. Errors are counted, the first five kept as samples.
 //!
+//! With a `rate`, the load is open-loop and steady: tunnel k starts at
+//! k / rate seconds (on whichever worker is free), so that the latency of
+//! a light, constant load can be watched while something else loads the
+//! proxy (bench/hol.sh); without one, every worker starts its next tunnel
+//! as soon as the last one is done.
+//!
+//! With `keep` (and a `rate`), the mode measures established tunnels
+//! instead: `keep` tunnels are opened first and held, then one byte is
+//! echoed through them in turn, `rate` a second; latency is one echo's
+//! round trip. A proxy that pins a connection to a thread stalls these
+//! when that thread is busy with something else.
+//!
 //! The semantics and the JSON report are those of the Python client this
 //! replaces (`client.py tunnels`), so bench/report.py reads either.
 
@@ -42,6 +54,11 @@ pub struct Config {
     pub concurrency: usize,
     pub count: usize,
     pub duration: Duration,
+    /// Tunnels started a second (open loop); `None`: as fast as the
+    /// workers go.
+    pub rate: Option<f64>,
+    /// Hold this many tunnels open and echo through them at `rate`.
+    pub keep: Option<usize>,
 }
 
 /// How a tunnel reaches the target.
@@ -76,6 +93,8 @@ pub struct Report {
     pub per_second: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// The slowest tunnel.
+    pub max_ms: Option<f64>,
     /// User + system CPU of this process over the run.
     pub client_cpu_s: f64,
 }
@@ -139,8 +158,19 @@ pub async fn run(config: Config) -> Report {
     let started = Instant::now();
     let deadline = started + config.duration;
     let mut workers = JoinSet::new();
-    for _ in 0..config.concurrency {
-        workers.spawn(worker(Arc::clone(&config), Arc::clone(&issued), deadline));
+    if let Some(keep) = config.keep {
+        for i in 0..keep {
+            workers.spawn(held(Arc::clone(&config), i, started, deadline));
+        }
+    } else {
+        for _ in 0..config.concurrency {
+            workers.spawn(worker(
+                Arc::clone(&config),
+                Arc::clone(&issued),
+                started,
+                deadline,
+            ));
+        }
     }
     let mut all = Tally::default();
     while let Some(joined) = workers.join_next().await {
@@ -175,13 +205,30 @@ pub async fn run(config: Config) -> Report {
         per_second: all.latencies.len() as f64 / elapsed,
         p50_ms: percentile(&all.latencies, 50.0).map(ms),
         p99_ms: percentile(&all.latencies, 99.0).map(ms),
+        max_ms: all.latencies.last().copied().map(ms),
         client_cpu_s: round3(client_cpu),
     }
 }
 
-async fn worker(config: Arc<Config>, issued: Arc<AtomicUsize>, deadline: Instant) -> Tally {
+async fn worker(
+    config: Arc<Config>,
+    issued: Arc<AtomicUsize>,
+    started: Instant,
+    deadline: Instant,
+) -> Tally {
     let mut tally = Tally::default();
-    while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < config.count {
+    loop {
+        let k = issued.fetch_add(1, Ordering::Relaxed);
+        if Instant::now() >= deadline || k >= config.count {
+            break;
+        }
+        if let Some(rate) = config.rate {
+            let at = started + Duration::from_secs_f64(k as f64 / rate);
+            if at >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(at.into()).await;
+        }
         let t0 = Instant::now();
         match tokio::time::timeout(TUNNEL_TIMEOUT, open(&config.via, &config.target)).await {
             Ok(Ok(stream)) => {
@@ -190,6 +237,50 @@ async fn worker(config: Arc<Config>, issued: Arc<AtomicUsize>, deadline: Instant
             }
             Ok(Err(e)) => tally.error(e),
             Err(_) => tally.error(TunnelError::Timeout),
+        }
+    }
+    tally
+}
+
+/// Tunnel `i` of `keep` held ones: opened at once, then one byte echoed
+/// through it at its turns (`i`, `i + keep`, … of `rate` a second) until
+/// the deadline or the first error.
+async fn held(config: Arc<Config>, i: usize, started: Instant, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let keep = config.keep.unwrap_or(1).max(1);
+    let opened = tokio::time::timeout(TUNNEL_TIMEOUT, open(&config.via, &config.target)).await;
+    let mut s = match opened {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tally.error(e);
+            return tally;
+        }
+        Err(_) => {
+            tally.error(TunnelError::Timeout);
+            return tally;
+        }
+    };
+    for turn in (i..).step_by(keep) {
+        if let Some(rate) = config.rate {
+            let at = started + Duration::from_secs_f64(turn as f64 / rate);
+            if at >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(at.into()).await;
+        } else if Instant::now() >= deadline {
+            break;
+        }
+        let t0 = Instant::now();
+        match tokio::time::timeout(TUNNEL_TIMEOUT, echo(&mut s)).await {
+            Ok(Ok(())) => tally.latencies.push(t0.elapsed()),
+            Ok(Err(e)) => {
+                tally.error(e);
+                break;
+            }
+            Err(_) => {
+                tally.error(TunnelError::Timeout);
+                break;
+            }
         }
     }
     tally
@@ -225,12 +316,18 @@ async fn open(via: &Via, target: &Target) -> Result<TcpStream, TunnelError> {
         Via::Connect(_) => http_connect(&mut s, target).await?,
         Via::Socks5 { ip, .. } => socks5_connect(&mut s, ip, target.port).await?,
     }
+    echo(&mut s).await?;
+    Ok(s)
+}
+
+/// One byte through the tunnel and back.
+async fn echo(s: &mut TcpStream) -> Result<(), TunnelError> {
     s.write_all(b"x").await.map_err(io_at("echo write"))?;
     let mut got = [0u8; 16];
     let n = s.read(&mut got).await.map_err(io_at("echo read"))?;
     match &got[..n] {
         [] => Err(TunnelError::Closed("before the echo")),
-        b"x" => Ok(s),
+        b"x" => Ok(()),
         _ => Err(TunnelError::EchoMismatch),
     }
 }
@@ -405,10 +502,13 @@ mod tests {
             concurrency: 4,
             count: 50,
             duration: Duration::from_secs(10),
+            rate: None,
+            keep: None,
         })
         .await;
         assert_eq!((report.ok, report.errors), (50, 0), "{report:?}");
         assert!(report.p50_ms.is_some() && report.p99_ms >= report.p50_ms);
+        assert!(report.max_ms >= report.p99_ms);
         let json = serde_json::to_value(&report).unwrap();
         for key in [
             "ok",
@@ -418,10 +518,61 @@ mod tests {
             "per_second",
             "p50_ms",
             "p99_ms",
+            "max_ms",
             "client_cpu_s",
         ] {
             assert!(json.get(key).is_some(), "{key} missing in {json}");
         }
+    }
+
+    /// At a rate, tunnels start on schedule: 20 at 100 a second take
+    /// about 0.2 s, not the few milliseconds the workers alone would.
+    #[tokio::test]
+    async fn a_rate_paces_the_tunnels() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::echo::serve(listener));
+        let report = run(Config {
+            via: Via::Direct,
+            target: Target {
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+                addr,
+            },
+            concurrency: 4,
+            count: 20,
+            duration: Duration::from_secs(10),
+            rate: Some(100.0),
+            keep: None,
+        })
+        .await;
+        assert_eq!((report.ok, report.errors), (20, 0), "{report:?}");
+        assert!(report.seconds >= 0.18 && report.seconds < 5.0, "{report:?}");
+    }
+
+    /// Held tunnels: 4 opened, then echoes through them in turn at 200 a
+    /// second for 0.3 s (about 60 of them), each an echo's round trip.
+    #[tokio::test]
+    async fn held_tunnels_echo_at_the_rate() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::echo::serve(listener));
+        let report = run(Config {
+            via: Via::Direct,
+            target: Target {
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+                addr,
+            },
+            concurrency: 1,
+            count: usize::MAX,
+            duration: Duration::from_millis(300),
+            rate: Some(200.0),
+            keep: Some(4),
+        })
+        .await;
+        assert_eq!(report.errors, 0, "{report:?}");
+        assert!((40..=61).contains(&report.ok), "{report:?}");
     }
 
     #[tokio::test]
@@ -441,6 +592,8 @@ mod tests {
             concurrency: 2,
             count: 8,
             duration: Duration::from_secs(10),
+            rate: None,
+            keep: None,
         })
         .await;
         assert_eq!((report.ok, report.errors), (0, 8));

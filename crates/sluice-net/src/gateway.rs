@@ -6,6 +6,7 @@
 //! [`Flow`], and maps a [`Refusal`] to its own answer.
 
 use std::{
+    future::Future,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Instant, SystemTime},
@@ -749,17 +750,14 @@ impl Gateway {
                 return self.refuse(flow, &r);
             }
             let first = pre.out.to_vec();
+            let gw = self.clone();
             // Boxed, as `intercept::run` below: inline, these rarely taken
             // paths would size every tunnel's future, idle ones included.
-            let flow = Box::pin(intercept::serve_plain(
-                self.clone(),
-                flow,
-                client,
-                first,
-                upstream,
-            ))
+            let flow = Box::pin(self.heavy(flow, client, upstream, move |f, c, u| {
+                intercept::serve_plain(gw, f, c, first, u)
+            }))
             .await;
-            return self.record(flow);
+            return self.record_heavy(flow);
         }
         let peeked = flow.listener() == Listener::Transparent;
         if (inspect || peeked) && self.hello_first(&flow) {
@@ -791,17 +789,12 @@ impl Gateway {
                 }
                 Inspection::Intercept { name } if self.interceptor.is_some() => {
                     if let Some(ic) = self.interceptor.clone() {
-                        let flow = Box::pin(intercept::run(
-                            self.clone(),
-                            ic,
-                            flow,
-                            client,
-                            first,
-                            upstream,
-                            name,
-                        ))
+                        let gw = self.clone();
+                        let flow = Box::pin(self.heavy(flow, client, upstream, move |f, c, u| {
+                            intercept::run(gw, ic, f, c, first, u, name)
+                        }))
                         .await;
-                        return self.record(flow);
+                        return self.record_heavy(flow);
                     }
                 }
                 _ => {}
@@ -818,6 +811,63 @@ impl Gateway {
             None
         };
         self.relay(flow, client, upstream, pre, check).await;
+    }
+
+    /// Runs `work`, the whole of a CPU-heavy flow (an intercepted tunnel,
+    /// or plain HTTP a transparent zone inspects), on the inspection pool
+    /// when the gateway serves on cores, with its two sockets registered
+    /// there (`sluice_serve::cores` says why: a core would hold its other
+    /// connections for every long poll of it); in place without cores.
+    /// Interception alone goes too: with it on the pool, the median
+    /// echo through a core's other tunnels was lower in 5 of 6 rounds
+    /// (bench/hol.sh, sittings 3 and 4 in bench/README.md). `None`: the pool dropped it
+    /// (it stopped, or the work panicked).
+    async fn heavy<F, Fut>(
+        &self,
+        mut flow: Flow,
+        client: TcpStream,
+        upstream: TcpStream,
+        work: F,
+    ) -> Option<Flow>
+    where
+        F: FnOnce(Flow, TcpStream, TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = Flow> + Send + 'static,
+    {
+        let Some(cores) = &self.cores else {
+            return Some(work(flow, client, upstream).await);
+        };
+        let moved = |e: std::io::Error| {
+            Refusal::Internal(format!("cannot move the flow to the inspection pool: {e}"))
+        };
+        let (client, upstream) = match (client.into_std(), upstream.into_std()) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => {
+                moved(e).apply(&mut flow);
+                return Some(flow);
+            }
+        };
+        cores
+            .offload(async move {
+                let mut flow = flow;
+                match (TcpStream::from_std(client), TcpStream::from_std(upstream)) {
+                    (Ok(c), Ok(u)) => work(flow, c, u).await,
+                    (Err(e), _) | (_, Err(e)) => {
+                        moved(e).apply(&mut flow);
+                        flow
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Records what [`Gateway::heavy`] gave back.
+    fn record_heavy(&self, flow: Option<Flow>) {
+        match flow {
+            Some(f) => self.record(f),
+            None => tracing::warn!(
+                "an inspected flow ended without a record: the inspection pool dropped it"
+            ),
+        }
     }
 
     async fn relay(

@@ -217,3 +217,83 @@ async fn an_inspector_refuses_heads_and_bodies_and_the_router_names_the_route() 
         "the secret reached the origin"
     );
 }
+
+/// Notes the thread that shows it each request body chunk.
+#[derive(Default)]
+struct Where(Mutex<Vec<String>>);
+
+impl Inspector for Where {
+    fn inspects_http(&self) -> bool {
+        true
+    }
+
+    fn wants_bodies(&self, _s: &Subject) -> bool {
+        true
+    }
+
+    fn body_chunk(&self, _s: &Subject, _dir: Direction, _chunk: &[u8]) -> Inspection {
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        self.0.lock().unwrap().push(name);
+        Inspection::Pass
+    }
+}
+
+/// On per-core runtimes, a client whose zone inspects content (here DLP)
+/// is served on the inspection pool, so its bodies are scanned on a
+/// `sluice-heavy-N` thread, never on a core; a client of a zone without
+/// content inspection stays on the core that accepted it.
+#[tokio::test]
+async fn clients_of_an_inspecting_zone_are_served_on_the_pool_others_on_a_core() {
+    let (o, _seen) = origin().await;
+    let cores = sluice_serve::Cores::start(2).unwrap();
+    for (inspect, pool) in [
+        ("    inspect:\n      dlp: {aws: block}\n", true),
+        ("", false),
+    ] {
+        let yaml = format!(
+            "zones:\n  - name: local\n    sources: [127.0.0.0/8]\n{inspect}    allow:\n      \
+             - cidr: 127.0.0.1/32\n        ports: [{}]\n",
+            o.port()
+        );
+        let version = Version {
+            policy: Arc::new(Policy::load(&yaml, "seams.yaml").unwrap()),
+            users: Arc::new(Users::default()),
+        };
+        let dialer = Dialer::new(&[], Duration::from_secs(2), Duration::from_secs(2)).unwrap();
+        let seen = Arc::new(Where::default());
+        let gw = Gateway::new(
+            version,
+            dialer,
+            Arc::new(Kept::default()),
+            Arc::new(Metrics::new()),
+        )
+        .with_inspector(seen.clone())
+        .with_cores(cores.clone());
+        let l = sluice_serve::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let proxy = l.local_addr().unwrap();
+        tokio::spawn(sluice_net::http::serve(l, Arc::new(gw)));
+        let ok = send(
+            proxy,
+            format!(
+                "POST http://{o}/up HTTP/1.1\r\nHost: {o}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let names = seen.0.lock().unwrap().clone();
+        assert!(!names.is_empty(), "the body was not inspected");
+        let prefix = if pool {
+            "sluice-heavy-"
+        } else {
+            "sluice-core-"
+        };
+        assert!(
+            names.iter().all(|n| n.starts_with(prefix)),
+            "zone inspects content: {pool}; body seen on {names:?}"
+        );
+    }
+    cores.stop();
+}

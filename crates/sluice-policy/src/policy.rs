@@ -261,6 +261,8 @@ struct CZone {
     /// `inspect.tls`: names whose TLS is intercepted.
     intercept: HostTable,
     require_tls: bool,
+    /// The zone inspects content (DLP, clamd or ICAP).
+    content: bool,
 }
 
 /// A compiled, immutable policy. Cheap to share behind an `Arc`.
@@ -274,6 +276,8 @@ pub struct Policy {
     /// Zones that name no sources.
     sourceless: Vec<u32>,
     any_users: bool,
+    /// Some zone inspects content.
+    any_content: bool,
     /// What the loader warned about, in file order.
     load_warnings: Vec<ConfigWarning>,
     /// The loader's warnings and those about expired and expiring rules
@@ -458,6 +462,7 @@ impl Policy {
                 rule_routes: HashMap::new(),
                 intercept: HostTable::default(),
                 require_tls: z.require_tls,
+                content: z.inspect.any(),
             };
             for (i, h) in z.inspect.tls.iter().enumerate() {
                 cz.intercept.insert(h, i as u32);
@@ -517,6 +522,7 @@ impl Policy {
             zones.push(cz);
         }
         let any_users = config.zones.iter().any(|z| z.users.is_some());
+        let any_content = zones.iter().any(|z| z.content);
         Policy {
             config,
             hash: hash.into(),
@@ -524,6 +530,7 @@ impl Policy {
             sources,
             sourceless,
             any_users,
+            any_content,
             load_warnings: Vec::new(),
             warnings: Vec::new(),
             file: "".into(),
@@ -632,6 +639,26 @@ impl Policy {
         z.require_tls
             || (d.verdict == Verdict::Allow
                 && z.allow.iter().any(|r| r.require_tls && r.id == d.rule))
+    }
+
+    /// Whether a client at `src` may belong to a zone that inspects
+    /// content (DLP, clamd or ICAP), whichever user it logs in as: the
+    /// first zone without `users` whose sources hold it, or a zone with
+    /// `users` before that one (never less than the truth; a user zone
+    /// the user is not in may make it more). Pure: no I/O.
+    pub fn may_inspect_content(&self, src: IpAddr) -> bool {
+        if !self.any_content {
+            return false;
+        }
+        let plain = self.select_zone(src, None);
+        let candidate = |zi: u32| {
+            let z = &self.zones[zi as usize];
+            z.content && (Some(zi) == plain || (z.users.is_some() && plain.is_none_or(|p| zi < p)))
+        };
+        self.sources
+            .first(guard::canonical(src), candidate)
+            .is_some()
+            || self.sourceless.iter().any(|&zi| candidate(zi))
     }
 
     /// The name of the zone a source (and user) belongs to, if any.

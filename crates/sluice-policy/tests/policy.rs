@@ -177,3 +177,33 @@ fn special_use_names_are_denied_before_resolution() {
     assert_eq!(c.decision.verdict, Verdict::Deny);
     assert_eq!(&*c.decision.rule, "guard/special-address");
 }
+
+// === content inspection by source ===
+
+/// A source may inspect content when the first user-less zone it belongs
+/// to does, or a user zone before that one could take it; a later zone's
+/// inspection, or another source's, does not count.
+#[test]
+fn may_inspect_content_follows_the_zones_a_source_can_land_in() {
+    let p = Policy::load(
+        "zones:\n  \
+         - name: staff\n    sources: [10.1.0.0/16]\n    users: [u]\n    inspect:\n      dlp: {aws: block}\n  \
+         - name: plain\n    sources: [10.0.0.0/8]\n  \
+         - name: dlp\n    sources: [10.0.0.0/8, 192.168.0.0/16]\n    inspect:\n      dlp: {aws: block}\n  \
+         - name: tls-only\n    sources: [172.16.0.0/12]\n    require_tls: true\n\
+         users:\n  - name: u\n    password_hash_file: /x\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // The user zone before `plain` may take it.
+    assert!(p.may_inspect_content(ip("10.1.2.3")));
+    // `plain` comes first; `dlp` after it never selects 10.2.0.0/16.
+    assert!(!p.may_inspect_content(ip("10.2.0.1")));
+    assert!(p.may_inspect_content(ip("192.168.1.1")));
+    // `require_tls` is not content inspection; no zone at all.
+    assert!(!p.may_inspect_content(ip("172.16.0.1")));
+    assert!(!p.may_inspect_content(ip("203.0.113.9")));
+    let none = Policy::load("zones:\n  - name: a\n    sources: [10.0.0.0/8]\n", "n.yaml").unwrap();
+    assert!(!none.may_inspect_content(ip("10.0.0.1")));
+}

@@ -18,6 +18,16 @@
 //! when both cores wake for one connection.
 //!
 //! Everything shared stays shared: one connection limiter, one drain.
+//!
+//! CPU-heavy connections leave their core for the inspection pool
+//! ([`Cores::offload`]): a multi-thread runtime on threads of its own
+//! (`sluice-heavy-N`). A core is cooperative: a poll that spends
+//! milliseconds (a TLS handshake with a leaf signed for it, a DLP scan of
+//! an upload's chunks) holds every other connection of that core for as
+//! long, and none can move. Threads of the pool are the kernel's to
+//! preempt: a core that wakes for a cheap tunnel gets the CPU back in
+//! its wake-up latency, not after the poll. Measured with bench/hol.sh
+//! (bench/README.md, "CPU-heavy inspection and per-core runtimes").
 
 use std::{
     future::Future,
@@ -39,10 +49,11 @@ use crate::{ConnLimiter, Drain, Slot, run_tcp_with};
 /// when the process stops.
 const STOP_WAIT: Duration = Duration::from_secs(1);
 
-/// The per-core runtimes.
+/// The per-core runtimes, and the inspection pool beside them.
 #[derive(Debug)]
 pub struct Cores {
     handles: Vec<Handle>,
+    pool: Handle,
     stops: Mutex<Vec<oneshot::Sender<()>>>,
 }
 
@@ -50,10 +61,35 @@ pub struct Cores {
 
 impl Cores {
     /// Starts `n` threads (at least one), `sluice-core-0` …, each with a
-    /// current-thread runtime that runs until [`Cores::stop`].
+    /// current-thread runtime that runs until [`Cores::stop`], and the
+    /// inspection pool: a multi-thread runtime of `n` workers,
+    /// `sluice-heavy-0` ….
     pub fn start(n: usize) -> io::Result<Arc<Cores>> {
         let mut handles = Vec::new();
         let mut stops = Vec::new();
+        let pool = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .thread_name_fn(|| {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("sluice-heavy-{i}")
+            })
+            .enable_all()
+            .build()?;
+        let pool_handle = pool.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        // Owned by a thread of its own, as the cores are: a runtime may
+        // not be dropped from async code, where `Cores` may go.
+        std::thread::Builder::new()
+            .name("sluice-heavy".into())
+            .spawn(move || {
+                pool.block_on(async {
+                    let _ = stopped.await;
+                });
+                pool.shutdown_timeout(STOP_WAIT);
+            })?;
         for i in 0..n.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -76,8 +112,22 @@ impl Cores {
         }
         Ok(Arc::new(Cores {
             handles,
+            pool: pool_handle,
             stops: Mutex::new(stops),
         }))
+    }
+
+    /// Runs `task` on the inspection pool and waits for its output there
+    /// (`None` if it panicked or the pool stopped first). For the whole
+    /// of a CPU-heavy connection, whose sockets the task registers anew
+    /// on the pool (`into_std`, then `from_std` inside the task): every
+    /// poll of it then runs on the pool's threads.
+    pub async fn offload<T, F>(&self, task: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        self.pool.spawn(task).await.ok()
     }
 
     /// How many cores serve.
@@ -90,7 +140,8 @@ impl Cores {
         self.handles.is_empty()
     }
 
-    /// Stops every core's runtime; tasks still on them are dropped.
+    /// Stops every core's runtime and the pool; tasks still on them are
+    /// dropped.
     pub fn stop(&self) {
         if let Ok(mut stops) = self.stops.lock() {
             stops.clear();
@@ -303,6 +354,83 @@ mod tests {
         }
         let _ = s.write_all(&b).await;
         let _ = s.read(&mut b).await;
+    }
+
+    /// A connection whose handler offloads two seconds of CPU (a
+    /// stand-in for a TLS handshake or a DLP scan) leaves its one core
+    /// free: a second connection to that core is echoed at once, while
+    /// the first is still busy on a pool thread. On the core itself, the
+    /// second would wait the two seconds.
+    #[tokio::test]
+    async fn offloaded_work_leaves_the_core_free() {
+        let cores = Cores::start(1).unwrap();
+        let l = crate::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = l.local_addr().unwrap();
+        let drain = Arc::new(Drain::new());
+        let server = {
+            let (cores, drain) = (cores.clone(), drain.clone());
+            tokio::spawn(async move {
+                let limiter = ConnLimiter::new(10, 10);
+                let pool = cores.clone();
+                run_tcp_cores(
+                    Some(&cores),
+                    l,
+                    limiter,
+                    drain,
+                    || {},
+                    move |mut s: TcpStream, _, _| {
+                        let pool = pool.clone();
+                        async move {
+                            let mut b = [0u8; 1];
+                            if s.read_exact(&mut b).await.is_err() {
+                                return;
+                            }
+                            if b[0] == 1 {
+                                let s = s.into_std().unwrap();
+                                pool.offload(async move {
+                                    let name = std::thread::current().name().map(str::to_owned);
+                                    let spun = std::time::Instant::now();
+                                    while spun.elapsed() < Duration::from_secs(2) {
+                                        std::hint::spin_loop();
+                                    }
+                                    let mut s = TcpStream::from_std(s).unwrap();
+                                    let tag =
+                                        if name.is_some_and(|n| n.starts_with("sluice-heavy-")) {
+                                            1
+                                        } else {
+                                            0
+                                        };
+                                    let _ = s.write_all(&[tag]).await;
+                                })
+                                .await;
+                            } else {
+                                let _ = s.write_all(&b).await;
+                            }
+                        }
+                    },
+                )
+                .await;
+            })
+        };
+        let mut busy = TcpStream::connect(at).await.unwrap();
+        busy.write_all(&[1]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = std::time::Instant::now();
+        let mut cheap = TcpStream::connect(at).await.unwrap();
+        cheap.write_all(&[2]).await.unwrap();
+        let mut b = [0u8; 1];
+        cheap.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], 2);
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the core waited for the offloaded work: {:?}",
+            t0.elapsed()
+        );
+        busy.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], 1, "the work did not run on a pool thread");
+        drain.begin();
+        server.await.unwrap();
+        cores.stop();
     }
 
     /// A second server on the same port still fails to bind while the

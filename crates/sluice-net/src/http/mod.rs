@@ -110,6 +110,34 @@ async fn connection(
             }
         }
     };
+    // A client that may belong to a zone inspecting content (DLP, clamd,
+    // ICAP) is served on the inspection pool: scanning or holding its
+    // bodies would hold every other connection of this core
+    // (`sluice_serve::cores`).
+    let heavy = gw
+        .cores()
+        .cloned()
+        .filter(|_| gw.version().policy.may_inspect_content(peer.ip()));
+    if let Some(cores) = heavy {
+        match stream.into_std() {
+            Ok(s) => {
+                cores
+                    .offload(async move {
+                        match TcpStream::from_std(s) {
+                            Ok(stream) => {
+                                with_hyper(gw, pool, stream, peer, slot, phase, since, pre).await;
+                            }
+                            Err(e) => tracing::warn!(%peer, error = %e, "cannot serve a client on the inspection pool"),
+                        }
+                    })
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot move a client to the inspection pool")
+            }
+        }
+        return;
+    }
     // Boxed: hyper's connection state would otherwise be part of every
     // fast-path tunnel's future (and of its memory while idle).
     Box::pin(with_hyper(gw, pool, stream, peer, slot, phase, since, pre)).await;
