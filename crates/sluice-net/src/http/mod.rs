@@ -95,17 +95,19 @@ async fn connection(
     let Some(peer) = gw.proxied_client(l, p, &mut stream, peer, true).await else {
         return;
     };
-    let phase = Phase::new();
-    let (stream, pre, since) = match fast_connect::first_head(&gw, &stream, started).await {
-        fast_connect::First::Hyper(pre) => (stream, pre, started),
+    // The phase is hyper's only: made once a connection goes to hyper,
+    // not for every fast-path tunnel (one allocation fewer a tunnel).
+    let (stream, pre, since, phase) = match fast_connect::first_head(&gw, &stream, started).await {
+        fast_connect::First::Hyper(pre) => (stream, pre, started, Phase::new()),
         fast_connect::First::Connect(head) => {
             match fast_connect::serve(gw.clone(), stream, peer, slot.clone(), head).await {
                 None => return,
                 // Refused, and kept alive: the next request is hyper's,
                 // awaited like any request after an answer.
                 Some((stream, rest)) => {
+                    let phase = Phase::new();
                     phase.end_request();
-                    (stream, rest, Instant::now())
+                    (stream, rest, Instant::now(), phase)
                 }
             }
         }
