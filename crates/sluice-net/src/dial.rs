@@ -653,6 +653,33 @@ async fn happy_eyeballs(
 mod tests {
     use super::*;
 
+    /// The connect reads `SO_ERROR` only when the readiness event says
+    /// there is one: a refused connect is still an error (and which one),
+    /// an accepted one a stream that carries bytes.
+    #[tokio::test]
+    async fn a_refused_connect_is_an_error_and_an_accepted_one_a_stream() {
+        let opts = SockOpts {
+            mark: None,
+            bind: Bind::default(),
+        };
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let e = connect_one(closed, &opts).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = connect_one(l.local_addr().unwrap(), &opts).await.unwrap();
+        assert!(c.nodelay().unwrap());
+        let (mut s, _) = l.accept().await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        c.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"x");
+    }
+
     #[test]
     fn interleaves_families() {
         let v: Vec<IpAddr> = ["2001:db8::1", "2001:db8::2", "192.0.2.1", "192.0.2.2"]
