@@ -188,14 +188,16 @@ pub(super) async fn serve(
             // Held from before the spawn: a drain never sees this tunnel
             // as gone before it began.
             let active = gw.drain().active();
-            tokio::spawn(async move {
+            // Boxed, as the connection (http/mod.rs): the task then moves
+            // a pointer, not the tunnel's future, when it starts and ends.
+            tokio::spawn(Box::pin(async move {
                 let _held = (slot, active);
                 let pre = Preread {
                     out: &early,
                     inn: &[],
                 };
                 gw.tunnel(flow, stream, upstream, pre, true).await;
-            });
+            }));
             return None;
         }
         Err(refused) => refused,

@@ -74,7 +74,22 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
         limiter,
         drain,
         exhausted,
-        move |stream, peer, slot| connection(gw.clone(), pool.clone(), stream, peer, slot, nodelay),
+        // Boxed: the connection's future is large (its fast path and
+        // hyper's), and a task moves its future by value when it is
+        // spawned and again when it ends (tokio's `Cell::new` and
+        // `set_stage`); boxed, those moves are of a pointer and the
+        // future is copied once (`perf`: memmove was 4 % of Sluice's CPU
+        // under tunnel load, bench/README.md).
+        move |stream, peer, slot| {
+            Box::pin(connection(
+                gw.clone(),
+                pool.clone(),
+                stream,
+                peer,
+                slot,
+                nodelay,
+            ))
+        },
     )
     .await;
 }
