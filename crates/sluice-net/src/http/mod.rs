@@ -112,21 +112,22 @@ async fn connection(
     };
     // The phase is hyper's only: made once a connection goes to hyper,
     // not for every fast-path tunnel (one allocation fewer a tunnel).
-    let (stream, pre, since, phase) = match fast_connect::first_head(&gw, &stream, started).await {
-        fast_connect::First::Hyper(pre) => (stream, pre, started, Phase::new()),
-        fast_connect::First::Connect(head) => {
-            match fast_connect::serve(gw.clone(), stream, peer, slot.clone(), head).await {
-                None => return,
-                // Refused, and kept alive: the next request is hyper's,
-                // awaited like any request after an answer.
-                Some((stream, rest)) => {
-                    let phase = Phase::new();
-                    phase.end_request();
-                    (stream, rest, Instant::now(), phase)
+    let (stream, pre, since, phase) =
+        match fast_connect::first_head(&gw, &mut stream, started).await {
+            fast_connect::First::Hyper(pre) => (stream, pre, started, Phase::new()),
+            fast_connect::First::Connect(head) => {
+                match fast_connect::serve(gw.clone(), stream, peer, slot.clone(), head).await {
+                    None => return,
+                    // Refused, and kept alive: the next request is hyper's,
+                    // awaited like any request after an answer.
+                    Some((stream, rest)) => {
+                        let phase = Phase::new();
+                        phase.end_request();
+                        (stream, rest, Instant::now(), phase)
+                    }
                 }
             }
-        }
-    };
+        };
     // Boxed: hyper's connection state would otherwise be part of every
     // fast-path tunnel's future (and of its memory while idle).
     Box::pin(with_hyper(gw, pool, stream, peer, slot, phase, since, pre)).await;
