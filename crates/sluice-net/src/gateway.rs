@@ -448,14 +448,16 @@ impl Gateway {
         addrs: &[IpAddr],
         started: Instant,
     ) -> Result<TcpStream, Refusal> {
-        let (Some(decision), Some(port)) = (flow.decision().cloned(), flow.port) else {
+        let (Some(current), Some(port)) = (flow.decision(), flow.port) else {
             return Err(Refusal::Internal("dial before decide".into()));
         };
         // Resolved and checked here, whichever way the flow leaves: a
         // parent is asked for a checked address, never the name. The
         // route follows the decision on the addresses (a name's cidr rule
-        // may name its own route).
-        let (decision, allowed) = match self.dialer.vet(flow.policy(), &decision, addrs, port) {
+        // may name its own route). The flow's decision is borrowed, and
+        // the dialed one moved into it below: two copies of a decision
+        // (and of its reason) fewer a tunnel.
+        let (decision, allowed) = match self.dialer.vet(flow.policy(), current, addrs, port) {
             Ok(v) => v,
             Err(e) => return Err(refusal_of(e)),
         };
@@ -494,7 +496,7 @@ impl Gateway {
                 elapsed,
             }) => {
                 self.metrics.observe_connect(elapsed);
-                flow.apply(&decision);
+                flow.apply_owned(decision);
                 flow.peer = Some(peer.ip());
                 flow.route = Some(name);
                 Ok(stream)

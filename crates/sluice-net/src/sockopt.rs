@@ -5,9 +5,9 @@
 //! redirect ruleset can exempt them (loop protection). `nix` wraps both
 //! without `unsafe` here; on other systems they report `Unsupported`.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, os::fd::AsFd};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// The destination a redirected connection was sent to before the
 /// nftables `redirect` (iptables `REDIRECT`) rewrote it. A connection that
@@ -48,14 +48,14 @@ pub fn original_dst(_s: &TcpStream) -> io::Result<SocketAddr> {
 
 /// Sets `SO_MARK` on a socket before it connects (needs `CAP_NET_ADMIN`).
 #[cfg(target_os = "linux")]
-pub fn set_mark(s: &TcpSocket, mark: u32) -> io::Result<()> {
+pub fn set_mark(s: &impl AsFd, mark: u32) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
     setsockopt(s, sockopt::Mark, &mark).map_err(io::Error::from)
 }
 
 /// Not available off Linux.
 #[cfg(not(target_os = "linux"))]
-pub fn set_mark(_s: &TcpSocket, _mark: u32) -> io::Result<()> {
+pub fn set_mark(_s: &impl AsFd, _mark: u32) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "SO_MARK needs Linux",
@@ -66,14 +66,14 @@ pub fn set_mark(_s: &TcpSocket, _mark: u32) -> io::Result<()> {
 /// `CAP_NET_RAW`): its packets leave by that interface whatever the
 /// routing table says.
 #[cfg(target_os = "linux")]
-pub fn bind_device(s: &TcpSocket, name: &str) -> io::Result<()> {
+pub fn bind_device(s: &impl AsFd, name: &str) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
     setsockopt(s, sockopt::BindToDevice, &std::ffi::OsString::from(name)).map_err(io::Error::from)
 }
 
 /// Not available off Linux.
 #[cfg(not(target_os = "linux"))]
-pub fn bind_device(_s: &TcpSocket, _name: &str) -> io::Result<()> {
+pub fn bind_device(_s: &impl AsFd, _name: &str) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "SO_BINDTODEVICE needs Linux",
@@ -84,14 +84,14 @@ pub fn bind_device(_s: &TcpSocket, _name: &str) -> io::Result<()> {
 /// (`IP_BIND_ADDRESS_NO_PORT`), so that connections from one source
 /// address to different destinations may share ports. Best effort.
 #[cfg(target_os = "linux")]
-pub fn bind_address_no_port(s: &TcpSocket) {
+pub fn bind_address_no_port(s: &impl AsFd) {
     use nix::sys::socket::{setsockopt, sockopt};
     let _ = setsockopt(s, sockopt::IpBindAddressNoPort, &true);
 }
 
 /// Not available off Linux.
 #[cfg(not(target_os = "linux"))]
-pub fn bind_address_no_port(_s: &TcpSocket) {}
+pub fn bind_address_no_port(_s: &impl AsFd) {}
 
 /// Sets `TCP_NODELAY` on a listening socket, which Linux copies into every
 /// socket it accepts: one `setsockopt` per listener instead of one per

@@ -176,15 +176,18 @@ pub fn parse_port(s: &str) -> Option<u16> {
 /// each decimal, `0x` hex or `0`-prefixed octal; the last part fills the
 /// remaining bytes (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`).
 pub fn parse_ipv4_loose(s: &str) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
+    // On the stack: every CONNECT target with an IP literal comes here
+    // (two allocations a tunnel when these were vectors).
+    let mut nums = [0u64; 4];
+    let mut len = 0;
+    for p in s.split('.') {
+        if len == nums.len() {
+            return None;
+        }
+        nums[len] = parse_part(p)?;
+        len += 1;
     }
-    let mut nums = Vec::with_capacity(4);
-    for p in &parts {
-        nums.push(parse_part(p)?);
-    }
-    let (last, head) = nums.split_last()?;
+    let (last, head) = nums[..len].split_last()?;
     let mut v: u64 = 0;
     for &n in head {
         if n > 255 {

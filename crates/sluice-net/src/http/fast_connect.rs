@@ -28,7 +28,7 @@ use hyper::{Method, Request, Response, Version, header};
 use sluice_observe::{ErrorKind, Listener, Protocol};
 use sluice_serve::Slot;
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     time::{Instant, timeout_at},
 };
@@ -65,7 +65,7 @@ pub(super) struct Head {
 
 /// Reads the first head of a connection accepted at `started`, until it is
 /// a complete CONNECT head or plainly something for hyper.
-pub(super) async fn first_head(gw: &Gateway, stream: &TcpStream, started: Instant) -> First {
+pub(super) async fn first_head(gw: &Gateway, stream: &mut TcpStream, started: Instant) -> First {
     let limits = gw.limits();
     let max = limits.max_header_bytes as usize;
     let deadline = started + limits.header_timeout;
@@ -73,15 +73,14 @@ pub(super) async fn first_head(gw: &Gateway, stream: &TcpStream, started: Instan
     tokio::pin!(began);
     let mut buf = Vec::with_capacity(FIRST_READ);
     loop {
-        let read = async {
-            loop {
-                stream.readable().await?;
-                match stream.try_read_buf(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    r => return r,
-                }
-            }
-        };
+        // Through `poll_read`, not `try_read_buf`: a read that does not
+        // fill the buffer (the whole head, as a rule) clears the socket's
+        // readiness, so the tunnel's first read of the client waits for
+        // its bytes instead of trying at once and failing with EAGAIN
+        // (the client sends them only after the `200`): one `recvfrom`
+        // fewer per tunnel (`perf stat` on `sys_exit_recvfrom`,
+        // bench/README.md; `strace` hides it by slowing Sluice down).
+        let read = stream.read_buf(&mut buf);
         // A drain, a timeout, an error or the end of the stream: hyper's
         // (with `Timed` at the same deadline), so the outcome is the one it
         // always was.
@@ -170,9 +169,7 @@ pub(super) async fn serve(
     let (flow, refusal) = match Box::pin(stages(&gw, peer, &req)).await {
         Ok((mut flow, upstream)) => {
             flow.status = Some(200);
-            let mut ok = Response::new(answer::empty());
-            answer::add_id(&mut ok, flow.id());
-            if write_answer(&mut stream, ok, false).await.is_err() {
+            if write_ok(&mut stream, flow.id()).await.is_err() {
                 // The client left before its tunnel began (hyper's path
                 // records this as a failed upgrade).
                 flow.error = Some("upgrade failed".into());
@@ -190,14 +187,16 @@ pub(super) async fn serve(
             // Held from before the spawn: a drain never sees this tunnel
             // as gone before it began.
             let active = gw.drain().active();
-            tokio::spawn(async move {
+            // Boxed, as the connection (http/mod.rs): the task then moves
+            // a pointer, not the tunnel's future, when it starts and ends.
+            tokio::spawn(Box::pin(async move {
                 let _held = (slot, active);
                 let pre = Preread {
                     out: &early,
                     inn: &[],
                 };
                 gw.tunnel(flow, stream, upstream, pre, true).await;
-            });
+            }));
             return None;
         }
         Err(refused) => refused,
@@ -241,6 +240,37 @@ fn wants_close(req: &Request<()>) -> bool {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// Writes the `200` that opens a tunnel, byte for byte what
+/// [`write_answer`] writes for it (status line, `sluice-request-id`,
+/// `date`), without building a `Response`: no header map, header value or
+/// date string is allocated per tunnel (`bench/README.md`, "Allocations
+/// per tunnel").
+async fn write_ok(stream: &mut TcpStream, id: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    // Status line, the id (a flow id: ~26 ASCII characters), the date
+    // (29): well under the 256 bytes, which a longer id may outgrow.
+    let mut out = [0u8; 256];
+    let mut w = std::io::Cursor::new(&mut out[..]);
+    let written = (|| {
+        std::io::Write::write_all(&mut w, b"HTTP/1.1 200 OK\r\n")?;
+        // `id_header`'s rule (visible ASCII or tab, not empty) without
+        // its allocation.
+        if !id.is_empty() && id.bytes().all(|b| b == b'\t' || (32..127).contains(&b)) {
+            write!(w, "{}: {id}\r\n", answer::REQUEST_ID)?;
+        }
+        let date = httpdate::HttpDate::from(std::time::SystemTime::now());
+        write!(w, "date: {date}\r\n\r\n")
+    })();
+    if written.is_err() {
+        // Too long for the buffer: the general path.
+        let mut ok = Response::new(answer::empty());
+        answer::add_id(&mut ok, id);
+        return write_answer(stream, ok, false).await;
+    }
+    let n = usize::try_from(w.position()).unwrap_or(0);
+    stream.write_all(&out[..n]).await
 }
 
 /// Writes an answer as hyper would: status line, headers, `date`, and
@@ -328,6 +358,45 @@ mod tests {
         let many: String = (0..40).map(|i| format!("X-{i}: 1\r\n")).collect();
         let head = format!("CONNECT a.test:443 HTTP/1.1\r\n{many}\r\n");
         assert_eq!(kind(head.as_bytes()), "other");
+    }
+
+    /// The tunnel's `200` is the bytes the general answer writer writes
+    /// for it (the dates aside), for a flow id and for an id the header
+    /// could not carry.
+    #[tokio::test]
+    async fn the_ok_answer_is_the_general_writers_200() {
+        async fn written(id: &str, general: bool) -> String {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (mut s, _) = l.accept().await.unwrap();
+            if general {
+                let mut ok = Response::new(answer::empty());
+                answer::add_id(&mut ok, id);
+                write_answer(&mut s, ok, false).await.unwrap();
+            } else {
+                write_ok(&mut s, id).await.unwrap();
+            }
+            drop(s);
+            let mut got = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut c, &mut got)
+                .await
+                .unwrap();
+            let at = got.find("date: ").unwrap();
+            got.replace_range(at + 6..at + 6 + 29, "DATE");
+            got
+        }
+        for id in [
+            "01JEXAMPLE0000000000000000",
+            "",
+            "bad\nid",
+            &"y".repeat(300),
+        ] {
+            assert_eq!(written(id, false).await, written(id, true).await, "{id:?}");
+        }
+        assert_eq!(
+            written("f1", false).await,
+            "HTTP/1.1 200 OK\r\nsluice-request-id: f1\r\ndate: DATE\r\n\r\n"
+        );
     }
 
     #[test]
