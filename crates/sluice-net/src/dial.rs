@@ -570,9 +570,14 @@ async fn connect_one(a: SocketAddr, opts: &SockOpts) -> std::io::Result<TcpStrea
 async fn connected(stream: &TcpStream) -> std::io::Result<()> {
     let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
     if ready.is_error() || ready.is_write_closed() {
-        if let Some(e) = stream.take_error()? {
-            return Err(e);
-        }
+        // An error event without a pending error (taken by someone else,
+        // or a hang-up) still means the connect did not give a stream.
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the connection failed while connecting",
+            )
+        }));
     }
     Ok(())
 }
