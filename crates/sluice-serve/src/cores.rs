@@ -242,6 +242,29 @@ mod tests {
     use std::{collections::HashSet, sync::Mutex as StdMutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Binds port 0 and serves it on `cores` with `handler` until the
+    /// returned drain begins: the address, the drain and the server task.
+    async fn serve_on<H, Fut>(
+        cores: &Arc<Cores>,
+        limiter: Arc<ConnLimiter>,
+        handler: H,
+    ) -> (SocketAddr, Arc<Drain>, tokio::task::JoinHandle<()>)
+    where
+        H: FnMut(TcpStream, SocketAddr, Arc<Slot>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let l = crate::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = l.local_addr().unwrap();
+        let drain = Arc::new(Drain::new());
+        let server = {
+            let (cores, drain) = (cores.clone(), drain.clone());
+            tokio::spawn(async move {
+                run_tcp_cores(Some(&cores), l, limiter, drain, || {}, handler).await;
+            })
+        };
+        (at, drain, server)
+    }
+
     /// A listener bound to port 0 is served on two cores: while one core
     /// is busy the other accepts, each connection is handled on the core
     /// thread that accepted it (and what it spawns stays there), the
@@ -250,9 +273,6 @@ mod tests {
     #[tokio::test]
     async fn serves_a_port_0_listener_on_every_core() {
         let cores = Cores::start(2).unwrap();
-        let l = crate::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let at = l.local_addr().unwrap();
-        let drain = Arc::new(Drain::new());
         let limiter = ConnLimiter::new(1000, 1000);
         let threads = Arc::new(StdMutex::new(HashSet::new()));
         let seen = threads.clone();
@@ -262,34 +282,23 @@ mod tests {
         let barrier = Arc::new(std::sync::Barrier::new(2));
         let first_two = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (entered, mut blocked) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let server = {
-            let (cores, limiter, drain) = (cores.clone(), limiter.clone(), drain.clone());
-            tokio::spawn(async move {
-                run_tcp_cores(
-                    Some(&cores),
-                    l,
-                    limiter,
-                    drain,
-                    || {},
-                    move |s: TcpStream, _, _slot| {
-                        let seen = seen.clone();
-                        let (barrier, first_two) = (barrier.clone(), first_two.clone());
-                        let entered = entered.clone();
-                        async move {
-                            let k = first_two.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            if k == 0 {
-                                let _ = entered.send(());
-                            }
-                            if k < 2 {
-                                barrier.wait();
-                            }
-                            echo_on_this_core(s, &seen).await;
-                        }
-                    },
-                )
-                .await;
+        let (at, drain, server) =
+            serve_on(&cores, limiter.clone(), move |s: TcpStream, _, _slot| {
+                let seen = seen.clone();
+                let (barrier, first_two) = (barrier.clone(), first_two.clone());
+                let entered = entered.clone();
+                async move {
+                    let k = first_two.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if k == 0 {
+                        let _ = entered.send(());
+                    }
+                    if k < 2 {
+                        barrier.wait();
+                    }
+                    echo_on_this_core(s, &seen).await;
+                }
             })
-        };
+            .await;
         let within = Duration::from_secs(5);
         let mut held = Vec::new();
         let mut c0 = TcpStream::connect(at).await.unwrap();
@@ -364,54 +373,37 @@ mod tests {
     #[tokio::test]
     async fn offloaded_work_leaves_the_core_free() {
         let cores = Cores::start(1).unwrap();
-        let l = crate::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let at = l.local_addr().unwrap();
-        let drain = Arc::new(Drain::new());
-        let server = {
-            let (cores, drain) = (cores.clone(), drain.clone());
-            tokio::spawn(async move {
-                let limiter = ConnLimiter::new(10, 10);
-                let pool = cores.clone();
-                run_tcp_cores(
-                    Some(&cores),
-                    l,
-                    limiter,
-                    drain,
-                    || {},
-                    move |mut s: TcpStream, _, _| {
-                        let pool = pool.clone();
-                        async move {
-                            let mut b = [0u8; 1];
-                            if s.read_exact(&mut b).await.is_err() {
-                                return;
+        let pool = cores.clone();
+        let (at, drain, server) = serve_on(
+            &cores,
+            ConnLimiter::new(10, 10),
+            move |mut s: TcpStream, _, _| {
+                let pool = pool.clone();
+                async move {
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    if b[0] == 1 {
+                        let s = s.into_std().unwrap();
+                        pool.offload(async move {
+                            let name = std::thread::current().name().map(str::to_owned);
+                            let spun = std::time::Instant::now();
+                            while spun.elapsed() < Duration::from_secs(2) {
+                                std::hint::spin_loop();
                             }
-                            if b[0] == 1 {
-                                let s = s.into_std().unwrap();
-                                pool.offload(async move {
-                                    let name = std::thread::current().name().map(str::to_owned);
-                                    let spun = std::time::Instant::now();
-                                    while spun.elapsed() < Duration::from_secs(2) {
-                                        std::hint::spin_loop();
-                                    }
-                                    let mut s = TcpStream::from_std(s).unwrap();
-                                    let tag =
-                                        if name.is_some_and(|n| n.starts_with("sluice-heavy-")) {
-                                            1
-                                        } else {
-                                            0
-                                        };
-                                    let _ = s.write_all(&[tag]).await;
-                                })
-                                .await;
-                            } else {
-                                let _ = s.write_all(&b).await;
-                            }
-                        }
-                    },
-                )
-                .await;
-            })
-        };
+                            let mut s = TcpStream::from_std(s).unwrap();
+                            let on_pool = name.is_some_and(|n| n.starts_with("sluice-heavy-"));
+                            let _ = s.write_all(&[u8::from(on_pool)]).await;
+                        })
+                        .await;
+                    } else {
+                        let _ = s.write_all(&b).await;
+                    }
+                }
+            },
+        )
+        .await;
         let mut busy = TcpStream::connect(at).await.unwrap();
         busy.write_all(&[1]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -438,16 +430,8 @@ mod tests {
     #[tokio::test]
     async fn another_bind_of_the_port_fails() {
         let cores = Cores::start(2).unwrap();
-        let l = crate::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let at = l.local_addr().unwrap();
-        let drain = Arc::new(Drain::new());
-        let server = {
-            let (cores, drain) = (cores.clone(), drain.clone());
-            tokio::spawn(async move {
-                let limiter = ConnLimiter::new(10, 10);
-                run_tcp_cores(Some(&cores), l, limiter, drain, || {}, |_s, _, _| async {}).await;
-            })
-        };
+        let (at, drain, server) =
+            serve_on(&cores, ConnLimiter::new(10, 10), |_s, _, _| async {}).await;
         // Served: the handler takes the connection and closes it.
         let mut c = TcpStream::connect(at).await.unwrap();
         let mut b = Vec::new();
