@@ -66,7 +66,9 @@ for round in $(seq "$ROUNDS"); do
 import json, sys
 who, rnd, out, ticks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 us = ticks * 10_000 / max(out["ok"], 1)
-print(f"round {rnd} {who}: {out['per_second']:.0f} tunnels/s p99 {out['p99_ms']:.1f} ms "
+setup = out.get("setup_p99_ms")
+setup = f" set-up p99 {setup:.2f} ms" if setup is not None else ""
+print(f"round {rnd} {who}: {out['per_second']:.0f} tunnels/s p99 {out['p99_ms']:.1f} ms{setup} "
       f"errors {out['errors']} cpu {us:.0f} us/tunnel")
 PY
     done

@@ -2,7 +2,9 @@
 //! TCP_NODELAY) to the proxy, an HTTP `CONNECT` or a SOCKS5 handshake (or
 //! neither, `direct`), one byte sent and read back from the echo origin
 //! through the tunnel, close. Latency runs from connect start to the echoed
-//! byte: until the tunnel is usable end to end. `concurrency` workers share
+//! byte: until the tunnel is usable end to end. Set-up runs from connect
+//! start to the proxy's answer (the `200` or the SOCKS5 reply; `direct`:
+//! the TCP connect): the proxy's share, without the echo origin's. `concurrency` workers share
 //! the budget of `count` tunnels and `duration`; a tunnel not usable within
 //! 10 s is an error. Errors are counted, the first five kept as samples.
 //!
@@ -95,6 +97,9 @@ pub struct Report {
     pub p99_ms: Option<f64>,
     /// The slowest tunnel.
     pub max_ms: Option<f64>,
+    /// Connect start to the proxy's answer (held mode: of the held tunnels).
+    pub setup_p50_ms: Option<f64>,
+    pub setup_p99_ms: Option<f64>,
     /// User + system CPU of this process over the run.
     pub client_cpu_s: f64,
 }
@@ -120,6 +125,7 @@ enum TunnelError {
 #[derive(Default)]
 struct Tally {
     latencies: Vec<Duration>,
+    setups: Vec<Duration>,
     errors: usize,
     samples: Vec<(Instant, String)>,
 }
@@ -177,6 +183,7 @@ pub async fn run(config: Config) -> Report {
         match joined {
             Ok(t) => {
                 all.latencies.extend(t.latencies);
+                all.setups.extend(t.setups);
                 all.errors += t.errors;
                 all.samples.extend(t.samples);
             }
@@ -190,6 +197,7 @@ pub async fn run(config: Config) -> Report {
     let elapsed = started.elapsed().as_secs_f64();
     let client_cpu = cpu_seconds() - cpu_before;
     all.latencies.sort_unstable();
+    all.setups.sort_unstable();
     all.samples.sort_by_key(|(at, _)| *at);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Report {
@@ -206,6 +214,8 @@ pub async fn run(config: Config) -> Report {
         p50_ms: percentile(&all.latencies, 50.0).map(ms),
         p99_ms: percentile(&all.latencies, 99.0).map(ms),
         max_ms: all.latencies.last().copied().map(ms),
+        setup_p50_ms: percentile(&all.setups, 50.0).map(ms),
+        setup_p99_ms: percentile(&all.setups, 99.0).map(ms),
         client_cpu_s: round3(client_cpu),
     }
 }
@@ -231,8 +241,9 @@ async fn worker(
         }
         let t0 = Instant::now();
         match tokio::time::timeout(TUNNEL_TIMEOUT, open(&config.via, &config.target)).await {
-            Ok(Ok(stream)) => {
+            Ok(Ok((stream, setup))) => {
                 tally.latencies.push(t0.elapsed());
+                tally.setups.push(setup);
                 drop(stream);
             }
             Ok(Err(e)) => tally.error(e),
@@ -250,7 +261,10 @@ async fn held(config: Arc<Config>, i: usize, started: Instant, deadline: Instant
     let keep = config.keep.unwrap_or(1).max(1);
     let opened = tokio::time::timeout(TUNNEL_TIMEOUT, open(&config.via, &config.target)).await;
     let mut s = match opened {
-        Ok(Ok(s)) => s,
+        Ok(Ok((s, setup))) => {
+            tally.setups.push(setup);
+            s
+        }
         Ok(Err(e)) => {
             tally.error(e);
             return tally;
@@ -297,8 +311,10 @@ impl Tally {
     }
 }
 
-/// One tunnel, usable end to end (the echo came back through it).
-async fn open(via: &Via, target: &Target) -> Result<TcpStream, TunnelError> {
+/// One tunnel, usable end to end (the echo came back through it), and how
+/// long its set-up took (connect start to the proxy's answer).
+async fn open(via: &Via, target: &Target) -> Result<(TcpStream, Duration), TunnelError> {
+    let t0 = Instant::now();
     let first_hop = match *via {
         Via::Direct => target.addr,
         Via::Connect(proxy) | Via::Socks5 { proxy, .. } => proxy,
@@ -316,8 +332,9 @@ async fn open(via: &Via, target: &Target) -> Result<TcpStream, TunnelError> {
         Via::Connect(_) => http_connect(&mut s, target).await?,
         Via::Socks5 { ip, .. } => socks5_connect(&mut s, ip, target.port).await?,
     }
+    let setup = t0.elapsed();
     echo(&mut s).await?;
-    Ok(s)
+    Ok((s, setup))
 }
 
 /// One byte through the tunnel and back.
@@ -520,6 +537,9 @@ mod tests {
         assert_eq!((report.ok, report.errors), (50, 0), "{report:?}");
         assert!(report.p50_ms.is_some() && report.p99_ms >= report.p50_ms);
         assert!(report.max_ms >= report.p99_ms);
+        assert!(report.setup_p50_ms.is_some() && report.setup_p99_ms >= report.setup_p50_ms);
+        // Set-up is part of each tunnel's latency.
+        assert!(report.setup_p99_ms <= report.max_ms, "{report:?}");
         let json = serde_json::to_value(&report).unwrap();
         for key in [
             "ok",
@@ -530,6 +550,8 @@ mod tests {
             "p50_ms",
             "p99_ms",
             "max_ms",
+            "setup_p50_ms",
+            "setup_p99_ms",
             "client_cpu_s",
         ] {
             assert!(json.get(key).is_some(), "{key} missing in {json}");
@@ -562,6 +584,50 @@ mod tests {
         assert!((20..=61).contains(&report.ok), "{report:?}");
     }
 
+    /// Set-up ends at the proxy's answer: a proxy that answers at once and
+    /// echoes 150 ms later shows a short set-up and a long latency.
+    #[tokio::test]
+    async fn set_up_ends_at_the_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let mut head = Vec::new();
+                    while head_end(&head).is_none() {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let _ = s.write_all(&buf[..n]).await;
+                });
+            }
+        });
+        let report = run(Config {
+            via: Via::Connect(addr),
+            target: Target {
+                host: "echo.test".into(),
+                port: 7,
+                addr,
+            },
+            concurrency: 2,
+            count: 4,
+            duration: Duration::from_secs(10),
+            rate: None,
+            keep: None,
+        })
+        .await;
+        assert_eq!((report.ok, report.errors), (4, 0), "{report:?}");
+        assert!(report.p50_ms.unwrap() >= 150.0, "{report:?}");
+        assert!(report.setup_p99_ms.unwrap() < 100.0, "{report:?}");
+    }
+
     #[tokio::test]
     async fn refused_connections_are_counted_with_samples() {
         // Bound and dropped: nothing listens there any more.
@@ -590,5 +656,6 @@ mod tests {
             "{report:?}"
         );
         assert_eq!((report.p50_ms, report.p99_ms), (None, None));
+        assert_eq!((report.setup_p50_ms, report.setup_p99_ms), (None, None));
     }
 }
