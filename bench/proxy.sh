@@ -104,7 +104,7 @@ python3 "$here/origin.py" bulk "$BULK_PORT" >"$T/origin-bulk.log" 2>&1 &
 pids+=($!); wait_port "$BULK_PORT" origin-bulk $!
 # shellcheck disable=SC2086
 "$LOADGEN_BIN" echo $ECHO_PORTS >"$T/origin-echo.log" 2>&1 &
-pids+=($!)
+pids+=($!); ECHO_PID=$!
 for p in $ECHO_PORTS; do wait_port "$p" origin-echo $!; done
 
 # ---------------------------------------------------------------- proxies
@@ -291,9 +291,23 @@ for round in $(seq "$ROUNDS"); do
         socks=()
         if [[ $who == socks5 ]]; then socks=(--socks5); fi
         c0=$(cpu "$who")
+        e0=$(python3 "$here/client.py" cpu --pid "$ECHO_PID")
+        m0=$(head -1 /proc/stat)
         out=$(timeout $((TUNNEL_SECONDS + 30)) "$LOADGEN_BIN" tunnels --proxy "$proxy" "${socks[@]}" \
             --target "127.0.0.1:${ECHO[$who]}" --concurrency 32 --count "$TUNNELS" --seconds "$TUNNEL_SECONDS")
-        emit tunnels "$who" "{\"round\":$round,${out#\{}" "$c0"
+        # The whole machine's budget of the round: the echo origin's CPU
+        # and the share of all CPUs busy (/proc/stat), beside the proxy's
+        # and the client's (bench/README.md, "What bounds the tunnel rate").
+        budget=$(python3 - "$e0" "$(python3 "$here/client.py" cpu --pid "$ECHO_PID")" "$m0" "$(head -1 /proc/stat)" <<'PY'
+import sys
+e0, e1 = (sum(map(float, a.split())) for a in sys.argv[1:3])
+m0, m1 = ([int(x) for x in a.split()[1:9]] for a in sys.argv[3:5])
+d = [b - a for a, b in zip(m0, m1)]
+idle = d[3] + d[4]
+print(f'"echo_cpu_s":{e1 - e0:.2f},"machine_busy":{1 - idle / max(sum(d), 1):.3f},')
+PY
+)
+        emit tunnels "$who" "{\"round\":$round,$budget${out#\{}" "$c0"
         log "tunnels round $round $who: $out"
     done
 done

@@ -200,6 +200,37 @@ def tunnel_cell(rs):
     return cell + ")"
 
 
+def tunnel_budget(get, nproc):
+    """Where the CPUs went in the tunnels rounds: per tunnel, the proxy's,
+    the client's and the echo origin's CPU, and the share of all CPUs busy
+    (rounds measured with `echo_cpu_s` and `machine_busy`). With every CPU
+    busy, the rate is nproc / the sum: a proxy's rate depends on the
+    client's and the origin's CPU as much as on its own."""
+    rows = []
+    for w in COLS[:2] + ["socks5"] + COLS[2:]:
+        rs = get("tunnels", w)
+        if not rs or not all("machine_busy" in r and "client_cpu_s" in r for r in rs):
+            continue
+        n = sum(r["ok"] + r["errors"] for r in rs)
+        if not n:
+            continue
+        proxy = sum(r.get("proxy_cpu_s") or 0 for r in rs) * 1e6 / n
+        client = sum(r["client_cpu_s"] for r in rs) * 1e6 / n
+        echo = sum(r["echo_cpu_s"] for r in rs) * 1e6 / n
+        total = proxy + client + echo
+        busy = med(rs, "machine_busy")
+        rows.append(f"| {w} | {fmt(med(rs, 'per_second'))} | {fmt(proxy) if proxy else '—'} | {fmt(client)} "
+                    f"| {fmt(echo)} | {fmt(total)} | {fmt(busy * 100)} % | {fmt(nproc * 1e6 / total)} |")
+    if not rows:
+        return []
+    return ["", "What bounds the tunnel rate: CPU per tunnel of each process on the machine in the tunnels "
+            "rounds, the share of all CPUs busy (/proc/stat, median round) and the rate those CPUs "
+            "would give with every one busy (nproc / the sum). A proxy that leaves CPUs idle is "
+            "limited by itself (squid: one thread); one that fills them is limited by the sum.", "",
+            "| column | tunnels/s | proxy µs | client µs | echo origin µs | sum µs | CPUs busy | rate at 100 % busy |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
+
+
 def main():
     if sys.argv[1] == "--readme":
         update_readme(sys.argv[2], sys.argv[3])
@@ -393,6 +424,7 @@ def main():
                    + " of CPU per tunnel, on the same CPUs as the proxy: the direct column is the "
                    "client's own ceiling, and a rate near it says more about the client than about "
                    "the proxy.")
+    out.extend(tunnel_budget(get, int(m["nproc"])))
     out.append("")
     out.append("## Machine\n")
     out.append(f"- CPU: {m['cpu']}, `nproc` = {m['nproc']}; memory {m['mem']}")
