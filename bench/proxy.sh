@@ -31,6 +31,7 @@ need() { command -v "$1" >/dev/null || { echo "error: $1 not found (apt-get inst
 need python3 python3
 need curl curl
 need wrk wrk
+[[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time not found (apt-get install -y time)" >&2; exit 2; }
 for p in $ONLY; do
     case $p in
         squid) need squid squid ;;
@@ -99,7 +100,7 @@ ECHO_PORTS="${ECHO[direct]} ${ECHO[sluice]} ${ECHO[socks5]} ${ECHO[squid]} ${ECH
 ALL_PORTS="$HTTP_PORT $BULK_PORT $ECHO_PORTS"
 
 python3 "$here/origin.py" http "$HTTP_PORT" >"$T/origin-http.log" 2>&1 &
-pids+=($!); wait_port "$HTTP_PORT" origin-http $!
+pids+=($!); ORIGIN_HTTP_PID=$!; wait_port "$HTTP_PORT" origin-http $!
 python3 "$here/origin.py" bulk "$BULK_PORT" >"$T/origin-bulk.log" 2>&1 &
 pids+=($!); wait_port "$BULK_PORT" origin-bulk $!
 # shellcheck disable=SC2086
@@ -267,6 +268,19 @@ for who in direct $ONLY; do
     fi
 done
 
+# `"KEY":CPU seconds of PID since E0,"machine_busy":share of all CPUs busy
+# since the /proc/stat line M0,` for a round's JSON.
+budget() { # key e0 pid m0
+    python3 - "$2" "$(python3 "$here/client.py" cpu --pid "$3")" "$4" "$(head -1 /proc/stat)" "$1" <<'PY'
+import sys
+e0, e1 = (sum(map(float, a.split())) for a in sys.argv[1:3])
+m0, m1 = ([int(x) for x in a.split()[1:9]] for a in sys.argv[3:5])
+d = [b - a for a, b in zip(m0, m1)]
+idle = d[3] + d[4]
+print(f'"{sys.argv[5]}":{e1 - e0:.2f},"machine_busy":{1 - idle / max(sum(d), 1):.3f},')
+PY
+}
+
 # ---------------------------------------------------------------- 1. bulk
 for round in $(seq "$ROUNDS"); do
     for who in direct $COLS; do
@@ -298,15 +312,7 @@ for round in $(seq "$ROUNDS"); do
         # The whole machine's budget of the round: the echo origin's CPU
         # and the share of all CPUs busy (/proc/stat), beside the proxy's
         # and the client's (bench/README.md, "What bounds the tunnel rate").
-        budget=$(python3 - "$e0" "$(python3 "$here/client.py" cpu --pid "$ECHO_PID")" "$m0" "$(head -1 /proc/stat)" <<'PY'
-import sys
-e0, e1 = (sum(map(float, a.split())) for a in sys.argv[1:3])
-m0, m1 = ([int(x) for x in a.split()[1:9]] for a in sys.argv[3:5])
-d = [b - a for a, b in zip(m0, m1)]
-idle = d[3] + d[4]
-print(f'"echo_cpu_s":{e1 - e0:.2f},"machine_busy":{1 - idle / max(sum(d), 1):.3f},')
-PY
-)
+        budget=$(budget echo_cpu_s "$e0" "$ECHO_PID" "$m0")
         emit tunnels "$who" "{\"round\":$round,$budget${out#\{}" "$c0"
         log "tunnels round $round $who: $out"
     done
@@ -318,9 +324,14 @@ for round in $(seq "$ROUNDS"); do
         url="http://127.0.0.1:$HTTP_PORT/"
         if [[ $who != direct ]]; then url="http://127.0.0.1:${PORT[$who]}/"; fi
         c0=$(cpu "$who")
-        wrk -t2 -c32 -d"${WRK_SECONDS}s" --timeout 5s -s "$T/wrk-$who.lua" "$url" >"$T/wrk-$who-$round.out"
+        o0=$(python3 "$here/client.py" cpu --pid "$ORIGIN_HTTP_PID")
+        m0=$(head -1 /proc/stat)
+        /usr/bin/time -f '%U %S' -o "$T/wrk-time" \
+            wrk -t2 -c32 -d"${WRK_SECONDS}s" --timeout 5s -s "$T/wrk-$who.lua" "$url" >"$T/wrk-$who-$round.out"
+        budget=$(budget origin_cpu_s "$o0" "$ORIGIN_HTTP_PID" "$m0")
+        budget+=$(awk '{printf "\"client_cpu_s\":%.2f,", $1 + $2}' "$T/wrk-time")
         out=$(grep '^{' "$T/wrk-$who-$round.out" | tail -1)
-        emit http "$who" "{\"round\":$round,${out#\{}" "$c0"
+        emit http "$who" "{\"round\":$round,$budget${out#\{}" "$c0"
         log "http round $round $who: $out"
     done
 done

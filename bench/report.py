@@ -200,35 +200,44 @@ def tunnel_cell(rs):
     return cell + ")"
 
 
-def tunnel_budget(get, nproc):
-    """Where the CPUs went in the tunnels rounds: per tunnel, the proxy's,
-    the client's and the echo origin's CPU, and the share of all CPUs busy
-    (rounds measured with `echo_cpu_s` and `machine_busy`). With every CPU
+def budget(get, nproc):
+    """Where the CPUs went in the tunnels and HTTP rounds: per tunnel (per
+    request), the proxy's, the client's and the origin's CPU, and the share
+    of all CPUs busy (rounds measured with `machine_busy`). With every CPU
     busy, the rate is nproc / the sum: a proxy's rate depends on the
     client's and the origin's CPU as much as on its own."""
-    rows = []
-    for w in COLS[:2] + ["socks5"] + COLS[2:]:
-        rs = get("tunnels", w)
-        if not rs or not all("machine_busy" in r and "client_cpu_s" in r for r in rs):
+    out = []
+    for measure, origin, unit, count, cols in [
+        ("tunnels", "echo_cpu_s", "tunnel", lambda r: r["ok"] + r["errors"], COLS[:2] + ["socks5"] + COLS[2:]),
+        ("http", "origin_cpu_s", "request", lambda r: r["requests"], COLS),
+    ]:
+        rows = []
+        for w in cols:
+            rs = get(measure, w)
+            if not rs or not all("machine_busy" in r and "client_cpu_s" in r and origin in r for r in rs):
+                continue
+            n = sum(count(r) for r in rs)
+            if not n:
+                continue
+            proxy = sum(r.get("proxy_cpu_s") or 0 for r in rs) * 1e6 / n
+            client = sum(r["client_cpu_s"] for r in rs) * 1e6 / n
+            orig = sum(r[origin] for r in rs) * 1e6 / n
+            total = proxy + client + orig
+            busy = med(rs, "machine_busy")
+            rows.append(f"| {w} | {fmt(med(rs, 'per_second'))} | {fmt(proxy) if proxy else '—'} | {fmt(client)} "
+                        f"| {fmt(orig)} | {fmt(total)} | {fmt(busy * 100)} % | {fmt(nproc * 1e6 / total)} |")
+        if not rows:
             continue
-        n = sum(r["ok"] + r["errors"] for r in rs)
-        if not n:
-            continue
-        proxy = sum(r.get("proxy_cpu_s") or 0 for r in rs) * 1e6 / n
-        client = sum(r["client_cpu_s"] for r in rs) * 1e6 / n
-        echo = sum(r["echo_cpu_s"] for r in rs) * 1e6 / n
-        total = proxy + client + echo
-        busy = med(rs, "machine_busy")
-        rows.append(f"| {w} | {fmt(med(rs, 'per_second'))} | {fmt(proxy) if proxy else '—'} | {fmt(client)} "
-                    f"| {fmt(echo)} | {fmt(total)} | {fmt(busy * 100)} % | {fmt(nproc * 1e6 / total)} |")
-    if not rows:
-        return []
-    return ["", "What bounds the tunnel rate: CPU per tunnel of each process on the machine in the tunnels "
-            "rounds, the share of all CPUs busy (/proc/stat, median round) and the rate those CPUs "
-            "would give with every one busy (nproc / the sum). A proxy that leaves CPUs idle is "
-            "limited by itself (squid: one thread); one that fills them is limited by the sum.", "",
-            "| column | tunnels/s | proxy µs | client µs | echo origin µs | sum µs | CPUs busy | rate at 100 % busy |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
+        client = "`sluice-loadgen tunnels`" if measure == "tunnels" else "wrk"
+        source = "echo origin (`sluice-loadgen echo`)" if measure == "tunnels" else "HTTP origin (`origin.py http`)"
+        out += ["", f"What bounds the {measure} rate: CPU per {unit} of the proxy, the client ({client}) and "
+                f"the {source} in those rounds, the share of all CPUs busy (/proc/stat, median round; "
+                "other work on the machine counts too) and the rate those CPUs would give with every "
+                "one busy (nproc / the sum). A proxy that leaves CPUs idle is limited by itself (squid: "
+                "one thread); one that keeps them busy is limited by the sum.", "",
+                f"| column | {unit}s/s | proxy µs | client µs | origin µs | sum µs | CPUs busy | rate at 100 % busy |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
+    return out
 
 
 def main():
@@ -424,7 +433,7 @@ def main():
                    + " of CPU per tunnel, on the same CPUs as the proxy: the direct column is the "
                    "client's own ceiling, and a rate near it says more about the client than about "
                    "the proxy.")
-    out.extend(tunnel_budget(get, int(m["nproc"])))
+    out.extend(budget(get, int(m["nproc"])))
     out.append("")
     out.append("## Machine\n")
     out.append(f"- CPU: {m['cpu']}, `nproc` = {m['nproc']}; memory {m['mem']}")
