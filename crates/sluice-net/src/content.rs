@@ -329,16 +329,10 @@ impl Content {
     }
 
     fn malware_verdict(&self, s: &Subject, block: bool, reason: String) -> Inspection {
-        if !block {
-            Inspection::Pass
-        } else if s.report {
-            s.notes.unenforced(Arc::from(ids::INSPECT_MALWARE), reason);
-            Inspection::Pass
+        if block {
+            refuse(s, ids::INSPECT_MALWARE, reason)
         } else {
-            Inspection::Deny {
-                rule: Arc::from(ids::INSPECT_MALWARE),
-                reason,
-            }
+            Inspection::Pass
         }
     }
 
@@ -438,14 +432,20 @@ impl Content {
             format!("{reason}; {}", s.dest),
             serde_json::json!({ "scanner": "icap", "service": svc.url(), "status": status, "found": found }),
         ));
-        if s.report {
-            s.notes.unenforced(Arc::from(ids::INSPECT_ICAP), reason);
-            Inspection::Pass
-        } else {
-            Inspection::Deny {
-                rule: Arc::from(ids::INSPECT_ICAP),
-                reason,
-            }
+        refuse(s, ids::INSPECT_ICAP, reason)
+    }
+}
+
+/// A block by `rule`: a denial, or in a report zone a pass noted as
+/// unenforced.
+fn refuse(s: &Subject, rule: &str, reason: String) -> Inspection {
+    if s.report {
+        s.notes.unenforced(Arc::from(rule), reason);
+        Inspection::Pass
+    } else {
+        Inspection::Deny {
+            rule: Arc::from(rule),
+            reason,
         }
     }
 }
