@@ -403,7 +403,7 @@ async fn run(
     mut closed: oneshot::Receiver<Instant>,
     drops: Arc<Drops>,
 ) {
-    let (connected_tx, mut connected) = watch::channel(false);
+    let (connected_tx, connected) = watch::channel(false);
     let connected_tx = Arc::new(connected_tx);
     let client = match connect(&opts.url, &metrics, connected_tx.clone()).await {
         Ok(c) => c,
@@ -418,108 +418,195 @@ async fn run(
         metrics.connected.set(1);
         connected_tx.send_replace(true);
     }
-    let stats = client.statistics();
     let js = jetstream::ContextBuilder::new()
         .timeout(ACK_TIMEOUT)
         .build(client.clone());
-    let mut stream_ready = false;
-    let mut deadline: Option<Instant> = None;
-    let mut retry: VecDeque<Group> = VecDeque::new();
-    let mut inflight: FuturesUnordered<Acked> = FuturesUnordered::new();
-    // Messages in `inflight`'s groups, for the count at close.
-    let mut inflight_msgs = 0usize;
-    let mut line = Vec::with_capacity(1024);
-    let mut subjects = Subjects::default();
-    loop {
-        if let Some(d) = deadline {
-            let done = rx.is_empty() && retry.is_empty() && inflight.is_empty();
-            if done || Instant::now() >= d {
-                break;
+    let mut pump = Pump {
+        stats: client.statistics(),
+        client,
+        js,
+        opts,
+        metrics,
+        rx,
+        closed,
+        drops,
+        connected,
+        stream_ready: false,
+        deadline: None,
+        retry: VecDeque::new(),
+        inflight: FuturesUnordered::new(),
+        inflight_msgs: 0,
+        line: Vec::with_capacity(1024),
+        subjects: Subjects::default(),
+    };
+    pump.run().await;
+    pump.finish();
+}
+
+/// The publishing task's state once the client exists.
+struct Pump {
+    opts: BusOptions,
+    metrics: BusMetrics,
+    rx: mpsc::Receiver<Item>,
+    closed: oneshot::Receiver<Instant>,
+    drops: Arc<Drops>,
+    connected: watch::Receiver<bool>,
+    client: async_nats::Client,
+    stats: Arc<async_nats::Statistics>,
+    js: jetstream::Context,
+    stream_ready: bool,
+    /// Set once closing began: publish until then, no longer.
+    deadline: Option<Instant>,
+    retry: VecDeque<Group>,
+    inflight: FuturesUnordered<Acked>,
+    /// Messages in `inflight`'s groups, for the count at close.
+    inflight_msgs: usize,
+    line: Vec<u8>,
+    subjects: Subjects,
+}
+
+/// What one turn of [`Pump::run`] does next.
+enum Turn {
+    /// Publish this group.
+    Send(Group),
+    /// Nothing to send now: wait for an acknowledgement.
+    Wait,
+    /// Something changed (closing began, a group settled): look again.
+    Again,
+}
+
+// === impl Pump ===
+
+impl Pump {
+    async fn run(&mut self) {
+        loop {
+            if let Some(d) = self.deadline {
+                let done = self.rx.is_empty() && self.retry.is_empty() && self.inflight.is_empty();
+                if done || Instant::now() >= d {
+                    break;
+                }
             }
-        }
-        if !*connected.borrow() {
-            tokio::select! {
-                changed = connected.changed() => if changed.is_err() { break },
-                at = &mut closed, if deadline.is_none() => deadline = Some(begin_close(at, &mut rx)),
-                () = sleep_until(deadline) => {}
-            }
-            continue;
-        }
-        if !stream_ready {
-            stream_ready = ensure_stream(&js, &opts.stream).await;
-            if !stream_ready {
+            if !*self.connected.borrow() {
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    at = &mut closed, if deadline.is_none() => deadline = Some(begin_close(at, &mut rx)),
+                    changed = self.connected.changed() => if changed.is_err() { break },
+                    at = &mut self.closed, if self.deadline.is_none() => self.deadline = Some(begin_close(at, &mut self.rx)),
+                    () = sleep_until(self.deadline) => {}
                 }
                 continue;
             }
-        }
-        let next = if inflight.len() >= GROUPS_IN_FLIGHT {
-            None
-        } else if let Some(g) = retry.pop_front() {
-            Some(g)
-        } else {
-            tokio::select! {
-                biased;
-                at = &mut closed, if deadline.is_none() => {
-                    deadline = Some(begin_close(at, &mut rx));
-                    continue;
-                }
-                Some((result, g)) = inflight.next(), if !inflight.is_empty() => {
-                    inflight_msgs -= g.msgs.len();
-                    settle(result, g, &metrics, &drops, &mut retry, &mut stream_ready);
-                    continue;
-                }
-                item = rx.recv() => match item {
-                    Some(first) => Some(gather(first, &mut rx, opts.partitions, &mut subjects, &mut line)),
-                    // Closed (or every handle dropped) and drained;
-                    // acknowledgements may be pending.
-                    None => {
-                        deadline.get_or_insert_with(|| Instant::now() + ACK_TIMEOUT);
-                        None
+            if !self.stream_ready && !self.ready_stream().await {
+                continue;
+            }
+            match self.next_turn().await {
+                Turn::Send(g) => self.publish(g).await,
+                Turn::Again => {}
+                Turn::Wait => {
+                    if let Some((result, g)) = self.inflight.next().await {
+                        self.settle_acked(result, g);
+                    } else if self.deadline.is_some() && self.rx.is_empty() && self.retry.is_empty()
+                    {
+                        break;
                     }
-                },
-                () = sleep_until(deadline) => continue,
+                }
             }
-        };
-        let Some(mut g) = next else {
-            if let Some((result, g)) = inflight.next().await {
-                inflight_msgs -= g.msgs.len();
-                settle(result, g, &metrics, &drops, &mut retry, &mut stream_ready);
-            } else if deadline.is_some() && rx.is_empty() && retry.is_empty() {
-                break;
+        }
+    }
+
+    /// Creates the stream if need be; while that fails, waits a second
+    /// (or for closing to begin). Whether the stream is ready.
+    async fn ready_stream(&mut self) -> bool {
+        self.stream_ready = ensure_stream(&self.js, &self.opts.stream).await;
+        if !self.stream_ready {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                at = &mut self.closed, if self.deadline.is_none() => self.deadline = Some(begin_close(at, &mut self.rx)),
             }
-            continue;
-        };
+        }
+        self.stream_ready
+    }
+
+    /// A group to retry or gathered from the queue, unless the groups in
+    /// flight are at their bound, or closing began, or an acknowledgement
+    /// came first.
+    async fn next_turn(&mut self) -> Turn {
+        if self.inflight.len() >= GROUPS_IN_FLIGHT {
+            return Turn::Wait;
+        }
+        if let Some(g) = self.retry.pop_front() {
+            return Turn::Send(g);
+        }
+        tokio::select! {
+            biased;
+            at = &mut self.closed, if self.deadline.is_none() => {
+                self.deadline = Some(begin_close(at, &mut self.rx));
+                Turn::Again
+            }
+            Some((result, g)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                self.settle_acked(result, g);
+                Turn::Again
+            }
+            item = self.rx.recv() => match item {
+                Some(first) => Turn::Send(gather(first, &mut self.rx, self.opts.partitions, &mut self.subjects, &mut self.line)),
+                // Closed (or every handle dropped) and drained;
+                // acknowledgements may be pending.
+                None => {
+                    self.deadline.get_or_insert_with(|| Instant::now() + ACK_TIMEOUT);
+                    Turn::Wait
+                }
+            },
+            () = sleep_until(self.deadline) => Turn::Again,
+        }
+    }
+
+    /// Sends group `g` and keeps its acknowledgement in flight; pauses
+    /// after a group that was not full, to gather the next.
+    async fn publish(&mut self, mut g: Group) {
         g.attempts += 1;
         let full = g.msgs.len() >= GROUP;
         // Read before the first message leaves: a reconnect counted later
         // than this may have split the group (see the module's doc).
-        g.connects = stats.connects.load(Ordering::Relaxed);
-        match send(&client, &js, &g).await {
+        g.connects = self.stats.connects.load(Ordering::Relaxed);
+        match send(&self.client, &self.js, &g).await {
             Ok(ack) => {
-                inflight_msgs += g.msgs.len();
-                inflight.push(acked(ack, stats.clone(), g));
+                self.inflight_msgs += g.msgs.len();
+                self.inflight.push(acked(ack, self.stats.clone(), g));
             }
             Err(e) => settle(
                 Err(Failed::Publish(e)),
                 g,
-                &metrics,
-                &drops,
-                &mut retry,
-                &mut stream_ready,
+                &self.metrics,
+                &self.drops,
+                &mut self.retry,
+                &mut self.stream_ready,
             ),
         }
-        if !full && deadline.is_none() {
+        if !full && self.deadline.is_none() {
             tokio::time::sleep(BATCH_PAUSE).await;
         }
     }
-    let left = rx.len() + retry.iter().map(|g| g.msgs.len()).sum::<usize>() + inflight_msgs;
-    if left > 0 {
-        drops.add(left as u64, "closing");
+
+    /// Settles a group whose acknowledgement came (or failed).
+    fn settle_acked(&mut self, result: Result<(), Failed>, g: Group) {
+        self.inflight_msgs -= g.msgs.len();
+        settle(
+            result,
+            g,
+            &self.metrics,
+            &self.drops,
+            &mut self.retry,
+            &mut self.stream_ready,
+        );
     }
-    drop(client);
+
+    /// Counts what is left unpublished at close as dropped.
+    fn finish(self) {
+        let left = self.rx.len()
+            + self.retry.iter().map(|g| g.msgs.len()).sum::<usize>()
+            + self.inflight_msgs;
+        if left > 0 {
+            self.drops.add(left as u64, "closing");
+        }
+    }
 }
 
 /// Starts closing at the instant the closer gave (now if it went away):

@@ -11,7 +11,7 @@ use std::{
 };
 
 use prometheus_client::registry::Registry;
-use sluice_bus::{BusMetrics, BusOptions, Publisher, flow_subject};
+use sluice_bus::{BusMetrics, BusOptions, BusQueue, Publisher, flow_subject};
 use sluice_observe::{Alert, AlertKind, FlowBus, FlowRecord, Listener, Protocol, Severity};
 use sluice_testkit::NatsServer;
 
@@ -40,20 +40,44 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} in\n{text}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_and_alerts_land_on_their_subjects_as_the_flow_log_writes_them() {
-    let nats = NatsServer::start();
+/// A publisher to `nats` on stream `SLUICE` in 4 partitions, holding up to
+/// `queue` records; its metrics are in the registry returned.
+fn start(nats: &NatsServer, queue: usize) -> (BusQueue, Publisher, Registry) {
     let mut registry = Registry::default();
-    let metrics = BusMetrics::register(&mut registry);
-    let (queue, publisher) = Publisher::start(
+    let (q, publisher) = Publisher::start(
         BusOptions {
             url: nats.url(),
             stream: "SLUICE".into(),
             partitions: 4,
-            queue: 100,
+            queue,
         },
-        metrics,
+        BusMetrics::register(&mut registry),
     );
+    (q, publisher, registry)
+}
+
+/// Waits (10 ms .. `within`) until the sample `name` is `want`.
+async fn wait_for(registry: &Registry, name: &str, want: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while sample(&encoded(registry), name) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{name} is not {want}: {}",
+            encoded(registry)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A JetStream context on `nats`, to read what was stored.
+async fn jetstream(nats: &NatsServer) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_alerts_land_on_their_subjects_as_the_flow_log_writes_them() {
+    let nats = NatsServer::start();
+    let (queue, publisher, registry) = start(&nats, 100);
     let web = record(Some("web"), "10.0.1.7:40000");
     let nozone = record(None, "[2001:db8::9]:5000");
     let mut alert = Alert::new(
@@ -71,7 +95,7 @@ async fn records_and_alerts_land_on_their_subjects_as_the_flow_log_writes_them()
     assert_eq!(sample(&text, "sluice_bus_published_total"), 3.0, "{text}");
     assert_eq!(sample(&text, "sluice_bus_dropped_total"), 0.0, "{text}");
 
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = jetstream(&nats).await;
     let stream = js.get_stream("SLUICE").await.unwrap();
     for r in [&web, &nozone] {
         let subject = flow_subject(r, 4);
@@ -96,16 +120,7 @@ async fn without_a_server_the_queue_bounds_what_waits_and_the_rest_is_dropped() 
     // A server that is gone: its port, nobody listening.
     let mut nats = NatsServer::start();
     nats.kill();
-    let mut registry = Registry::default();
-    let (queue, publisher) = Publisher::start(
-        BusOptions {
-            url: nats.url(),
-            stream: "SLUICE".into(),
-            partitions: 4,
-            queue: 5,
-        },
-        BusMetrics::register(&mut registry),
-    );
+    let (queue, publisher, registry) = start(&nats, 5);
     let t = Instant::now();
     for i in 0..1000 {
         send(
@@ -156,16 +171,7 @@ async fn stored(js: &async_nats::jetstream::Context, subject: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_records_in_groups_are_each_stored_once() {
     let nats = NatsServer::start();
-    let mut registry = Registry::default();
-    let (queue, publisher) = Publisher::start(
-        BusOptions {
-            url: nats.url(),
-            stream: "SLUICE".into(),
-            partitions: 4,
-            queue: 10_000,
-        },
-        BusMetrics::register(&mut registry),
-    );
+    let (queue, publisher, registry) = start(&nats, 10_000);
     // Sent in bursts so that both full groups and short ones go out.
     for i in 0..1000 {
         send(
@@ -184,39 +190,23 @@ async fn a_thousand_records_in_groups_are_each_stored_once() {
         "{text}"
     );
     assert_eq!(sample(&text, "sluice_bus_dropped_total"), 0.0, "{text}");
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = jetstream(&nats).await;
     assert_eq!(stored(&js, ">").await, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
     let mut nats = NatsServer::start();
-    let mut registry = Registry::default();
-    let (queue, publisher) = Publisher::start(
-        BusOptions {
-            url: nats.url(),
-            stream: "SLUICE".into(),
-            partitions: 4,
-            queue: 1000,
-        },
-        BusMetrics::register(&mut registry),
-    );
-    let published = |registry: &Registry| sample(&encoded(registry), "sluice_bus_published_total");
+    let (queue, publisher, registry) = start(&nats, 1000);
     for i in 0..10 {
         send(&queue, &record(Some("before"), &format!("10.0.1.{i}:1")));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while published(&registry) < 10.0 {
-        assert!(Instant::now() < deadline, "{}", encoded(&registry));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let published = "sluice_bus_published_total";
+    wait_for(&registry, published, 10.0, Duration::from_secs(10)).await;
 
     nats.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sample(&encoded(&registry), "sluice_bus_connected") != 0.0 {
-        assert!(Instant::now() < deadline, "{}", encoded(&registry));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let connected = "sluice_bus_connected";
+    wait_for(&registry, connected, 0.0, Duration::from_secs(10)).await;
     // During the outage sends never wait; the queue keeps these.
     let t = Instant::now();
     for i in 0..20 {
@@ -229,15 +219,7 @@ async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
     );
 
     nats.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while sample(&encoded(&registry), "sluice_bus_connected") != 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no reconnect: {}",
-            encoded(&registry)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(&registry, connected, 1.0, Duration::from_secs(15)).await;
     for i in 0..30 {
         send(&queue, &record(Some("after"), &format!("10.0.3.{i}:1")));
     }
@@ -246,7 +228,7 @@ async fn after_the_server_restarts_what_waited_and_what_comes_next_is_stored() {
     assert_eq!(sample(&text, "sluice_bus_published_total"), 60.0, "{text}");
     assert_eq!(sample(&text, "sluice_bus_dropped_total"), 0.0, "{text}");
 
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = jetstream(&nats).await;
     assert_eq!(stored(&js, "sluice.flows.before.*").await, 10);
     assert_eq!(stored(&js, "sluice.flows.during.*").await, 20);
     assert_eq!(stored(&js, "sluice.flows.after.*").await, 30);
@@ -286,16 +268,7 @@ async fn stored_ids(js: &async_nats::jetstream::Context) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_stream_loses_no_record_counted_as_published() {
     let mut nats = NatsServer::start();
-    let mut registry = Registry::default();
-    let (queue, publisher) = Publisher::start(
-        BusOptions {
-            url: nats.url(),
-            stream: "SLUICE".into(),
-            partitions: 4,
-            queue: 100_000,
-        },
-        BusMetrics::register(&mut registry),
-    );
+    let (queue, publisher, registry) = start(&nats, 100_000);
     let queue = Arc::new(queue);
     // A steady stream of records for about 3 s, in bursts of 50 so that
     // groups are in every state (being written, written and unacknowledged,
@@ -332,7 +305,7 @@ async fn a_server_killed_mid_stream_loses_no_record_counted_as_published() {
     let dropped = sample(&text, "sluice_bus_dropped_total") as usize;
     // Every record is accounted for: published or counted dropped.
     assert_eq!(published + dropped, TOTAL, "{text}");
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = jetstream(&nats).await;
     let (messages, distinct) = stored_ids(&js).await;
     // A retry never doubles a record…
     assert_eq!(messages, distinct, "{text}");

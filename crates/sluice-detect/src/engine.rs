@@ -42,6 +42,7 @@ use std::{collections::VecDeque, net::IpAddr, sync::Arc, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_observe::{Alert, AlertKind, Listener, Severity, ip_string};
+use sluice_policy::model::VolumeDetect;
 
 use crate::{
     geo::GeoDb,
@@ -641,7 +642,6 @@ fn slots(ms: i64) -> (usize, usize) {
     (hod, weekday * 24 + hour)
 }
 
-/// The most of `peaks` at `slot` and its neighbours (wrapping within `span`).
 /// Raises `peaks[slot]` to `v`, first giving `peaks` its `len` slots
 /// if it has none yet (an empty baseline reads as zeros, `around`).
 fn raise(peaks: &mut Vec<u64>, len: usize, slot: usize, v: u64) {
@@ -653,10 +653,18 @@ fn raise(peaks: &mut Vec<u64>, len: usize, slot: usize, v: u64) {
     }
 }
 
+/// The most of `peaks` at `slot` and its neighbours (wrapping within `span`).
 fn around(peaks: &[u64], slot: usize, base: usize, span: usize) -> u64 {
     let at = |i: usize| peaks.get(base + i % span).copied().unwrap_or(0);
     let i = slot - base;
     at(i + span - 1).max(at(i)).max(at(i + 1))
+}
+
+/// What a volume window is compared with: the usual peak at this hour, and
+/// which baseline gave it (the alert's `baseline.basis`).
+struct VolumeBaseline {
+    bytes: u64,
+    basis: &'static str,
 }
 
 fn volume(
@@ -680,69 +688,57 @@ fn volume(
     if o.bytes_out == 0 {
         return;
     }
-    s.win_total = s.win_total.saturating_add(o.bytes_out);
-    let full = s.win_dsts.len() >= MAX_WINDOW_DSTS;
-    // Past the bound the rest counts as one unknown destination.
-    let key = if full { 0 } else { dst.hash };
-    match s
-        .win_dsts
-        .iter_mut()
-        .find(|(h, _)| *h == dst.hash || (full && *h == 0))
-    {
-        Some((_, b)) => *b = b.saturating_add(o.bytes_out),
-        None => s.win_dsts.push((key, o.bytes_out)),
-    }
+    s.add_to_window(dst.hash, o.bytes_out);
     if learning || s.win_alerted || s.win_total < cfg.floor {
         return;
     }
-    let excess: u64 = s
-        .win_dsts
-        .iter()
-        .map(|(h, b)| {
-            let (peak, since) = s
-                .pairs
-                .get(h)
-                .map_or((0, 0), |p| (p.peak, p.established_ms));
-            // A destination this source already uploaded to in earnest
-            // (its backup bucket, its git host) takes far more before it
-            // is unusual; any other, twice its peak.
-            let established = peak >= cfg.floor / ESTABLISHED_SHARE
-                && o.at_ms.saturating_sub(since) >= ESTABLISHED_AGE_MS;
-            let trusted = if established {
-                peak.saturating_mul(ESTABLISHED_FACTOR)
-            } else {
-                peak.saturating_mul(2)
-            };
-            b.saturating_sub(trusted)
-        })
-        .sum();
+    let excess = s.unusual_bytes(cfg.floor, o.at_ms);
     if excess < cfg.floor {
         return;
     }
+    let baseline = volume_baseline(z, s, window_ms, o.at_ms);
+    if (s.win_total as f64) < cfg.factor * baseline.bytes as f64 {
+        return;
+    }
+    s.win_alerted = true;
+    out.push(volume_alert(cfg, s, o, dst, &baseline, excess));
+}
+
+/// The baseline of source `s`'s current window: the zone's while the
+/// source is young, then the source's own by hour of day, and by hour of
+/// week once it has two weeks of history.
+fn volume_baseline(z: &ZoneState, s: &SrcState, window_ms: i64, at_ms: i64) -> VolumeBaseline {
     let (hod, how) = slots(s.win.saturating_mul(window_ms));
-    let age = o.at_ms.saturating_sub(s.first_ms);
-    let (baseline, basis) = if age < YOUNG_MS {
+    let age = at_ms.saturating_sub(s.first_ms);
+    let (bytes, basis) = if age < YOUNG_MS {
         (
             around(&z.peak_hod, hod, hod / 24 * 24, 24),
             "zone, same hour of day",
         )
+    } else if age >= WEEKLY_MS {
+        (
+            around(&s.peak_how, how, 0, 168),
+            "source, same hour of week",
+        )
     } else {
-        if age >= WEEKLY_MS {
-            (
-                around(&s.peak_how, how, 0, 168),
-                "source, same hour of week",
-            )
-        } else {
-            (
-                around(&s.peak_hod, hod, hod / 24 * 24, 24),
-                "source, same hour of day",
-            )
-        }
+        (
+            around(&s.peak_hod, hod, hod / 24 * 24, 24),
+            "source, same hour of day",
+        )
     };
-    if (s.win_total as f64) < cfg.factor * baseline as f64 {
-        return;
-    }
-    s.win_alerted = true;
+    VolumeBaseline { bytes, basis }
+}
+
+/// The volume alert for source `s`'s current window, which sent `excess`
+/// bytes more than its destinations' peaks allow.
+fn volume_alert(
+    cfg: &VolumeDetect,
+    s: &SrcState,
+    o: &Obs<'_>,
+    dst: &Dest,
+    baseline: &VolumeBaseline,
+    excess: u64,
+) -> Alert {
     let top = s
         .win_dsts
         .iter()
@@ -764,18 +760,18 @@ fn volume(
     let summary = format!(
         "{src} sent {} MB in {mins} min (baseline {} MB), mostly to {top_name}: check for exfiltration",
         megabytes(s.win_total),
-        megabytes(baseline)
+        megabytes(baseline.bytes)
     );
     let dst_name = (top == dst.hash).then_some(dst.name.as_str());
-    out.push(alert(
+    alert(
         AlertKind::Volume,
         severity,
         o,
         dst_name,
         None,
         summary,
-        json!({ "baseline": { "bytes_out": baseline, "basis": basis, "factor": cfg.factor, "floor": cfg.floor }, "observed": { "bytes_out": s.win_total, "unusual_bytes_out": excess, "window_s": cfg.window.as_secs() } }),
-    ));
+        json!({ "baseline": { "bytes_out": baseline.bytes, "basis": baseline.basis, "factor": cfg.factor, "floor": cfg.floor }, "observed": { "bytes_out": s.win_total, "unusual_bytes_out": excess, "window_s": cfg.window.as_secs() } }),
+    )
 }
 
 /// Bytes as megabytes for a summary: one decimal below 10 MB, whole above.
@@ -980,6 +976,47 @@ impl SrcState {
             },
         );
         evicted
+    }
+
+    /// Adds `bytes` out to destination `hash` in the current window; past
+    /// the bound the rest counts as one unknown destination.
+    fn add_to_window(&mut self, hash: u64, bytes: u64) {
+        self.win_total = self.win_total.saturating_add(bytes);
+        let full = self.win_dsts.len() >= MAX_WINDOW_DSTS;
+        let key = if full { 0 } else { hash };
+        match self
+            .win_dsts
+            .iter_mut()
+            .find(|(h, _)| *h == hash || (full && *h == 0))
+        {
+            Some((_, b)) => *b = b.saturating_add(bytes),
+            None => self.win_dsts.push((key, bytes)),
+        }
+    }
+
+    /// Bytes of the current window beyond what each destination is trusted
+    /// with at `at_ms`, summed.
+    fn unusual_bytes(&self, floor: u64, at_ms: i64) -> u64 {
+        self.win_dsts
+            .iter()
+            .map(|(h, b)| {
+                let (peak, since) = self
+                    .pairs
+                    .get(h)
+                    .map_or((0, 0), |p| (p.peak, p.established_ms));
+                // A destination this source already uploaded to in earnest
+                // (its backup bucket, its git host) takes far more before it
+                // is unusual; any other, twice its peak.
+                let established = peak >= floor / ESTABLISHED_SHARE
+                    && at_ms.saturating_sub(since) >= ESTABLISHED_AGE_MS;
+                let trusted = if established {
+                    peak.saturating_mul(ESTABLISHED_FACTOR)
+                } else {
+                    peak.saturating_mul(2)
+                };
+                b.saturating_sub(trusted)
+            })
+            .sum()
     }
 
     /// Folds the finished window into the baselines (unless it alerted:

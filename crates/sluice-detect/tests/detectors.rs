@@ -73,6 +73,56 @@ fn learning(src: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `n` records from `src`, the `i`-th with id `{id}{i}`, ending at `at(i)`
+/// and going to `host(i)`; `f(i, record)` adjusts each.
+fn series(
+    id: &str,
+    n: i64,
+    src: &str,
+    at: impl Fn(i64) -> i64,
+    host: impl Fn(i64) -> String,
+    f: impl Fn(i64, &mut Value),
+) -> Vec<Value> {
+    (0..n)
+        .map(|i| rec(&format!("{id}{i}"), at(i), src, &host(i), |v| f(i, v)))
+        .collect()
+}
+
+/// Three uploads of 3 MB a minute apart from `src`, from `at` on, to a new
+/// site on a private suffix (its own registrable domain, `alice.github.io`).
+fn uploads_to_a_new_site(src: &str, at: i64) -> Vec<Value> {
+    series(
+        "up",
+        3,
+        src,
+        |i| at + i * MIN,
+        |_| "files.alice.github.io".into(),
+        |_, v| v["bytes_out"] = json!(3_000_000),
+    )
+}
+
+/// 20 distinct special addresses on `port` denied 5 s apart from `src`,
+/// from `at` on: a scan.
+fn address_scan(src: &str, at: i64, port: u16) -> Vec<Value> {
+    series(
+        "s",
+        20,
+        src,
+        |i| at + i * 5000,
+        |i| format!("198.51.100.{i}"),
+        |_, v| {
+            v["verdict"] = json!("deny");
+            v["rule"] = json!("guard/special-address");
+            v["dst_port"] = json!(port);
+        },
+    )
+}
+
+/// Sorts records by their end time.
+fn by_time(r: &mut [Value]) {
+    r.sort_by_key(|v| sluice_detect::parse_ts_ms(v["ts"].as_str().unwrap()).unwrap());
+}
+
 fn kinds(alerts: &[Alert]) -> Vec<(AlertKind, Option<String>)> {
     alerts.iter().map(|a| (a.kind, a.dst.clone())).collect()
 }
@@ -82,27 +132,16 @@ fn a_new_destination_alerts_when_significant_not_for_a_few_pages() {
     let mut r = learning("10.0.0.7");
     let after = T0 + 9 * DAY;
     // A new news site: five small pages. Nothing.
-    for i in 0..5 {
-        r.push(rec(
-            &format!("news{i}"),
-            after + i * MIN,
-            "10.0.0.7",
-            "www.news.example.co.uk",
-            |_| {},
-        ));
-    }
+    r.extend(series(
+        "news",
+        5,
+        "10.0.0.7",
+        |i| after + i * MIN,
+        |_| "www.news.example.co.uk".into(),
+        |_, _| {},
+    ));
     // A new site on a private suffix (its own registrable domain), 3 MB at a time.
-    for i in 0..3 {
-        r.push(rec(
-            &format!("up{i}"),
-            after + HOUR + i * MIN,
-            "10.0.0.7",
-            "files.alice.github.io",
-            |v| {
-                v["bytes_out"] = json!(3_000_000);
-            },
-        ));
-    }
+    r.extend(uploads_to_a_new_site("10.0.0.7", after + HOUR));
     let alerts = run(&r);
     assert_eq!(
         kinds(&alerts),
@@ -126,31 +165,28 @@ fn a_new_destination_alerts_when_significant_not_for_a_few_pages() {
 fn beaconing_is_raised_for_a_new_regular_caller_not_one_learned() {
     let mut r = learning("10.0.0.7");
     // The zone's update agent polls every 5 minutes from the start.
-    for i in 0..(9 * 24 * 12) {
-        r.push(rec(
-            &format!("agent{i}"),
-            T0 + i * 5 * MIN + (i % 3) * 1000,
-            "10.0.0.8",
-            "update.example.com",
-            |_| {},
-        ));
-    }
+    r.extend(series(
+        "agent",
+        9 * 24 * 12,
+        "10.0.0.8",
+        |i| T0 + i * 5 * MIN + (i % 3) * 1000,
+        |_| "update.example.com".into(),
+        |_, _| {},
+    ));
     // After learning, a host starts calling a new destination every 60 s ± 2 s.
     let start = T0 + 8 * DAY + 2 * HOUR;
-    for i in 0..40 {
-        let jitter = [0, 2000, -1500, 1000][i as usize % 4];
-        r.push(rec(
-            &format!("b{i}"),
-            start + i * MIN + jitter,
-            "10.0.0.7",
-            "c2.evil.example",
-            |v| {
-                v["bytes_out"] = json!(400);
-                v["bytes_in"] = json!(300);
-            },
-        ));
-    }
-    r.sort_by_key(|v| sluice_detect::parse_ts_ms(v["ts"].as_str().unwrap()).unwrap());
+    r.extend(series(
+        "b",
+        40,
+        "10.0.0.7",
+        |i| start + i * MIN + [0, 2000, -1500, 1000][i as usize % 4],
+        |_| "c2.evil.example".into(),
+        |_, v| {
+            v["bytes_out"] = json!(400);
+            v["bytes_in"] = json!(300);
+        },
+    ));
+    by_time(&mut r);
     let alerts = run(&r);
     let beacons: Vec<&Alert> = alerts
         .iter()
@@ -171,48 +207,33 @@ fn beaconing_is_raised_for_a_new_regular_caller_not_one_learned() {
 #[test]
 fn denied_bursts_count_distinct_denials_not_failures_after_allow() {
     let at = T0 + DAY;
-    let mut r = Vec::new();
     // 30 allowed flows that failed to connect: not denials.
-    for i in 0..30 {
-        r.push(rec(
-            &format!("f{i}"),
-            at + i * 1000,
-            "10.0.0.9",
-            &format!("h{i}.example{i}.com"),
-            |v| {
-                v["error_kind"] = json!("connect");
-                v["error"] = json!("connection refused");
-            },
-        ));
-    }
+    let mut r = series(
+        "f",
+        30,
+        "10.0.0.9",
+        |i| at + i * 1000,
+        |i| format!("h{i}.example{i}.com"),
+        |_, v| {
+            v["error_kind"] = json!("connect");
+            v["error"] = json!("connection refused");
+        },
+    );
     // 20 denials of one domain's names: one destination.
-    for i in 0..20 {
-        r.push(rec(
-            &format!("d{i}"),
-            at + MIN + i * 1000,
-            "10.0.0.9",
-            &format!("x{i}.ads.example"),
-            |v| {
-                v["verdict"] = json!("deny");
-                v["rule"] = json!("default");
-            },
-        ));
-    }
+    r.extend(series(
+        "d",
+        20,
+        "10.0.0.9",
+        |i| at + MIN + i * 1000,
+        |i| format!("x{i}.ads.example"),
+        |_, v| {
+            v["verdict"] = json!("deny");
+            v["rule"] = json!("default");
+        },
+    ));
     assert_eq!(kinds(&run(&r)), []);
     // 20 distinct denied addresses in two minutes: a scan.
-    for i in 0..20 {
-        r.push(rec(
-            &format!("s{i}"),
-            at + 2 * MIN + i * 5000,
-            "10.0.0.9",
-            &format!("198.51.100.{i}"),
-            |v| {
-                v["verdict"] = json!("deny");
-                v["rule"] = json!("guard/special-address");
-                v["dst_port"] = json!(445);
-            },
-        ));
-    }
+    r.extend(address_scan("10.0.0.9", at + 2 * MIN, 445));
     let alerts = run(&r);
     assert_eq!(
         kinds(&alerts),
@@ -231,17 +252,14 @@ fn denied_bursts_count_distinct_denials_not_failures_after_allow() {
 fn volume_ignores_downloads_and_an_established_backup() {
     let mut r = learning("10.0.0.7");
     // A nightly 3 GB backup to its usual bucket, from the first night.
-    for d in 0..12 {
-        r.push(rec(
-            &format!("bk{d}"),
-            T0 + d * DAY + 2 * HOUR,
-            "10.0.0.7",
-            "corp.backup-bucket.example",
-            |v| {
-                v["bytes_out"] = json!(3_000_000_000u64);
-            },
-        ));
-    }
+    r.extend(series(
+        "bk",
+        12,
+        "10.0.0.7",
+        |d| T0 + d * DAY + 2 * HOUR,
+        |_| "corp.backup-bucket.example".into(),
+        |_, v| v["bytes_out"] = json!(3_000_000_000u64),
+    ));
     // A 5 GB download at noon after learning: bytes_in.
     r.push(rec(
         "dl",
@@ -252,7 +270,7 @@ fn volume_ignores_downloads_and_an_established_backup() {
             v["bytes_in"] = json!(5_000_000_000u64);
         },
     ));
-    r.sort_by_key(|v| sluice_detect::parse_ts_ms(v["ts"].as_str().unwrap()).unwrap());
+    by_time(&mut r);
     assert_eq!(kinds(&run(&r)), []);
     // But 1 GB to a usual site at noon is.
     r.push(rec(
@@ -317,45 +335,24 @@ fn batched_records_raise_the_same_alerts_as_single_ones() {
     let mut r = learning("10.0.0.7");
     r.extend(learning("10.0.0.8"));
     let after = T0 + 9 * DAY;
-    for i in 0..3 {
-        r.push(rec(
-            &format!("up{i}"),
-            after + HOUR + i * MIN,
-            "10.0.0.7",
-            "files.alice.github.io",
-            |v| v["bytes_out"] = json!(3_000_000),
-        ));
-    }
-    for i in 0..6 {
-        r.push(rec(
-            &format!("vol{i}"),
-            after + 2 * HOUR + i * MIN,
-            "10.0.0.8",
-            "www.example.com",
-            |v| v["bytes_out"] = json!(400_000_000),
-        ));
-    }
-    for i in 0..20 {
-        r.push(rec(
-            &format!("s{i}"),
-            after + 3 * HOUR + i * 5000,
-            "10.0.0.8",
-            &format!("198.51.100.{i}"),
-            |v| {
-                v["verdict"] = json!("deny");
-                v["rule"] = json!("guard/special-address");
-            },
-        ));
-    }
-    for i in 0..20 {
-        r.push(rec(
-            &format!("b{i}"),
-            after + 4 * HOUR + i * 5 * MIN,
-            "10.0.0.7",
-            "c2.example.biz",
-            |v| v["bytes_out"] = json!(300),
-        ));
-    }
+    r.extend(uploads_to_a_new_site("10.0.0.7", after + HOUR));
+    r.extend(series(
+        "vol",
+        6,
+        "10.0.0.8",
+        |i| after + 2 * HOUR + i * MIN,
+        |_| "www.example.com".into(),
+        |_, v| v["bytes_out"] = json!(400_000_000),
+    ));
+    r.extend(address_scan("10.0.0.8", after + 3 * HOUR, 443));
+    r.extend(series(
+        "b",
+        20,
+        "10.0.0.7",
+        |i| after + 4 * HOUR + i * 5 * MIN,
+        |_| "c2.example.biz".into(),
+        |_, v| v["bytes_out"] = json!(300),
+    ));
     r.sort_by_key(|v| v["ts"].as_str().unwrap().to_owned());
     let records: Vec<FlowRecord> = r
         .iter()

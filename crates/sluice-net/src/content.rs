@@ -329,16 +329,10 @@ impl Content {
     }
 
     fn malware_verdict(&self, s: &Subject, block: bool, reason: String) -> Inspection {
-        if !block {
-            Inspection::Pass
-        } else if s.report {
-            s.notes.unenforced(Arc::from(ids::INSPECT_MALWARE), reason);
-            Inspection::Pass
+        if block {
+            refuse(s, ids::INSPECT_MALWARE, reason)
         } else {
-            Inspection::Deny {
-                rule: Arc::from(ids::INSPECT_MALWARE),
-                reason,
-            }
+            Inspection::Pass
         }
     }
 
@@ -353,7 +347,6 @@ impl Content {
         let Some(svc) = svc else {
             return Inspection::Pass;
         };
-        let what = direction_name(obj.dir);
         if !obj.complete || obj.body.len() as u64 > self.icap_max {
             self.metrics.inspect_scan("icap", "unscanned");
             return self.unscanned(
@@ -361,7 +354,8 @@ impl Content {
                 z,
                 ids::INSPECT_ICAP,
                 format!(
-                    "the {what} is larger than inspect.icap.max_size ({} bytes): not sent to ICAP",
+                    "the {} is larger than inspect.icap.max_size ({} bytes): not sent to ICAP",
+                    direction_name(obj.dir),
                     self.icap_max
                 ),
             );
@@ -382,57 +376,13 @@ impl Content {
             }
             Ok(IcapVerdict::Modified { status, found }) => {
                 self.icap_said(Ok(()));
-                // A block: what the service found, an answer in the
-                // origin's place (REQMOD), or a response whose status it
-                // changed (RESPMOD). A rewritten request or a response
-                // with its status kept is not applied: the original goes on.
                 let original = obj.response.map(|(st, _)| st.as_u16());
-                let blocked = found.is_some()
-                    || match original {
-                        None => status.is_some(),
-                        Some(o) => status.is_some_and(|st| st != o),
-                    };
-                if !blocked {
+                if !icap_blocks(original, status, found.as_deref()) {
                     self.metrics.inspect_scan("icap", "clean");
                     return Inspection::Pass;
                 }
                 self.metrics.inspect_scan("icap", "found");
-                let kind = if obj.dir == Direction::Out {
-                    AlertKind::Dlp
-                } else {
-                    AlertKind::Malware
-                };
-                s.notes.finding(
-                    if kind == AlertKind::Dlp {
-                        "icap"
-                    } else {
-                        "malware"
-                    },
-                    1,
-                    &self.key.hash(obj.body),
-                );
-                let mut reason = format!("the ICAP service {} refused the {what}", svc.url());
-                if let Some(f) = &found {
-                    let _ = write!(reason, " ({f})");
-                } else if let Some(c) = status {
-                    let _ = write!(reason, " (its answer: {c})");
-                }
-                s.notes.alert(alert(
-                    s,
-                    kind,
-                    Severity::Critical,
-                    format!("{reason}; {}", s.dest),
-                    serde_json::json!({ "scanner": "icap", "service": svc.url(), "status": status, "found": found }),
-                ));
-                if s.report {
-                    s.notes.unenforced(Arc::from(ids::INSPECT_ICAP), reason);
-                    Inspection::Pass
-                } else {
-                    Inspection::Deny {
-                        rule: Arc::from(ids::INSPECT_ICAP),
-                        reason,
-                    }
-                }
+                self.icap_refused(s, svc, obj, status, found)
             }
             Err(e) => {
                 self.metrics.inspect_scan("icap", "error");
@@ -443,6 +393,73 @@ impl Content {
             }
         }
     }
+
+    /// The ICAP service `svc` refused `obj`: its finding, its alert, and
+    /// a denial unless the zone only reports.
+    fn icap_refused(
+        &self,
+        s: &Subject,
+        svc: &Service,
+        obj: &Object<'_>,
+        status: Option<u16>,
+        found: Option<String>,
+    ) -> Inspection {
+        let kind = if obj.dir == Direction::Out {
+            AlertKind::Dlp
+        } else {
+            AlertKind::Malware
+        };
+        s.notes.finding(
+            if kind == AlertKind::Dlp {
+                "icap"
+            } else {
+                "malware"
+            },
+            1,
+            &self.key.hash(obj.body),
+        );
+        let what = direction_name(obj.dir);
+        let mut reason = format!("the ICAP service {} refused the {what}", svc.url());
+        if let Some(f) = &found {
+            let _ = write!(reason, " ({f})");
+        } else if let Some(c) = status {
+            let _ = write!(reason, " (its answer: {c})");
+        }
+        s.notes.alert(alert(
+            s,
+            kind,
+            Severity::Critical,
+            format!("{reason}; {}", s.dest),
+            serde_json::json!({ "scanner": "icap", "service": svc.url(), "status": status, "found": found }),
+        ));
+        refuse(s, ids::INSPECT_ICAP, reason)
+    }
+}
+
+/// A block by `rule`: a denial, or in a report zone a pass noted as
+/// unenforced.
+fn refuse(s: &Subject, rule: &str, reason: String) -> Inspection {
+    if s.report {
+        s.notes.unenforced(Arc::from(rule), reason);
+        Inspection::Pass
+    } else {
+        Inspection::Deny {
+            rule: Arc::from(rule),
+            reason,
+        }
+    }
+}
+
+/// Whether an ICAP `200` answer blocks: what the service found, an answer
+/// in the origin's place (REQMOD, no `original` status), or a response
+/// whose status it changed (RESPMOD). A rewritten request or a response
+/// with its status kept is not applied: the original goes on.
+fn icap_blocks(original: Option<u16>, status: Option<u16>, found: Option<&str>) -> bool {
+    found.is_some()
+        || match original {
+            None => status.is_some(),
+            Some(o) => status.is_some_and(|st| st != o),
+        }
 }
 
 impl Inspector for Content {
@@ -692,5 +709,24 @@ impl std::fmt::Write for Utf8<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::icap_blocks;
+
+    #[test]
+    fn an_icap_200_blocks_when_it_found_answered_or_changed_the_status() {
+        // REQMOD: an answer in the origin's place blocks, a rewrite does not.
+        assert!(icap_blocks(None, Some(403), None));
+        assert!(!icap_blocks(None, None, None));
+        // RESPMOD: a changed status blocks, the same status does not.
+        assert!(icap_blocks(Some(200), Some(403), None));
+        assert!(!icap_blocks(Some(200), Some(200), None));
+        assert!(!icap_blocks(Some(200), None, None));
+        // A named finding blocks whatever the status.
+        assert!(icap_blocks(Some(200), Some(200), Some("Eicar")));
+        assert!(icap_blocks(None, None, Some("ssn")));
     }
 }

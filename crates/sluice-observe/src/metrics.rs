@@ -15,7 +15,7 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 
 use crate::{AlertKind, FlowRecord, Listener, Protocol, Severity};
@@ -221,14 +221,214 @@ struct RuleLabel {
     rule: String,
 }
 
-// === impl Metrics ===
+// === family names and help ===
 
-impl Metrics {
-    /// A registry with every family registered and nothing counted yet.
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        // prometheus-client appends `_total` to counters and the unit
-        // suffix given with `register_with_unit`.
+/// A family's name, before the `_total` and unit suffixes that
+/// prometheus-client appends, its help text, and its unit.
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+}
+
+impl Spec {
+    const fn new(name: &'static str, help: &'static str) -> Spec {
+        Spec {
+            name,
+            help,
+            unit: None,
+        }
+    }
+
+    const fn seconds(name: &'static str, help: &'static str) -> Spec {
+        Spec {
+            name,
+            help,
+            unit: Some(Unit::Seconds),
+        }
+    }
+}
+
+const BUILD_INFO: Spec = Spec::new(
+    "sluice_build_info",
+    "The version and commit Sluice was built from (value always 1)",
+);
+const TUNNELS: Spec = Spec::new(
+    "sluice_tunnels",
+    "Tunnels (CONNECT, SOCKS5, transparent) by listener, zone and verdict",
+);
+const REQUESTS: Spec = Spec::new(
+    "sluice_requests",
+    "Absolute-form HTTP requests by listener, zone and verdict",
+);
+const BYTES_OUT: Spec = Spec::new(
+    "sluice_bytes_out",
+    "Bytes from clients to destinations, by zone",
+);
+const BYTES_IN: Spec = Spec::new(
+    "sluice_bytes_in",
+    "Bytes from destinations to clients, by zone",
+);
+const DECISION_DURATION: Spec = Spec::seconds(
+    "sluice_decision_duration",
+    "Time to decide a request (both phases)",
+);
+const CONNECT_DURATION: Spec = Spec::seconds(
+    "sluice_connect_duration",
+    "Time to resolve and connect to a destination",
+);
+const ACTIVE_TUNNELS: Spec = Spec::new("sluice_active_tunnels", "Tunnels open now, by listener");
+const FLOW_RECORDS_DROPPED: Spec = Spec::new(
+    "sluice_flow_records_dropped",
+    "Flow records dropped because the sink's queue was full or its writer failed",
+);
+const DIAL_FAILURES: Spec = Spec::new(
+    "sluice_dial_failures",
+    "Dials that failed, by kind (resolve, connect, timeout, no-descriptors)",
+);
+const HTTP_RESPONSES: Spec = Spec::new(
+    "sluice_http_responses",
+    "HTTP answers to clients (absolute-form responses, CONNECT and refusals), by status class",
+);
+const CONNECTIONS_REJECTED: Spec = Spec::new(
+    "sluice_connections_rejected",
+    "Client connections closed at accept by a connection cap, by limit",
+);
+const AUTH_FAILURES: Spec = Spec::new(
+    "sluice_auth_failures",
+    "Failed proxy logins (wrong or unreadable credentials, and attempts refused unchecked from a throttled source), by listener",
+);
+const CONFIG_RELOADS: Spec = Spec::new(
+    "sluice_config_reloads",
+    "Configuration reloads by result (success, failure)",
+);
+const CONFIG_LAST_RELOAD_SUCCESS: Spec = Spec::new(
+    "sluice_config_last_reload_success",
+    "1 if the last configuration load succeeded, else 0",
+);
+const CONFIG_LOADED_TIMESTAMP: Spec = Spec::seconds(
+    "sluice_config_loaded_timestamp",
+    "When the running policy was loaded, Unix time",
+);
+const RULES_EXPIRED: Spec = Spec::new(
+    "sluice_rules_expired",
+    "Rules of the running policy past their `expires` (they match nothing)",
+);
+const POLICY_INFO: Spec = Spec::new(
+    "sluice_policy_info",
+    "The hash of the running policy (value always 1)",
+);
+const RULE_HITS: Spec = Spec::new(
+    "sluice_rule_hits",
+    "Decisions by rule, for rules with an explicit id",
+);
+const DNS_QUERIES: Spec = Spec::new(
+    "sluice_dns_queries",
+    "DNS queries answered by the DNS listener, by zone and verdict",
+);
+const ALERTS: Spec = Spec::new(
+    "sluice_alerts",
+    "Alerts emitted (repeats folded into a stored alert not counted), by kind and severity",
+);
+const DNS_RATE_LIMITED: Spec = Spec::new(
+    "sluice_dns_rate_limited",
+    "DNS queries dropped by the per-source rate limit",
+);
+const FD_EXHAUSTED: Spec = Spec::new(
+    "sluice_fd_exhausted",
+    "Accepts and dials that failed because Sluice is out of file descriptors (EMFILE, ENFILE), by listener",
+);
+const DETECT_EVICTIONS: Spec = Spec::new(
+    "sluice_detect_evictions",
+    "Detection baselines (sources, destinations) evicted, least recently seen first, to stay within bounds",
+);
+const POOL_IDLE: Spec = Spec::new(
+    "sluice_pool_idle_connections",
+    "Idle keep-alive origin connections in the HTTP proxy's pool",
+);
+const ROUTE_UP: Spec = Spec::new(
+    "sluice_route_up",
+    "Whether a route's hop is in use (1) or ejected (0) by its health check or failed dials, by route and hop",
+);
+const ROUTE_DIALS: Spec = Spec::new(
+    "sluice_route_dials",
+    "Dials by route and hop, by result (`ok`, `failed`); a failed hop is followed by the route's next",
+);
+const ALERT_SINK_DELIVERED: Spec = Spec::new(
+    "sluice_alert_sink_delivered",
+    "Alerts an alert sink delivered (webhook: a 2xx answer; syslog: sent), by sink",
+);
+const ALERT_SINK_DROPPED: Spec = Spec::new(
+    "sluice_alert_sink_dropped",
+    "Alerts an alert sink dropped (queue full, or every attempt failed), by sink",
+);
+const NETFLOW_PACKETS: Spec = Spec::new(
+    "sluice_netflow_packets",
+    "NetFlow/IPFIX datagrams received by the collector (from any address)",
+);
+const NETFLOW_FLOWS: Spec = Spec::new(
+    "sluice_netflow_flows",
+    "Flows decoded from NetFlow/IPFIX datagrams (before gateway flows are set apart)",
+);
+const NETFLOW_DROPPED: Spec = Spec::new(
+    "sluice_netflow_dropped",
+    "NetFlow/IPFIX datagrams, sets and templates dropped, by reason (unknown-exporter, malformed, unknown-version, unknown-template, template-limit)",
+);
+const NETFLOW_GATEWAY_FLOWS: Spec = Spec::new(
+    "sluice_netflow_gateway_flows",
+    "Exported flows to or from a Sluice gateway (netflow.gateways): counted, not recorded again",
+);
+const NETFLOW_TEMPLATES: Spec = Spec::new(
+    "sluice_netflow_templates",
+    "v9/IPFIX templates the collector holds now",
+);
+const INSPECT_SCANS: Spec = Spec::new(
+    "sluice_inspect_scans",
+    "Objects sent to a content scanner (clamd, icap) by result: clean, found, error, unscanned",
+);
+const INSPECT_SCANNER_UP: Spec = Spec::new(
+    "sluice_inspect_scanner_up",
+    "Whether a content scanner (clamd, icap) answered its last exchange or probe (1) or not (0)",
+);
+const INSPECT_FINDINGS: Spec = Spec::new(
+    "sluice_inspect_findings",
+    "Inspection findings in flow records by type (DLP detector, malware, unscanned)",
+);
+
+/// decide() takes microseconds: 1 µs .. ~0.26 s.
+fn decision_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1e-6, 4.0, 10)
+}
+
+/// Resolve and dial: 1 ms .. ~16 s.
+fn connect_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1e-3, 2.0, 15)
+}
+
+/// Registers families one after the other: the order of registration is
+/// the order of the exposition.
+struct Registrar(Registry);
+
+impl Registrar {
+    /// Registers `metric` under `spec` and returns a handle to it.
+    fn add<M: Metric + Clone>(&mut self, spec: Spec, metric: M) -> M {
+        let handle = metric.clone();
+        match spec.unit {
+            Some(unit) => self
+                .0
+                .register_with_unit(spec.name, spec.help, unit, metric),
+            None => self.0.register(spec.name, spec.help, metric),
+        }
+        handle
+    }
+
+    /// Registers an empty metric under `spec` and returns a handle to it.
+    fn empty<M: Metric + Clone + Default>(&mut self, spec: Spec) -> M {
+        self.add(spec, M::default())
+    }
+
+    /// `sluice_build_info`, set once, and the process collector.
+    fn build_info(&mut self) {
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -236,282 +436,80 @@ impl Metrics {
                 commit: COMMIT,
             })
             .set(1);
-        registry.register(
-            "sluice_build_info",
-            "The version and commit Sluice was built from (value always 1)",
-            build_info,
-        );
-        registry.register_collector(Box::new(crate::process::ProcessCollector::new()));
-        let tunnels = Family::default();
-        registry.register(
-            "sluice_tunnels",
-            "Tunnels (CONNECT, SOCKS5, transparent) by listener, zone and verdict",
-            tunnels.clone(),
-        );
-        let requests = Family::default();
-        registry.register(
-            "sluice_requests",
-            "Absolute-form HTTP requests by listener, zone and verdict",
-            requests.clone(),
-        );
-        let bytes_out = Family::default();
-        registry.register(
-            "sluice_bytes_out",
-            "Bytes from clients to destinations, by zone",
-            bytes_out.clone(),
-        );
-        let bytes_in = Family::default();
-        registry.register(
-            "sluice_bytes_in",
-            "Bytes from destinations to clients, by zone",
-            bytes_in.clone(),
-        );
-        // decide() takes microseconds: 1 µs .. ~0.26 s.
-        let decision_duration = Histogram::new(exponential_buckets(1e-6, 4.0, 10));
-        registry.register_with_unit(
-            "sluice_decision_duration",
-            "Time to decide a request (both phases)",
-            Unit::Seconds,
-            decision_duration.clone(),
-        );
-        // Resolve and dial: 1 ms .. ~16 s.
-        let connect_duration = Histogram::new(exponential_buckets(1e-3, 2.0, 15));
-        registry.register_with_unit(
-            "sluice_connect_duration",
-            "Time to resolve and connect to a destination",
-            Unit::Seconds,
-            connect_duration.clone(),
-        );
-        let active_tunnels = Family::default();
-        registry.register(
-            "sluice_active_tunnels",
-            "Tunnels open now, by listener",
-            active_tunnels.clone(),
-        );
-        let flow_records_dropped = Counter::default();
-        registry.register(
-            "sluice_flow_records_dropped",
-            "Flow records dropped because the sink's queue was full or its writer failed",
-            flow_records_dropped.clone(),
-        );
-        let dial_failures = Family::default();
-        registry.register(
-            "sluice_dial_failures",
-            "Dials that failed, by kind (resolve, connect, timeout, no-descriptors)",
-            dial_failures.clone(),
-        );
+        self.add(BUILD_INFO, build_info);
+        self.0
+            .register_collector(Box::new(crate::process::ProcessCollector::new()));
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// A registry with every family registered and nothing counted yet.
+    pub fn new() -> Self {
+        let mut r = Registrar(Registry::default());
+        r.build_info();
+        // A struct expression evaluates its fields in the order written:
+        // this is the order of registration, hence of the exposition.
+        let mut m = Metrics {
+            registry: Registry::default(), // `r`'s, once every family is in
+            tunnels: r.empty(TUNNELS),
+            requests: r.empty(REQUESTS),
+            bytes_out: r.empty(BYTES_OUT),
+            bytes_in: r.empty(BYTES_IN),
+            decision_duration: r.add(DECISION_DURATION, Histogram::new(decision_buckets())),
+            connect_duration: r.add(CONNECT_DURATION, Histogram::new(connect_buckets())),
+            active_tunnels: r.empty(ACTIVE_TUNNELS),
+            flow_records_dropped: r.empty(FLOW_RECORDS_DROPPED),
+            dial_failures: r.empty(DIAL_FAILURES),
+            http_responses: r.empty(HTTP_RESPONSES),
+            connections_rejected: r.empty(CONNECTIONS_REJECTED),
+            auth_failures: r.empty(AUTH_FAILURES),
+            config_reloads: r.empty(CONFIG_RELOADS),
+            config_last_reload_success: r.empty(CONFIG_LAST_RELOAD_SUCCESS),
+            config_loaded_timestamp: r.empty(CONFIG_LOADED_TIMESTAMP),
+            rules_expired: r.empty(RULES_EXPIRED),
+            policy_info: r.empty(POLICY_INFO),
+            rule_hits: r.empty(RULE_HITS),
+            dns_queries: r.empty(DNS_QUERIES),
+            alerts: r.empty(ALERTS),
+            dns_rate_limited: r.empty(DNS_RATE_LIMITED),
+            fd_exhausted: r.empty(FD_EXHAUSTED),
+            detect_evictions: r.empty(DETECT_EVICTIONS),
+            pool_idle: r.empty(POOL_IDLE),
+            route_up: r.empty(ROUTE_UP),
+            route_dials: r.empty(ROUTE_DIALS),
+            alert_sink_delivered: r.empty(ALERT_SINK_DELIVERED),
+            alert_sink_dropped: r.empty(ALERT_SINK_DROPPED),
+            netflow_packets: r.empty(NETFLOW_PACKETS),
+            netflow_flows: r.empty(NETFLOW_FLOWS),
+            netflow_dropped: r.empty(NETFLOW_DROPPED),
+            netflow_gateway_flows: r.empty(NETFLOW_GATEWAY_FLOWS),
+            netflow_templates: r.empty(NETFLOW_TEMPLATES),
+            inspect_scans: r.empty(INSPECT_SCANS),
+            inspect_scanner_up: r.empty(INSPECT_SCANNER_UP),
+            inspect_findings: r.empty(INSPECT_FINDINGS),
+        };
+        m.registry = r.0;
+        m.declare_fixed_series();
+        m
+    }
+
+    /// Declares at zero the series whose labels are known up front: every
+    /// dial failure kind, status class and connection cap.
+    fn declare_fixed_series(&self) {
         for kind in DialFailure::ALL {
-            dial_failures.get_or_create_owned(&KindLabel {
+            self.dial_failures.get_or_create_owned(&KindLabel {
                 kind: kind.as_str(),
             });
         }
-        let http_responses = Family::default();
-        registry.register(
-            "sluice_http_responses",
-            "HTTP answers to clients (absolute-form responses, CONNECT and refusals), by status class",
-            http_responses.clone(),
-        );
         for class in STATUS_CLASSES {
-            http_responses.get_or_create_owned(&ClassLabel { class });
+            self.http_responses
+                .get_or_create_owned(&ClassLabel { class });
         }
-        let connections_rejected = Family::default();
-        registry.register(
-            "sluice_connections_rejected",
-            "Client connections closed at accept by a connection cap, by limit",
-            connections_rejected.clone(),
-        );
         for limit in LIMITS {
-            connections_rejected.get_or_create_owned(&LimitLabel { limit });
-        }
-        let auth_failures = Family::default();
-        registry.register(
-            "sluice_auth_failures",
-            "Failed proxy logins (wrong or unreadable credentials, and attempts refused unchecked from a throttled source), by listener",
-            auth_failures.clone(),
-        );
-        let config_reloads = Family::default();
-        registry.register(
-            "sluice_config_reloads",
-            "Configuration reloads by result (success, failure)",
-            config_reloads.clone(),
-        );
-        let config_last_reload_success = Gauge::default();
-        registry.register(
-            "sluice_config_last_reload_success",
-            "1 if the last configuration load succeeded, else 0",
-            config_last_reload_success.clone(),
-        );
-        let config_loaded_timestamp = Gauge::default();
-        registry.register_with_unit(
-            "sluice_config_loaded_timestamp",
-            "When the running policy was loaded, Unix time",
-            Unit::Seconds,
-            config_loaded_timestamp.clone(),
-        );
-        let rules_expired = Gauge::default();
-        registry.register(
-            "sluice_rules_expired",
-            "Rules of the running policy past their `expires` (they match nothing)",
-            rules_expired.clone(),
-        );
-        let policy_info = Family::default();
-        registry.register(
-            "sluice_policy_info",
-            "The hash of the running policy (value always 1)",
-            policy_info.clone(),
-        );
-        let rule_hits = Family::default();
-        registry.register(
-            "sluice_rule_hits",
-            "Decisions by rule, for rules with an explicit id",
-            rule_hits.clone(),
-        );
-        let dns_queries = Family::default();
-        registry.register(
-            "sluice_dns_queries",
-            "DNS queries answered by the DNS listener, by zone and verdict",
-            dns_queries.clone(),
-        );
-        let alerts = Family::default();
-        registry.register(
-            "sluice_alerts",
-            "Alerts emitted (repeats folded into a stored alert not counted), by kind and severity",
-            alerts.clone(),
-        );
-        let dns_rate_limited = Counter::default();
-        registry.register(
-            "sluice_dns_rate_limited",
-            "DNS queries dropped by the per-source rate limit",
-            dns_rate_limited.clone(),
-        );
-        let fd_exhausted = Family::default();
-        registry.register(
-            "sluice_fd_exhausted",
-            "Accepts and dials that failed because Sluice is out of file descriptors (EMFILE, ENFILE), by listener",
-            fd_exhausted.clone(),
-        );
-        let detect_evictions = Counter::default();
-        registry.register(
-            "sluice_detect_evictions",
-            "Detection baselines (sources, destinations) evicted, least recently seen first, to stay within bounds",
-            detect_evictions.clone(),
-        );
-        let pool_idle = Gauge::default();
-        registry.register(
-            "sluice_pool_idle_connections",
-            "Idle keep-alive origin connections in the HTTP proxy's pool",
-            pool_idle.clone(),
-        );
-        let route_up = Family::default();
-        registry.register(
-            "sluice_route_up",
-            "Whether a route's hop is in use (1) or ejected (0) by its health check or failed dials, by route and hop",
-            route_up.clone(),
-        );
-        let route_dials = Family::default();
-        registry.register(
-            "sluice_route_dials",
-            "Dials by route and hop, by result (`ok`, `failed`); a failed hop is followed by the route's next",
-            route_dials.clone(),
-        );
-        let alert_sink_delivered = Family::default();
-        registry.register(
-            "sluice_alert_sink_delivered",
-            "Alerts an alert sink delivered (webhook: a 2xx answer; syslog: sent), by sink",
-            alert_sink_delivered.clone(),
-        );
-        let alert_sink_dropped = Family::default();
-        registry.register(
-            "sluice_alert_sink_dropped",
-            "Alerts an alert sink dropped (queue full, or every attempt failed), by sink",
-            alert_sink_dropped.clone(),
-        );
-        let netflow_packets = Counter::default();
-        registry.register(
-            "sluice_netflow_packets",
-            "NetFlow/IPFIX datagrams received by the collector (from any address)",
-            netflow_packets.clone(),
-        );
-        let netflow_flows = Counter::default();
-        registry.register(
-            "sluice_netflow_flows",
-            "Flows decoded from NetFlow/IPFIX datagrams (before gateway flows are set apart)",
-            netflow_flows.clone(),
-        );
-        let netflow_dropped = Family::default();
-        registry.register(
-            "sluice_netflow_dropped",
-            "NetFlow/IPFIX datagrams, sets and templates dropped, by reason (unknown-exporter, malformed, unknown-version, unknown-template, template-limit)",
-            netflow_dropped.clone(),
-        );
-        let netflow_gateway_flows = Counter::default();
-        registry.register(
-            "sluice_netflow_gateway_flows",
-            "Exported flows to or from a Sluice gateway (netflow.gateways): counted, not recorded again",
-            netflow_gateway_flows.clone(),
-        );
-        let netflow_templates = Gauge::default();
-        registry.register(
-            "sluice_netflow_templates",
-            "v9/IPFIX templates the collector holds now",
-            netflow_templates.clone(),
-        );
-        let inspect_scans = Family::default();
-        registry.register(
-            "sluice_inspect_scans",
-            "Objects sent to a content scanner (clamd, icap) by result: clean, found, error, unscanned",
-            inspect_scans.clone(),
-        );
-        let inspect_scanner_up = Family::default();
-        registry.register(
-            "sluice_inspect_scanner_up",
-            "Whether a content scanner (clamd, icap) answered its last exchange or probe (1) or not (0)",
-            inspect_scanner_up.clone(),
-        );
-        let inspect_findings = Family::default();
-        registry.register(
-            "sluice_inspect_findings",
-            "Inspection findings in flow records by type (DLP detector, malware, unscanned)",
-            inspect_findings.clone(),
-        );
-        Metrics {
-            inspect_scans,
-            inspect_scanner_up,
-            inspect_findings,
-            registry,
-            alert_sink_delivered,
-            alert_sink_dropped,
-            tunnels,
-            requests,
-            bytes_out,
-            bytes_in,
-            decision_duration,
-            connect_duration,
-            active_tunnels,
-            flow_records_dropped,
-            dial_failures,
-            http_responses,
-            connections_rejected,
-            auth_failures,
-            config_reloads,
-            config_last_reload_success,
-            config_loaded_timestamp,
-            policy_info,
-            rules_expired,
-            rule_hits,
-            dns_queries,
-            alerts,
-            dns_rate_limited,
-            fd_exhausted,
-            pool_idle,
-            route_up,
-            route_dials,
-            detect_evictions,
-            netflow_packets,
-            netflow_flows,
-            netflow_dropped,
-            netflow_gateway_flows,
-            netflow_templates,
+            self.connections_rejected
+                .get_or_create_owned(&LimitLabel { limit });
         }
     }
 
@@ -1011,14 +1009,41 @@ mod tests {
         shared::<ActiveTunnel>();
     }
 
-    #[test]
-    fn encodes_every_family_with_conventional_names() {
-        let m = Metrics::new();
+    /// A series of each family [`touch_every_family`] fills, by prefix.
+    const EVERY_FAMILY: [&str; 23] = [
+        "sluice_tunnels_total{",
+        "sluice_build_info{",
+        "sluice_dial_failures_total{",
+        "sluice_http_responses_total{",
+        "sluice_connections_rejected_total{",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "sluice_requests_total{",
+        "sluice_bytes_out_total{",
+        "sluice_bytes_in_total{",
+        "sluice_decision_duration_seconds_bucket{",
+        "sluice_connect_duration_seconds_count",
+        "sluice_active_tunnels{",
+        "sluice_flow_records_dropped_total",
+        "sluice_config_reloads_total{",
+        "sluice_config_last_reload_success",
+        "sluice_config_loaded_timestamp_seconds",
+        "sluice_policy_info{",
+        "sluice_rule_hits_total{",
+        "sluice_dns_queries_total{",
+        "sluice_alerts_total{",
+        "sluice_dns_rate_limited_total",
+        "sluice_rules_expired",
+    ];
+
+    /// Counts something in each family; the tunnel stays active while the
+    /// returned guard is held.
+    fn touch_every_family(m: &Metrics) -> ActiveTunnel {
         m.record(&flow(Protocol::Connect, "web", "allow"));
         m.record(&flow(Protocol::Http, "web", "deny"));
         m.observe_decision(Duration::from_micros(3));
         m.observe_connect(Duration::from_millis(20));
-        let _tunnel = m.active_tunnel(Listener::Socks5);
+        let tunnel = m.active_tunnel(Listener::Socks5);
         m.flow_records_dropped.inc();
         m.reload_failed();
         m.rule_hit("gh-content");
@@ -1026,68 +1051,45 @@ mod tests {
         m.alert(AlertKind::DnsTunnel, Severity::Critical);
         m.dns_rate_limited();
         m.policy_loaded("abc", UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        tunnel
+    }
+
+    #[test]
+    fn encodes_every_family_with_conventional_names() {
+        let m = Metrics::new();
+        let _tunnel = touch_every_family(&m);
         let text = m.encode();
         let names: Vec<String> = samples(&text).into_iter().map(|(s, _)| s).collect();
-        for family in [
-            "sluice_tunnels_total{",
-            "sluice_build_info{",
-            "sluice_dial_failures_total{",
-            "sluice_http_responses_total{",
-            "sluice_connections_rejected_total{",
-            "process_cpu_seconds_total",
-            "process_open_fds",
-            "sluice_requests_total{",
-            "sluice_bytes_out_total{",
-            "sluice_bytes_in_total{",
-            "sluice_decision_duration_seconds_bucket{",
-            "sluice_connect_duration_seconds_count",
-            "sluice_active_tunnels{",
-            "sluice_flow_records_dropped_total",
-            "sluice_config_reloads_total{",
-            "sluice_config_last_reload_success",
-            "sluice_config_loaded_timestamp_seconds",
-            "sluice_policy_info{",
-            "sluice_rule_hits_total{",
-            "sluice_dns_queries_total{",
-            "sluice_alerts_total{",
-            "sluice_dns_rate_limited_total",
-            "sluice_rules_expired",
-        ] {
+        for family in EVERY_FAMILY {
             assert!(
                 names.iter().any(|n| n.starts_with(family)),
                 "{family} in\n{text}"
             );
         }
-        let conn =
-            r#"sluice_tunnels_total{listener="http",zone="web",verdict="allow",enforced="true"}"#;
-        assert_eq!(value(&text, conn), 1.0);
-        let req =
-            r#"sluice_requests_total{listener="http",zone="web",verdict="deny",enforced="true"}"#;
-        assert_eq!(value(&text, req), 1.0);
-        assert_eq!(value(&text, r#"sluice_bytes_in_total{zone="web"}"#), 4000.0);
-        assert_eq!(
-            value(&text, r#"sluice_active_tunnels{listener="socks5"}"#),
-            1.0
-        );
-        assert_eq!(value(&text, "sluice_config_last_reload_success"), 1.0);
-        assert_eq!(
-            value(&text, "sluice_config_loaded_timestamp_seconds"),
-            1.7e9
-        );
-        assert_eq!(
-            value(
-                &text,
-                r#"sluice_dns_queries_total{zone="web",verdict="deny"}"#
+        for (series, want) in [
+            (
+                r#"sluice_tunnels_total{listener="http",zone="web",verdict="allow",enforced="true"}"#,
+                1.0,
             ),
-            1.0
-        );
-        assert_eq!(
-            value(
-                &text,
-                r#"sluice_alerts_total{kind="dns-tunnel",severity="critical"}"#
+            (
+                r#"sluice_requests_total{listener="http",zone="web",verdict="deny",enforced="true"}"#,
+                1.0,
             ),
-            1.0
-        );
+            (r#"sluice_bytes_in_total{zone="web"}"#, 4000.0),
+            (r#"sluice_active_tunnels{listener="socks5"}"#, 1.0),
+            ("sluice_config_last_reload_success", 1.0),
+            ("sluice_config_loaded_timestamp_seconds", 1.7e9),
+            (
+                r#"sluice_dns_queries_total{zone="web",verdict="deny"}"#,
+                1.0,
+            ),
+            (
+                r#"sluice_alerts_total{kind="dns-tunnel",severity="critical"}"#,
+                1.0,
+            ),
+        ] {
+            assert_eq!(value(&text, series), want, "{series}");
+        }
         assert!(!text.contains("10.0.1.7"), "no addresses in labels");
     }
 

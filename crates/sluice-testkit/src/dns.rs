@@ -17,6 +17,14 @@ use std::{
     time::Duration,
 };
 
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{
+        Name, RData, Record, RecordType,
+        rdata::{A, AAAA, CNAME, SOA, TXT, opt::EdnsCode},
+    },
+};
+
 /// A small authoritative-style DNS server built on hickory-proto. Every
 /// name's records are replaceable while it runs (`set`); a name may also
 /// have a series of record sets, one per query (`set_series`). Two
@@ -43,7 +51,10 @@ pub struct FixtureDns {
 
 /// Name (lower-case, no trailing dot) → record sets, one per query (the
 /// last repeats); each record is (type, data, TTL).
-type Zone = Arc<Mutex<HashMap<String, Vec<Vec<(String, String, u32)>>>>>;
+type Names = HashMap<String, Vec<Vec<(String, String, u32)>>>;
+
+/// The zone, replaceable while the server runs.
+type Zone = Arc<Mutex<Names>>;
 
 /// (name, query type) → queries received.
 type Counts = Arc<Mutex<HashMap<(String, String), Asked>>>;
@@ -242,19 +253,11 @@ fn answer(
     counts: &Counts,
     ecs: &AtomicUsize,
 ) -> Option<Vec<u8>> {
-    use hickory_proto::{
-        op::{Edns, Message, MessageType, OpCode, ResponseCode},
-        rr::{
-            Name, RData, Record, RecordType,
-            rdata::{A, AAAA, CNAME, SOA, TXT},
-        },
-    };
     let req = Message::from_vec(q).ok()?;
-    let subnet = hickory_proto::rr::rdata::opt::EdnsCode::Subnet;
     if req
         .edns
         .as_ref()
-        .is_some_and(|e| e.option(subnet).is_some())
+        .is_some_and(|e| e.option(EdnsCode::Subnet).is_some())
     {
         ecs.fetch_add(1, Ordering::SeqCst);
     }
@@ -262,25 +265,7 @@ fn answer(
         return None;
     }
     let query = req.queries[0].clone();
-    let qtype = query.query_type();
-    let name_key = |n: &Name| key(&n.to_ascii());
-    // How many queries of this type asked for this name before: which set
-    // of a series answers (a query asked again with the same id is the
-    // same query: same count, same set).
-    let nth = {
-        let mut counts = counts.lock().unwrap();
-        let k = counts
-            .entry((name_key(query.name()), qtype.to_string()))
-            .or_default();
-        if !k.ids.contains(&req.metadata.id) {
-            k.n += 1;
-            if k.ids.len() == RECENT_IDS {
-                k.ids.pop_front();
-            }
-            k.ids.push_back(req.metadata.id);
-        }
-        k.n - 1
-    };
+    let nth = nth_asked(counts, &query, req.metadata.id);
     let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.recursion_available = true;
@@ -290,11 +275,48 @@ fn answer(
         mine.set_max_payload(e.max_payload().max(512));
         resp.set_edns(mine);
     }
-    let zone = zone.lock().unwrap();
+    let found = resolve(&zone.lock().unwrap(), &query, nth, &mut resp)?;
+    if resp.answers.is_empty() || !found {
+        negative(&mut resp, found, config)?;
+    }
+    let mut out = resp.to_vec().ok()?;
+    let limit = usize::from(req.edns.as_ref().map_or(512, |e| e.max_payload().max(512)));
+    if udp && out.len() > limit {
+        out = resp.truncate().to_vec().ok()?;
+    }
+    Some(out)
+}
+
+/// How many queries of this type asked for this name before query `id`:
+/// which set of a series answers (a query asked again with the same id is
+/// the same query: same count, same set).
+fn nth_asked(counts: &Counts, query: &Query, id: u16) -> usize {
+    let mut counts = counts.lock().unwrap();
+    let k = counts
+        .entry((
+            key(&query.name().to_ascii()),
+            query.query_type().to_string(),
+        ))
+        .or_default();
+    if !k.ids.contains(&id) {
+        k.n += 1;
+        if k.ids.len() == RECENT_IDS {
+            k.ids.pop_front();
+        }
+        k.ids.push_back(id);
+    }
+    k.n - 1
+}
+
+/// Adds the answers to `query` from the zone's `nth` record sets to
+/// `resp`, following CNAMEs (ten at most). Whether the last name had
+/// records; `None` for records the zone cannot encode (no reply).
+fn resolve(zone: &Names, query: &Query, nth: usize, resp: &mut Message) -> Option<bool> {
+    let qtype = query.query_type();
     let mut name = query.name().clone();
     let mut found = false;
     for _ in 0..10 {
-        let Some(sets) = zone.get(&name_key(&name)) else {
+        let Some(sets) = zone.get(&key(&name.to_ascii())) else {
             break;
         };
         let Some(records) = sets.get(nth.min(sets.len().saturating_sub(1))) else {
@@ -314,59 +336,65 @@ fn answer(
             continue;
         }
         for (t, data, ttl) in records {
-            let rdata = match (t.as_str(), qtype) {
-                ("A", RecordType::A | RecordType::ANY) => RData::A(A(data.parse().ok()?)),
-                ("AAAA", RecordType::AAAA | RecordType::ANY) => {
-                    RData::AAAA(AAAA(data.parse().ok()?))
-                }
-                ("TXT", RecordType::TXT | RecordType::ANY) => {
-                    // Long texts become several character-strings of 255.
-                    let parts = data
-                        .as_bytes()
-                        .chunks(255)
-                        .map(|c| String::from_utf8_lossy(c).into_owned())
-                        .collect();
-                    RData::TXT(TXT::new(parts))
-                }
-                _ => continue,
-            };
-            resp.add_answer(Record::from_rdata(name.clone(), *ttl, rdata));
+            if let Some(rdata) = rdata(t, data, qtype)? {
+                resp.add_answer(Record::from_rdata(name.clone(), *ttl, rdata));
+            }
         }
         break;
     }
-    if resp.answers.is_empty() || !found {
-        if !found
-            && resp
-                .answers
-                .iter()
-                .all(|r| r.record_type() == RecordType::CNAME)
-        {
-            resp.metadata.response_code = if resp.answers.is_empty() {
-                ResponseCode::NXDomain
-            } else {
-                ResponseCode::NoError
-            };
+    Some(found)
+}
+
+/// A zone record of type `t` as record data, if `qtype` asks for it
+/// (`Some(None)` if it does not); `None` if `data` does not parse.
+fn rdata(t: &str, data: &str, qtype: RecordType) -> Option<Option<RData>> {
+    let rdata = match (t, qtype) {
+        ("A", RecordType::A | RecordType::ANY) => RData::A(A(data.parse().ok()?)),
+        ("AAAA", RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(data.parse().ok()?)),
+        ("TXT", RecordType::TXT | RecordType::ANY) => {
+            // Long texts become several character-strings of 255.
+            let parts = data
+                .as_bytes()
+                .chunks(255)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            RData::TXT(TXT::new(parts))
         }
-        if config.negative_soa {
-            let origin = Name::from_ascii("test.").ok()?;
-            let soa = SOA::new(
-                origin.clone(),
-                Name::from_ascii("hostmaster.test.").ok()?,
-                1,
-                3600,
-                600,
-                86400,
-                5,
-            );
-            resp.add_authority(Record::from_rdata(origin, 5, RData::SOA(soa)));
-        }
+        _ => return Some(None),
+    };
+    Some(Some(rdata))
+}
+
+/// A negative or CNAME-only answer: NXDOMAIN when nothing was found,
+/// NOERROR (NODATA) after CNAMEs, and the SOA for negative caching if the
+/// configuration gives one.
+fn negative(resp: &mut Message, found: bool, config: Config) -> Option<()> {
+    if !found
+        && resp
+            .answers
+            .iter()
+            .all(|r| r.record_type() == RecordType::CNAME)
+    {
+        resp.metadata.response_code = if resp.answers.is_empty() {
+            ResponseCode::NXDomain
+        } else {
+            ResponseCode::NoError
+        };
     }
-    let mut out = resp.to_vec().ok()?;
-    let limit = usize::from(req.edns.as_ref().map_or(512, |e| e.max_payload().max(512)));
-    if udp && out.len() > limit {
-        out = resp.truncate().to_vec().ok()?;
+    if config.negative_soa {
+        let origin = Name::from_ascii("test.").ok()?;
+        let soa = SOA::new(
+            origin.clone(),
+            Name::from_ascii("hostmaster.test.").ok()?,
+            1,
+            3600,
+            600,
+            86400,
+            5,
+        );
+        resp.add_authority(Record::from_rdata(origin, 5, RData::SOA(soa)));
     }
-    Some(out)
+    Some(())
 }
 
 /// Serves DNS on 127.0.0.1 over UDP and TCP on one port, each message

@@ -216,8 +216,17 @@ fn metrics_count_exactly_what_passed() {
     let flows = script(&s, &origin);
     let records = s.wait_records(flows);
     assert_eq!(records.len(), flows, "{records:#?}");
-
     let m = parse_metrics(&s.admin_get("/metrics").text());
+    assert_counts_match_records(&m, &records, flows);
+    let hash = assert_policy_metrics(&s, &m);
+    assert_reloads_counted(&s, &hash);
+    assert_grafana_queries_are_exposed(&s);
+}
+
+/// [`script`]'s traffic in the flow families of metrics `m`, by listener,
+/// zone, verdict, status class, rule and bytes: exactly what its flow
+/// `records` say.
+fn assert_counts_match_records(m: &BTreeMap<String, f64>, records: &[Value], flows: usize) {
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let flow = |family: &str, zone: &str, verdict: &str, enforced: bool| {
         get(&format!(
@@ -273,6 +282,12 @@ fn metrics_count_exactly_what_passed() {
         get("sluice_connect_duration_seconds_count{}") >= 3.0,
         "{m:#?}"
     );
+}
+
+/// The running policy's metrics in `m`, and no client address in any
+/// label; the policy's hash.
+fn assert_policy_metrics(s: &Sluice, m: &BTreeMap<String, f64>) -> String {
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let hash = s.readyz().1["policy_hash"].as_str().unwrap().to_owned();
     assert_eq!(get(&format!(r#"sluice_policy_info{{hash="{hash}"}}"#)), 1.0);
     assert_eq!(get("sluice_config_last_reload_success{}"), 1.0);
@@ -281,8 +296,12 @@ fn metrics_count_exactly_what_passed() {
         m.keys()
             .all(|k| !k.contains("127.0.0.1") && !k.contains("::1"))
     );
+    hash
+}
 
-    // A rejected reload, then a good one.
+/// A rejected reload, then a good one, in the reload metrics; the policy
+/// hash (`hash` before) changes with the file.
+fn assert_reloads_counted(s: &Sluice, hash: &str) {
     let text = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(&s.config, format!("{text}\nbogus_key: 1\n")).unwrap();
     s.signal("HUP");
@@ -302,9 +321,12 @@ fn metrics_count_exactly_what_passed() {
         .filter(|k| k.starts_with("sluice_policy_info"))
         .collect();
     assert_eq!(infos.len(), 1, "only the running policy's hash: {infos:?}");
-    assert!(!infos[0].contains(&hash), "the hash changed with the file");
+    assert!(!infos[0].contains(hash), "the hash changed with the file");
+}
 
-    // Every metric the Grafana dashboard queries exists.
+/// Every metric the Grafana dashboard queries exists; the dashboard
+/// filters by instance and shows the policy hash.
+fn assert_grafana_queries_are_exposed(s: &Sluice) {
     let exposed = s.admin_get("/metrics").text();
     let grafana =
         std::fs::read_to_string(util::workspace_root().join("deploy/grafana/sluice.json")).unwrap();
