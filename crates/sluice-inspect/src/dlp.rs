@@ -24,12 +24,12 @@
 //! Findings carry a detector name, a count and a keyed hash
 //! (HMAC-SHA256 under [`HashKey`]) of the first match — never the match.
 
-use std::{ops::Range, sync::Arc};
+use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder, SetMatches};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use regex_automata::{Anchored, Input, meta};
 use sha2::Sha256;
 
@@ -436,114 +436,106 @@ impl Dlp {
     /// chunks were cut: it is what `find_iter` finds over the whole body.
     fn scan_into(&self, buf: &[u8], base: u64, last: bool, enabled: &Enabled, acc: &mut Acc) {
         let on = |i: usize| enabled.get(i).copied().unwrap_or(false);
-        let chunk = Chunk { buf, base, last };
         acc.resume.resize(self.detectors.len(), 0);
+        // Where detector `i` takes up its search, in `buf`.
+        let from = |resume: &[u64], i: usize| -> usize {
+            let r = resume.get(i).copied().unwrap_or(0);
+            // Every search moves its resume point on with the buffer, at
+            // least CONTEXT bytes past the released ones.
+            debug_assert!(
+                base == 0 || r >= base + CONTEXT as u64,
+                "stale resume point"
+            );
+            let r = r.saturating_sub(base);
+            usize::try_from(r).unwrap_or(usize::MAX).min(buf.len())
+        };
         // (detector, start) of every place a literal-prefixed detector's
         // match may start; empty on benign data.
         let mut starts: Vec<(usize, usize)> = Vec::new();
-        self.literal_starts(&chunk, &on, &acc.resume, &mut starts);
-        let custom_hits = self.custom_hits(buf, &on);
+        if let Some(lits) = &self.literals {
+            let lo = lits
+                .owner
+                .iter()
+                .filter(|(_, i)| on(*i))
+                .map(|(_, i)| from(&acc.resume, *i))
+                .min()
+                .unwrap_or(buf.len());
+            lits.candidates(buf, lo, &on, &mut starts);
+            starts.sort_unstable();
+            starts.dedup();
+        }
+        // Which custom patterns match at all, when there are several.
+        let custom_hits = self
+            .custom_set
+            .as_ref()
+            .and_then(|(set, idx)| idx.iter().any(|&i| on(i)).then(|| (set.matches(buf), idx)));
         let mut found: Vec<(usize, usize)> = Vec::new();
         for (i, d) in self.detectors.iter().enumerate() {
             if !on(i) {
                 continue;
             }
-            let at = chunk.resume_at(&acc.resume, i);
-            let decided = chunk.decided(d.max_len);
+            let at = from(&acc.resume, i);
+            // Starts before `decided` are settled by the bytes in `buf`.
+            let decided = if last {
+                buf.len() + 1
+            } else {
+                buf.len().saturating_sub(d.max_len + CONTEXT)
+            };
             found.clear();
             match &d.engine {
                 Engine::Run { re, run, min_len } => {
                     run_matches(buf, at, *run, *min_len, re, d.max_len, &mut found);
                 }
                 Engine::Literal { re } => {
-                    let mine = starts_of(&starts, i);
-                    literal_matches(re, buf, at, d.max_len, mine, &mut found);
+                    let lo = starts.partition_point(|(j, _)| *j < i);
+                    let hi = starts.partition_point(|(j, _)| *j <= i);
+                    let mut cursor = at;
+                    for &(_, at) in &starts[lo..hi] {
+                        if at < cursor {
+                            continue;
+                        }
+                        if let Some(m) = anchored(re, buf, at, d.max_len) {
+                            cursor = m.1;
+                            found.push(m);
+                        }
+                    }
                 }
                 Engine::Search { re } => {
                     // No match in `buf` at all: nothing to search, but the
                     // resume point below still moves on with the buffer.
-                    let none = custom_hits
-                        .as_ref()
-                        .is_some_and(|(hits, idx)| no_hit(hits, idx, i));
-                    let from = if none { buf.len() } else { at };
-                    search_matches(re, buf, from, decided, &mut found);
+                    let none = custom_hits.as_ref().is_some_and(|(hits, idx)| {
+                        idx.iter()
+                            .position(|&j| j == i)
+                            .is_some_and(|k| !hits.matched(k))
+                    });
+                    // `find_at` sees the bytes before `at` for look-behind,
+                    // as `find_iter` does after a match.
+                    let mut pos = if none { buf.len() } else { at };
+                    while pos < buf.len()
+                        && let Some(m) = re.find_at(buf, pos)
+                    {
+                        if m.start() >= decided {
+                            break;
+                        }
+                        found.push((m.start(), m.end()));
+                        pos = m.end().max(m.start() + 1);
+                    }
                 }
             }
-            self.settle((i, d), &chunk, at..decided, &found, acc);
-        }
-    }
-
-    /// Adds to `starts` (detector, start) of every place an enabled
-    /// literal-prefixed detector's match may start in the chunk, sorted
-    /// and without repeats.
-    #[inline]
-    fn literal_starts(
-        &self,
-        chunk: &Chunk<'_>,
-        on: &impl Fn(usize) -> bool,
-        resume: &[u64],
-        starts: &mut Vec<(usize, usize)>,
-    ) {
-        let Some(lits) = &self.literals else {
-            return;
-        };
-        let lo = lits
-            .owner
-            .iter()
-            .filter(|(_, i)| on(*i))
-            .map(|(_, i)| chunk.resume_at(resume, *i))
-            .min()
-            .unwrap_or(chunk.buf.len());
-        lits.candidates(chunk.buf, lo, on, starts);
-        starts.sort_unstable();
-        starts.dedup();
-    }
-
-    /// Which custom patterns match at all in `buf`, when there are several
-    /// and one of them is enabled; with the detector index of each.
-    #[inline]
-    fn custom_hits(
-        &self,
-        buf: &[u8],
-        on: &impl Fn(usize) -> bool,
-    ) -> Option<(SetMatches, &[usize])> {
-        self.custom_set.as_ref().and_then(|(set, idx)| {
-            idx.iter()
-                .any(|&i| on(i))
-                .then(|| (set.matches(buf), idx.as_slice()))
-        })
-    }
-
-    /// Counts detector `i`'s matches in `found` that start in `searched`
-    /// (from its resume point to where the chunk stops settling a start),
-    /// and moves its resume point past the last of them, or on to the
-    /// end of `searched`.
-    #[inline]
-    fn settle(
-        &self,
-        (i, d): (usize, &Detector),
-        chunk: &Chunk<'_>,
-        searched: Range<usize>,
-        found: &[(usize, usize)],
-        acc: &mut Acc,
-    ) {
-        let Range {
-            start: at,
-            end: decided,
-        } = searched;
-        let mut next = at;
-        for &(s, e) in found {
-            if s >= decided {
-                break;
+            let mut next = at;
+            for &(s, e) in &found {
+                if s >= decided {
+                    break;
+                }
+                next = e;
+                if let Some(m) = buf.get(s..e) {
+                    self.count(i, d, m, acc);
+                }
             }
-            next = e;
-            if let Some(m) = chunk.buf.get(s..e) {
-                self.count(i, d, m, acc);
+            let resume = next.max(decided.min(buf.len()));
+            if let Some(r) = acc.resume.get_mut(i) {
+                *r = base + resume as u64;
             }
-        }
-        let resume = next.max(decided.min(chunk.buf.len()));
-        if let Some(r) = acc.resume.get_mut(i) {
-            *r = chunk.base + resume as u64;
         }
     }
 
@@ -595,106 +587,6 @@ impl Literals {
             }
             at = p + 1;
         }
-    }
-}
-
-/// One buffer of a stream, as [`Dlp::scan_into`] sees it.
-struct Chunk<'b> {
-    buf: &'b [u8],
-    /// Its stream offset.
-    base: u64,
-    /// Whether it ends the stream.
-    last: bool,
-}
-
-// === impl Chunk ===
-
-impl Chunk<'_> {
-    /// Where detector `i` takes up its search, in `buf`.
-    #[inline]
-    fn resume_at(&self, resume: &[u64], i: usize) -> usize {
-        let r = resume.get(i).copied().unwrap_or(0);
-        // Every search moves its resume point on with the buffer, at
-        // least CONTEXT bytes past the released ones.
-        debug_assert!(
-            self.base == 0 || r >= self.base + CONTEXT as u64,
-            "stale resume point"
-        );
-        let r = r.saturating_sub(self.base);
-        usize::try_from(r).unwrap_or(usize::MAX).min(self.buf.len())
-    }
-
-    /// Where matches of a detector whose longest match is `max_len` stop
-    /// being settled by the bytes in `buf`: those starting before it are.
-    #[inline]
-    fn decided(&self, max_len: usize) -> usize {
-        if self.last {
-            self.buf.len() + 1
-        } else {
-            self.buf.len().saturating_sub(max_len + CONTEXT)
-        }
-    }
-}
-
-/// Detector `i`'s part of the sorted (detector, start) candidates.
-#[inline]
-fn starts_of(starts: &[(usize, usize)], i: usize) -> &[(usize, usize)] {
-    let lo = starts.partition_point(|(j, _)| *j < i);
-    let hi = starts.partition_point(|(j, _)| *j <= i);
-    &starts[lo..hi]
-}
-
-/// Whether custom detector `i` is one of the set `idx` and matched nothing
-/// in the set's pass (`hits`).
-#[inline]
-fn no_hit(hits: &SetMatches, idx: &[usize], i: usize) -> bool {
-    idx.iter()
-        .position(|&j| j == i)
-        .is_some_and(|k| !hits.matched(k))
-}
-
-/// A literal-prefixed detector's matches: `re` anchored at each of its
-/// candidate `starts` from `at` on, past the end of the previous match.
-#[inline]
-fn literal_matches(
-    re: &meta::Regex,
-    buf: &[u8],
-    at: usize,
-    max_len: usize,
-    starts: &[(usize, usize)],
-    found: &mut Vec<(usize, usize)>,
-) {
-    let mut cursor = at;
-    for &(_, at) in starts {
-        if at < cursor {
-            continue;
-        }
-        if let Some(m) = anchored(re, buf, at, max_len) {
-            cursor = m.1;
-            found.push(m);
-        }
-    }
-}
-
-/// A custom pattern's matches by its own search from `pos`, up to the
-/// first that starts at `decided` or later. `find_at` sees the bytes
-/// before `pos` for look-behind, as `find_iter` does after a match.
-#[inline]
-fn search_matches(
-    re: &Regex,
-    buf: &[u8],
-    mut pos: usize,
-    decided: usize,
-    found: &mut Vec<(usize, usize)>,
-) {
-    while pos < buf.len()
-        && let Some(m) = re.find_at(buf, pos)
-    {
-        if m.start() >= decided {
-            break;
-        }
-        found.push((m.start(), m.end()));
-        pos = m.end().max(m.start() + 1);
     }
 }
 
