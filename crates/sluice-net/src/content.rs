@@ -69,7 +69,11 @@ pub struct ScannerState {
 /// The DLP set and zones' plans of one policy version.
 struct Plans {
     hash: Arc<str>,
-    dlp: Arc<Dlp>,
+    /// Compiled only when a zone enables a DLP detector: the set is large
+    /// (tens of MiB resident, milliseconds to build), and a policy that
+    /// inspects nothing, or only with clamd or ICAP, must not pay for it
+    /// on its first request.
+    dlp: Option<Arc<Dlp>>,
     zones: HashMap<String, Arc<ZonePlan>>,
 }
 
@@ -197,9 +201,11 @@ impl Content {
             .iter()
             .map(|p| (p.name.clone(), p.regex.clone()))
             .collect();
-        let dlp = match Dlp::new(&custom, self.key.clone()) {
-            Ok(d) => Arc::new(d),
-            Err(e) => {
+        let wants_dlp = cfg.zones.iter().any(|z| !z.inspect.dlp.0.is_empty());
+        let dlp = match wants_dlp.then(|| Dlp::new(&custom, self.key.clone())) {
+            None => None,
+            Some(Ok(d)) => Some(Arc::new(d)),
+            Some(Err(e)) => {
                 // The loader checked every pattern: this is a bug.
                 tracing::error!(error = %e, "DLP patterns failed to compile");
                 return None;
@@ -210,9 +216,10 @@ impl Content {
             .iter()
             .filter(|z| z.inspect.any())
             .map(|z| {
-                let mut actions = vec![None; dlp.len()];
+                let mut actions = vec![None; dlp.as_ref().map_or(0, |d| d.len())];
                 for (name, action, _) in &z.inspect.dlp.0 {
-                    if let Some(slot) = dlp.index(name).and_then(|i| actions.get_mut(i)) {
+                    let index = dlp.as_ref().and_then(|d| d.index(name));
+                    if let Some(slot) = index.and_then(|i| actions.get_mut(i)) {
                         *slot = Some(*action);
                     }
                 }
@@ -471,9 +478,9 @@ impl Inspector for Content {
         let Some((plans, z)) = self.zone(s) else {
             return Inspection::Pass;
         };
-        if !z.dlp {
+        let (true, Some(dlp)) = (z.dlp, &plans.dlp) else {
             return Inspection::Pass;
-        }
+        };
         let mut text = Vec::with_capacity(256);
         let _ = write!(Utf8(&mut text), "{} {}\r\n", head.method, head.uri);
         for (k, v) in &head.headers {
@@ -482,7 +489,7 @@ impl Inspector for Content {
             text.extend_from_slice(v.as_bytes());
             text.extend_from_slice(b"\r\n");
         }
-        let found = plans.dlp.scan(&text, &z.enabled);
+        let found = dlp.scan(&text, &z.enabled);
         for f in &found {
             s.notes.finding(&f.detector, f.count, &f.hash);
         }
@@ -502,11 +509,9 @@ impl Inspector for Content {
             return None;
         }
         let (plans, z) = self.zone(s)?;
-        if !z.dlp {
-            return None;
-        }
+        let dlp = plans.dlp.as_ref().filter(|_| z.dlp)?;
         Some(Box::new(DlpScanner {
-            stream: plans.dlp.stream(z.enabled.clone()),
+            stream: dlp.stream(z.enabled.clone()),
             reported: Vec::new(),
             subject: s.clone(),
             zone: z,
@@ -714,7 +719,52 @@ impl std::fmt::Write for Utf8<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::icap_blocks;
+    use std::sync::Arc;
+
+    use sluice_inspect::HashKey;
+    use sluice_observe::Metrics;
+    use sluice_policy::Policy;
+
+    use super::{Content, icap_blocks};
+
+    fn content_for(zones: &str) -> (Content, Policy) {
+        let icap = "inspect:\n  icap:\n    reqmod: icap://127.0.0.1:1344/reqmod\n";
+        let policy = Policy::load(&format!("{icap}zones:\n{zones}"), "test.yaml").unwrap();
+        let c = Content::new(
+            &policy.config().inspect,
+            HashKey::random(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        (c, policy)
+    }
+
+    /// The DLP set is compiled for a policy only when a zone enables a
+    /// detector: a policy that inspects nothing, or only with ICAP, gets
+    /// its plans without it (it was tens of MiB on the first request).
+    #[test]
+    fn the_dlp_set_is_built_only_for_a_zone_that_uses_it() {
+        let plain =
+            "  - name: a\n    sources: [10.0.0.0/8]\n    allow: [{host: x.test, ports: [80]}]\n";
+        let (c, p) = content_for(plain);
+        assert!(
+            c.plans(&p)
+                .is_some_and(|pl| pl.dlp.is_none() && pl.zones.is_empty())
+        );
+
+        let icap = format!("{plain}    inspect: {{icap: true}}\n");
+        let (c, p) = content_for(&icap);
+        let pl = c.plans(&p).unwrap();
+        assert!(pl.dlp.is_none());
+        assert!(pl.zones.get("a").is_some_and(|z| !z.dlp));
+
+        let dlp = format!("{plain}    inspect: {{dlp: {{aws: block}}}}\n");
+        let (c, p) = content_for(&dlp);
+        let pl = c.plans(&p).unwrap();
+        assert!(pl.dlp.is_some());
+        let z = pl.zones.get("a").unwrap();
+        assert!(z.dlp && z.enabled.iter().filter(|e| **e).count() == 1);
+    }
 
     #[test]
     fn an_icap_200_blocks_when_it_found_answered_or_changed_the_status() {
