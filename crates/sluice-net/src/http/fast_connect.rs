@@ -189,13 +189,16 @@ pub(super) async fn serve(
             let active = gw.drain().active();
             // Boxed, as the connection (http/mod.rs): the task then moves
             // a pointer, not the tunnel's future, when it starts and ends.
+            // The flow goes in boxed: the task keeps what it captured
+            // beside the tunnel's future, which holds the flow again.
+            let flow = Box::new(flow);
             tokio::spawn(Box::pin(async move {
                 let _held = (slot, active);
                 let pre = Preread {
                     out: &early,
                     inn: &[],
                 };
-                gw.tunnel(flow, stream, upstream, pre, true).await;
+                gw.tunnel(*flow, stream, upstream, pre, true).await;
             }));
             return None;
         }
