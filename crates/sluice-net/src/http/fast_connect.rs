@@ -189,8 +189,8 @@ pub(super) async fn serve(
             let active = gw.drain().active();
             // Boxed, as the connection (http/mod.rs): the task then moves
             // a pointer, not the tunnel's future, when it starts and ends.
-            // The flow goes in boxed: the task keeps what it captured
-            // beside the tunnel's future, which holds the flow again.
+            // Boxed, as `Gateway::tunnel` takes it: the task keeps what it
+            // captured beside the tunnel's future.
             let flow = Box::new(flow);
             tokio::spawn(Box::pin(async move {
                 let _held = (slot, active);
@@ -198,7 +198,7 @@ pub(super) async fn serve(
                     out: &early,
                     inn: &[],
                 };
-                gw.tunnel(*flow, stream, upstream, pre, true).await;
+                gw.tunnel(flow, stream, upstream, pre, true).await;
             }));
             return None;
         }

@@ -642,7 +642,7 @@ fn switch(
             out: &pre_out,
             inn: &pre_in,
         };
-        gw.tunnel(flow, client, origin.io.into_inner(), pre, false)
+        gw.tunnel(Box::new(flow), client, origin.io.into_inner(), pre, false)
             .await;
     });
     let (mut parts, _) = resp.into_parts();

@@ -362,7 +362,7 @@ async fn connect(
             out: &pre,
             inn: &[],
         };
-        gw.tunnel(flow, client, upstream, pre, true).await;
+        gw.tunnel(Box::new(flow), client, upstream, pre, true).await;
     });
     resp
 }

@@ -109,7 +109,7 @@ async fn connection(
         out: &buf,
         inn: &[],
     };
-    gw.tunnel(flow, stream, upstream, pre, true).await;
+    gw.tunnel(Box::new(flow), stream, upstream, pre, true).await;
 }
 
 /// How a handshake ended early.

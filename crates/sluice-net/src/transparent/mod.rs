@@ -130,7 +130,8 @@ async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, s
         out: &first,
         inn: &[],
     };
-    gw.tunnel(flow, stream, upstream, pre, false).await;
+    gw.tunnel(Box::new(flow), stream, upstream, pre, false)
+        .await;
 }
 
 /// A name is dialed at its own checked resolution (the original
