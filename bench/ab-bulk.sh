@@ -13,33 +13,21 @@
 set -e
 BIN=$1; R=${2:-3}; MIB=${3:-2048}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/lib.sh"
 cd "$(mktemp -d /tmp/sluice-ab-bulk.XXXXXX)"
 python3 "$here/origin.py" bulk 18091 > origin.log 2>&1 &
 OP=$!
-cat > s.yaml <<Y
-listen:
-  http: 127.0.0.1:18090
-zones:
-  - name: bench
-    sources: [127.0.0.0/8]
-    mode: enforce
-    allow:
-      - cidr: 127.0.0.1/32
-        ports: [18091]
-log:
-  flows: $PWD/flows.jsonl
-Y
+bench_yaml 18090 18091 "$PWD/flows.jsonl" > s.yaml
 RUST_LOG=warn "$BIN" run -c s.yaml > out.log 2> err.log &
 SP=$!
 trap 'kill $SP $OP 2>/dev/null || true' EXIT
 sleep 1
 N=$((MIB * 1024 * 1024))
-ticks() { awk '{print $14+$15}' /proc/"$SP"/stat; }
 for _ in $(seq "$R"); do
   d=$(curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:18091/bytes/$N")
-  t0=$(ticks)
+  t0=$(ticks "$SP")
   s=$(curl -s -p -x http://127.0.0.1:18090 -o /dev/null -w '%{speed_download}' "http://127.0.0.1:18091/bytes/$N")
-  t1=$(ticks)
+  t1=$(ticks "$SP")
   awk -v d="$d" -v s="$s" -v t=$((t1 - t0)) -v m="$MIB" 'BEGIN {
     printf "direct %.0f MiB/s  sluice %.0f MiB/s  ratio %.2f  sluice CPU %d ticks = %.0f ms per GiB\n",
       d / 1048576, s / 1048576, s / d, t, t * 10 * 1024 / m }'

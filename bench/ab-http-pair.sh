@@ -8,28 +8,14 @@
 #   bench/ab-http-pair.sh A_BIN B_BIN ROUNDS   # prints CPU per request of each
 set -e
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/lib.sh"
 d=$(mktemp -d /tmp/sluice-ab-pair.XXXXXX); cd $d
 # Everything started is stopped on an error or Ctrl-C too.
 trap 'kill $(cat pids 2>/dev/null) 2>/dev/null' EXIT
 start() { # bin port oport
 python3 $here/origin.py http $3 > origin-$2.log 2>&1 &
 echo $! >> pids
-cat > s-$2.yaml <<Y
-listen:
-  http: 127.0.0.1:$2
-zones:
-  - name: bench
-    sources: [127.0.0.0/8]
-    mode: enforce
-    allow:
-      - cidr: 127.0.0.1/32
-        ports: [$3]
-limits:
-  max_connections: 100000
-  max_connections_per_source: 100000
-log:
-  flows: $d/flows-$2.jsonl
-Y
+bench_yaml "$2" "$3" "$d/flows-$2.jsonl" > s-$2.yaml
 RUST_LOG=warn "$1" run -c s-$2.yaml > out-$2.log 2> err-$2.log &
 echo $! >> pids
 SP=$!

@@ -8,26 +8,12 @@
 #   for i in 1 2 3; do bench/ab-http.sh A a; bench/ab-http.sh B b; done
 set -e
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/lib.sh"
 cd "$(mktemp -d /tmp/sluice-ab.XXXXXX)"
 BIN=$1; L=$2
 python3 "$here/origin.py" http 18081 > origin.log 2>&1 &
 OP=$!
-cat > s.yaml <<Y
-listen:
-  http: 127.0.0.1:18080
-zones:
-  - name: bench
-    sources: [127.0.0.0/8]
-    mode: enforce
-    allow:
-      - cidr: 127.0.0.1/32
-        ports: [18081]
-limits:
-  max_connections: 100000
-  max_connections_per_source: 100000
-log:
-  flows: $PWD/flows-$L.jsonl
-Y
+bench_yaml 18080 18081 "$PWD/flows-$L.jsonl" > s.yaml
 RUST_LOG=warn "$BIN" run -c s.yaml > out.log 2> err.log &
 SP=$!
 sleep 1
@@ -36,9 +22,9 @@ wrk.path = "http://127.0.0.1:18081/bytes/100"
 wrk.headers["Host"] = "127.0.0.1:18081"
 W
 wrk -t2 -c32 -d3s -s w.lua http://127.0.0.1:18080 > /dev/null
-t0=$(awk '{print $14+$15}' /proc/$SP/stat)
+t0=$(ticks "$SP")
 wrk -t2 -c32 -d8s -s w.lua http://127.0.0.1:18080 | grep -E "Requests/sec|Latency"
-t1=$(awk '{print $14+$15}' /proc/$SP/stat)
+t1=$(ticks "$SP")
 echo "sluice CPU ticks (10 ms) during the 8 s run: $((t1-t0))"
-kill $SP $OP; wait 2>/dev/null || true
+kill $SP $OP 2>/dev/null; wait 2>/dev/null || true
 rm -f "$PWD/flows-$L.jsonl"

@@ -11,19 +11,13 @@
 #   PROTO=socks5 bench/ab-tunnels.sh ...             # the SOCKS5 listener instead
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/lib.sh"
 A=$1 B=$2 LG=$3
 ROUNDS=${ROUNDS:-3}
 TUNNELS=${TUNNELS:-10000}
 PROTO=${PROTO:-connect}
 T=$(mktemp -d /tmp/sluice-abt.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$T"
-}
-trap cleanup EXIT
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+trap bench_cleanup EXIT
 declare -A PID PORT ECHO
 for who in a b; do ECHO[$who]=$(freeport); done
 "$LG" echo "${ECHO[a]}" "${ECHO[b]}" >"$T/echo.log" 2>&1 &
@@ -31,29 +25,12 @@ pids+=($!)
 for who in a b; do
     bin=$A; [[ $who == b ]] && bin=$B
     http=$(freeport); socks=$(freeport)
-    cat >"$T/$who.yaml" <<EOF
-listen:
-  http: 127.0.0.1:$http
-  socks5: 127.0.0.1:$socks
-zones:
-  - name: bench
-    sources: [127.0.0.0/8]
-    mode: enforce
-    allow:
-      - cidr: 127.0.0.1/32
-        ports: [${ECHO[a]}, ${ECHO[b]}]
-limits:
-  max_connections: 100000
-  max_connections_per_source: 100000
-log:
-  flows: $T/$who-flows.jsonl
-EOF
+    bench_yaml "$http" "${ECHO[a]}, ${ECHO[b]}" "$T/$who-flows.jsonl" "$socks" >"$T/$who.yaml"
     RUST_LOG=warn "$bin" run -c "$T/$who.yaml" >"$T/$who.out" 2>"$T/$who.err" &
     PID[$who]=$!; pids+=($!)
     if [[ $PROTO == socks5 ]]; then PORT[$who]=$socks; else PORT[$who]=$http; fi
 done
 sleep 1.5
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 flag=()
 [[ $PROTO == socks5 ]] && flag=(--socks5)
 for round in $(seq "$ROUNDS"); do

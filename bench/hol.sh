@@ -33,6 +33,7 @@
 # and the load average.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/lib.sh"
 A=$1 B=$2
 LG=${3:-${CARGO_TARGET_DIR:-$here/../target}/release/sluice-loadgen}
 LABEL_A=${LABEL_A:-a} LABEL_B=${LABEL_B:-b}
@@ -47,15 +48,8 @@ for tool in haproxy openssl python3; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install -y $tool)" >&2; exit 2; }
 done
 T=$(mktemp -d /tmp/sluice-hol.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$T"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The TLS origin's CA and wildcard certificate; the interception CA.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -153,7 +147,6 @@ for who in a b; do
     kill -0 "${PID[$who]}" 2>/dev/null || { echo "error: sluice $who did not start:" >&2; cat "$T/$who.err" >&2; exit 1; }
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tck=$(getconf CLK_TCK)
 heavy_args() { # PHASE
     case $1 in
