@@ -14,7 +14,7 @@ use std::{
     io,
     os::fd::{AsFd, OwnedFd},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
-    time::Instant,
+    task::{Context, Poll, ready},
 };
 
 use nix::{
@@ -22,12 +22,9 @@ use nix::{
     fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice},
     unistd::pipe2,
 };
-use tokio::{
-    io::{AsyncWriteExt, Interest},
-    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
-};
+use tokio::{io::Interest, net::TcpStream};
 
-use crate::relay::{Counters, Ends, PumpError};
+use crate::relay::PumpError;
 
 /// The pipe size asked for while fewer than [`BIG_PIPES`] pipes are open
 /// (the kernel rounds it to pages and caps it at
@@ -104,59 +101,71 @@ fn would_block(e: Errno) -> io::Error {
     }
 }
 
-/// Moves everything `r` sends to `w` through the pipe until `r` ends
-/// (then shuts `w` down if it ended first: `relay::Ends`) or an error.
-pub(crate) async fn pump(
+/// A direction that moves its bytes through a pipe: `splice(2)` from the
+/// source into the pipe, then from the pipe into the sink.
+pub(crate) struct Splicing {
     pipe: Pipe,
-    r: &OwnedReadHalf,
-    w: &mut OwnedWriteHalf,
-    count: &AtomicU64,
-    counters: &Counters,
-    ends: &Ends,
-    started: Instant,
-) -> Result<(), PumpError> {
-    let (pr, pw) = (&pipe.r, &pipe.w);
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let cap = fcntl(pw, FcntlArg::F_GETPIPE_SZ)
-        .ok()
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(64 * 1024);
-    let rs = r.as_ref();
-    let ws = w.as_ref();
-    loop {
-        // Fill the pipe from the socket. The pipe is empty here, so an
-        // EAGAIN can only mean the socket has nothing to read.
-        r.readable().await.map_err(PumpError::Read)?;
-        let n = match rs.try_io(Interest::READABLE, || {
-            splice(rs.as_fd(), None, pw.as_fd(), None, cap, flags).map_err(would_block)
-        }) {
-            Ok(0) => {
-                if ends.ended_first() {
-                    let _ = w.shutdown().await;
+    /// The pipe's size: the most one splice takes in.
+    cap: usize,
+    /// Bytes in the pipe, not yet moved on to the sink.
+    left: usize,
+}
+
+impl Splicing {
+    pub(crate) fn new(pipe: Pipe) -> Self {
+        let cap = fcntl(&pipe.w, FcntlArg::F_GETPIPE_SZ)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(64 * 1024);
+        Splicing { pipe, cap, left: 0 }
+    }
+
+    /// Moves everything `src` sends to `dst` until `src` ends (`Ready(Ok)`,
+    /// the pipe empty) or an error; `moved` hears of every splice into
+    /// `dst`. Readiness comes from tokio, so a socket that would block parks
+    /// the task exactly as the copy path does.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        moved: &mut dyn FnMut(usize),
+    ) -> Poll<Result<(), PumpError>> {
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        let (pr, pw) = (&self.pipe.r, &self.pipe.w);
+        loop {
+            if self.left == 0 {
+                // Fill the pipe from the socket. The pipe is empty here, so
+                // an EAGAIN can only mean the socket has nothing to read.
+                ready!(src.poll_read_ready(cx)).map_err(PumpError::Read)?;
+                match src.try_io(Interest::READABLE, || {
+                    splice(src.as_fd(), None, pw.as_fd(), None, self.cap, flags)
+                        .map_err(would_block)
+                }) {
+                    Ok(0) => return Poll::Ready(Ok(())),
+                    Ok(n) => self.left = n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(PumpError::Read(e))),
                 }
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(PumpError::Read(e)),
-        };
-        // Drain it into the other socket. The pipe holds data, so an EAGAIN
-        // can only mean the socket's send buffer is full.
-        let mut left = n;
-        while left > 0 {
-            ws.writable().await.map_err(PumpError::Write)?;
-            match ws.try_io(Interest::WRITABLE, || {
-                splice(pr.as_fd(), None, ws.as_fd(), None, left, flags).map_err(would_block)
-            }) {
-                Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
-                Ok(m) => {
-                    left -= m;
-                    count.fetch_add(m as u64, Ordering::Relaxed);
-                    counters.touch(started);
+            } else {
+                // Drain it into the other socket. The pipe holds data, so an
+                // EAGAIN can only mean the socket's send buffer is full.
+                ready!(dst.poll_write_ready(cx)).map_err(PumpError::Write)?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(pr.as_fd(), None, dst.as_fd(), None, self.left, flags)
+                        .map_err(would_block)
+                }) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
+                    }
+                    Ok(m) => {
+                        self.left -= m;
+                        moved(m);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(PumpError::Write(e))),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(PumpError::Write(e)),
             }
         }
     }
