@@ -3,8 +3,8 @@
 (idle) or one line (cpu) on stdout. New tunnels per second are measured by
 the compiled crates/sluice-loadgen (`sluice-loadgen tunnels`), not here.
 
-    client.py idle --proxy 127.0.0.1:P --target 127.0.0.1:E --pid PID [--n 2000]
-        RSS per idle tunnel: warm up with 32 tunnels, read the proxy's RSS
+    client.py idle --proxy 127.0.0.1:P --target 127.0.0.1:E --pid PID [--n 2000] [--socks5]
+        RSS per idle tunnel (CONNECT, or SOCKS5 with --socks5): warm up with 32 tunnels, read the proxy's RSS
         (VmRSS of PID and its descendants), open N tunnels that each relay
         "ping" both ways and stay open, wait 1 s, read RSS again, check that
         every tunnel still relays, close them all.
@@ -26,14 +26,39 @@ def addr(s):
     return host, int(port)
 
 
-async def open_tunnel(loop, proxy, target, payload=b"x"):
-    """A CONNECT tunnel through proxy to the echo origin at target, checked by
-    echoing payload through it."""
+async def recv_exact(loop, s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = await loop.sock_recv(s, n - len(buf))
+        if not chunk:
+            raise ConnectionError("proxy closed during the SOCKS5 handshake")
+        buf += chunk
+    return buf
+
+
+async def socks5_connect(loop, s, target):
+    """A SOCKS5 CONNECT (no authentication) to an IPv4 target on s."""
+    await loop.sock_sendall(s, b"\x05\x01\x00")
+    if await recv_exact(loop, s, 2) != b"\x05\x00":
+        raise ConnectionError("SOCKS5 method refused")
+    addr = socket.inet_aton(target[0]) + target[1].to_bytes(2, "big")
+    await loop.sock_sendall(s, b"\x05\x01\x00\x01" + addr)
+    reply = await recv_exact(loop, s, 10)
+    if reply[1] != 0:
+        raise ConnectionError(f"SOCKS5 reply {reply[1]}")
+
+
+async def open_tunnel(loop, proxy, target, payload=b"x", socks5=False):
+    """A CONNECT (or SOCKS5) tunnel through proxy to the echo origin at
+    target, checked by echoing payload through it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setblocking(False)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         await loop.sock_connect(s, proxy)
+        if socks5:
+            await socks5_connect(loop, s, target)
+            return await echo_check(loop, s, payload)
         hp = f"{target[0]}:{target[1]}"
         await loop.sock_sendall(s, f"CONNECT {hp} HTTP/1.1\r\nHost: {hp}\r\n\r\n".encode())
         buf = b""
@@ -49,19 +74,23 @@ async def open_tunnel(loop, proxy, target, payload=b"x"):
             raise ConnectionError("CONNECT answered " + buf.split(b"\r\n", 1)[0].decode(errors="replace"))
         if buf.index(b"\r\n\r\n") + 4 != len(buf):
             raise ConnectionError("bytes after the CONNECT answer")
-        await loop.sock_sendall(s, payload)
-        got = b""
-        while len(got) < len(payload):
-            chunk = await loop.sock_recv(s, 4096)
-            if not chunk:
-                raise ConnectionError("tunnel closed before the echo")
-            got += chunk
-        if got != payload:
-            raise ConnectionError("echo mismatch")
-        return s
+        return await echo_check(loop, s, payload)
     except BaseException:
         s.close()
         raise
+
+
+async def echo_check(loop, s, payload):
+    await loop.sock_sendall(s, payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = await loop.sock_recv(s, 4096)
+        if not chunk:
+            raise ConnectionError("tunnel closed before the echo")
+        got += chunk
+    if got != payload:
+        raise ConnectionError("echo mismatch")
+    return s
 
 
 def tree(pid):
@@ -118,7 +147,9 @@ async def idle(a):
     loop = asyncio.get_running_loop()
     proxy, target = addr(a.proxy), addr(a.target)
     # Warm-up: first-use allocations are not per-tunnel costs.
-    warm = await asyncio.gather(*(open_tunnel(loop, proxy, target) for _ in range(32)))
+    warm = await asyncio.gather(
+        *(open_tunnel(loop, proxy, target, socks5=a.socks5) for _ in range(32))
+    )
     for s in warm:
         s.close()
     await asyncio.sleep(0.5)
@@ -130,7 +161,9 @@ async def idle(a):
         nonlocal errors
         async with sem:
             try:
-                return await asyncio.wait_for(open_tunnel(loop, proxy, target, b"ping"), 20)
+                return await asyncio.wait_for(
+                    open_tunnel(loop, proxy, target, b"ping", a.socks5), 20
+                )
             except Exception as e:
                 errors += 1
                 if len(samples) < 5:
@@ -179,6 +212,7 @@ def main():
     ap.add_argument("--target")
     ap.add_argument("--pid", type=int)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--socks5", action="store_true", help="SOCKS5 tunnels instead of CONNECT")
     a = ap.parse_args()
     if a.mode == "cpu":
         print("%.2f %.2f" % cpu_seconds(a.pid))
