@@ -515,7 +515,9 @@ impl<S: Future<Output = ()> + Unpin> Relay<'_, S> {
                 let at = *self.next_report.get_or_insert(started + *every);
                 if now >= at {
                     report(self.up.count, self.down.count, self.shared.sni.as_deref());
-                    self.next_report = Some(now + *every);
+                    // At least a millisecond apart: a zero interval must
+                    // not make this loop spin.
+                    self.next_report = Some(now + (*every).max(Duration::from_millis(1)));
                     continue;
                 }
                 next = next.min(at);
@@ -827,6 +829,42 @@ mod tests {
             .expect("the relay ended")
             .expect("relay");
         assert_eq!(r.error.as_deref(), Some("stopped: drain timeout"));
+    }
+
+    /// A zero interim interval reports at most every millisecond rather
+    /// than spinning the relay's timer loop.
+    #[tokio::test]
+    async fn a_zero_interim_interval_does_not_spin() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_up, mut origin) = pair().await;
+        let task = tokio::spawn(async move {
+            let mut reports = 0u32;
+            let mut report = |_: u64, _: u64, _: Option<&str>| reports += 1;
+            let r = relay_with(
+                proxy_client,
+                proxy_up,
+                Preread::default(),
+                None,
+                timeouts(5_000),
+                std::future::pending(),
+                Some(Interim {
+                    every: Duration::ZERO,
+                    report: &mut report,
+                }),
+            )
+            .await;
+            (r, reports)
+        });
+        client.write_all(b"x").await.expect("write");
+        assert_eq!(read_n(&mut origin, 1).await, b"x");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop((client, origin));
+        let (r, reports) = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the relay ended")
+            .expect("relay");
+        assert_eq!((r.bytes_out, r.error), (1, None));
+        assert!((1..=1_000).contains(&reports), "{reports} reports");
     }
 
     /// An idle tunnel is the relay's state and nothing else: it must stay
