@@ -684,6 +684,28 @@ mod tests {
         })
     }
 
+    type Seen = Arc<Mutex<Vec<Hello>>>;
+
+    /// A client and a destination with a spawned relay between them whose
+    /// hello check notes what it was shown and refuses when `deny`.
+    async fn checked(
+        deny: bool,
+        hello_ms: u64,
+    ) -> (TcpStream, TcpStream, Seen, tokio::task::JoinHandle<Relayed>) {
+        let (client, proxy_client) = pair().await;
+        let (proxy_up, origin) = pair().await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(relay(
+            proxy_client,
+            proxy_up,
+            Preread::default(),
+            Some(check(&seen, deny)),
+            timeouts(hello_ms),
+            std::future::pending(),
+        ));
+        (client, origin, seen, task)
+    }
+
     async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
         let mut got = vec![0u8; n];
         tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
@@ -698,17 +720,7 @@ mod tests {
     /// client meanwhile; then the hello and what follows go through.
     #[tokio::test]
     async fn the_hello_is_judged_whole_while_the_destination_speaks() {
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_up, mut origin) = pair().await;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(relay(
-            proxy_client,
-            proxy_up,
-            Preread::default(),
-            Some(check(&seen, false)),
-            timeouts(5_000),
-            std::future::pending(),
-        ));
+        let (mut client, mut origin, seen, task) = checked(false, 5_000).await;
         let h = hello(Some("example.com"));
         client.write_all(&h[..10]).await.expect("write");
         origin.write_all(b"banner").await.expect("write");
@@ -736,17 +748,7 @@ mod tests {
     /// its bytes reach the destination.
     #[tokio::test]
     async fn a_refused_hello_forwards_nothing() {
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_up, mut origin) = pair().await;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(relay(
-            proxy_client,
-            proxy_up,
-            Preread::default(),
-            Some(check(&seen, true)),
-            timeouts(5_000),
-            std::future::pending(),
-        ));
+        let (mut client, mut origin, seen, task) = checked(true, 5_000).await;
         client
             .write_all(&hello(Some("blocked.example")))
             .await
@@ -761,6 +763,12 @@ mod tests {
         let (rule, _) = r.denied.expect("denied");
         assert_eq!(&*rule, "guard/test");
         assert_eq!(
+            *seen.lock().expect("lock"),
+            [Hello::ClientHello {
+                sni: Some("blocked.example".into())
+            }]
+        );
+        assert_eq!(
             (r.sni.as_deref(), r.bytes_out),
             (Some("blocked.example"), 0)
         );
@@ -772,17 +780,7 @@ mod tests {
     #[tokio::test]
     async fn the_hello_time_runs_out() {
         for partial in [false, true] {
-            let (mut client, proxy_client) = pair().await;
-            let (proxy_up, mut origin) = pair().await;
-            let seen = Arc::new(Mutex::new(Vec::new()));
-            let task = tokio::spawn(relay(
-                proxy_client,
-                proxy_up,
-                Preread::default(),
-                Some(check(&seen, false)),
-                timeouts(150),
-                std::future::pending(),
-            ));
+            let (mut client, mut origin, seen, task) = checked(false, 150).await;
             let sent = if partial {
                 hello(None)[..10].to_vec()
             } else {
@@ -829,42 +827,6 @@ mod tests {
             .expect("the relay ended")
             .expect("relay");
         assert_eq!(r.error.as_deref(), Some("stopped: drain timeout"));
-    }
-
-    /// A zero interim interval reports at most every millisecond rather
-    /// than spinning the relay's timer loop.
-    #[tokio::test]
-    async fn a_zero_interim_interval_does_not_spin() {
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_up, mut origin) = pair().await;
-        let task = tokio::spawn(async move {
-            let mut reports = 0u32;
-            let mut report = |_: u64, _: u64, _: Option<&str>| reports += 1;
-            let r = relay_with(
-                proxy_client,
-                proxy_up,
-                Preread::default(),
-                None,
-                timeouts(5_000),
-                std::future::pending(),
-                Some(Interim {
-                    every: Duration::ZERO,
-                    report: &mut report,
-                }),
-            )
-            .await;
-            (r, reports)
-        });
-        client.write_all(b"x").await.expect("write");
-        assert_eq!(read_n(&mut origin, 1).await, b"x");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop((client, origin));
-        let (r, reports) = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("the relay ended")
-            .expect("relay");
-        assert_eq!((r.bytes_out, r.error), (1, None));
-        assert!((1..=1_000).contains(&reports), "{reports} reports");
     }
 
     /// An idle tunnel is the relay's state and nothing else: it must stay

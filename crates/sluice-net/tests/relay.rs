@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use sluice_net::relay::{Interim, Preread, Timeouts, relay, relay_with};
+use sluice_net::relay::{Interim, Preread, Relayed, Timeouts, relay, relay_with};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -177,11 +177,19 @@ async fn a_client_leaving_mid_stream_is_the_client_side() {
 /// A slow upload: the interim reports see the running totals while the
 /// tunnel is open, each at least the one before, and never more than the
 /// final counts.
-#[tokio::test]
-async fn interim_reports_carry_running_totals_while_the_tunnel_is_open() {
-    let (mut client, proxy_client) = pair().await;
-    let (proxy_up, mut origin) = pair().await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// A client and a destination with a spawned relay between them that
+/// reports its running totals every `every` into the channel returned.
+async fn reporting(
+    every: Duration,
+) -> (
+    TcpStream,
+    TcpStream,
+    tokio::task::JoinHandle<Relayed>,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, u64)>,
+) {
+    let (client, proxy_client) = pair().await;
+    let (proxy_up, origin) = pair().await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let mut report = move |out: u64, inn: u64, sni: Option<&str>| {
             assert_eq!(sni, None, "no hello check");
@@ -195,12 +203,18 @@ async fn interim_reports_carry_running_totals_while_the_tunnel_is_open() {
             timeouts(5_000),
             std::future::pending(),
             Some(Interim {
-                every: Duration::from_millis(50),
+                every,
                 report: &mut report,
             }),
         )
         .await
     });
+    (client, origin, task, rx)
+}
+
+#[tokio::test]
+async fn interim_reports_carry_running_totals_while_the_tunnel_is_open() {
+    let (mut client, mut origin, task, mut rx) = reporting(Duration::from_millis(50)).await;
     origin.write_all(&[1u8; 300]).await.unwrap();
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
@@ -229,4 +243,26 @@ async fn interim_reports_carry_running_totals_while_the_tunnel_is_open() {
         assert!(o >= last.0 && i >= last.1 && o <= 6000 && i <= 300);
         last = (o, i);
     }
+}
+
+/// A zero interim interval reports at most every millisecond rather than
+/// spinning the relay's timer loop.
+#[tokio::test]
+async fn a_zero_interim_interval_does_not_spin() {
+    let (mut client, mut origin, task, mut rx) = reporting(Duration::ZERO).await;
+    client.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    origin.read_exact(&mut one).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop((client, origin));
+    let r = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the relay ended")
+        .unwrap();
+    assert_eq!((r.bytes_out, r.error), (1, None));
+    let mut reports = 0;
+    while rx.try_recv().is_ok() {
+        reports += 1;
+    }
+    assert!((1..=1_000).contains(&reports), "{reports} reports");
 }

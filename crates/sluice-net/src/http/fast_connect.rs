@@ -34,7 +34,7 @@ use tokio::{
 };
 
 use super::{ProxyBody, answer};
-use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
+use crate::{Gateway, flow::Flow, refusal::Refusal};
 
 /// The first read's buffer: a CONNECT head from curl is ~110 bytes, a
 /// browser's ~300; it grows up to `limits.max_header_bytes`.
@@ -178,28 +178,10 @@ pub(super) async fn serve(
                 return None;
             }
             // Only the client's early bytes outlive the head: an idle
-            // tunnel holds no read buffer. The tunnel gets a task of its
-            // own, as on hyper's path: run in this one it cost 22.5
-            // against 9.2 KiB per idle tunnel (bench/client.py idle),
-            // this task's other states sizing it for the tunnel's life.
+            // tunnel holds no read buffer.
             let early = buf[len..].to_vec();
             drop((buf, req));
-            // Held from before the spawn: a drain never sees this tunnel
-            // as gone before it began.
-            let active = gw.drain().active();
-            // Boxed, as the connection (http/mod.rs): the task then moves
-            // a pointer, not the tunnel's future, when it starts and ends.
-            // Boxed, as `Gateway::tunnel` takes it: the task keeps what it
-            // captured beside the tunnel's future.
-            let flow = Box::new(flow);
-            tokio::spawn(Box::pin(async move {
-                let _held = (slot, active);
-                let pre = Preread {
-                    out: &early,
-                    inn: &[],
-                };
-                gw.tunnel(flow, stream, upstream, pre, true).await;
-            }));
+            gw.spawn_tunnel(flow, stream, upstream, early, true, slot);
             return None;
         }
         Err(refused) => refused,

@@ -40,7 +40,7 @@ use tokio::{
 
 pub use wire::*;
 
-use crate::{Gateway, flow::Flow, refusal::Refusal, relay::Preread};
+use crate::{Gateway, flow::Flow, refusal::Refusal};
 
 /// Accepts SOCKS5 clients on `listener` until a drain begins (on every
 /// core of `gw.cores()`, when it has them).
@@ -104,35 +104,7 @@ async fn connection(
         return gw.record(flow);
     }
     let Handshake { stream, buf, .. } = hs;
-    spawn_tunnel(gw, Box::new(flow), stream, upstream, buf, slot);
-}
-
-/// Runs the tunnel in a task of its own, as a CONNECT's
-/// (`http::fast_connect`): run in the connection's task, an idle tunnel
-/// held that task's largest state, the dial's (4,680 bytes against the
-/// tunnel's 1,008, `-Zprint-type-sizes`). `early`: client bytes that came
-/// after the request, delivered first.
-fn spawn_tunnel(
-    gw: Arc<Gateway>,
-    flow: Box<Flow>,
-    stream: TcpStream,
-    upstream: TcpStream,
-    early: Vec<u8>,
-    slot: Arc<Slot>,
-) {
-    // Held from before the spawn: a drain never sees this tunnel as gone
-    // before it began.
-    let active = gw.drain().active();
-    // The handshake's buffer has room to spare: none of it is kept.
-    let early = if early.is_empty() { Vec::new() } else { early };
-    tokio::spawn(Box::pin(async move {
-        let _held = (slot, active);
-        let pre = Preread {
-            out: &early,
-            inn: &[],
-        };
-        gw.tunnel(flow, stream, upstream, pre, true).await;
-    }));
+    gw.spawn_tunnel(flow, stream, upstream, buf, true, slot);
 }
 
 /// How a handshake ended early.

@@ -50,7 +50,7 @@ use tokio::{
 
 pub use judge::{Judged, Peeked, host_of, http_head, judge, prefer};
 
-use crate::{Gateway, flow::Flow, refusal::Refusal, relay, relay::Preread, sockopt, tls::Hello};
+use crate::{Gateway, flow::Flow, refusal::Refusal, relay, sockopt, tls::Hello};
 
 /// How long to wait for the client's first bytes before judging the flow as
 /// `tcp` by its original destination: protocols where the server speaks
@@ -125,23 +125,7 @@ async fn connection(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr, s
         Err(r @ Refusal::Denied(_)) => return deny(&gw, stream, flow, r).await,
         Err(r) => return gw.refuse(flow, &r),
     };
-    // The tunnel gets a task of its own, as a CONNECT's
-    // (`http::fast_connect`): run in this one, an idle tunnel held this
-    // task's largest state, the peek's (5,512 bytes against the tunnel's
-    // 1,008, `-Zprint-type-sizes`), and the peek's 2 KiB buffer for the
-    // bytes it kept. Held from before the spawn: a drain never sees this
-    // tunnel as gone before it began.
-    let active = gw.drain().active();
-    first.shrink_to_fit();
-    let flow = Box::new(flow);
-    tokio::spawn(Box::pin(async move {
-        let _held = (slot, active);
-        let pre = Preread {
-            out: &first,
-            inn: &[],
-        };
-        gw.tunnel(flow, stream, upstream, pre, false).await;
-    }));
+    gw.spawn_tunnel(flow, stream, upstream, first, false, slot);
 }
 
 /// A name is dialed at its own checked resolution (the original
