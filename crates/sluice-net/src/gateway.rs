@@ -839,7 +839,7 @@ impl Gateway {
     /// own is 1,152 (`-Zprint-type-sizes`). `early`: client bytes read
     /// before the tunnel, delivered first, kept at their own size.
     pub(crate) fn spawn_tunnel(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         flow: Flow,
         client: TcpStream,
         upstream: TcpStream,
@@ -852,14 +852,14 @@ impl Gateway {
         // Boxed twice: the task moves a pointer, not the tunnel's future,
         // when it starts and ends (tokio copies a task's future by value),
         // and `tunnel` takes the flow boxed.
-        let (gw, flow) = (self.clone(), Box::new(flow));
+        let flow = Box::new(flow);
         tokio::spawn(Box::pin(async move {
             let _held = (slot, active);
             let pre = Preread {
                 out: &early,
                 inn: &[],
             };
-            gw.tunnel(flow, client, upstream, pre, inspect).await;
+            self.tunnel(flow, client, upstream, pre, inspect).await;
         }));
     }
 
