@@ -291,33 +291,11 @@ impl<'a> Dir<'a> {
                     judge_hello(&hello, shared)?;
                     self.state = State::Write(std::mem::take(buf), 0);
                 }
-                State::Read(buf) => {
-                    if buf.capacity() == 0 {
-                        ready!(src.poll_read_ready(cx)).map_err(|e| fail(PumpError::Read(e)))?;
-                        // Allocated only while data moves (not zeroed:
-                        // `read_buf` fills spare capacity).
-                        *buf = Vec::with_capacity(BUF);
-                    }
-                    buf.clear();
-                    // Through `AsyncRead` rather than `try_read_buf`:
-                    // tokio's `poll_read` clears the socket's readiness
-                    // after a read that did not fill the buffer (with
-                    // edge-triggered epoll the receive queue was drained),
-                    // so the next wait goes to epoll at once instead of
-                    // through a read that fails with EAGAIN: one `recvfrom`
-                    // fewer per tunnel (`strace -c`, bench/README.md).
-                    let read = std::pin::pin!(src.read_buf(buf)).poll(cx);
-                    match read {
-                        Poll::Pending => {
-                            // Would block: free the buffer.
-                            *buf = Vec::new();
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Ok(0)) => return Poll::Ready(self.end(cx, dst, shared)),
-                        Poll::Ready(Ok(_)) => self.state = State::Write(std::mem::take(buf), 0),
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(PumpError::Read(e)))),
-                    }
-                }
+                State::Read(buf) => match ready!(read_into(cx, src, buf)) {
+                    Ok(0) => return Poll::Ready(self.end(cx, dst, shared)),
+                    Ok(_) => self.state = State::Write(std::mem::take(buf), 0),
+                    Err(e) => return Poll::Ready(Err(fail(PumpError::Read(e)))),
+                },
                 State::Write(buf, at) => {
                     if *at < buf.len() {
                         let n = ready!(write(cx, dst, &buf[*at..]))
@@ -327,24 +305,8 @@ impl<'a> Dir<'a> {
                         shared.touch();
                         continue;
                     }
-                    // A read that filled the whole buffer is bulk traffic:
-                    // move the rest of this direction with splice(2).
-                    #[cfg(target_os = "linux")]
-                    if buf.len() == BUF && !self.tried_splice {
-                        self.tried_splice = true;
-                        if let Some(pipe) = crate::splice::pipe() {
-                            self.state =
-                                State::Splice(Box::new(crate::splice::Splicing::new(pipe)));
-                            continue;
-                        }
-                    }
-                    // The copy buffer is kept for the next read; a hello's
-                    // smaller one is not.
-                    let mut buf = std::mem::take(buf);
-                    if buf.capacity() < BUF {
-                        buf = Vec::new();
-                    }
-                    self.state = State::Read(buf);
+                    let buf = std::mem::take(buf);
+                    self.written(buf);
                 }
                 #[cfg(target_os = "linux")]
                 State::Splice(s) => {
@@ -363,6 +325,25 @@ impl<'a> Dir<'a> {
         }
     }
 
+    /// A buffer's bytes all went on: a read that filled the whole buffer
+    /// is bulk traffic, and the rest of this direction moves with
+    /// splice(2); otherwise the copy buffer is kept for the next read (a
+    /// hello's smaller one is not).
+    fn written(&mut self, mut buf: Vec<u8>) {
+        #[cfg(target_os = "linux")]
+        if buf.len() == BUF && !self.tried_splice {
+            self.tried_splice = true;
+            if let Some(pipe) = crate::splice::pipe() {
+                self.state = State::Splice(Box::new(crate::splice::Splicing::new(pipe)));
+                return;
+            }
+        }
+        if buf.capacity() < BUF {
+            buf = Vec::new();
+        }
+        self.state = State::Read(buf);
+    }
+
     /// The source ended: the first direction to end shuts its sink down.
     fn end(
         &mut self,
@@ -379,6 +360,32 @@ impl<'a> Dir<'a> {
         }
         Ok(())
     }
+}
+
+/// One read from `src` into `buf`, which holds the copy buffer only while
+/// data keeps coming: allocated once the socket is readable (not zeroed:
+/// `read_buf` fills spare capacity), freed when it would block.
+///
+/// Through `AsyncRead` rather than `try_read_buf`: tokio's `poll_read`
+/// clears the socket's readiness after a read that did not fill the buffer
+/// (with edge-triggered epoll the receive queue was drained), so the next
+/// wait goes to epoll at once instead of through a read that fails with
+/// EAGAIN: one `recvfrom` fewer per tunnel (`strace -c`, bench/README.md).
+fn read_into(
+    cx: &mut Context<'_>,
+    src: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() == 0 {
+        ready!(src.poll_read_ready(cx))?;
+        *buf = Vec::with_capacity(BUF);
+    }
+    buf.clear();
+    let read = std::pin::pin!(src.read_buf(buf)).poll(cx);
+    if read.is_pending() {
+        *buf = Vec::new();
+    }
+    read
 }
 
 /// One write of `bytes` to `dst`.
@@ -635,216 +642,5 @@ impl PumpError {
             PumpError::Write(e) => (sink, e),
         };
         Stop::Io(format!("{side}: {e}"), kind)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::TcpListener,
-    };
-
-    use super::*;
-    use crate::tls::tests::hello;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let a = TcpStream::connect(l.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (b, _) = l.accept().await.expect("accept");
-        (a, b)
-    }
-
-    fn timeouts(hello_ms: u64) -> Timeouts {
-        Timeouts {
-            idle: Duration::from_secs(30),
-            hello: Duration::from_millis(hello_ms),
-        }
-    }
-
-    /// A check that notes what it was shown and answers `deny` or passes.
-    fn check(seen: &Arc<Mutex<Vec<Hello>>>, deny: bool) -> HelloCheck {
-        let seen = Arc::clone(seen);
-        Box::new(move |h: &Hello| {
-            seen.lock().expect("lock").push(h.clone());
-            if deny {
-                Inspection::Deny {
-                    rule: Arc::from("guard/test"),
-                    reason: "refused by the test".to_owned(),
-                }
-            } else {
-                Inspection::Pass
-            }
-        })
-    }
-
-    type Seen = Arc<Mutex<Vec<Hello>>>;
-
-    /// A client and a destination with a spawned relay between them whose
-    /// hello check notes what it was shown and refuses when `deny`.
-    async fn checked(
-        deny: bool,
-        hello_ms: u64,
-    ) -> (TcpStream, TcpStream, Seen, tokio::task::JoinHandle<Relayed>) {
-        let (client, proxy_client) = pair().await;
-        let (proxy_up, origin) = pair().await;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(relay(
-            proxy_client,
-            proxy_up,
-            Preread::default(),
-            Some(check(&seen, deny)),
-            timeouts(hello_ms),
-            std::future::pending(),
-        ));
-        (client, origin, seen, task)
-    }
-
-    async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
-        let mut got = vec![0u8; n];
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
-            .await
-            .expect("bytes within 10 s")
-            .expect("read");
-        got
-    }
-
-    /// The check sees the whole ClientHello, sent in two pieces, before a
-    /// byte of it is forwarded; the destination's banner reaches the
-    /// client meanwhile; then the hello and what follows go through.
-    #[tokio::test]
-    async fn the_hello_is_judged_whole_while_the_destination_speaks() {
-        let (mut client, mut origin, seen, task) = checked(false, 5_000).await;
-        let h = hello(Some("example.com"));
-        client.write_all(&h[..10]).await.expect("write");
-        origin.write_all(b"banner").await.expect("write");
-        assert_eq!(read_n(&mut client, 6).await, b"banner");
-        assert!(seen.lock().expect("lock").is_empty(), "judged early");
-        client.write_all(&h[10..]).await.expect("write");
-        client.write_all(b"after").await.expect("write");
-        assert_eq!(
-            read_n(&mut origin, h.len() + 5).await,
-            [&h[..], b"after"].concat()
-        );
-        drop((client, origin));
-        let r = task.await.expect("relay");
-        assert_eq!(
-            *seen.lock().expect("lock"),
-            [Hello::ClientHello {
-                sni: Some("example.com".into())
-            }]
-        );
-        assert_eq!((r.sni.as_deref(), r.tls), (Some("example.com"), Some(true)));
-        assert_eq!((r.bytes_out, r.bytes_in), (h.len() as u64 + 5, 6));
-    }
-
-    /// A refused hello ends the tunnel with the check's rule, and none of
-    /// its bytes reach the destination.
-    #[tokio::test]
-    async fn a_refused_hello_forwards_nothing() {
-        let (mut client, mut origin, seen, task) = checked(true, 5_000).await;
-        client
-            .write_all(&hello(Some("blocked.example")))
-            .await
-            .expect("write");
-        let r = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("the relay ended")
-            .expect("relay");
-        let mut got = Vec::new();
-        origin.read_to_end(&mut got).await.expect("read");
-        assert!(got.is_empty(), "{} bytes forwarded", got.len());
-        let (rule, _) = r.denied.expect("denied");
-        assert_eq!(&*rule, "guard/test");
-        assert_eq!(
-            *seen.lock().expect("lock"),
-            [Hello::ClientHello {
-                sni: Some("blocked.example".into())
-            }]
-        );
-        assert_eq!(
-            (r.sni.as_deref(), r.bytes_out),
-            (Some("blocked.example"), 0)
-        );
-    }
-
-    /// A client that says nothing for the hello's time is judged as not
-    /// TLS, and its later bytes still go through; one that stops halfway
-    /// through a hello is judged malformed.
-    #[tokio::test]
-    async fn the_hello_time_runs_out() {
-        for partial in [false, true] {
-            let (mut client, mut origin, seen, task) = checked(false, 150).await;
-            let sent = if partial {
-                hello(None)[..10].to_vec()
-            } else {
-                Vec::new()
-            };
-            client.write_all(&sent).await.expect("write");
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            client.write_all(b"late").await.expect("write");
-            let want = [&sent[..], b"late"].concat();
-            assert_eq!(read_n(&mut origin, want.len()).await, want);
-            drop((client, origin));
-            let r = task.await.expect("relay");
-            let expected = if partial {
-                Hello::Malformed("ClientHello incomplete at timeout")
-            } else {
-                Hello::NotTls
-            };
-            assert_eq!(*seen.lock().expect("lock"), [expected]);
-            assert_eq!(r.tls, Some(false));
-        }
-    }
-
-    /// The caller's stop (the drain's deadline) ends an open tunnel.
-    #[tokio::test]
-    async fn the_stop_ends_an_open_tunnel() {
-        let (_client, proxy_client) = pair().await;
-        let (proxy_up, _origin) = pair().await;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(relay(
-            proxy_client,
-            proxy_up,
-            Preread::default(),
-            None,
-            timeouts(5_000),
-            Box::pin(async {
-                let _ = rx.await;
-            }),
-        ));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!task.is_finished());
-        let _ = tx.send(());
-        let r = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("the relay ended")
-            .expect("relay");
-        assert_eq!(r.error.as_deref(), Some("stopped: drain timeout"));
-    }
-
-    /// An idle tunnel is the relay's state and nothing else: it must stay
-    /// small (the `async` relay it replaced was 1,776 bytes).
-    #[tokio::test]
-    async fn the_relay_state_is_small() {
-        let (_client, proxy_client) = pair().await;
-        let (proxy_up, _origin) = pair().await;
-        let stop = std::pin::pin!(std::future::pending::<()>());
-        let r = relay(
-            proxy_client,
-            proxy_up,
-            Preread::default(),
-            None,
-            timeouts(5_000),
-            stop,
-        );
-        let size = std::mem::size_of_val(&r);
-        assert!(size <= 512, "{size} bytes");
     }
 }
