@@ -481,3 +481,37 @@ async fn the_relay_state_is_small() {
     let size = std::mem::size_of_val(&r);
     assert!(size <= 512, "{size} bytes");
 }
+
+/// Bytes read before the relay (a ClientHello's first part, sent with the
+/// CONNECT) count toward the hello the check judges and reach the
+/// destination once, ahead of the rest.
+#[tokio::test]
+async fn a_hello_begun_before_the_relay_is_judged_whole_and_sent_once() {
+    let (mut client, proxy_client) = pair().await;
+    let (proxy_up, mut origin) = pair().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let h = client_hello("example.com");
+    let head = h[..20].to_vec();
+    let task = tokio::spawn(async move {
+        relay(
+            proxy_client,
+            proxy_up,
+            Preread {
+                out: &head,
+                inn: b"",
+            },
+            Some(check(&seen, false)),
+            hello_timeouts(5_000),
+            std::future::pending(),
+        )
+        .await
+    });
+    client.write_all(&h[20..]).await.unwrap();
+    assert_eq!(read_n(&mut origin, h.len()).await, h);
+    drop((client, origin));
+    let r = task.await.unwrap();
+    assert_eq!(
+        (r.bytes_out, r.sni.as_deref()),
+        (h.len() as u64, Some("example.com"))
+    );
+}
