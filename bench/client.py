@@ -4,7 +4,9 @@
 the compiled crates/sluice-loadgen (`sluice-loadgen tunnels`), not here.
 
     client.py idle --proxy 127.0.0.1:P --target 127.0.0.1:E --pid PID [--n 2000] [--socks5]
-        RSS per idle tunnel (CONNECT, or SOCKS5 with --socks5): warm up with 32 tunnels, read the proxy's RSS
+    client.py idle --direct --target ORIGIN:E --pid PID [--n 2000]
+        RSS per idle tunnel (CONNECT; SOCKS5 with --socks5; with --direct,
+        connections to the target that a transparent proxy intercepts): warm up with 32 tunnels, read the proxy's RSS
         (VmRSS of PID and its descendants), open N tunnels that each relay
         "ping" both ways and stay open, wait 1 s, read RSS again, check that
         every tunnel still relays, close them all.
@@ -50,11 +52,15 @@ async def socks5_connect(loop, s, target):
 
 async def open_tunnel(loop, proxy, target, payload=b"x", socks5=False):
     """A CONNECT (or SOCKS5) tunnel through proxy to the echo origin at
-    target, checked by echoing payload through it."""
+    target, checked by echoing payload through it; with no proxy, a
+    connection to target itself (redirected to a transparent proxy)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setblocking(False)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
+        if proxy is None:
+            await loop.sock_connect(s, target)
+            return await echo_check(loop, s, payload)
         await loop.sock_connect(s, proxy)
         if socks5:
             await socks5_connect(loop, s, target)
@@ -145,7 +151,7 @@ def rss_kib(pid):
 
 async def idle(a):
     loop = asyncio.get_running_loop()
-    proxy, target = addr(a.proxy), addr(a.target)
+    proxy, target = (None if a.direct else addr(a.proxy)), addr(a.target)
     # Warm-up: first-use allocations are not per-tunnel costs.
     warm = await asyncio.gather(
         *(open_tunnel(loop, proxy, target, socks5=a.socks5) for _ in range(32))
@@ -213,6 +219,11 @@ def main():
     ap.add_argument("--pid", type=int)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--socks5", action="store_true", help="SOCKS5 tunnels instead of CONNECT")
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="connect to the target itself (a transparent proxy intercepts it); no --proxy",
+    )
     a = ap.parse_args()
     if a.mode == "cpu":
         print("%.2f %.2f" % cpu_seconds(a.pid))

@@ -156,6 +156,19 @@ def transparent(results, env):
         out.append(f"| New transparent tunnels/s, 32 concurrent clients (p50 / p99 ms connect to echo; set-up p99: connect to the proxy's answer), median of "
                    f"{rounds_n} | {cells['direct']} | {cells['transparent']} | not run | not run | — "
                    f"| {fmt(ratio(vals['transparent'], vals['direct']), 2)} | ≥ 2 × squid | — |")
+    ri = get("idle", "transparent")
+    if ri:
+        d = ri[0]
+        cell = fmt(d["per_tunnel_kib"], 1)
+        if d["errors"] or d["alive_after"] != d["opened"]:
+            cell += " †"
+            notes.append(
+                f"idle: {d['errors']} failed to open {d['error_samples']}, "
+                f"{d['alive_after']} of {d['opened']} still relaying after the measurement")
+        met = "yes" if d["per_tunnel_kib"] <= 16 else "**no**"
+        out.append(f"| RSS per idle transparent tunnel, KiB ({d['opened']:,} open tunnels; RSS "
+                   f"{d['rss_before_kib']:,} KiB before them) | — | {cell} | not run | not run | — | — "
+                   f"| ≤ 16 KiB | {met} |")
     for n in notes:
         out.append(f"\n- {n}\n\n† errors during the measurement.")
     out.append("")

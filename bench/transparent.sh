@@ -16,7 +16,8 @@
 # proxy. Needs root, ip (iproute2), nft, curl, python3, cargo (or the two
 # *_BIN variables).
 #
-# Knobs: ROUNDS [3], BULK_MIB [1024], TUNNELS [20000], TUNNEL_SECONDS [10];
+# Knobs: ROUNDS [3], BULK_MIB [1024], TUNNELS [20000], TUNNEL_SECONDS [10],
+# IDLE_TUNNELS [2000] (RSS per idle transparent tunnel, measured first);
 # SLUICE_REV names the binary's commit in the report (default: the tree's
 # HEAD, "+ uncommitted changes" when crates/ differ from it).
 set -euo pipefail
@@ -24,13 +25,14 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 cmdline="bench/transparent.sh${*:+ $*}"
-for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS SLUICE_BIN LOADGEN_BIN SLUICE_REV; do
+for v in ROUNDS BULK_MIB TUNNELS TUNNEL_SECONDS IDLE_TUNNELS SLUICE_BIN LOADGEN_BIN SLUICE_REV; do
     if [[ -n ${!v:-} ]]; then cmdline="$v=\"${!v}\" $cmdline"; fi
 done
 ROUNDS=${ROUNDS:-3}
 BULK_MIB=${BULK_MIB:-1024}
 TUNNELS=${TUNNELS:-20000}
 TUNNEL_SECONDS=${TUNNEL_SECONDS:-10}
+IDLE_TUNNELS=${IDLE_TUNNELS:-2000}
 
 need() { command -v "$1" >/dev/null || { echo "error: $1 not found (apt-get install -y $2)" >&2; exit 2; }; }
 need python3 python3
@@ -48,7 +50,7 @@ GW_LAN=192.0.2.1
 ORIGIN=198.51.100.10
 BULK_PORT=8080
 # One echo port per column: the columns never share TIME_WAIT 4-tuples.
-declare -A ECHO=([direct]=7000 [transparent]=7001)
+declare -A ECHO=([direct]=7000 [transparent]=7001 [idle]=7002)
 SLUICE_PORT=3129
 MARK=0x5c
 
@@ -115,7 +117,7 @@ done
 # ip netns exec execs the command: $! is the process itself, which cleanup stops.
 ORIGIN_HOST=$ORIGIN ip netns exec "$NO" python3 "$here/origin.py" bulk "$BULK_PORT" >"$T/origin-bulk.log" 2>&1 &
 pids+=($!); wait_port "$NO" "$ORIGIN" "$BULK_PORT" origin-bulk $!
-ORIGIN_HOST=$ORIGIN ip netns exec "$NO" "$LOADGEN_BIN" echo "${ECHO[direct]}" "${ECHO[transparent]}" \
+ORIGIN_HOST=$ORIGIN ip netns exec "$NO" "$LOADGEN_BIN" echo "${ECHO[direct]}" "${ECHO[transparent]}" "${ECHO[idle]}" \
     >"$T/origin-echo.log" 2>&1 &
 pids+=($!)
 for p in "${ECHO[@]}"; do wait_port "$NO" "$ORIGIN" "$p" origin-echo $!; done
@@ -182,6 +184,17 @@ print(round(float(b[0]) - float(a[0]), 2), round(float(b[1]) - float(a[1]), 2))'
     printf '{"measure":"%s","who":"%s","proxy_cpu_s":%s,"proxy_user_s":%s,"proxy_sys_s":%s,"data":%s}\n' \
         "$1" "$2" "$c" "$u" "$s" "$3" >>"$R"
 }
+
+# RSS per idle transparent tunnel, first, while Sluice is fresh (as in
+# bench/proxy.sh): IDLE_TUNNELS connections to the origin's echo port that
+# the ruleset redirects, each echoing "ping" and staying open.
+ruleset transparent
+c0=$(cpu transparent)
+out=$(timeout 120 ip netns exec "$NC" python3 "$here/client.py" idle --direct \
+    --target "$ORIGIN:${ECHO[idle]}" --pid "$SPID" --n "$IDLE_TUNNELS")
+emit idle transparent "$out" "$c0"
+log "idle transparent: $out"
+sleep 1 # let the closes settle
 
 bytes=$((BULK_MIB * 1024 * 1024))
 for round in $(seq "$ROUNDS"); do
