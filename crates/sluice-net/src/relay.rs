@@ -397,10 +397,11 @@ fn write(cx: &mut Context<'_>, dst: &mut TcpStream, bytes: &[u8]) -> Poll<io::Re
 }
 
 /// Reads client bytes into `buf` until they hold a complete ClientHello,
-/// something that is not TLS, the bounds are hit, or `expired`.
-fn poll_hello(
+/// something that is not TLS, the bounds are hit, or `expired` (the
+/// hello's time is up: judged as it is, [`at_timeout`]).
+fn poll_hello<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
-    src: &mut TcpStream,
+    src: &mut R,
     buf: &mut Vec<u8>,
     expired: bool,
 ) -> Poll<Hello> {
@@ -414,12 +415,10 @@ fn poll_hello(
             done => return Poll::Ready(done),
         }
         if expired {
-            return Poll::Ready(if buf.is_empty() {
-                Hello::NotTls
-            } else {
-                Hello::Malformed("ClientHello incomplete at timeout")
-            });
+            return Poll::Ready(at_timeout(buf));
         }
+        // Read straight into `buf`: a stack chunk would sit in the caller's
+        // state for as long as it waits.
         buf.reserve(4096);
         match ready!(std::pin::pin!(src.read_buf(buf)).poll(cx)) {
             Ok(0) => {
@@ -432,6 +431,31 @@ fn poll_hello(
                 return Poll::Ready(Hello::Malformed("read error before a complete ClientHello"));
             }
         }
+    }
+}
+
+/// What an incomplete hello is once its time is up: nothing sent is not
+/// TLS; part of a record is a malformed hello.
+fn at_timeout(buf: &[u8]) -> Hello {
+    if buf.is_empty() {
+        Hello::NotTls
+    } else {
+        Hello::Malformed("ClientHello incomplete at timeout")
+    }
+}
+
+/// Reads client bytes into `buf` until they hold a complete ClientHello,
+/// something that is not TLS, or the bounds are hit, for at most
+/// `timeout` ([`poll_hello`] with a deadline).
+pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Hello {
+    let hello = std::future::poll_fn(|cx| poll_hello(cx, r, buf, false));
+    match tokio::time::timeout(timeout, hello).await {
+        Ok(hello) => hello,
+        Err(_) => at_timeout(buf),
     }
 }
 
@@ -561,39 +585,6 @@ impl<S: Future<Output = ()> + Unpin> Relay<'_, S> {
             }
         }
         result
-    }
-}
-
-/// Reads client bytes into `buf` until they hold a complete ClientHello,
-/// something that is not TLS, or the bounds are hit.
-pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut Vec<u8>,
-    timeout: Duration,
-) -> Hello {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match parse_client_hello(buf) {
-            Hello::Incomplete(need)
-                if need <= MAX_HELLO + 5 * 8 && buf.len() < MAX_HELLO + 5 * 8 => {}
-            Hello::Incomplete(_) => return Hello::Malformed("ClientHello larger than 16 KiB"),
-            done => return done,
-        }
-        // Read straight into `buf`: a stack chunk here would sit in every
-        // tunnel's future for the tunnel's whole life.
-        buf.reserve(4096);
-        match tokio::time::timeout_at(deadline, r.read_buf(buf)).await {
-            Ok(Ok(0)) => return Hello::Malformed("client closed before a complete ClientHello"),
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return Hello::Malformed("read error before a complete ClientHello"),
-            Err(_) => {
-                return if buf.is_empty() {
-                    Hello::NotTls
-                } else {
-                    Hello::Malformed("ClientHello incomplete at timeout")
-                };
-            }
-        }
     }
 }
 
