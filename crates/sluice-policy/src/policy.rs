@@ -467,58 +467,7 @@ impl Policy {
             for (i, h) in z.inspect.tls.iter().enumerate() {
                 cz.intercept.insert(h, i as u32);
             }
-            for (kind, rules) in [("allow", &z.allow), ("deny", &z.deny)] {
-                for (ri, r) in rules.iter().enumerate() {
-                    let idx = ri as u32;
-                    let allow = kind == "allow";
-                    if let Some(e) = &r.expires {
-                        expiries.push(e.unix_ms);
-                        // An expired rule keeps its place (and so its id
-                        // and every later rule's) but is in no table.
-                        if as_of.is_some_and(|t| e.unix_ms <= t) {
-                            let list = if allow { &mut cz.allow } else { &mut cz.deny };
-                            list.push(CRule {
-                                id: match &r.id {
-                                    Some(id) => id.as_str().into(),
-                                    None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
-                                },
-                                ports: r.ports.clone().unwrap_or(Ports::Any),
-                                lifts_guard: false,
-                                text: rule_text(r),
-                                require_tls: r.require_tls,
-                            });
-                            continue;
-                        }
-                    }
-                    let (hosts, cidrs) = if allow {
-                        (&mut cz.allow_hosts, &mut cz.allow_cidrs)
-                    } else {
-                        (&mut cz.deny_hosts, &mut cz.deny_cidrs)
-                    };
-                    if let Some(h) = &r.host {
-                        hosts.insert(h, idx);
-                    }
-                    let cidr = r.cidr.map(guard::canonical_net);
-                    if let Some(n) = cidr {
-                        cidrs.insert(n, idx);
-                    }
-                    let id: Arc<str> = match &r.id {
-                        Some(id) => id.as_str().into(),
-                        None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
-                    };
-                    if let (true, Some(route)) = (allow, &r.route) {
-                        cz.rule_routes.insert(id.clone(), route.as_str().into());
-                    }
-                    let list = if allow { &mut cz.allow } else { &mut cz.deny };
-                    list.push(CRule {
-                        id,
-                        ports: r.ports.clone().unwrap_or(Ports::Any),
-                        lifts_guard: allow && cidr.is_some_and(guard::entirely_special),
-                        text: rule_text(r),
-                        require_tls: allow && r.require_tls,
-                    });
-                }
-            }
+            compile_rules(&mut cz, z, as_of, &mut expiries);
             zones.push(cz);
         }
         let any_users = config.zones.iter().any(|z| z.users.is_some());
@@ -906,11 +855,6 @@ impl Policy {
         addrs: &[IpAddr],
         scope: Scope,
     ) -> AddressCheck {
-        let mut out = AddressCheck {
-            decision: decision.clone(),
-            allowed: Vec::new(),
-            rejected: Vec::new(),
-        };
         // A decision made by another policy version (a reload in between)
         // names zones by position in that version: never trust it here.
         let zone = self.zone_of_decision(decision);
@@ -918,26 +862,14 @@ impl Policy {
             zone,
             decision.pending == Pending::Nothing && !decision.passes(),
         ) else {
-            out.rejected = addrs
-                .iter()
-                .map(|&addr| Rejected {
-                    addr,
-                    rule: decision.rule.clone(),
-                    reason: decision.reason.clone(),
-                })
-                .collect();
-            out.decision.pending = Pending::Nothing;
-            if decision.passes() {
-                out.decision.verdict = Verdict::Deny;
-                out.decision.enforced = true;
-                out.decision.rule = ids::DEFAULT.into();
-                out.decision.reason =
-                    "decided under another policy version; decide again".to_owned();
-            }
-            return out;
+            return AddressCheck::reject_all(decision, addrs);
+        };
+        let mut out = AddressCheck {
+            decision: decision.clone(),
+            allowed: Vec::new(),
+            rejected: Vec::new(),
         };
         let report = z.mode == Mode::Report;
-        // A report-mode would-be denial (from phase one or from addresses).
         // A report-mode would-be denial found among the addresses.
         let mut would_deny: Option<(Arc<str>, String)> = None;
         let mut allow_rule: Option<&CRule> = None;
@@ -982,16 +914,7 @@ impl Policy {
                         out.rejected.push(Rejected {
                             addr,
                             rule: ids::DEFAULT.into(),
-                            reason: match scope {
-                                Scope::Port(port) => format!(
-                                    "resolved address {ip} is not inside any cidr allow rule of zone {} for port {port}",
-                                    z.name
-                                ),
-                                Scope::DnsAnswer => format!(
-                                    "answer address {ip} is not inside any cidr allow rule of zone {}",
-                                    z.name
-                                ),
-                            },
+                            reason: outside_cidr_allows(ip, &z.name, scope),
                         });
                         continue;
                     }
@@ -999,12 +922,49 @@ impl Policy {
             }
             out.allowed.push(addr);
         }
-        let d = &mut out.decision;
+        out.settle(would_deny, allow_rule);
+        out
+    }
+}
+
+impl AddressCheck {
+    /// Every address rejected with the decision's own rule: it denied
+    /// already, or it was made under another policy version (then it
+    /// becomes a default denial: decide again).
+    fn reject_all(decision: &Decision, addrs: &[IpAddr]) -> AddressCheck {
+        let mut out = AddressCheck {
+            decision: decision.clone(),
+            allowed: Vec::new(),
+            rejected: addrs
+                .iter()
+                .map(|&addr| Rejected {
+                    addr,
+                    rule: decision.rule.clone(),
+                    reason: decision.reason.clone(),
+                })
+                .collect(),
+        };
+        out.decision.pending = Pending::Nothing;
+        if decision.passes() {
+            out.decision.verdict = Verdict::Deny;
+            out.decision.enforced = true;
+            out.decision.rule = ids::DEFAULT.into();
+            out.decision.reason = "decided under another policy version; decide again".to_owned();
+        }
+        out
+    }
+
+    /// The decision once the addresses are judged: denied when none is
+    /// left (by the first rejection's rule), else a report zone's would-be
+    /// denial, else the cidr allow rule that matched (when phase one was
+    /// waiting for one).
+    fn settle(&mut self, would_deny: Option<(Arc<str>, String)>, allow_rule: Option<&CRule>) {
+        let d = &mut self.decision;
         d.pending = Pending::Nothing;
-        if out.allowed.is_empty() {
+        if self.allowed.is_empty() {
             d.verdict = Verdict::Deny;
             d.enforced = true;
-            match out.rejected.first() {
+            match self.rejected.first() {
                 Some(r) => {
                     d.rule = r.rule.clone();
                     d.reason = r.reason.clone();
@@ -1025,7 +985,75 @@ impl Policy {
             d.rule = r.id.clone();
             d.reason = format!("address matches allow rule {} ({})", r.id, r.text);
         }
-        out
+    }
+}
+
+/// Why an address outside every cidr allow rule of zone `zone` is
+/// rejected, for a dial (`scope` a port) or a DNS answer.
+fn outside_cidr_allows(ip: IpAddr, zone: &str, scope: Scope) -> String {
+    match scope {
+        Scope::Port(port) => format!(
+            "resolved address {ip} is not inside any cidr allow rule of zone {zone} for port {port}"
+        ),
+        Scope::DnsAnswer => {
+            format!("answer address {ip} is not inside any cidr allow rule of zone {zone}")
+        }
+    }
+}
+
+/// Compiles zone `z`'s allow and deny rules into `cz`: each into its list,
+/// where its place gives later rules their ids, and, unless it expired
+/// `as_of`, into the host and cidr tables; expiry times go to `expiries`.
+fn compile_rules(
+    cz: &mut CZone,
+    z: &crate::model::Zone,
+    as_of: Option<i64>,
+    expiries: &mut Vec<i64>,
+) {
+    for (kind, rules) in [("allow", &z.allow), ("deny", &z.deny)] {
+        let allow = kind == "allow";
+        for (ri, r) in rules.iter().enumerate() {
+            let id: Arc<str> = match &r.id {
+                Some(id) => id.as_str().into(),
+                None => format!("{}/{kind}/{}", z.name, ri + 1).into(),
+            };
+            if let Some(e) = &r.expires {
+                expiries.push(e.unix_ms);
+            }
+            // An expired rule keeps its place (and so its id and every
+            // later rule's) but is in no table.
+            let expired = r
+                .expires
+                .as_ref()
+                .is_some_and(|e| as_of.is_some_and(|t| e.unix_ms <= t));
+            let mut cidr = None;
+            if !expired {
+                let idx = ri as u32;
+                let (hosts, cidrs) = if allow {
+                    (&mut cz.allow_hosts, &mut cz.allow_cidrs)
+                } else {
+                    (&mut cz.deny_hosts, &mut cz.deny_cidrs)
+                };
+                if let Some(h) = &r.host {
+                    hosts.insert(h, idx);
+                }
+                cidr = r.cidr.map(guard::canonical_net);
+                if let Some(n) = cidr {
+                    cidrs.insert(n, idx);
+                }
+                if let (true, Some(route)) = (allow, &r.route) {
+                    cz.rule_routes.insert(id.clone(), route.as_str().into());
+                }
+            }
+            let list = if allow { &mut cz.allow } else { &mut cz.deny };
+            list.push(CRule {
+                id,
+                ports: r.ports.clone().unwrap_or(Ports::Any),
+                lifts_guard: allow && cidr.is_some_and(guard::entirely_special),
+                text: rule_text(r),
+                require_tls: allow && r.require_tls,
+            });
+        }
     }
 }
 
