@@ -751,7 +751,8 @@ impl Gateway {
         // holds its whole future. The flow comes boxed, so that the
         // callers' tasks, this future and `relay`'s hold a pointer each
         // instead of a copy (6,560 bytes a CONNECT tunnel's task before
-        // either, 2,720 with both; release build, `-Zprint-type-sizes`).
+        // either, 2,720 with both, 1,152 with `relay::Relay`; release
+        // build, `-Zprint-type-sizes`).
         async move {
             let _active = self.drain.active();
             let _gauge = self.metrics.active_tunnel(flow.listener());
