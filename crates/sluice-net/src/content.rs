@@ -44,7 +44,10 @@ pub struct Content {
     icap_max: u64,
     key: HashKey,
     metrics: Arc<Metrics>,
-    plans: ArcSwapOption<Plans>,
+    /// The plans of the two policy versions compiled last: after a reload,
+    /// flows that began before it keep the old version, and with one slot
+    /// their requests and new flows' would rebuild each other's plans.
+    plans: [ArcSwapOption<Plans>; 2],
     health: Arc<Health>,
 }
 
@@ -146,7 +149,7 @@ impl Content {
             icap_max: cfg.icap.max_size,
             key,
             metrics,
-            plans: ArcSwapOption::empty(),
+            plans: [ArcSwapOption::empty(), ArcSwapOption::empty()],
             health: Arc::new(Health::default()),
         })
     }
@@ -186,10 +189,12 @@ impl Content {
         Health::set(&self.health.icap, r);
     }
 
-    /// The plans of `policy`, compiled on first use of a version.
+    /// The plans of `policy`: compiled by [`Inspector::prepare`] before the
+    /// version takes effect, or here on first use of a version that is in
+    /// neither slot.
     fn plans(&self, policy: &Policy) -> Option<Arc<Plans>> {
-        if let Some(p) = self.plans.load_full() {
-            if p.hash == *policy.hash() {
+        for slot in &self.plans {
+            if let Some(p) = slot.load_full().filter(|p| p.hash == *policy.hash()) {
                 return Some(p);
             }
         }
@@ -238,7 +243,9 @@ impl Content {
             dlp,
             zones,
         });
-        self.plans.store(Some(p.clone()));
+        // The newest moves to the second slot; what was there is dropped.
+        let newest = self.plans[0].swap(Some(p.clone()));
+        self.plans[1].store(newest);
         Some(p)
     }
 
@@ -472,6 +479,12 @@ fn icap_blocks(original: Option<u16>, status: Option<u16>, found: Option<&str>) 
 impl Inspector for Content {
     fn inspects_http(&self) -> bool {
         true
+    }
+
+    /// Compiles the version's plans (its DLP set: tens of milliseconds)
+    /// before any request needs them.
+    fn prepare(&self, policy: &Policy) {
+        self.plans(policy);
     }
 
     fn request_head(&self, s: &Subject, head: &hyper::http::request::Parts) -> Inspection {
@@ -726,6 +739,7 @@ mod tests {
     use sluice_policy::Policy;
 
     use super::{Content, icap_blocks};
+    use crate::inspect::Inspector;
 
     fn content_for(zones: &str) -> (Content, Policy) {
         let icap = "inspect:\n  icap:\n    reqmod: icap://127.0.0.1:1344/reqmod\n";
@@ -764,6 +778,46 @@ mod tests {
         assert!(pl.dlp.is_some());
         let z = pl.zones.get("a").unwrap();
         assert!(z.dlp && z.enabled.iter().filter(|e| **e).count() == 1);
+    }
+
+    /// `prepare` compiles a version's plans before its first request, and
+    /// the plans of the two versions used last are both kept: after a
+    /// reload, the requests of flows begun before it and of new flows do
+    /// not rebuild each other's DLP set.
+    #[test]
+    fn plans_are_prepared_before_use_and_two_versions_are_kept() {
+        let zone = |port: u16| {
+            format!(
+                "  - name: a\n    sources: [10.0.0.0/8]\n    allow: [{{host: x.test, ports: [{port}]}}]\n    inspect: {{dlp: {{aws: block}}}}\n"
+            )
+        };
+        let (c, p1) = content_for(&zone(80));
+        let (_, p2) = content_for(&zone(443));
+        let (_, p3) = content_for(&zone(8080));
+        assert!(c.plans.iter().all(|s| s.load().is_none()));
+
+        c.prepare(&p1);
+        let first = c.plans[0].load_full().expect("prepared");
+        assert_eq!(first.hash, *p1.hash());
+        assert!(first.dlp.is_some());
+        assert!(Arc::ptr_eq(&c.plans(&p1).unwrap(), &first), "rebuilt");
+
+        c.prepare(&p2);
+        let second = c.plans(&p2).unwrap();
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&c.plans(&p1).unwrap(), &first));
+            assert!(Arc::ptr_eq(&c.plans(&p2).unwrap(), &second));
+        }
+
+        // A third version pushes out the one compiled longest ago.
+        c.prepare(&p3);
+        let hashes: Vec<_> = c
+            .plans
+            .iter()
+            .map(|s| s.load_full().unwrap().hash.clone())
+            .collect();
+        assert_eq!(hashes, vec![p3.hash().clone(), p2.hash().clone()]);
+        assert!(!Arc::ptr_eq(&c.plans(&p1).unwrap(), &first));
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl Gateway {
 
     /// Adds an inspector after those already present.
     pub fn with_inspector(mut self, inspector: Arc<dyn Inspector>) -> Gateway {
+        inspector.prepare(&self.current.load().policy);
         if inspector.inspects_http() {
             self.http_inspectors.push(inspector.clone());
         }
@@ -152,8 +153,12 @@ impl Gateway {
     }
 
     /// Swaps in a new policy version (reload); flows already started keep
-    /// theirs.
+    /// theirs. Each inspector prepares for it first
+    /// ([`Inspector::prepare`]).
     pub fn reload(&self, version: Version) {
+        for i in &self.inspectors {
+            i.prepare(&version.policy);
+        }
         self.current.store(Arc::new(version));
     }
 

@@ -207,6 +207,12 @@ pub struct Object<'a> {
 /// Looks inside flows. Every method has a passing default, so an
 /// inspector implements only the points it cares about.
 pub trait Inspector: Send + Sync {
+    /// Builds what this inspector needs for `policy` before it takes
+    /// effect: the gateway calls it when the inspector is added (for the
+    /// policy then in force) and on every reload before the swap, so that
+    /// work per policy version is not done on a request's path.
+    fn prepare(&self, _policy: &Policy) {}
+
     /// Whether this inspector looks at absolute-form HTTP exchanges at all
     /// (heads or bodies): when none does, the HTTP path builds no
     /// [`Subject`] per request.

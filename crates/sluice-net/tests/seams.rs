@@ -297,3 +297,72 @@ async fn clients_of_an_inspecting_zone_are_served_on_the_pool_others_on_a_core()
     }
     cores.stop();
 }
+
+/// Records the policy hashes it was asked to prepare for, and which
+/// version was in force at that moment.
+struct Prepares {
+    gw: Mutex<Option<Arc<Gateway>>>,
+    seen: Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl Inspector for Prepares {
+    fn prepare(&self, policy: &Policy) {
+        let current = self
+            .gw
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|g| g.version().policy.hash().to_string());
+        self.seen
+            .lock()
+            .unwrap()
+            .push((policy.hash().to_string(), current));
+    }
+}
+
+/// An inspector prepares for the policy in force when it is added, and
+/// for each reloaded version before that version takes effect.
+#[test]
+fn inspectors_prepare_for_each_version_before_it_takes_effect() {
+    let version = |port: u16| {
+        Version {
+        policy: Arc::new(
+            Policy::load(
+                &format!(
+                    "zones:\n  - name: a\n    sources: [10.0.0.0/8]\n    allow: [{{host: x.test, ports: [{port}]}}]\n"
+                ),
+                "seams.yaml",
+            )
+            .unwrap(),
+        ),
+        users: Arc::new(Users::default()),
+    }
+    };
+    let (v1, v2) = (version(80), version(443));
+    let (h1, h2) = (v1.policy.hash().to_string(), v2.policy.hash().to_string());
+    assert_ne!(h1, h2);
+    let dialer = Dialer::new(&[], Duration::from_secs(2), Duration::from_secs(2)).unwrap();
+    let p = Arc::new(Prepares {
+        gw: Mutex::new(None),
+        seen: Mutex::new(Vec::new()),
+    });
+    let gw = Arc::new(
+        Gateway::new(
+            v1,
+            dialer,
+            Arc::new(Kept::default()),
+            Arc::new(Metrics::new()),
+        )
+        .with_inspector(p.clone()),
+    );
+    assert_eq!(*p.seen.lock().unwrap(), vec![(h1.clone(), None)]);
+    *p.gw.lock().unwrap() = Some(gw.clone());
+    gw.reload(v2);
+    assert_eq!(
+        p.seen.lock().unwrap()[1],
+        (h2.clone(), Some(h1)),
+        "prepared while the old version was still in force"
+    );
+    assert_eq!(gw.version().policy.hash().to_string(), h2);
+    *p.gw.lock().unwrap() = None;
+}
