@@ -287,10 +287,14 @@ fn an_idle_connection_the_origin_closed_is_not_reused() {
     let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let a = accepted.clone();
+    // The first connection is closed only when the test says so, once the
+    // pool holds it: closed at once, it could leave the pool before the
+    // test saw it there.
+    let (close_first, first_may_close) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            a.fetch_add(1, Ordering::SeqCst);
+            let n = a.fetch_add(1, Ordering::SeqCst) + 1;
             // One answer that says nothing about closing, then a close.
             s.set_read_timeout(Some(T)).unwrap();
             let mut buf = Vec::new();
@@ -302,14 +306,18 @@ fn an_idle_connection_the_origin_closed_is_not_reused() {
                 }
             }
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            if n == 1 {
+                let _ = first_may_close.recv_timeout(T);
+            }
         }
     });
     let sluice = Sluice::start(BIN, &config("", "unused.test"));
     let url = format!("http://{addr}/");
     let r = get_via(sluice.http, &url);
     assert_eq!(r.status, Some(200), "{}", r.text());
-    // Pooled, and closed by the origin behind the pool's back.
+    // Pooled, then closed by the origin behind the pool's back.
     assert!(poll_until(T, || pool_idle(&sluice) == 1.0));
+    close_first.send(()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     for n in 2..=3 {
         let r = get_via(sluice.http, &url);
