@@ -781,7 +781,7 @@ mod tests {
     }
 
     /// `prepare` compiles a version's plans before its first request, and
-    /// the plans of the two versions used last are both kept: after a
+    /// the plans of the two versions compiled last are both kept: after a
     /// reload, the requests of flows begun before it and of new flows do
     /// not rebuild each other's DLP set.
     #[test]

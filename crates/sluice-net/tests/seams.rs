@@ -320,25 +320,22 @@ impl Inspector for Prepares {
     }
 }
 
+/// A policy of one zone that allows `x.test` on `port`.
+fn version_allowing(port: u16) -> Version {
+    let yaml = format!(
+        "zones:\n  - name: a\n    sources: [10.0.0.0/8]\n    allow: [{{host: x.test, ports: [{port}]}}]\n"
+    );
+    Version {
+        policy: Arc::new(Policy::load(&yaml, "seams.yaml").unwrap()),
+        users: Arc::new(Users::default()),
+    }
+}
+
 /// An inspector prepares for the policy in force when it is added, and
 /// for each reloaded version before that version takes effect.
 #[test]
 fn inspectors_prepare_for_each_version_before_it_takes_effect() {
-    let version = |port: u16| {
-        Version {
-        policy: Arc::new(
-            Policy::load(
-                &format!(
-                    "zones:\n  - name: a\n    sources: [10.0.0.0/8]\n    allow: [{{host: x.test, ports: [{port}]}}]\n"
-                ),
-                "seams.yaml",
-            )
-            .unwrap(),
-        ),
-        users: Arc::new(Users::default()),
-    }
-    };
-    let (v1, v2) = (version(80), version(443));
+    let (v1, v2) = (version_allowing(80), version_allowing(443));
     let (h1, h2) = (v1.policy.hash().to_string(), v2.policy.hash().to_string());
     assert_ne!(h1, h2);
     let dialer = Dialer::new(&[], Duration::from_secs(2), Duration::from_secs(2)).unwrap();
