@@ -30,10 +30,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use sluice_bus::{BusMetrics, BusOptions, FollowError, FollowOptions, Partition, Publisher};
+use sluice_bus::{
+    BusMetrics, BusOptions, FollowError, FollowOptions, Follower, Partition, Publisher,
+};
 use sluice_detect::Reorder;
 use sluice_observe::{AlertRing, Detector, FlowBus, FlowRecord, Metrics};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Alerts remembered for folding repeats (as `sluice detect` on files).
 const RING: usize = 100_000;
@@ -115,21 +117,7 @@ async fn follow(args: &Args<'_>) -> Result<()> {
     let policy = sluice_policy::Policy::load_at(&text, &name, crate::run::now_ms())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = policy.config();
-    let opts = FollowOptions {
-        url: args.url.to_owned(),
-        stream: config.bus.stream.clone(),
-        partitions: config.bus.partitions,
-        partition: args.partition,
-        durable: args.durable.to_owned(),
-    };
-    // Checked before anything starts: a bad share or name is the user's.
-    if opts.partition.owned(opts.partitions).is_empty() {
-        return Err(FollowError::NoPartitions {
-            partition: opts.partition,
-            partitions: opts.partitions,
-        }
-        .into());
-    }
+    let opts = options(args, config)?;
 
     let mut metrics = Metrics::new();
     let bus_metrics = BusMetrics::register(metrics.registry_mut());
@@ -154,8 +142,7 @@ async fn follow(args: &Args<'_>) -> Result<()> {
     let lateness = i64::try_from(config.detect.max_lateness.as_millis()).unwrap_or(i64::MAX);
     let mut order: Reorder<FlowRecord> = Reorder::new(lateness, REORDER_CAP);
     let mut tick = tokio::time::interval(REORDER_TICK);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut stop = Stop::install()?;
     let mut save = tokio::time::interval(SAVE_EVERY);
     let mut n = Counts::default();
     let started = Instant::now();
@@ -169,42 +156,13 @@ async fn follow(args: &Args<'_>) -> Result<()> {
     );
 
     'follow: loop {
-        let mut records = tokio::select! {
-            f = sluice_bus::follow(&opts) => match f {
-                Ok(f) => f,
-                Err(e @ (FollowError::BadDurable(_) | FollowError::NoPartitions { .. })) => return Err(e.into()),
-                Err(e) => {
-                    // No stream yet (no replica published), or no server:
-                    // wait for them rather than give up.
-                    tracing::warn!(error = %e, "flow bus: cannot follow yet; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY) => continue 'follow,
-                        _ = term.recv() => break 'follow,
-                        _ = int.recv() => break 'follow,
-                    }
-                }
-            },
-            _ = term.recv() => break 'follow,
-            _ = int.recv() => break 'follow,
+        let Some(mut records) = subscribe(&opts, &mut stop).await? else {
+            break 'follow;
         };
         loop {
             tokio::select! {
                 item = records.next() => match item {
-                    Some(Ok(f)) => {
-                        n.records += 1;
-                        let now = Instant::now();
-                        n.first.get_or_insert(now);
-                        n.last = Some(now);
-                        match event_ms(&f.record) {
-                            Some(at) => {
-                                order.push(at, f.record);
-                            }
-                            None => n.untimed += 1,
-                        }
-                        while let Some(r) = order.pop_ready(0) {
-                            judge.record(r, &mut n);
-                        }
-                    }
+                    Some(Ok(f)) => judge.arrived(f.record, &mut order, &mut n),
                     Some(Err(e @ FollowError::BadRecord { .. })) => {
                         n.bad += 1;
                         if n.bad <= MAX_DIAGNOSTICS {
@@ -227,8 +185,7 @@ async fn follow(args: &Args<'_>) -> Result<()> {
                     }
                 }
                 _ = save.tick() => crate::run::save_baselines(&live).await,
-                _ = term.recv() => break 'follow,
-                _ = int.recv() => break 'follow,
+                () = stop.recv() => break 'follow,
             }
         }
     }
@@ -239,6 +196,82 @@ async fn follow(args: &Args<'_>) -> Result<()> {
     }
     crate::run::save_baselines(&live).await;
     publisher.close(BUS_CLOSE).await;
+    eprintln!(
+        "sluice detect: followed {}",
+        summary(&n, order.late(), started.elapsed())
+    );
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, either of which ends the follower.
+struct Stop {
+    term: Signal,
+    int: Signal,
+}
+
+impl Stop {
+    fn install() -> std::io::Result<Stop> {
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves when either signal comes.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Starts following, waiting for a stream no replica has published to yet
+/// or for the server, and asking again every [`RETRY`]; `None` when a
+/// signal comes first. A bad share or consumer name is an error.
+async fn subscribe(opts: &FollowOptions, stop: &mut Stop) -> Result<Option<Follower>> {
+    loop {
+        tokio::select! {
+            f = sluice_bus::follow(opts) => match f {
+                Ok(f) => return Ok(Some(f)),
+                Err(e @ (FollowError::BadDurable(_) | FollowError::NoPartitions { .. })) => {
+                    return Err(e.into());
+                }
+                Err(e) => tracing::warn!(error = %e, "flow bus: cannot follow yet; retrying"),
+            },
+            () = stop.recv() => return Ok(None),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY) => {}
+            () = stop.recv() => return Ok(None),
+        }
+    }
+}
+
+/// The follower's options from the command line and the file's `bus`;
+/// a share that owns no partition is refused before anything starts (a
+/// bad share or name is the user's).
+fn options(args: &Args<'_>, config: &sluice_policy::model::Config) -> Result<FollowOptions> {
+    let opts = FollowOptions {
+        url: args.url.to_owned(),
+        stream: config.bus.stream.clone(),
+        partitions: config.bus.partitions,
+        partition: args.partition,
+        durable: args.durable.to_owned(),
+    };
+    if opts.partition.owned(opts.partitions).is_empty() {
+        return Err(FollowError::NoPartitions {
+            partition: opts.partition,
+            partitions: opts.partitions,
+        }
+        .into());
+    }
+    Ok(opts)
+}
+
+/// The exit line's body: records and their rate, time, alerts, and what
+/// was skipped (`late` records beyond `max_lateness`).
+fn summary(n: &Counts, late: u64, took: Duration) -> String {
     let rate = match (n.first, n.last) {
         (Some(first), Some(last)) if last > first => {
             format!(
@@ -255,24 +288,22 @@ async fn follow(args: &Args<'_>) -> Result<()> {
     if n.untimed > 0 {
         skipped.push(format!("{} records had no RFC 3339 ts", n.untimed));
     }
-    if order.late() > 0 {
+    if late > 0 {
         skipped.push(format!(
-            "{} records arrived more than max_lateness after later ones and were skipped",
-            order.late()
+            "{late} records arrived more than max_lateness after later ones and were skipped"
         ));
     }
-    eprintln!(
-        "sluice detect: followed {} records{rate} in {:.1} s, {} alerts{}",
+    format!(
+        "{} records{rate} in {:.1} s, {} alerts{}",
         n.records,
-        started.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         n.alerts,
         if skipped.is_empty() {
             String::new()
         } else {
             format!(" ({})", skipped.join("; "))
         }
-    );
-    Ok(())
+    )
 }
 
 /// A record's event time (its end, `ts`), in ms since the epoch.
@@ -294,6 +325,25 @@ struct Judge<'a> {
 // === impl Judge ===
 
 impl Judge<'_> {
+    /// A record from the bus: counted, buffered by its event time (one
+    /// without is counted and not judged), and whatever is due judged.
+    fn arrived(&self, r: FlowRecord, order: &mut Reorder<FlowRecord>, n: &mut Counts) {
+        n.records += 1;
+        let now = Instant::now();
+        n.first.get_or_insert(now);
+        n.last = Some(now);
+        match event_ms(&r) {
+            Some(at) => {
+                // False when it came too late: `order` counts it.
+                order.push(at, r);
+            }
+            None => n.untimed += 1,
+        }
+        while let Some(r) = order.pop_ready(0) {
+            self.record(r, n);
+        }
+    }
+
     fn record(&self, mut r: FlowRecord, n: &mut Counts) {
         self.live.enrich(&mut r);
         for a in self.live.observe(&r) {
