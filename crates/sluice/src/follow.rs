@@ -35,7 +35,6 @@ use sluice_bus::{
 };
 use sluice_detect::Reorder;
 use sluice_observe::{AlertRing, Detector, FlowBus, FlowRecord, Metrics};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Alerts remembered for folding repeats (as `sluice detect` on files).
 const RING: usize = 100_000;
@@ -142,7 +141,7 @@ async fn follow(args: &Args<'_>) -> Result<()> {
     let lateness = i64::try_from(config.detect.max_lateness.as_millis()).unwrap_or(i64::MAX);
     let mut order: Reorder<FlowRecord> = Reorder::new(lateness, REORDER_CAP);
     let mut tick = tokio::time::interval(REORDER_TICK);
-    let mut stop = Stop::install()?;
+    let mut stop = crate::run::Stop::install()?;
     let mut save = tokio::time::interval(SAVE_EVERY);
     let mut n = Counts::default();
     let started = Instant::now();
@@ -203,33 +202,10 @@ async fn follow(args: &Args<'_>) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT, either of which ends the follower.
-struct Stop {
-    term: Signal,
-    int: Signal,
-}
-
-impl Stop {
-    fn install() -> std::io::Result<Stop> {
-        Ok(Stop {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Resolves when either signal comes.
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
-}
-
 /// Starts following, waiting for a stream no replica has published to yet
 /// or for the server, and asking again every [`RETRY`]; `None` when a
 /// signal comes first. A bad share or consumer name is an error.
-async fn subscribe(opts: &FollowOptions, stop: &mut Stop) -> Result<Option<Follower>> {
+async fn subscribe(opts: &FollowOptions, stop: &mut crate::run::Stop) -> Result<Option<Follower>> {
     loop {
         tokio::select! {
             f = sluice_bus::follow(opts) => match f {

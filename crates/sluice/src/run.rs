@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use sluice_net::{Dialer, Gateway, Routes, Users, Version};
 use sluice_observe::{AlertRing, FlowSink, FlowTarget, FlowView, Metrics, Recorder, ViewLimits};
 use sluice_policy::{Config, Policy};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::listeners::Listeners;
 
@@ -128,8 +128,7 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     // Signals that arrive during start-up wait in these streams.
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut stop = Stop::install()?;
     // The file's stamp before it is read: a change after this point (even
     // between the read and the watch loop starting, while listeners are
     // announced) is seen as a change; stamping after the read could take
@@ -146,34 +145,23 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         .map(|o| (o, sluice_bus::BusMetrics::register(metrics.registry_mut())));
     let metrics = Arc::new(metrics);
     metrics.policy_loaded(version.policy.hash(), SystemTime::now());
-    let target = match config.log.flows.as_str() {
-        "stdout" => FlowTarget::Stdout,
-        p => FlowTarget::File(PathBuf::from(p)),
-    };
-    let (sink, writer) = FlowSink::start(target, sluice_observe::DEFAULT_CAPACITY, &metrics)
-        .with_context(|| format!("cannot open the flow log {}", config.log.flows))?;
-    let dialer = Dialer::new(
-        &config.dns.upstreams,
-        config.dns.upstream_timeout,
-        config.limits.connect_timeout,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?
-    .with_mark(config.listen.transparent_mark);
-
+    let (sink, writer) = flow_log(&config, &metrics)?;
     let listeners = Listeners::bind(&config).await?;
-    dialer.set_own_addrs(listeners.own_addrs()?);
     let running = listeners.proxies();
     let has_dns = listeners.has_dns();
     metrics.declare_zones(&version.policy, &running, has_dns);
 
-    let (bus, publisher) = match bus {
-        Some((opts, m)) => {
-            tracing::info!(url = %opts.url, stream = %opts.stream, partitions = opts.partitions, "flow bus: publishing records and alerts");
-            let (queue, publisher) = sluice_bus::Publisher::start(opts, m);
-            (Some(queue), Some(publisher))
-        }
-        None => (None, None),
-    };
+    let (bus, publisher) = bus
+        .map(|(opts, m)| {
+            tracing::info!(
+                url = %opts.url,
+                stream = %opts.stream,
+                partitions = opts.partitions,
+                "flow bus: publishing records and alerts"
+            );
+            sluice_bus::Publisher::start(opts, m)
+        })
+        .unzip();
     let live = crate::detect::live(&config, path.as_deref(), &metrics)?;
     if !config.detect.embedded {
         tracing::info!(
@@ -181,28 +169,13 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
         );
     }
     let (view, recorder) = recorder(&config, &metrics, &sink, &live, bus)?;
-    let routes = Routes::new(
-        &config.routes,
-        config.listen.transparent_mark,
-        metrics.clone(),
-    );
-    let cores =
-        sluice_serve::Cores::start(cores()).context("cannot start the per-core runtimes")?;
-    let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone())
-        .with_router(Arc::new(routes.clone()))
-        .with_cores(cores.clone());
-    let interceptor = crate::ca::interceptor(&config, path.as_deref())?;
-    if let Some(ic) = interceptor {
-        gw = gw.with_interceptor(ic);
-    }
-    let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
-    if listeners.has_dns() {
-        gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));
-    }
-    let content = content(&config, path.as_deref(), &metrics)?;
-    gw = gw.with_inspector(content.clone());
-    spawn_probes(&content, &config);
-    let gw = Arc::new(gw);
+    let Assembled {
+        gw,
+        routes,
+        cores,
+        grants,
+        content,
+    } = assemble(version, &listeners, &recorder, &metrics, path.as_deref())?;
     let status = admin_status(&config, view, recorder.clone(), content)?;
     let declare = |policy: &Policy| {
         metrics.declare_zones(policy, &running, has_dns);
@@ -226,16 +199,9 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
                     reload(&gw, &routes, path.as_deref(), &config, &status, "file change", &declare);
                 }
             }
-            _ = usr1.recv() => {
-                match writer.reopen().await {
-                    Ok(0) => tracing::info!("flow log reopened"),
-                    Ok(lost) => tracing::warn!(lost, "flow log reopened; {lost} records the old file could not take were lost"),
-                    Err(e) => tracing::error!(error = %e, "cannot reopen the flow log; still writing to the old file"),
-                }
-            }
+            _ = usr1.recv() => reopen_flow_log(&writer).await,
             _ = save.tick() => save_baselines(&live).await,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = stop.recv() => break,
         }
     }
 
@@ -251,6 +217,115 @@ async fn run(path: Option<PathBuf>) -> Result<()> {
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// The gateway and the parts of it that `run` keeps a handle on.
+struct Assembled {
+    gw: Arc<Gateway>,
+    routes: Arc<Routes>,
+    cores: Arc<sluice_serve::Cores>,
+    grants: Arc<sluice_dns::GrantStore>,
+    content: Arc<sluice_net::content::Content>,
+}
+
+/// The gateway for `version`: routes, per-core runtimes, TLS interception
+/// when `inspect.ca` is set, DNS grants when a DNS listener runs, and the
+/// content inspector (whose scanners' probes start here).
+fn assemble(
+    version: Version,
+    listeners: &Listeners,
+    recorder: &Arc<Recorder>,
+    metrics: &Arc<Metrics>,
+    path: Option<&Path>,
+) -> Result<Assembled> {
+    let config = version.policy.config().clone();
+    // Never to Sluice's own listeners (`guard/self`).
+    let dialer = Dialer::new(
+        &config.dns.upstreams,
+        config.dns.upstream_timeout,
+        config.limits.connect_timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?
+    .with_mark(config.listen.transparent_mark);
+    dialer.set_own_addrs(listeners.own_addrs()?);
+    let routes = Routes::new(
+        &config.routes,
+        config.listen.transparent_mark,
+        metrics.clone(),
+    );
+    let cores =
+        sluice_serve::Cores::start(cores()).context("cannot start the per-core runtimes")?;
+    let mut gw = Gateway::new(version, dialer, recorder.clone(), metrics.clone())
+        .with_router(Arc::new(routes.clone()))
+        .with_cores(cores.clone());
+    if let Some(ic) = crate::ca::interceptor(&config, path)? {
+        gw = gw.with_interceptor(ic);
+    }
+    let grants = Arc::new(sluice_dns::GrantStore::new(config.dns.grants_max as usize));
+    if listeners.has_dns() {
+        gw = gw.with_grants(Arc::new(crate::dns::DnsGrants(grants.clone())));
+    }
+    let content = content(&config, path, metrics)?;
+    gw = gw.with_inspector(content.clone());
+    spawn_probes(&content, &config);
+    Ok(Assembled {
+        gw: Arc::new(gw),
+        routes,
+        cores,
+        grants,
+        content,
+    })
+}
+
+/// The flow log's writer (`log.flows`: `stdout` or a file).
+fn flow_log(config: &Config, metrics: &Metrics) -> Result<(FlowSink, sluice_observe::FlowWriter)> {
+    let target = match config.log.flows.as_str() {
+        "stdout" => FlowTarget::Stdout,
+        p => FlowTarget::File(PathBuf::from(p)),
+    };
+    FlowSink::start(target, sluice_observe::DEFAULT_CAPACITY, metrics)
+        .with_context(|| format!("cannot open the flow log {}", config.log.flows))
+}
+
+/// SIGUSR1: the flow log is opened again (after rotation).
+async fn reopen_flow_log(writer: &sluice_observe::FlowWriter) {
+    match writer.reopen().await {
+        Ok(0) => tracing::info!("flow log reopened"),
+        Ok(lost) => tracing::warn!(
+            lost,
+            "flow log reopened; {lost} records the old file could not take were lost"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "cannot reopen the flow log; still writing to the old file"
+        ),
+    }
+}
+
+/// SIGTERM and SIGINT, either of which ends `run` (with a drain) and
+/// `detect --follow`.
+pub(crate) struct Stop {
+    term: Signal,
+    int: Signal,
+}
+
+impl Stop {
+    /// Installed before anything is announced, so that a signal during
+    /// start-up waits here instead of killing the process.
+    pub(crate) fn install() -> std::io::Result<Stop> {
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves when either signal comes.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// How many per-core runtimes serve the proxy listeners: one a CPU the
